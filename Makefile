@@ -1,0 +1,45 @@
+# Sluice: `make dev` runs the gateway locally with a demo; `make test` runs every test.
+# Both set up what they need first (scripts/setup.sh), idempotently.
+
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(CURDIR)/node_modules/.bin:$(PATH)
+export WRANGLER_SEND_METRICS := false
+# worker-build would download these; point it at the pinned local copies instead.
+export WASM_BINDGEN_BIN := $(HOME)/.cargo/bin/wasm-bindgen
+export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
+export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
+
+SOURCES := $(shell find src -type f) Cargo.toml Cargo.lock
+
+.PHONY: setup build dev test unit e2e bench clean
+.DEFAULT_GOAL := dev
+
+setup:
+	@./scripts/setup.sh
+
+# Rebuilt only when a source changed, so wrangler's build hook is cheap.
+build/index.js: $(SOURCES)
+	@./scripts/setup.sh
+	worker-build --release
+	@touch build/index.js
+
+build: build/index.js
+
+dev: setup build
+	@./scripts/dev.sh
+
+unit: setup
+	cargo test --lib
+
+e2e: setup build
+	cargo test --test e2e
+
+test: setup build
+	cargo test --lib
+	cargo test --test e2e
+
+bench: setup build
+	cargo bench --bench gateway
+
+clean:
+	rm -rf build target/wasm32-unknown-unknown .wrangler

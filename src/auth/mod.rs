@@ -1,0 +1,70 @@
+//! Pure authentication logic: credential extraction, consumer keys, constant-time secret comparison.
+
+pub mod key;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Compares two secrets in constant time. Both sides are hashed first so the time does not
+/// depend on where they differ nor leak the expected length.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
+    bool::from(ha.as_slice().ct_eq(hb.as_slice()))
+}
+
+/// The credential a client sent, from `Authorization: Bearer <c>` or `X-API-Key: <c>`.
+/// `Ok(None)` means no credential at all; `Err` means an Authorization header that is not Bearer.
+pub fn extract_credential(
+    authorization: Option<&str>,
+    x_api_key: Option<&str>,
+) -> Result<Option<String>, &'static str> {
+    if let Some(value) = authorization.map(str::trim).filter(|v| !v.is_empty()) {
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err("the Authorization header must use the Bearer scheme");
+        }
+        let token = rest.trim();
+        if token.is_empty() {
+            return Err("the Authorization header has no credential after `Bearer`");
+        }
+        return Ok(Some(token.to_string()));
+    }
+    Ok(x_api_key
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_matches_plain_equality() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn extracts_bearer_and_x_api_key() {
+        assert_eq!(
+            extract_credential(Some("Bearer abc"), None),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(
+            extract_credential(Some("bearer   abc "), None),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(extract_credential(None, Some("k1")), Ok(Some("k1".into())));
+        assert_eq!(
+            extract_credential(Some("Bearer a"), Some("b")),
+            Ok(Some("a".into()))
+        );
+        assert_eq!(extract_credential(None, None), Ok(None));
+        assert_eq!(extract_credential(Some(""), Some(" ")), Ok(None));
+        assert!(extract_credential(Some("Basic Zm9v"), None).is_err());
+        assert!(extract_credential(Some("Bearer"), None).is_err());
+    }
+}

@@ -1,0 +1,107 @@
+//! Edge helpers over worker types: the one place errors become responses, JSON replies, bounded bodies,
+//! the clock and randomness.
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use worker::{console_error, Env, Headers, Request, Response};
+
+use crate::error::Error;
+
+impl From<worker::Error> for Error {
+    fn from(e: worker::Error) -> Self {
+        // Storage and runtime errors are logged, not shown: they may name tables or internals.
+        console_error!("runtime error: {e}");
+        Error::internal("The gateway hit an internal error; it was logged. Try again.")
+    }
+}
+
+/// Turns any gateway error into its problem+json response. Every error leaves through here.
+pub fn problem(e: &Error) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/problem+json")?;
+    headers.set("cache-control", "no-store")?;
+    for (name, value) in &e.headers {
+        headers.set(name, value)?;
+    }
+    Ok(
+        Response::from_bytes(e.to_problem().to_string().into_bytes())?
+            .with_status(e.status)
+            .with_headers(headers),
+    )
+}
+
+pub fn json(status: u16, body: &Value) -> Result<Response, Error> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    Ok(Response::from_bytes(body.to_string().into_bytes())?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+pub fn no_content() -> Result<Response, Error> {
+    Ok(Response::empty()?.with_status(204))
+}
+
+pub fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).ok().flatten()
+}
+
+/// Reads the request body, refusing more than `limit` bytes (413) without buffering past it.
+pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, Error> {
+    if let Some(len) = header(req, "content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
+        if len > limit as u64 {
+            return Err(Error::payload_too_large(limit));
+        }
+    }
+    let Ok(mut stream) = req.stream() else {
+        return Ok(Vec::new()); // no body at all
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|_| Error::invalid_request("The request body could not be read."))?;
+        if body.len() + chunk.len() > limit {
+            return Err(Error::payload_too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+pub fn now_ms() -> i64 {
+    worker::Date::now().as_millis() as i64
+}
+
+/// Fills `buf` from the platform CSPRNG (crypto.getRandomValues).
+pub fn random(buf: &mut [u8]) -> Result<(), Error> {
+    getrandom::getrandom(buf).map_err(|_| Error::internal("No randomness available."))
+}
+
+/// Runs a generator that draws randomness, failing if the platform could not supply it.
+pub fn with_random<T>(generate: impl FnOnce(&mut dyn FnMut(&mut [u8])) -> T) -> Result<T, Error> {
+    let mut failed = false;
+    let value = generate(&mut |buf: &mut [u8]| {
+        if getrandom::getrandom(buf).is_err() {
+            failed = true;
+        }
+    });
+    if failed {
+        return Err(Error::internal("No randomness available."));
+    }
+    Ok(value)
+}
+
+/// A secret (or, locally, a plain var) by name; empty counts as unset.
+pub fn secret(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(name).map(|v| v.to_string()))
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// The key provider keys are encrypted under at rest.
+pub fn encryption_secret(env: &Env) -> Result<String, Error> {
+    secret(env, "ENCRYPTION_KEY").filter(|s| s.len() >= 16).ok_or_else(|| Error::misconfigured(
+        "Provider keys are stored encrypted; set the ENCRYPTION_KEY secret (at least 16 characters) with `wrangler secret put ENCRYPTION_KEY`."))
+}

@@ -1,0 +1,33 @@
+//! Sluice, an AI API gateway on Cloudflare Workers: the fetch entry point, which only routes.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod crypto;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod router;
+pub mod stream;
+pub mod time;
+pub mod upstream;
+
+#[cfg(target_arch = "wasm32")]
+mod http;
+#[cfg(target_arch = "wasm32")]
+mod pipeline;
+#[cfg(target_arch = "wasm32")]
+mod routes;
+#[cfg(target_arch = "wasm32")]
+mod store;
+
+#[cfg(target_arch = "wasm32")]
+use worker::{event, Context, Env, Request, Response};
+
+#[cfg(target_arch = "wasm32")]
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
+    match routes::handle(req, &env, &ctx).await {
+        Ok(response) => Ok(response),
+        Err(e) => http::problem(&e),
+    }
+}

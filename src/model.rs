@@ -1,0 +1,487 @@
+//! Records the gateway stores (project, api, consumer, key) and validation of the owner's admin input.
+
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::Error;
+use crate::time::rfc3339;
+
+/// How end users of an API prove who they are. Consumer keys are accepted in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Managed,
+    ConsumerKeyOnly,
+    ByoJwt,
+}
+
+impl AuthMode {
+    /// Accepts the documented names; `aerostack` is the name users know for `managed`.
+    pub fn parse(s: &str) -> Result<AuthMode, Error> {
+        match s {
+            "managed" | "aerostack" => Ok(AuthMode::Managed),
+            "consumer-key-only" => Ok(AuthMode::ConsumerKeyOnly),
+            "byo-jwt" => Ok(AuthMode::ByoJwt),
+            other => Err(Error::invalid_request(format!(
+                "auth_mode `{other}` is not one of managed, consumer-key-only, byo-jwt"
+            ))),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Managed => "managed",
+            AuthMode::ConsumerKeyOnly => "consumer-key-only",
+            AuthMode::ByoJwt => "byo-jwt",
+        }
+    }
+}
+
+/// Parses a JSON request body: syntax errors are `invalid-json`, shape errors `invalid-request`.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::invalid_json(
+            "The request body is empty; send a JSON object.",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            Error::invalid_request(format!("The JSON body does not fit: {e}."))
+        }
+        _ => Error::invalid_json(format!("The body is not valid JSON: {e}.")),
+    })
+}
+
+/// `Some(None)` for an explicit `null`, `None` for an absent field (with `#[serde(default)]`).
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+pub fn validate_slug(field: &str, s: &str) -> Result<(), Error> {
+    let ok = (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_request(format!(
+            "`{field}` must be 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`"
+        )))
+    }
+}
+
+pub fn validate_text(field: &str, s: &str, max: usize) -> Result<(), Error> {
+    if s.trim().is_empty() || s.chars().count() > max || s.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid_request(format!(
+            "`{field}` must be 1-{max} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The base URL of an OpenAI-compatible server, or `demo` for the built-in demo upstream.
+pub fn validate_base_url(s: &str) -> Result<(), Error> {
+    if s == "demo" {
+        return Ok(());
+    }
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    match host {
+        Some(h) if !h.is_empty() && s.len() <= 2048 && !s.contains(char::is_whitespace) && !s.contains(['?', '#']) => Ok(()),
+        _ => Err(Error::invalid_request(
+            "`upstream.base_url` must be an http(s) URL such as https://api.openai.com/v1, or `demo`",
+        )),
+    }
+}
+
+pub const DEFAULT_TIMEOUT_MS: u32 = 120_000;
+
+fn validate_upstream_extras(
+    models: Option<&Vec<String>>,
+    default_model: Option<&String>,
+    timeout_ms: Option<u32>,
+) -> Result<(), Error> {
+    if let Some(models) = models {
+        if models.len() > 100 {
+            return Err(Error::invalid_request(
+                "`upstream.models` may list at most 100 models",
+            ));
+        }
+        for m in models {
+            validate_text("upstream.models[]", m, 200)?;
+        }
+    }
+    if let Some(m) = default_model {
+        validate_text("upstream.default_model", m, 200)?;
+    }
+    if let Some(t) = timeout_ms {
+        if !(100..=600_000).contains(&t) {
+            return Err(Error::invalid_request(
+                "`upstream.timeout_ms` must be between 100 and 600000",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProject {
+    pub slug: String,
+    pub name: String,
+}
+
+impl NewProject {
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_slug("slug", &self.slug)?;
+        validate_text("name", &self.name, 200)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamInput {
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub default_model: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub timeout_ms: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApi {
+    pub project: String,
+    pub slug: String,
+    pub name: String,
+    #[serde(default = "default_mode")]
+    pub auth_mode: String,
+    pub upstream: UpstreamInput,
+}
+
+fn default_mode() -> String {
+    "consumer-key-only".into()
+}
+
+impl NewApi {
+    pub fn validate(&self) -> Result<AuthMode, Error> {
+        validate_slug("slug", &self.slug)?;
+        validate_text("name", &self.name, 200)?;
+        validate_base_url(&self.upstream.base_url)?;
+        if let Some(k) = &self.upstream.api_key {
+            validate_text("upstream.api_key", k, 4096)?;
+        }
+        validate_upstream_extras(
+            self.upstream.models.as_ref(),
+            self.upstream.default_model.as_ref(),
+            self.upstream.timeout_ms,
+        )?;
+        AuthMode::parse(&self.auth_mode)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamPatch {
+    pub base_url: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub api_key: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub default_model: Option<Option<String>>,
+    pub models: Option<Vec<String>>,
+    pub timeout_ms: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiPatch {
+    pub name: Option<String>,
+    pub auth_mode: Option<String>,
+    pub upstream: Option<UpstreamPatch>,
+}
+
+impl ApiPatch {
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(n) = &self.name {
+            validate_text("name", n, 200)?;
+        }
+        if let Some(m) = &self.auth_mode {
+            AuthMode::parse(m)?;
+        }
+        if let Some(u) = &self.upstream {
+            if let Some(b) = &u.base_url {
+                validate_base_url(b)?;
+            }
+            if let Some(Some(k)) = &u.api_key {
+                validate_text("upstream.api_key", k, 4096)?;
+            }
+            validate_upstream_extras(
+                u.models.as_ref(),
+                u.default_model.as_ref().and_then(|m| m.as_ref()),
+                u.timeout_ms,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConsumer {
+    pub name: String,
+    pub description: Option<String>,
+}
+
+impl NewConsumer {
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_text("name", &self.name, 200)?;
+        if let Some(d) = &self.description {
+            if d.chars().count() > 2000 {
+                return Err(Error::invalid_request(
+                    "`description` may be at most 2000 characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerPatch {
+    pub status: Option<String>,
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub description: Option<Option<String>>,
+}
+
+impl ConsumerPatch {
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(s) = &self.status {
+            if s != "enabled" && s != "disabled" {
+                return Err(Error::invalid_request(
+                    "`status` must be `enabled` or `disabled`",
+                ));
+            }
+        }
+        if let Some(n) = &self.name {
+            validate_text("name", n, 200)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+}
+
+impl NewKey {
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_text("name", &self.name, 200)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Project {
+    pub id: String,
+    pub slug: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+impl Project {
+    pub fn to_json(&self) -> Value {
+        json!({"id": self.id, "slug": self.slug, "name": self.name, "created_at": rfc3339(self.created_at)})
+    }
+}
+
+/// An API as stored; `upstream_key_enc` is the provider key encrypted at rest.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Api {
+    pub id: String,
+    pub project_id: String,
+    pub project_slug: String,
+    pub slug: String,
+    pub name: String,
+    pub auth_mode: String,
+    pub upstream_base_url: String,
+    pub upstream_key_enc: Option<String>,
+    pub default_model: Option<String>,
+    pub models_json: String,
+    pub timeout_ms: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Api {
+    pub fn models(&self) -> Vec<String> {
+        let mut models: Vec<String> = serde_json::from_str(&self.models_json).unwrap_or_default();
+        if let Some(d) = &self.default_model {
+            if !models.contains(d) {
+                models.insert(0, d.clone());
+            }
+        }
+        models
+    }
+
+    pub fn timeout_ms(&self) -> u32 {
+        u32::try_from(self.timeout_ms).unwrap_or(DEFAULT_TIMEOUT_MS)
+    }
+
+    /// The owner's view: never the provider key, only whether one is set.
+    pub fn to_json(&self) -> Value {
+        let listed: Vec<String> = serde_json::from_str(&self.models_json).unwrap_or_default();
+        json!({
+            "id": self.id,
+            "project": self.project_slug,
+            "slug": self.slug,
+            "name": self.name,
+            "auth_mode": self.auth_mode,
+            "upstream": {
+                "base_url": self.upstream_base_url,
+                "has_api_key": self.upstream_key_enc.is_some(),
+                "default_model": self.default_model,
+                "models": listed,
+                "timeout_ms": self.timeout_ms,
+            },
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Consumer {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub kind: String,
+    pub status: String,
+    pub created_at: i64,
+}
+
+impl Consumer {
+    pub fn to_json(&self, project_slug: &str) -> Value {
+        json!({
+            "id": self.id, "project": project_slug, "name": self.name, "description": self.description,
+            "kind": self.kind, "status": self.status, "created_at": rfc3339(self.created_at),
+        })
+    }
+}
+
+/// A consumer key as listed: the prefix only, never the secret or its hash.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeyListing {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub consumer_id: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+impl KeyListing {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id, "name": self.name, "prefix": self.prefix, "consumer_id": self.consumer_id,
+            "created_at": rfc3339(self.created_at), "last_used_at": self.last_used_at.map(rfc3339),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_modes_accept_documented_names() {
+        assert_eq!(AuthMode::parse("aerostack").unwrap(), AuthMode::Managed);
+        assert_eq!(AuthMode::parse("byo-jwt").unwrap().as_str(), "byo-jwt");
+        assert_eq!(AuthMode::parse("password").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn body_errors_are_classified() {
+        assert_eq!(
+            parse_body::<NewProject>(b"{nope").unwrap_err().kind,
+            "invalid-json"
+        );
+        assert_eq!(
+            parse_body::<NewProject>(b"").unwrap_err().kind,
+            "invalid-json"
+        );
+        assert_eq!(
+            parse_body::<NewProject>(br#"{"slug":"a"}"#)
+                .unwrap_err()
+                .kind,
+            "invalid-request"
+        );
+        assert_eq!(
+            parse_body::<NewProject>(br#"{"slug":"a","name":"b","x":1}"#)
+                .unwrap_err()
+                .kind,
+            "invalid-request"
+        );
+        assert!(parse_body::<NewProject>(br#"{"slug":"a","name":"b"}"#).is_ok());
+    }
+
+    #[test]
+    fn slugs_and_urls_are_checked() {
+        assert!(validate_slug("slug", "demo-1").is_ok());
+        for bad in ["", "Demo", "-a", "a-", "a b", "a/b", &"a".repeat(64)] {
+            assert!(validate_slug("slug", bad).is_err(), "{bad}");
+        }
+        assert!(validate_base_url("demo").is_ok());
+        assert!(validate_base_url("https://api.openai.com/v1").is_ok());
+        assert!(validate_base_url("http://127.0.0.1:9000").is_ok());
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https:// x",
+            "api.openai.com",
+            "http://x/?a=1",
+        ] {
+            assert!(validate_base_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn patch_distinguishes_null_from_absent() {
+        let p: ApiPatch = parse_body(br#"{"upstream":{"api_key":null}}"#).unwrap();
+        assert_eq!(p.upstream.as_ref().unwrap().api_key, Some(None));
+        let p: ApiPatch = parse_body(br#"{"upstream":{}}"#).unwrap();
+        assert_eq!(p.upstream.as_ref().unwrap().api_key, None);
+        let p: ApiPatch = parse_body(br#"{"upstream":{"timeout_ms":5}}"#).unwrap();
+        assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn api_view_never_contains_the_provider_key() {
+        let api = Api {
+            id: "api_1".into(),
+            project_id: "prj_1".into(),
+            project_slug: "demo".into(),
+            slug: "chat".into(),
+            name: "Chat".into(),
+            auth_mode: "consumer-key-only".into(),
+            upstream_base_url: "demo".into(),
+            upstream_key_enc: Some("v1:secretblob".into()),
+            default_model: Some("m1".into()),
+            models_json: r#"["m2"]"#.into(),
+            timeout_ms: 1000,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let v = api.to_json().to_string();
+        assert!(!v.contains("secretblob"));
+        assert!(v.contains("\"has_api_key\":true"));
+        assert_eq!(api.models(), vec!["m1".to_string(), "m2".to_string()]);
+    }
+}

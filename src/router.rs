@@ -1,0 +1,198 @@
+//! Pure route table: (method, path) → the route it names, or a 404/405 problem.
+
+use crate::error::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    ChatCompletions { project: String, api: String },
+    ListModels { project: String, api: String },
+    ListProjects,
+    CreateProject,
+    ListApis,
+    CreateApi,
+    GetApi { id: String },
+    PatchApi { id: String },
+    ListConsumers { project: String },
+    CreateConsumer { project: String },
+    GetConsumer { project: String, id: String },
+    PatchConsumer { project: String, id: String },
+    CreateKey { project: String, consumer: String },
+    ListKeys { project: String },
+    RevokeKey { project: String, id: String },
+}
+
+/// Whether a route belongs to the owner's admin API (needs ADMIN_TOKEN).
+impl Route {
+    pub fn is_admin(&self) -> bool {
+        !matches!(
+            self,
+            Route::Health | Route::ChatCompletions { .. } | Route::ListModels { .. }
+        )
+    }
+}
+
+/// Resolves a request line. `path` is the URL path without query.
+pub fn route(method: &str, path: &str) -> Result<Route, Error> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let s = |i: usize| segs[i].to_string();
+    // Each arm lists the methods a path accepts; the first that matches the method wins.
+    let (allowed, found): (&str, Option<Route>) = match segs.as_slice() {
+        [] | ["health"] => ("GET", (method == "GET").then_some(Route::Health)),
+        ["v1", _, _, "chat", "completions"] => (
+            "POST",
+            (method == "POST").then(|| Route::ChatCompletions {
+                project: s(1),
+                api: s(2),
+            }),
+        ),
+        ["v1", _, _, "models"] => (
+            "GET",
+            (method == "GET").then(|| Route::ListModels {
+                project: s(1),
+                api: s(2),
+            }),
+        ),
+        ["api", "v1", "projects"] => (
+            "GET, POST",
+            match method {
+                "GET" => Some(Route::ListProjects),
+                "POST" => Some(Route::CreateProject),
+                _ => None,
+            },
+        ),
+        ["api", "v1", "gateway", "apis"] => (
+            "GET, POST",
+            match method {
+                "GET" => Some(Route::ListApis),
+                "POST" => Some(Route::CreateApi),
+                _ => None,
+            },
+        ),
+        ["api", "v1", "gateway", "apis", _] => (
+            "GET, PATCH",
+            match method {
+                "GET" => Some(Route::GetApi { id: s(4) }),
+                "PATCH" => Some(Route::PatchApi { id: s(4) }),
+                _ => None,
+            },
+        ),
+        ["api", "v1", "projects", _, "consumers"] => (
+            "GET, POST",
+            match method {
+                "GET" => Some(Route::ListConsumers { project: s(3) }),
+                "POST" => Some(Route::CreateConsumer { project: s(3) }),
+                _ => None,
+            },
+        ),
+        ["api", "v1", "projects", _, "consumers", _] => (
+            "GET, PATCH",
+            match method {
+                "GET" => Some(Route::GetConsumer {
+                    project: s(3),
+                    id: s(5),
+                }),
+                "PATCH" => Some(Route::PatchConsumer {
+                    project: s(3),
+                    id: s(5),
+                }),
+                _ => None,
+            },
+        ),
+        ["api", "v1", "projects", _, "consumers", _, "keys"] => (
+            "POST",
+            (method == "POST").then(|| Route::CreateKey {
+                project: s(3),
+                consumer: s(5),
+            }),
+        ),
+        ["api", "v1", "projects", _, "keys"] => (
+            "GET",
+            (method == "GET").then(|| Route::ListKeys { project: s(3) }),
+        ),
+        ["api", "v1", "projects", _, "keys", _] => (
+            "DELETE",
+            (method == "DELETE").then(|| Route::RevokeKey {
+                project: s(3),
+                id: s(5),
+            }),
+        ),
+        _ => return Err(Error::not_found(format!("No route for {path}."))),
+    };
+    found.ok_or_else(|| Error::method_not_allowed(allowed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_plane_routes() {
+        assert_eq!(
+            route("POST", "/v1/demo/chat/chat/completions"),
+            Ok(Route::ChatCompletions {
+                project: "demo".into(),
+                api: "chat".into()
+            })
+        );
+        assert_eq!(
+            route("GET", "/v1/demo/chat/models"),
+            Ok(Route::ListModels {
+                project: "demo".into(),
+                api: "chat".into()
+            })
+        );
+        assert_eq!(
+            route("GET", "/v1/demo/chat/chat/completions")
+                .unwrap_err()
+                .status,
+            405
+        );
+    }
+
+    #[test]
+    fn admin_routes() {
+        assert_eq!(route("POST", "/api/v1/projects"), Ok(Route::CreateProject));
+        assert_eq!(route("GET", "/api/v1/projects/"), Ok(Route::ListProjects));
+        assert_eq!(
+            route("PATCH", "/api/v1/gateway/apis/api_1"),
+            Ok(Route::PatchApi { id: "api_1".into() })
+        );
+        assert_eq!(
+            route("POST", "/api/v1/projects/demo/consumers/con_1/keys"),
+            Ok(Route::CreateKey {
+                project: "demo".into(),
+                consumer: "con_1".into()
+            })
+        );
+        assert_eq!(
+            route("DELETE", "/api/v1/projects/demo/keys/key_1"),
+            Ok(Route::RevokeKey {
+                project: "demo".into(),
+                id: "key_1".into()
+            })
+        );
+        assert!(route("DELETE", "/api/v1/projects")
+            .unwrap_err()
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "Allow" && v == "GET, POST"));
+        assert!(Route::CreateProject.is_admin());
+        assert!(!Route::Health.is_admin());
+    }
+
+    #[test]
+    fn unknown_paths_are_404() {
+        assert_eq!(route("GET", "/nope").unwrap_err().status, 404);
+        assert_eq!(
+            route("POST", "/v1/demo/chat/completions")
+                .unwrap_err()
+                .status,
+            404
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! The owner's admin API: projects, APIs, consumers and consumer keys (JSON in and out).
+
+use serde_json::{json, Value};
+use worker::{Env, Request, Response, Url};
+
+use crate::auth::key::ConsumerKey;
+use crate::crypto;
+use crate::error::Error;
+use crate::http::{encryption_secret, json, no_content, now_ms, random, read_body, with_random};
+use crate::ids::new_id;
+use crate::model::{
+    self, Api, ApiPatch, AuthMode, Consumer, ConsumerPatch, NewApi, NewConsumer, NewKey,
+    NewProject, Project,
+};
+use crate::router::Route;
+use crate::store::d1;
+
+/// Admin bodies are small; anything bigger is a mistake.
+const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Response, Error> {
+    let db = d1::db(env)?;
+    let now = now_ms();
+    match route {
+        Route::ListProjects => {
+            let projects: Vec<Value> = d1::list_projects(&db)
+                .await?
+                .iter()
+                .map(Project::to_json)
+                .collect();
+            json(200, &json!({ "projects": projects }))
+        }
+        Route::CreateProject => {
+            let input: NewProject =
+                model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            input.validate()?;
+            let project = Project {
+                id: with_random(|r| new_id("prj", r))?,
+                slug: input.slug,
+                name: input.name,
+                created_at: now,
+            };
+            d1::create_project(&db, &project).await?;
+            json(201, &project.to_json())
+        }
+        Route::ListApis => {
+            let url: Url = req.url()?;
+            let project = url
+                .query_pairs()
+                .find(|(k, _)| k == "project")
+                .map(|(_, v)| v.into_owned());
+            let apis: Vec<Value> = d1::list_apis(&db, project.as_deref())
+                .await?
+                .iter()
+                .map(Api::to_json)
+                .collect();
+            json(200, &json!({ "apis": apis }))
+        }
+        Route::CreateApi => {
+            let input: NewApi = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            let mode = input.validate()?;
+            let project = d1::project_by_slug(&db, &input.project).await?;
+            let upstream_key_enc = match &input.upstream.api_key {
+                Some(k) => Some(seal_provider_key(env, k)?),
+                None => None,
+            };
+            let api = Api {
+                id: with_random(|r| new_id("api", r))?,
+                project_id: project.id,
+                project_slug: project.slug,
+                slug: input.slug,
+                name: input.name,
+                auth_mode: mode.as_str().to_string(),
+                upstream_base_url: input.upstream.base_url,
+                upstream_key_enc,
+                default_model: input.upstream.default_model,
+                models_json: serde_json::to_string(&input.upstream.models.unwrap_or_default())
+                    .unwrap_or_else(|_| "[]".into()),
+                timeout_ms: i64::from(
+                    input
+                        .upstream
+                        .timeout_ms
+                        .unwrap_or(model::DEFAULT_TIMEOUT_MS),
+                ),
+                created_at: now,
+                updated_at: now,
+            };
+            d1::create_api(&db, &api).await?;
+            json(201, &api.to_json())
+        }
+        Route::GetApi { id } => json(200, &d1::api_by_id(&db, &id).await?.to_json()),
+        Route::PatchApi { id } => {
+            let patch: ApiPatch = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            patch.validate()?;
+            let mut api = d1::api_by_id(&db, &id).await?;
+            if let Some(name) = patch.name {
+                api.name = name;
+            }
+            if let Some(mode) = patch.auth_mode {
+                api.auth_mode = AuthMode::parse(&mode)?.as_str().to_string();
+            }
+            if let Some(u) = patch.upstream {
+                if let Some(base) = u.base_url {
+                    api.upstream_base_url = base;
+                }
+                match u.api_key {
+                    Some(Some(k)) => api.upstream_key_enc = Some(seal_provider_key(env, &k)?),
+                    Some(None) => api.upstream_key_enc = None,
+                    None => {}
+                }
+                if let Some(m) = u.default_model {
+                    api.default_model = m;
+                }
+                if let Some(models) = u.models {
+                    api.models_json =
+                        serde_json::to_string(&models).unwrap_or_else(|_| "[]".into());
+                }
+                if let Some(t) = u.timeout_ms {
+                    api.timeout_ms = i64::from(t);
+                }
+            }
+            api.updated_at = now;
+            d1::update_api(&db, &api).await?;
+            json(200, &api.to_json())
+        }
+        Route::ListConsumers { project } => {
+            let project = d1::project_by_slug(&db, &project).await?;
+            let consumers: Vec<Value> = d1::list_consumers(&db, &project.id)
+                .await?
+                .iter()
+                .map(|c| c.to_json(&project.slug))
+                .collect();
+            json(200, &json!({ "consumers": consumers }))
+        }
+        Route::CreateConsumer { project } => {
+            let input: NewConsumer =
+                model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            input.validate()?;
+            let project = d1::project_by_slug(&db, &project).await?;
+            let consumer = Consumer {
+                id: with_random(|r| new_id("con", r))?,
+                project_id: project.id.clone(),
+                name: input.name,
+                description: input.description,
+                kind: "key".into(),
+                status: "enabled".into(),
+                created_at: now,
+            };
+            d1::create_consumer(&db, &consumer).await?;
+            json(201, &consumer.to_json(&project.slug))
+        }
+        Route::GetConsumer { project, id } => {
+            let project = d1::project_by_slug(&db, &project).await?;
+            json(
+                200,
+                &d1::consumer(&db, &project.id, &id)
+                    .await?
+                    .to_json(&project.slug),
+            )
+        }
+        Route::PatchConsumer { project, id } => {
+            let patch: ConsumerPatch =
+                model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            patch.validate()?;
+            let project = d1::project_by_slug(&db, &project).await?;
+            let mut consumer = d1::consumer(&db, &project.id, &id).await?;
+            if let Some(s) = patch.status {
+                consumer.status = s;
+            }
+            if let Some(n) = patch.name {
+                consumer.name = n;
+            }
+            if let Some(d) = patch.description {
+                consumer.description = d;
+            }
+            d1::update_consumer(&db, &consumer).await?;
+            json(200, &consumer.to_json(&project.slug))
+        }
+        Route::CreateKey { project, consumer } => {
+            let input: NewKey = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            input.validate()?;
+            let project = d1::project_by_slug(&db, &project).await?;
+            let consumer = d1::consumer(&db, &project.id, &consumer).await?;
+            let key = with_random(ConsumerKey::generate)?;
+            let id = with_random(|r| new_id("key", r))?;
+            let prefix = key.display_prefix();
+            d1::create_key(
+                &db,
+                &d1::NewKeyRow {
+                    id: &id,
+                    project_id: &project.id,
+                    consumer_id: &consumer.id,
+                    name: &input.name,
+                    prefix: &prefix,
+                    key_hash: &key.hash(),
+                    created_at: now,
+                },
+            )
+            .await?;
+            // The only response that ever carries the secret.
+            json(
+                201,
+                &json!({
+                    "id": id, "name": input.name, "secret": key.reveal(), "prefix": prefix,
+                    "consumer_id": consumer.id, "created_at": crate::time::rfc3339(now),
+                }),
+            )
+        }
+        Route::ListKeys { project } => {
+            let project = d1::project_by_slug(&db, &project).await?;
+            let keys: Vec<Value> = d1::list_keys(&db, &project.id)
+                .await?
+                .iter()
+                .map(|k| k.to_json())
+                .collect();
+            json(200, &json!({ "keys": keys }))
+        }
+        Route::RevokeKey { project, id } => {
+            let project = d1::project_by_slug(&db, &project).await?;
+            if !d1::revoke_key(&db, &project.id, &id, now).await? {
+                return Err(Error::not_found(format!(
+                    "There is no live key `{id}` in project `{}`.",
+                    project.slug
+                )));
+            }
+            no_content()
+        }
+        Route::Health | Route::ChatCompletions { .. } | Route::ListModels { .. } => Err(
+            Error::internal("A data-plane route reached the admin handler."),
+        ),
+    }
+}
+
+/// Encrypts a provider key with the ENCRYPTION_KEY secret; refuses to store it in the clear.
+fn seal_provider_key(env: &Env, key: &str) -> Result<String, Error> {
+    let secret = encryption_secret(env)?;
+    let mut nonce = [0u8; 12];
+    random(&mut nonce)?;
+    Ok(crypto::seal(&secret, nonce, key))
+}

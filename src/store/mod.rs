@@ -1,0 +1,4 @@
+//! The edge's storage adapters: D1 repositories and the per-consumer counter Durable Object.
+
+pub mod counter_do;
+pub mod d1;

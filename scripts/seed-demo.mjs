@@ -1,0 +1,64 @@
+// Seeds the local demo (project `demo`, API `chat` on the built-in demo upstream, one consumer and its
+// key) through the admin API, idempotently, and prints how to call it. Usage: node seed-demo.mjs URL ADMIN_TOKEN
+import { readFileSync, writeFileSync, existsSync } from "node:fs";
+
+const [base, adminToken] = process.argv.slice(2);
+const KEY_FILE = ".dev-demo-key";
+const admin = { authorization: `Bearer ${adminToken}`, "content-type": "application/json" };
+
+async function call(method, path, body, headers = admin) {
+  const res = await fetch(base + path, { method, headers, body: body && JSON.stringify(body) });
+  const text = await res.text();
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+  return { status: res.status, json, text };
+}
+async function must(method, path, body, expected) {
+  const r = await call(method, path, body);
+  if (r.status !== expected) throw new Error(`${method} ${path} -> ${r.status}: ${r.text}`);
+  return r.json;
+}
+
+const projects = (await must("GET", "/api/v1/projects", undefined, 200)).projects;
+if (!projects.some((p) => p.slug === "demo")) {
+  await must("POST", "/api/v1/projects", { slug: "demo", name: "Demo project" }, 201);
+}
+const apis = (await must("GET", "/api/v1/gateway/apis?project=demo", undefined, 200)).apis;
+if (!apis.some((a) => a.slug === "chat")) {
+  await must("POST", "/api/v1/gateway/apis", {
+    project: "demo", slug: "chat", name: "Demo chat", auth_mode: "consumer-key-only",
+    upstream: { base_url: "demo", default_model: "sluice-demo-1", models: ["sluice-demo-1"] },
+  }, 201);
+}
+const consumers = (await must("GET", "/api/v1/projects/demo/consumers", undefined, 200)).consumers;
+let consumer = consumers.find((c) => c.name === "demo-user");
+if (!consumer) consumer = await must("POST", "/api/v1/projects/demo/consumers", { name: "demo-user", description: "made by make dev" }, 201);
+
+// The secret is shown once, so the demo key is kept in a local file; a key that no longer works is replaced.
+let key = existsSync(KEY_FILE) ? readFileSync(KEY_FILE, "utf8").trim() : "";
+if (key) {
+  const check = await call("GET", "/v1/demo/chat/models", undefined, { authorization: `Bearer ${key}` });
+  if (check.status !== 200) key = "";
+}
+if (!key) {
+  key = (await must("POST", `/api/v1/projects/demo/consumers/${consumer.id}/keys`, { name: "demo key" }, 201)).secret;
+  writeFileSync(KEY_FILE, key + "\n", { mode: 0o600 });
+}
+
+const body = JSON.stringify({ stream: true, messages: [{ role: "user", content: "Hello, Sluice!" }] });
+console.log(`
+Sluice is running on ${base}
+
+  demo project : demo      API: chat (consumer-key-only, built-in demo upstream)
+  consumer key : ${key}
+  admin token  : in .dev.vars (ADMIN_TOKEN)
+
+Stream a reply (paste this):
+
+  curl -N ${base}/v1/demo/chat/chat/completions \\
+    -H "Authorization: Bearer ${key}" \\
+    -H "Content-Type: application/json" \\
+    -d '${body}'
+
+Stop with Ctrl-C.
+`);

@@ -12,7 +12,7 @@ pub struct Error {
     /// Extension members of the problem object (e.g. `scope`, `limit`).
     pub extra: Map<String, Value>,
     /// Response headers the error requires (e.g. `WWW-Authenticate`, `Retry-After`).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(String, String)>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -34,8 +34,13 @@ impl Error {
         }
     }
 
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn with_headers(mut self, headers: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.headers.extend(headers);
         self
     }
 

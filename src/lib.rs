@@ -5,11 +5,13 @@ pub mod auth;
 pub mod crypto;
 pub mod error;
 pub mod ids;
+pub mod limits;
 pub mod model;
 pub mod router;
 pub mod stream;
 pub mod time;
 pub mod upstream;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod http;

@@ -1,63 +1,84 @@
 //! The data plane: every chat request's path through the gateway, as a short list of named phases.
 //!
-//! resolve the API → authenticate the consumer → read and check the chat body → forward upstream
-//! (or to the built-in demo) → relay the answer, streamed event by event.
+//! resolve the API → authenticate the consumer → read the chat body → admit (plan, model, quota and
+//! rate, reserved in the consumer's counter) → forward upstream (or to the built-in demo) → relay the
+//! answer, metered event by event → settle the real usage and file the usage record.
 
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures_channel::oneshot;
 use futures_util::future::{select, Either};
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, Stream, StreamExt};
 use serde_json::{json, Value};
 use wasm_bindgen::JsValue;
-use worker::{
-    AbortController, ByteStream, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
-    Response,
-};
+use worker::{AbortController, Context, D1Database, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
 
 use crate::auth::{extract_credential, key::ConsumerKey};
 use crate::crypto;
 use crate::error::Error;
-use crate::http::{encryption_secret, header, json, now_ms, read_body};
+use crate::http::{encryption_secret, header, json, now_ms, read_body, with_random};
+use crate::ids::new_id;
+use crate::limits::counter::{Refusal, Reservation, Window};
+use crate::limits::headers::rate_limit_headers;
+use crate::limits::ops::{CounterReply, CounterRequest};
+use crate::limits::plan::{Limits, Plan};
 use crate::model::Api;
-use crate::store::d1;
-use crate::stream::relay::Relay;
+use crate::store::{counter_do as counter, d1};
+use crate::stream::relay::{Next, Relay, Usage};
 use crate::upstream::{self, demo::DemoReply, ChatRequest};
+use crate::usage::UsageRecord;
 
 /// Chat bodies carry whole conversations; 2 MiB is generous and still bounded.
 const CHAT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// Upstream error bodies are read only this far.
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
+/// Completion tokens reserved up front for a request without max_tokens, and added per extension.
+const TOKEN_STEP: u64 = 128;
 
 /// Who is calling, as proven by the authenticate phase.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub consumer_id: String,
-    pub key_id: String,
+    pub key_id: Option<String>,
+    pub session_id: Option<String>,
 }
 
 /// `POST /v1/{project}/{api}/chat/completions`.
-pub async fn chat_completions(
-    mut req: Request,
-    env: &Env,
-    ctx: &Context,
-    project: &str,
-    api: &str,
-) -> Result<Response, Error> {
+pub async fn chat_completions(mut req: Request, env: &Env, ctx: &Context, project: &str, api: &str) -> Result<Response, Error> {
+    let started = now_ms();
     let db = d1::db(env)?;
     let api = resolve_api(&db, project, api).await?;
-    let _caller = authenticate(&req, env, ctx, &db, &api).await?;
-    let chat = read_chat(&mut req, &api).await?;
-    forward(env, &api, chat).await
+    let caller = authenticate(&req, env, ctx, &db, &api).await?;
+    let mut chat = read_chat(&mut req, &api).await?;
+    let admission = admit(env, &db, &api, &caller, &mut chat, started).await?;
+    let rate_headers = rate_limit_headers(&admission.windows, started);
+    match forward(env, &api, &chat).await {
+        Err(e) => {
+            admission.finish(ctx, Outcome { status: e.status, usage: None, completion_estimate: 0, ttft_ms: None });
+            Err(e.with_headers(rate_headers))
+        }
+        Ok(Answer::Json(bytes)) => {
+            let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
+            let usage = answer.as_ref().and_then(Usage::from_json);
+            let completion_estimate = answer.as_ref().map_or(0, upstream::completion_estimate);
+            admission.finish(ctx, Outcome { status: 200, usage, completion_estimate, ttft_ms: None });
+            let headers = response_headers("application/json", &rate_headers)?;
+            Ok(Response::from_bytes(bytes)?.with_status(200).with_headers(headers))
+        }
+        Ok(Answer::Stream(body, abort)) => {
+            let headers = response_headers("text/event-stream; charset=utf-8", &rate_headers)?;
+            headers.set("cache-control", "no-cache")?;
+            headers.set("x-accel-buffering", "no")?;
+            let strip_usage = !admission.client_wants_usage;
+            let out = relay(ctx, admission, strip_usage, body, abort);
+            Ok(Response::from_stream(out)?.with_headers(headers))
+        }
+    }
 }
 
 /// `GET /v1/{project}/{api}/models`: the API's models in OpenAI's list shape.
-pub async fn list_models(
-    req: Request,
-    env: &Env,
-    ctx: &Context,
-    project: &str,
-    api: &str,
-) -> Result<Response, Error> {
+pub async fn list_models(req: Request, env: &Env, ctx: &Context, project: &str, api: &str) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let api = resolve_api(&db, project, api).await?;
     authenticate(&req, env, ctx, &db, &api).await?;
@@ -67,27 +88,53 @@ pub async fn list_models(
     json(200, &json!({"object": "list", "data": data}))
 }
 
+/// `GET /v1/{project}/{api}/usage`: the caller's plan, limits, and what is used and left in each window.
+pub async fn consumer_usage(req: Request, env: &Env, ctx: &Context, project: &str, api: &str) -> Result<Response, Error> {
+    let now = now_ms();
+    let db = d1::db(env)?;
+    let api = resolve_api(&db, project, api).await?;
+    let caller = authenticate(&req, env, ctx, &db, &api).await?;
+    let plan = d1::plan_for(&db, &api.id, &caller.consumer_id).await?;
+    let reply = counter::call(env, &api.id, &caller.consumer_id, &CounterRequest::Status { now, limits: plan.limits.clone() }).await?;
+    let CounterReply::Status { windows } = reply else {
+        return Err(Error::internal("The counter answered a status request with something else."));
+    };
+    let mut windows_json = serde_json::Map::new();
+    for w in &windows {
+        windows_json.insert(w.scope.as_str().into(), json!({
+            "limit": w.limit, "used": w.used, "remaining": w.remaining, "reset": crate::time::rfc3339(w.reset_at),
+        }));
+    }
+    let body = json!({
+        "consumer_id": caller.consumer_id,
+        "plan": {"name": plan.name, "models": plan.models, "limits": plan.limits},
+        "windows": windows_json,
+    });
+    let headers = response_headers("application/json", &rate_limit_headers(&windows, now))?;
+    Ok(Response::from_bytes(body.to_string().into_bytes())?.with_headers(headers))
+}
+
+fn response_headers(content_type: &str, extra: &[(String, String)]) -> Result<Headers, Error> {
+    let headers = Headers::new();
+    headers.set("content-type", content_type)?;
+    for (k, v) in extra {
+        headers.set(k, v)?;
+    }
+    Ok(headers)
+}
+
 /// Phase 1 — resolve: the project and API named in the path, or 404.
-async fn resolve_api(db: &worker::D1Database, project: &str, api: &str) -> Result<Api, Error> {
+async fn resolve_api(db: &D1Database, project: &str, api: &str) -> Result<Api, Error> {
     d1::api_by_slugs(db, project, api).await
 }
 
 /// Phase 2 — authenticate: a consumer key from `Authorization: Bearer` or `X-API-Key`, accepted in
 /// every auth mode. Malformed keys are refused before any lookup; the lookup reads D1 each time, so a
 /// revoked key fails on the next request. Missing → 401 with `WWW-Authenticate`; disabled → 403.
-async fn authenticate(
-    req: &Request,
-    env: &Env,
-    ctx: &Context,
-    db: &worker::D1Database,
-    api: &Api,
-) -> Result<Caller, Error> {
-    let credential = extract_credential(
-        header(req, "authorization").as_deref(),
-        header(req, "x-api-key").as_deref(),
-    )
-    .map_err(Error::invalid_credential)?
-    .ok_or_else(Error::missing_credential)?;
+async fn authenticate(req: &Request, env: &Env, ctx: &Context, db: &D1Database, api: &Api) -> Result<Caller, Error> {
+    let credential = extract_credential(header(req, "authorization").as_deref(), header(req, "x-api-key").as_deref())
+        .map_err(Error::invalid_credential)?
+        .ok_or_else(Error::missing_credential)?;
     let key = ConsumerKey::parse(&credential).map_err(|e| {
         if api.auth_mode == "consumer-key-only" {
             Error::invalid_credential(format!("Not a valid consumer key: {}.", e.describe()))
@@ -97,11 +144,8 @@ async fn authenticate(
                 api.auth_mode, e.describe()))
         }
     })?;
-    let found = d1::key_by_hash(db, &api.project_id, &key.hash())
-        .await?
-        .ok_or_else(|| {
-            Error::invalid_credential("This consumer key is unknown or has been revoked.")
-        })?;
+    let found = d1::key_by_hash(db, &api.project_id, &key.hash()).await?
+        .ok_or_else(|| Error::invalid_credential("This consumer key is unknown or has been revoked."))?;
     if found.consumer_status != "enabled" {
         return Err(Error::consumer_disabled());
     }
@@ -111,10 +155,7 @@ async fn authenticate(
             let _ = d1::touch_key(&db, &key_id, now_ms()).await;
         }
     });
-    Ok(Caller {
-        consumer_id: found.consumer_id,
-        key_id: found.key_id,
-    })
+    Ok(Caller { consumer_id: found.consumer_id, key_id: Some(found.key_id), session_id: None })
 }
 
 /// Phase 3 — read the chat body: bounded (413), valid JSON (400), an OpenAI Chat Completions shape,
@@ -125,23 +166,123 @@ async fn read_chat(req: &mut Request, api: &Api) -> Result<ChatRequest, Error> {
     upstream::prepare_chat(body, api.default_model.as_deref())
 }
 
-/// Phase 4 — forward: the built-in demo answers in the worker; otherwise the gateway calls the API's
+/// An admitted request: its lease in the consumer's counter and what settling it needs.
+struct Admission {
+    env: Env,
+    api_id: String,
+    consumer_id: String,
+    lease_id: String,
+    limits: Limits,
+    plan_name: String,
+    windows: Vec<Window>,
+    /// Completion tokens granted so far (the stream's budget when the plan limits tokens).
+    granted: u64,
+    prompt_estimate: u64,
+    client_wants_usage: bool,
+    record: UsageRecord,
+}
+
+/// How a request ended, for settling its lease.
+struct Outcome {
+    status: u16,
+    usage: Option<Usage>,
+    completion_estimate: u64,
+    ttft_ms: Option<u64>,
+}
+
+/// Phase 4 — admit: the consumer's plan (subscription or the API's default, read fresh so changes
+/// apply at once), its model list (403), its max_tokens cap (forced upstream), then one call to the
+/// consumer's counter that checks every window and reserves the tokens (429 if any refuses). If the
+/// counter cannot be reached the request is refused with 503, never let through unmetered.
+async fn admit(env: &Env, db: &D1Database, api: &Api, caller: &Caller, chat: &mut ChatRequest, now: i64) -> Result<Admission, Error> {
+    let plan: Plan = d1::plan_for(db, &api.id, &caller.consumer_id).await?;
+    plan.check_model(&chat.model)?;
+    let metering = upstream::apply_plan(chat, plan.limits.max_tokens_per_request)?;
+    let lease_id = with_random(|r| new_id("req", r))?;
+    let reservation = Reservation {
+        prompt: metering.prompt_estimate,
+        completion: metering.max_tokens.unwrap_or(TOKEN_STEP),
+        flexible: metering.max_tokens.is_none(),
+    };
+    let op = CounterRequest::Admit { now, limits: plan.limits.clone(), lease_id: lease_id.clone(), reservation, stream: chat.stream };
+    let (granted, windows) = match counter::call(env, &api.id, &caller.consumer_id, &op).await? {
+        CounterReply::Admitted { granted, windows } => (granted, windows),
+        CounterReply::Refused { refusal, windows } => {
+            return Err(refusal.to_error(&plan.name).with_headers(rate_limit_headers(&windows, now)));
+        }
+        _ => return Err(Error::internal("The counter answered an admission with something else.")),
+    };
+    let record = UsageRecord {
+        id: lease_id.clone(), created_at: now, project_id: api.project_id.clone(), api_id: api.id.clone(),
+        consumer_id: caller.consumer_id.clone(), key_id: caller.key_id.clone(), session_id: caller.session_id.clone(),
+        model: chat.model.clone(), plan: plan.name.clone(), ..UsageRecord::default()
+    };
+    Ok(Admission {
+        env: env.clone(), api_id: api.id.clone(), consumer_id: caller.consumer_id.clone(), lease_id, limits: plan.limits,
+        plan_name: plan.name, windows, granted, prompt_estimate: metering.prompt_estimate,
+        client_wants_usage: metering.client_wants_usage, record,
+    })
+}
+
+impl Admission {
+    /// Whether the plan limits tokens, so a stream must stay within its granted budget.
+    fn meters_tokens(&self) -> bool {
+        self.limits.tokens_per_day.is_some() || self.limits.tokens_per_month.is_some()
+    }
+
+    /// The settle operation: real usage when the upstream reported it, else the gateway's estimate.
+    fn settle_op(&self, outcome: &Outcome) -> CounterRequest {
+        let now = now_ms();
+        let mut record = self.record.clone();
+        match outcome.usage {
+            Some(u) => {
+                record.prompt_tokens = u.prompt_tokens;
+                record.completion_tokens = u.completion_tokens;
+                record.total_tokens = u.total_tokens;
+            }
+            None => {
+                let admitted_without_upstream = outcome.status >= 400 && outcome.completion_estimate == 0;
+                record.prompt_tokens = if admitted_without_upstream { 0 } else { self.prompt_estimate };
+                record.completion_tokens = outcome.completion_estimate;
+                record.total_tokens = record.prompt_tokens + record.completion_tokens;
+                record.estimated = !admitted_without_upstream;
+            }
+        }
+        record.status = outcome.status;
+        record.latency_ms = (now - self.record.created_at).max(0) as u64;
+        record.ttft_ms = outcome.ttft_ms;
+        CounterRequest::Settle { now, lease_id: self.lease_id.clone(), record }
+    }
+
+    /// Settles after the response is on its way (the runtime keeps the isolate for it).
+    fn finish(self, ctx: &Context, outcome: Outcome) {
+        let op = self.settle_op(&outcome);
+        ctx.wait_until(async move {
+            if let Err(e) = counter::call(&self.env, &self.api_id, &self.consumer_id, &op).await {
+                worker::console_error!("settle failed for {}: {}", self.lease_id, e.detail);
+            }
+        });
+    }
+}
+
+type Body = Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>>>>;
+
+enum Answer {
+    Json(Vec<u8>),
+    /// A streamed answer and, for a real upstream, the switch that cancels it.
+    Stream(Body, Option<AbortController>),
+}
+
+/// Phase 5 — forward: the built-in demo answers in the worker; otherwise the gateway calls the API's
 /// upstream itself with the owner's provider key (client credentials never travel upstream). No
 /// answer within the API's timeout → 504; unreachable → 502.
-async fn forward(env: &Env, api: &Api, chat: ChatRequest) -> Result<Response, Error> {
+async fn forward(env: &Env, api: &Api, chat: &ChatRequest) -> Result<Answer, Error> {
     if api.upstream_base_url == "demo" {
-        return demo_answer(&chat);
+        return Ok(demo_answer(chat));
     }
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
-    headers.set(
-        "accept",
-        if chat.stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        },
-    )?;
+    headers.set("accept", if chat.stream { "text/event-stream" } else { "application/json" })?;
     if let Some(sealed) = &api.upstream_key_enc {
         let secret = encryption_secret(env)?;
         let key = crypto::open(&secret, sealed)
@@ -150,9 +291,7 @@ async fn forward(env: &Env, api: &Api, chat: ChatRequest) -> Result<Response, Er
     }
     let body = Value::Object(chat.body.clone()).to_string();
     let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(JsValue::from_str(&body)));
+    init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(&body)));
     let request = Request::new_with_init(&upstream::chat_url(&api.upstream_base_url), &init)?;
 
     let controller = AbortController::default();
@@ -163,11 +302,7 @@ async fn forward(env: &Env, api: &Api, chat: ChatRequest) -> Result<Response, Er
     let deadline = Box::pin(Delay::from(Duration::from_millis(u64::from(timeout_ms))));
     let mut response = match select(sent, deadline).await {
         Either::Left((Ok(resp), _)) => resp,
-        Either::Left((Err(e), _)) => {
-            return Err(Error::upstream(format!(
-                "The upstream could not be reached: {e}."
-            )))
-        }
+        Either::Left((Err(e), _)) => return Err(Error::upstream(format!("The upstream could not be reached: {e}."))),
         Either::Right(_) => {
             controller.abort();
             return Err(Error::upstream_timeout(timeout_ms));
@@ -180,17 +315,11 @@ async fn forward(env: &Env, api: &Api, chat: ChatRequest) -> Result<Response, Er
         return Err(upstream::upstream_failure(status, &body, retry_after));
     }
     if chat.stream {
-        relay_stream(response)
+        let body = response.stream()?.map(|chunk| chunk.map_err(|e| e.to_string()));
+        Ok(Answer::Stream(Box::pin(body), Some(controller)))
     } else {
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Error::upstream(format!("The upstream answer broke off: {e}.")))?;
-        let out = Headers::new();
-        out.set("content-type", "application/json")?;
-        Ok(Response::from_bytes(bytes)?
-            .with_status(200)
-            .with_headers(out))
+        let bytes = response.bytes().await.map_err(|e| Error::upstream(format!("The upstream answer broke off: {e}.")))?;
+        Ok(Answer::Json(bytes))
     }
 }
 
@@ -208,72 +337,127 @@ async fn read_limited(response: &mut Response, limit: usize) -> Vec<u8> {
     out
 }
 
-fn sse_headers() -> Result<Headers, Error> {
-    let h = Headers::new();
-    h.set("content-type", "text/event-stream; charset=utf-8")?;
-    h.set("cache-control", "no-cache")?;
-    h.set("x-accel-buffering", "no")?;
-    Ok(h)
-}
-
-/// Phase 5 — relay: pass the upstream's SSE through event by event as it arrives (never buffered
-/// whole). A cut or failed upstream ends the stream with an `error` event and `[DONE]`.
-fn relay_stream(mut upstream: Response) -> Result<Response, Error> {
-    let body: ByteStream = upstream.stream()?;
-    let out = stream::unfold(
-        (body, Relay::new(), false),
-        |(mut body, mut relay, ended)| async move {
-            if ended {
-                return None;
-            }
-            loop {
-                match body.next().await {
-                    Some(Ok(chunk)) => {
-                        let bytes = relay.on_chunk(&chunk);
-                        if !bytes.is_empty() {
-                            return Some((
-                                Ok::<Vec<u8>, worker::Error>(bytes),
-                                (body, relay, false),
-                            ));
-                        }
-                    }
-                    Some(Err(e)) => {
-                        let bytes = relay.on_error(&Error::new(
-                            502,
-                            "upstream-stream-interrupted",
-                            "The upstream stream ended early",
-                            format!("The upstream connection failed mid-stream: {e}."),
-                        ));
-                        return Some((Ok(bytes), (body, relay, true)));
-                    }
-                    None => {
-                        let bytes = relay.on_end();
-                        return if bytes.is_empty() {
-                            None
-                        } else {
-                            Some((Ok(bytes), (body, relay, true)))
-                        };
-                    }
-                }
-            }
-        },
-    );
-    Ok(Response::from_stream(out)?.with_headers(sse_headers()?))
-}
-
 /// The built-in `demo` upstream: a deterministic reply, streamed token by token with small delays.
-fn demo_answer(chat: &ChatRequest) -> Result<Response, Error> {
-    let reply = DemoReply::new(
-        &Value::Object(chat.body.clone()),
-        &chat.model,
-        now_ms() / 1000,
-    );
+fn demo_answer(chat: &ChatRequest) -> Answer {
+    let reply = DemoReply::new(&Value::Object(chat.body.clone()), &chat.model, now_ms() / 1000);
     if !chat.stream {
-        return json(200, &reply.completion());
+        return Answer::Json(reply.completion().to_string().into_bytes());
     }
     let frames = stream::iter(reply.sse_frames()).then(|frame| async move {
         Delay::from(Duration::from_millis(upstream::demo::TOKEN_DELAY_MS)).await;
-        Ok::<Vec<u8>, worker::Error>(frame.into_bytes())
+        Ok::<Vec<u8>, String>(frame.into_bytes())
     });
-    Ok(Response::from_stream(frames)?.with_headers(sse_headers()?))
+    Answer::Stream(Box::pin(frames), None)
+}
+
+/// Phase 6 — relay and meter: the upstream's SSE goes out event by event as it arrives. When the plan
+/// limits tokens, every event is checked against the granted budget; past it the counter is asked
+/// for more, and if none is left the stream ends cleanly with a `quota-exceeded` error event and
+/// `[DONE]`. However the stream ends (done, cut, quota, client gone), the upstream is cancelled if
+/// still running and the lease is settled once, from the runtime's wait_until.
+fn relay(ctx: &Context, admission: Admission, strip_usage: bool, body: Body, abort: Option<AbortController>) -> impl Stream<Item = Result<Vec<u8>, worker::Error>> {
+    let (tx, rx) = oneshot::channel::<CounterRequest>();
+    let (env, api_id, consumer_id) = (admission.env.clone(), admission.api_id.clone(), admission.consumer_id.clone());
+    ctx.wait_until(async move {
+        if let Ok(op) = rx.await {
+            if let Err(e) = counter::call(&env, &api_id, &consumer_id, &op).await {
+                worker::console_error!("settle failed: {}", e.detail);
+            }
+        }
+    });
+    let budget = admission.meters_tokens().then_some(admission.granted);
+    let state = MeteredStream { body, relay: Relay::new(strip_usage, budget), admission, settle: Some(tx), abort, ttft_ms: None, done: false };
+    stream::unfold(state, |mut s| async move { s.next_bytes().await.map(|bytes| (Ok(bytes), s)) })
+}
+
+struct MeteredStream {
+    body: Body,
+    relay: Relay,
+    admission: Admission,
+    settle: Option<oneshot::Sender<CounterRequest>>,
+    abort: Option<AbortController>,
+    ttft_ms: Option<u64>,
+    done: bool,
+}
+
+impl MeteredStream {
+    async fn next_bytes(&mut self) -> Option<Vec<u8>> {
+        while !self.done {
+            let bytes = match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    let (mut bytes, mut next) = self.relay.on_chunk(&chunk);
+                    while next == Next::NeedBudget && !self.done {
+                        let (more, after) = self.extend_budget().await;
+                        bytes.extend(more);
+                        next = after;
+                    }
+                    bytes
+                }
+                Some(Err(e)) => {
+                    let bytes = self.relay.on_error(&Error::new(502, "upstream-stream-interrupted",
+                        "The upstream stream ended early", format!("The upstream connection failed mid-stream: {e}.")));
+                    self.end(502);
+                    bytes
+                }
+                None => {
+                    let bytes = self.relay.on_end();
+                    self.end(if bytes.is_empty() { 200 } else { 502 });
+                    bytes
+                }
+            };
+            if !bytes.is_empty() {
+                if self.ttft_ms.is_none() {
+                    self.ttft_ms = Some((now_ms() - self.admission.record.created_at).max(0) as u64);
+                }
+                return Some(bytes);
+            }
+        }
+        None
+    }
+
+    /// Asks the counter for more completion tokens; none left ends the stream with `quota-exceeded`.
+    async fn extend_budget(&mut self) -> (Vec<u8>, Next) {
+        let now = now_ms();
+        let a = &self.admission;
+        let op = CounterRequest::Extend { now, limits: a.limits.clone(), lease_id: a.lease_id.clone(), want: TOKEN_STEP };
+        match counter::call(&a.env, &a.api_id, &a.consumer_id, &op).await {
+            Ok(CounterReply::Extended { granted, .. }) if granted > 0 => self.relay.grant(granted),
+            Ok(CounterReply::Extended { windows, .. }) => {
+                let error = Refusal::exhausted(&windows, now).to_error(&a.plan_name);
+                let bytes = self.relay.on_error(&error);
+                self.end(429);
+                (bytes, Next::Read)
+            }
+            Ok(_) | Err(_) => {
+                let bytes = self.relay.on_error(&Error::new(503, "counter-unavailable", "Quota counters are unavailable",
+                    "The token budget could not be extended, so the stream was ended rather than continue unmetered."));
+                self.end(503);
+                (bytes, Next::Read)
+            }
+        }
+    }
+
+    /// The stream is over: cancel the upstream if it is still sending, and settle exactly once.
+    fn end(&mut self, status: u16) {
+        self.done = true;
+        if status != 200 {
+            if let Some(abort) = self.abort.take() {
+                abort.abort();
+            }
+        }
+        if let Some(tx) = self.settle.take() {
+            let outcome = Outcome { status, usage: self.relay.usage(), completion_estimate: self.relay.completion_estimate(), ttft_ms: self.ttft_ms };
+            let _ = tx.send(self.admission.settle_op(&outcome));
+        }
+    }
+}
+
+impl Drop for MeteredStream {
+    /// The client went away mid-stream (the runtime dropped the body): cancel the upstream and settle
+    /// with what was delivered, marked estimated. 499 is the conventional "client closed request".
+    fn drop(&mut self) {
+        if !self.done {
+            self.end(499);
+        }
+    }
 }

@@ -7,12 +7,18 @@ pub enum Route {
     Health,
     ChatCompletions { project: String, api: String },
     ListModels { project: String, api: String },
+    ConsumerUsage { project: String, api: String },
     ListProjects,
     CreateProject,
     ListApis,
     CreateApi,
     GetApi { id: String },
     PatchApi { id: String },
+    ListPlans { api: String },
+    CreatePlan { api: String },
+    PatchPlan { api: String, plan: Option<String> },
+    SetConsumerPlan { api: String, consumer: String },
+    ApiUsage { api: String },
     ListConsumers { project: String },
     CreateConsumer { project: String },
     GetConsumer { project: String, id: String },
@@ -27,7 +33,7 @@ impl Route {
     pub fn is_admin(&self) -> bool {
         !matches!(
             self,
-            Route::Health | Route::ChatCompletions { .. } | Route::ListModels { .. }
+            Route::Health | Route::ChatCompletions { .. } | Route::ListModels { .. } | Route::ConsumerUsage { .. }
         )
     }
 }
@@ -57,6 +63,20 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
                 api: s(2),
             }),
         ),
+        ["v1", _, _, "usage"] => ("GET", (method == "GET").then(|| Route::ConsumerUsage { project: s(1), api: s(2) })),
+        ["api", "v1", "gateway", "apis", _, "plans"] => ("GET, POST, PATCH", match method {
+            "GET" => Some(Route::ListPlans { api: s(4) }),
+            "POST" => Some(Route::CreatePlan { api: s(4) }),
+            "PATCH" => Some(Route::PatchPlan { api: s(4), plan: None }),
+            _ => None,
+        }),
+        ["api", "v1", "gateway", "apis", _, "plans", _] => {
+            ("PATCH", (method == "PATCH").then(|| Route::PatchPlan { api: s(4), plan: Some(s(6)) }))
+        }
+        ["api", "v1", "gateway", "apis", _, "consumers", _, "plan"] => {
+            ("PUT", (method == "PUT").then(|| Route::SetConsumerPlan { api: s(4), consumer: s(6) }))
+        }
+        ["api", "v1", "gateway", "apis", _, "usage"] => ("GET", (method == "GET").then(|| Route::ApiUsage { api: s(4) })),
         ["api", "v1", "projects"] => (
             "GET, POST",
             match method {
@@ -180,9 +200,20 @@ mod tests {
             .unwrap_err()
             .headers
             .iter()
-            .any(|(k, v)| *k == "Allow" && v == "GET, POST"));
+            .any(|(k, v)| k == "Allow" && v == "GET, POST"));
         assert!(Route::CreateProject.is_admin());
         assert!(!Route::Health.is_admin());
+    }
+
+    #[test]
+    fn plan_and_usage_routes() {
+        assert_eq!(route("GET", "/v1/demo/chat/usage"), Ok(Route::ConsumerUsage { project: "demo".into(), api: "chat".into() }));
+        assert!(!route("GET", "/v1/demo/chat/usage").unwrap().is_admin());
+        assert_eq!(route("PATCH", "/api/v1/gateway/apis/a1/plans"), Ok(Route::PatchPlan { api: "a1".into(), plan: None }));
+        assert_eq!(route("PATCH", "/api/v1/gateway/apis/a1/plans/pro"), Ok(Route::PatchPlan { api: "a1".into(), plan: Some("pro".into()) }));
+        assert_eq!(route("PUT", "/api/v1/gateway/apis/a1/consumers/c1/plan"), Ok(Route::SetConsumerPlan { api: "a1".into(), consumer: "c1".into() }));
+        assert_eq!(route("GET", "/api/v1/gateway/apis/a1/usage"), Ok(Route::ApiUsage { api: "a1".into() }));
+        assert_eq!(route("POST", "/api/v1/gateway/apis/a1/usage").unwrap_err().status, 405);
     }
 
     #[test]

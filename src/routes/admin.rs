@@ -12,7 +12,10 @@ use crate::model::{
     self, Api, ApiPatch, AuthMode, Consumer, ConsumerPatch, NewApi, NewConsumer, NewKey,
     NewProject, Project,
 };
+use crate::limits::plan::{Limits, Plan, PlanInput, PlanRow};
 use crate::router::Route;
+use crate::time::rfc3339;
+use crate::usage::UsageQuery;
 use crate::store::d1;
 
 /// Admin bodies are small; anything bigger is a mistake.
@@ -85,7 +88,8 @@ pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Respons
                 created_at: now,
                 updated_at: now,
             };
-            d1::create_api(&db, &api).await?;
+            let default_plan = Plan { id: with_random(|r| new_id("pln", r))?, name: "default".into(), limits: Limits::default(), models: None, is_default: true };
+            d1::create_api(&db, &api, &default_plan).await?;
             json(201, &api.to_json())
         }
         Route::GetApi { id } => json(200, &d1::api_by_id(&db, &id).await?.to_json()),
@@ -202,7 +206,7 @@ pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Respons
                 201,
                 &json!({
                     "id": id, "name": input.name, "secret": key.reveal(), "prefix": prefix,
-                    "consumer_id": consumer.id, "created_at": crate::time::rfc3339(now),
+                    "consumer_id": consumer.id, "created_at": rfc3339(now),
                 }),
             )
         }
@@ -225,10 +229,90 @@ pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Respons
             }
             no_content()
         }
-        Route::Health | Route::ChatCompletions { .. } | Route::ListModels { .. } => Err(
+        Route::ListPlans { api } => {
+            let api = d1::api_by_id(&db, &api).await?;
+            let plans: Vec<Value> = d1::list_plans(&db, &api.id).await?.iter().map(PlanRow::to_json).collect();
+            json(200, &json!({ "plans": plans }))
+        }
+        Route::CreatePlan { api } => {
+            let input: PlanInput = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            input.validate()?;
+            if input.id.is_some() {
+                return Err(Error::invalid_request("`id` is chosen by the gateway; leave it out when creating a plan"));
+            }
+            let name = input.name.clone().ok_or_else(|| Error::invalid_request("A plan needs a `name`"))?;
+            let api = d1::api_by_id(&db, &api).await?;
+            let blank = Plan { id: with_random(|r| new_id("pln", r))?, name, limits: Limits::default(), models: None, is_default: false };
+            let plan = input.apply(&blank);
+            d1::create_plan(&db, &plan, &api.id, now).await?;
+            json(201, &d1::plan(&db, &api.id, &plan.id).await?.to_json())
+        }
+        Route::PatchPlan { api, plan } => {
+            let input: PlanInput = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            input.validate()?;
+            let api = d1::api_by_id(&db, &api).await?;
+            // On the collection, the body names the plan by `id` (or by `name`, which then cannot change).
+            let target = plan.or_else(|| input.id.clone()).or_else(|| input.name.clone())
+                .ok_or_else(|| Error::invalid_request("Name the plan to change: PATCH .../plans/{plan}, or `id` in the body"))?;
+            let current = d1::plan(&db, &api.id, &target).await?.to_plan();
+            if input.default == Some(false) && current.is_default {
+                return Err(Error::invalid_request("Every API needs a default plan: make another plan the default instead"));
+            }
+            let updated = input.apply(&current);
+            d1::update_plan(&db, &updated, &api.id, now).await?;
+            json(200, &d1::plan(&db, &api.id, &updated.id).await?.to_json())
+        }
+        Route::SetConsumerPlan { api, consumer } => {
+            let input: SetPlan = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            let api = d1::api_by_id(&db, &api).await?;
+            let plan = d1::plan(&db, &api.id, &input.plan).await?;
+            d1::subscribe(&db, &api.id, &consumer, &plan.id, now).await?;
+            json(200, &json!({ "api_id": api.id, "consumer_id": consumer, "plan": plan.to_json() }))
+        }
+        Route::ApiUsage { api } => {
+            let api = d1::api_by_id(&db, &api).await?;
+            let url: Url = req.url()?;
+            let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+            let query = UsageQuery::parse(&pairs, now)?;
+            let mut totals = d1::usage_groups(&db, &api.id, &UsageQuery { group_by: None, ..query.clone() }).await?;
+            let totals = totals.pop().map(|t| group_json(&t, None)).unwrap_or_else(|| json!({}));
+            let mut body = json!({
+                "api_id": api.id, "from": rfc3339(query.from), "to": rfc3339(query.to), "consumer": query.consumer, "totals": totals,
+            });
+            match query.group_by {
+                Some(g) => {
+                    let groups: Vec<Value> = d1::usage_groups(&db, &api.id, &query).await?.iter().map(|row| group_json(row, Some(g.as_str()))).collect();
+                    body["group_by"] = json!(g.as_str());
+                    body["groups"] = json!(groups);
+                }
+                None => {
+                    let records: Vec<Value> = d1::usage_records(&db, &api.id, &query, 1000).await?.iter().map(|r| r.to_record().to_json()).collect();
+                    body["records"] = json!(records);
+                }
+            }
+            json(200, &body)
+        }
+        Route::Health | Route::ChatCompletions { .. } | Route::ListModels { .. } | Route::ConsumerUsage { .. } => Err(
             Error::internal("A data-plane route reached the admin handler."),
         ),
     }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPlan {
+    plan: String,
+}
+
+fn group_json(row: &d1::UsageGroup, name: Option<&str>) -> Value {
+    let mut v = json!({
+        "requests": row.requests as u64, "prompt_tokens": row.prompt_tokens as u64, "completion_tokens": row.completion_tokens as u64,
+        "total_tokens": row.total_tokens as u64, "estimated_requests": row.estimated_requests as u64,
+    });
+    if let Some(name) = name {
+        v[name] = json!(row.key);
+    }
+    v
 }
 
 /// Encrypts a provider key with the ENCRYPTION_KEY secret; refuses to store it in the clear.

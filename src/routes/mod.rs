@@ -28,6 +28,9 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Result<Response, 
         Route::ListModels { project, api } => {
             pipeline::list_models(req, env, ctx, &project, &api).await
         }
+        Route::ConsumerUsage { project, api } => {
+            pipeline::consumer_usage(req, env, ctx, &project, &api).await
+        }
         admin_route => admin::handle(admin_route, req, env).await,
     }
 }

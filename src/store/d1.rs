@@ -5,7 +5,9 @@ use wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement, Env};
 
 use crate::error::Error;
+use crate::limits::plan::{Plan, PlanRow};
 use crate::model::{Api, Consumer, KeyListing, Project};
+use crate::usage::{UsageQuery, UsageRecord};
 
 pub fn db(env: &Env) -> Result<D1Database, Error> {
     env.d1("DB")
@@ -83,14 +85,17 @@ pub async fn project_by_slug(db: &D1Database, slug: &str) -> Result<Project, Err
 const API_COLUMNS: &str = "a.id, a.project_id, p.slug AS project_slug, a.slug, a.name, a.auth_mode, a.upstream_base_url, \
      a.upstream_key_enc, a.default_model, a.models_json, a.timeout_ms, a.created_at, a.updated_at";
 
-pub async fn create_api(db: &D1Database, a: &Api) -> Result<(), Error> {
-    insert(db,
+/// Creates an API together with its default plan (unlimited until the owner sets limits).
+pub async fn create_api(db: &D1Database, a: &Api, default_plan: &Plan) -> Result<(), Error> {
+    let insert_api = stmt(db,
         "INSERT INTO apis (id, project_id, slug, name, auth_mode, upstream_base_url, upstream_key_enc, default_model, \
          models_json, timeout_ms, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         &[text(&a.id), text(&a.project_id), text(&a.slug), text(&a.name), text(&a.auth_mode), text(&a.upstream_base_url),
           opt_text(a.upstream_key_enc.as_deref()), opt_text(a.default_model.as_deref()), text(&a.models_json),
-          int(a.timeout_ms), int(a.created_at), int(a.updated_at)],
-        format!("Project `{}` already has an API `{}`.", a.project_slug, a.slug)).await
+          int(a.timeout_ms), int(a.created_at), int(a.updated_at)])?;
+    let insert_plan = insert_plan_stmt(db, default_plan, &a.id, a.created_at)?;
+    db.batch(vec![insert_api, insert_plan]).await.map(|_| ())
+        .map_err(|e| conflict_or(e, format!("Project `{}` already has an API `{}`.", a.project_slug, a.slug)))
 }
 
 pub async fn api_by_id(db: &D1Database, id: &str) -> Result<Api, Error> {
@@ -231,4 +236,174 @@ pub async fn touch_key(db: &D1Database, key_id: &str, now: i64) -> Result<(), Er
     changes(db, "UPDATE consumer_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?3)",
         &[text(key_id), int(now), int(now - 60_000)]).await?;
     Ok(())
+}
+
+// ---- plans and subscriptions
+
+const PLAN_COLUMNS: &str = "id, api_id, name, requests_per_minute, requests_per_day, tokens_per_day, tokens_per_month, \
+     max_tokens_per_request, max_concurrent_streams, models_json, is_default, created_at, updated_at";
+
+fn opt_int(n: Option<u64>) -> JsValue {
+    n.map(|v| JsValue::from_f64(v as f64)).unwrap_or(JsValue::NULL)
+}
+
+fn plan_args(p: &Plan, api_id: &str, now: i64) -> Vec<JsValue> {
+    let l = &p.limits;
+    vec![text(&p.id), text(api_id), text(&p.name), opt_int(l.requests_per_minute), opt_int(l.requests_per_day),
+         opt_int(l.tokens_per_day), opt_int(l.tokens_per_month), opt_int(l.max_tokens_per_request), opt_int(l.max_concurrent_streams),
+         p.models.as_ref().map(|m| JsValue::from_str(&serde_json::to_string(m).unwrap_or_default())).unwrap_or(JsValue::NULL),
+         int(i64::from(p.is_default)), int(now)]
+}
+
+/// The statement that inserts a plan (batched with the API it belongs to, or run alone).
+pub fn insert_plan_stmt(db: &D1Database, p: &Plan, api_id: &str, now: i64) -> Result<D1PreparedStatement, Error> {
+    stmt(db, &format!("INSERT INTO plans ({PLAN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)"), &plan_args(p, api_id, now))
+}
+
+fn clear_default_stmt(db: &D1Database, api_id: &str, keep: &str) -> Result<D1PreparedStatement, Error> {
+    stmt(db, "UPDATE plans SET is_default = 0 WHERE api_id = ?1 AND id <> ?2 AND is_default = 1", &[text(api_id), text(keep)])
+}
+
+fn conflict_or(e: worker::Error, what: String) -> Error {
+    if e.to_string().contains("UNIQUE constraint failed") { Error::conflict(what) } else { e.into() }
+}
+
+/// Creates a plan; a new default plan takes over from the old one in the same batch.
+pub async fn create_plan(db: &D1Database, p: &Plan, api_id: &str, now: i64) -> Result<(), Error> {
+    let mut batch = Vec::new();
+    if p.is_default {
+        batch.push(clear_default_stmt(db, api_id, &p.id)?);
+    }
+    batch.push(insert_plan_stmt(db, p, api_id, now)?);
+    db.batch(batch).await.map(|_| ()).map_err(|e| conflict_or(e, format!("This API already has a plan named `{}`.", p.name)))
+}
+
+pub async fn update_plan(db: &D1Database, p: &Plan, api_id: &str, now: i64) -> Result<(), Error> {
+    let mut batch = Vec::new();
+    if p.is_default {
+        batch.push(clear_default_stmt(db, api_id, &p.id)?);
+    }
+    batch.push(stmt(db,
+        "UPDATE plans SET name = ?3, requests_per_minute = ?4, requests_per_day = ?5, tokens_per_day = ?6, tokens_per_month = ?7, \
+         max_tokens_per_request = ?8, max_concurrent_streams = ?9, models_json = ?10, is_default = ?11, updated_at = ?12 \
+         WHERE id = ?1 AND api_id = ?2", &plan_args(p, api_id, now))?);
+    db.batch(batch).await.map(|_| ()).map_err(|e| conflict_or(e, format!("This API already has a plan named `{}`.", p.name)))
+}
+
+pub async fn list_plans(db: &D1Database, api_id: &str) -> Result<Vec<PlanRow>, Error> {
+    Ok(stmt(db, &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 ORDER BY created_at, id"), &[text(api_id)])?.all().await?.results()?)
+}
+
+/// A plan of the API by id or by name.
+pub async fn plan(db: &D1Database, api_id: &str, id_or_name: &str) -> Result<PlanRow, Error> {
+    stmt(db, &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 AND (id = ?2 OR name = ?2)"), &[text(api_id), text(id_or_name)])?
+        .first::<PlanRow>(None).await?
+        .ok_or_else(|| Error::not_found(format!("This API has no plan `{id_or_name}`.")))
+}
+
+/// The plan a consumer is on: its subscription, else the API's default. Read on every request, so
+/// plan changes apply on the next one. An API without plans is unlimited.
+pub async fn plan_for(db: &D1Database, api_id: &str, consumer_id: &str) -> Result<Plan, Error> {
+    let row = stmt(db, &format!(
+        "SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 AND \
+         (id = (SELECT plan_id FROM subscriptions WHERE api_id = ?1 AND consumer_id = ?2) OR is_default = 1) \
+         ORDER BY is_default ASC LIMIT 1"), &[text(api_id), text(consumer_id)])?
+        .first::<PlanRow>(None).await?;
+    Ok(row.map(|r| r.to_plan()).unwrap_or_else(|| Plan { id: String::new(), name: "default".into(), limits: Default::default(), models: None, is_default: true }))
+}
+
+pub async fn subscribe(db: &D1Database, api_id: &str, consumer_id: &str, plan_id: &str, now: i64) -> Result<(), Error> {
+    changes(db, "INSERT INTO subscriptions (api_id, consumer_id, plan_id, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (api_id, consumer_id) DO UPDATE SET plan_id = excluded.plan_id, updated_at = excluded.updated_at",
+        &[text(api_id), text(consumer_id), text(plan_id), int(now)]).await?;
+    Ok(())
+}
+
+// ---- usage
+
+/// Inserts flushed usage records; a record already stored (same id) is skipped, never counted twice.
+pub async fn insert_usage(db: &D1Database, records: &[UsageRecord]) -> Result<(), Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Vec::with_capacity(records.len());
+    for r in records {
+        batch.push(stmt(db,
+            "INSERT OR IGNORE INTO usage_records (id, created_at, project_id, api_id, consumer_id, key_id, session_id, model, plan, \
+             prompt_tokens, completion_tokens, total_tokens, estimated, status, latency_ms, ttft_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            &[text(&r.id), int(r.created_at), text(&r.project_id), text(&r.api_id), text(&r.consumer_id),
+              opt_text(r.key_id.as_deref()), opt_text(r.session_id.as_deref()), text(&r.model), text(&r.plan),
+              int(r.prompt_tokens as i64), int(r.completion_tokens as i64), int(r.total_tokens as i64), int(i64::from(r.estimated)),
+              int(i64::from(r.status)), int(r.latency_ms as i64), opt_int(r.ttft_ms)])?);
+    }
+    db.batch(batch).await?;
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UsageRow {
+    pub id: String,
+    pub created_at: f64,
+    pub api_id: String,
+    pub consumer_id: String,
+    pub key_id: Option<String>,
+    pub session_id: Option<String>,
+    pub model: String,
+    pub plan: String,
+    pub prompt_tokens: f64,
+    pub completion_tokens: f64,
+    pub total_tokens: f64,
+    pub estimated: f64,
+    pub status: f64,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+}
+
+impl UsageRow {
+    pub fn to_record(&self) -> UsageRecord {
+        UsageRecord {
+            id: self.id.clone(), created_at: self.created_at as i64, project_id: String::new(), api_id: self.api_id.clone(),
+            consumer_id: self.consumer_id.clone(), key_id: self.key_id.clone(), session_id: self.session_id.clone(),
+            model: self.model.clone(), plan: self.plan.clone(), prompt_tokens: self.prompt_tokens as u64,
+            completion_tokens: self.completion_tokens as u64, total_tokens: self.total_tokens as u64,
+            estimated: self.estimated != 0.0, status: self.status as u16, latency_ms: self.latency_ms as u64,
+            ttft_ms: self.ttft_ms.map(|t| t as u64),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, serde::Serialize)]
+pub struct UsageGroup {
+    pub key: Option<String>,
+    pub requests: f64,
+    pub prompt_tokens: f64,
+    pub completion_tokens: f64,
+    pub total_tokens: f64,
+    pub estimated_requests: f64,
+}
+
+const USAGE_FILTER: &str = "api_id = ?1 AND created_at >= ?2 AND created_at < ?3 AND (?4 IS NULL OR consumer_id = ?4)";
+
+fn usage_args(api_id: &str, q: &UsageQuery) -> Vec<JsValue> {
+    vec![text(api_id), int(q.from), int(q.to), opt_text(q.consumer.as_deref())]
+}
+
+/// Totals (and groups, when asked) of an API's usage in `[from, to)`.
+pub async fn usage_groups(db: &D1Database, api_id: &str, q: &UsageQuery) -> Result<Vec<UsageGroup>, Error> {
+    let key = q.group_by.map_or("NULL", |g| g.sql());
+    let sql = format!(
+        "SELECT {key} AS key, COUNT(*) AS requests, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, \
+         COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(total_tokens), 0) AS total_tokens, \
+         COALESCE(SUM(estimated), 0) AS estimated_requests FROM usage_records WHERE {USAGE_FILTER} GROUP BY 1 ORDER BY 1");
+    Ok(stmt(db, &sql, &usage_args(api_id, q))?.all().await?.results()?)
+}
+
+/// The most recent records in `[from, to)`, newest first.
+pub async fn usage_records(db: &D1Database, api_id: &str, q: &UsageQuery, limit: u32) -> Result<Vec<UsageRow>, Error> {
+    let sql = format!(
+        "SELECT id, created_at, api_id, consumer_id, key_id, session_id, model, plan, prompt_tokens, completion_tokens, \
+         total_tokens, estimated, status, latency_ms, ttft_ms FROM usage_records WHERE {USAGE_FILTER} \
+         ORDER BY created_at DESC, id LIMIT {limit}");
+    Ok(stmt(db, &sql, &usage_args(api_id, q))?.all().await?.results()?)
 }

@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::stream::sse::format_event;
+use crate::upstream::{estimate_tokens, prompt_text};
 
 /// Milliseconds the edge waits before each streamed token, so streaming is visible.
 pub const TOKEN_DELAY_MS: u64 = 25;
@@ -44,28 +45,6 @@ fn last_user_text(body: &Value) -> String {
     }
 }
 
-/// Rough token count: about four characters a token, at least one per non-empty text.
-pub fn estimate_tokens(text: &str) -> u64 {
-    let chars = text.chars().count() as u64;
-    chars.div_ceil(4)
-}
-
-fn prompt_text(body: &Value) -> String {
-    body.get("messages")
-        .and_then(Value::as_array)
-        .map(|m| {
-            m.iter()
-                .filter_map(|msg| msg.get("content"))
-                .map(|c| match c {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
-}
-
 impl DemoReply {
     /// The reply depends only on the request (and `created`, the current time in seconds).
     pub fn new(body: &Value, model: &str, created: i64) -> DemoReply {
@@ -83,7 +62,7 @@ impl DemoReply {
             model: model.to_string(),
             created,
             tokens,
-            prompt_tokens: estimate_tokens(&prompt_text(body)).max(1),
+            prompt_tokens: estimate_tokens(&body.as_object().map(prompt_text).unwrap_or_default()).max(1),
         }
     }
 

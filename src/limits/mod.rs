@@ -1,0 +1,6 @@
+//! Pure quota and rate-limit logic: plans, the per-consumer counter state, and the headers it yields.
+
+pub mod counter;
+pub mod headers;
+pub mod ops;
+pub mod plan;

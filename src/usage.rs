@@ -1,0 +1,123 @@
+//! Usage records (one per admitted request) and the owner's usage report query parameters.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::Error;
+use crate::time::{parse_rfc3339, rfc3339};
+
+/// One request's usage. `id` is the request's lease id, so a record flushed twice is stored once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub id: String,
+    pub created_at: i64,
+    pub project_id: String,
+    pub api_id: String,
+    pub consumer_id: String,
+    pub key_id: Option<String>,
+    pub session_id: Option<String>,
+    pub model: String,
+    pub plan: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// The upstream never reported usage (cut, client gone): counts are the gateway's estimate.
+    pub estimated: bool,
+    pub status: u16,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+}
+
+impl UsageRecord {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id, "time": rfc3339(self.created_at), "api_id": self.api_id, "consumer_id": self.consumer_id,
+            "key_id": self.key_id, "session_id": self.session_id, "model": self.model, "plan": self.plan,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens,
+            "estimated": self.estimated, "status": self.status, "latency_ms": self.latency_ms, "ttft_ms": self.ttft_ms,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Consumer,
+    Model,
+    Day,
+}
+
+impl GroupBy {
+    /// The SQL expression a report groups on (fixed strings, never user text).
+    pub fn sql(self) -> &'static str {
+        match self {
+            GroupBy::Consumer => "consumer_id",
+            GroupBy::Model => "model",
+            GroupBy::Day => "strftime('%Y-%m-%d', created_at / 1000, 'unixepoch')",
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Consumer => "consumer",
+            GroupBy::Model => "model",
+            GroupBy::Day => "day",
+        }
+    }
+}
+
+/// `?from=&to=&consumer=&group_by=` of the owner's usage report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub from: i64,
+    pub to: i64,
+    pub consumer: Option<String>,
+    pub group_by: Option<GroupBy>,
+}
+
+impl UsageQuery {
+    /// Defaults: the last 30 days up to now.
+    pub fn parse(pairs: &[(String, String)], now: i64) -> Result<UsageQuery, Error> {
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty());
+        let time = |k: &str, default: i64| -> Result<i64, Error> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => parse_rfc3339(v).ok_or_else(|| Error::invalid_request(format!("`{k}` must be an RFC 3339 date or time, e.g. 2026-11-01 or 2026-11-01T00:00:00Z"))),
+            }
+        };
+        let to = time("to", now)?;
+        let from = time("from", to - 30 * 86_400_000)?;
+        if from > to {
+            return Err(Error::invalid_request("`from` must not be after `to`"));
+        }
+        let group_by = match get("group_by") {
+            None => None,
+            Some("consumer") => Some(GroupBy::Consumer),
+            Some("model") => Some(GroupBy::Model),
+            Some("day") => Some(GroupBy::Day),
+            Some(other) => return Err(Error::invalid_request(format!("`group_by` must be consumer, model or day, not `{other}`"))),
+        };
+        Ok(UsageQuery { from, to, consumer: get("consumer").map(str::to_string), group_by })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn query_defaults_and_parsing() {
+        let now = parse_rfc3339("2026-11-22T00:00:00Z").unwrap();
+        let q = UsageQuery::parse(&[], now).unwrap();
+        assert_eq!((q.to, q.from), (now, now - 30 * 86_400_000));
+        let q = UsageQuery::parse(&pairs(&[("from", "2026-11-01"), ("group_by", "day"), ("consumer", "con_1")]), now).unwrap();
+        assert_eq!(q.group_by, Some(GroupBy::Day));
+        assert_eq!(q.consumer.as_deref(), Some("con_1"));
+        assert_eq!(rfc3339(q.from), "2026-11-01T00:00:00.000Z");
+        assert!(UsageQuery::parse(&pairs(&[("group_by", "key; DROP")]), now).is_err());
+        assert!(UsageQuery::parse(&pairs(&[("from", "yesterday")]), now).is_err());
+        assert!(UsageQuery::parse(&pairs(&[("from", "2026-11-30")]), now).is_err());
+    }
+}

@@ -14,7 +14,11 @@ pub mod upstream;
 pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
+mod email;
+#[cfg(target_arch = "wasm32")]
 mod http;
+#[cfg(target_arch = "wasm32")]
+mod identity;
 #[cfg(target_arch = "wasm32")]
 mod pipeline;
 #[cfg(target_arch = "wasm32")]
@@ -28,8 +32,5 @@ use worker::{event, Context, Env, Request, Response};
 #[cfg(target_arch = "wasm32")]
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
-    match routes::handle(req, &env, &ctx).await {
-        Ok(response) => Ok(response),
-        Err(e) => http::problem(&e),
-    }
+    routes::handle(req, &env, &ctx).await
 }

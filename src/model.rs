@@ -202,6 +202,8 @@ pub struct ApiPatch {
     pub name: Option<String>,
     pub auth_mode: Option<String>,
     pub upstream: Option<UpstreamPatch>,
+    pub ip_allowlist: Option<Vec<String>>,
+    pub credential: Option<crate::auth::config::CredentialConfig>,
 }
 
 impl ApiPatch {
@@ -210,7 +212,15 @@ impl ApiPatch {
             validate_text("name", n, 200)?;
         }
         if let Some(m) = &self.auth_mode {
-            AuthMode::parse(m)?;
+            if AuthMode::parse(m)? == AuthMode::ByoJwt {
+                return Err(Error::invalid_request("Switch to byo-jwt with PUT .../auth-mode, which takes its `byo_jwt_config`"));
+            }
+        }
+        if let Some(list) = &self.ip_allowlist {
+            crate::auth::config::parse_allowlist(list)?;
+        }
+        if let Some(c) = &self.credential {
+            c.validate()?;
         }
         if let Some(u) = &self.upstream {
             if let Some(b) = &u.base_url {
@@ -293,11 +303,99 @@ pub struct Project {
     pub slug: String,
     pub name: String,
     pub created_at: i64,
+    #[serde(default = "default_token_ttl")]
+    pub access_token_ttl_s: i64,
+    #[serde(default)]
+    pub email_from: Option<String>,
+    #[serde(default)]
+    pub email_subject: Option<String>,
+    #[serde(default = "empty_list")]
+    pub allowed_origins_json: String,
+    #[serde(default = "first_generation")]
+    pub signing_generation: i64,
+    #[serde(default)]
+    pub previous_key_retired_at: Option<i64>,
+}
+
+fn default_token_ttl() -> i64 {
+    900
+}
+fn empty_list() -> String {
+    "[]".into()
+}
+fn first_generation() -> i64 {
+    1
 }
 
 impl Project {
+    pub fn new(id: String, slug: String, name: String, created_at: i64) -> Project {
+        Project {
+            id, slug, name, created_at, access_token_ttl_s: default_token_ttl(), email_from: None, email_subject: None,
+            allowed_origins_json: empty_list(), signing_generation: 1, previous_key_retired_at: None,
+        }
+    }
+
+    pub fn allowed_origins(&self) -> Vec<String> {
+        serde_json::from_str(&self.allowed_origins_json).unwrap_or_default()
+    }
+
     pub fn to_json(&self) -> Value {
-        json!({"id": self.id, "slug": self.slug, "name": self.name, "created_at": rfc3339(self.created_at)})
+        json!({
+            "id": self.id, "slug": self.slug, "name": self.name, "created_at": rfc3339(self.created_at),
+            "access_token_ttl_s": self.access_token_ttl_s, "email_from": self.email_from, "email_subject": self.email_subject,
+            "allowed_origins": self.allowed_origins(),
+        })
+    }
+}
+
+/// `PATCH /api/v1/projects/{project}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectPatch {
+    pub name: Option<String>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub access_token_ttl_s: Option<i64>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub email_from: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub email_subject: Option<Option<String>>,
+}
+
+/// An allowed browser origin: `*`, or `scheme://host[:port]` with nothing after it.
+pub fn validate_origin(o: &str) -> Result<(), Error> {
+    if o == "*" {
+        return Ok(());
+    }
+    let rest = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) && o.len() <= 300 => Ok(()),
+        _ => Err(Error::invalid_request(format!("`{o}` is not an origin; use e.g. https://app.example.com or *"))),
+    }
+}
+
+impl ProjectPatch {
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(n) = &self.name {
+            validate_text("name", n, 200)?;
+        }
+        if let Some(origins) = &self.allowed_origins {
+            if origins.len() > 100 {
+                return Err(Error::invalid_request("`allowed_origins` may list at most 100 origins"));
+            }
+            origins.iter().try_for_each(|o| validate_origin(o))?;
+        }
+        if let Some(ttl) = self.access_token_ttl_s {
+            if !(60..=86_400).contains(&ttl) {
+                return Err(Error::invalid_request("`access_token_ttl_s` must be between 60 and 86400 seconds"));
+            }
+        }
+        if let Some(Some(f)) = &self.email_from {
+            validate_text("email_from", f, 300)?;
+        }
+        if let Some(Some(f)) = &self.email_subject {
+            validate_text("email_subject", f, 200)?;
+        }
+        Ok(())
     }
 }
 
@@ -317,9 +415,35 @@ pub struct Api {
     pub timeout_ms: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    #[serde(default)]
+    pub byo_jwt_json: Option<String>,
+    #[serde(default = "empty_list")]
+    pub ip_allowlist_json: String,
+    #[serde(default = "empty_object")]
+    pub credential_json: String,
+}
+
+fn empty_object() -> String {
+    "{}".into()
 }
 
 impl Api {
+    pub fn mode(&self) -> AuthMode {
+        AuthMode::parse(&self.auth_mode).unwrap_or(AuthMode::ConsumerKeyOnly)
+    }
+
+    pub fn byo_jwt(&self) -> Option<crate::auth::config::ByoJwtConfig> {
+        self.byo_jwt_json.as_deref().and_then(|j| serde_json::from_str(j).ok())
+    }
+
+    pub fn ip_allowlist(&self) -> Vec<String> {
+        serde_json::from_str(&self.ip_allowlist_json).unwrap_or_default()
+    }
+
+    pub fn credential(&self) -> crate::auth::config::CredentialConfig {
+        serde_json::from_str(&self.credential_json).unwrap_or_default()
+    }
+
     pub fn models(&self) -> Vec<String> {
         let mut models: Vec<String> = serde_json::from_str(&self.models_json).unwrap_or_default();
         if let Some(d) = &self.default_model {
@@ -350,6 +474,9 @@ impl Api {
                 "models": listed,
                 "timeout_ms": self.timeout_ms,
             },
+            "byo_jwt_config": self.byo_jwt(),
+            "ip_allowlist": self.ip_allowlist(),
+            "credential": self.credential(),
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
         })
@@ -365,13 +492,15 @@ pub struct Consumer {
     pub kind: String,
     pub status: String,
     pub created_at: i64,
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 impl Consumer {
     pub fn to_json(&self, project_slug: &str) -> Value {
         json!({
             "id": self.id, "project": project_slug, "name": self.name, "description": self.description,
-            "kind": self.kind, "status": self.status, "created_at": rfc3339(self.created_at),
+            "kind": self.kind, "status": self.status, "email": self.email, "created_at": rfc3339(self.created_at),
         })
     }
 }
@@ -478,6 +607,9 @@ mod tests {
             timeout_ms: 1000,
             created_at: 0,
             updated_at: 0,
+            byo_jwt_json: None,
+            ip_allowlist_json: "[]".into(),
+            credential_json: "{}".into(),
         };
         let v = api.to_json().to_string();
         assert!(!v.contains("secretblob"));

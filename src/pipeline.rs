@@ -14,7 +14,14 @@ use serde_json::{json, Value};
 use wasm_bindgen::JsValue;
 use worker::{AbortController, Context, D1Database, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
 
+use crate::auth::cidr;
+use crate::auth::config::CredentialSource;
+use crate::auth::jwks_cache::{looks_like_jwt, peek_kid};
+use crate::auth::tokens::{classify, kid_prefix, SluiceToken};
 use crate::auth::{extract_credential, key::ConsumerKey};
+use crate::identity::{client_ip, verify_byo, verify_sluice_token};
+use crate::model::AuthMode;
+use crate::store::kv::{self, SessionRecord};
 use crate::crypto;
 use crate::error::Error;
 use crate::http::{encryption_secret, header, json, now_ms, read_body, with_random};
@@ -51,9 +58,10 @@ pub async fn chat_completions(mut req: Request, env: &Env, ctx: &Context, projec
     let api = resolve_api(&db, project, api).await?;
     let caller = authenticate(&req, env, ctx, &db, &api).await?;
     let mut chat = read_chat(&mut req, &api).await?;
+    let passthrough = passthrough_credential(&req, &api)?;
     let admission = admit(env, &db, &api, &caller, &mut chat, started).await?;
     let rate_headers = rate_limit_headers(&admission.windows, started);
-    match forward(env, &api, &chat).await {
+    match forward(env, &api, &chat, passthrough).await {
         Err(e) => {
             admission.finish(ctx, Outcome { status: e.status, usage: None, completion_estimate: 0, ttft_ms: None });
             Err(e.with_headers(rate_headers))
@@ -128,22 +136,108 @@ async fn resolve_api(db: &D1Database, project: &str, api: &str) -> Result<Api, E
     d1::api_by_slugs(db, project, api).await
 }
 
-/// Phase 2 — authenticate: a consumer key from `Authorization: Bearer` or `X-API-Key`, accepted in
-/// every auth mode. Malformed keys are refused before any lookup; the lookup reads D1 each time, so a
-/// revoked key fails on the next request. Missing → 401 with `WWW-Authenticate`; disabled → 403.
+/// Phase 2 — authenticate. First the API's IP allowlist (403 outside it). Then the credential, from
+/// where the API reads it (Bearer by default, or a header or query parameter; `X-API-Key` always):
+/// - a consumer key (`ask_live_...`) is accepted in every mode: malformed keys are refused before any
+///   lookup, and the lookup reads D1 each time, so a revoked key fails on the next request;
+/// - a token Sluice signed for the project: a key-exchange token (valid while its key is), or a
+///   signed-in user's access token (managed mode only; its session must stand);
+/// - in byo-jwt mode, the owner's JWT, checked against their JWKS; the configured claim is the consumer.
+///
+/// 401 when the credential is missing, malformed, expired or revoked; 403 when it is valid but not
+/// allowed here (disabled consumer, IP, mode).
 async fn authenticate(req: &Request, env: &Env, ctx: &Context, db: &D1Database, api: &Api) -> Result<Caller, Error> {
-    let credential = extract_credential(header(req, "authorization").as_deref(), header(req, "x-api-key").as_deref())
-        .map_err(Error::invalid_credential)?
-        .ok_or_else(Error::missing_credential)?;
-    let key = ConsumerKey::parse(&credential).map_err(|e| {
-        if api.auth_mode == "consumer-key-only" {
-            Error::invalid_credential(format!("Not a valid consumer key: {}.", e.describe()))
-        } else {
-            Error::invalid_credential(format!(
-                "This API is in `{}` mode; only consumer keys are accepted by this gateway version, and this is not one ({}).",
-                api.auth_mode, e.describe()))
+    let allowlist = crate::auth::config::parse_allowlist(&api.ip_allowlist())?;
+    if !cidr::allowed(&allowlist, client_ip(req).as_deref()) {
+        return Err(Error::new(403, "ip-not-allowed", "Your IP address is not allowed",
+            "This API only accepts requests from the owner's allowed networks."));
+    }
+    let credential = read_credential(req, api)?.ok_or_else(Error::missing_credential)?;
+    if credential.starts_with(crate::auth::key::PREFIX) {
+        return authenticate_key(env, ctx, db, api, &credential).await;
+    }
+    if !looks_like_jwt(&credential) {
+        return Err(Error::invalid_credential(match api.mode() {
+            AuthMode::ConsumerKeyOnly => "Send a consumer key (ask_live_...).",
+            _ => "Send a consumer key (ask_live_...) or a JWT.",
+        }));
+    }
+    let now = now_ms();
+    let project = d1::project_by_slug(db, &api.project_slug).await?;
+    let is_ours = peek_kid(&credential).is_some_and(|kid| kid.starts_with(&kid_prefix(&project.slug)));
+    if is_ours {
+        let claims = verify_sluice_token(env, &project, &credential, now)?;
+        return match classify(&claims) {
+            Some(SluiceToken::Exchange { consumer_id, key_id }) => {
+                let live = d1::live_key(db, &project.id, &key_id).await?
+                    .ok_or_else(|| Error::invalid_credential("The consumer key this token was issued for has been revoked."))?;
+                if live.consumer_status != "enabled" || live.consumer_id != consumer_id {
+                    return Err(Error::consumer_disabled());
+                }
+                Ok(Caller { consumer_id, key_id: Some(key_id), session_id: None })
+            }
+            Some(SluiceToken::Access { consumer_id, session_id }) => {
+                if api.mode() != AuthMode::Managed {
+                    return Err(mode_mismatch(api, "a signed-in user's token"));
+                }
+                let store = kv::kv(env)?;
+                if kv::get::<SessionRecord>(&store, &session_id).await?.is_some_and(|s| s.revoked) {
+                    return Err(Error::new(401, "session-revoked", "The session has ended", "This session was signed out or revoked: sign in again.")
+                        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\""));
+                }
+                let consumer = d1::find_consumer(db, &project.id, &consumer_id).await?
+                    .ok_or_else(|| Error::invalid_credential("The signed-in user no longer exists."))?;
+                if consumer.status != "enabled" {
+                    return Err(Error::consumer_disabled());
+                }
+                Ok(Caller { consumer_id, key_id: None, session_id: Some(session_id) })
+            }
+            None => Err(Error::invalid_credential("This token is not an access token.")),
+        };
+    }
+    match (api.mode(), api.byo_jwt()) {
+        (AuthMode::ByoJwt, Some(config)) => {
+            let user_id = verify_byo(env, &api.id, &config, &credential, now).await?;
+            Ok(Caller { consumer_id: user_id, key_id: None, session_id: None })
         }
-    })?;
+        (AuthMode::ByoJwt, None) => Err(Error::misconfigured("This API is in byo-jwt mode but has no JWKS configured.")),
+        _ => Err(Error::invalid_credential(format!("This JWT was not issued by this gateway for project `{}`.", project.slug))),
+    }
+}
+
+/// The client's credential, when the API passes it on to the upstream (off by default: otherwise no
+/// client header ever reaches the upstream).
+fn passthrough_credential(req: &Request, api: &Api) -> Result<Option<(CredentialSource, String)>, Error> {
+    let config = api.credential();
+    if !config.passthrough {
+        return Ok(None);
+    }
+    Ok(read_credential(req, api)?.map(|c| (config.source().unwrap_or(CredentialSource::Authorization), c)))
+}
+
+fn mode_mismatch(api: &Api, what: &str) -> Error {
+    Error::new(403, "auth-mode-mismatch", "This credential is not accepted in this API's auth mode",
+        format!("API `{}` is in `{}` mode, which does not accept {what}.", api.slug, api.auth_mode))
+}
+
+/// The credential from where the API says to read it; `X-API-Key` is always accepted for keys.
+fn read_credential(req: &Request, api: &Api) -> Result<Option<String>, Error> {
+    let x_api_key = header(req, "x-api-key");
+    match api.credential().source()? {
+        CredentialSource::Authorization => {
+            extract_credential(header(req, "authorization").as_deref(), x_api_key.as_deref()).map_err(Error::invalid_credential)
+        }
+        CredentialSource::Header(name) => Ok(header(req, &name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).or(x_api_key)),
+        CredentialSource::Query(name) => {
+            let url = req.url()?;
+            let found = url.query_pairs().find(|(k, _)| *k == name).map(|(_, v)| v.into_owned()).filter(|v| !v.is_empty());
+            Ok(found.or(x_api_key))
+        }
+    }
+}
+
+async fn authenticate_key(env: &Env, ctx: &Context, db: &D1Database, api: &Api, credential: &str) -> Result<Caller, Error> {
+    let key = ConsumerKey::parse(credential).map_err(|e| Error::invalid_credential(format!("Not a valid consumer key: {}.", e.describe())))?;
     let found = d1::key_by_hash(db, &api.project_id, &key.hash()).await?
         .ok_or_else(|| Error::invalid_credential("This consumer key is unknown or has been revoked."))?;
     if found.consumer_status != "enabled" {
@@ -276,7 +370,7 @@ enum Answer {
 /// Phase 5 — forward: the built-in demo answers in the worker; otherwise the gateway calls the API's
 /// upstream itself with the owner's provider key (client credentials never travel upstream). No
 /// answer within the API's timeout → 504; unreachable → 502.
-async fn forward(env: &Env, api: &Api, chat: &ChatRequest) -> Result<Answer, Error> {
+async fn forward(env: &Env, api: &Api, chat: &ChatRequest, passthrough: Option<(CredentialSource, String)>) -> Result<Answer, Error> {
     if api.upstream_base_url == "demo" {
         return Ok(demo_answer(chat));
     }
@@ -289,10 +383,21 @@ async fn forward(env: &Env, api: &Api, chat: &ChatRequest) -> Result<Answer, Err
             .ok_or_else(|| Error::misconfigured("The API's provider key cannot be decrypted; was ENCRYPTION_KEY changed? Set the key again."))?;
         headers.set("authorization", &format!("Bearer {key}"))?;
     }
+    let mut url = upstream::chat_url(&api.upstream_base_url);
+    match passthrough {
+        // The provider key, when set, keeps the Authorization header.
+        Some((CredentialSource::Authorization, c)) if api.upstream_key_enc.is_none() => headers.set("authorization", &format!("Bearer {c}"))?,
+        Some((CredentialSource::Header(name), c)) => headers.set(&name, &c)?,
+        Some((CredentialSource::Query(name), c)) => {
+            let pair: String = form_urlencoded::Serializer::new(String::new()).append_pair(&name, &c).finish();
+            url = format!("{url}?{pair}");
+        }
+        _ => {}
+    }
     let body = Value::Object(chat.body.clone()).to_string();
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(&body)));
-    let request = Request::new_with_init(&upstream::chat_url(&api.upstream_base_url), &init)?;
+    let request = Request::new_with_init(&url, &init)?;
 
     let controller = AbortController::default();
     let signal = controller.signal();

@@ -8,6 +8,21 @@ pub enum Route {
     ChatCompletions { project: String, api: String },
     ListModels { project: String, api: String },
     ConsumerUsage { project: String, api: String },
+    OtpStart { project: String },
+    OtpVerify { project: String },
+    Refresh { project: String },
+    Logout { project: String },
+    Me { project: String },
+    TokenExchange { project: String },
+    Jwks { project: String },
+    /// A CORS preflight for any end-user route of a project.
+    Preflight { project: String },
+    DevMailbox,
+    GetProject { project: String },
+    PatchProject { project: String },
+    RotateSigningKey { project: String },
+    AuthEvents { project: String },
+    SetAuthMode { api: String },
     ListProjects,
     CreateProject,
     ListApis,
@@ -33,8 +48,38 @@ impl Route {
     pub fn is_admin(&self) -> bool {
         !matches!(
             self,
-            Route::Health | Route::ChatCompletions { .. } | Route::ListModels { .. } | Route::ConsumerUsage { .. }
+            Route::Health
+                | Route::ChatCompletions { .. }
+                | Route::ListModels { .. }
+                | Route::ConsumerUsage { .. }
+                | Route::OtpStart { .. }
+                | Route::OtpVerify { .. }
+                | Route::Refresh { .. }
+                | Route::Logout { .. }
+                | Route::Me { .. }
+                | Route::TokenExchange { .. }
+                | Route::Jwks { .. }
+                | Route::Preflight { .. }
+                | Route::DevMailbox
         )
+    }
+
+    /// The project whose browser origins govern CORS for this route (end-user routes only).
+    pub fn cors_project(&self) -> Option<&str> {
+        match self {
+            Route::ChatCompletions { project, .. }
+            | Route::ListModels { project, .. }
+            | Route::ConsumerUsage { project, .. }
+            | Route::OtpStart { project }
+            | Route::OtpVerify { project }
+            | Route::Refresh { project }
+            | Route::Logout { project }
+            | Route::Me { project }
+            | Route::TokenExchange { project }
+            | Route::Jwks { project }
+            | Route::Preflight { project } => Some(project),
+            _ => None,
+        }
     }
 }
 
@@ -47,7 +92,30 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
         .collect();
     let s = |i: usize| segs[i].to_string();
     // Each arm lists the methods a path accepts; the first that matches the method wins.
+    if method == "OPTIONS" {
+        if let ["v1", project, _, ..] = segs.as_slice() {
+            return Ok(Route::Preflight { project: project.to_string() });
+        }
+    }
+    let post = |r: Route| ("POST", (method == "POST").then_some(r));
+    let get = |r: Route| ("GET", (method == "GET").then_some(r));
     let (allowed, found): (&str, Option<Route>) = match segs.as_slice() {
+        ["dev", "mailbox"] => get(Route::DevMailbox),
+        ["v1", _, "auth", "otp", "start"] => post(Route::OtpStart { project: s(1) }),
+        ["v1", _, "auth", "otp", "verify"] => post(Route::OtpVerify { project: s(1) }),
+        ["v1", _, "auth", "refresh"] => post(Route::Refresh { project: s(1) }),
+        ["v1", _, "auth", "logout"] => post(Route::Logout { project: s(1) }),
+        ["v1", _, "auth", "me"] => get(Route::Me { project: s(1) }),
+        ["v1", _, "auth", "token"] => post(Route::TokenExchange { project: s(1) }),
+        ["v1", _, ".well-known", "jwks.json"] => get(Route::Jwks { project: s(1) }),
+        ["api", "v1", "projects", _] => ("GET, PATCH", match method {
+            "GET" => Some(Route::GetProject { project: s(3) }),
+            "PATCH" => Some(Route::PatchProject { project: s(3) }),
+            _ => None,
+        }),
+        ["api", "v1", "projects", _, "signing-keys", "rotate"] => post(Route::RotateSigningKey { project: s(3) }),
+        ["api", "v1", "projects", _, "auth-events"] => get(Route::AuthEvents { project: s(3) }),
+        ["api", "v1", "gateway", "apis", _, "auth-mode"] => ("PUT", (method == "PUT").then(|| Route::SetAuthMode { api: s(4) })),
         [] | ["health"] => ("GET", (method == "GET").then_some(Route::Health)),
         ["v1", _, _, "chat", "completions"] => (
             "POST",
@@ -214,6 +282,19 @@ mod tests {
         assert_eq!(route("PUT", "/api/v1/gateway/apis/a1/consumers/c1/plan"), Ok(Route::SetConsumerPlan { api: "a1".into(), consumer: "c1".into() }));
         assert_eq!(route("GET", "/api/v1/gateway/apis/a1/usage"), Ok(Route::ApiUsage { api: "a1".into() }));
         assert_eq!(route("POST", "/api/v1/gateway/apis/a1/usage").unwrap_err().status, 405);
+    }
+
+    #[test]
+    fn auth_routes_and_preflight() {
+        assert_eq!(route("POST", "/v1/demo/auth/otp/start"), Ok(Route::OtpStart { project: "demo".into() }));
+        assert_eq!(route("GET", "/v1/demo/.well-known/jwks.json"), Ok(Route::Jwks { project: "demo".into() }));
+        assert_eq!(route("OPTIONS", "/v1/demo/chat/chat/completions"), Ok(Route::Preflight { project: "demo".into() }));
+        assert_eq!(route("GET", "/v1/demo/auth/refresh").unwrap_err().status, 405);
+        assert_eq!(route("PUT", "/api/v1/gateway/apis/a/auth-mode"), Ok(Route::SetAuthMode { api: "a".into() }));
+        assert!(!Route::OtpVerify { project: "p".into() }.is_admin());
+        assert!(Route::PatchProject { project: "p".into() }.is_admin());
+        assert_eq!(Route::Me { project: "p".into() }.cors_project(), Some("p"));
+        assert_eq!(Route::CreateProject.cors_project(), None);
     }
 
     #[test]

@@ -1,6 +1,14 @@
 //! Pure authentication logic: credential extraction, consumer keys, constant-time secret comparison.
 
+pub mod cidr;
+pub mod config;
+pub mod guard;
+pub mod jwks_cache;
+pub mod jwt;
 pub mod key;
+pub mod otp;
+pub mod session;
+pub mod tokens;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

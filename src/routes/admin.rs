@@ -1,7 +1,10 @@
 //! The owner's admin API: projects, APIs, consumers and consumer keys (JSON in and out).
 
 use serde_json::{json, Value};
-use worker::{Env, Request, Response, Url};
+use worker::{Context, Env, Request, Response, Url};
+
+use crate::auth::config::AuthModeChange;
+use crate::identity::{self, event, record_event};
 
 use crate::auth::key::ConsumerKey;
 use crate::crypto;
@@ -9,8 +12,7 @@ use crate::error::Error;
 use crate::http::{encryption_secret, json, no_content, now_ms, random, read_body, with_random};
 use crate::ids::new_id;
 use crate::model::{
-    self, Api, ApiPatch, AuthMode, Consumer, ConsumerPatch, NewApi, NewConsumer, NewKey,
-    NewProject, Project,
+    self, Api, ApiPatch, AuthMode, Consumer, ConsumerPatch, NewApi, NewConsumer, NewKey, NewProject, Project, ProjectPatch,
 };
 use crate::limits::plan::{Limits, Plan, PlanInput, PlanRow};
 use crate::router::Route;
@@ -21,7 +23,7 @@ use crate::store::d1;
 /// Admin bodies are small; anything bigger is a mistake.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 
-pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Response, Error> {
+pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let now = now_ms();
     match route {
@@ -37,12 +39,7 @@ pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Respons
             let input: NewProject =
                 model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
             input.validate()?;
-            let project = Project {
-                id: with_random(|r| new_id("prj", r))?,
-                slug: input.slug,
-                name: input.name,
-                created_at: now,
-            };
+            let project = Project::new(with_random(|r| new_id("prj", r))?, input.slug, input.name, now);
             d1::create_project(&db, &project).await?;
             json(201, &project.to_json())
         }
@@ -87,6 +84,9 @@ pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Respons
                 ),
                 created_at: now,
                 updated_at: now,
+                byo_jwt_json: None,
+                ip_allowlist_json: "[]".into(),
+                credential_json: "{}".into(),
             };
             let default_plan = Plan { id: with_random(|r| new_id("pln", r))?, name: "default".into(), limits: Limits::default(), models: None, is_default: true };
             d1::create_api(&db, &api, &default_plan).await?;
@@ -123,6 +123,12 @@ pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Respons
                     api.timeout_ms = i64::from(t);
                 }
             }
+            if let Some(list) = patch.ip_allowlist {
+                api.ip_allowlist_json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+            }
+            if let Some(c) = patch.credential {
+                api.credential_json = serde_json::to_string(&c).unwrap_or_else(|_| "{}".into());
+            }
             api.updated_at = now;
             d1::update_api(&db, &api).await?;
             json(200, &api.to_json())
@@ -149,6 +155,7 @@ pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Respons
                 kind: "key".into(),
                 status: "enabled".into(),
                 created_at: now,
+                email: None,
             };
             d1::create_consumer(&db, &consumer).await?;
             json(201, &consumer.to_json(&project.slug))
@@ -201,6 +208,9 @@ pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Respons
                 },
             )
             .await?;
+            record_event(ctx, env, identity::EventDraft {
+                consumer_id: Some(consumer.id.clone()), detail: Some(id.clone()), ..event(&project.id, "key_created")
+            });
             // The only response that ever carries the secret.
             json(
                 201,
@@ -227,7 +237,71 @@ pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Respons
                     project.slug
                 )));
             }
+            record_event(ctx, env, identity::EventDraft { detail: Some(id), ..event(&project.id, "key_revoked") });
             no_content()
+        }
+        Route::GetProject { project } => json(200, &d1::project_by_slug(&db, &project).await?.to_json()),
+        Route::PatchProject { project } => {
+            let patch: ProjectPatch = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            patch.validate()?;
+            let mut project = d1::project_by_slug(&db, &project).await?;
+            if let Some(n) = patch.name {
+                project.name = n;
+            }
+            if let Some(origins) = patch.allowed_origins {
+                project.allowed_origins_json = serde_json::to_string(&origins).unwrap_or_else(|_| "[]".into());
+            }
+            if let Some(ttl) = patch.access_token_ttl_s {
+                project.access_token_ttl_s = ttl;
+            }
+            if let Some(f) = patch.email_from {
+                project.email_from = f;
+            }
+            if let Some(s) = patch.email_subject {
+                project.email_subject = s;
+            }
+            d1::update_project(&db, &project).await?;
+            json(200, &project.to_json())
+        }
+        Route::RotateSigningKey { project } => {
+            let mut project = d1::project_by_slug(&db, &project).await?;
+            project.signing_generation += 1;
+            project.previous_key_retired_at = Some(now);
+            d1::update_project(&db, &project).await?;
+            let kid = crate::identity::current_key(env, &project)?.kid().to_string();
+            record_event(ctx, env, identity::EventDraft { detail: Some(kid.clone()), ..event(&project.id, "signing_key_rotated") });
+            json(200, &json!({ "kid": kid, "generation": project.signing_generation }))
+        }
+        Route::AuthEvents { project } => {
+            let project = d1::project_by_slug(&db, &project).await?;
+            let url: Url = req.url()?;
+            let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+            let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+            let since = match get("since") {
+                Some(s) => crate::time::parse_rfc3339(&s).ok_or_else(|| Error::invalid_request("`since` must be an RFC 3339 date or time"))?,
+                None => now - 7 * 86_400_000,
+            };
+            let events: Vec<Value> = d1::list_auth_events(&db, &project.id, since, get("type").as_deref()).await?.iter().map(|e| json!({
+                "id": e.id, "type": e.kind, "api_id": e.api_id, "consumer_id": e.consumer_id, "subject": e.subject,
+                "ip": e.ip, "detail": e.detail, "time": rfc3339(e.created_at),
+            })).collect();
+            json(200, &json!({ "events": events }))
+        }
+        Route::SetAuthMode { api } => {
+            let change: AuthModeChange = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            let (mode, byo) = change.validate(crate::email::dev_mode(env))?;
+            let mut api = d1::api_by_id(&db, &api).await?;
+            let from = api.auth_mode.clone();
+            api.auth_mode = mode.as_str().to_string();
+            if let Some(config) = byo {
+                api.byo_jwt_json = Some(serde_json::to_string(&config).unwrap_or_default());
+            }
+            api.updated_at = now;
+            d1::update_api(&db, &api).await?;
+            record_event(ctx, env, identity::EventDraft {
+                api_id: Some(api.id.clone()), detail: Some(format!("{from} -> {}", api.auth_mode)), ..event(&api.project_id, "mode_switched")
+            });
+            json(200, &api.to_json())
         }
         Route::ListPlans { api } => {
             let api = d1::api_by_id(&db, &api).await?;
@@ -292,9 +366,7 @@ pub async fn handle(route: Route, mut req: Request, env: &Env) -> Result<Respons
             }
             json(200, &body)
         }
-        Route::Health | Route::ChatCompletions { .. } | Route::ListModels { .. } | Route::ConsumerUsage { .. } => Err(
-            Error::internal("A data-plane route reached the admin handler."),
-        ),
+        _ => Err(Error::internal("An end-user route reached the admin handler.")),
     }
 }
 

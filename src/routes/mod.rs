@@ -1,54 +1,92 @@
-//! Edge routing: resolves the route, checks the admin token for owner routes, dispatches.
+//! Edge routing: resolves the route, checks the admin token for owner routes, dispatches, and applies
+//! the project's CORS policy to end-user routes.
 
 mod admin;
+mod auth;
 
-use worker::{Context, Env, Request, Response};
+use worker::{Context, Env, Headers, Request, Response};
 
 use crate::auth::constant_time_eq;
 use crate::error::Error;
-use crate::http::{header, json, secret};
+use crate::http::{header, json, problem, secret};
 use crate::pipeline;
 use crate::router::{route, Route};
+use crate::store::d1;
 
-pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Result<Response, Error> {
+/// Headers a browser client may read from our responses (rate limits, retry hints).
+const EXPOSED: &str = "Retry-After, RateLimit, RateLimit-Policy, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, \
+    x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, WWW-Authenticate";
+
+pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Response> {
     let method = req.method().to_string();
     let path = req.path();
-    let route = route(&method, &path)?;
+    let origin = header(&req, "origin");
+    let route = match route(&method, &path) {
+        Ok(r) => r,
+        Err(e) => return problem(&e),
+    };
+    let cors_project = route.cors_project().map(str::to_string);
+    let result = dispatch(route, req, env, ctx).await;
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => problem(&e)?,
+    };
+    if let (Some(project), Some(origin)) = (cors_project, origin) {
+        if let Ok(true) = origin_allowed(env, &project, &origin).await {
+            allow_origin(response.headers_mut(), &origin, method == "OPTIONS")?;
+        }
+    }
+    Ok(response)
+}
+
+async fn dispatch(route: Route, req: Request, env: &Env, ctx: &Context) -> Result<Response, Error> {
     if route.is_admin() {
         check_admin(&req, env)?;
     }
     match route {
-        Route::Health => json(
-            200,
-            &serde_json::json!({"status": "ok", "service": "sluice"}),
-        ),
-        Route::ChatCompletions { project, api } => {
-            pipeline::chat_completions(req, env, ctx, &project, &api).await
-        }
-        Route::ListModels { project, api } => {
-            pipeline::list_models(req, env, ctx, &project, &api).await
-        }
-        Route::ConsumerUsage { project, api } => {
-            pipeline::consumer_usage(req, env, ctx, &project, &api).await
-        }
-        admin_route => admin::handle(admin_route, req, env).await,
+        Route::Health => json(200, &serde_json::json!({"status": "ok", "service": "sluice"})),
+        Route::ChatCompletions { project, api } => pipeline::chat_completions(req, env, ctx, &project, &api).await,
+        Route::ListModels { project, api } => pipeline::list_models(req, env, ctx, &project, &api).await,
+        Route::ConsumerUsage { project, api } => pipeline::consumer_usage(req, env, ctx, &project, &api).await,
+        Route::OtpStart { project } => auth::otp_start(req, env, ctx, &project).await,
+        Route::OtpVerify { project } => auth::otp_verify(req, env, ctx, &project).await,
+        Route::Refresh { project } => auth::refresh(req, env, ctx, &project).await,
+        Route::Logout { project } => auth::logout(req, env, ctx, &project).await,
+        Route::Me { project } => auth::me(req, env, &project).await,
+        Route::TokenExchange { project } => auth::token_exchange(req, env, ctx, &project).await,
+        Route::Jwks { project } => auth::jwks(env, &project).await,
+        Route::DevMailbox => auth::dev_mailbox(env).await,
+        Route::Preflight { .. } => Ok(Response::empty()?.with_status(204)),
+        admin_route => admin::handle(admin_route, req, env, ctx).await,
     }
+}
+
+/// Whether the project lets pages from `origin` call it (`*` lets every origin).
+async fn origin_allowed(env: &Env, project: &str, origin: &str) -> Result<bool, Error> {
+    let db = d1::db(env)?;
+    let project = d1::project_by_slug(&db, project).await?;
+    Ok(project.allowed_origins().iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)))
+}
+
+fn allow_origin(headers: &mut Headers, origin: &str, preflight: bool) -> worker::Result<()> {
+    headers.set("access-control-allow-origin", origin)?;
+    headers.append("vary", "Origin")?;
+    headers.set("access-control-expose-headers", EXPOSED)?;
+    if preflight {
+        headers.set("access-control-allow-methods", "GET, POST, OPTIONS")?;
+        headers.set("access-control-allow-headers", "authorization, content-type, x-api-key")?;
+        headers.set("access-control-max-age", "600")?;
+    }
+    Ok(())
 }
 
 /// The owner's routes need `Authorization: Bearer <ADMIN_TOKEN>`, compared in constant time.
 fn check_admin(req: &Request, env: &Env) -> Result<(), Error> {
     let Some(expected) = secret(env, "ADMIN_TOKEN") else {
-        return Err(Error::admin_unauthorized()
-            .with_field("hint", "ADMIN_TOKEN is not configured on this gateway."));
+        return Err(Error::admin_unauthorized().with_field("hint", "ADMIN_TOKEN is not configured on this gateway."));
     };
     let sent = header(req, "authorization");
-    let token = sent
-        .as_deref()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+    let token = sent.as_deref().and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))).map(str::trim);
     match token {
         Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
         _ => Err(Error::admin_unauthorized()),

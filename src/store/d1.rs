@@ -61,29 +61,33 @@ pub async fn create_project(db: &D1Database, p: &Project) -> Result<(), Error> {
     .await
 }
 
+const PROJECT_COLUMNS: &str = "id, slug, name, created_at, access_token_ttl_s, email_from, email_subject, allowed_origins_json, \
+     signing_generation, previous_key_retired_at";
+
 pub async fn list_projects(db: &D1Database) -> Result<Vec<Project>, Error> {
-    Ok(db
-        .prepare("SELECT id, slug, name, created_at FROM projects ORDER BY created_at, id")
-        .all()
-        .await?
-        .results()?)
+    Ok(db.prepare(format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY created_at, id")).all().await?.results()?)
 }
 
 pub async fn project_by_slug(db: &D1Database, slug: &str) -> Result<Project, Error> {
-    stmt(
-        db,
-        "SELECT id, slug, name, created_at FROM projects WHERE slug = ?1",
-        &[text(slug)],
-    )?
-    .first::<Project>(None)
-    .await?
-    .ok_or_else(|| Error::not_found(format!("There is no project `{slug}`.")))
+    stmt(db, &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE slug = ?1"), &[text(slug)])?
+        .first::<Project>(None)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("There is no project `{slug}`.")))
+}
+
+pub async fn update_project(db: &D1Database, p: &Project) -> Result<(), Error> {
+    changes(db, "UPDATE projects SET name = ?2, access_token_ttl_s = ?3, email_from = ?4, email_subject = ?5, \
+                 allowed_origins_json = ?6, signing_generation = ?7, previous_key_retired_at = ?8 WHERE id = ?1",
+        &[text(&p.id), text(&p.name), int(p.access_token_ttl_s), opt_text(p.email_from.as_deref()), opt_text(p.email_subject.as_deref()),
+          text(&p.allowed_origins_json), int(p.signing_generation), p.previous_key_retired_at.map(int).unwrap_or(JsValue::NULL)]).await?;
+    Ok(())
 }
 
 // ---- apis
 
 const API_COLUMNS: &str = "a.id, a.project_id, p.slug AS project_slug, a.slug, a.name, a.auth_mode, a.upstream_base_url, \
-     a.upstream_key_enc, a.default_model, a.models_json, a.timeout_ms, a.created_at, a.updated_at";
+     a.upstream_key_enc, a.default_model, a.models_json, a.timeout_ms, a.created_at, a.updated_at, a.byo_jwt_json, \
+     a.ip_allowlist_json, a.credential_json";
 
 /// Creates an API together with its default plan (unlimited until the owner sets limits).
 pub async fn create_api(db: &D1Database, a: &Api, default_plan: &Plan) -> Result<(), Error> {
@@ -125,19 +129,22 @@ pub async fn list_apis(db: &D1Database, project: Option<&str>) -> Result<Vec<Api
 pub async fn update_api(db: &D1Database, a: &Api) -> Result<(), Error> {
     changes(db,
         "UPDATE apis SET name = ?2, auth_mode = ?3, upstream_base_url = ?4, upstream_key_enc = ?5, default_model = ?6, \
-         models_json = ?7, timeout_ms = ?8, updated_at = ?9 WHERE id = ?1",
+         models_json = ?7, timeout_ms = ?8, updated_at = ?9, byo_jwt_json = ?10, ip_allowlist_json = ?11, credential_json = ?12 \
+         WHERE id = ?1",
         &[text(&a.id), text(&a.name), text(&a.auth_mode), text(&a.upstream_base_url), opt_text(a.upstream_key_enc.as_deref()),
-          opt_text(a.default_model.as_deref()), text(&a.models_json), int(a.timeout_ms), int(a.updated_at)]).await?;
+          opt_text(a.default_model.as_deref()), text(&a.models_json), int(a.timeout_ms), int(a.updated_at),
+          opt_text(a.byo_jwt_json.as_deref()), text(&a.ip_allowlist_json), text(&a.credential_json)]).await?;
     Ok(())
 }
 
 // ---- consumers
 
-const CONSUMER_COLUMNS: &str = "id, project_id, name, description, kind, status, created_at";
+const CONSUMER_COLUMNS: &str = "id, project_id, name, description, kind, status, created_at, email";
 
 pub async fn create_consumer(db: &D1Database, c: &Consumer) -> Result<(), Error> {
-    insert(db, "INSERT INTO consumers (id, project_id, kind, name, description, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        &[text(&c.id), text(&c.project_id), text(&c.kind), text(&c.name), opt_text(c.description.as_deref()), text(&c.status), int(c.created_at)],
+    insert(db, "INSERT INTO consumers (id, project_id, kind, name, description, status, created_at, email) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        &[text(&c.id), text(&c.project_id), text(&c.kind), text(&c.name), opt_text(c.description.as_deref()), text(&c.status), int(c.created_at),
+          opt_text(c.email.as_deref())],
         "That consumer id is taken.".into()).await
 }
 
@@ -406,4 +413,54 @@ pub async fn usage_records(db: &D1Database, api_id: &str, q: &UsageQuery, limit:
          total_tokens, estimated, status, latency_ms, ttft_ms FROM usage_records WHERE {USAGE_FILTER} \
          ORDER BY created_at DESC, id LIMIT {limit}");
     Ok(stmt(db, &sql, &usage_args(api_id, q))?.all().await?.results()?)
+}
+
+/// The managed-mode end user with this (normalised) email, if signed in before.
+pub async fn user_by_email(db: &D1Database, project_id: &str, email: &str) -> Result<Option<Consumer>, Error> {
+    Ok(stmt(db, &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE project_id = ?1 AND email = ?2"), &[text(project_id), text(email)])?
+        .first::<Consumer>(None).await?)
+}
+
+/// A consumer by id, or `None` (for checks on the request path, where absence is a 401, not a 404).
+pub async fn find_consumer(db: &D1Database, project_id: &str, id: &str) -> Result<Option<Consumer>, Error> {
+    Ok(stmt(db, &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE project_id = ?1 AND id = ?2"), &[text(project_id), text(id)])?
+        .first::<Consumer>(None).await?)
+}
+
+/// A live key by id with its consumer's status: what a key-exchange token rests on.
+pub async fn live_key(db: &D1Database, project_id: &str, key_id: &str) -> Result<Option<KeyMatch>, Error> {
+    Ok(stmt(db,
+        "SELECT k.id AS key_id, k.consumer_id, c.status AS consumer_status FROM consumer_keys k \
+         JOIN consumers c ON c.id = k.consumer_id WHERE k.id = ?1 AND k.project_id = ?2 AND k.revoked_at IS NULL",
+        &[text(key_id), text(project_id)])?.first::<KeyMatch>(None).await?)
+}
+
+// ---- auth events
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct AuthEvent {
+    pub id: String,
+    pub project_id: String,
+    pub api_id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub consumer_id: Option<String>,
+    pub subject: Option<String>,
+    pub ip: Option<String>,
+    pub detail: Option<String>,
+    pub created_at: i64,
+}
+
+pub async fn insert_auth_event(db: &D1Database, e: &AuthEvent) -> Result<(), Error> {
+    changes(db, "INSERT INTO auth_events (id, project_id, api_id, type, consumer_id, subject, ip, detail, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        &[text(&e.id), text(&e.project_id), opt_text(e.api_id.as_deref()), text(&e.kind), opt_text(e.consumer_id.as_deref()),
+          opt_text(e.subject.as_deref()), opt_text(e.ip.as_deref()), opt_text(e.detail.as_deref()), int(e.created_at)]).await?;
+    Ok(())
+}
+
+pub async fn list_auth_events(db: &D1Database, project_id: &str, since: i64, kind: Option<&str>) -> Result<Vec<AuthEvent>, Error> {
+    Ok(stmt(db, "SELECT id, project_id, api_id, type, consumer_id, subject, ip, detail, created_at FROM auth_events \
+                 WHERE project_id = ?1 AND created_at >= ?2 AND (?3 IS NULL OR type = ?3) ORDER BY created_at DESC, id LIMIT 1000",
+        &[text(project_id), int(since), opt_text(kind)])?.all().await?.results()?)
 }

@@ -1,0 +1,171 @@
+//! Edge side of identity: the project's signing keys, checking Sluice's own tokens, fetching and
+//! caching an owner's JWKS, the client IP, and the auth event log.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use serde_json::{Map, Value};
+use worker::{Context, Delay, Env, Fetch, Request};
+
+use crate::auth::config::ByoJwtConfig;
+use crate::auth::jwks_cache::{decide, CacheTimes, Decision};
+use crate::auth::jwt::{self, Alg, Policy, SigningKey, TokenError, VerifyingKey};
+use crate::auth::tokens::{issuer, signing_key};
+use crate::error::Error;
+use crate::http::{encryption_secret, header, now_ms, with_random};
+use crate::ids::new_id;
+use crate::model::Project;
+use crate::store::d1::{self, AuthEvent};
+use crate::store::kv::{self, CachedJwks, JwksRecord};
+
+const JWKS_TIMEOUT_MS: u64 = 5_000;
+const JWKS_MAX_BYTES: usize = 256 * 1024;
+
+pub fn client_ip(req: &Request) -> Option<String> {
+    header(req, "cf-connecting-ip").map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// The key new tokens are signed with.
+pub fn current_key(env: &Env, project: &Project) -> Result<SigningKey, Error> {
+    Ok(signing_key(&encryption_secret(env)?, &project.id, &project.slug, project.signing_generation))
+}
+
+/// Keys that verify the project's tokens: the current one, and the previous one until every token
+/// it signed has expired.
+pub fn verification_keys(env: &Env, project: &Project, now: i64) -> Result<Vec<SigningKey>, Error> {
+    let secret = encryption_secret(env)?;
+    let mut keys = vec![signing_key(&secret, &project.id, &project.slug, project.signing_generation)];
+    let previous_alive = project.previous_key_retired_at.is_some_and(|at| now < at + (project.access_token_ttl_s.max(crate::auth::tokens::EXCHANGE_TTL_S) + 60) * 1000);
+    if project.signing_generation > 1 && previous_alive {
+        keys.push(signing_key(&secret, &project.id, &project.slug, project.signing_generation - 1));
+    }
+    Ok(keys)
+}
+
+fn token_error(e: TokenError) -> Error {
+    let (kind, title) = match e {
+        TokenError::Expired => ("token-expired", "The token has expired"),
+        _ => ("invalid-credential", "The credential is not valid"),
+    };
+    Error::new(401, kind, title, format!("{}.", e.describe().trim_end_matches('.')))
+        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
+}
+
+/// Verifies a token Sluice signed for this project; returns its claims.
+pub fn verify_sluice_token(env: &Env, project: &Project, token: &str, now: i64) -> Result<Map<String, Value>, Error> {
+    let keys: Vec<VerifyingKey> = verification_keys(env, project, now)?.iter().map(SigningKey::to_verifying_key).collect();
+    let mut policy = Policy::default_asymmetric();
+    policy.issuer = Some(issuer(&project.slug));
+    policy.audience = Some(project.slug.clone());
+    policy.allowed = vec![Alg::EdDsa];
+    jwt::verify(token, &keys, &policy, now / 1000).map_err(token_error)
+}
+
+thread_local! {
+    /// JWKS per API in this isolate's memory, in front of KV: (jwks, fetched_at, refetched_at).
+    static JWKS_MEMORY: RefCell<HashMap<String, CachedJwks>> = RefCell::new(HashMap::new());
+}
+
+async fn fetch_jwks(url: &str) -> Result<String, String> {
+    let request = Request::new(url, worker::Method::Get).map_err(|e| e.to_string())?;
+    let fetch = Fetch::Request(request);
+    let sent = Box::pin(fetch.send());
+    let deadline = Box::pin(Delay::from(Duration::from_millis(JWKS_TIMEOUT_MS)));
+    let mut response = match select(sent, deadline).await {
+        Either::Left((Ok(r), _)) => r,
+        Either::Left((Err(e), _)) => return Err(e.to_string()),
+        Either::Right(_) => return Err("timed out".into()),
+    };
+    if response.status_code() != 200 {
+        return Err(format!("status {}", response.status_code()));
+    }
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    if text.len() > JWKS_MAX_BYTES {
+        return Err("JWKS too large".into());
+    }
+    jwt::parse_jwks(&text).map_err(|e| e.describe())?;
+    Ok(text)
+}
+
+/// The API's JWKS keys, from memory, KV or the owner's endpoint (see `jwks_cache::decide`).
+async fn byo_keys(env: &Env, api_id: &str, url: &str, now: i64, unknown_kid: bool) -> Result<Vec<VerifyingKey>, Error> {
+    let mut cached = JWKS_MEMORY.with(|m| m.borrow().get(api_id).cloned());
+    let store = kv::kv(env)?;
+    if cached.as_ref().is_none_or(|c| now - c.fetched_at >= crate::auth::jwks_cache::FRESH_MS) {
+        if let Some(from_kv) = kv::get::<JwksRecord>(&store, api_id).await? {
+            cached = Some(from_kv);
+        }
+    }
+    let times = cached.as_ref().map(|c| CacheTimes { fetched_at: c.fetched_at, refetched_at: c.refetched_at });
+    let chosen = match decide(now, times, unknown_kid) {
+        Decision::UseCache => cached,
+        Decision::Fetch => match fetch_jwks(url).await {
+            Ok(jwks) => {
+                let fresh = CachedJwks { jwks, fetched_at: now, refetched_at: now };
+                kv::put::<JwksRecord>(&store, api_id, &fresh).await?;
+                Some(fresh)
+            }
+            Err(why) => {
+                worker::console_error!("JWKS fetch for {api_id} failed: {why}; serving the cached copy if any");
+                // Remember the attempt so an unknown-kid flood cannot hammer a failing endpoint.
+                cached.map(|c| CachedJwks { refetched_at: now, ..c })
+            }
+        },
+    };
+    let Some(chosen) = chosen else {
+        return Err(Error::new(503, "jwks-unavailable", "The API's key set is unavailable",
+            "The gateway could not fetch the JWKS configured for this API and has no cached copy.").with_header("Retry-After", "5"));
+    };
+    JWKS_MEMORY.with(|m| m.borrow_mut().insert(api_id.to_string(), chosen.clone()));
+    jwt::parse_jwks(&chosen.jwks).map_err(|e| Error::new(503, "jwks-unavailable", "The API's key set is unusable", e.describe()))
+}
+
+/// Verifies an owner's JWT against their JWKS; an unknown `kid` triggers one (throttled) refetch.
+/// Returns the user id from the configured claim.
+pub async fn verify_byo(env: &Env, api_id: &str, config: &ByoJwtConfig, token: &str, now: i64) -> Result<String, Error> {
+    let policy = config.policy();
+    let keys = byo_keys(env, api_id, &config.jwks_url, now, false).await?;
+    let claims = match jwt::verify(token, &keys, &policy, now / 1000) {
+        Err(TokenError::UnknownKid(_)) => {
+            let keys = byo_keys(env, api_id, &config.jwks_url, now, true).await?;
+            jwt::verify(token, &keys, &policy, now / 1000).map_err(token_error)?
+        }
+        other => other.map_err(token_error)?,
+    };
+    jwt::claim_at_path(&claims, &config.user_id_claim).map_err(token_error)
+}
+
+/// Files an auth event after the response (never on the request's critical path).
+pub fn record_event(ctx: &Context, env: &Env, event: EventDraft) {
+    let env = env.clone();
+    ctx.wait_until(async move {
+        let Ok(id) = with_random(|r| new_id("evt", r)) else { return };
+        let e = AuthEvent {
+            id, project_id: event.project_id, api_id: event.api_id, kind: event.kind.to_string(), consumer_id: event.consumer_id,
+            subject: event.subject, ip: event.ip, detail: event.detail, created_at: now_ms(),
+        };
+        if let Ok(db) = d1::db(&env) {
+            if let Err(err) = d1::insert_auth_event(&db, &e).await {
+                worker::console_error!("auth event not recorded: {}", err.detail);
+            }
+        }
+    });
+}
+
+/// An auth event before it gets its id and time.
+#[derive(Debug, Default)]
+pub struct EventDraft {
+    pub project_id: String,
+    pub api_id: Option<String>,
+    pub kind: &'static str,
+    pub consumer_id: Option<String>,
+    pub subject: Option<String>,
+    pub ip: Option<String>,
+    pub detail: Option<String>,
+}
+
+pub fn event(project_id: &str, kind: &'static str) -> EventDraft {
+    EventDraft { project_id: project_id.to_string(), kind, ..EventDraft::default() }
+}

@@ -9,7 +9,7 @@ export WASM_BINDGEN_BIN := $(HOME)/.cargo/bin/wasm-bindgen
 export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 
-SOURCES := $(shell find src -type f) Cargo.toml Cargo.lock
+SOURCES := $(shell find src web -type f) Cargo.toml Cargo.lock
 
 .PHONY: setup build dev test unit e2e bench clean
 .DEFAULT_GOAL := dev

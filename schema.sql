@@ -6,7 +6,15 @@ CREATE TABLE projects (
   id          TEXT PRIMARY KEY,
   slug        TEXT NOT NULL UNIQUE,
   name        TEXT NOT NULL,
-  created_at  INTEGER NOT NULL
+  created_at  INTEGER NOT NULL,
+  -- Managed sign-in: access-token lifetime, the sign-in mail, allowed browser origins (CORS), and the
+  -- generation of the token-signing key (derived from ENCRYPTION_KEY, never stored).
+  access_token_ttl_s       INTEGER NOT NULL DEFAULT 900,
+  email_from               TEXT,
+  email_subject            TEXT,
+  allowed_origins_json     TEXT NOT NULL DEFAULT '[]',
+  signing_generation       INTEGER NOT NULL DEFAULT 1,
+  previous_key_retired_at  INTEGER
 );
 
 -- A chat API behind the gateway. upstream_key_enc is the provider key, AES-256-GCM encrypted.
@@ -23,6 +31,9 @@ CREATE TABLE apis (
   timeout_ms         INTEGER NOT NULL,
   created_at         INTEGER NOT NULL,
   updated_at         INTEGER NOT NULL,
+  byo_jwt_json       TEXT,                          -- byo-jwt: {jwks_url, user_id_claim, issuer?, audience?, algorithms?}
+  ip_allowlist_json  TEXT NOT NULL DEFAULT '[]',    -- CIDRs; empty allows every address
+  credential_json    TEXT NOT NULL DEFAULT '{}',    -- {location: authorization|header|query, name?, passthrough}
   UNIQUE (project_id, slug)
 );
 
@@ -34,9 +45,11 @@ CREATE TABLE consumers (
   name         TEXT NOT NULL,
   description  TEXT,
   status       TEXT NOT NULL DEFAULT 'enabled' CHECK (status IN ('enabled', 'disabled')),
-  created_at   INTEGER NOT NULL
+  created_at   INTEGER NOT NULL,
+  email        TEXT                                 -- kind 'user': the normalised email
 );
 CREATE INDEX consumers_by_project ON consumers (project_id, created_at);
+CREATE UNIQUE INDEX consumers_by_email ON consumers (project_id, email) WHERE email IS NOT NULL;
 
 -- Consumer keys (ask_live_...): only the SHA-256 of the key is kept, plus a short display prefix.
 CREATE TABLE consumer_keys (
@@ -100,3 +113,34 @@ CREATE TABLE usage_records (
   ttft_ms            INTEGER
 );
 CREATE INDEX usage_by_api_time ON usage_records (api_id, created_at);
+
+-- Sign-ins, failed codes, refreshes, refresh reuse, keys created/revoked, mode switches.
+CREATE TABLE auth_events (
+  id           TEXT PRIMARY KEY,
+  project_id   TEXT NOT NULL,
+  api_id       TEXT,
+  type         TEXT NOT NULL,
+  consumer_id  TEXT,
+  subject      TEXT,
+  ip           TEXT,
+  detail       TEXT,
+  created_at   INTEGER NOT NULL
+);
+CREATE INDEX auth_events_by_project_time ON auth_events (project_id, created_at);
+
+-- Consumers' own JWT credentials: a generated HS256 key (encrypted) or a pasted JWKS; the token names
+-- its consumer with a payload claim.
+CREATE TABLE consumer_jwt_credentials (
+  id             TEXT PRIMARY KEY,
+  project_id     TEXT NOT NULL REFERENCES projects(id),
+  consumer_id    TEXT NOT NULL REFERENCES consumers(id),
+  kind           TEXT NOT NULL CHECK (kind IN ('symmetric', 'asymmetric')),
+  claim_name     TEXT NOT NULL,
+  claim_value    TEXT NOT NULL,
+  secret_enc     TEXT,
+  secret_prefix  TEXT,
+  jwks_json      TEXT,
+  created_at     INTEGER NOT NULL,
+  revoked_at     INTEGER
+);
+CREATE UNIQUE INDEX consumer_jwt_by_claim ON consumer_jwt_credentials (project_id, claim_value, claim_name) WHERE revoked_at IS NULL;

@@ -16,6 +16,7 @@ use worker::{AbortController, Context, D1Database, Delay, Env, Fetch, Headers, M
 
 use crate::auth::cidr;
 use crate::auth::config::CredentialSource;
+use crate::auth::consumer_jwt;
 use crate::auth::jwks_cache::{looks_like_jwt, peek_kid};
 use crate::auth::tokens::{classify, kid_prefix, SluiceToken};
 use crate::auth::{extract_credential, key::ConsumerKey};
@@ -195,6 +196,9 @@ async fn authenticate(req: &Request, env: &Env, ctx: &Context, db: &D1Database, 
             None => Err(Error::invalid_credential("This token is not an access token.")),
         };
     }
+    if let Some(caller) = authenticate_consumer_jwt(env, db, &project, &credential, now).await? {
+        return Ok(caller);
+    }
     match (api.mode(), api.byo_jwt()) {
         (AuthMode::ByoJwt, Some(config)) => {
             let user_id = verify_byo(env, &api.id, &config, &credential, now).await?;
@@ -213,6 +217,32 @@ fn passthrough_credential(req: &Request, api: &Api) -> Result<Option<(Credential
         return Ok(None);
     }
     Ok(read_credential(req, api)?.map(|c| (config.source().unwrap_or(CredentialSource::Authorization), c)))
+}
+
+/// A consumer's own JWT (seed 004), valid in every mode like a consumer key: the credential named by a
+/// payload claim is looked up, then the token must verify with that credential's key alone.
+/// `None` when no credential claims the token.
+async fn authenticate_consumer_jwt(env: &Env, db: &D1Database, project: &crate::model::Project, token: &str, now: i64) -> Result<Option<Caller>, Error> {
+    let candidates = consumer_jwt::candidate_values(token);
+    let values: Vec<String> = candidates.iter().map(|(_, v)| v.clone()).collect();
+    let found = d1::jwt_credentials_for(db, &project.id, &values).await?;
+    let Some(credential) = found.into_iter().find(|c| candidates.iter().any(|(k, v)| *k == c.claim_name && *v == c.claim_value)) else {
+        return Ok(None);
+    };
+    let keys = match (&credential.secret_enc, &credential.jwks_json) {
+        (Some(sealed), _) => {
+            let secret = crypto::open(&encryption_secret(env)?, sealed)
+                .ok_or_else(|| Error::misconfigured("A consumer's JWT key cannot be decrypted; was ENCRYPTION_KEY changed?"))?;
+            vec![crate::auth::jwt::hs256_key(secret.as_bytes(), None)]
+        }
+        (None, Some(jwks)) => crate::auth::jwt::parse_jwks(jwks).map_err(|e| Error::invalid_credential(e.describe()))?,
+        (None, None) => return Ok(None),
+    };
+    consumer_jwt::verify(token, &keys, now / 1000).map_err(|e| Error::invalid_credential(format!("{}.", e.describe().trim_end_matches('.'))))?;
+    if credential.consumer_status.as_deref() != Some("enabled") {
+        return Err(Error::consumer_disabled());
+    }
+    Ok(Some(Caller { consumer_id: credential.consumer_id, key_id: Some(credential.id), session_id: None }))
 }
 
 fn mode_mismatch(api: &Api, what: &str) -> Error {

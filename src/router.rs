@@ -5,6 +5,8 @@ use crate::error::Error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
+    /// A browser file the gateway serves (see `assets`).
+    Asset { path: String },
     ChatCompletions { project: String, api: String },
     ListModels { project: String, api: String },
     ConsumerUsage { project: String, api: String },
@@ -41,6 +43,9 @@ pub enum Route {
     CreateKey { project: String, consumer: String },
     ListKeys { project: String },
     RevokeKey { project: String, id: String },
+    ListJwtCredentials { project: String, consumer: String },
+    CreateJwtCredential { project: String, consumer: String },
+    RevokeJwtCredential { project: String, id: String },
 }
 
 /// Whether a route belongs to the owner's admin API (needs ADMIN_TOKEN).
@@ -49,6 +54,7 @@ impl Route {
         !matches!(
             self,
             Route::Health
+                | Route::Asset { .. }
                 | Route::ChatCompletions { .. }
                 | Route::ListModels { .. }
                 | Route::ConsumerUsage { .. }
@@ -113,10 +119,21 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
             "PATCH" => Some(Route::PatchProject { project: s(3) }),
             _ => None,
         }),
+        ["api", "v1", "projects", _, "consumers", _, "jwt-credentials"] => ("GET, POST", match method {
+            "GET" => Some(Route::ListJwtCredentials { project: s(3), consumer: s(5) }),
+            "POST" => Some(Route::CreateJwtCredential { project: s(3), consumer: s(5) }),
+            _ => None,
+        }),
+        ["api", "v1", "projects", _, "jwt-credentials", _] => {
+            ("DELETE", (method == "DELETE").then(|| Route::RevokeJwtCredential { project: s(3), id: s(5) }))
+        }
         ["api", "v1", "projects", _, "signing-keys", "rotate"] => post(Route::RotateSigningKey { project: s(3) }),
         ["api", "v1", "projects", _, "auth-events"] => get(Route::AuthEvents { project: s(3) }),
         ["api", "v1", "gateway", "apis", _, "auth-mode"] => ("PUT", (method == "PUT").then(|| Route::SetAuthMode { api: s(4) })),
-        [] | ["health"] => ("GET", (method == "GET").then_some(Route::Health)),
+        ["health"] => ("GET", (method == "GET").then_some(Route::Health)),
+        [] | ["index.html"] | ["chat.js"] | ["sdk.js"] | ["sdk.d.ts"] => {
+            ("GET, HEAD", matches!(method, "GET" | "HEAD").then(|| Route::Asset { path: format!("/{}", segs.join("/")) }))
+        }
         ["v1", _, _, "chat", "completions"] => (
             "POST",
             (method == "POST").then(|| Route::ChatCompletions {

@@ -2,6 +2,7 @@
 
 pub mod cidr;
 pub mod config;
+pub mod consumer_jwt;
 pub mod guard;
 pub mod jwks_cache;
 pub mod jwt;

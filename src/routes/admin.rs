@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 use worker::{Context, Env, Request, Response, Url};
 
 use crate::auth::config::AuthModeChange;
+use crate::auth::consumer_jwt::NewJwtCredential;
 use crate::identity::{self, event, record_event};
 
 use crate::auth::key::ConsumerKey;
@@ -238,6 +239,49 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
                 )));
             }
             record_event(ctx, env, identity::EventDraft { detail: Some(id), ..event(&project.id, "key_revoked") });
+            no_content()
+        }
+        Route::CreateJwtCredential { project, consumer } => {
+            let input: NewJwtCredential = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            let (claim_name, jwks_json) = input.validate()?;
+            let project = d1::project_by_slug(&db, &project).await?;
+            let consumer = d1::consumer(&db, &project.id, &consumer).await?;
+            let claim_value = match input.value {
+                Some(v) => v,
+                None => with_random(|r| crate::ids::base62(32, r))?,
+            };
+            // A symmetric key is a random string; its UTF-8 bytes are the HS256 key.
+            let secret = match jwks_json {
+                None => Some(with_random(|r| crate::ids::base62(43, r))?),
+                Some(_) => None,
+            };
+            let row = d1::JwtCredentialRow {
+                id: with_random(|r| new_id("jwc", r))?, consumer_id: consumer.id.clone(), kind: input.kind.clone(),
+                claim_name, claim_value, secret_enc: match &secret { Some(s) => Some(seal_provider_key(env, s)?), None => None },
+                secret_prefix: secret.as_ref().map(|s| s.chars().take(6).collect()), jwks_json, created_at: now, consumer_status: None,
+            };
+            d1::create_jwt_credential(&db, &project.id, &row).await?;
+            record_event(ctx, env, identity::EventDraft { consumer_id: Some(consumer.id.clone()), detail: Some(row.id.clone()), ..event(&project.id, "jwt_credential_created") });
+            let mut body = row.to_json();
+            if let Some(secret) = secret {
+                // Shown once, like a consumer key's secret.
+                body["secret"] = json!(secret);
+                body["algorithm"] = json!("HS256");
+            }
+            json(201, &body)
+        }
+        Route::ListJwtCredentials { project, consumer } => {
+            let project = d1::project_by_slug(&db, &project).await?;
+            let consumer = d1::consumer(&db, &project.id, &consumer).await?;
+            let list: Vec<Value> = d1::list_jwt_credentials(&db, &project.id, &consumer.id).await?.iter().map(|c| c.to_json()).collect();
+            json(200, &json!({ "jwt_credentials": list }))
+        }
+        Route::RevokeJwtCredential { project, id } => {
+            let project = d1::project_by_slug(&db, &project).await?;
+            if !d1::revoke_jwt_credential(&db, &project.id, &id, now).await? {
+                return Err(Error::not_found(format!("There is no live JWT credential `{id}` in project `{}`.", project.slug)));
+            }
+            record_event(ctx, env, identity::EventDraft { detail: Some(id), ..event(&project.id, "jwt_credential_revoked") });
             no_content()
         }
         Route::GetProject { project } => json(200, &d1::project_by_slug(&db, &project).await?.to_json()),

@@ -6,6 +6,7 @@ mod auth;
 
 use worker::{Context, Env, Headers, Request, Response};
 
+use crate::assets;
 use crate::auth::constant_time_eq;
 use crate::error::Error;
 use crate::http::{header, json, problem, secret};
@@ -45,6 +46,7 @@ async fn dispatch(route: Route, req: Request, env: &Env, ctx: &Context) -> Resul
     }
     match route {
         Route::Health => json(200, &serde_json::json!({"status": "ok", "service": "sluice"})),
+        Route::Asset { path } => serve_asset(&req, env, &path),
         Route::ChatCompletions { project, api } => pipeline::chat_completions(req, env, ctx, &project, &api).await,
         Route::ListModels { project, api } => pipeline::list_models(req, env, ctx, &project, &api).await,
         Route::ConsumerUsage { project, api } => pipeline::consumer_usage(req, env, ctx, &project, &api).await,
@@ -59,6 +61,27 @@ async fn dispatch(route: Route, req: Request, env: &Env, ctx: &Context) -> Resul
         Route::Preflight { .. } => Ok(Response::empty()?.with_status(204)),
         admin_route => admin::handle(admin_route, req, env, ctx).await,
     }
+}
+
+/// Serves a browser file: ETag revalidation, a year of caching for `?v=<content hash>`, and open CORS
+/// (the widget imports the SDK as a module from pages on other origins).
+fn serve_asset(req: &Request, env: &Env, path: &str) -> Result<Response, Error> {
+    let asset = match assets::asset(path) {
+        Some(a) if !a.dev_only || crate::email::dev_mode(env) => a,
+        _ => return Err(Error::not_found(format!("No route for {path}."))),
+    };
+    let url = req.url()?;
+    let version = url.query_pairs().find(|(k, _)| k == "v").map(|(_, v)| v.into_owned());
+    let headers = Headers::new();
+    headers.set("content-type", asset.content_type)?;
+    headers.set("etag", &asset.etag())?;
+    headers.set("cache-control", asset.cache_control(version.as_deref()))?;
+    headers.set("access-control-allow-origin", "*")?;
+    headers.set("x-content-type-options", "nosniff")?;
+    if asset.not_modified(header(req, "if-none-match").as_deref()) {
+        return Ok(Response::empty()?.with_status(304).with_headers(headers));
+    }
+    Ok(Response::ok(asset.body)?.with_headers(headers))
 }
 
 /// Whether the project lets pages from `origin` call it (`*` lets every origin).

@@ -73,6 +73,12 @@ impl ConsumerCounter {
         Ok(reply)
     }
 
+    fn outbox_waiting(&self) -> Result<bool> {
+        let sql = self.state.storage().sql();
+        let left: Vec<StateRow> = sql.exec("SELECT 'x' AS state FROM usage_outbox LIMIT 1", None)?.to_array()?;
+        Ok(!left.is_empty())
+    }
+
     async fn schedule_flush(&self, after: Duration) -> Result<()> {
         let storage = self.state.storage();
         if storage.get_alarm().await?.is_none() {
@@ -93,7 +99,8 @@ impl DurableObject for ConsumerCounter {
             Err(_) => return problem(&Error::invalid_request("Not a counter operation.")),
         };
         let reply = self.run(&request)?;
-        if matches!(reply, CounterReply::Settled { counted: true }) {
+        // Anything waiting in the outbox (just filed, or left by a restart) gets a flush scheduled.
+        if matches!(reply, CounterReply::Settled { counted: true }) || self.outbox_waiting()? {
             self.schedule_flush(FLUSH_DELAY).await?;
         }
         Response::from_json(&reply)
@@ -117,8 +124,7 @@ impl DurableObject for ConsumerCounter {
         for r in &records {
             sql.exec("DELETE FROM usage_outbox WHERE id = ?", vec![SqlStorageValue::String(r.id.clone())])?;
         }
-        let left: Vec<StateRow> = sql.exec("SELECT 'x' AS state FROM usage_outbox LIMIT 1", None)?.to_array()?;
-        if !left.is_empty() {
+        if self.outbox_waiting()? {
             self.state.storage().set_alarm(Duration::from_millis(10)).await?;
         }
         Response::ok("flushed")

@@ -398,11 +398,15 @@ fn usage_args(api_id: &str, q: &UsageQuery) -> Vec<JsValue> {
 
 /// Totals (and groups, when asked) of an API's usage in `[from, to)`.
 pub async fn usage_groups(db: &D1Database, api_id: &str, q: &UsageQuery) -> Result<Vec<UsageGroup>, Error> {
-    let key = q.group_by.map_or("NULL", |g| g.sql());
+    // Without grouping, the aggregate always yields one row (zeros for an empty window).
+    let (key, group) = match q.group_by {
+        Some(g) => (g.sql(), " GROUP BY 1 ORDER BY 1"),
+        None => ("NULL", ""),
+    };
     let sql = format!(
         "SELECT {key} AS key, COUNT(*) AS requests, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, \
          COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(total_tokens), 0) AS total_tokens, \
-         COALESCE(SUM(estimated), 0) AS estimated_requests FROM usage_records WHERE {USAGE_FILTER} GROUP BY 1 ORDER BY 1");
+         COALESCE(SUM(estimated), 0) AS estimated_requests FROM usage_records WHERE {USAGE_FILTER}{group}");
     Ok(stmt(db, &sql, &usage_args(api_id, q))?.all().await?.results()?)
 }
 
@@ -463,4 +467,69 @@ pub async fn list_auth_events(db: &D1Database, project_id: &str, since: i64, kin
     Ok(stmt(db, "SELECT id, project_id, api_id, type, consumer_id, subject, ip, detail, created_at FROM auth_events \
                  WHERE project_id = ?1 AND created_at >= ?2 AND (?3 IS NULL OR type = ?3) ORDER BY created_at DESC, id LIMIT 1000",
         &[text(project_id), int(since), opt_text(kind)])?.all().await?.results()?)
+}
+
+// ---- consumer JWT credentials
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JwtCredentialRow {
+    pub id: String,
+    pub consumer_id: String,
+    pub kind: String,
+    pub claim_name: String,
+    pub claim_value: String,
+    pub secret_enc: Option<String>,
+    pub secret_prefix: Option<String>,
+    pub jwks_json: Option<String>,
+    pub created_at: i64,
+    #[serde(default)]
+    pub consumer_status: Option<String>,
+}
+
+impl JwtCredentialRow {
+    /// The owner's view: never the secret, only its first characters.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id, "consumer_id": self.consumer_id, "kind": self.kind, "claim": self.claim_name, "value": self.claim_value,
+            "secret_prefix": self.secret_prefix, "jwks": self.jwks_json.as_deref().and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok()),
+            "created_at": crate::time::rfc3339(self.created_at),
+        })
+    }
+}
+
+const JWT_CREDENTIAL_COLUMNS: &str = "j.id, j.consumer_id, j.kind, j.claim_name, j.claim_value, j.secret_enc, j.secret_prefix, j.jwks_json, j.created_at";
+
+pub async fn create_jwt_credential(db: &D1Database, project_id: &str, r: &JwtCredentialRow) -> Result<(), Error> {
+    insert(db,
+        "INSERT INTO consumer_jwt_credentials (id, project_id, consumer_id, kind, claim_name, claim_value, secret_enc, secret_prefix, jwks_json, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        &[text(&r.id), text(project_id), text(&r.consumer_id), text(&r.kind), text(&r.claim_name), text(&r.claim_value),
+          opt_text(r.secret_enc.as_deref()), opt_text(r.secret_prefix.as_deref()), opt_text(r.jwks_json.as_deref()), int(r.created_at)],
+        format!("Another consumer's credential already uses {} = {}.", r.claim_name, r.claim_value)).await
+}
+
+pub async fn list_jwt_credentials(db: &D1Database, project_id: &str, consumer_id: &str) -> Result<Vec<JwtCredentialRow>, Error> {
+    Ok(stmt(db, &format!("SELECT {JWT_CREDENTIAL_COLUMNS} FROM consumer_jwt_credentials j \
+                          WHERE j.project_id = ?1 AND j.consumer_id = ?2 AND j.revoked_at IS NULL ORDER BY j.created_at, j.id"),
+        &[text(project_id), text(consumer_id)])?.all().await?.results()?)
+}
+
+pub async fn revoke_jwt_credential(db: &D1Database, project_id: &str, id: &str, now: i64) -> Result<bool, Error> {
+    Ok(changes(db, "UPDATE consumer_jwt_credentials SET revoked_at = ?3 WHERE project_id = ?1 AND id = ?2 AND revoked_at IS NULL",
+        &[text(project_id), text(id), int(now)]).await? == 1)
+}
+
+/// Live credentials whose claim value is among `values` (read unverified from a token), with the
+/// consumer's status. The caller still checks the claim name and the signature.
+pub async fn jwt_credentials_for(db: &D1Database, project_id: &str, values: &[String]) -> Result<Vec<JwtCredentialRow>, Error> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (0..values.len()).map(|i| format!("?{}", i + 2)).collect();
+    let sql = format!("SELECT {JWT_CREDENTIAL_COLUMNS}, c.status AS consumer_status FROM consumer_jwt_credentials j \
+                       JOIN consumers c ON c.id = j.consumer_id \
+                       WHERE j.project_id = ?1 AND j.revoked_at IS NULL AND j.claim_value IN ({}) LIMIT 10", placeholders.join(", "));
+    let mut args = vec![text(project_id)];
+    args.extend(values.iter().map(|v| text(v)));
+    Ok(stmt(db, &sql, &args)?.all().await?.results()?)
 }

@@ -1,0 +1,725 @@
+// Sluice client SDK (ES module, no dependencies): managed OTP sign-in, consumer keys or your own JWTs, and streamed chat through the gateway.
+//
+// Runs in browsers, Node 18+ and Deno: it uses only fetch, TextDecoder, ReadableStream and AbortController.
+//
+//   import { SluiceClient } from "https://<gateway>/sdk.js";
+//   const client = new SluiceClient({ baseUrl: "https://<gateway>", project: "demo" });
+//   await client.auth.startOtp("me@example.com");
+//   await client.auth.verifyOtp("me@example.com", "123456");
+//   const { text } = await client.chat.stream({ api: "chat", messages, onToken: (delta) => show(delta) });
+
+/** After `[DONE]`, wait this long for the server to close the stream before cancelling it. */
+const DRAIN_MS = 2000;
+/** Refresh a managed access token this many milliseconds before it expires. */
+const EXPIRY_SKEW_MS = 30_000;
+/** Problem fields that are the error's own and must not be overwritten by extension members. */
+const RESERVED = new Set(["name", "message", "stack", "cause", "problem", "partialText", "retryAfter", "retryAt", "response"]);
+
+// ------------------------------------------------------------------------------------------------
+// Errors
+
+/**
+ * An error from the gateway, carrying its problem+json (RFC 9457) members: `type`, `title`, `status`,
+ * `detail`, plus any extension members (`scope`, `limit`, `used`, `reset`, `plan`, ...).
+ * `retryAfter` is in seconds (from `Retry-After`, else from the problem's `reset`); `partialText` is
+ * what a stream delivered before it failed.
+ */
+export class SluiceError extends Error {
+  constructor(problem = {}, { retryAfter, partialText, cause } = {}) {
+    const p = problem && typeof problem === "object" ? problem : {};
+    const message = p.detail || p.title || p.type || "Sluice request failed";
+    super(String(message), cause === undefined ? undefined : { cause });
+    this.name = "SluiceError";
+    this.problem = p;
+    this.type = typeof p.type === "string" ? p.type : "about:blank";
+    this.title = typeof p.title === "string" ? p.title : "";
+    this.status = Number.isInteger(p.status) ? p.status : 0;
+    this.detail = typeof p.detail === "string" ? p.detail : "";
+    for (const [k, v] of Object.entries(p)) {
+      if (!RESERVED.has(k) && !(k in this)) this[k] = v;
+    }
+    const seconds = retryAfter ?? secondsUntil(p.reset);
+    this.retryAfter = Number.isFinite(seconds) ? Math.max(0, Math.ceil(seconds)) : undefined;
+    this.retryAt = this.retryAfter === undefined ? undefined : new Date(Date.now() + this.retryAfter * 1000);
+    this.partialText = partialText ?? "";
+  }
+}
+
+function secondsUntil(rfc3339) {
+  if (typeof rfc3339 !== "string") return undefined;
+  const at = Date.parse(rfc3339);
+  return Number.isNaN(at) ? undefined : (at - Date.now()) / 1000;
+}
+
+/** `Retry-After` as seconds: either delta-seconds or an HTTP date. */
+function parseRetryAfter(value) {
+  if (value == null || value === "") return undefined;
+  const trimmed = String(value).trim();
+  if (/^\d+$/.test(trimmed)) return Number(trimmed);
+  const at = Date.parse(trimmed);
+  return Number.isNaN(at) ? undefined : Math.max(0, (at - Date.now()) / 1000);
+}
+
+/** Builds a SluiceError from a non-2xx response: its problem+json, or a generic problem around its text. */
+async function errorFromResponse(res) {
+  const text = await res.text().catch(() => "");
+  let problem = null;
+  try {
+    const parsed = JSON.parse(text);
+    if (parsed && typeof parsed === "object" && !Array.isArray(parsed)) problem = parsed;
+  } catch {
+    /* not JSON */
+  }
+  if (!problem || (!problem.type && !problem.title && !problem.detail)) {
+    problem = {
+      ...(problem || {}),
+      type: "about:blank",
+      title: res.statusText || `HTTP ${res.status}`,
+      detail: (problem && problem.error && (problem.error.message || String(problem.error))) || text.slice(0, 500),
+    };
+  }
+  if (!Number.isInteger(problem.status)) problem.status = res.status;
+  const err = new SluiceError(problem, { retryAfter: parseRetryAfter(res.headers.get("retry-after")) });
+  err.response = res;
+  return err;
+}
+
+function networkError(cause) {
+  return new SluiceError(
+    { type: "network-error", title: "The gateway could not be reached", status: 0, detail: String((cause && cause.message) || cause) },
+    { cause },
+  );
+}
+
+function isAbort(err, signal) {
+  return (signal && signal.aborted) || (err && err.name === "AbortError");
+}
+
+function abortReason(signal) {
+  if (signal && signal.reason !== undefined) return signal.reason;
+  const err = new Error("The operation was aborted.");
+  err.name = "AbortError";
+  return err;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Server-sent events
+
+/**
+ * An incremental SSE parser (the WHATWG event-stream rules): feed it bytes (or strings) split anywhere,
+ * even inside a multi-byte UTF-8 character or between `\r` and `\n`; it returns the complete events.
+ * Each event is `{ event, data, id }` (`event` defaults to "message"; `retry` when sent). Comments
+ * (`:` lines) are skipped; multi-line `data` is joined with `\n`; an event left unfinished at `end()`
+ * is discarded, as the spec says.
+ */
+export function createSseParser() {
+  const decoder = new TextDecoder("utf-8");
+  let partial = ""; // text of the current, unfinished line
+  let afterCR = false; // the last line ended with `\r`; a `\n` right after it belongs to it
+  let data = [];
+  let eventType = "";
+  let lastId = "";
+  let retry;
+
+  function onLine(line, out) {
+    if (line === "") {
+      if (data.length > 0) {
+        const ev = { event: eventType || "message", data: data.join("\n"), id: lastId };
+        if (retry !== undefined) ev.retry = retry;
+        out.push(ev);
+      }
+      data = [];
+      eventType = "";
+      retry = undefined;
+      return;
+    }
+    if (line.charCodeAt(0) === 58 /* : */) return; // a comment (often a keep-alive)
+    const colon = line.indexOf(":");
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? "" : line.slice(colon + 1);
+    if (value.charCodeAt(0) === 32) value = value.slice(1);
+    if (field === "data") data.push(value);
+    else if (field === "event") eventType = value;
+    else if (field === "id") {
+      if (!value.includes("\0")) lastId = value;
+    } else if (field === "retry" && /^\d+$/.test(value)) retry = Number(value);
+  }
+
+  function feed(text, out) {
+    let start = 0;
+    if (afterCR && text.length > 0) {
+      if (text.charCodeAt(0) === 10) start = 1;
+      afterCR = false;
+    }
+    for (let i = start; i < text.length; i++) {
+      const c = text.charCodeAt(i);
+      if (c !== 10 && c !== 13) continue;
+      onLine(partial + text.slice(start, i), out);
+      partial = "";
+      if (c === 13) {
+        if (i + 1 < text.length) {
+          if (text.charCodeAt(i + 1) === 10) i++;
+        } else {
+          afterCR = true;
+        }
+      }
+      start = i + 1;
+    }
+    partial += text.slice(start);
+    return out;
+  }
+
+  return {
+    /** Feeds a chunk (Uint8Array, ArrayBuffer or string); returns the events it completed. */
+    push(chunk) {
+      const text = typeof chunk === "string" ? chunk : decoder.decode(chunk instanceof ArrayBuffer ? new Uint8Array(chunk) : chunk, { stream: true });
+      return feed(text, []);
+    },
+    /** The stream ended: flushes the decoder; an unterminated event is dropped. */
+    end() {
+      const out = feed(decoder.decode(), []);
+      partial = "";
+      data = [];
+      eventType = "";
+      return out;
+    },
+  };
+}
+
+/**
+ * Reads SSE events from a ReadableStream of bytes (e.g. `response.body`), or any async iterable of
+ * chunks, as an async generator. Stops reading (and cancels the stream) when the consumer stops early.
+ */
+export async function* readSse(stream, { signal } = {}) {
+  const parser = createSseParser();
+  if (stream && typeof stream.getReader === "function") {
+    const reader = stream.getReader();
+    const onAbort = () => reader.cancel(abortReason(signal)).catch(() => {});
+    if (signal) {
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
+    }
+    let finished = false;
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (signal && signal.aborted) throw abortReason(signal);
+        if (done) break;
+        yield* parser.push(value);
+      }
+      finished = true;
+      yield* parser.end();
+    } finally {
+      if (signal) signal.removeEventListener("abort", onAbort);
+      if (!finished) reader.cancel().catch(() => {});
+      try {
+        reader.releaseLock();
+      } catch {
+        /* a pending read on a cancelled stream */
+      }
+    }
+    return;
+  }
+  for await (const chunk of stream) {
+    if (signal && signal.aborted) throw abortReason(signal);
+    yield* parser.push(chunk);
+  }
+  yield* parser.end();
+}
+
+// ------------------------------------------------------------------------------------------------
+// Token storage
+
+/** An in-memory storage (the default where there is no localStorage). */
+export function memoryStorage() {
+  const map = new Map();
+  return {
+    get: (key) => (map.has(key) ? map.get(key) : null),
+    set: (key, value) => void map.set(key, value),
+    remove: (key) => void map.delete(key),
+  };
+}
+
+/** Storage over `localStorage` (Web Storage), or null when it is missing or refuses writes. */
+export function localStorageAdapter(ls = globalThis.localStorage) {
+  try {
+    if (!ls) return null;
+    const probe = "sluice:probe";
+    ls.setItem(probe, "1");
+    ls.removeItem(probe);
+  } catch {
+    return null; // blocked (sandboxed iframe, privacy mode) or absent
+  }
+  return {
+    get: (key) => ls.getItem(key),
+    set: (key, value) => ls.setItem(key, value),
+    remove: (key) => ls.removeItem(key),
+  };
+}
+
+function defaultStorage() {
+  let ls = null;
+  try {
+    ls = globalThis.localStorage;
+  } catch {
+    /* access itself can throw */
+  }
+  return localStorageAdapter(ls) || memoryStorage();
+}
+
+// ------------------------------------------------------------------------------------------------
+// The client
+
+/**
+ * A client for one Sluice project. Credentials, in order: a token or consumer key set with
+ * `setToken`/`setConsumerKey` (a string, or a function called before each request), else the managed
+ * session from `client.auth` (kept in `storage` under `sluice:<project>:session`).
+ */
+export class SluiceClient {
+  constructor({ baseUrl, project, storage, fetch: fetchImpl, storageKey } = {}) {
+    if (!baseUrl) throw new TypeError("SluiceClient needs a baseUrl");
+    if (!project) throw new TypeError("SluiceClient needs a project");
+    this.baseUrl = String(baseUrl).replace(/\/+$/, "");
+    this.project = String(project);
+    this.storage = storage || defaultStorage();
+    this.storageKey = storageKey || `sluice:${this.project}:session`;
+    const f = fetchImpl || globalThis.fetch;
+    if (typeof f !== "function") throw new TypeError("No fetch available; pass one as `fetch`");
+    // Called unbound: some browsers refuse `fetch` with a `this` that is not the window.
+    this._fetch = (...args) => f(...args);
+    this._credential = null; // { kind: "token" | "consumer-key", value: string | function }
+    this.auth = new SluiceAuth(this);
+    this.chat = {
+      stream: (options) => this._stream(options),
+      complete: (options) => this._complete(options),
+    };
+  }
+
+  /** Sends your own JWT (byo-jwt): a string, or a (possibly async) function returning one. */
+  setToken(token) {
+    this._credential = token == null ? null : { kind: "token", value: token };
+  }
+
+  /** Sends a consumer key (`ask_live_...`): a string, or a (possibly async) function returning one. */
+  setConsumerKey(key) {
+    this._credential = key == null ? null : { kind: "consumer-key", value: key };
+  }
+
+  /** Whether `setToken`/`setConsumerKey` configured a credential (otherwise the managed session is used). */
+  hasCredential() {
+    return this._credential !== null;
+  }
+
+  /** `GET /v1/{project}/{api}/usage`: the caller's plan, limits and windows. */
+  async usage({ api, signal } = {}) {
+    const res = await this._authed(() => ({ method: "GET", headers: { accept: "application/json" }, signal }), this._dataUrl(api, "usage"), signal);
+    return res.json();
+  }
+
+  _url(path) {
+    return `${this.baseUrl}/v1/${encodeURIComponent(this.project)}/${path}`;
+  }
+
+  _dataUrl(api, path) {
+    if (!api) throw new TypeError("Name the API (`api`)");
+    return this._url(`${encodeURIComponent(api)}/${path}`);
+  }
+
+  async _send(url, init, signal) {
+    try {
+      return await this._fetch(url, init);
+    } catch (err) {
+      if (isAbort(err, signal)) throw err;
+      throw networkError(err);
+    }
+  }
+
+  /** The bearer credential for the next request; `retry` asks a provider for a fresh one after a 401. */
+  async _bearer(c, retry) {
+    if (c) {
+      const v = typeof c.value === "function" ? await c.value({ retry, kind: c.kind }) : c.value;
+      return v ? String(v) : null;
+    }
+    const session = await this.auth._validSession();
+    return session ? session.access_token : null;
+  }
+
+  /**
+   * Sends an authenticated request. On a 401: a provider function is asked once more (and the request
+   * retried if it gave a different credential); a managed session is refreshed once (single-flight) and
+   * the request retried; if the refresh is refused the session is cleared and the 401 is thrown.
+   * `managed` uses the managed session even when a token or key provider is configured.
+   */
+  async _authed(makeInit, url, signal, { managed = false } = {}) {
+    const provider = managed ? null : this._credential;
+    const bearer = await this._bearer(provider, false);
+    const res = await this._send(url, withBearer(makeInit(), bearer), signal);
+    if (res.status !== 401) {
+      if (!res.ok) throw await errorFromResponse(res);
+      return res;
+    }
+    const first = await errorFromResponse(res);
+    let next = null;
+    if (provider) {
+      if (typeof provider.value === "function") {
+        next = await this._bearer(provider, true);
+        if (next === bearer) next = null;
+      }
+    } else if (bearer) {
+      const session = await this.auth._refreshAfter(bearer, signal).catch((err) => {
+        if (isAbort(err, signal)) throw err;
+        return null;
+      });
+      next = session ? session.access_token : null;
+    }
+    if (!next) throw first;
+    const again = await this._send(url, withBearer(makeInit(), next), signal);
+    if (again.ok) return again;
+    const err = await errorFromResponse(again);
+    if (again.status === 401 && !provider) await this.auth._clear("expired");
+    throw err;
+  }
+
+  _chatBody({ api, messages, onToken, signal, model, stream, ...extra }) {
+    if (!Array.isArray(messages)) throw new TypeError("`messages` must be an array");
+    const body = { ...extra, messages };
+    if (model) body.model = model;
+    return body;
+  }
+
+  async _stream(options = {}) {
+    const { api, onToken, signal } = options;
+    const body = this._chatBody(options);
+    body.stream = true;
+    body.stream_options = { ...(body.stream_options || {}), include_usage: true };
+    const json = JSON.stringify(body);
+    const res = await this._authed(
+      () => ({ method: "POST", headers: { "content-type": "application/json", accept: "text/event-stream" }, body: json, signal }),
+      this._dataUrl(api, "chat/completions"),
+      signal,
+    );
+    const type = res.headers.get("content-type") || "";
+    if (!type.includes("text/event-stream")) {
+      // A gateway or upstream that answered in one piece: take its message as the whole reply.
+      const whole = await res.json();
+      const text = messageText(whole);
+      if (text && onToken) onToken(text, text);
+      return { text, usage: whole.usage, finishReason: whole.choices && whole.choices[0] && whole.choices[0].finish_reason };
+    }
+
+    let text = "";
+    let usage;
+    let finishReason;
+    let failure = null;
+    let sawDone = false;
+    // The body is read to its end even after [DONE]: cancelling it would look to the gateway like a
+    // client that went away mid-stream. A server that keeps it open is cut off after DRAIN_MS.
+    const reading = new AbortController();
+    const onAbort = () => reading.abort(abortReason(signal));
+    if (signal) {
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
+    }
+    let drainTimer;
+    let callbackFailed = false;
+    let callbackError;
+    try {
+      for await (const ev of readSse(res.body, { signal: reading.signal })) {
+        if (sawDone) continue;
+        if (ev.data === "[DONE]") {
+          sawDone = true;
+          drainTimer = setTimeout(() => reading.abort(), DRAIN_MS);
+          continue;
+        }
+        let chunk;
+        try {
+          chunk = JSON.parse(ev.data);
+        } catch {
+          continue; // not JSON: nothing this client understands
+        }
+        if (ev.event === "error" || (chunk && chunk.error && !chunk.choices)) {
+          failure = chunk && chunk.error && typeof chunk.error === "object" && !chunk.type ? { type: chunk.error.type || "upstream-error", title: "The stream failed", detail: chunk.error.message, ...chunk.error } : chunk;
+          continue; // the gateway follows its error with [DONE]
+        }
+        if (chunk.usage) usage = chunk.usage;
+        const choice = Array.isArray(chunk.choices) ? chunk.choices.find((c) => (c.index ?? 0) === 0) : undefined;
+        if (!choice) continue;
+        if (choice.finish_reason) finishReason = choice.finish_reason;
+        const delta = choice.delta && typeof choice.delta.content === "string" ? choice.delta.content : "";
+        if (delta) {
+          text += delta;
+          if (onToken) {
+            try {
+              onToken(delta, text);
+            } catch (err) {
+              callbackFailed = true; // the caller's own error: passed on as it is, below
+              callbackError = err;
+              break;
+            }
+          }
+        }
+      }
+    } catch (err) {
+      if (sawDone) {
+        // Cut off while draining after [DONE]: the reply (or its error event) is complete.
+      } else if (isAbort(err, signal)) {
+        const reason = signal && signal.aborted ? abortReason(signal) : err;
+        try {
+          reason.partialText = text;
+        } catch {
+          /* a frozen reason */
+        }
+        throw reason;
+      } else if (err instanceof SluiceError) {
+        throw err;
+      } else {
+        const e = networkError(err);
+        e.partialText = text;
+        throw e;
+      }
+    } finally {
+      clearTimeout(drainTimer);
+      if (signal) signal.removeEventListener("abort", onAbort);
+    }
+    if (callbackFailed) throw callbackError;
+    if (failure) throw new SluiceError(failure, { partialText: text });
+    if (!sawDone && !finishReason) {
+      throw new SluiceError(
+        { type: "stream-incomplete", title: "The stream ended early", status: 0, detail: "The connection closed before the reply was complete." },
+        { partialText: text },
+      );
+    }
+    return { text, usage, finishReason };
+  }
+
+  async _complete(options = {}) {
+    const { api, signal } = options;
+    const body = this._chatBody(options);
+    body.stream = false;
+    const json = JSON.stringify(body);
+    const res = await this._authed(
+      () => ({ method: "POST", headers: { "content-type": "application/json", accept: "application/json" }, body: json, signal }),
+      this._dataUrl(api, "chat/completions"),
+      signal,
+    );
+    const whole = await res.json();
+    return { text: messageText(whole), usage: whole.usage, finishReason: whole.choices && whole.choices[0] && whole.choices[0].finish_reason, response: whole };
+  }
+}
+
+function messageText(completion) {
+  const choice = completion && Array.isArray(completion.choices) ? completion.choices[0] : undefined;
+  const content = choice && choice.message ? choice.message.content : undefined;
+  return typeof content === "string" ? content : "";
+}
+
+function withBearer(init, bearer) {
+  const headers = { ...(init.headers || {}) };
+  if (bearer) headers.authorization = `Bearer ${bearer}`;
+  // Bearer credentials only: no cookies travel to the gateway, so `Access-Control-Allow-Origin: *` suffices.
+  return { credentials: "omit", ...init, headers };
+}
+
+// ------------------------------------------------------------------------------------------------
+// Managed-mode auth (email + one-time code)
+
+/** `client.auth`: the managed session (OTP sign-in, refresh with rotation, sign-out). */
+export class SluiceAuth {
+  constructor(client) {
+    this._client = client;
+    this._refreshing = null;
+    this._listeners = new Set();
+  }
+
+  /** Emails a sign-in code. The gateway answers 202 whether or not the address is known. */
+  async startOtp(email, { signal } = {}) {
+    await this._post("auth/otp/start", { email }, signal);
+  }
+
+  /** Exchanges the emailed code for tokens and stores them. Resolves with the session. */
+  async verifyOtp(email, code, { signal } = {}) {
+    const res = await this._post("auth/otp/verify", { email, code: String(code).trim() }, signal);
+    const session = await this._save(await res.json(), { email });
+    this._emit("signedin");
+    return session;
+  }
+
+  /** Exchanges the stored refresh token for a new pair now (normally done for you). */
+  async refresh({ signal } = {}) {
+    const current = await this.getSession();
+    if (!current) throw new SluiceError({ type: "not-signed-in", title: "Not signed in", status: 401, detail: "There is no session to refresh." });
+    return this._refreshAfter(current.access_token, signal, true);
+  }
+
+  /**
+   * Ends the session on the gateway (best effort) and forgets it here. Logout needs a live access
+   * token, so an expired one is refreshed first; otherwise the session would live on at the gateway.
+   */
+  async signOut({ signal } = {}) {
+    const session = await this.getSession();
+    try {
+      if (session) {
+        const res = await this._logout(session, signal);
+        if (res.status === 401 && session.refresh_token) {
+          const fresh = await this._refreshAfter(session.access_token, signal, true).catch(() => null);
+          if (fresh) await this._logout(fresh, signal);
+        }
+      }
+    } catch {
+      /* offline or already revoked: the local session is gone either way */
+    }
+    await this._clear("signedout");
+  }
+
+  _logout(session, signal) {
+    const c = this._client;
+    return c._send(
+      c._url("auth/logout"),
+      {
+        method: "POST",
+        credentials: "omit",
+        headers: { "content-type": "application/json", authorization: `Bearer ${session.access_token}` },
+        body: JSON.stringify({ refresh_token: session.refresh_token }),
+        signal,
+      },
+      signal,
+    );
+  }
+
+  /** `GET /auth/me`: the signed-in user (`{ id, email, ... }`), refreshing the session if needed. */
+  async me({ signal } = {}) {
+    const c = this._client;
+    const init = () => ({ method: "GET", headers: { accept: "application/json" }, signal });
+    const res = await c._authed(init, c._url("auth/me"), signal, { managed: true });
+    return res.json();
+  }
+
+  /** The stored session `{ access_token, refresh_token, expires_at, email? }`, or null. */
+  async getSession() {
+    let raw;
+    try {
+      raw = await this._client.storage.get(this._client.storageKey);
+    } catch {
+      return null;
+    }
+    if (!raw) return null;
+    try {
+      const s = typeof raw === "string" ? JSON.parse(raw) : raw;
+      return s && typeof s.access_token === "string" ? s : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Whether a managed session is stored (it may still turn out to be revoked). */
+  async isSignedIn() {
+    return (await this.getSession()) !== null;
+  }
+
+  /** Calls `listener(event)` on "signedin", "refreshed", "signedout" and "expired"; returns an unsubscribe function. */
+  onChange(listener) {
+    this._listeners.add(listener);
+    return () => this._listeners.delete(listener);
+  }
+
+  _emit(event) {
+    for (const l of [...this._listeners]) {
+      try {
+        l(event);
+      } catch {
+        /* a listener's bug must not break auth */
+      }
+    }
+  }
+
+  async _post(path, body, signal, headers = {}) {
+    const c = this._client;
+    const res = await c._send(
+      c._url(path),
+      { method: "POST", credentials: "omit", headers: { "content-type": "application/json", accept: "application/json", ...headers }, body: JSON.stringify(body), signal },
+      signal,
+    );
+    if (!res.ok) throw await errorFromResponse(res);
+    return res;
+  }
+
+  /** Stores a token pair; a refresh answer without a new refresh token keeps the current one. */
+  async _save(tokens, { email, previous = null } = {}) {
+    if (!tokens || typeof tokens.access_token !== "string") {
+      throw new SluiceError({ type: "invalid-response", title: "The gateway sent no token", status: 0, detail: "The sign-in answer had no access_token." });
+    }
+    const session = {
+      access_token: tokens.access_token,
+      refresh_token: tokens.refresh_token || (previous && previous.refresh_token) || null,
+      token_type: tokens.token_type || "Bearer",
+      expires_at: Number.isFinite(tokens.expires_in) ? Date.now() + tokens.expires_in * 1000 : null,
+      email: email || (previous && previous.email) || undefined,
+    };
+    await this._client.storage.set(this._client.storageKey, JSON.stringify(session));
+    return session;
+  }
+
+  async _clear(event) {
+    try {
+      await this._client.storage.remove(this._client.storageKey);
+    } catch {
+      /* nothing to remove */
+    }
+    this._emit(event);
+  }
+
+  /** The stored session, refreshed first when its access token is (nearly) expired. */
+  async _validSession() {
+    const s = await this.getSession();
+    if (!s) return null;
+    if (s.expires_at && s.expires_at - EXPIRY_SKEW_MS <= Date.now() && s.refresh_token) {
+      try {
+        return await this._refreshAfter(s.access_token);
+      } catch (err) {
+        if (err instanceof SluiceError && err.status === 0) return s; // offline: let the request decide
+        return null; // refused: `_refreshAfter` has already signed out
+      }
+    }
+    return s;
+  }
+
+  /**
+   * Refreshes the session whose access token was `stale`, once: concurrent callers (and, where the Web
+   * Locks API exists, other tabs) share one refresh, because the gateway rotates refresh tokens and
+   * treats a reused one as theft. If another caller already replaced `stale`, its session is returned.
+   */
+  _refreshAfter(stale, signal, force = false) {
+    if (!this._refreshing) {
+      const run = () => this._doRefresh(stale, force);
+      const locks = globalThis.navigator && globalThis.navigator.locks;
+      // Opaque origins (sandboxed iframes) refuse locks with a SecurityError: refresh without one there.
+      const p = locks && typeof locks.request === "function"
+        ? locks.request(`sluice-refresh:${this._client.storageKey}`, run).catch((err) => (err && err.name === "SecurityError" ? run() : Promise.reject(err)))
+        : run();
+      this._refreshing = p.finally(() => {
+        this._refreshing = null;
+      });
+    }
+    return this._refreshing;
+  }
+
+  async _doRefresh(stale, force) {
+    const current = await this.getSession();
+    if (!current || !current.refresh_token) {
+      if (current) await this._clear("expired");
+      throw new SluiceError({ type: "not-signed-in", title: "Not signed in", status: 401, detail: "Sign in again." });
+    }
+    if (!force && current.access_token !== stale) return current; // refreshed elsewhere meanwhile
+    let res;
+    try {
+      res = await this._post("auth/refresh", { refresh_token: current.refresh_token });
+    } catch (err) {
+      // Refused (expired, revoked, reused): the session is over. A network failure keeps it for later.
+      if (err instanceof SluiceError && err.status >= 400 && err.status < 500) await this._clear("expired");
+      throw err;
+    }
+    const session = await this._save(await res.json(), { previous: current });
+    this._emit("refreshed");
+    return session;
+  }
+}

@@ -11,7 +11,7 @@ export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 
 SOURCES := $(shell find src web -type f) Cargo.toml Cargo.lock
 
-.PHONY: setup build dev test unit e2e bench clean
+.PHONY: setup build dev test unit e2e js browser bench clean
 .DEFAULT_GOAL := dev
 
 setup:
@@ -34,9 +34,21 @@ unit: setup
 e2e: setup build
 	cargo test --test e2e
 
+# SDK unit tests (no gateway, no browser).
+js:
+	node --test tests/js/
+
+# The widget in headless Chromium against its own wrangler dev.
+browser: setup build
+	@./scripts/setup-browser.sh
+	node tests/browser/run.mjs
+
 test: setup build
 	cargo test --lib
+	node --test tests/js/
 	cargo test --test e2e
+	@./scripts/setup-browser.sh
+	node tests/browser/run.mjs
 
 bench: setup build
 	cargo bench --bench gateway

@@ -23,12 +23,15 @@ const projects = (await must("GET", "/api/v1/projects", undefined, 200)).project
 if (!projects.some((p) => p.slug === "demo")) {
   await must("POST", "/api/v1/projects", { slug: "demo", name: "Demo project" }, 201);
 }
+// `chat` takes consumer keys (the curl below); `assistant` is the widget's: users sign in by email code.
 const apis = (await must("GET", "/api/v1/gateway/apis?project=demo", undefined, 200)).apis;
-if (!apis.some((a) => a.slug === "chat")) {
-  await must("POST", "/api/v1/gateway/apis", {
-    project: "demo", slug: "chat", name: "Demo chat", auth_mode: "consumer-key-only",
-    upstream: { base_url: "demo", default_model: "sluice-demo-1", models: ["sluice-demo-1"] },
-  }, 201);
+for (const [slug, name, auth_mode] of [["chat", "Demo chat", "consumer-key-only"], ["assistant", "Demo assistant", "managed"]]) {
+  if (!apis.some((a) => a.slug === slug)) {
+    await must("POST", "/api/v1/gateway/apis", {
+      project: "demo", slug, name, auth_mode,
+      upstream: { base_url: "demo", default_model: "sluice-demo-1", models: ["sluice-demo-1"] },
+    }, 201);
+  }
 }
 const consumers = (await must("GET", "/api/v1/projects/demo/consumers", undefined, 200)).consumers;
 let consumer = consumers.find((c) => c.name === "demo-user");
@@ -49,9 +52,12 @@ const body = JSON.stringify({ stream: true, messages: [{ role: "user", content: 
 console.log(`
 Sluice is running on ${base}
 
-  demo project : demo      API: chat (consumer-key-only, built-in demo upstream)
+  demo project : demo      APIs: chat (consumer keys), assistant (email sign-in); built-in demo upstream
   consumer key : ${key}
   admin token  : in .dev.vars (ADMIN_TOKEN)
+
+Chat in the browser: open ${base}/ and sign in with any email address;
+the 6-digit code is in the dev mailbox: ${base}/dev/mailbox
 
 Stream a reply (paste this):
 

@@ -1,0 +1,625 @@
+// Browser end-to-end tests of the chat widget and SDK in headless Chromium against wrangler dev: `node tests/browser/run.mjs [name filter...]`.
+//
+// Prints `test <name> ... ok|FAILED` per case and `N passed, M failed`; exits non-zero on any failure.
+// Needs `make build` first and /usr/bin/chromium (scripts/setup-browser.sh). Each case makes its own
+// project, browser context and pages, so cases are independent. The widget is always loaded from the
+// gateway's origin into host pages on other origins, as a customer's site would embed it. A case whose
+// gateway feature is missing (its route answers "No route"/405) fails at once, saying which.
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+import { ARTIFACTS, FEATURE_ROUTES, Waiting, adminClient, probeFeatures, sleep, startGateway, startMailServer, startPageServer, WEB } from "./harness.mjs";
+
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+const CASE_TIMEOUT_MS = 90_000;
+const filters = process.argv.slice(2).map((s) => s.toLowerCase());
+
+// ------------------------------------------------------------------------------------------------
+// Page helpers
+
+const esc = (s) => String(s).replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;");
+
+/** A host page that embeds the widget with `attrs` (data-* without the prefix). */
+function hostHtml(ctx, { attrs, head = "", body = "", after = "" }) {
+  const data = Object.entries(attrs).map(([k, v]) => ` data-${k}="${esc(v)}"`).join("");
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>Host page</title>${head}</head>
+<body>
+<h1>A host page</h1>
+<p>The host's own content.</p>
+${body}
+<script src="${ctx.assetBase}/chat.js"${data}></script>
+${after}
+</body></html>`;
+}
+
+/** Page script that hands the widget a consumer key fetched from the host's backend at run time. */
+const keyFromBackend = (slug) => `<script>Sluice.setConsumerKey(() => fetch("/backend/key?project=${encodeURIComponent(slug)}").then((r) => r.text()));</script>`;
+
+async function newPage(ctx, options = {}) {
+  const context = await ctx.browser.newContext({ viewport: { width: 1280, height: 800 }, ...options });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  const logs = [];
+  page.on("console", (m) => logs.push(`console.${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
+  page.on("requestfailed", (r) => logs.push(`requestfailed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`));
+  ctx.cleanup.push(() => context.close());
+  ctx.logs.push(logs);
+  return { context, page, logs };
+}
+
+/** Locator for a test hook inside the widget's shadow root (Playwright's CSS pierces open shadow roots). */
+const hook = (page, id) => page.locator(`[data-testid="${id}"]`);
+
+/** Runs in the page: the widget's shadow root. */
+const ROOT_JS = `document.querySelector("#sluice-chat").shadowRoot`;
+
+async function widgetState(page) {
+  return page.evaluate((rootJs) => {
+    const r = eval(rootJs);
+    const replies = [...r.querySelectorAll('[data-testid="message-assistant"]')];
+    const last = replies[replies.length - 1];
+    const n = r.querySelector('[data-testid="notice"]');
+    return {
+      view: r.querySelector('[data-testid="panel"]').dataset.view,
+      replies: replies.length,
+      reply: last ? last.textContent : null,
+      state: last ? last.dataset.state : null,
+      notice: n.hidden ? null : n.textContent,
+      noticeKind: n.hidden ? null : n.dataset.kind,
+      noticeRole: n.getAttribute("role"),
+      active: r.activeElement ? r.activeElement.dataset.testid || r.activeElement.id : null,
+    };
+  }, ROOT_JS);
+}
+
+/** Types a message, sends it with Enter, and waits until the reply has finished (or failed). */
+async function send(page, text, { timeout = 30_000 } = {}) {
+  await hook(page, "input").fill(text);
+  await hook(page, "input").press("Enter");
+  await page.waitForFunction(
+    (rootJs) => {
+      const r = eval(rootJs);
+      return r.querySelector('[data-testid="stop"]').hidden && !r.querySelector('[data-state="streaming"]');
+    },
+    ROOT_JS,
+    { timeout },
+  );
+  return widgetState(page);
+}
+
+/** Records the last reply's text length at every DOM change, to see it grow token by token. */
+async function watchReplyGrowth(page) {
+  await page.evaluate((rootJs) => {
+    const r = eval(rootJs);
+    window.__growth = [];
+    new MutationObserver(() => {
+      const replies = r.querySelectorAll('[data-testid="message-assistant"]');
+      const last = replies[replies.length - 1];
+      if (last) window.__growth.push([performance.now(), last.textContent.length]);
+    }).observe(r, { subtree: true, childList: true, characterData: true });
+  }, ROOT_JS);
+}
+
+async function openWidget(page) {
+  if (await hook(page, "panel").isVisible()) return;
+  await hook(page, "launcher").click();
+  await hook(page, "panel").waitFor({ state: "visible" });
+}
+
+/** Full managed sign-in: email, the code read from the mock mail API (after `beforeCode`), verify. */
+async function signIn(ctx, page, email, { beforeCode } = {}) {
+  await openWidget(page);
+  await hook(page, "email").waitFor({ state: "visible" });
+  const since = Date.now();
+  await hook(page, "email").fill(email);
+  await hook(page, "send-code").click();
+  await hook(page, "code").waitFor({ state: "visible" });
+  const code = await ctx.mail.codeFor(email, { since });
+  if (beforeCode) await beforeCode(code);
+  await hook(page, "code").fill(code);
+  await hook(page, "verify").click();
+  await hook(page, "input").waitFor({ state: "visible" });
+}
+
+async function storedSession(page, slug) {
+  return page.evaluate((key) => JSON.parse(localStorage.getItem(key) || "null"), `sluice:${slug}:session`);
+}
+
+function expectDemoReply(state, said) {
+  assert.equal(state.state, "done", `reply state (notice: ${state.notice})`);
+  assert.match(state.reply, /^Hello from Sluice! This is the built-in demo model\./);
+  assert.ok(state.reply.includes(`You said: "${said}"`), `reply echoes the message: ${state.reply}`);
+}
+
+/** A project for widget cases, with the host pages' origin allowed. */
+async function widgetProject(ctx, options = {}) {
+  const project = await ctx.admin.project({ origins: [ctx.pages.origin], ...options });
+  if (project.key) ctx.keys.set(project.slug, project.key);
+  return project;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Cases
+
+const cases = [];
+const add = (name, needs, fn) => cases.push({ name, needs, fn });
+/** Features every widget case needs: the widget files, and CORS for the host pages' origin. */
+const widget = (...more) => () => ["assets", "cors", ...more];
+
+add("gateway serves the widget files", () => ["assets"], async (ctx) => {
+  const g = ctx.gateway.base;
+  const chat = await fetch(`${g}/chat.js`);
+  assert.equal(chat.status, 200);
+  assert.match(chat.headers.get("content-type") || "", /javascript/);
+  const etag = chat.headers.get("etag");
+  assert.ok(etag, "chat.js has an ETag");
+  assert.match(chat.headers.get("cache-control") || "", /max-age=\d+/);
+  assert.equal(await chat.text(), fs.readFileSync(path.join(WEB, "chat.js"), "utf8"));
+  const again = await fetch(`${g}/chat.js`, { headers: { "if-none-match": etag } });
+  assert.equal(again.status, 304, "If-None-Match with the ETag gives 304");
+  const hash = etag.replace(/^W\//, "").replace(/"/g, "");
+  assert.equal((await fetch(`${g}/chat.js?v=${encodeURIComponent(hash)}`)).status, 200);
+  const sdk = await fetch(`${g}/sdk.js`, { headers: { origin: ctx.pages.origin } });
+  assert.equal(sdk.status, 200);
+  assert.match(sdk.headers.get("content-type") || "", /javascript/);
+  assert.equal(sdk.headers.get("access-control-allow-origin"), "*", "a cross-origin import() of sdk.js needs CORS");
+  assert.equal(await sdk.text(), fs.readFileSync(path.join(WEB, "sdk.js"), "utf8"));
+  assert.equal((await fetch(`${g}/sdk.d.ts`)).status, 200);
+  // And a page on another origin can import the SDK module.
+  const { page } = await newPage(ctx);
+  await page.goto(ctx.other.page("<!doctype html><title>import</title>"));
+  const exported = await page.evaluate(async (url) => Object.keys(await import(url)).sort().join(","), `${g}/sdk.js`);
+  assert.ok(exported.includes("SluiceClient") && exported.includes("SluiceError") && exported.includes("createSseParser"), exported);
+});
+
+add("demo page at / embeds the widget", () => ["assets", "demo-page"], async (ctx) => {
+  const { page, logs } = await newPage(ctx);
+  await page.goto(`${ctx.gateway.base}/`);
+  assert.equal(await page.title(), "Sluice demo");
+  assert.equal(await page.locator('a[href="/dev/mailbox"]').count(), 1, "the page points to the dev mailbox");
+  await openWidget(page);
+  assert.equal(await hook(page, "title").textContent(), "Sluice demo");
+  await hook(page, "email").waitFor({ state: "visible" }); // managed mode: sign-in first
+  assert.deepEqual(logs.filter((l) => l.startsWith("pageerror")), []);
+});
+
+add("consumer key via Sluice.setConsumerKey: reply streams in steps, as text", widget(), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { consumer: true });
+  const { page } = await newPage(ctx);
+  const calls = [];
+  page.on("request", async (r) => {
+    if (r.url().endsWith("/chat/completions") && r.method() === "POST") calls.push({ headers: await r.allHeaders(), body: JSON.parse(r.postData()) });
+  });
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat", title: "Key chat" }, after: keyFromBackend(slug) })));
+  assert.equal(await page.evaluate(() => typeof window.Sluice.setConsumerKey), "function");
+  await openWidget(page);
+  await hook(page, "input").waitFor({ state: "visible" });
+  assert.equal((await widgetState(page)).active, "input", "focus moves into the panel");
+  await watchReplyGrowth(page);
+  const said = 'Hi <img src=x onerror="window.__xss=1"> & <b>bold</b>';
+  const state = await send(page, said);
+  expectDemoReply(state, said);
+  const growth = await page.evaluate(() => window.__growth);
+  const lengths = [...new Set(growth.map(([, n]) => n).filter((n) => n > 0))];
+  assert.ok(lengths.length >= 8, `the reply grew in steps (${lengths.length} distinct lengths)`);
+  const grew = growth.filter(([, n]) => n > 0);
+  assert.ok(grew[grew.length - 1][0] - grew[0][0] >= 150, "the steps were spread over time, not one burst");
+  assert.equal(await page.evaluate(() => window.__xss), undefined, "model text is never parsed as HTML");
+  assert.equal(await page.evaluate((rootJs) => eval(rootJs).querySelectorAll(".msg img, .msg b").length, ROOT_JS), 0);
+  assert.equal(calls.length, 1);
+  assert.match(calls[0].headers.authorization || "", /^Bearer ask_live_/);
+  assert.equal(calls[0].body.stream, true);
+  // The second turn sends the conversation so far.
+  expectDemoReply(await send(page, "And again"), "And again");
+  assert.deepEqual(calls[1].body.messages.map((m) => m.role), ["user", "assistant", "user"]);
+});
+
+add("data-token-url supplies the credential at run time (with cookies)", widget(), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { consumer: true });
+  const { context, page } = await newPage(ctx);
+  await context.addCookies([{ name: "sid", value: "signed-in", url: ctx.pages.origin }]);
+  const url = ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat", "token-url": `/backend/token?project=${slug}` } }));
+  assert.ok(!(await (await fetch(url)).text()).includes("ask_live_"), "no key in the page's HTML");
+  await page.goto(url);
+  await openWidget(page);
+  expectDemoReply(await send(page, "token url"), "token url");
+});
+
+add("embed variants: async script in <head>, ?v=<hash>, calls queued before chat.js", widget(), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { consumer: true });
+  const etag = (await fetch(`${ctx.gateway.base}/chat.js`)).headers.get("etag") || "";
+  const version = etag.replace(/^W\//, "").replace(/"/g, "");
+  const head = `<script>
+window.Sluice = window.Sluice || { q: [] };
+Sluice.q.push(["setConsumerKey", () => fetch("/backend/key?project=${slug}").then((r) => r.text())]);
+Sluice.q.push(["open"]);
+</script>
+<script async src="${ctx.assetBase}/chat.js?v=${encodeURIComponent(version)}" data-project="${slug}" data-api="chat" data-title="Async"></script>`;
+  const html = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Async host</title>${head}</head><body><p>Body after the script.</p></body></html>`;
+  const { page } = await newPage(ctx);
+  const modules = [];
+  page.on("request", (r) => r.url().includes("/sdk.js") && modules.push(r.url()));
+  await page.goto(ctx.pages.page(html));
+  await hook(page, "panel").waitFor({ state: "visible" }); // opened by the queued call
+  await hook(page, "input").waitFor({ state: "visible" });
+  expectDemoReply(await send(page, "queued"), "queued");
+  assert.deepEqual(modules, [`${ctx.gateway.base}/sdk.js?v=${encodeURIComponent(version)}`], "the SDK comes from the same gateway, same version");
+});
+
+add("Stop aborts a streaming reply and keeps what arrived", widget(), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { consumer: true });
+  const { page } = await newPage(ctx);
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" }, after: keyFromBackend(slug) })));
+  await openWidget(page);
+  await hook(page, "input").fill("please stop me");
+  await hook(page, "send").click();
+  await hook(page, "stop").waitFor({ state: "visible" });
+  await page.waitForFunction((rootJs) => (eval(rootJs).querySelector('[data-state="streaming"]')?.textContent.length || 0) > 10, ROOT_JS);
+  await hook(page, "stop").click();
+  await hook(page, "send").waitFor({ state: "visible" });
+  const stopped = await widgetState(page);
+  assert.equal(stopped.state, "stopped");
+  await sleep(600);
+  const later = await widgetState(page);
+  assert.equal(later.reply, stopped.reply, "nothing arrives after Stop");
+  assert.ok(later.reply.length > 10 && !later.reply.endsWith("token by token."), `a partial reply: ${later.reply}`);
+  assert.equal(later.notice, "Stopped.");
+  assert.equal(later.active, "input", "focus returns to the message box");
+  expectDemoReply(await send(page, "next"), "next"); // and the widget still works
+});
+
+add("429 shows the problem's detail and when to retry", widget(), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { consumer: true, plan: { requests_per_minute: 1 } });
+  const { page } = await newPage(ctx);
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" }, after: keyFromBackend(slug) })));
+  await openWidget(page);
+  expectDemoReply(await send(page, "first"), "first");
+  const refused = await send(page, "second");
+  assert.equal(refused.replies, 1, "no empty reply bubble for the refused request");
+  assert.equal(refused.noticeKind, "error");
+  assert.equal(refused.noticeRole, "alert");
+  assert.match(refused.notice, /^Rate limit reached\. /);
+  assert.match(refused.notice, /requests per minute/);
+  assert.match(refused.notice, /You can try again in \d+ seconds \(at /);
+});
+
+add("quota-exceeded mid-stream keeps the partial reply and says so", widget(), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { consumer: true, plan: { tokens_per_day: 25 } });
+  const { page } = await newPage(ctx);
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" }, after: keyFromBackend(slug) })));
+  await openWidget(page);
+  const state = await send(page, "quota");
+  assert.equal(state.state, "error", `the stream ended in an error (notice: ${state.notice})`);
+  assert.ok(state.reply.startsWith("Hello from Sluice!") && !state.reply.endsWith("token by token."), `partial reply kept: ${state.reply}`);
+  assert.match(state.notice, /^Quota exceeded\. /);
+  assert.match(state.notice, /You can try again/);
+});
+
+add("host page with * { all: unset } cannot break the widget (screenshot)", widget(), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { consumer: true });
+  const { page } = await newPage(ctx);
+  const head = `<style>* { all: unset } div { font-size: 40px; position: relative; } button { background: red; width: 10px; } .primary { background: lime; }</style>`;
+  const body = `<button class="primary" id="host-button">Host button</button>`;
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat", title: "Unset host" }, head, body, after: keyFromBackend(slug) })));
+  await openWidget(page);
+  expectDemoReply(await send(page, "styles?"), "styles?");
+  const m = await page.evaluate((rootJs) => {
+    const r = eval(rootJs);
+    const box = (sel) => {
+      const el = r.querySelector(sel);
+      const b = el.getBoundingClientRect();
+      const s = getComputedStyle(el);
+      return { x: b.x, y: b.y, w: b.width, h: b.height, display: s.display, position: s.position, visibility: s.visibility, bg: s.backgroundColor, fontSize: s.fontSize, radius: s.borderRadius };
+    };
+    return {
+      panel: box('[data-testid="panel"]'), launcher: box('[data-testid="launcher"]'), input: box('[data-testid="input"]'),
+      send: box('[data-testid="send"]'), title: box('[data-testid="title"]'), reply: box('[data-testid="message-assistant"]'),
+      root: box(".root"), hostButtonBg: getComputedStyle(document.getElementById("host-button")).backgroundColor,
+    };
+  }, ROOT_JS);
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: path.join(ARTIFACTS, "widget-unset.png") });
+  assert.equal(m.panel.position, "fixed");
+  assert.equal(m.panel.display, "flex");
+  assert.equal(m.panel.visibility, "visible");
+  assert.ok(Math.abs(m.panel.w - 380) <= 1 && Math.abs(m.panel.h - 560) <= 1, `panel is 380x560: ${m.panel.w}x${m.panel.h}`);
+  assert.ok(Math.abs(m.panel.x + m.panel.w - (1280 - 20)) <= 1 && Math.abs(m.panel.y + m.panel.h - (800 - 88)) <= 1, "panel sits bottom-right");
+  assert.equal(m.panel.bg, "rgb(255, 255, 255)");
+  assert.ok(Math.abs(m.launcher.w - 56) <= 1 && Math.abs(m.launcher.h - 56) <= 1 && m.launcher.radius === "50%", "round 56px launcher");
+  assert.equal(m.root.fontSize, "14px");
+  assert.equal(m.title.fontSize, "16px");
+  assert.ok(m.input.w > 150 && m.input.h >= 40, `usable message box ${m.input.w}x${m.input.h}`);
+  assert.ok(m.send.w >= 44 && m.send.h >= 44, "Send is a real-sized button");
+  assert.ok(m.reply.w > 100 && m.reply.h > 30, `the reply bubble has a size ${m.reply.w}x${m.reply.h}`);
+  assert.notEqual(m.hostButtonBg, "rgb(37, 99, 235)", "the widget's .primary style does not leak onto the host page");
+});
+
+add("360 px viewport: fits, keyboard opens, Escape closes, focus returns, dark theme, left position", widget(), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { consumer: true });
+  const { page } = await newPage(ctx, { viewport: { width: 360, height: 640 }, isMobile: true, hasTouch: true });
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat", theme: "dark", position: "bottom-left", placeholder: "Ask me" }, after: keyFromBackend(slug) })));
+  const launcher = hook(page, "launcher");
+  const lb = await launcher.boundingBox();
+  assert.ok(lb.x >= 0 && lb.x < 40, `launcher on the left: x=${lb.x}`);
+  assert.equal(await launcher.getAttribute("aria-expanded"), "false");
+  await launcher.focus();
+  await page.keyboard.press("Enter");
+  await hook(page, "input").waitFor({ state: "visible" });
+  assert.equal(await launcher.getAttribute("aria-expanded"), "true");
+  assert.equal((await widgetState(page)).active, "input", "focus moved into the panel");
+  const panel = await hook(page, "panel").boundingBox();
+  assert.ok(panel.x >= 0 && panel.y >= 0 && panel.x + panel.width <= 360 && panel.y + panel.height <= 640, `panel inside the viewport: ${JSON.stringify(panel)}`);
+  for (const id of ["input", "send", "close"]) {
+    const b = await hook(page, id).boundingBox();
+    assert.ok(b && b.x >= 0 && b.x + b.width <= 360 && b.y + b.height <= 640, `${id} visible inside the viewport`);
+  }
+  assert.equal(await page.evaluate(() => document.documentElement.scrollWidth <= 360), true, "no horizontal scrolling");
+  assert.equal(await hook(page, "input").getAttribute("placeholder"), "Ask me");
+  assert.equal(await page.evaluate((rootJs) => getComputedStyle(eval(rootJs).querySelector('[data-testid="panel"]')).backgroundColor, ROOT_JS), "rgb(17, 24, 39)");
+  const log = hook(page, "messages");
+  assert.equal(await log.getAttribute("aria-live"), "polite");
+  assert.equal(await log.getAttribute("role"), "log");
+  assert.equal(await page.evaluate((rootJs) => eval(rootJs).querySelector('label[for="sluice-input"]').textContent, ROOT_JS), "Message");
+  expectDemoReply(await send(page, "small screen"), "small screen");
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: path.join(ARTIFACTS, "widget-360-dark.png") });
+  await page.keyboard.press("Escape");
+  await hook(page, "panel").waitFor({ state: "hidden" });
+  assert.equal((await widgetState(page)).active, "launcher", "focus returns to the launcher");
+  assert.equal(await launcher.getAttribute("aria-expanded"), "false");
+  await page.evaluate(() => window.Sluice.open());
+  await hook(page, "panel").waitFor({ state: "visible" });
+  await page.evaluate(() => window.Sluice.close());
+  await hook(page, "panel").waitFor({ state: "hidden" });
+});
+
+add("managed: OTP sign-in with the code from the mailbox, then a streamed reply", widget("managed-auth"), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { mode: "managed" });
+  const { page } = await newPage(ctx);
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat", title: "Managed" } })));
+  await openWidget(page);
+  await hook(page, "email").waitFor({ state: "visible" });
+  assert.equal((await widgetState(page)).active, "email", "focus starts in the email field");
+  const email = `otp-${slug}@example.com`;
+  await signIn(ctx, page, email, {
+    beforeCode: async (code) => {
+      assert.equal((await widgetState(page)).active, "code", "focus moves to the code field");
+      const wrong = code === "000000" ? "111111" : "000000";
+      await hook(page, "code").fill(wrong);
+      await hook(page, "verify").click();
+      await page.waitForFunction((rootJs) => !eval(rootJs).querySelector('[data-testid="notice"]').hidden, ROOT_JS);
+      const refused = await widgetState(page);
+      assert.equal(refused.view, "signin-code", "a wrong code keeps the code step");
+      assert.equal(refused.noticeKind, "error");
+    },
+  });
+  const state = await widgetState(page);
+  assert.equal(state.view, "chat");
+  assert.equal(await hook(page, "user").textContent(), email);
+  assert.ok(await hook(page, "signout").isVisible(), "a Sign out button");
+  const session = await storedSession(page, slug);
+  assert.ok(session && session.access_token && session.refresh_token, "tokens stored in localStorage");
+  expectDemoReply(await send(page, "signed in"), "signed in");
+  await hook(page, "signout").click();
+  await hook(page, "email").waitFor({ state: "visible" });
+  assert.equal(await storedSession(page, slug), null, "sign-out forgets the tokens");
+});
+
+add("managed: a page reload keeps the session", widget("managed-auth"), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { mode: "managed" });
+  const { page } = await newPage(ctx);
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" } })));
+  await signIn(ctx, page, `reload-${slug}@example.com`);
+  await page.reload();
+  await openWidget(page);
+  await hook(page, "input").waitFor({ state: "visible" });
+  assert.equal(await hook(page, "email").isVisible(), false);
+  expectDemoReply(await send(page, "after reload"), "after reload");
+});
+
+add("managed: an expired access token is refreshed silently", widget("managed-auth"), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { mode: "managed" });
+  const { page } = await newPage(ctx);
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" } })));
+  await signIn(ctx, page, `refresh-${slug}@example.com`);
+  const before = await storedSession(page, slug);
+  // An expired token (exp in 1970, bad signature) the SDK still believes valid: the gateway must refuse it.
+  await page.evaluate(([key]) => {
+    const s = JSON.parse(localStorage.getItem(key));
+    s.access_token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ4IiwiZXhwIjoxfQ.c2lnbmF0dXJl";
+    localStorage.setItem(key, JSON.stringify(s));
+  }, [`sluice:${slug}:session`]);
+  const views = [];
+  await page.exposeFunction("__view", (v) => views.push(v));
+  await page.evaluate((rootJs) => {
+    const panel = eval(rootJs).querySelector('[data-testid="panel"]');
+    new MutationObserver(() => window.__view(panel.dataset.view)).observe(panel, { attributes: true, attributeFilter: ["data-view"] });
+  }, ROOT_JS);
+  const paths = [];
+  page.on("request", (r) => paths.push(new URL(r.url()).pathname));
+  expectDemoReply(await send(page, "still here"), "still here");
+  assert.ok(!views.includes("signin-email"), `no sign-in shown (views: ${views.join(",")})`);
+  assert.equal(paths.filter((p) => p.endsWith("/auth/refresh")).length, 1, `one refresh: ${paths.join(" ")}`);
+  const after = await storedSession(page, slug);
+  assert.ok(!after.access_token.endsWith(".c2lnbmF0dXJl"), "a new access token was stored");
+  assert.notEqual(after.refresh_token, before.refresh_token, "the refresh token rotated");
+});
+
+add("managed: a revoked session (logout, refresh reuse) returns to sign-in", widget("managed-auth"), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { mode: "managed" });
+  const { page } = await newPage(ctx);
+  const email = `revoke-${slug}@example.com`;
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" } })));
+  await signIn(ctx, page, email);
+  const g = ctx.gateway.base;
+
+  // 1. Logged out elsewhere (through the API): the next message finds the session gone.
+  let s = await storedSession(page, slug);
+  const out = await fetch(`${g}/v1/${slug}/auth/logout`, { method: "POST", headers: { authorization: `Bearer ${s.access_token}`, "content-type": "application/json" }, body: JSON.stringify({ refresh_token: s.refresh_token }) });
+  assert.equal(out.status, 204);
+  let state = await send(page, "am I still in?");
+  assert.equal(state.view, "signin-email", `back to sign-in (notice: ${state.notice})`);
+  assert.match(state.notice || "", /session has ended/);
+  assert.equal(await storedSession(page, slug), null);
+
+  // 2. A stolen refresh token used first: the page's own refresh is a reuse, which revokes the session.
+  // (Another address: the gateway spaces out codes to one address.)
+  await signIn(ctx, page, `reuse-${slug}@example.com`);
+  s = await storedSession(page, slug);
+  const thief = await fetch(`${g}/v1/${slug}/auth/refresh`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ refresh_token: s.refresh_token }) });
+  assert.equal(thief.status, 200);
+  await page.evaluate(([key]) => {
+    const v = JSON.parse(localStorage.getItem(key));
+    v.expires_at = Date.now() - 1000; // make the page refresh with its (now reused) refresh token
+    localStorage.setItem(key, JSON.stringify(v));
+  }, [`sluice:${slug}:session`]);
+  state = await send(page, "and now?");
+  assert.equal(state.view, "signin-email", `back to sign-in after reuse (notice: ${state.notice})`);
+  const stolen = await thief.json();
+  const me = await fetch(`${g}/v1/${slug}/auth/me`, { headers: { authorization: `Bearer ${stolen.access_token}` } });
+  assert.equal(me.status, 401, "reuse revoked the whole session, the thief's tokens too");
+});
+
+add("CORS: embedding works only from an allowed origin", () => ["assets", "cors"], async (ctx) => {
+  const { slug, key } = await ctx.admin.project({ consumer: true });
+  ctx.keys.set(slug, key);
+  const html = hostHtml(ctx, { attrs: { project: slug, api: "chat" }, after: keyFromBackend(slug) });
+  const allowedUrl = ctx.host.page(html);
+  const otherUrl = ctx.other.page(html);
+  const { page } = await newPage(ctx);
+
+  await page.goto(allowedUrl);
+  await openWidget(page);
+  let state = await send(page, "before allowing");
+  assert.equal(state.replies, 0, "no reply while the origin is not allowed");
+  assert.equal(state.noticeKind, "error");
+
+  await ctx.admin.must("PATCH", `/api/v1/projects/${slug}`, { allowed_origins: [ctx.host.origin] });
+  const pre = await fetch(`${ctx.gateway.base}/v1/${slug}/chat/chat/completions`, {
+    method: "OPTIONS", headers: { origin: ctx.host.origin, "access-control-request-method": "POST", "access-control-request-headers": "authorization, content-type" },
+  });
+  assert.ok(pre.status === 204 || pre.status === 200, `preflight status ${pre.status}`);
+  assert.equal(pre.headers.get("access-control-allow-origin"), ctx.host.origin);
+  assert.match((pre.headers.get("access-control-allow-headers") || "").toLowerCase(), /authorization/);
+
+  await page.reload();
+  await openWidget(page);
+  expectDemoReply(await send(page, "allowed now"), "allowed now");
+
+  await page.goto(otherUrl);
+  await openWidget(page);
+  state = await send(page, "from elsewhere");
+  assert.equal(state.replies, 0, "another origin is still refused");
+  const denied = await fetch(`${ctx.gateway.base}/v1/${slug}/chat/chat/completions`, {
+    method: "OPTIONS", headers: { origin: ctx.other.origin, "access-control-request-method": "POST", "access-control-request-headers": "authorization, content-type" },
+  });
+  assert.notEqual(denied.headers.get("access-control-allow-origin"), ctx.other.origin);
+  assert.notEqual(denied.headers.get("access-control-allow-origin"), "*");
+});
+
+// ------------------------------------------------------------------------------------------------
+// Runner
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  return Promise.race([promise, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
+}
+
+async function main() {
+  const selected = cases.filter((c) => filters.length === 0 || filters.some((f) => c.name.toLowerCase().includes(f)));
+  if (!fs.existsSync(CHROMIUM)) {
+    console.error(`${CHROMIUM} is missing: run scripts/setup-browser.sh`);
+    console.log(`0 passed, ${selected.length} failed`);
+    return 1;
+  }
+  const cleanup = [];
+  // Ctrl-C or a kill still stops wrangler (its own process group) and the servers.
+  for (const sig of ["SIGINT", "SIGTERM"]) {
+    process.once(sig, async () => {
+      for (const fn of cleanup.reverse()) await Promise.resolve().then(fn).catch(() => {});
+      process.exit(130);
+    });
+  }
+  let passed = 0;
+  let failed = 0;
+  const waiting = new Map();
+  try {
+    const mail = await startMailServer();
+    cleanup.push(() => mail.close());
+    const gateway = await startGateway({ mailUrl: mail.url });
+    cleanup.push(() => gateway.stop());
+    const features = await probeFeatures(gateway.base);
+    const host = await startPageServer();
+    const other = await startPageServer();
+    cleanup.push(() => host.close(), () => other.close());
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    cleanup.push(() => browser.close());
+
+    const keys = new Map();
+    for (const server of [host, other]) {
+      server.handle("/backend/key", (req, res) => {
+        const key = keys.get(new URL(req.url, "http://x").searchParams.get("project"));
+        res.writeHead(key ? 200 : 404, { "content-type": "text/plain" });
+        res.end(key || "unknown project");
+      });
+      server.handle("/backend/token", (req, res) => {
+        const key = keys.get(new URL(req.url, "http://x").searchParams.get("project"));
+        const signedIn = /(?:^|;\s*)sid=signed-in/.test(req.headers.cookie || "");
+        res.writeHead(signedIn && key ? 200 : 401, { "content-type": "application/json" });
+        res.end(JSON.stringify(signedIn && key ? { consumer_key: key } : { error: "not signed in" }));
+      });
+    }
+    const base = {
+      browser, gateway, mail, host, other, keys, features,
+      admin: adminClient(gateway),
+      assetBase: gateway.base,
+      pages: host,
+    };
+    console.log(`# gateway (and widget) ${gateway.base}; host pages on ${host.origin} and ${other.origin}`);
+    console.log(`# gateway features: ${Object.entries(features).map(([k, v]) => `${k}=${v ? "yes" : "no"}`).join(" ")}`);
+
+    for (const c of selected) {
+      const ctx = { ...base, cleanup: [], logs: [] };
+      const missing = c.needs(ctx).filter((f) => !features[f]);
+      try {
+        if (missing.length) throw new Waiting(missing.join(", "));
+        await withTimeout(c.fn(ctx), CASE_TIMEOUT_MS, c.name);
+        passed++;
+        console.log(`test ${c.name} ... ok`);
+      } catch (err) {
+        failed++;
+        if (err instanceof Waiting) {
+          for (const f of err.feature.split(", ")) waiting.set(f, [...(waiting.get(f) || []), c.name]);
+          console.log(`test ${c.name} ... FAILED (${err.message}; not run)`);
+        } else {
+          console.log(`test ${c.name} ... FAILED`);
+          console.log(String(err && err.stack ? err.stack : err).split("\n").map((l) => `    ${l}`).join("\n"));
+          const logs = ctx.logs.flat().slice(-15);
+          if (logs.length) console.log(`    page log:\n${logs.map((l) => `      ${l}`).join("\n")}`);
+        }
+      } finally {
+        for (const fn of ctx.cleanup.reverse()) await fn().catch(() => {});
+      }
+    }
+    if (waiting.size) {
+      console.log("# waiting on gateway features:");
+      for (const [f, names] of waiting) console.log(`#   ${f}: ${FEATURE_ROUTES[f] || f} (${names.length} case${names.length > 1 ? "s" : ""})`);
+    }
+    if (failed) console.log(`# wrangler log: ${gateway.logPath}`);
+  } catch (err) {
+    console.error(`setup failed: ${err && err.stack ? err.stack : err}`);
+    failed += selected.length - passed - failed;
+  } finally {
+    for (const fn of cleanup.reverse()) await Promise.resolve().then(fn).catch(() => {});
+  }
+  console.log(`${passed} passed, ${failed} failed`);
+  return failed ? 1 : 0;
+}
+
+const code = await main();
+process.exit(code);

@@ -1,0 +1,534 @@
+// Unit tests for web/sdk.js (node --test tests/js/): the SSE parser at every split, and the client against an in-process node:http gateway stand-in.
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+
+import { SluiceClient, SluiceError, createSseParser, readSse, memoryStorage } from "../../web/sdk.js";
+
+// ------------------------------------------------------------------------------------------------
+// SSE parser
+
+const SAMPLE =
+  ": keep-alive comment\r\n" +
+  'data: {"a":"héllo"}\r\n\r\n' +
+  "event: error\r\n" +
+  "data: line one\r\n" +
+  "data: line two 😀\r\n\r\n" +
+  "id: 7\n" +
+  "data:no-space 世界\n\n" +
+  "data: cr only\r\r" +
+  "retry: 1500\ndata\n\n" +
+  "event: no-data-so-not-sent\n\n" +
+  ": another comment\n" +
+  "data: [DONE]\n\n" +
+  "data: unterminated, so dropped";
+
+const EXPECTED = [
+  { event: "message", data: '{"a":"héllo"}', id: "" },
+  { event: "error", data: "line one\nline two 😀", id: "" },
+  { event: "message", data: "no-space 世界", id: "7" },
+  { event: "message", data: "cr only", id: "7" },
+  { event: "message", data: "", id: "7", retry: 1500 },
+  { event: "message", data: "[DONE]", id: "7" },
+];
+
+const BYTES = new TextEncoder().encode(SAMPLE);
+
+function parseChunks(chunks) {
+  const parser = createSseParser();
+  const out = [];
+  for (const c of chunks) out.push(...parser.push(c));
+  out.push(...parser.end());
+  return out;
+}
+
+describe("createSseParser", () => {
+  test("parses a whole stream: comments, CRLF, CR, multi-line data, ids, retry, empty events", () => {
+    assert.deepEqual(parseChunks([BYTES]), EXPECTED);
+  });
+
+  test("gives the same events when split in two at every byte boundary", () => {
+    for (let i = 0; i <= BYTES.length; i++) {
+      assert.deepEqual(parseChunks([BYTES.subarray(0, i), BYTES.subarray(i)]), EXPECTED, `split at byte ${i}`);
+    }
+  });
+
+  test("gives the same events when split in three at every pair of boundaries", () => {
+    for (let i = 0; i <= BYTES.length; i += 1) {
+      for (let j = i; j <= BYTES.length; j += 3) {
+        const chunks = [BYTES.subarray(0, i), BYTES.subarray(i, j), BYTES.subarray(j)];
+        assert.deepEqual(parseChunks(chunks), EXPECTED, `split at ${i} and ${j}`);
+      }
+    }
+  });
+
+  test("gives the same events fed one byte at a time", () => {
+    const chunks = Array.from(BYTES, (b) => Uint8Array.of(b));
+    assert.deepEqual(parseChunks(chunks), EXPECTED);
+  });
+
+  test("decodes a multi-byte character split inside it (2, 3 and 4 byte sequences)", () => {
+    for (const ch of ["é", "世", "😀"]) {
+      const bytes = new TextEncoder().encode(`data: ${ch}${ch}\n\n`);
+      const at = bytes.indexOf(0x20) + 2; // inside the first character
+      const parser = createSseParser();
+      assert.deepEqual(parser.push(bytes.subarray(0, at)), []);
+      assert.deepEqual(parser.push(bytes.subarray(at)), [{ event: "message", data: ch + ch, id: "" }]);
+    }
+  });
+
+  test("treats \\r\\n split across chunks as one line ending, not two", () => {
+    const parser = createSseParser();
+    const out = [...parser.push("data: a\r"), ...parser.push("\ndata: b\r"), ...parser.push("\n\r"), ...parser.push("\n")];
+    assert.deepEqual(out, [{ event: "message", data: "a\nb", id: "" }]);
+  });
+
+  test("accepts strings and ArrayBuffers as well as Uint8Arrays", () => {
+    const parser = createSseParser();
+    const buf = new TextEncoder().encode("data: x\n\n").buffer;
+    assert.deepEqual([...parser.push("data: s\n\n"), ...parser.push(buf)], [
+      { event: "message", data: "s", id: "" },
+      { event: "message", data: "x", id: "" },
+    ]);
+  });
+
+  test("strips a leading byte order mark", () => {
+    const bytes = new Uint8Array([0xef, 0xbb, 0xbf, ...new TextEncoder().encode("data: bom\n\n")]);
+    assert.deepEqual(parseChunks([bytes.subarray(0, 2), bytes.subarray(2)]), [{ event: "message", data: "bom", id: "" }]);
+  });
+});
+
+describe("readSse", () => {
+  test("yields events from a ReadableStream of byte chunks split anywhere", async () => {
+    const pieces = [BYTES.subarray(0, 5), BYTES.subarray(5, 40), BYTES.subarray(40, 41), BYTES.subarray(41)];
+    const stream = new ReadableStream({
+      start(controller) {
+        for (const p of pieces) controller.enqueue(p);
+        controller.close();
+      },
+    });
+    const events = [];
+    for await (const ev of readSse(stream)) events.push(ev);
+    assert.deepEqual(events, EXPECTED);
+  });
+
+  test("cancels the stream when the consumer stops early", async () => {
+    let cancelled = false;
+    const stream = new ReadableStream({
+      pull(controller) {
+        controller.enqueue(new TextEncoder().encode("data: more\n\n"));
+      },
+      cancel() {
+        cancelled = true;
+      },
+    });
+    for await (const ev of readSse(stream)) {
+      assert.equal(ev.data, "more");
+      break;
+    }
+    assert.equal(cancelled, true);
+  });
+});
+
+// ------------------------------------------------------------------------------------------------
+// The client against a local server
+
+/** A tiny gateway stand-in: each test sets `handlers[path]`; every request is recorded. */
+let server;
+let base;
+const handlers = {};
+const requests = [];
+
+before(async () => {
+  server = http.createServer(async (req, res) => {
+    req.socket.setNoDelay(true);
+    let body = "";
+    for await (const chunk of req) body += chunk;
+    const url = new URL(req.url, "http://x");
+    const record = { method: req.method, path: url.pathname, headers: req.headers, body: body ? JSON.parse(body) : undefined };
+    requests.push(record);
+    const handler = handlers[`${req.method} ${url.pathname}`];
+    if (!handler) {
+      res.writeHead(404, { "content-type": "application/problem+json" });
+      res.end(JSON.stringify({ type: "not-found", title: "Not found", status: 404, detail: `No route for ${url.pathname}.` }));
+      return;
+    }
+    await handler(req, res, record);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  base = `http://127.0.0.1:${server.address().port}`;
+});
+
+after(() => new Promise((resolve) => server.close(resolve)));
+
+function reset() {
+  for (const k of Object.keys(handlers)) delete handlers[k];
+  requests.length = 0;
+}
+
+const CHAT = "POST /v1/p/chat/chat/completions";
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function chunk(content, extra = {}) {
+  return `data: ${JSON.stringify({ id: "c1", object: "chat.completion.chunk", choices: [{ index: 0, delta: { content }, finish_reason: null }], ...extra })}\n\n`;
+}
+
+/** Streams `frames` as SSE, each in its own write after a short pause; a frame may be split mid-way by `|SPLIT|`. */
+function sse(frames, { status = 200, gapMs = 5 } = {}) {
+  return async (req, res) => {
+    res.writeHead(status, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache" });
+    for (const frame of frames) {
+      for (const piece of frame.split("|SPLIT|")) {
+        res.write(piece);
+        await sleep(gapMs);
+      }
+    }
+    res.end();
+  };
+}
+
+function problem(status, body, headers = {}) {
+  return (req, res) => {
+    res.writeHead(status, { "content-type": "application/problem+json", ...headers });
+    res.end(JSON.stringify({ status, ...body }));
+  };
+}
+
+function json(status, body) {
+  return (req, res) => {
+    res.writeHead(status, { "content-type": "application/json" });
+    res.end(JSON.stringify(body));
+  };
+}
+
+const USAGE = { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 };
+const HELLO_FRAMES = [
+  chunk("Hel"),
+  chunk("lo").replace('"lo"', '"lo"|SPLIT|'), // an event split across two writes
+  chunk(" wör"),
+  chunk("ld", { choices: [{ index: 0, delta: { content: "ld" }, finish_reason: "stop" }] }),
+  `data: ${JSON.stringify({ id: "c1", object: "chat.completion.chunk", choices: [], usage: USAGE })}\n\n`,
+  "data: [DONE]\n\n",
+];
+
+function managedClient(session) {
+  const storage = memoryStorage();
+  if (session) storage.set("sluice:p:session", JSON.stringify(session));
+  const client = new SluiceClient({ baseUrl: base + "/", project: "p", storage });
+  return { client, storage };
+}
+
+describe("SluiceClient.chat.stream", () => {
+  test("calls onToken in order and resolves with the text and usage", async () => {
+    reset();
+    handlers[CHAT] = sse(HELLO_FRAMES);
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setConsumerKey("ask_live_test");
+    const seen = [];
+    const result = await client.chat.stream({
+      api: "chat",
+      messages: [{ role: "user", content: "hi" }],
+      temperature: 0.5,
+      onToken: (delta, text) => seen.push([delta, text]),
+    });
+    assert.deepEqual(seen, [["Hel", "Hel"], ["lo", "Hello"], [" wör", "Hello wör"], ["ld", "Hello wörld"]]);
+    assert.equal(result.text, "Hello wörld");
+    assert.deepEqual(result.usage, USAGE);
+    assert.equal(result.finishReason, "stop");
+    const sent = requests[0];
+    assert.equal(sent.headers.authorization, "Bearer ask_live_test");
+    assert.equal(sent.body.stream, true);
+    assert.equal(sent.body.stream_options.include_usage, true);
+    assert.equal(sent.body.temperature, 0.5);
+    assert.equal("api" in sent.body, false);
+  });
+
+  test("a mid-stream `event: error` (quota) rejects with a SluiceError holding the partial text", async () => {
+    reset();
+    const reset60 = new Date(Date.now() + 60_000).toISOString();
+    const quota = { type: "quota-exceeded", title: "Quota exceeded", status: 429, detail: "The day's tokens are used up.", scope: "tokens_per_day", limit: 10, used: 10, reset: reset60, plan: "free" };
+    handlers[CHAT] = sse([chunk("Hel"), chunk("lo"), `event: error\ndata: ${JSON.stringify(quota)}\n\n`, "data: [DONE]\n\n"]);
+    const { client } = managedClient({ access_token: "a", refresh_token: "r", expires_at: Date.now() + 3600_000 });
+    const tokens = [];
+    const err = await client.chat.stream({ api: "chat", messages: [], onToken: (d) => tokens.push(d) }).then(
+      () => assert.fail("should reject"),
+      (e) => e,
+    );
+    assert.ok(err instanceof SluiceError);
+    assert.equal(err.type, "quota-exceeded");
+    assert.equal(err.status, 429);
+    assert.equal(err.partialText, "Hello");
+    assert.equal(err.scope, "tokens_per_day");
+    assert.equal(err.limit, 10);
+    assert.equal(err.plan, "free");
+    assert.ok(err.retryAfter >= 58 && err.retryAfter <= 60, `retryAfter ${err.retryAfter}`);
+    assert.deepEqual(tokens, ["Hel", "lo"]);
+  });
+
+  test("an upstream cut (`upstream-stream-interrupted`) rejects with the partial text", async () => {
+    reset();
+    const cut = { type: "upstream-stream-interrupted", title: "The upstream stream ended early", status: 502, detail: "cut" };
+    handlers[CHAT] = sse([chunk("par"), chunk("tial"), `event: error\r\ndata: ${JSON.stringify(cut)}\r\n\r\n`, "data: [DONE]\r\n\r\n"]);
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setConsumerKey("ask_live_test");
+    await assert.rejects(client.chat.stream({ api: "chat", messages: [] }), (e) => {
+      assert.ok(e instanceof SluiceError);
+      assert.equal(e.type, "upstream-stream-interrupted");
+      assert.equal(e.partialText, "partial");
+      return true;
+    });
+  });
+
+  test("a stream that closes without [DONE] or a finish reason is an error, not a short reply", async () => {
+    reset();
+    handlers[CHAT] = sse([chunk("half")]);
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setConsumerKey("ask_live_test");
+    await assert.rejects(client.chat.stream({ api: "chat", messages: [] }), (e) => e.type === "stream-incomplete" && e.partialText === "half");
+  });
+
+  test("a 429 problem rejects with retryAfter from Retry-After and the problem's fields", async () => {
+    reset();
+    handlers[CHAT] = problem(
+      429,
+      { type: "rate-limited", title: "Too many requests", detail: "2 of 2 requests this minute.", scope: "requests_per_minute", limit: 2, used: 2, reset: new Date(Date.now() + 5000).toISOString(), plan: "default" },
+      { "retry-after": "17" },
+    );
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setConsumerKey("ask_live_test");
+    await assert.rejects(client.chat.stream({ api: "chat", messages: [] }), (e) => {
+      assert.ok(e instanceof SluiceError);
+      assert.equal(e.status, 429);
+      assert.equal(e.retryAfter, 17);
+      assert.ok(e.retryAt instanceof Date);
+      assert.equal(e.detail, "2 of 2 requests this minute.");
+      assert.equal(e.message, "2 of 2 requests this minute.");
+      assert.equal(e.scope, "requests_per_minute");
+      assert.equal(e.used, 2);
+      assert.equal(e.plan, "default");
+      return true;
+    });
+  });
+
+  test("a non-problem error body still becomes a SluiceError with the status", async () => {
+    reset();
+    handlers[CHAT] = (req, res) => {
+      res.writeHead(502, { "content-type": "text/html" });
+      res.end("<h1>Bad gateway</h1>");
+    };
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    await assert.rejects(client.chat.stream({ api: "chat", messages: [] }), (e) => e instanceof SluiceError && e.status === 502 && e.detail.includes("Bad gateway"));
+  });
+
+  test("an unreachable gateway is a SluiceError of type network-error", async () => {
+    const closed = http.createServer();
+    await new Promise((r) => closed.listen(0, "127.0.0.1", r));
+    const port = closed.address().port;
+    await new Promise((r) => closed.close(r));
+    const client = new SluiceClient({ baseUrl: `http://127.0.0.1:${port}`, project: "p", storage: memoryStorage() });
+    await assert.rejects(client.chat.stream({ api: "chat", messages: [] }), (e) => e instanceof SluiceError && e.type === "network-error" && e.status === 0);
+  });
+
+  test("reads the body to its end after [DONE] instead of cancelling it (no client-gone at the gateway)", async () => {
+    reset();
+    let closedEarly = null;
+    handlers[CHAT] = async (req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(chunk("done soon"));
+      res.write("data: [DONE]\n\n");
+      await sleep(150);
+      closedEarly = res.destroyed || req.socket.destroyed;
+      res.end();
+    };
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setConsumerKey("ask_live_test");
+    const started = Date.now();
+    const { text } = await client.chat.stream({ api: "chat", messages: [] });
+    assert.equal(text, "done soon");
+    assert.ok(Date.now() - started >= 140, "waited for the server to close");
+    assert.equal(closedEarly, false);
+  });
+
+  test("an error thrown by onToken rejects with that error", async () => {
+    reset();
+    handlers[CHAT] = sse(HELLO_FRAMES);
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setConsumerKey("ask_live_test");
+    const boom = new RangeError("boom");
+    await assert.rejects(client.chat.stream({ api: "chat", messages: [], onToken: () => { throw boom; } }), (e) => e === boom);
+  });
+
+  test("aborting rejects with an AbortError that keeps the partial text", async () => {
+    reset();
+    handlers[CHAT] = sse([chunk("one "), chunk("two "), chunk("three "), chunk("four "), "data: [DONE]\n\n"], { gapMs: 60 });
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setConsumerKey("ask_live_test");
+    const controller = new AbortController();
+    const err = await client.chat
+      .stream({ api: "chat", messages: [], signal: controller.signal, onToken: (d) => d === "one " && controller.abort() })
+      .then(() => assert.fail("should reject"), (e) => e);
+    assert.equal(err.name, "AbortError");
+    assert.equal(err.partialText, "one ");
+  });
+});
+
+describe("managed sessions", () => {
+  test("a 401 refreshes once (rotating the refresh token) and retries", async () => {
+    reset();
+    handlers[CHAT] = (req, res, rec) =>
+      rec.headers.authorization === "Bearer new-access" ? sse(HELLO_FRAMES)(req, res) : problem(401, { type: "invalid-credential", title: "no", detail: "expired" })(req, res);
+    handlers["POST /v1/p/auth/refresh"] = (req, res, rec) =>
+      rec.body.refresh_token === "r1"
+        ? json(200, { access_token: "new-access", refresh_token: "r2", token_type: "Bearer", expires_in: 900 })(req, res)
+        : problem(401, { type: "invalid-refresh-token", title: "no", detail: "reused" })(req, res);
+    const { client, storage } = managedClient({ access_token: "stale", refresh_token: "r1", expires_at: Date.now() + 3600_000 });
+    const events = [];
+    client.auth.onChange((e) => events.push(e));
+    const result = await client.chat.stream({ api: "chat", messages: [] });
+    assert.equal(result.text, "Hello wörld");
+    assert.deepEqual(requests.map((r) => r.path), ["/v1/p/chat/chat/completions", "/v1/p/auth/refresh", "/v1/p/chat/chat/completions"]);
+    const saved = JSON.parse(storage.get("sluice:p:session"));
+    assert.equal(saved.access_token, "new-access");
+    assert.equal(saved.refresh_token, "r2");
+    assert.ok(saved.expires_at > Date.now() + 800_000);
+    assert.deepEqual(events, ["refreshed"]);
+  });
+
+  test("concurrent 401s share one refresh (a reused refresh token would end the session)", async () => {
+    reset();
+    let refreshes = 0;
+    handlers[CHAT] = (req, res, rec) =>
+      rec.headers.authorization === "Bearer new-access" ? sse(HELLO_FRAMES)(req, res) : problem(401, { type: "invalid-credential", title: "no", detail: "expired" })(req, res);
+    handlers["POST /v1/p/auth/refresh"] = async (req, res, rec) => {
+      refreshes++;
+      await sleep(30);
+      if (rec.body.refresh_token !== "r1") return problem(401, { type: "invalid-refresh-token", title: "no", detail: "reused" })(req, res);
+      return json(200, { access_token: "new-access", refresh_token: "r2", token_type: "Bearer", expires_in: 900 })(req, res);
+    };
+    const { client } = managedClient({ access_token: "stale", refresh_token: "r1", expires_at: Date.now() + 3600_000 });
+    const [a, b] = await Promise.all([client.chat.stream({ api: "chat", messages: [] }), client.chat.stream({ api: "chat", messages: [] })]);
+    assert.equal(a.text, "Hello wörld");
+    assert.equal(b.text, "Hello wörld");
+    assert.equal(refreshes, 1);
+  });
+
+  test("an expired access token is refreshed before the request is sent", async () => {
+    reset();
+    handlers[CHAT] = sse(HELLO_FRAMES);
+    handlers["POST /v1/p/auth/refresh"] = json(200, { access_token: "fresh", refresh_token: "r2", token_type: "Bearer", expires_in: 900 });
+    const { client } = managedClient({ access_token: "old", refresh_token: "r1", expires_at: Date.now() - 1000 });
+    await client.chat.stream({ api: "chat", messages: [] });
+    assert.deepEqual(requests.map((r) => r.path), ["/v1/p/auth/refresh", "/v1/p/chat/chat/completions"]);
+    assert.equal(requests[1].headers.authorization, "Bearer fresh");
+  });
+
+  test("a refused refresh signs out and throws the 401", async () => {
+    reset();
+    handlers[CHAT] = problem(401, { type: "invalid-credential", title: "The credential is not valid", detail: "revoked" });
+    handlers["POST /v1/p/auth/refresh"] = problem(401, { type: "invalid-refresh-token", title: "no", detail: "revoked" });
+    const { client, storage } = managedClient({ access_token: "a", refresh_token: "r1", expires_at: Date.now() + 3600_000 });
+    const events = [];
+    client.auth.onChange((e) => events.push(e));
+    await assert.rejects(client.chat.stream({ api: "chat", messages: [] }), (e) => e instanceof SluiceError && e.status === 401);
+    assert.equal(storage.get("sluice:p:session"), null);
+    assert.equal(await client.auth.isSignedIn(), false);
+    assert.deepEqual(events, ["expired"]);
+    assert.deepEqual(requests.map((r) => r.path), ["/v1/p/chat/chat/completions", "/v1/p/auth/refresh"]);
+  });
+
+  test("OTP sign-in stores the tokens; me() and signOut() use them", async () => {
+    reset();
+    handlers["POST /v1/p/auth/otp/start"] = (req, res) => {
+      res.writeHead(202);
+      res.end();
+    };
+    handlers["POST /v1/p/auth/otp/verify"] = (req, res, rec) =>
+      rec.body.code === "123456" ? json(200, { access_token: "acc", refresh_token: "ref", token_type: "Bearer", expires_in: 900 })(req, res) : problem(400, { type: "invalid-code", title: "Wrong code", detail: "wrong" })(req, res);
+    handlers["GET /v1/p/auth/me"] = (req, res, rec) => json(rec.headers.authorization === "Bearer acc" ? 200 : 401, { id: "usr_1", email: "a@example.com" })(req, res);
+    handlers["POST /v1/p/auth/logout"] = (req, res) => {
+      res.writeHead(204);
+      res.end();
+    };
+    const { client, storage } = managedClient(null);
+    await client.auth.startOtp("a@example.com");
+    assert.deepEqual(requests[0].body, { email: "a@example.com" });
+    await assert.rejects(client.auth.verifyOtp("a@example.com", "000000"), (e) => e.type === "invalid-code" && e.status === 400);
+    assert.equal(await client.auth.isSignedIn(), false);
+    const session = await client.auth.verifyOtp("a@example.com", " 123456 ");
+    assert.equal(session.access_token, "acc");
+    assert.equal(JSON.parse(storage.get("sluice:p:session")).refresh_token, "ref");
+    assert.deepEqual(await client.auth.me(), { id: "usr_1", email: "a@example.com" });
+    await client.auth.signOut();
+    const logout = requests.find((r) => r.path === "/v1/p/auth/logout");
+    assert.equal(logout.headers.authorization, "Bearer acc");
+    assert.deepEqual(logout.body, { refresh_token: "ref" });
+    assert.equal(await client.auth.isSignedIn(), false);
+  });
+});
+
+describe("signOut", () => {
+  test("an expired access token is refreshed so the logout still revokes the session", async () => {
+    reset();
+    handlers["POST /v1/p/auth/logout"] = (req, res, rec) => {
+      res.writeHead(rec.headers.authorization === "Bearer fresh" ? 204 : 401);
+      res.end();
+    };
+    handlers["POST /v1/p/auth/refresh"] = json(200, { access_token: "fresh", refresh_token: "r2", token_type: "Bearer", expires_in: 900 });
+    const { client, storage } = managedClient({ access_token: "stale", refresh_token: "r1", expires_at: Date.now() + 3600_000 });
+    await client.auth.signOut();
+    assert.deepEqual(requests.map((r) => `${r.path} ${r.headers.authorization || ""}`.trim()), [
+      "/v1/p/auth/logout Bearer stale",
+      "/v1/p/auth/refresh",
+      "/v1/p/auth/logout Bearer fresh",
+    ]);
+    assert.equal(storage.get("sluice:p:session"), null);
+  });
+
+  test("signs out locally even when the gateway cannot be reached", async () => {
+    const storage = memoryStorage();
+    storage.set("sluice:p:session", JSON.stringify({ access_token: "a", refresh_token: "r", expires_at: null }));
+    const client = new SluiceClient({ baseUrl: "http://127.0.0.1:9", project: "p", storage });
+    await client.auth.signOut();
+    assert.equal(await client.auth.isSignedIn(), false);
+  });
+});
+
+describe("credential providers", () => {
+  test("setToken(fn) is called for each request, and again with retry after a 401", async () => {
+    reset();
+    handlers[CHAT] = (req, res, rec) => (rec.headers.authorization === "Bearer jwt-2" ? sse(HELLO_FRAMES)(req, res) : problem(401, { type: "invalid-credential", title: "no", detail: "old" })(req, res));
+    const calls = [];
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setToken(async ({ retry }) => {
+      calls.push(retry);
+      return `jwt-${calls.length}`;
+    });
+    const { text } = await client.chat.stream({ api: "chat", messages: [] });
+    assert.equal(text, "Hello wörld");
+    assert.deepEqual(calls, [false, true]);
+    assert.equal(requests.some((r) => r.path.endsWith("/auth/refresh")), false);
+  });
+
+  test("a fixed key that gets a 401 throws without retrying", async () => {
+    reset();
+    handlers[CHAT] = problem(401, { type: "invalid-credential", title: "The credential is not valid", detail: "revoked" });
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setConsumerKey("ask_live_revoked");
+    await assert.rejects(client.chat.stream({ api: "chat", messages: [] }), (e) => e.status === 401 && e.type === "invalid-credential");
+    assert.equal(requests.length, 1);
+  });
+});
+
+describe("SluiceClient.chat.complete", () => {
+  test("returns the message text and usage of a non-streamed answer", async () => {
+    reset();
+    handlers[CHAT] = json(200, { id: "c", object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", content: "Whole reply" }, finish_reason: "stop" }], usage: USAGE });
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setConsumerKey("ask_live_test");
+    const result = await client.chat.complete({ api: "chat", messages: [{ role: "user", content: "hi" }], model: "m1" });
+    assert.equal(result.text, "Whole reply");
+    assert.deepEqual(result.usage, USAGE);
+    assert.equal(requests[0].body.stream, false);
+    assert.equal(requests[0].body.model, "m1");
+  });
+});

@@ -22,6 +22,20 @@ pub fn new_id(prefix: &str, fill_random: &mut dyn FnMut(&mut [u8])) -> String {
     format!("{prefix}_{}", base62(20, fill_random))
 }
 
+/// Deterministic randomness for tests: SHA-256 of (seed, counter), as many bytes as asked.
+#[cfg(test)]
+pub fn test_rng(seed: u8) -> impl FnMut(&mut [u8]) {
+    use sha2::{Digest, Sha256};
+    let mut counter = 0u64;
+    move |buf: &mut [u8]| {
+        for chunk in buf.chunks_mut(32) {
+            counter += 1;
+            let block = Sha256::digest([&[seed][..], &counter.to_le_bytes()].concat());
+            chunk.copy_from_slice(&block[..chunk.len()]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,17 +111,7 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    /// Deterministic test randomness: SHA-256 of (seed, counter).
-    fn counter_rng(seed: u8) -> impl FnMut(&mut [u8]) {
-        let mut counter = 0u64;
-        move |buf: &mut [u8]| {
-            for chunk in buf.chunks_mut(32) {
-                counter += 1;
-                let block = Sha256::digest([&[seed][..], &counter.to_le_bytes()].concat());
-                chunk.copy_from_slice(&block[..chunk.len()]);
-            }
-        }
-    }
+    use crate::ids::test_rng as counter_rng;
 
     #[test]
     fn generated_keys_parse_and_have_the_documented_shape() {

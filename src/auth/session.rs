@@ -151,16 +151,7 @@ impl Session {
 mod tests {
     use super::*;
 
-    fn counter_rng(seed: u8) -> impl FnMut(&mut [u8]) {
-        let mut counter = 0u64;
-        move |buf: &mut [u8]| {
-            for chunk in buf.chunks_mut(32) {
-                counter += 1;
-                let block = Sha256::digest([&[seed][..], &counter.to_le_bytes()].concat());
-                chunk.copy_from_slice(&block[..chunk.len()]);
-            }
-        }
-    }
+    use crate::ids::test_rng as counter_rng;
 
     const T0: i64 = 1_800_000_000_000;
 

@@ -56,22 +56,21 @@ pub struct Caller {
 pub async fn chat_completions(mut req: Request, env: &Env, ctx: &Context, project: &str, api: &str) -> Result<Response, Error> {
     let started = now_ms();
     let db = d1::db(env)?;
-    let api = resolve_api(&db, project, api).await?;
-    let caller = authenticate(&req, env, ctx, &db, &api).await?;
+    let (api, caller, plan) = resolve_and_authenticate(&req, env, ctx, &db, project, api).await?;
     let mut chat = read_chat(&mut req, &api).await?;
     let passthrough = passthrough_credential(&req, &api)?;
-    let admission = admit(env, &db, &api, &caller, &mut chat, started).await?;
+    let admission = admit(env, &db, &api, &caller, plan, &mut chat, started).await?;
     let rate_headers = rate_limit_headers(&admission.windows, started);
     match forward(env, &api, &chat, passthrough).await {
         Err(e) => {
-            admission.finish(ctx, Outcome { status: e.status, usage: None, completion_estimate: 0, ttft_ms: None });
+            admission.settle(&Outcome { status: e.status, usage: None, completion_estimate: 0, ttft_ms: None }).await;
             Err(e.with_headers(rate_headers))
         }
         Ok(Answer::Json(bytes)) => {
             let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
             let usage = answer.as_ref().and_then(Usage::from_json);
             let completion_estimate = answer.as_ref().map_or(0, upstream::completion_estimate);
-            admission.finish(ctx, Outcome { status: 200, usage, completion_estimate, ttft_ms: None });
+            admission.settle(&Outcome { status: 200, usage, completion_estimate, ttft_ms: None }).await;
             let headers = response_headers("application/json", &rate_headers)?;
             Ok(Response::from_bytes(bytes)?.with_status(200).with_headers(headers))
         }
@@ -137,6 +136,54 @@ async fn resolve_api(db: &D1Database, project: &str, api: &str) -> Result<Api, E
     d1::api_by_slugs(db, project, api).await
 }
 
+/// Phases 1 and 2 together. A consumer key in `Authorization: Bearer` or `X-API-Key` (the common
+/// case) takes the fast path: API, key and plan come back from one D1 round trip, and the same checks
+/// as `authenticate` apply. Anything else goes through `resolve_api` and `authenticate`.
+async fn resolve_and_authenticate(req: &Request, env: &Env, ctx: &Context, db: &D1Database, project: &str, api: &str)
+    -> Result<(Api, Caller, Option<Plan>), Error> {
+    let sent = extract_credential(header(req, "authorization").as_deref(), header(req, "x-api-key").as_deref()).ok().flatten();
+    let Some(key) = sent.as_deref().and_then(|c| ConsumerKey::parse(c).ok()) else {
+        let api = resolve_api(db, project, api).await?;
+        let caller = authenticate(req, env, ctx, db, &api).await?;
+        return Ok((api, caller, None));
+    };
+    let (found_api, found_key, plan) = d1::api_key_and_plan(db, project, api, &key.hash()).await?;
+    let api = found_api.ok_or_else(|| Error::not_found(format!("There is no API `{api}` in project `{project}`.")))?;
+    if api.credential().source()? != CredentialSource::Authorization {
+        // The API reads its credential elsewhere: the general path decides.
+        let caller = authenticate(req, env, ctx, db, &api).await?;
+        return Ok((api, caller, None));
+    }
+    check_ip(req, &api)?;
+    let found = found_key.ok_or_else(|| Error::invalid_credential("This consumer key is unknown or has been revoked."))?;
+    let caller = accept_key(env, ctx, found)?;
+    Ok((api, caller, plan))
+}
+
+/// The API's IP allowlist (403 outside it).
+fn check_ip(req: &Request, api: &Api) -> Result<(), Error> {
+    let allowlist = crate::auth::config::parse_allowlist(&api.ip_allowlist())?;
+    if !cidr::allowed(&allowlist, client_ip(req).as_deref()) {
+        return Err(Error::new(403, "ip-not-allowed", "Your IP address is not allowed",
+            "This API only accepts requests from the owner's allowed networks."));
+    }
+    Ok(())
+}
+
+/// A live key's consumer must be enabled (403); its use is noted after the response.
+fn accept_key(env: &Env, ctx: &Context, found: d1::KeyMatch) -> Result<Caller, Error> {
+    if found.consumer_status != "enabled" {
+        return Err(Error::consumer_disabled());
+    }
+    let (env, key_id) = (env.clone(), found.key_id.clone());
+    ctx.wait_until(async move {
+        if let Ok(db) = d1::db(&env) {
+            let _ = d1::touch_key(&db, &key_id, now_ms()).await;
+        }
+    });
+    Ok(Caller { consumer_id: found.consumer_id, key_id: Some(found.key_id), session_id: None })
+}
+
 /// Phase 2 — authenticate. First the API's IP allowlist (403 outside it). Then the credential, from
 /// where the API reads it (Bearer by default, or a header or query parameter; `X-API-Key` always):
 /// - a consumer key (`ask_live_...`) is accepted in every mode: malformed keys are refused before any
@@ -148,11 +195,7 @@ async fn resolve_api(db: &D1Database, project: &str, api: &str) -> Result<Api, E
 /// 401 when the credential is missing, malformed, expired or revoked; 403 when it is valid but not
 /// allowed here (disabled consumer, IP, mode).
 async fn authenticate(req: &Request, env: &Env, ctx: &Context, db: &D1Database, api: &Api) -> Result<Caller, Error> {
-    let allowlist = crate::auth::config::parse_allowlist(&api.ip_allowlist())?;
-    if !cidr::allowed(&allowlist, client_ip(req).as_deref()) {
-        return Err(Error::new(403, "ip-not-allowed", "Your IP address is not allowed",
-            "This API only accepts requests from the owner's allowed networks."));
-    }
+    check_ip(req, api)?;
     let credential = read_credential(req, api)?.ok_or_else(Error::missing_credential)?;
     if credential.starts_with(crate::auth::key::PREFIX) {
         return authenticate_key(env, ctx, db, api, &credential).await;
@@ -270,16 +313,7 @@ async fn authenticate_key(env: &Env, ctx: &Context, db: &D1Database, api: &Api, 
     let key = ConsumerKey::parse(credential).map_err(|e| Error::invalid_credential(format!("Not a valid consumer key: {}.", e.describe())))?;
     let found = d1::key_by_hash(db, &api.project_id, &key.hash()).await?
         .ok_or_else(|| Error::invalid_credential("This consumer key is unknown or has been revoked."))?;
-    if found.consumer_status != "enabled" {
-        return Err(Error::consumer_disabled());
-    }
-    let (env, key_id) = (env.clone(), found.key_id.clone());
-    ctx.wait_until(async move {
-        if let Ok(db) = d1::db(&env) {
-            let _ = d1::touch_key(&db, &key_id, now_ms()).await;
-        }
-    });
-    Ok(Caller { consumer_id: found.consumer_id, key_id: Some(found.key_id), session_id: None })
+    accept_key(env, ctx, found)
 }
 
 /// Phase 3 — read the chat body: bounded (413), valid JSON (400), an OpenAI Chat Completions shape,
@@ -318,8 +352,11 @@ struct Outcome {
 /// apply at once), its model list (403), its max_tokens cap (forced upstream), then one call to the
 /// consumer's counter that checks every window and reserves the tokens (429 if any refuses). If the
 /// counter cannot be reached the request is refused with 503, never let through unmetered.
-async fn admit(env: &Env, db: &D1Database, api: &Api, caller: &Caller, chat: &mut ChatRequest, now: i64) -> Result<Admission, Error> {
-    let plan: Plan = d1::plan_for(db, &api.id, &caller.consumer_id).await?;
+async fn admit(env: &Env, db: &D1Database, api: &Api, caller: &Caller, prefetched: Option<Plan>, chat: &mut ChatRequest, now: i64) -> Result<Admission, Error> {
+    let plan: Plan = match prefetched {
+        Some(plan) => plan,
+        None => d1::plan_for(db, &api.id, &caller.consumer_id).await?,
+    };
     plan.check_model(&chat.model)?;
     let metering = upstream::apply_plan(chat, plan.limits.max_tokens_per_request)?;
     let lease_id = with_random(|r| new_id("req", r))?;
@@ -378,14 +415,14 @@ impl Admission {
         CounterRequest::Settle { now, lease_id: self.lease_id.clone(), record }
     }
 
-    /// Settles after the response is on its way (the runtime keeps the isolate for it).
-    fn finish(self, ctx: &Context, outcome: Outcome) {
-        let op = self.settle_op(&outcome);
-        ctx.wait_until(async move {
-            if let Err(e) = counter::call(&self.env, &self.api_id, &self.consumer_id, &op).await {
-                worker::console_error!("settle failed for {}: {}", self.lease_id, e.detail);
-            }
-        });
+    /// Settles the lease and files the usage record before the client sees the end of the answer, so
+    /// a finished answer always has its usage stored durably (a failure is logged; the lease then
+    /// expires and counts its reservation).
+    async fn settle(&self, outcome: &Outcome) {
+        let op = self.settle_op(outcome);
+        if let Err(e) = counter::call(&self.env, &self.api_id, &self.consumer_id, &op).await {
+            worker::console_error!("settle failed for {}: {}", self.lease_id, e.detail);
+        }
     }
 }
 
@@ -488,8 +525,9 @@ fn demo_answer(chat: &ChatRequest) -> Answer {
 /// Phase 6 — relay and meter: the upstream's SSE goes out event by event as it arrives. When the plan
 /// limits tokens, every event is checked against the granted budget; past it the counter is asked
 /// for more, and if none is left the stream ends cleanly with a `quota-exceeded` error event and
-/// `[DONE]`. However the stream ends (done, cut, quota, client gone), the upstream is cancelled if
-/// still running and the lease is settled once, from the runtime's wait_until.
+/// `[DONE]`. However the stream ends, the upstream is cancelled if still running and the lease is
+/// settled once: before the final bytes when the stream ends (done, cut, quota), or from the
+/// runtime's wait_until when the client goes away.
 fn relay(ctx: &Context, admission: Admission, strip_usage: bool, body: Body, abort: Option<AbortController>) -> impl Stream<Item = Result<Vec<u8>, worker::Error>> {
     let (tx, rx) = oneshot::channel::<CounterRequest>();
     let (env, api_id, consumer_id) = (admission.env.clone(), admission.api_id.clone(), admission.consumer_id.clone());
@@ -501,7 +539,7 @@ fn relay(ctx: &Context, admission: Admission, strip_usage: bool, body: Body, abo
         }
     });
     let budget = admission.meters_tokens().then_some(admission.granted);
-    let state = MeteredStream { body, relay: Relay::new(strip_usage, budget), admission, settle: Some(tx), abort, ttft_ms: None, done: false };
+    let state = MeteredStream { body, relay: Relay::new(strip_usage, budget), admission, settle: Some(tx), abort, ttft_ms: None, end_status: None, done: false };
     stream::unfold(state, |mut s| async move { s.next_bytes().await.map(|bytes| (Ok(bytes), s)) })
 }
 
@@ -512,6 +550,8 @@ struct MeteredStream {
     settle: Option<oneshot::Sender<CounterRequest>>,
     abort: Option<AbortController>,
     ttft_ms: Option<u64>,
+    /// Set when the gateway itself ends the stream (quota spent, counter gone).
+    end_status: Option<u16>,
     done: bool,
 }
 
@@ -528,18 +568,14 @@ impl MeteredStream {
                     }
                     bytes
                 }
-                Some(Err(e)) => {
-                    let bytes = self.relay.on_error(&Error::new(502, "upstream-stream-interrupted",
-                        "The upstream stream ended early", format!("The upstream connection failed mid-stream: {e}.")));
-                    self.end(502);
-                    bytes
-                }
-                None => {
-                    let bytes = self.relay.on_end();
-                    self.end(if bytes.is_empty() { 200 } else { 502 });
-                    bytes
-                }
+                Some(Err(e)) => self.relay.on_error(&Error::new(502, "upstream-stream-interrupted",
+                    "The upstream stream ended early", format!("The upstream connection failed mid-stream: {e}."))),
+                None => self.relay.on_end(),
             };
+            if self.relay.is_finished() && !self.done {
+                let status = self.end_status.unwrap_or(if bytes.is_empty() { 200 } else { 502 });
+                self.finish(status).await;
+            }
             if !bytes.is_empty() {
                 if self.ttft_ms.is_none() {
                     self.ttft_ms = Some((now_ms() - self.admission.record.created_at).max(0) as u64);
@@ -559,31 +595,34 @@ impl MeteredStream {
             Ok(CounterReply::Extended { granted, .. }) if granted > 0 => self.relay.grant(granted),
             Ok(CounterReply::Extended { windows, .. }) => {
                 let error = Refusal::exhausted(&windows, now).to_error(&a.plan_name);
-                let bytes = self.relay.on_error(&error);
-                self.end(429);
-                (bytes, Next::Read)
+                self.end_status = Some(429);
+                (self.relay.on_error(&error), Next::Read)
             }
             Ok(_) | Err(_) => {
-                let bytes = self.relay.on_error(&Error::new(503, "counter-unavailable", "Quota counters are unavailable",
-                    "The token budget could not be extended, so the stream was ended rather than continue unmetered."));
-                self.end(503);
-                (bytes, Next::Read)
+                self.end_status = Some(503);
+                (self.relay.on_error(&Error::new(503, "counter-unavailable", "Quota counters are unavailable",
+                    "The token budget could not be extended, so the stream was ended rather than continue unmetered.")), Next::Read)
             }
         }
     }
 
-    /// The stream is over: cancel the upstream if it is still sending, and settle exactly once.
-    fn end(&mut self, status: u16) {
+    /// The stream is over: cancel the upstream if it is still sending, and settle before the last
+    /// bytes go out (so the client never sees an end whose usage was not stored).
+    async fn finish(&mut self, status: u16) {
         self.done = true;
         if status != 200 {
             if let Some(abort) = self.abort.take() {
                 abort.abort();
             }
         }
-        if let Some(tx) = self.settle.take() {
-            let outcome = Outcome { status, usage: self.relay.usage(), completion_estimate: self.relay.completion_estimate(), ttft_ms: self.ttft_ms };
-            let _ = tx.send(self.admission.settle_op(&outcome));
+        // Taking the channel means Drop will not settle a second time.
+        if self.settle.take().is_some() {
+            self.admission.settle(&self.outcome(status)).await;
         }
+    }
+
+    fn outcome(&self, status: u16) -> Outcome {
+        Outcome { status, usage: self.relay.usage(), completion_estimate: self.relay.completion_estimate(), ttft_ms: self.ttft_ms }
     }
 }
 
@@ -591,8 +630,14 @@ impl Drop for MeteredStream {
     /// The client went away mid-stream (the runtime dropped the body): cancel the upstream and settle
     /// with what was delivered, marked estimated. 499 is the conventional "client closed request".
     fn drop(&mut self) {
-        if !self.done {
-            self.end(499);
+        if self.done {
+            return;
+        }
+        if let Some(abort) = self.abort.take() {
+            abort.abort();
+        }
+        if let Some(tx) = self.settle.take() {
+            let _ = tx.send(self.admission.settle_op(&self.outcome(499)));
         }
     }
 }

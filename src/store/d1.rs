@@ -533,3 +533,31 @@ pub async fn jwt_credentials_for(db: &D1Database, project_id: &str, values: &[St
     args.extend(values.iter().map(|v| text(v)));
     Ok(stmt(db, &sql, &args)?.all().await?.results()?)
 }
+
+/// The consumer-key fast path: the API, the live key and the consumer's plan in ONE round trip
+/// (a D1 batch), keyed only by what the request carries (slugs and the key's hash).
+pub async fn api_key_and_plan(db: &D1Database, project: &str, api: &str, key_hash: &str)
+    -> Result<(Option<Api>, Option<KeyMatch>, Option<Plan>), Error> {
+    let api_stmt = stmt(db, &format!("SELECT {API_COLUMNS} FROM apis a JOIN projects p ON p.id = a.project_id WHERE p.slug = ?1 AND a.slug = ?2"),
+        &[text(project), text(api)])?;
+    let key_stmt = stmt(db,
+        "SELECT k.id AS key_id, k.consumer_id, c.status AS consumer_status FROM consumer_keys k \
+         JOIN consumers c ON c.id = k.consumer_id JOIN projects p ON p.id = k.project_id \
+         WHERE k.key_hash = ?1 AND p.slug = ?2 AND k.revoked_at IS NULL",
+        &[text(key_hash), text(project)])?;
+    let plan_stmt = stmt(db, &format!(
+        "SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = \
+           (SELECT a.id FROM apis a JOIN projects p ON p.id = a.project_id WHERE p.slug = ?1 AND a.slug = ?2) \
+         AND (is_default = 1 OR id = (SELECT s.plan_id FROM subscriptions s WHERE s.api_id = plans.api_id AND s.consumer_id = \
+           (SELECT consumer_id FROM consumer_keys WHERE key_hash = ?3 AND revoked_at IS NULL))) \
+         ORDER BY is_default ASC LIMIT 1"), &[text(project), text(api), text(key_hash)])?;
+    let results = db.batch(vec![api_stmt, key_stmt, plan_stmt]).await?;
+    let mut it = results.into_iter();
+    let (Some(a), Some(k), Some(p)) = (it.next(), it.next(), it.next()) else {
+        return Err(Error::internal("D1 answered a batch of three with fewer results."));
+    };
+    let api = a.results::<Api>()?.into_iter().next();
+    let key = k.results::<KeyMatch>()?.into_iter().next();
+    let plan = p.results::<PlanRow>()?.into_iter().next().map(|r| r.to_plan());
+    Ok((api, key, plan))
+}

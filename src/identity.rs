@@ -44,7 +44,7 @@ pub fn verification_keys(env: &Env, project: &Project, now: i64) -> Result<Vec<S
     Ok(keys)
 }
 
-fn token_error(e: TokenError) -> Error {
+pub fn token_error(e: TokenError) -> Error {
     let (kind, title) = match e {
         TokenError::Expired => ("token-expired", "The token has expired"),
         _ => ("invalid-credential", "The credential is not valid"),

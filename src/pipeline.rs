@@ -281,7 +281,7 @@ async fn authenticate_consumer_jwt(env: &Env, db: &D1Database, project: &crate::
         (None, Some(jwks)) => crate::auth::jwt::parse_jwks(jwks).map_err(|e| Error::invalid_credential(e.describe()))?,
         (None, None) => return Ok(None),
     };
-    consumer_jwt::verify(token, &keys, now / 1000).map_err(|e| Error::invalid_credential(format!("{}.", e.describe().trim_end_matches('.'))))?;
+    consumer_jwt::verify(token, &keys, now / 1000).map_err(crate::identity::token_error)?;
     if credential.consumer_status.as_deref() != Some("enabled") {
         return Err(Error::consumer_disabled());
     }

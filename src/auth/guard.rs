@@ -27,7 +27,9 @@ pub enum GuardRequest {
     /// Checks a code; the right one consumes the challenge (single use).
     Check { now: i64, code_hash: String },
     CreateSession { session: Session },
-    Rotate { now: i64, secret: String, new_hash: String },
+    /// Rotates the refresh secret of a session of `project` (a session of another project is refused
+    /// untouched: presenting a token at the wrong project must not advance or revoke it).
+    Rotate { now: i64, project: String, secret: String, new_hash: String },
     Revoke,
 }
 
@@ -77,8 +79,11 @@ pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
             state.session = Some(session.clone());
             GuardReply::Created
         }
-        GuardRequest::Rotate { now, secret, new_hash } => {
+        GuardRequest::Rotate { now, project, secret, new_hash } => {
             let Some(session) = state.session.as_mut() else { return GuardReply::Refused { reason: "unknown session".into() } };
+            if session.project != *project {
+                return GuardReply::Refused { reason: "the session belongs to another project".into() };
+            }
             match session.rotate(*now, secret, new_hash.clone()) {
                 Rotation::Rotated => GuardReply::Rotated { session: session.clone() },
                 Rotation::Reused => GuardReply::Reused { session: session.clone() },
@@ -134,11 +139,14 @@ mod tests {
         let mut s = GuardState::default();
         apply(&mut s, &GuardRequest::CreateSession { session });
         let secret1 = crate::auth::session::parse_refresh(&t1).unwrap().1;
-        assert!(matches!(apply(&mut s, &GuardRequest::Rotate { now: 1, secret: secret1.clone(), new_hash: h2.clone() }), GuardReply::Rotated { .. }));
-        assert!(matches!(apply(&mut s, &GuardRequest::Rotate { now: 2, secret: secret1, new_hash: "x".into() }), GuardReply::Reused { .. }));
+        let elsewhere = GuardRequest::Rotate { now: 1, project: "other".into(), secret: secret1.clone(), new_hash: "h".into() };
+        assert!(matches!(apply(&mut s, &elsewhere), GuardReply::Refused { .. }));
+        assert_eq!(s.session.as_ref().unwrap().generation, 0, "a token shown at another project rotates nothing");
+        assert!(matches!(apply(&mut s, &GuardRequest::Rotate { now: 1, project: "p".into(), secret: secret1.clone(), new_hash: h2.clone() }), GuardReply::Rotated { .. }));
+        assert!(matches!(apply(&mut s, &GuardRequest::Rotate { now: 2, project: "p".into(), secret: secret1, new_hash: "x".into() }), GuardReply::Reused { .. }));
         assert!(s.session.as_ref().unwrap().revoked);
         assert!(matches!(apply(&mut s, &GuardRequest::Revoke), GuardReply::Revoked { session: Some(_) }));
         let mut empty = GuardState::default();
-        assert!(matches!(apply(&mut empty, &GuardRequest::Rotate { now: 0, secret: "s".into(), new_hash: "h".into() }), GuardReply::Refused { .. }));
+        assert!(matches!(apply(&mut empty, &GuardRequest::Rotate { now: 0, project: "p".into(), secret: "s".into(), new_hash: "h".into() }), GuardReply::Refused { .. }));
     }
 }

@@ -22,12 +22,16 @@ pub enum Decision {
     Fetch,
 }
 
+/// A stale copy, or an unknown `kid`, fetches again, but never within 30 s of the last attempt, so a
+/// failing endpoint is not called on every request while the stale copy is served.
 pub fn decide(now: i64, cached: Option<CacheTimes>, unknown_kid: bool) -> Decision {
-    match cached {
-        None => Decision::Fetch,
-        Some(c) if now - c.fetched_at >= FRESH_MS => Decision::Fetch,
-        Some(c) if unknown_kid && now - c.refetched_at.max(c.fetched_at) >= REFETCH_GAP_MS => Decision::Fetch,
-        Some(_) => Decision::UseCache,
+    let Some(c) = cached else { return Decision::Fetch };
+    let stale = now - c.fetched_at >= FRESH_MS;
+    let since_attempt = now - c.refetched_at.max(c.fetched_at);
+    if (stale || unknown_kid) && since_attempt >= REFETCH_GAP_MS {
+        Decision::Fetch
+    } else {
+        Decision::UseCache
     }
 }
 
@@ -64,6 +68,10 @@ mod tests {
         let recently = CacheTimes { fetched_at: 0, refetched_at: 100_000 };
         assert_eq!(decide(100_000 + REFETCH_GAP_MS - 1, Some(recently), true), Decision::UseCache, "one refetch per 30 s");
         assert_eq!(decide(100_000 + REFETCH_GAP_MS, Some(recently), true), Decision::Fetch);
+        // Stale, and the last attempt (failed) was just now: serve the stale copy, do not hammer.
+        let failing = CacheTimes { fetched_at: 0, refetched_at: 2 * FRESH_MS };
+        assert_eq!(decide(2 * FRESH_MS + 1_000, Some(failing), false), Decision::UseCache);
+        assert_eq!(decide(2 * FRESH_MS + REFETCH_GAP_MS, Some(failing), false), Decision::Fetch);
     }
 
     #[test]

@@ -186,7 +186,7 @@ pub async fn refresh(mut req: Request, env: &Env, ctx: &Context, project: &str) 
     let now = now_ms();
     let ip = client_ip(&req);
     let (new_token, new_hash) = with_random(|r| new_refresh(&session_id, r))?;
-    let op = GuardRequest::Rotate { now, secret, new_hash };
+    let op = GuardRequest::Rotate { now, project: project.id.clone(), secret, new_hash };
     match auth_do::call(env, &format!("session:{session_id}"), &op).await? {
         GuardReply::Rotated { session } if session.project == project.id => {
             let consumer = d1::find_consumer(&db, &project.id, &session.consumer_id).await?

@@ -22,6 +22,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Re
     let method = req.method().to_string();
     let path = req.path();
     let origin = header(&req, "origin");
+    let requested_headers = header(&req, "access-control-request-headers");
     let route = match route(&method, &path) {
         Ok(r) => r,
         Err(e) => return problem(&e),
@@ -34,7 +35,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Re
     };
     if let (Some(project), Some(origin)) = (cors_project, origin) {
         if let Ok(true) = origin_allowed(env, &project, &origin).await {
-            allow_origin(response.headers_mut(), &origin, method == "OPTIONS")?;
+            allow_origin(response.headers_mut(), &origin, method == "OPTIONS", requested_headers.as_deref())?;
         }
     }
     Ok(response)
@@ -91,13 +92,16 @@ async fn origin_allowed(env: &Env, project: &str, origin: &str) -> Result<bool, 
     Ok(project.allowed_origins().iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)))
 }
 
-fn allow_origin(headers: &mut Headers, origin: &str, preflight: bool) -> worker::Result<()> {
+/// `requested` is the preflight's `Access-Control-Request-Headers`: allowed as asked, so an API that
+/// reads its credential from a custom header can be called from a browser too.
+fn allow_origin(headers: &mut Headers, origin: &str, preflight: bool, requested: Option<&str>) -> worker::Result<()> {
     headers.set("access-control-allow-origin", origin)?;
     headers.append("vary", "Origin")?;
     headers.set("access-control-expose-headers", EXPOSED)?;
     if preflight {
         headers.set("access-control-allow-methods", "GET, POST, OPTIONS")?;
-        headers.set("access-control-allow-headers", "authorization, content-type, x-api-key")?;
+        let asked = requested.filter(|h| h.len() <= 1000 && h.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_, ".contains(&c)));
+        headers.set("access-control-allow-headers", asked.unwrap_or("authorization, content-type, x-api-key"))?;
         headers.set("access-control-max-age", "600")?;
     }
     Ok(())

@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod auth;
 mod quotas;
 
 use std::future::Future;
@@ -33,6 +34,8 @@ struct Ctx {
     base: String,
     admin: Admin,
     mock: MockUpstream,
+    /// The mail provider the gateway sends sign-in codes to.
+    mail: MockMail,
     http: reqwest::Client,
 }
 
@@ -105,6 +108,19 @@ async fn run() -> ExitCode {
         quotas::plan_models_and_max_tokens_are_enforced,
         quotas::usage_reports_for_owner_and_consumer,
         quotas::restart_keeps_counters_and_unflushed_usage,
+        auth::managed_sign_in_with_an_emailed_code,
+        auth::refresh_rotates_and_reuse_revokes_the_session,
+        auth::racing_refreshes_with_one_token_do_not_both_succeed,
+        auth::otp_codes_lock_after_five_wrong_tries_and_are_throttled,
+        auth::byo_jwt_accepts_rs256_es256_eddsa_and_refuses_bad_tokens,
+        auth::byo_jwks_rotation_refetches_at_most_every_30s_and_outlives_an_outage,
+        auth::mode_switches_keep_consumer_keys_working,
+        auth::consumer_key_exchanges_for_a_30_minute_token,
+        auth::ip_allowlist_admits_only_listed_networks,
+        auth::auth_events_record_sign_ins_refreshes_keys_and_mode_switches,
+        auth::consumer_jwt_credentials_symmetric_and_asymmetric,
+        auth::credential_location_and_passthrough,
+        auth::cors_follows_the_projects_allowed_origins,
         chunked_oversized_body_is_413,
     ];
     // Flags libtest would take (`--nocapture`, `--test-threads 1`) are ignored, not taken as filters.
@@ -119,7 +135,22 @@ async fn run() -> ExitCode {
 
     let started = Instant::now();
     println!("running {} e2e cases", selected.len());
-    let mut gateway = match Gateway::start().await {
+    // The mail provider first: the gateway is told its URL when it starts.
+    let mail = match MockMail::start().await {
+        Ok(m) => m,
+        Err(e) => {
+            println!("test mock_mail_starts ... FAILED\n    {e}");
+            println!("0 passed, 1 failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let vars = vec![
+        ("EMAIL_API_URL".to_string(), mail.url()),
+        ("EMAIL_API_KEY".to_string(), "test-mail-key".to_string()),
+        // Dev mode lets a BYO-JWT `jwks_url` be plain http on loopback (the test's JWKS server).
+        ("SLUICE_DEV".to_string(), "1".to_string()),
+    ];
+    let mut gateway = match Gateway::start_with(vars).await {
         Ok(g) => g,
         Err(e) => {
             println!("test gateway_starts ... FAILED\n    {e}");
@@ -137,16 +168,18 @@ async fn run() -> ExitCode {
         }
     };
     println!(
-        "gateway {} up in {:.1?} (log: {}); mock upstream on {}",
+        "gateway {} up in {:.1?} (log: {}); mock upstream on {}; mock mail on {}",
         gateway.base_url,
         started.elapsed(),
         gateway.log_path.display(),
-        mock.addr
+        mock.addr,
+        mail.addr
     );
     let ctx = Arc::new(Ctx {
         base: gateway.base_url.clone(),
         admin: gateway.admin(),
         mock,
+        mail,
         http: http_client(),
     });
 

@@ -270,18 +270,8 @@ impl BareWorker {
 
     /// SIGTERM to the process group, SIGKILL to what is left after 5 s; removes the scratch dir.
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pgid = child.id() as libc::pid_t;
-            signal_group(pgid, libc::SIGTERM);
-            let until = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < until {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-            signal_group(pgid, libc::SIGKILL);
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop_process_group(child);
         }
         if self.persist_dir.exists() {
             let _ = fs::remove_dir_all(&self.persist_dir);
@@ -292,15 +282,6 @@ impl BareWorker {
 impl Drop for BareWorker {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
-    if pgid > 1 {
-        // SAFETY: kill(2) with a negative pid signals exactly the process group this bench created.
-        unsafe {
-            libc::kill(-pgid, signal);
-        }
     }
 }
 

@@ -14,13 +14,33 @@ pub struct Asset {
 
 pub fn asset(path: &str) -> Option<Asset> {
     let (body, content_type, dev_only) = match path {
-        "/chat.js" => (include_str!("../web/chat.js"), "text/javascript; charset=utf-8", false),
-        "/sdk.js" => (include_str!("../web/sdk.js"), "text/javascript; charset=utf-8", false),
-        "/sdk.d.ts" => (include_str!("../web/sdk.d.ts"), "application/typescript; charset=utf-8", false),
-        "/" | "/index.html" => (include_str!("../web/demo.html"), "text/html; charset=utf-8", true),
+        "/chat.js" => (
+            include_str!("../web/chat.js"),
+            "text/javascript; charset=utf-8",
+            false,
+        ),
+        "/sdk.js" => (
+            include_str!("../web/sdk.js"),
+            "text/javascript; charset=utf-8",
+            false,
+        ),
+        "/sdk.d.ts" => (
+            include_str!("../web/sdk.d.ts"),
+            "application/typescript; charset=utf-8",
+            false,
+        ),
+        "/" | "/index.html" => (
+            include_str!("../web/demo.html"),
+            "text/html; charset=utf-8",
+            true,
+        ),
         _ => return None,
     };
-    Some(Asset { body, content_type, dev_only })
+    Some(Asset {
+        body,
+        content_type,
+        dev_only,
+    })
 }
 
 impl Asset {
@@ -45,7 +65,10 @@ impl Asset {
     /// Whether an `If-None-Match` header already names this content.
     pub fn not_modified(&self, if_none_match: Option<&str>) -> bool {
         let etag = self.etag();
-        if_none_match.is_some_and(|h| h.split(',').any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*"))
+        if_none_match.is_some_and(|h| {
+            h.split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*")
+        })
     }
 }
 
@@ -68,7 +91,10 @@ mod tests {
     #[test]
     fn caching_rules() {
         let sdk = asset("/sdk.js").unwrap();
-        assert_eq!(sdk.cache_control(Some(&sdk.version())), "public, max-age=31536000, immutable");
+        assert_eq!(
+            sdk.cache_control(Some(&sdk.version())),
+            "public, max-age=31536000, immutable"
+        );
         assert_eq!(sdk.cache_control(Some("old")), "public, max-age=86400");
         assert!(sdk.not_modified(Some(&sdk.etag())));
         assert!(sdk.not_modified(Some(&format!("W/{}, \"x\"", sdk.etag()))));

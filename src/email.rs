@@ -25,20 +25,35 @@ pub struct Mail {
 }
 
 pub fn sign_in_mail(project: &Project, to: &str, code: &str) -> Mail {
-    let subject = project.email_subject.clone().unwrap_or_else(|| format!("Your {} sign-in code", project.name));
+    let subject = project
+        .email_subject
+        .clone()
+        .unwrap_or_else(|| format!("Your {} sign-in code", project.name));
     let text = format!("Your sign-in code for {} is {code}.\n\nIt expires in 10 minutes. If you did not ask for it, ignore this mail.", project.name);
     let html = format!("<p>Your sign-in code for {} is <strong style=\"font-size:1.4em;letter-spacing:.1em\">{code}</strong>.</p>\
                         <p>It expires in 10 minutes. If you did not ask for it, ignore this mail.</p>", escape(&project.name));
-    Mail { to: to.to_string(), subject, text, html }
+    Mail {
+        to: to.to_string(),
+        subject,
+        text,
+        html,
+    }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Delivers a mail: to the provider when configured, else to the dev mailbox in dev mode, else 503.
 pub async fn send(env: &Env, project: &Project, mail: Mail, now: i64) -> Result<(), Error> {
-    let from = project.email_from.clone().or_else(|| secret(env, "EMAIL_FROM")).unwrap_or_else(|| "Sluice <no-reply@sluice.dev>".into());
+    let from = project
+        .email_from
+        .clone()
+        .or_else(|| secret(env, "EMAIL_FROM"))
+        .unwrap_or_else(|| "Sluice <no-reply@sluice.dev>".into());
     match secret(env, "EMAIL_API_URL") {
         Some(url) => {
             let headers = Headers::new();
@@ -48,22 +63,42 @@ pub async fn send(env: &Env, project: &Project, mail: Mail, now: i64) -> Result<
             }
             let body = serde_json::json!({"from": from, "to": mail.to, "subject": mail.subject, "text": mail.text, "html": mail.html});
             let mut init = RequestInit::new();
-            init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(&body.to_string())));
-            let response = Fetch::Request(Request::new_with_init(&url, &init)?).send().await
-                .map_err(|e| Error::upstream(format!("The email provider could not be reached: {e}.")))?;
+            init.with_method(Method::Post)
+                .with_headers(headers)
+                .with_body(Some(JsValue::from_str(&body.to_string())));
+            let response = Fetch::Request(Request::new_with_init(&url, &init)?)
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::upstream(format!("The email provider could not be reached: {e}."))
+                })?;
             if !(200..300).contains(&response.status_code()) {
-                return Err(Error::upstream(format!("The email provider answered {}.", response.status_code())));
+                return Err(Error::upstream(format!(
+                    "The email provider answered {}.",
+                    response.status_code()
+                )));
             }
             Ok(())
         }
         None if dev_mode(env) => {
             let store = kv::kv(env)?;
-            let mut mails = kv::get::<MailboxRecord>(&store, MAILBOX_KEY).await?.unwrap_or_default();
-            mails.push(DevMail { project: project.slug.clone(), to: mail.to, from, subject: mail.subject, text: mail.text, created_at: crate::time::rfc3339(now) });
+            let mut mails = kv::get::<MailboxRecord>(&store, MAILBOX_KEY)
+                .await?
+                .unwrap_or_default();
+            mails.push(DevMail {
+                project: project.slug.clone(),
+                to: mail.to,
+                from,
+                subject: mail.subject,
+                text: mail.text,
+                created_at: crate::time::rfc3339(now),
+            });
             let keep = mails.len().saturating_sub(50);
             mails.drain(..keep);
             kv::put::<MailboxRecord>(&store, MAILBOX_KEY, &mails).await
         }
-        None => Err(Error::misconfigured("Sign-in mail is not configured: set EMAIL_API_URL and EMAIL_API_KEY.")),
+        None => Err(Error::misconfigured(
+            "Sign-in mail is not configured: set EMAIL_API_URL and EMAIL_API_KEY.",
+        )),
     }
 }

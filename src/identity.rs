@@ -24,22 +24,46 @@ const JWKS_TIMEOUT_MS: u64 = 5_000;
 const JWKS_MAX_BYTES: usize = 256 * 1024;
 
 pub fn client_ip(req: &Request) -> Option<String> {
-    header(req, "cf-connecting-ip").map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    header(req, "cf-connecting-ip")
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// The key new tokens are signed with.
 pub fn current_key(env: &Env, project: &Project) -> Result<SigningKey, Error> {
-    Ok(signing_key(&encryption_secret(env)?, &project.id, &project.slug, project.signing_generation))
+    Ok(signing_key(
+        &encryption_secret(env)?,
+        &project.id,
+        &project.slug,
+        project.signing_generation,
+    ))
 }
 
 /// Keys that verify the project's tokens: the current one, and the previous one until every token
 /// it signed has expired.
 pub fn verification_keys(env: &Env, project: &Project, now: i64) -> Result<Vec<SigningKey>, Error> {
     let secret = encryption_secret(env)?;
-    let mut keys = vec![signing_key(&secret, &project.id, &project.slug, project.signing_generation)];
-    let previous_alive = project.previous_key_retired_at.is_some_and(|at| now < at + (project.access_token_ttl_s.max(crate::auth::tokens::EXCHANGE_TTL_S) + 60) * 1000);
+    let mut keys = vec![signing_key(
+        &secret,
+        &project.id,
+        &project.slug,
+        project.signing_generation,
+    )];
+    let previous_alive = project.previous_key_retired_at.is_some_and(|at| {
+        now < at
+            + (project
+                .access_token_ttl_s
+                .max(crate::auth::tokens::EXCHANGE_TTL_S)
+                + 60)
+                * 1000
+    });
     if project.signing_generation > 1 && previous_alive {
-        keys.push(signing_key(&secret, &project.id, &project.slug, project.signing_generation - 1));
+        keys.push(signing_key(
+            &secret,
+            &project.id,
+            &project.slug,
+            project.signing_generation - 1,
+        ));
     }
     Ok(keys)
 }
@@ -49,13 +73,26 @@ pub fn token_error(e: TokenError) -> Error {
         TokenError::Expired => ("token-expired", "The token has expired"),
         _ => ("invalid-credential", "The credential is not valid"),
     };
-    Error::new(401, kind, title, format!("{}.", e.describe().trim_end_matches('.')))
-        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
+    Error::new(
+        401,
+        kind,
+        title,
+        format!("{}.", e.describe().trim_end_matches('.')),
+    )
+    .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
 }
 
 /// Verifies a token Sluice signed for this project; returns its claims.
-pub fn verify_sluice_token(env: &Env, project: &Project, token: &str, now: i64) -> Result<Map<String, Value>, Error> {
-    let keys: Vec<VerifyingKey> = verification_keys(env, project, now)?.iter().map(SigningKey::to_verifying_key).collect();
+pub fn verify_sluice_token(
+    env: &Env,
+    project: &Project,
+    token: &str,
+    now: i64,
+) -> Result<Map<String, Value>, Error> {
+    let keys: Vec<VerifyingKey> = verification_keys(env, project, now)?
+        .iter()
+        .map(SigningKey::to_verifying_key)
+        .collect();
     let mut policy = Policy::default_asymmetric();
     policy.issuer = Some(issuer(&project.slug));
     policy.audience = Some(project.slug.clone());
@@ -90,41 +127,80 @@ async fn fetch_jwks(url: &str) -> Result<String, String> {
 }
 
 /// The API's JWKS keys, from memory, KV or the owner's endpoint (see `jwks_cache::decide`).
-async fn byo_keys(env: &Env, api_id: &str, url: &str, now: i64, unknown_kid: bool) -> Result<Vec<VerifyingKey>, Error> {
+async fn byo_keys(
+    env: &Env,
+    api_id: &str,
+    url: &str,
+    now: i64,
+    unknown_kid: bool,
+) -> Result<Vec<VerifyingKey>, Error> {
     let mut cached = JWKS_MEMORY.with(|m| m.borrow().get(api_id).cloned());
     let store = kv::kv(env)?;
-    if cached.as_ref().is_none_or(|c| now - c.fetched_at >= crate::auth::jwks_cache::FRESH_MS) {
+    if cached
+        .as_ref()
+        .is_none_or(|c| now - c.fetched_at >= crate::auth::jwks_cache::FRESH_MS)
+    {
         if let Some(from_kv) = kv::get::<JwksRecord>(&store, api_id).await? {
             cached = Some(from_kv);
         }
     }
-    let times = cached.as_ref().map(|c| CacheTimes { fetched_at: c.fetched_at, refetched_at: c.refetched_at });
+    let times = cached.as_ref().map(|c| CacheTimes {
+        fetched_at: c.fetched_at,
+        refetched_at: c.refetched_at,
+    });
     let chosen = match decide(now, times, unknown_kid) {
         Decision::UseCache => cached,
         Decision::Fetch => match fetch_jwks(url).await {
             Ok(jwks) => {
-                let fresh = CachedJwks { jwks, fetched_at: now, refetched_at: now };
+                let fresh = CachedJwks {
+                    jwks,
+                    fetched_at: now,
+                    refetched_at: now,
+                };
                 kv::put::<JwksRecord>(&store, api_id, &fresh).await?;
                 Some(fresh)
             }
             Err(why) => {
-                worker::console_error!("JWKS fetch for {api_id} failed: {why}; serving the cached copy if any");
+                worker::console_error!(
+                    "JWKS fetch for {api_id} failed: {why}; serving the cached copy if any"
+                );
                 // Remember the attempt so an unknown-kid flood cannot hammer a failing endpoint.
-                cached.map(|c| CachedJwks { refetched_at: now, ..c })
+                cached.map(|c| CachedJwks {
+                    refetched_at: now,
+                    ..c
+                })
             }
         },
     };
     let Some(chosen) = chosen else {
-        return Err(Error::new(503, "jwks-unavailable", "The API's key set is unavailable",
-            "The gateway could not fetch the JWKS configured for this API and has no cached copy.").with_header("Retry-After", "5"));
+        return Err(Error::new(
+            503,
+            "jwks-unavailable",
+            "The API's key set is unavailable",
+            "The gateway could not fetch the JWKS configured for this API and has no cached copy.",
+        )
+        .with_header("Retry-After", "5"));
     };
     JWKS_MEMORY.with(|m| m.borrow_mut().insert(api_id.to_string(), chosen.clone()));
-    jwt::parse_jwks(&chosen.jwks).map_err(|e| Error::new(503, "jwks-unavailable", "The API's key set is unusable", e.describe()))
+    jwt::parse_jwks(&chosen.jwks).map_err(|e| {
+        Error::new(
+            503,
+            "jwks-unavailable",
+            "The API's key set is unusable",
+            e.describe(),
+        )
+    })
 }
 
 /// Verifies an owner's JWT against their JWKS; an unknown `kid` triggers one (throttled) refetch.
 /// Returns the user id from the configured claim.
-pub async fn verify_byo(env: &Env, api_id: &str, config: &ByoJwtConfig, token: &str, now: i64) -> Result<String, Error> {
+pub async fn verify_byo(
+    env: &Env,
+    api_id: &str,
+    config: &ByoJwtConfig,
+    token: &str,
+    now: i64,
+) -> Result<String, Error> {
     let policy = config.policy();
     let keys = byo_keys(env, api_id, &config.jwks_url, now, false).await?;
     let claims = match jwt::verify(token, &keys, &policy, now / 1000) {
@@ -141,10 +217,19 @@ pub async fn verify_byo(env: &Env, api_id: &str, config: &ByoJwtConfig, token: &
 pub fn record_event(ctx: &Context, env: &Env, event: EventDraft) {
     let env = env.clone();
     ctx.wait_until(async move {
-        let Ok(id) = with_random(|r| new_id("evt", r)) else { return };
+        let Ok(id) = with_random(|r| new_id("evt", r)) else {
+            return;
+        };
         let e = AuthEvent {
-            id, project_id: event.project_id, api_id: event.api_id, kind: event.kind.to_string(), consumer_id: event.consumer_id,
-            subject: event.subject, ip: event.ip, detail: event.detail, created_at: now_ms(),
+            id,
+            project_id: event.project_id,
+            api_id: event.api_id,
+            kind: event.kind.to_string(),
+            consumer_id: event.consumer_id,
+            subject: event.subject,
+            ip: event.ip,
+            detail: event.detail,
+            created_at: now_ms(),
         };
         if let Ok(db) = d1::db(&env) {
             if let Err(err) = d1::insert_auth_event(&db, &e).await {
@@ -167,5 +252,9 @@ pub struct EventDraft {
 }
 
 pub fn event(project_id: &str, kind: &'static str) -> EventDraft {
-    EventDraft { project_id: project_id.to_string(), kind, ..EventDraft::default() }
+    EventDraft {
+        project_id: project_id.to_string(),
+        kind,
+        ..EventDraft::default()
+    }
 }

@@ -213,7 +213,9 @@ impl ApiPatch {
         }
         if let Some(m) = &self.auth_mode {
             if AuthMode::parse(m)? == AuthMode::ByoJwt {
-                return Err(Error::invalid_request("Switch to byo-jwt with PUT .../auth-mode, which takes its `byo_jwt_config`"));
+                return Err(Error::invalid_request(
+                    "Switch to byo-jwt with PUT .../auth-mode, which takes its `byo_jwt_config`",
+                ));
             }
         }
         if let Some(list) = &self.ip_allowlist {
@@ -330,8 +332,16 @@ fn first_generation() -> i64 {
 impl Project {
     pub fn new(id: String, slug: String, name: String, created_at: i64) -> Project {
         Project {
-            id, slug, name, created_at, access_token_ttl_s: default_token_ttl(), email_from: None, email_subject: None,
-            allowed_origins_json: empty_list(), signing_generation: 1, previous_key_retired_at: None,
+            id,
+            slug,
+            name,
+            created_at,
+            access_token_ttl_s: default_token_ttl(),
+            email_from: None,
+            email_subject: None,
+            allowed_origins_json: empty_list(),
+            signing_generation: 1,
+            previous_key_retired_at: None,
         }
     }
 
@@ -366,10 +376,18 @@ pub fn validate_origin(o: &str) -> Result<(), Error> {
     if o == "*" {
         return Ok(());
     }
-    let rest = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"));
     match rest {
-        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) && o.len() <= 300 => Ok(()),
-        _ => Err(Error::invalid_request(format!("`{o}` is not an origin; use e.g. https://app.example.com or *"))),
+        Some(host)
+            if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) && o.len() <= 300 =>
+        {
+            Ok(())
+        }
+        _ => Err(Error::invalid_request(format!(
+            "`{o}` is not an origin; use e.g. https://app.example.com or *"
+        ))),
     }
 }
 
@@ -380,13 +398,17 @@ impl ProjectPatch {
         }
         if let Some(origins) = &self.allowed_origins {
             if origins.len() > 100 {
-                return Err(Error::invalid_request("`allowed_origins` may list at most 100 origins"));
+                return Err(Error::invalid_request(
+                    "`allowed_origins` may list at most 100 origins",
+                ));
             }
             origins.iter().try_for_each(|o| validate_origin(o))?;
         }
         if let Some(ttl) = self.access_token_ttl_s {
             if !(60..=86_400).contains(&ttl) {
-                return Err(Error::invalid_request("`access_token_ttl_s` must be between 60 and 86400 seconds"));
+                return Err(Error::invalid_request(
+                    "`access_token_ttl_s` must be between 60 and 86400 seconds",
+                ));
             }
         }
         if let Some(Some(f)) = &self.email_from {
@@ -433,7 +455,9 @@ impl Api {
     }
 
     pub fn byo_jwt(&self) -> Option<crate::auth::config::ByoJwtConfig> {
-        self.byo_jwt_json.as_deref().and_then(|j| serde_json::from_str(j).ok())
+        self.byo_jwt_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
     }
 
     pub fn ip_allowlist(&self) -> Vec<String> {

@@ -12,7 +12,10 @@ use futures_util::future::{select, Either};
 use futures_util::{stream, Stream, StreamExt};
 use serde_json::{json, Value};
 use wasm_bindgen::JsValue;
-use worker::{AbortController, Context, D1Database, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+use worker::{
+    AbortController, Context, D1Database, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
+    Response,
+};
 
 use crate::auth::cidr;
 use crate::auth::config::CredentialSource;
@@ -20,18 +23,18 @@ use crate::auth::consumer_jwt;
 use crate::auth::jwks_cache::{looks_like_jwt, peek_kid};
 use crate::auth::tokens::{classify, kid_prefix, SluiceToken};
 use crate::auth::{extract_credential, key::ConsumerKey};
-use crate::identity::{client_ip, verify_byo, verify_sluice_token};
-use crate::model::AuthMode;
-use crate::store::kv::{self, SessionRecord};
 use crate::crypto;
 use crate::error::Error;
 use crate::http::{encryption_secret, header, json, now_ms, read_body, with_random};
+use crate::identity::{client_ip, verify_byo, verify_sluice_token};
 use crate::ids::new_id;
 use crate::limits::counter::{Refusal, Reservation, Window};
 use crate::limits::headers::rate_limit_headers;
 use crate::limits::ops::{CounterReply, CounterRequest};
 use crate::limits::plan::{Limits, Plan};
 use crate::model::Api;
+use crate::model::AuthMode;
+use crate::store::kv::{self, SessionRecord};
 use crate::store::{counter_do as counter, d1};
 use crate::stream::relay::{Next, Relay, Usage};
 use crate::upstream::{self, demo::DemoReply, ChatRequest};
@@ -53,7 +56,13 @@ pub struct Caller {
 }
 
 /// `POST /v1/{project}/{api}/chat/completions`.
-pub async fn chat_completions(mut req: Request, env: &Env, ctx: &Context, project: &str, api: &str) -> Result<Response, Error> {
+pub async fn chat_completions(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+    api: &str,
+) -> Result<Response, Error> {
     let started = now_ms();
     let db = d1::db(env)?;
     let (api, caller, plan) = resolve_and_authenticate(&req, env, ctx, &db, project, api).await?;
@@ -63,16 +72,32 @@ pub async fn chat_completions(mut req: Request, env: &Env, ctx: &Context, projec
     let rate_headers = rate_limit_headers(&admission.windows, started);
     match forward(env, &api, &chat, passthrough).await {
         Err(e) => {
-            admission.settle(&Outcome { status: e.status, usage: None, completion_estimate: 0, ttft_ms: None }).await;
+            admission
+                .settle(&Outcome {
+                    status: e.status,
+                    usage: None,
+                    completion_estimate: 0,
+                    ttft_ms: None,
+                })
+                .await;
             Err(e.with_headers(rate_headers))
         }
         Ok(Answer::Json(bytes)) => {
             let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
             let usage = answer.as_ref().and_then(Usage::from_json);
             let completion_estimate = answer.as_ref().map_or(0, upstream::completion_estimate);
-            admission.settle(&Outcome { status: 200, usage, completion_estimate, ttft_ms: None }).await;
+            admission
+                .settle(&Outcome {
+                    status: 200,
+                    usage,
+                    completion_estimate,
+                    ttft_ms: None,
+                })
+                .await;
             let headers = response_headers("application/json", &rate_headers)?;
-            Ok(Response::from_bytes(bytes)?.with_status(200).with_headers(headers))
+            Ok(Response::from_bytes(bytes)?
+                .with_status(200)
+                .with_headers(headers))
         }
         Ok(Answer::Stream(body, abort)) => {
             let headers = response_headers("text/event-stream; charset=utf-8", &rate_headers)?;
@@ -86,7 +111,13 @@ pub async fn chat_completions(mut req: Request, env: &Env, ctx: &Context, projec
 }
 
 /// `GET /v1/{project}/{api}/models`: the API's models in OpenAI's list shape.
-pub async fn list_models(req: Request, env: &Env, ctx: &Context, project: &str, api: &str) -> Result<Response, Error> {
+pub async fn list_models(
+    req: Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+    api: &str,
+) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let api = resolve_api(&db, project, api).await?;
     authenticate(&req, env, ctx, &db, &api).await?;
@@ -97,15 +128,32 @@ pub async fn list_models(req: Request, env: &Env, ctx: &Context, project: &str, 
 }
 
 /// `GET /v1/{project}/{api}/usage`: the caller's plan, limits, and what is used and left in each window.
-pub async fn consumer_usage(req: Request, env: &Env, ctx: &Context, project: &str, api: &str) -> Result<Response, Error> {
+pub async fn consumer_usage(
+    req: Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+    api: &str,
+) -> Result<Response, Error> {
     let now = now_ms();
     let db = d1::db(env)?;
     let api = resolve_api(&db, project, api).await?;
     let caller = authenticate(&req, env, ctx, &db, &api).await?;
     let plan = d1::plan_for(&db, &api.id, &caller.consumer_id).await?;
-    let reply = counter::call(env, &api.id, &caller.consumer_id, &CounterRequest::Status { now, limits: plan.limits.clone() }).await?;
+    let reply = counter::call(
+        env,
+        &api.id,
+        &caller.consumer_id,
+        &CounterRequest::Status {
+            now,
+            limits: plan.limits.clone(),
+        },
+    )
+    .await?;
     let CounterReply::Status { windows } = reply else {
-        return Err(Error::internal("The counter answered a status request with something else."));
+        return Err(Error::internal(
+            "The counter answered a status request with something else.",
+        ));
     };
     let mut windows_json = serde_json::Map::new();
     for w in &windows {
@@ -139,23 +187,38 @@ async fn resolve_api(db: &D1Database, project: &str, api: &str) -> Result<Api, E
 /// Phases 1 and 2 together. A consumer key in `Authorization: Bearer` or `X-API-Key` (the common
 /// case) takes the fast path: API, key and plan come back from one D1 round trip, and the same checks
 /// as `authenticate` apply. Anything else goes through `resolve_api` and `authenticate`.
-async fn resolve_and_authenticate(req: &Request, env: &Env, ctx: &Context, db: &D1Database, project: &str, api: &str)
-    -> Result<(Api, Caller, Option<Plan>), Error> {
-    let sent = extract_credential(header(req, "authorization").as_deref(), header(req, "x-api-key").as_deref()).ok().flatten();
+async fn resolve_and_authenticate(
+    req: &Request,
+    env: &Env,
+    ctx: &Context,
+    db: &D1Database,
+    project: &str,
+    api: &str,
+) -> Result<(Api, Caller, Option<Plan>), Error> {
+    let sent = extract_credential(
+        header(req, "authorization").as_deref(),
+        header(req, "x-api-key").as_deref(),
+    )
+    .ok()
+    .flatten();
     let Some(key) = sent.as_deref().and_then(|c| ConsumerKey::parse(c).ok()) else {
         let api = resolve_api(db, project, api).await?;
         let caller = authenticate(req, env, ctx, db, &api).await?;
         return Ok((api, caller, None));
     };
     let (found_api, found_key, plan) = d1::api_key_and_plan(db, project, api, &key.hash()).await?;
-    let api = found_api.ok_or_else(|| Error::not_found(format!("There is no API `{api}` in project `{project}`.")))?;
+    let api = found_api.ok_or_else(|| {
+        Error::not_found(format!("There is no API `{api}` in project `{project}`."))
+    })?;
     if api.credential().source()? != CredentialSource::Authorization {
         // The API reads its credential elsewhere: the general path decides.
         let caller = authenticate(req, env, ctx, db, &api).await?;
         return Ok((api, caller, None));
     }
     check_ip(req, &api)?;
-    let found = found_key.ok_or_else(|| Error::invalid_credential("This consumer key is unknown or has been revoked."))?;
+    let found = found_key.ok_or_else(|| {
+        Error::invalid_credential("This consumer key is unknown or has been revoked.")
+    })?;
     let caller = accept_key(env, ctx, found)?;
     Ok((api, caller, plan))
 }
@@ -164,8 +227,12 @@ async fn resolve_and_authenticate(req: &Request, env: &Env, ctx: &Context, db: &
 fn check_ip(req: &Request, api: &Api) -> Result<(), Error> {
     let allowlist = crate::auth::config::parse_allowlist(&api.ip_allowlist())?;
     if !cidr::allowed(&allowlist, client_ip(req).as_deref()) {
-        return Err(Error::new(403, "ip-not-allowed", "Your IP address is not allowed",
-            "This API only accepts requests from the owner's allowed networks."));
+        return Err(Error::new(
+            403,
+            "ip-not-allowed",
+            "Your IP address is not allowed",
+            "This API only accepts requests from the owner's allowed networks.",
+        ));
     }
     Ok(())
 }
@@ -181,7 +248,11 @@ fn accept_key(env: &Env, ctx: &Context, found: d1::KeyMatch) -> Result<Caller, E
             let _ = d1::touch_key(&db, &key_id, now_ms()).await;
         }
     });
-    Ok(Caller { consumer_id: found.consumer_id, key_id: Some(found.key_id), session_id: None })
+    Ok(Caller {
+        consumer_id: found.consumer_id,
+        key_id: Some(found.key_id),
+        session_id: None,
+    })
 }
 
 /// Phase 2 — authenticate. First the API's IP allowlist (403 outside it). Then the credential, from
@@ -194,7 +265,13 @@ fn accept_key(env: &Env, ctx: &Context, found: d1::KeyMatch) -> Result<Caller, E
 ///
 /// 401 when the credential is missing, malformed, expired or revoked; 403 when it is valid but not
 /// allowed here (disabled consumer, IP, mode).
-async fn authenticate(req: &Request, env: &Env, ctx: &Context, db: &D1Database, api: &Api) -> Result<Caller, Error> {
+async fn authenticate(
+    req: &Request,
+    env: &Env,
+    ctx: &Context,
+    db: &D1Database,
+    api: &Api,
+) -> Result<Caller, Error> {
     check_ip(req, api)?;
     let credential = read_credential(req, api)?.ok_or_else(Error::missing_credential)?;
     if credential.starts_with(crate::auth::key::PREFIX) {
@@ -208,35 +285,68 @@ async fn authenticate(req: &Request, env: &Env, ctx: &Context, db: &D1Database, 
     }
     let now = now_ms();
     let project = d1::project_by_slug(db, &api.project_slug).await?;
-    let is_ours = peek_kid(&credential).is_some_and(|kid| kid.starts_with(&kid_prefix(&project.slug)));
+    let is_ours =
+        peek_kid(&credential).is_some_and(|kid| kid.starts_with(&kid_prefix(&project.slug)));
     if is_ours {
         let claims = verify_sluice_token(env, &project, &credential, now)?;
         return match classify(&claims) {
-            Some(SluiceToken::Exchange { consumer_id, key_id }) => {
-                let live = d1::live_key(db, &project.id, &key_id).await?
-                    .ok_or_else(|| Error::invalid_credential("The consumer key this token was issued for has been revoked."))?;
+            Some(SluiceToken::Exchange {
+                consumer_id,
+                key_id,
+            }) => {
+                let live = d1::live_key(db, &project.id, &key_id)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::invalid_credential(
+                            "The consumer key this token was issued for has been revoked.",
+                        )
+                    })?;
                 if live.consumer_status != "enabled" || live.consumer_id != consumer_id {
                     return Err(Error::consumer_disabled());
                 }
-                Ok(Caller { consumer_id, key_id: Some(key_id), session_id: None })
+                Ok(Caller {
+                    consumer_id,
+                    key_id: Some(key_id),
+                    session_id: None,
+                })
             }
-            Some(SluiceToken::Access { consumer_id, session_id }) => {
+            Some(SluiceToken::Access {
+                consumer_id,
+                session_id,
+            }) => {
                 if api.mode() != AuthMode::Managed {
                     return Err(mode_mismatch(api, "a signed-in user's token"));
                 }
                 let store = kv::kv(env)?;
-                if kv::get::<SessionRecord>(&store, &session_id).await?.is_some_and(|s| s.revoked) {
-                    return Err(Error::new(401, "session-revoked", "The session has ended", "This session was signed out or revoked: sign in again.")
-                        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\""));
+                if kv::get::<SessionRecord>(&store, &session_id)
+                    .await?
+                    .is_some_and(|s| s.revoked)
+                {
+                    return Err(Error::new(
+                        401,
+                        "session-revoked",
+                        "The session has ended",
+                        "This session was signed out or revoked: sign in again.",
+                    )
+                    .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\""));
                 }
-                let consumer = d1::find_consumer(db, &project.id, &consumer_id).await?
-                    .ok_or_else(|| Error::invalid_credential("The signed-in user no longer exists."))?;
+                let consumer = d1::find_consumer(db, &project.id, &consumer_id)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::invalid_credential("The signed-in user no longer exists.")
+                    })?;
                 if consumer.status != "enabled" {
                     return Err(Error::consumer_disabled());
                 }
-                Ok(Caller { consumer_id, key_id: None, session_id: Some(session_id) })
+                Ok(Caller {
+                    consumer_id,
+                    key_id: None,
+                    session_id: Some(session_id),
+                })
             }
-            None => Err(Error::invalid_credential("This token is not an access token.")),
+            None => Err(Error::invalid_credential(
+                "This token is not an access token.",
+            )),
         };
     }
     if let Some(caller) = authenticate_consumer_jwt(env, db, &project, &credential, now).await? {
@@ -245,74 +355,136 @@ async fn authenticate(req: &Request, env: &Env, ctx: &Context, db: &D1Database, 
     match (api.mode(), api.byo_jwt()) {
         (AuthMode::ByoJwt, Some(config)) => {
             let user_id = verify_byo(env, &api.id, &config, &credential, now).await?;
-            Ok(Caller { consumer_id: user_id, key_id: None, session_id: None })
+            Ok(Caller {
+                consumer_id: user_id,
+                key_id: None,
+                session_id: None,
+            })
         }
-        (AuthMode::ByoJwt, None) => Err(Error::misconfigured("This API is in byo-jwt mode but has no JWKS configured.")),
-        _ => Err(Error::invalid_credential(format!("This JWT was not issued by this gateway for project `{}`.", project.slug))),
+        (AuthMode::ByoJwt, None) => Err(Error::misconfigured(
+            "This API is in byo-jwt mode but has no JWKS configured.",
+        )),
+        _ => Err(Error::invalid_credential(format!(
+            "This JWT was not issued by this gateway for project `{}`.",
+            project.slug
+        ))),
     }
 }
 
 /// The client's credential, when the API passes it on to the upstream (off by default: otherwise no
 /// client header ever reaches the upstream).
-fn passthrough_credential(req: &Request, api: &Api) -> Result<Option<(CredentialSource, String)>, Error> {
+fn passthrough_credential(
+    req: &Request,
+    api: &Api,
+) -> Result<Option<(CredentialSource, String)>, Error> {
     let config = api.credential();
     if !config.passthrough {
         return Ok(None);
     }
-    Ok(read_credential(req, api)?.map(|c| (config.source().unwrap_or(CredentialSource::Authorization), c)))
+    Ok(read_credential(req, api)?.map(|c| {
+        (
+            config.source().unwrap_or(CredentialSource::Authorization),
+            c,
+        )
+    }))
 }
 
 /// A consumer's own JWT (seed 004), valid in every mode like a consumer key: the credential named by a
 /// payload claim is looked up, then the token must verify with that credential's key alone.
 /// `None` when no credential claims the token.
-async fn authenticate_consumer_jwt(env: &Env, db: &D1Database, project: &crate::model::Project, token: &str, now: i64) -> Result<Option<Caller>, Error> {
+async fn authenticate_consumer_jwt(
+    env: &Env,
+    db: &D1Database,
+    project: &crate::model::Project,
+    token: &str,
+    now: i64,
+) -> Result<Option<Caller>, Error> {
     let candidates = consumer_jwt::candidate_values(token);
     let values: Vec<String> = candidates.iter().map(|(_, v)| v.clone()).collect();
     let found = d1::jwt_credentials_for(db, &project.id, &values).await?;
-    let Some(credential) = found.into_iter().find(|c| candidates.iter().any(|(k, v)| *k == c.claim_name && *v == c.claim_value)) else {
+    let Some(credential) = found.into_iter().find(|c| {
+        candidates
+            .iter()
+            .any(|(k, v)| *k == c.claim_name && *v == c.claim_value)
+    }) else {
         return Ok(None);
     };
     let keys = match (&credential.secret_enc, &credential.jwks_json) {
         (Some(sealed), _) => {
-            let secret = crypto::open(&encryption_secret(env)?, sealed)
-                .ok_or_else(|| Error::misconfigured("A consumer's JWT key cannot be decrypted; was ENCRYPTION_KEY changed?"))?;
+            let secret = crypto::open(&encryption_secret(env)?, sealed).ok_or_else(|| {
+                Error::misconfigured(
+                    "A consumer's JWT key cannot be decrypted; was ENCRYPTION_KEY changed?",
+                )
+            })?;
             vec![crate::auth::jwt::hs256_key(secret.as_bytes(), None)]
         }
-        (None, Some(jwks)) => crate::auth::jwt::parse_jwks(jwks).map_err(|e| Error::invalid_credential(e.describe()))?,
+        (None, Some(jwks)) => crate::auth::jwt::parse_jwks(jwks)
+            .map_err(|e| Error::invalid_credential(e.describe()))?,
         (None, None) => return Ok(None),
     };
     consumer_jwt::verify(token, &keys, now / 1000).map_err(crate::identity::token_error)?;
     if credential.consumer_status.as_deref() != Some("enabled") {
         return Err(Error::consumer_disabled());
     }
-    Ok(Some(Caller { consumer_id: credential.consumer_id, key_id: Some(credential.id), session_id: None }))
+    Ok(Some(Caller {
+        consumer_id: credential.consumer_id,
+        key_id: Some(credential.id),
+        session_id: None,
+    }))
 }
 
 fn mode_mismatch(api: &Api, what: &str) -> Error {
-    Error::new(403, "auth-mode-mismatch", "This credential is not accepted in this API's auth mode",
-        format!("API `{}` is in `{}` mode, which does not accept {what}.", api.slug, api.auth_mode))
+    Error::new(
+        403,
+        "auth-mode-mismatch",
+        "This credential is not accepted in this API's auth mode",
+        format!(
+            "API `{}` is in `{}` mode, which does not accept {what}.",
+            api.slug, api.auth_mode
+        ),
+    )
 }
 
 /// The credential from where the API says to read it; `X-API-Key` is always accepted for keys.
 fn read_credential(req: &Request, api: &Api) -> Result<Option<String>, Error> {
     let x_api_key = header(req, "x-api-key");
     match api.credential().source()? {
-        CredentialSource::Authorization => {
-            extract_credential(header(req, "authorization").as_deref(), x_api_key.as_deref()).map_err(Error::invalid_credential)
-        }
-        CredentialSource::Header(name) => Ok(header(req, &name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).or(x_api_key)),
+        CredentialSource::Authorization => extract_credential(
+            header(req, "authorization").as_deref(),
+            x_api_key.as_deref(),
+        )
+        .map_err(Error::invalid_credential),
+        CredentialSource::Header(name) => Ok(header(req, &name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .or(x_api_key)),
         CredentialSource::Query(name) => {
             let url = req.url()?;
-            let found = url.query_pairs().find(|(k, _)| *k == name).map(|(_, v)| v.into_owned()).filter(|v| !v.is_empty());
+            let found = url
+                .query_pairs()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.into_owned())
+                .filter(|v| !v.is_empty());
             Ok(found.or(x_api_key))
         }
     }
 }
 
-async fn authenticate_key(env: &Env, ctx: &Context, db: &D1Database, api: &Api, credential: &str) -> Result<Caller, Error> {
-    let key = ConsumerKey::parse(credential).map_err(|e| Error::invalid_credential(format!("Not a valid consumer key: {}.", e.describe())))?;
-    let found = d1::key_by_hash(db, &api.project_id, &key.hash()).await?
-        .ok_or_else(|| Error::invalid_credential("This consumer key is unknown or has been revoked."))?;
+async fn authenticate_key(
+    env: &Env,
+    ctx: &Context,
+    db: &D1Database,
+    api: &Api,
+    credential: &str,
+) -> Result<Caller, Error> {
+    let key = ConsumerKey::parse(credential).map_err(|e| {
+        Error::invalid_credential(format!("Not a valid consumer key: {}.", e.describe()))
+    })?;
+    let found = d1::key_by_hash(db, &api.project_id, &key.hash())
+        .await?
+        .ok_or_else(|| {
+            Error::invalid_credential("This consumer key is unknown or has been revoked.")
+        })?;
     accept_key(env, ctx, found)
 }
 
@@ -352,7 +524,15 @@ struct Outcome {
 /// apply at once), its model list (403), its max_tokens cap (forced upstream), then one call to the
 /// consumer's counter that checks every window and reserves the tokens (429 if any refuses). If the
 /// counter cannot be reached the request is refused with 503, never let through unmetered.
-async fn admit(env: &Env, db: &D1Database, api: &Api, caller: &Caller, prefetched: Option<Plan>, chat: &mut ChatRequest, now: i64) -> Result<Admission, Error> {
+async fn admit(
+    env: &Env,
+    db: &D1Database,
+    api: &Api,
+    caller: &Caller,
+    prefetched: Option<Plan>,
+    chat: &mut ChatRequest,
+    now: i64,
+) -> Result<Admission, Error> {
     let plan: Plan = match prefetched {
         Some(plan) => plan,
         None => d1::plan_for(db, &api.id, &caller.consumer_id).await?,
@@ -365,23 +545,50 @@ async fn admit(env: &Env, db: &D1Database, api: &Api, caller: &Caller, prefetche
         completion: metering.max_tokens.unwrap_or(TOKEN_STEP),
         flexible: metering.max_tokens.is_none(),
     };
-    let op = CounterRequest::Admit { now, limits: plan.limits.clone(), lease_id: lease_id.clone(), reservation, stream: chat.stream };
+    let op = CounterRequest::Admit {
+        now,
+        limits: plan.limits.clone(),
+        lease_id: lease_id.clone(),
+        reservation,
+        stream: chat.stream,
+    };
     let (granted, windows) = match counter::call(env, &api.id, &caller.consumer_id, &op).await? {
         CounterReply::Admitted { granted, windows } => (granted, windows),
         CounterReply::Refused { refusal, windows } => {
-            return Err(refusal.to_error(&plan.name).with_headers(rate_limit_headers(&windows, now)));
+            return Err(refusal
+                .to_error(&plan.name)
+                .with_headers(rate_limit_headers(&windows, now)));
         }
-        _ => return Err(Error::internal("The counter answered an admission with something else.")),
+        _ => {
+            return Err(Error::internal(
+                "The counter answered an admission with something else.",
+            ))
+        }
     };
     let record = UsageRecord {
-        id: lease_id.clone(), created_at: now, project_id: api.project_id.clone(), api_id: api.id.clone(),
-        consumer_id: caller.consumer_id.clone(), key_id: caller.key_id.clone(), session_id: caller.session_id.clone(),
-        model: chat.model.clone(), plan: plan.name.clone(), ..UsageRecord::default()
+        id: lease_id.clone(),
+        created_at: now,
+        project_id: api.project_id.clone(),
+        api_id: api.id.clone(),
+        consumer_id: caller.consumer_id.clone(),
+        key_id: caller.key_id.clone(),
+        session_id: caller.session_id.clone(),
+        model: chat.model.clone(),
+        plan: plan.name.clone(),
+        ..UsageRecord::default()
     };
     Ok(Admission {
-        env: env.clone(), api_id: api.id.clone(), consumer_id: caller.consumer_id.clone(), lease_id, limits: plan.limits,
-        plan_name: plan.name, windows, granted, prompt_estimate: metering.prompt_estimate,
-        client_wants_usage: metering.client_wants_usage, record,
+        env: env.clone(),
+        api_id: api.id.clone(),
+        consumer_id: caller.consumer_id.clone(),
+        lease_id,
+        limits: plan.limits,
+        plan_name: plan.name,
+        windows,
+        granted,
+        prompt_estimate: metering.prompt_estimate,
+        client_wants_usage: metering.client_wants_usage,
+        record,
     })
 }
 
@@ -402,8 +609,13 @@ impl Admission {
                 record.total_tokens = u.total_tokens;
             }
             None => {
-                let admitted_without_upstream = outcome.status >= 400 && outcome.completion_estimate == 0;
-                record.prompt_tokens = if admitted_without_upstream { 0 } else { self.prompt_estimate };
+                let admitted_without_upstream =
+                    outcome.status >= 400 && outcome.completion_estimate == 0;
+                record.prompt_tokens = if admitted_without_upstream {
+                    0
+                } else {
+                    self.prompt_estimate
+                };
                 record.completion_tokens = outcome.completion_estimate;
                 record.total_tokens = record.prompt_tokens + record.completion_tokens;
                 record.estimated = !admitted_without_upstream;
@@ -412,7 +624,11 @@ impl Admission {
         record.status = outcome.status;
         record.latency_ms = (now - self.record.created_at).max(0) as u64;
         record.ttft_ms = outcome.ttft_ms;
-        CounterRequest::Settle { now, lease_id: self.lease_id.clone(), record }
+        CounterRequest::Settle {
+            now,
+            lease_id: self.lease_id.clone(),
+            record,
+        }
     }
 
     /// Settles the lease and files the usage record before the client sees the end of the answer, so
@@ -437,13 +653,25 @@ enum Answer {
 /// Phase 5 — forward: the built-in demo answers in the worker; otherwise the gateway calls the API's
 /// upstream itself with the owner's provider key (client credentials never travel upstream). No
 /// answer within the API's timeout → 504; unreachable → 502.
-async fn forward(env: &Env, api: &Api, chat: &ChatRequest, passthrough: Option<(CredentialSource, String)>) -> Result<Answer, Error> {
+async fn forward(
+    env: &Env,
+    api: &Api,
+    chat: &ChatRequest,
+    passthrough: Option<(CredentialSource, String)>,
+) -> Result<Answer, Error> {
     if api.upstream_base_url == "demo" {
         return Ok(demo_answer(chat));
     }
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
-    headers.set("accept", if chat.stream { "text/event-stream" } else { "application/json" })?;
+    headers.set(
+        "accept",
+        if chat.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        },
+    )?;
     if let Some(sealed) = &api.upstream_key_enc {
         let secret = encryption_secret(env)?;
         let key = crypto::open(&secret, sealed)
@@ -453,17 +681,23 @@ async fn forward(env: &Env, api: &Api, chat: &ChatRequest, passthrough: Option<(
     let mut url = upstream::chat_url(&api.upstream_base_url);
     match passthrough {
         // The provider key, when set, keeps the Authorization header.
-        Some((CredentialSource::Authorization, c)) if api.upstream_key_enc.is_none() => headers.set("authorization", &format!("Bearer {c}"))?,
+        Some((CredentialSource::Authorization, c)) if api.upstream_key_enc.is_none() => {
+            headers.set("authorization", &format!("Bearer {c}"))?
+        }
         Some((CredentialSource::Header(name), c)) => headers.set(&name, &c)?,
         Some((CredentialSource::Query(name), c)) => {
-            let pair: String = form_urlencoded::Serializer::new(String::new()).append_pair(&name, &c).finish();
+            let pair: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair(&name, &c)
+                .finish();
             url = format!("{url}?{pair}");
         }
         _ => {}
     }
     let body = Value::Object(chat.body.clone()).to_string();
     let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(&body)));
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(JsValue::from_str(&body)));
     let request = Request::new_with_init(&url, &init)?;
 
     let controller = AbortController::default();
@@ -474,7 +708,11 @@ async fn forward(env: &Env, api: &Api, chat: &ChatRequest, passthrough: Option<(
     let deadline = Box::pin(Delay::from(Duration::from_millis(u64::from(timeout_ms))));
     let mut response = match select(sent, deadline).await {
         Either::Left((Ok(resp), _)) => resp,
-        Either::Left((Err(e), _)) => return Err(Error::upstream(format!("The upstream could not be reached: {e}."))),
+        Either::Left((Err(e), _)) => {
+            return Err(Error::upstream(format!(
+                "The upstream could not be reached: {e}."
+            )))
+        }
         Either::Right(_) => {
             controller.abort();
             return Err(Error::upstream_timeout(timeout_ms));
@@ -487,10 +725,15 @@ async fn forward(env: &Env, api: &Api, chat: &ChatRequest, passthrough: Option<(
         return Err(upstream::upstream_failure(status, &body, retry_after));
     }
     if chat.stream {
-        let body = response.stream()?.map(|chunk| chunk.map_err(|e| e.to_string()));
+        let body = response
+            .stream()?
+            .map(|chunk| chunk.map_err(|e| e.to_string()));
         Ok(Answer::Stream(Box::pin(body), Some(controller)))
     } else {
-        let bytes = response.bytes().await.map_err(|e| Error::upstream(format!("The upstream answer broke off: {e}.")))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Error::upstream(format!("The upstream answer broke off: {e}.")))?;
         Ok(Answer::Json(bytes))
     }
 }
@@ -511,7 +754,11 @@ async fn read_limited(response: &mut Response, limit: usize) -> Vec<u8> {
 
 /// The built-in `demo` upstream: a deterministic reply, streamed token by token with small delays.
 fn demo_answer(chat: &ChatRequest) -> Answer {
-    let reply = DemoReply::new(&Value::Object(chat.body.clone()), &chat.model, now_ms() / 1000);
+    let reply = DemoReply::new(
+        &Value::Object(chat.body.clone()),
+        &chat.model,
+        now_ms() / 1000,
+    );
     if !chat.stream {
         return Answer::Json(reply.completion().to_string().into_bytes());
     }
@@ -528,9 +775,19 @@ fn demo_answer(chat: &ChatRequest) -> Answer {
 /// `[DONE]`. However the stream ends, the upstream is cancelled if still running and the lease is
 /// settled once: before the final bytes when the stream ends (done, cut, quota), or from the
 /// runtime's wait_until when the client goes away.
-fn relay(ctx: &Context, admission: Admission, strip_usage: bool, body: Body, abort: Option<AbortController>) -> impl Stream<Item = Result<Vec<u8>, worker::Error>> {
+fn relay(
+    ctx: &Context,
+    admission: Admission,
+    strip_usage: bool,
+    body: Body,
+    abort: Option<AbortController>,
+) -> impl Stream<Item = Result<Vec<u8>, worker::Error>> {
     let (tx, rx) = oneshot::channel::<CounterRequest>();
-    let (env, api_id, consumer_id) = (admission.env.clone(), admission.api_id.clone(), admission.consumer_id.clone());
+    let (env, api_id, consumer_id) = (
+        admission.env.clone(),
+        admission.api_id.clone(),
+        admission.consumer_id.clone(),
+    );
     ctx.wait_until(async move {
         if let Ok(op) = rx.await {
             if let Err(e) = counter::call(&env, &api_id, &consumer_id, &op).await {
@@ -539,8 +796,19 @@ fn relay(ctx: &Context, admission: Admission, strip_usage: bool, body: Body, abo
         }
     });
     let budget = admission.meters_tokens().then_some(admission.granted);
-    let state = MeteredStream { body, relay: Relay::new(strip_usage, budget), admission, settle: Some(tx), abort, ttft_ms: None, end_status: None, done: false };
-    stream::unfold(state, |mut s| async move { s.next_bytes().await.map(|bytes| (Ok(bytes), s)) })
+    let state = MeteredStream {
+        body,
+        relay: Relay::new(strip_usage, budget),
+        admission,
+        settle: Some(tx),
+        abort,
+        ttft_ms: None,
+        end_status: None,
+        done: false,
+    };
+    stream::unfold(state, |mut s| async move {
+        s.next_bytes().await.map(|bytes| (Ok(bytes), s))
+    })
 }
 
 struct MeteredStream {
@@ -568,17 +836,24 @@ impl MeteredStream {
                     }
                     bytes
                 }
-                Some(Err(e)) => self.relay.on_error(&Error::new(502, "upstream-stream-interrupted",
-                    "The upstream stream ended early", format!("The upstream connection failed mid-stream: {e}."))),
+                Some(Err(e)) => self.relay.on_error(&Error::new(
+                    502,
+                    "upstream-stream-interrupted",
+                    "The upstream stream ended early",
+                    format!("The upstream connection failed mid-stream: {e}."),
+                )),
                 None => self.relay.on_end(),
             };
             if self.relay.is_finished() && !self.done {
-                let status = self.end_status.unwrap_or(if bytes.is_empty() { 200 } else { 502 });
+                let status = self
+                    .end_status
+                    .unwrap_or(if bytes.is_empty() { 200 } else { 502 });
                 self.finish(status).await;
             }
             if !bytes.is_empty() {
                 if self.ttft_ms.is_none() {
-                    self.ttft_ms = Some((now_ms() - self.admission.record.created_at).max(0) as u64);
+                    self.ttft_ms =
+                        Some((now_ms() - self.admission.record.created_at).max(0) as u64);
                 }
                 return Some(bytes);
             }
@@ -590,7 +865,12 @@ impl MeteredStream {
     async fn extend_budget(&mut self) -> (Vec<u8>, Next) {
         let now = now_ms();
         let a = &self.admission;
-        let op = CounterRequest::Extend { now, limits: a.limits.clone(), lease_id: a.lease_id.clone(), want: TOKEN_STEP };
+        let op = CounterRequest::Extend {
+            now,
+            limits: a.limits.clone(),
+            lease_id: a.lease_id.clone(),
+            want: TOKEN_STEP,
+        };
         match counter::call(&a.env, &a.api_id, &a.consumer_id, &op).await {
             Ok(CounterReply::Extended { granted, .. }) if granted > 0 => self.relay.grant(granted),
             Ok(CounterReply::Extended { windows, .. }) => {
@@ -622,7 +902,12 @@ impl MeteredStream {
     }
 
     fn outcome(&self, status: u16) -> Outcome {
-        Outcome { status, usage: self.relay.usage(), completion_estimate: self.relay.completion_estimate(), ttft_ms: self.ttft_ms }
+        Outcome {
+            status,
+            usage: self.relay.usage(),
+            completion_estimate: self.relay.completion_estimate(),
+            ttft_ms: self.ttft_ms,
+        }
     }
 }
 

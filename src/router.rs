@@ -6,46 +6,126 @@ use crate::error::Error;
 pub enum Route {
     Health,
     /// A browser file the gateway serves (see `assets`).
-    Asset { path: String },
-    ChatCompletions { project: String, api: String },
-    ListModels { project: String, api: String },
-    ConsumerUsage { project: String, api: String },
-    OtpStart { project: String },
-    OtpVerify { project: String },
-    Refresh { project: String },
-    Logout { project: String },
-    Me { project: String },
-    TokenExchange { project: String },
-    Jwks { project: String },
+    Asset {
+        path: String,
+    },
+    ChatCompletions {
+        project: String,
+        api: String,
+    },
+    ListModels {
+        project: String,
+        api: String,
+    },
+    ConsumerUsage {
+        project: String,
+        api: String,
+    },
+    OtpStart {
+        project: String,
+    },
+    OtpVerify {
+        project: String,
+    },
+    Refresh {
+        project: String,
+    },
+    Logout {
+        project: String,
+    },
+    Me {
+        project: String,
+    },
+    TokenExchange {
+        project: String,
+    },
+    Jwks {
+        project: String,
+    },
     /// A CORS preflight for any end-user route of a project.
-    Preflight { project: String },
+    Preflight {
+        project: String,
+    },
     DevMailbox,
-    GetProject { project: String },
-    PatchProject { project: String },
-    RotateSigningKey { project: String },
-    AuthEvents { project: String },
-    SetAuthMode { api: String },
+    GetProject {
+        project: String,
+    },
+    PatchProject {
+        project: String,
+    },
+    RotateSigningKey {
+        project: String,
+    },
+    AuthEvents {
+        project: String,
+    },
+    SetAuthMode {
+        api: String,
+    },
     ListProjects,
     CreateProject,
     ListApis,
     CreateApi,
-    GetApi { id: String },
-    PatchApi { id: String },
-    ListPlans { api: String },
-    CreatePlan { api: String },
-    PatchPlan { api: String, plan: Option<String> },
-    SetConsumerPlan { api: String, consumer: String },
-    ApiUsage { api: String },
-    ListConsumers { project: String },
-    CreateConsumer { project: String },
-    GetConsumer { project: String, id: String },
-    PatchConsumer { project: String, id: String },
-    CreateKey { project: String, consumer: String },
-    ListKeys { project: String },
-    RevokeKey { project: String, id: String },
-    ListJwtCredentials { project: String, consumer: String },
-    CreateJwtCredential { project: String, consumer: String },
-    RevokeJwtCredential { project: String, id: String },
+    GetApi {
+        id: String,
+    },
+    PatchApi {
+        id: String,
+    },
+    ListPlans {
+        api: String,
+    },
+    CreatePlan {
+        api: String,
+    },
+    PatchPlan {
+        api: String,
+        plan: Option<String>,
+    },
+    SetConsumerPlan {
+        api: String,
+        consumer: String,
+    },
+    ApiUsage {
+        api: String,
+    },
+    ListConsumers {
+        project: String,
+    },
+    CreateConsumer {
+        project: String,
+    },
+    GetConsumer {
+        project: String,
+        id: String,
+    },
+    PatchConsumer {
+        project: String,
+        id: String,
+    },
+    CreateKey {
+        project: String,
+        consumer: String,
+    },
+    ListKeys {
+        project: String,
+    },
+    RevokeKey {
+        project: String,
+        id: String,
+    },
+    ListJwtCredentials {
+        project: String,
+        consumer: String,
+    },
+    CreateJwtCredential {
+        project: String,
+        consumer: String,
+    },
+    RevokeJwtCredential {
+        project: String,
+        id: String,
+    },
 }
 
 /// Whether a route belongs to the owner's admin API (needs ADMIN_TOKEN).
@@ -100,7 +180,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
     // Each arm lists the methods a path accepts; the first that matches the method wins.
     if method == "OPTIONS" {
         if let ["v1", project, _, ..] = segs.as_slice() {
-            return Ok(Route::Preflight { project: project.to_string() });
+            return Ok(Route::Preflight {
+                project: project.to_string(),
+            });
         }
     }
     let post = |r: Route| ("POST", (method == "POST").then_some(r));
@@ -114,26 +196,50 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
         ["v1", _, "auth", "me"] => get(Route::Me { project: s(1) }),
         ["v1", _, "auth", "token"] => post(Route::TokenExchange { project: s(1) }),
         ["v1", _, ".well-known", "jwks.json"] => get(Route::Jwks { project: s(1) }),
-        ["api", "v1", "projects", _] => ("GET, PATCH", match method {
-            "GET" => Some(Route::GetProject { project: s(3) }),
-            "PATCH" => Some(Route::PatchProject { project: s(3) }),
-            _ => None,
-        }),
-        ["api", "v1", "projects", _, "consumers", _, "jwt-credentials"] => ("GET, POST", match method {
-            "GET" => Some(Route::ListJwtCredentials { project: s(3), consumer: s(5) }),
-            "POST" => Some(Route::CreateJwtCredential { project: s(3), consumer: s(5) }),
-            _ => None,
-        }),
-        ["api", "v1", "projects", _, "jwt-credentials", _] => {
-            ("DELETE", (method == "DELETE").then(|| Route::RevokeJwtCredential { project: s(3), id: s(5) }))
+        ["api", "v1", "projects", _] => (
+            "GET, PATCH",
+            match method {
+                "GET" => Some(Route::GetProject { project: s(3) }),
+                "PATCH" => Some(Route::PatchProject { project: s(3) }),
+                _ => None,
+            },
+        ),
+        ["api", "v1", "projects", _, "consumers", _, "jwt-credentials"] => (
+            "GET, POST",
+            match method {
+                "GET" => Some(Route::ListJwtCredentials {
+                    project: s(3),
+                    consumer: s(5),
+                }),
+                "POST" => Some(Route::CreateJwtCredential {
+                    project: s(3),
+                    consumer: s(5),
+                }),
+                _ => None,
+            },
+        ),
+        ["api", "v1", "projects", _, "jwt-credentials", _] => (
+            "DELETE",
+            (method == "DELETE").then(|| Route::RevokeJwtCredential {
+                project: s(3),
+                id: s(5),
+            }),
+        ),
+        ["api", "v1", "projects", _, "signing-keys", "rotate"] => {
+            post(Route::RotateSigningKey { project: s(3) })
         }
-        ["api", "v1", "projects", _, "signing-keys", "rotate"] => post(Route::RotateSigningKey { project: s(3) }),
         ["api", "v1", "projects", _, "auth-events"] => get(Route::AuthEvents { project: s(3) }),
-        ["api", "v1", "gateway", "apis", _, "auth-mode"] => ("PUT", (method == "PUT").then(|| Route::SetAuthMode { api: s(4) })),
+        ["api", "v1", "gateway", "apis", _, "auth-mode"] => (
+            "PUT",
+            (method == "PUT").then(|| Route::SetAuthMode { api: s(4) }),
+        ),
         ["health"] => ("GET", (method == "GET").then_some(Route::Health)),
-        [] | ["index.html"] | ["chat.js"] | ["sdk.js"] | ["sdk.d.ts"] => {
-            ("GET, HEAD", matches!(method, "GET" | "HEAD").then(|| Route::Asset { path: format!("/{}", segs.join("/")) }))
-        }
+        [] | ["index.html"] | ["chat.js"] | ["sdk.js"] | ["sdk.d.ts"] => (
+            "GET, HEAD",
+            matches!(method, "GET" | "HEAD").then(|| Route::Asset {
+                path: format!("/{}", segs.join("/")),
+            }),
+        ),
         ["v1", _, _, "chat", "completions"] => (
             "POST",
             (method == "POST").then(|| Route::ChatCompletions {
@@ -148,20 +254,43 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
                 api: s(2),
             }),
         ),
-        ["v1", _, _, "usage"] => ("GET", (method == "GET").then(|| Route::ConsumerUsage { project: s(1), api: s(2) })),
-        ["api", "v1", "gateway", "apis", _, "plans"] => ("GET, POST, PATCH", match method {
-            "GET" => Some(Route::ListPlans { api: s(4) }),
-            "POST" => Some(Route::CreatePlan { api: s(4) }),
-            "PATCH" => Some(Route::PatchPlan { api: s(4), plan: None }),
-            _ => None,
-        }),
-        ["api", "v1", "gateway", "apis", _, "plans", _] => {
-            ("PATCH", (method == "PATCH").then(|| Route::PatchPlan { api: s(4), plan: Some(s(6)) }))
-        }
-        ["api", "v1", "gateway", "apis", _, "consumers", _, "plan"] => {
-            ("PUT", (method == "PUT").then(|| Route::SetConsumerPlan { api: s(4), consumer: s(6) }))
-        }
-        ["api", "v1", "gateway", "apis", _, "usage"] => ("GET", (method == "GET").then(|| Route::ApiUsage { api: s(4) })),
+        ["v1", _, _, "usage"] => (
+            "GET",
+            (method == "GET").then(|| Route::ConsumerUsage {
+                project: s(1),
+                api: s(2),
+            }),
+        ),
+        ["api", "v1", "gateway", "apis", _, "plans"] => (
+            "GET, POST, PATCH",
+            match method {
+                "GET" => Some(Route::ListPlans { api: s(4) }),
+                "POST" => Some(Route::CreatePlan { api: s(4) }),
+                "PATCH" => Some(Route::PatchPlan {
+                    api: s(4),
+                    plan: None,
+                }),
+                _ => None,
+            },
+        ),
+        ["api", "v1", "gateway", "apis", _, "plans", _] => (
+            "PATCH",
+            (method == "PATCH").then(|| Route::PatchPlan {
+                api: s(4),
+                plan: Some(s(6)),
+            }),
+        ),
+        ["api", "v1", "gateway", "apis", _, "consumers", _, "plan"] => (
+            "PUT",
+            (method == "PUT").then(|| Route::SetConsumerPlan {
+                api: s(4),
+                consumer: s(6),
+            }),
+        ),
+        ["api", "v1", "gateway", "apis", _, "usage"] => (
+            "GET",
+            (method == "GET").then(|| Route::ApiUsage { api: s(4) }),
+        ),
         ["api", "v1", "projects"] => (
             "GET, POST",
             match method {
@@ -292,25 +421,90 @@ mod tests {
 
     #[test]
     fn plan_and_usage_routes() {
-        assert_eq!(route("GET", "/v1/demo/chat/usage"), Ok(Route::ConsumerUsage { project: "demo".into(), api: "chat".into() }));
+        assert_eq!(
+            route("GET", "/v1/demo/chat/usage"),
+            Ok(Route::ConsumerUsage {
+                project: "demo".into(),
+                api: "chat".into()
+            })
+        );
         assert!(!route("GET", "/v1/demo/chat/usage").unwrap().is_admin());
-        assert_eq!(route("PATCH", "/api/v1/gateway/apis/a1/plans"), Ok(Route::PatchPlan { api: "a1".into(), plan: None }));
-        assert_eq!(route("PATCH", "/api/v1/gateway/apis/a1/plans/pro"), Ok(Route::PatchPlan { api: "a1".into(), plan: Some("pro".into()) }));
-        assert_eq!(route("PUT", "/api/v1/gateway/apis/a1/consumers/c1/plan"), Ok(Route::SetConsumerPlan { api: "a1".into(), consumer: "c1".into() }));
-        assert_eq!(route("GET", "/api/v1/gateway/apis/a1/usage"), Ok(Route::ApiUsage { api: "a1".into() }));
-        assert_eq!(route("POST", "/api/v1/gateway/apis/a1/usage").unwrap_err().status, 405);
+        assert_eq!(
+            route("PATCH", "/api/v1/gateway/apis/a1/plans"),
+            Ok(Route::PatchPlan {
+                api: "a1".into(),
+                plan: None
+            })
+        );
+        assert_eq!(
+            route("PATCH", "/api/v1/gateway/apis/a1/plans/pro"),
+            Ok(Route::PatchPlan {
+                api: "a1".into(),
+                plan: Some("pro".into())
+            })
+        );
+        assert_eq!(
+            route("PUT", "/api/v1/gateway/apis/a1/consumers/c1/plan"),
+            Ok(Route::SetConsumerPlan {
+                api: "a1".into(),
+                consumer: "c1".into()
+            })
+        );
+        assert_eq!(
+            route("GET", "/api/v1/gateway/apis/a1/usage"),
+            Ok(Route::ApiUsage { api: "a1".into() })
+        );
+        assert_eq!(
+            route("POST", "/api/v1/gateway/apis/a1/usage")
+                .unwrap_err()
+                .status,
+            405
+        );
     }
 
     #[test]
     fn auth_routes_and_preflight() {
-        assert_eq!(route("POST", "/v1/demo/auth/otp/start"), Ok(Route::OtpStart { project: "demo".into() }));
-        assert_eq!(route("GET", "/v1/demo/.well-known/jwks.json"), Ok(Route::Jwks { project: "demo".into() }));
-        assert_eq!(route("OPTIONS", "/v1/demo/chat/chat/completions"), Ok(Route::Preflight { project: "demo".into() }));
-        assert_eq!(route("GET", "/v1/demo/auth/refresh").unwrap_err().status, 405);
-        assert_eq!(route("PUT", "/api/v1/gateway/apis/a/auth-mode"), Ok(Route::SetAuthMode { api: "a".into() }));
-        assert!(!Route::OtpVerify { project: "p".into() }.is_admin());
-        assert!(Route::PatchProject { project: "p".into() }.is_admin());
-        assert_eq!(Route::Me { project: "p".into() }.cors_project(), Some("p"));
+        assert_eq!(
+            route("POST", "/v1/demo/auth/otp/start"),
+            Ok(Route::OtpStart {
+                project: "demo".into()
+            })
+        );
+        assert_eq!(
+            route("GET", "/v1/demo/.well-known/jwks.json"),
+            Ok(Route::Jwks {
+                project: "demo".into()
+            })
+        );
+        assert_eq!(
+            route("OPTIONS", "/v1/demo/chat/chat/completions"),
+            Ok(Route::Preflight {
+                project: "demo".into()
+            })
+        );
+        assert_eq!(
+            route("GET", "/v1/demo/auth/refresh").unwrap_err().status,
+            405
+        );
+        assert_eq!(
+            route("PUT", "/api/v1/gateway/apis/a/auth-mode"),
+            Ok(Route::SetAuthMode { api: "a".into() })
+        );
+        assert!(!Route::OtpVerify {
+            project: "p".into()
+        }
+        .is_admin());
+        assert!(Route::PatchProject {
+            project: "p".into()
+        }
+        .is_admin());
+        assert_eq!(
+            Route::Me {
+                project: "p".into()
+            }
+            .cors_project(),
+            Some("p")
+        );
         assert_eq!(Route::CreateProject.cors_project(), None);
     }
 

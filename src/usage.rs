@@ -76,7 +76,13 @@ pub struct UsageQuery {
 impl UsageQuery {
     /// Defaults: the last 30 days up to now.
     pub fn parse(pairs: &[(String, String)], now: i64) -> Result<UsageQuery, Error> {
-        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty());
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .filter(|v| !v.is_empty())
+        };
         let time = |k: &str, default: i64| -> Result<i64, Error> {
             match get(k) {
                 None => Ok(default),
@@ -93,9 +99,18 @@ impl UsageQuery {
             Some("consumer") => Some(GroupBy::Consumer),
             Some("model") => Some(GroupBy::Model),
             Some("day") => Some(GroupBy::Day),
-            Some(other) => return Err(Error::invalid_request(format!("`group_by` must be consumer, model or day, not `{other}`"))),
+            Some(other) => {
+                return Err(Error::invalid_request(format!(
+                    "`group_by` must be consumer, model or day, not `{other}`"
+                )))
+            }
         };
-        Ok(UsageQuery { from, to, consumer: get("consumer").map(str::to_string), group_by })
+        Ok(UsageQuery {
+            from,
+            to,
+            consumer: get("consumer").map(str::to_string),
+            group_by,
+        })
     }
 }
 
@@ -104,7 +119,9 @@ mod tests {
     use super::*;
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -112,7 +129,15 @@ mod tests {
         let now = parse_rfc3339("2026-11-22T00:00:00Z").unwrap();
         let q = UsageQuery::parse(&[], now).unwrap();
         assert_eq!((q.to, q.from), (now, now - 30 * 86_400_000));
-        let q = UsageQuery::parse(&pairs(&[("from", "2026-11-01"), ("group_by", "day"), ("consumer", "con_1")]), now).unwrap();
+        let q = UsageQuery::parse(
+            &pairs(&[
+                ("from", "2026-11-01"),
+                ("group_by", "day"),
+                ("consumer", "con_1"),
+            ]),
+            now,
+        )
+        .unwrap();
         assert_eq!(q.group_by, Some(GroupBy::Day));
         assert_eq!(q.consumer.as_deref(), Some("con_1"));
         assert_eq!(rfc3339(q.from), "2026-11-01T00:00:00.000Z");

@@ -87,7 +87,9 @@ impl AuthModeChange {
     pub fn validate(&self, dev: bool) -> Result<(AuthMode, Option<ByoJwtConfig>), Error> {
         let mode = AuthMode::parse(&self.auth_mode)?;
         match (mode, &self.byo_jwt_config) {
-            (AuthMode::ByoJwt, None) => Err(Error::invalid_request("byo-jwt needs `byo_jwt_config` with at least `jwks_url`")),
+            (AuthMode::ByoJwt, None) => Err(Error::invalid_request(
+                "byo-jwt needs `byo_jwt_config` with at least `jwks_url`",
+            )),
             (AuthMode::ByoJwt, Some(c)) => {
                 c.validate(dev)?;
                 Ok((mode, Some(c.clone())))
@@ -135,7 +137,9 @@ impl CredentialConfig {
             None | Some("authorization") => Ok(CredentialSource::Authorization),
             Some("header") => Ok(CredentialSource::Header(name()?.to_ascii_lowercase())),
             Some("query") => Ok(CredentialSource::Query(name()?)),
-            Some(other) => Err(Error::invalid_request(format!("`credential.location` must be authorization, header or query, not `{other}`"))),
+            Some(other) => Err(Error::invalid_request(format!(
+                "`credential.location` must be authorization, header or query, not `{other}`"
+            ))),
         }
     }
 }
@@ -143,9 +147,17 @@ impl CredentialConfig {
 /// Parses and checks an IP allowlist.
 pub fn parse_allowlist(entries: &[String]) -> Result<Vec<Cidr>, Error> {
     if entries.len() > 200 {
-        return Err(Error::invalid_request("`ip_allowlist` may hold at most 200 entries"));
+        return Err(Error::invalid_request(
+            "`ip_allowlist` may hold at most 200 entries",
+        ));
     }
-    entries.iter().map(|e| Cidr::parse(e.trim()).map_err(|why| Error::invalid_request(format!("`{e}` is not a CIDR: {why}")))).collect()
+    entries
+        .iter()
+        .map(|e| {
+            Cidr::parse(e.trim())
+                .map_err(|why| Error::invalid_request(format!("`{e}` is not a CIDR: {why}")))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -153,12 +165,20 @@ mod tests {
     use super::*;
 
     fn byo(url: &str) -> ByoJwtConfig {
-        ByoJwtConfig { jwks_url: url.into(), user_id_claim: "sub".into(), issuer: None, audience: None, algorithms: None }
+        ByoJwtConfig {
+            jwks_url: url.into(),
+            user_id_claim: "sub".into(),
+            issuer: None,
+            audience: None,
+            algorithms: None,
+        }
     }
 
     #[test]
     fn jwks_url_must_be_https_outside_dev() {
-        assert!(byo("https://idp.example/.well-known/jwks.json").validate(false).is_ok());
+        assert!(byo("https://idp.example/.well-known/jwks.json")
+            .validate(false)
+            .is_ok());
         assert!(byo("http://127.0.0.1:9/jwks").validate(false).is_err());
         assert!(byo("http://127.0.0.1:9/jwks").validate(true).is_ok());
         assert!(byo("").validate(true).is_err());
@@ -186,17 +206,46 @@ mod tests {
         let change: AuthModeChange = serde_json::from_str(r#"{"auth_mode":"aerostack"}"#).unwrap();
         assert_eq!(change.validate(false).unwrap().0, AuthMode::Managed);
         let change: AuthModeChange = serde_json::from_str(r#"{"auth_mode":"byo-jwt","byo_jwt_config":{"jwks_url":"https://a/b","user_id_claim":"uid"}}"#).unwrap();
-        assert_eq!(change.validate(false).unwrap().1.unwrap().user_id_claim, "uid");
+        assert_eq!(
+            change.validate(false).unwrap().1.unwrap().user_id_claim,
+            "uid"
+        );
     }
 
     #[test]
     fn credential_sources() {
-        assert_eq!(CredentialConfig::default().source().unwrap(), CredentialSource::Authorization);
-        let c = CredentialConfig { location: Some("header".into()), name: Some("X-Token".into()), passthrough: false };
-        assert_eq!(c.source().unwrap(), CredentialSource::Header("x-token".into()));
-        let c = CredentialConfig { location: Some("query".into()), name: Some("key".into()), passthrough: true };
+        assert_eq!(
+            CredentialConfig::default().source().unwrap(),
+            CredentialSource::Authorization
+        );
+        let c = CredentialConfig {
+            location: Some("header".into()),
+            name: Some("X-Token".into()),
+            passthrough: false,
+        };
+        assert_eq!(
+            c.source().unwrap(),
+            CredentialSource::Header("x-token".into())
+        );
+        let c = CredentialConfig {
+            location: Some("query".into()),
+            name: Some("key".into()),
+            passthrough: true,
+        };
         assert_eq!(c.source().unwrap(), CredentialSource::Query("key".into()));
-        assert!(CredentialConfig { location: Some("header".into()), name: None, passthrough: false }.validate().is_err());
-        assert!(CredentialConfig { location: Some("cookie".into()), name: Some("a".into()), passthrough: false }.validate().is_err());
+        assert!(CredentialConfig {
+            location: Some("header".into()),
+            name: None,
+            passthrough: false
+        }
+        .validate()
+        .is_err());
+        assert!(CredentialConfig {
+            location: Some("cookie".into()),
+            name: Some("a".into()),
+            passthrough: false
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -25,7 +25,9 @@ pub enum Decision {
 /// A stale copy, or an unknown `kid`, fetches again, but never within 30 s of the last attempt, so a
 /// failing endpoint is not called on every request while the stale copy is served.
 pub fn decide(now: i64, cached: Option<CacheTimes>, unknown_kid: bool) -> Decision {
-    let Some(c) = cached else { return Decision::Fetch };
+    let Some(c) = cached else {
+        return Decision::Fetch;
+    };
     let stale = now - c.fetched_at >= FRESH_MS;
     let since_attempt = now - c.refetched_at.max(c.fetched_at);
     if (stale || unknown_kid) && since_attempt >= REFETCH_GAP_MS {
@@ -50,7 +52,10 @@ pub fn peek_kid(token: &str) -> Option<String> {
 /// Whether a credential has the shape of a JWT (three base64url parts).
 pub fn looks_like_jwt(s: &str) -> bool {
     let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 3 && parts[..2].iter().all(|p| !p.is_empty()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'='))
+    parts.len() == 3
+        && parts[..2].iter().all(|p| !p.is_empty())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'='))
 }
 
 #[cfg(test)]
@@ -59,19 +64,45 @@ mod tests {
 
     #[test]
     fn fresh_stale_and_unknown_kid() {
-        let c = CacheTimes { fetched_at: 0, refetched_at: 0 };
+        let c = CacheTimes {
+            fetched_at: 0,
+            refetched_at: 0,
+        };
         assert_eq!(decide(0, None, false), Decision::Fetch);
         assert_eq!(decide(FRESH_MS - 1, Some(c), false), Decision::UseCache);
         assert_eq!(decide(FRESH_MS, Some(c), false), Decision::Fetch);
-        assert_eq!(decide(REFETCH_GAP_MS - 1, Some(c), true), Decision::UseCache, "too soon after the fetch");
+        assert_eq!(
+            decide(REFETCH_GAP_MS - 1, Some(c), true),
+            Decision::UseCache,
+            "too soon after the fetch"
+        );
         assert_eq!(decide(REFETCH_GAP_MS, Some(c), true), Decision::Fetch);
-        let recently = CacheTimes { fetched_at: 0, refetched_at: 100_000 };
-        assert_eq!(decide(100_000 + REFETCH_GAP_MS - 1, Some(recently), true), Decision::UseCache, "one refetch per 30 s");
-        assert_eq!(decide(100_000 + REFETCH_GAP_MS, Some(recently), true), Decision::Fetch);
+        let recently = CacheTimes {
+            fetched_at: 0,
+            refetched_at: 100_000,
+        };
+        assert_eq!(
+            decide(100_000 + REFETCH_GAP_MS - 1, Some(recently), true),
+            Decision::UseCache,
+            "one refetch per 30 s"
+        );
+        assert_eq!(
+            decide(100_000 + REFETCH_GAP_MS, Some(recently), true),
+            Decision::Fetch
+        );
         // Stale, and the last attempt (failed) was just now: serve the stale copy, do not hammer.
-        let failing = CacheTimes { fetched_at: 0, refetched_at: 2 * FRESH_MS };
-        assert_eq!(decide(2 * FRESH_MS + 1_000, Some(failing), false), Decision::UseCache);
-        assert_eq!(decide(2 * FRESH_MS + REFETCH_GAP_MS, Some(failing), false), Decision::Fetch);
+        let failing = CacheTimes {
+            fetched_at: 0,
+            refetched_at: 2 * FRESH_MS,
+        };
+        assert_eq!(
+            decide(2 * FRESH_MS + 1_000, Some(failing), false),
+            Decision::UseCache
+        );
+        assert_eq!(
+            decide(2 * FRESH_MS + REFETCH_GAP_MS, Some(failing), false),
+            Decision::Fetch
+        );
     }
 
     #[test]
@@ -81,7 +112,10 @@ mod tests {
         assert_eq!(peek_kid(&token).as_deref(), Some("k1"));
         assert!(looks_like_jwt(&token));
         assert_eq!(peek_kid("!!.x.y"), None);
-        assert_eq!(peek_kid(&format!("{}.e30.s", URL_SAFE_NO_PAD.encode(b"{}"))), None);
+        assert_eq!(
+            peek_kid(&format!("{}.e30.s", URL_SAFE_NO_PAD.encode(b"{}"))),
+            None
+        );
         assert!(!looks_like_jwt("ask_live_abc"));
         assert!(!looks_like_jwt("a.b"));
         assert!(!looks_like_jwt("a b.c.d"));

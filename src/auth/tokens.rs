@@ -18,7 +18,12 @@ pub fn issuer(project_slug: &str) -> String {
 /// The project's signing key of a given generation: SHA-256 over a label, the (length-prefixed) secret,
 /// the project id and the generation is the Ed25519 seed. Rotating means moving to the next
 /// generation; nothing secret is stored.
-pub fn signing_key(secret: &str, project_id: &str, project_slug: &str, generation: i64) -> SigningKey {
+pub fn signing_key(
+    secret: &str,
+    project_id: &str,
+    project_slug: &str,
+    generation: i64,
+) -> SigningKey {
     let mut h = Sha256::new();
     h.update(b"sluice token signing key v1\0");
     h.update((secret.len() as u64).to_be_bytes());
@@ -34,24 +39,43 @@ pub fn signing_key(secret: &str, project_id: &str, project_slug: &str, generatio
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SluiceToken {
     /// A signed-in end user (managed mode): consumer and session.
-    Access { consumer_id: String, session_id: String },
+    Access {
+        consumer_id: String,
+        session_id: String,
+    },
     /// A consumer key exchanged for a short-lived token: valid while the key is.
     Exchange { consumer_id: String, key_id: String },
 }
 
-pub fn access_claims(project_slug: &str, consumer_id: &str, email: &str, session_id: &str, now_s: i64, ttl_s: i64) -> Map<String, Value> {
+pub fn access_claims(
+    project_slug: &str,
+    consumer_id: &str,
+    email: &str,
+    session_id: &str,
+    now_s: i64,
+    ttl_s: i64,
+) -> Map<String, Value> {
     let Value::Object(claims) = json!({
         "iss": issuer(project_slug), "aud": project_slug, "sub": consumer_id, "email": email,
         "sid": session_id, "typ": "access", "iat": now_s, "exp": now_s + ttl_s,
-    }) else { return Map::new() };
+    }) else {
+        return Map::new();
+    };
     claims
 }
 
-pub fn exchange_claims(project_slug: &str, consumer_id: &str, key_id: &str, now_s: i64) -> Map<String, Value> {
+pub fn exchange_claims(
+    project_slug: &str,
+    consumer_id: &str,
+    key_id: &str,
+    now_s: i64,
+) -> Map<String, Value> {
     let Value::Object(claims) = json!({
         "iss": issuer(project_slug), "aud": project_slug, "sub": consumer_id, "key_id": key_id,
         "typ": "exchange", "iat": now_s, "exp": now_s + EXCHANGE_TTL_S,
-    }) else { return Map::new() };
+    }) else {
+        return Map::new();
+    };
     claims
 }
 
@@ -59,8 +83,14 @@ pub fn exchange_claims(project_slug: &str, consumer_id: &str, key_id: &str, now_
 pub fn classify(claims: &Map<String, Value>) -> Option<SluiceToken> {
     let s = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_string);
     match s("typ")?.as_str() {
-        "access" => Some(SluiceToken::Access { consumer_id: s("sub")?, session_id: s("sid")? }),
-        "exchange" => Some(SluiceToken::Exchange { consumer_id: s("sub")?, key_id: s("key_id")? }),
+        "access" => Some(SluiceToken::Access {
+            consumer_id: s("sub")?,
+            session_id: s("sid")?,
+        }),
+        "exchange" => Some(SluiceToken::Exchange {
+            consumer_id: s("sub")?,
+            key_id: s("key_id")?,
+        }),
         _ => None,
     }
 }
@@ -78,25 +108,51 @@ mod tests {
     #[test]
     fn keys_are_deterministic_per_generation_and_project() {
         let a1 = signing_key("secret-secret-123", "prj_1", "demo", 1);
-        assert_eq!(a1.public_jwk(), signing_key("secret-secret-123", "prj_1", "demo", 1).public_jwk());
-        assert_ne!(a1.public_jwk()["x"], signing_key("secret-secret-123", "prj_1", "demo", 2).public_jwk()["x"]);
-        assert_ne!(a1.public_jwk()["x"], signing_key("secret-secret-123", "prj_2", "demo", 1).public_jwk()["x"]);
-        assert_ne!(a1.public_jwk()["x"], signing_key("other-secret-456", "prj_1", "demo", 1).public_jwk()["x"]);
+        assert_eq!(
+            a1.public_jwk(),
+            signing_key("secret-secret-123", "prj_1", "demo", 1).public_jwk()
+        );
+        assert_ne!(
+            a1.public_jwk()["x"],
+            signing_key("secret-secret-123", "prj_1", "demo", 2).public_jwk()["x"]
+        );
+        assert_ne!(
+            a1.public_jwk()["x"],
+            signing_key("secret-secret-123", "prj_2", "demo", 1).public_jwk()["x"]
+        );
+        assert_ne!(
+            a1.public_jwk()["x"],
+            signing_key("other-secret-456", "prj_1", "demo", 1).public_jwk()["x"]
+        );
         assert!(a1.kid().starts_with(&kid_prefix("demo")));
     }
 
     #[test]
     fn access_token_round_trip() {
         let key = signing_key("secret-secret-123", "prj_1", "demo", 1);
-        let token = key.sign(&access_claims("demo", "con_1", "a@b.co", "ses_1", 1_000, 900));
+        let token = key.sign(&access_claims(
+            "demo", "con_1", "a@b.co", "ses_1", 1_000, 900,
+        ));
         let mut policy = Policy::default_asymmetric();
         policy.issuer = Some(issuer("demo"));
         policy.audience = Some("demo".into());
         let claims = verify(&token, &[key.to_verifying_key()], &policy, 1_100).unwrap();
-        assert_eq!(classify(&claims), Some(SluiceToken::Access { consumer_id: "con_1".into(), session_id: "ses_1".into() }));
+        assert_eq!(
+            classify(&claims),
+            Some(SluiceToken::Access {
+                consumer_id: "con_1".into(),
+                session_id: "ses_1".into()
+            })
+        );
         assert!(verify(&token, &[key.to_verifying_key()], &policy, 1_000 + 900 + 61).is_err());
         let ex = exchange_claims("demo", "con_2", "key_9", 0);
-        assert_eq!(classify(&ex), Some(SluiceToken::Exchange { consumer_id: "con_2".into(), key_id: "key_9".into() }));
+        assert_eq!(
+            classify(&ex),
+            Some(SluiceToken::Exchange {
+                consumer_id: "con_2".into(),
+                key_id: "key_9".into()
+            })
+        );
         assert_eq!(ex["exp"], EXCHANGE_TTL_S);
         let mut other = ex.clone();
         other.insert("typ".into(), "id".into());

@@ -76,10 +76,25 @@ pub struct Refusal {
 impl Refusal {
     /// The refusal for a token budget found spent mid-stream: the token window with the least left.
     pub fn exhausted(windows: &[Window], now: i64) -> Refusal {
-        let w = windows.iter().filter(|w| matches!(w.scope, Scope::TokensPerDay | Scope::TokensPerMonth)).min_by_key(|w| (w.remaining, w.reset_at));
+        let w = windows
+            .iter()
+            .filter(|w| matches!(w.scope, Scope::TokensPerDay | Scope::TokensPerMonth))
+            .min_by_key(|w| (w.remaining, w.reset_at));
         match w {
-            Some(w) => Refusal { scope: w.scope, limit: w.limit, used: w.used, reset_at: w.reset_at, retry_after_s: retry_secs(now, w.reset_at) },
-            None => Refusal { scope: Scope::TokensPerDay, limit: 0, used: 0, reset_at: now, retry_after_s: 1 },
+            Some(w) => Refusal {
+                scope: w.scope,
+                limit: w.limit,
+                used: w.used,
+                reset_at: w.reset_at,
+                retry_after_s: retry_secs(now, w.reset_at),
+            },
+            None => Refusal {
+                scope: Scope::TokensPerDay,
+                limit: 0,
+                used: 0,
+                reset_at: now,
+                retry_after_s: 1,
+            },
         }
     }
 
@@ -91,16 +106,29 @@ impl Refusal {
             Scope::TokensPerMonth => "tokens per month",
             Scope::MaxConcurrentStreams => "concurrent streams",
         };
-        let title = if self.scope.problem_type() == "rate-limited" { "Rate limit reached" } else { "Quota exceeded" };
-        Error::new(429, self.scope.problem_type(), title, format!(
-            "Your plan `{plan}` allows {} {what}; {} used. Try again after {} (in {} s).",
-            self.limit, self.used, rfc3339(self.reset_at), self.retry_after_s))
-            .with_field("scope", self.scope.as_str())
-            .with_field("limit", self.limit)
-            .with_field("used", self.used)
-            .with_field("reset", rfc3339(self.reset_at))
-            .with_field("plan", plan)
-            .with_header("Retry-After", self.retry_after_s.to_string())
+        let title = if self.scope.problem_type() == "rate-limited" {
+            "Rate limit reached"
+        } else {
+            "Quota exceeded"
+        };
+        Error::new(
+            429,
+            self.scope.problem_type(),
+            title,
+            format!(
+                "Your plan `{plan}` allows {} {what}; {} used. Try again after {} (in {} s).",
+                self.limit,
+                self.used,
+                rfc3339(self.reset_at),
+                self.retry_after_s
+            ),
+        )
+        .with_field("scope", self.scope.as_str())
+        .with_field("limit", self.limit)
+        .with_field("used", self.used)
+        .with_field("reset", rfc3339(self.reset_at))
+        .with_field("plan", plan)
+        .with_header("Retry-After", self.retry_after_s.to_string())
     }
 }
 
@@ -149,7 +177,8 @@ impl CounterState {
             self.month_tokens = 0;
         }
         // An unsettled lease whose holder vanished: its reservation counts as spent (it may have been).
-        let (expired, live): (Vec<Lease>, Vec<Lease>) = self.leases.drain(..).partition(|l| l.expires_at <= now);
+        let (expired, live): (Vec<Lease>, Vec<Lease>) =
+            self.leases.drain(..).partition(|l| l.expires_at <= now);
         self.leases = live;
         for l in expired {
             self.day_tokens += l.reserved;
@@ -168,8 +197,12 @@ impl CounterState {
     /// Tokens still free today and this month (`None`: unlimited).
     fn token_room(&self, limits: &Limits) -> Option<u64> {
         let held = self.reserved();
-        let day = limits.tokens_per_day.map(|l| l.saturating_sub(self.day_tokens + held));
-        let month = limits.tokens_per_month.map(|l| l.saturating_sub(self.month_tokens + held));
+        let day = limits
+            .tokens_per_day
+            .map(|l| l.saturating_sub(self.day_tokens + held));
+        let month = limits
+            .tokens_per_month
+            .map(|l| l.saturating_sub(self.month_tokens + held));
         match (day, month) {
             (Some(d), Some(m)) => Some(d.min(m)),
             (d, m) => d.or(m),
@@ -185,13 +218,25 @@ impl CounterState {
         if let Some(l) = limits.tokens_per_day {
             if self.day_tokens + held + need > l {
                 let at = self.next_day();
-                return Some(Refusal { scope: Scope::TokensPerDay, limit: l, used: self.day_tokens + held, reset_at: at, retry_after_s: retry_secs(now, at) });
+                return Some(Refusal {
+                    scope: Scope::TokensPerDay,
+                    limit: l,
+                    used: self.day_tokens + held,
+                    reset_at: at,
+                    retry_after_s: retry_secs(now, at),
+                });
             }
         }
         if let Some(l) = limits.tokens_per_month {
             if self.month_tokens + held + need > l {
                 let (_, at) = month_bounds(now);
-                return Some(Refusal { scope: Scope::TokensPerMonth, limit: l, used: self.month_tokens + held, reset_at: at, retry_after_s: retry_secs(now, at) });
+                return Some(Refusal {
+                    scope: Scope::TokensPerMonth,
+                    limit: l,
+                    used: self.month_tokens + held,
+                    reset_at: at,
+                    retry_after_s: retry_secs(now, at),
+                });
             }
         }
         None
@@ -199,13 +244,26 @@ impl CounterState {
 
     /// Admits one request or says which limit refuses it. On success the request is counted and its
     /// tokens are reserved under `lease_id`; returns the completion tokens granted.
-    pub fn admit(&mut self, now: i64, limits: &Limits, lease_id: &str, res: Reservation, stream: bool) -> Result<u64, Refusal> {
+    pub fn admit(
+        &mut self,
+        now: i64,
+        limits: &Limits,
+        lease_id: &str,
+        res: Reservation,
+        stream: bool,
+    ) -> Result<u64, Refusal> {
         self.roll(now);
         if stream {
             if let Some(l) = limits.max_concurrent_streams {
                 let used = self.streams();
                 if used >= l {
-                    return Err(Refusal { scope: Scope::MaxConcurrentStreams, limit: l, used, reset_at: now + 1000, retry_after_s: 1 });
+                    return Err(Refusal {
+                        scope: Scope::MaxConcurrentStreams,
+                        limit: l,
+                        used,
+                        reset_at: now + 1000,
+                        retry_after_s: 1,
+                    });
                 }
             }
         }
@@ -213,16 +271,32 @@ impl CounterState {
             let used = self.minute.len() as u64;
             if used >= l {
                 let at = self.minute.front().map_or(now, |t| t + MINUTE_MS);
-                return Err(Refusal { scope: Scope::RequestsPerMinute, limit: l, used, reset_at: at, retry_after_s: retry_secs(now, at) });
+                return Err(Refusal {
+                    scope: Scope::RequestsPerMinute,
+                    limit: l,
+                    used,
+                    reset_at: at,
+                    retry_after_s: retry_secs(now, at),
+                });
             }
         }
         if let Some(l) = limits.requests_per_day {
             if self.day_requests >= l {
                 let at = self.next_day();
-                return Err(Refusal { scope: Scope::RequestsPerDay, limit: l, used: self.day_requests, reset_at: at, retry_after_s: retry_secs(now, at) });
+                return Err(Refusal {
+                    scope: Scope::RequestsPerDay,
+                    limit: l,
+                    used: self.day_requests,
+                    reset_at: at,
+                    retry_after_s: retry_secs(now, at),
+                });
             }
         }
-        let need = if res.flexible { res.prompt + 1 } else { res.prompt + res.completion };
+        let need = if res.flexible {
+            res.prompt + 1
+        } else {
+            res.prompt + res.completion
+        };
         if let Some(refusal) = self.token_refusal(now, limits, need) {
             return Err(refusal);
         }
@@ -232,7 +306,12 @@ impl CounterState {
         };
         self.minute.push_back(now);
         self.day_requests += 1;
-        self.leases.push(Lease { id: lease_id.to_string(), reserved: res.prompt + granted, stream, expires_at: now + LEASE_TTL_MS });
+        self.leases.push(Lease {
+            id: lease_id.to_string(),
+            reserved: res.prompt + granted,
+            stream,
+            expires_at: now + LEASE_TTL_MS,
+        });
         Ok(granted)
     }
 
@@ -270,16 +349,53 @@ impl CounterState {
         let mut out = Vec::new();
         let mut push = |scope, limit: Option<u64>, used: u64, reset_at: i64, window_s| {
             if let Some(limit) = limit {
-                out.push(Window { scope, limit, used, remaining: limit.saturating_sub(used), reset_at, window_s });
+                out.push(Window {
+                    scope,
+                    limit,
+                    used,
+                    remaining: limit.saturating_sub(used),
+                    reset_at,
+                    window_s,
+                });
             }
         };
         let minute_reset = self.minute.back().map_or(now, |t| t + MINUTE_MS);
-        push(Scope::RequestsPerMinute, limits.requests_per_minute, self.minute.len() as u64, minute_reset, 60);
-        push(Scope::RequestsPerDay, limits.requests_per_day, self.day_requests, self.next_day(), 86_400);
-        push(Scope::TokensPerDay, limits.tokens_per_day, self.day_tokens + held, self.next_day(), 86_400);
+        push(
+            Scope::RequestsPerMinute,
+            limits.requests_per_minute,
+            self.minute.len() as u64,
+            minute_reset,
+            60,
+        );
+        push(
+            Scope::RequestsPerDay,
+            limits.requests_per_day,
+            self.day_requests,
+            self.next_day(),
+            86_400,
+        );
+        push(
+            Scope::TokensPerDay,
+            limits.tokens_per_day,
+            self.day_tokens + held,
+            self.next_day(),
+            86_400,
+        );
         let (month_start, month_end) = month_bounds(now);
-        push(Scope::TokensPerMonth, limits.tokens_per_month, self.month_tokens + held, month_end, ((month_end - month_start) / 1000) as u64);
-        push(Scope::MaxConcurrentStreams, limits.max_concurrent_streams, self.streams(), now, 0);
+        push(
+            Scope::TokensPerMonth,
+            limits.tokens_per_month,
+            self.month_tokens + held,
+            month_end,
+            ((month_end - month_start) / 1000) as u64,
+        );
+        push(
+            Scope::MaxConcurrentStreams,
+            limits.max_concurrent_streams,
+            self.streams(),
+            now,
+            0,
+        );
         out
     }
 }
@@ -293,53 +409,109 @@ mod tests {
         parse_rfc3339(s).unwrap()
     }
     fn fixed(prompt: u64, completion: u64) -> Reservation {
-        Reservation { prompt, completion, flexible: false }
+        Reservation {
+            prompt,
+            completion,
+            flexible: false,
+        }
     }
 
     #[test]
     fn exactly_the_limit_is_admitted_in_a_burst() {
-        let limits = Limits { requests_per_minute: Some(10), ..Default::default() };
+        let limits = Limits {
+            requests_per_minute: Some(10),
+            ..Default::default()
+        };
         let mut s = CounterState::default();
         let now = t("2026-11-22T10:00:00Z");
-        let admitted = (0..50).filter(|i| s.admit(now, &limits, &format!("l{i}"), fixed(1, 1), false).is_ok()).count();
+        let admitted = (0..50)
+            .filter(|i| {
+                s.admit(now, &limits, &format!("l{i}"), fixed(1, 1), false)
+                    .is_ok()
+            })
+            .count();
         assert_eq!(admitted, 10);
         let refusal = s.admit(now, &limits, "x", fixed(1, 1), false).unwrap_err();
-        assert_eq!((refusal.scope, refusal.limit, refusal.used, refusal.retry_after_s), (Scope::RequestsPerMinute, 10, 10, 60));
+        assert_eq!(
+            (
+                refusal.scope,
+                refusal.limit,
+                refusal.used,
+                refusal.retry_after_s
+            ),
+            (Scope::RequestsPerMinute, 10, 10, 60)
+        );
     }
 
     #[test]
     fn minute_window_slides() {
-        let limits = Limits { requests_per_minute: Some(2), ..Default::default() };
+        let limits = Limits {
+            requests_per_minute: Some(2),
+            ..Default::default()
+        };
         let mut s = CounterState::default();
         let t0 = t("2026-11-22T10:00:00Z");
         assert!(s.admit(t0, &limits, "a", fixed(0, 0), false).is_ok());
-        assert!(s.admit(t0 + 30_000, &limits, "b", fixed(0, 0), false).is_ok());
-        let r = s.admit(t0 + 59_999, &limits, "c", fixed(0, 0), false).unwrap_err();
+        assert!(s
+            .admit(t0 + 30_000, &limits, "b", fixed(0, 0), false)
+            .is_ok());
+        let r = s
+            .admit(t0 + 59_999, &limits, "c", fixed(0, 0), false)
+            .unwrap_err();
         assert_eq!(r.reset_at, t0 + 60_000);
         assert_eq!(r.retry_after_s, 1);
-        assert!(s.admit(t0 + 60_000, &limits, "d", fixed(0, 0), false).is_ok(), "the first admission left the window");
-        assert!(s.admit(t0 + 60_001, &limits, "e", fixed(0, 0), false).is_err());
+        assert!(
+            s.admit(t0 + 60_000, &limits, "d", fixed(0, 0), false)
+                .is_ok(),
+            "the first admission left the window"
+        );
+        assert!(s
+            .admit(t0 + 60_001, &limits, "e", fixed(0, 0), false)
+            .is_err());
     }
 
     #[test]
     fn daily_requests_reset_at_utc_midnight() {
-        let limits = Limits { requests_per_day: Some(1), ..Default::default() };
+        let limits = Limits {
+            requests_per_day: Some(1),
+            ..Default::default()
+        };
         let mut s = CounterState::default();
-        assert!(s.admit(t("2026-11-22T23:59:59Z"), &limits, "a", fixed(0, 0), false).is_ok());
-        let r = s.admit(t("2026-11-22T23:59:59.500Z"), &limits, "b", fixed(0, 0), false).unwrap_err();
+        assert!(s
+            .admit(t("2026-11-22T23:59:59Z"), &limits, "a", fixed(0, 0), false)
+            .is_ok());
+        let r = s
+            .admit(
+                t("2026-11-22T23:59:59.500Z"),
+                &limits,
+                "b",
+                fixed(0, 0),
+                false,
+            )
+            .unwrap_err();
         assert_eq!(r.scope, Scope::RequestsPerDay);
         assert_eq!(rfc3339(r.reset_at), "2026-11-23T00:00:00.000Z");
-        assert!(s.admit(t("2026-11-23T00:00:00Z"), &limits, "c", fixed(0, 0), false).is_ok());
+        assert!(s
+            .admit(t("2026-11-23T00:00:00Z"), &limits, "c", fixed(0, 0), false)
+            .is_ok());
     }
 
     #[test]
     fn reservations_block_until_settled_to_real_use() {
-        let limits = Limits { tokens_per_day: Some(100), ..Default::default() };
+        let limits = Limits {
+            tokens_per_day: Some(100),
+            ..Default::default()
+        };
         let mut s = CounterState::default();
         let now = t("2026-11-22T10:00:00Z");
         assert_eq!(s.admit(now, &limits, "a", fixed(10, 50), false), Ok(50));
         // 60 held: a request needing 50 does not fit, one needing 40 does.
-        assert_eq!(s.admit(now, &limits, "b", fixed(10, 40), false).unwrap_err().scope, Scope::TokensPerDay);
+        assert_eq!(
+            s.admit(now, &limits, "b", fixed(10, 40), false)
+                .unwrap_err()
+                .scope,
+            Scope::TokensPerDay
+        );
         assert_eq!(s.admit(now, &limits, "c", fixed(10, 30), false), Ok(30));
         assert!(s.settle(now, "a", 15));
         assert!(!s.settle(now, "a", 15), "settling twice counts once");
@@ -352,57 +524,120 @@ mod tests {
 
     #[test]
     fn flexible_requests_get_what_is_left_and_extend() {
-        let limits = Limits { tokens_per_day: Some(100), tokens_per_month: Some(1000), ..Default::default() };
+        let limits = Limits {
+            tokens_per_day: Some(100),
+            tokens_per_month: Some(1000),
+            ..Default::default()
+        };
         let mut s = CounterState::default();
         let now = t("2026-11-22T10:00:00Z");
-        let res = Reservation { prompt: 20, completion: 256, flexible: true };
+        let res = Reservation {
+            prompt: 20,
+            completion: 256,
+            flexible: true,
+        };
         assert_eq!(s.admit(now, &limits, "a", res, true), Ok(80));
         assert_eq!(s.extend(now, &limits, "a", 64), 0, "budget spent");
-        assert_eq!(s.admit(now, &limits, "b", res, true).unwrap_err().scope, Scope::TokensPerDay);
+        assert_eq!(
+            s.admit(now, &limits, "b", res, true).unwrap_err().scope,
+            Scope::TokensPerDay
+        );
         assert!(s.settle(now, "a", 50));
-        assert_eq!(s.admit(now, &limits, "b", Reservation { prompt: 5, completion: 10, flexible: true }, true), Ok(10));
+        assert_eq!(
+            s.admit(
+                now,
+                &limits,
+                "b",
+                Reservation {
+                    prompt: 5,
+                    completion: 10,
+                    flexible: true
+                },
+                true
+            ),
+            Ok(10)
+        );
         assert_eq!(s.extend(now, &limits, "b", 64), 35);
         assert_eq!(s.extend(now, &limits, "nope", 64), 0);
     }
 
     #[test]
     fn monthly_budget_spans_days_and_resets_with_the_month() {
-        let limits = Limits { tokens_per_month: Some(100), ..Default::default() };
+        let limits = Limits {
+            tokens_per_month: Some(100),
+            ..Default::default()
+        };
         let mut s = CounterState::default();
-        assert!(s.admit(t("2026-11-01T00:00:00Z"), &limits, "a", fixed(0, 60), false).is_ok());
+        assert!(s
+            .admit(t("2026-11-01T00:00:00Z"), &limits, "a", fixed(0, 60), false)
+            .is_ok());
         assert!(s.settle(t("2026-11-01T00:00:01Z"), "a", 60));
-        let r = s.admit(t("2026-11-30T12:00:00Z"), &limits, "b", fixed(0, 41), false).unwrap_err();
+        let r = s
+            .admit(t("2026-11-30T12:00:00Z"), &limits, "b", fixed(0, 41), false)
+            .unwrap_err();
         assert_eq!(r.scope, Scope::TokensPerMonth);
         assert_eq!(rfc3339(r.reset_at), "2026-12-01T00:00:00.000Z");
-        assert!(s.admit(t("2026-12-01T00:00:00Z"), &limits, "c", fixed(0, 100), false).is_ok());
+        assert!(s
+            .admit(
+                t("2026-12-01T00:00:00Z"),
+                &limits,
+                "c",
+                fixed(0, 100),
+                false
+            )
+            .is_ok());
     }
 
     #[test]
     fn concurrent_streams_are_limited_and_released() {
-        let limits = Limits { max_concurrent_streams: Some(1), ..Default::default() };
+        let limits = Limits {
+            max_concurrent_streams: Some(1),
+            ..Default::default()
+        };
         let mut s = CounterState::default();
         let now = t("2026-11-22T10:00:00Z");
         assert!(s.admit(now, &limits, "a", fixed(0, 0), true).is_ok());
-        assert_eq!(s.admit(now, &limits, "b", fixed(0, 0), true).unwrap_err().scope, Scope::MaxConcurrentStreams);
-        assert!(s.admit(now, &limits, "c", fixed(0, 0), false).is_ok(), "non-streamed requests are not streams");
+        assert_eq!(
+            s.admit(now, &limits, "b", fixed(0, 0), true)
+                .unwrap_err()
+                .scope,
+            Scope::MaxConcurrentStreams
+        );
+        assert!(
+            s.admit(now, &limits, "c", fixed(0, 0), false).is_ok(),
+            "non-streamed requests are not streams"
+        );
         s.settle(now, "a", 0);
         assert!(s.admit(now, &limits, "d", fixed(0, 0), true).is_ok());
     }
 
     #[test]
     fn abandoned_leases_expire_and_count_their_reservation() {
-        let limits = Limits { tokens_per_day: Some(100), max_concurrent_streams: Some(1), ..Default::default() };
+        let limits = Limits {
+            tokens_per_day: Some(100),
+            max_concurrent_streams: Some(1),
+            ..Default::default()
+        };
         let mut s = CounterState::default();
         let now = t("2026-11-22T10:00:00Z");
         assert!(s.admit(now, &limits, "a", fixed(5, 20), true).is_ok());
-        assert!(s.admit(now + LEASE_TTL_MS - 1, &limits, "b", fixed(0, 1), true).is_err());
-        assert!(s.admit(now + LEASE_TTL_MS, &limits, "c", fixed(0, 1), true).is_ok());
+        assert!(s
+            .admit(now + LEASE_TTL_MS - 1, &limits, "b", fixed(0, 1), true)
+            .is_err());
+        assert!(s
+            .admit(now + LEASE_TTL_MS, &limits, "c", fixed(0, 1), true)
+            .is_ok());
         assert_eq!(s.day_tokens, 25);
     }
 
     #[test]
     fn exhausted_names_the_spent_token_window() {
-        let limits = Limits { tokens_per_day: Some(10), tokens_per_month: Some(1000), requests_per_minute: Some(5), ..Default::default() };
+        let limits = Limits {
+            tokens_per_day: Some(10),
+            tokens_per_month: Some(1000),
+            requests_per_minute: Some(5),
+            ..Default::default()
+        };
         let mut s = CounterState::default();
         let now = t("2026-11-22T10:00:00Z");
         s.admit(now, &limits, "a", fixed(0, 10), true).unwrap();
@@ -413,15 +648,29 @@ mod tests {
 
     #[test]
     fn refusal_becomes_a_429_problem() {
-        let r = Refusal { scope: Scope::TokensPerDay, limit: 100, used: 100, reset_at: t("2026-11-23T00:00:00Z"), retry_after_s: 7 };
+        let r = Refusal {
+            scope: Scope::TokensPerDay,
+            limit: 100,
+            used: 100,
+            reset_at: t("2026-11-23T00:00:00Z"),
+            retry_after_s: 7,
+        };
         let e = r.to_error("free");
         assert_eq!((e.status, e.kind), (429, "quota-exceeded"));
         let p = e.to_problem();
         assert_eq!(p["scope"], "tokens_per_day");
         assert_eq!(p["reset"], "2026-11-23T00:00:00.000Z");
         assert_eq!(p["plan"], "free");
-        assert!(e.headers.contains(&("Retry-After".to_string(), "7".to_string())));
-        let rpm = Refusal { scope: Scope::RequestsPerMinute, limit: 1, used: 1, reset_at: 0, retry_after_s: 1 };
+        assert!(e
+            .headers
+            .contains(&("Retry-After".to_string(), "7".to_string())));
+        let rpm = Refusal {
+            scope: Scope::RequestsPerMinute,
+            limit: 1,
+            used: 1,
+            reset_at: 0,
+            retry_after_s: 1,
+        };
         assert_eq!(rpm.to_error("p").kind, "rate-limited");
     }
 }

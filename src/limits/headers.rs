@@ -20,29 +20,47 @@ pub fn go_duration(ms: i64) -> String {
 
 /// The tightest window among `scopes`: least remaining, then soonest reset.
 fn tightest<'a>(windows: &'a [Window], scopes: &[Scope]) -> Option<&'a Window> {
-    windows.iter().filter(|w| scopes.contains(&w.scope)).min_by_key(|w| (w.remaining, w.reset_at))
+    windows
+        .iter()
+        .filter(|w| scopes.contains(&w.scope))
+        .min_by_key(|w| (w.remaining, w.reset_at))
 }
 
 /// Headers for the windows of the consumer's plan; unlimited dimensions are left out.
 pub fn rate_limit_headers(windows: &[Window], now: i64) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (suffix, scopes) in [
-        ("requests", &[Scope::RequestsPerMinute, Scope::RequestsPerDay][..]),
+        (
+            "requests",
+            &[Scope::RequestsPerMinute, Scope::RequestsPerDay][..],
+        ),
         ("tokens", &[Scope::TokensPerDay, Scope::TokensPerMonth][..]),
     ] {
         if let Some(w) = tightest(windows, scopes) {
             out.push((format!("x-ratelimit-limit-{suffix}"), w.limit.to_string()));
-            out.push((format!("x-ratelimit-remaining-{suffix}"), w.remaining.to_string()));
-            out.push((format!("x-ratelimit-reset-{suffix}"), go_duration(w.reset_at - now)));
+            out.push((
+                format!("x-ratelimit-remaining-{suffix}"),
+                w.remaining.to_string(),
+            ));
+            out.push((
+                format!("x-ratelimit-reset-{suffix}"),
+                go_duration(w.reset_at - now),
+            ));
         }
     }
     let timed: Vec<&Window> = windows.iter().filter(|w| w.window_s > 0).collect();
     if !timed.is_empty() {
-        let policy = timed.iter().map(|w| format!("\"{}\";q={};w={}", w.scope.as_str(), w.limit, w.window_s)).collect::<Vec<_>>();
-        let state = timed.iter().map(|w| {
-            let t = ((w.reset_at - now).max(0) + 999) / 1000;
-            format!("\"{}\";r={};t={}", w.scope.as_str(), w.remaining, t)
-        }).collect::<Vec<_>>();
+        let policy = timed
+            .iter()
+            .map(|w| format!("\"{}\";q={};w={}", w.scope.as_str(), w.limit, w.window_s))
+            .collect::<Vec<_>>();
+        let state = timed
+            .iter()
+            .map(|w| {
+                let t = ((w.reset_at - now).max(0) + 999) / 1000;
+                format!("\"{}\";r={};t={}", w.scope.as_str(), w.remaining, t)
+            })
+            .collect::<Vec<_>>();
         out.push(("RateLimit-Policy".into(), policy.join(", ")));
         out.push(("RateLimit".into(), state.join(", ")));
     }
@@ -54,7 +72,14 @@ mod tests {
     use super::*;
 
     fn w(scope: Scope, limit: u64, used: u64, reset_at: i64, window_s: u64) -> Window {
-        Window { scope, limit, used, remaining: limit - used, reset_at, window_s }
+        Window {
+            scope,
+            limit,
+            used,
+            remaining: limit - used,
+            reset_at,
+            window_s,
+        }
     }
 
     #[test]
@@ -79,7 +104,10 @@ mod tests {
         let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(get("x-ratelimit-limit-requests").as_deref(), Some("100"));
         assert_eq!(get("x-ratelimit-remaining-requests").as_deref(), Some("2"));
-        assert_eq!(get("x-ratelimit-reset-requests").as_deref(), Some("24h0m0s"));
+        assert_eq!(
+            get("x-ratelimit-reset-requests").as_deref(),
+            Some("24h0m0s")
+        );
         assert_eq!(get("x-ratelimit-remaining-tokens").as_deref(), Some("990"));
         assert_eq!(get("RateLimit-Policy").as_deref(),
             Some("\"requests_per_minute\";q=10;w=60, \"requests_per_day\";q=100;w=86400, \"tokens_per_day\";q=1000;w=86400"));

@@ -69,7 +69,10 @@ impl PlanRow {
                 max_tokens_per_request: count(self.max_tokens_per_request),
                 max_concurrent_streams: count(self.max_concurrent_streams),
             },
-            models: self.models_json.as_deref().and_then(|m| serde_json::from_str(m).ok()),
+            models: self
+                .models_json
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok()),
             is_default: self.is_default != 0.0,
         }
     }
@@ -80,7 +83,9 @@ impl PlanRow {
             "id": plan.id, "api_id": self.api_id, "name": plan.name, "models": plan.models, "default": plan.is_default,
             "created_at": crate::time::rfc3339(self.created_at as i64), "updated_at": crate::time::rfc3339(self.updated_at as i64),
         });
-        if let (Value::Object(o), Ok(Value::Object(limits))) = (&mut v, serde_json::to_value(&plan.limits)) {
+        if let (Value::Object(o), Ok(Value::Object(limits))) =
+            (&mut v, serde_json::to_value(&plan.limits))
+        {
             o.extend(limits);
         }
         v
@@ -91,10 +96,14 @@ impl Plan {
     /// 403 `model-not-allowed` when the plan lists models and this is not one of them.
     pub fn check_model(&self, model: &str) -> Result<(), Error> {
         match &self.models {
-            Some(models) if !models.iter().any(|m| m == model) => Err(Error::new(403, "model-not-allowed",
-                "The model is not in your plan", format!("Plan `{}` allows: {}.", self.name, models.join(", ")))
-                .with_field("model", model)
-                .with_field("plan", self.name.clone())),
+            Some(models) if !models.iter().any(|m| m == model) => Err(Error::new(
+                403,
+                "model-not-allowed",
+                "The model is not in your plan",
+                format!("Plan `{}` allows: {}.", self.name, models.join(", ")),
+            )
+            .with_field("model", model)
+            .with_field("plan", self.name.clone())),
             _ => Ok(()),
         }
     }
@@ -142,13 +151,17 @@ impl PlanInput {
         ] {
             if let Some(Some(n)) = v {
                 if n == 0 || n > MAX_LIMIT {
-                    return Err(Error::invalid_request(format!("`{field}` must be a positive whole number (or null for unlimited)")));
+                    return Err(Error::invalid_request(format!(
+                        "`{field}` must be a positive whole number (or null for unlimited)"
+                    )));
                 }
             }
         }
         if let Some(Some(models)) = &self.models {
             if models.is_empty() || models.len() > 100 {
-                return Err(Error::invalid_request("`models` must list 1-100 models, or be null for every model"));
+                return Err(Error::invalid_request(
+                    "`models` must list 1-100 models, or be null for every model",
+                ));
             }
             for m in models {
                 validate_text("models[]", m, 200)?;
@@ -164,12 +177,21 @@ impl PlanInput {
             id: base.id.clone(),
             name: self.name.clone().unwrap_or_else(|| base.name.clone()),
             limits: Limits {
-                requests_per_minute: pick(self.requests_per_minute, base.limits.requests_per_minute),
+                requests_per_minute: pick(
+                    self.requests_per_minute,
+                    base.limits.requests_per_minute,
+                ),
                 requests_per_day: pick(self.requests_per_day, base.limits.requests_per_day),
                 tokens_per_day: pick(self.tokens_per_day, base.limits.tokens_per_day),
                 tokens_per_month: pick(self.tokens_per_month, base.limits.tokens_per_month),
-                max_tokens_per_request: pick(self.max_tokens_per_request, base.limits.max_tokens_per_request),
-                max_concurrent_streams: pick(self.max_concurrent_streams, base.limits.max_concurrent_streams),
+                max_tokens_per_request: pick(
+                    self.max_tokens_per_request,
+                    base.limits.max_tokens_per_request,
+                ),
+                max_concurrent_streams: pick(
+                    self.max_concurrent_streams,
+                    base.limits.max_concurrent_streams,
+                ),
             },
             models: self.models.clone().unwrap_or_else(|| base.models.clone()),
             is_default: self.default.unwrap_or(base.is_default),
@@ -183,8 +205,21 @@ mod tests {
 
     #[test]
     fn input_applies_over_a_plan() {
-        let base = Plan { id: "pl_1".into(), name: "free".into(), limits: Limits { requests_per_minute: Some(10), tokens_per_day: Some(5), ..Default::default() }, models: None, is_default: true };
-        let input: PlanInput = serde_json::from_str(r#"{"requests_per_minute": null, "requests_per_day": 100, "models": ["a"]}"#).unwrap();
+        let base = Plan {
+            id: "pl_1".into(),
+            name: "free".into(),
+            limits: Limits {
+                requests_per_minute: Some(10),
+                tokens_per_day: Some(5),
+                ..Default::default()
+            },
+            models: None,
+            is_default: true,
+        };
+        let input: PlanInput = serde_json::from_str(
+            r#"{"requests_per_minute": null, "requests_per_day": 100, "models": ["a"]}"#,
+        )
+        .unwrap();
         input.validate().unwrap();
         let p = input.apply(&base);
         assert_eq!(p.limits.requests_per_minute, None);
@@ -207,7 +242,13 @@ mod tests {
 
     #[test]
     fn model_check() {
-        let mut p = Plan { id: "x".into(), name: "pro".into(), limits: Limits::default(), models: None, is_default: false };
+        let mut p = Plan {
+            id: "x".into(),
+            name: "pro".into(),
+            limits: Limits::default(),
+            models: None,
+            is_default: false,
+        };
         assert!(p.check_model("anything").is_ok());
         p.models = Some(vec!["gpt-a".into()]);
         assert!(p.check_model("gpt-a").is_ok());

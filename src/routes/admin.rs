@@ -12,19 +12,25 @@ use crate::crypto;
 use crate::error::Error;
 use crate::http::{encryption_secret, json, no_content, now_ms, random, read_body, with_random};
 use crate::ids::new_id;
-use crate::model::{
-    self, Api, ApiPatch, AuthMode, Consumer, ConsumerPatch, NewApi, NewConsumer, NewKey, NewProject, Project, ProjectPatch,
-};
 use crate::limits::plan::{Limits, Plan, PlanInput, PlanRow};
+use crate::model::{
+    self, Api, ApiPatch, AuthMode, Consumer, ConsumerPatch, NewApi, NewConsumer, NewKey,
+    NewProject, Project, ProjectPatch,
+};
 use crate::router::Route;
+use crate::store::d1;
 use crate::time::rfc3339;
 use crate::usage::UsageQuery;
-use crate::store::d1;
 
 /// Admin bodies are small; anything bigger is a mistake.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 
-pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) -> Result<Response, Error> {
+pub async fn handle(
+    route: Route,
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let now = now_ms();
     match route {
@@ -40,7 +46,12 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
             let input: NewProject =
                 model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
             input.validate()?;
-            let project = Project::new(with_random(|r| new_id("prj", r))?, input.slug, input.name, now);
+            let project = Project::new(
+                with_random(|r| new_id("prj", r))?,
+                input.slug,
+                input.name,
+                now,
+            );
             d1::create_project(&db, &project).await?;
             json(201, &project.to_json())
         }
@@ -89,7 +100,13 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
                 ip_allowlist_json: "[]".into(),
                 credential_json: "{}".into(),
             };
-            let default_plan = Plan { id: with_random(|r| new_id("pln", r))?, name: "default".into(), limits: Limits::default(), models: None, is_default: true };
+            let default_plan = Plan {
+                id: with_random(|r| new_id("pln", r))?,
+                name: "default".into(),
+                limits: Limits::default(),
+                models: None,
+                is_default: true,
+            };
             d1::create_api(&db, &api, &default_plan).await?;
             json(201, &api.to_json())
         }
@@ -125,7 +142,8 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
                 }
             }
             if let Some(list) = patch.ip_allowlist {
-                api.ip_allowlist_json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+                api.ip_allowlist_json =
+                    serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
             }
             if let Some(c) = patch.credential {
                 api.credential_json = serde_json::to_string(&c).unwrap_or_else(|_| "{}".into());
@@ -209,9 +227,15 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
                 },
             )
             .await?;
-            record_event(ctx, env, identity::EventDraft {
-                consumer_id: Some(consumer.id.clone()), detail: Some(id.clone()), ..event(&project.id, "key_created")
-            });
+            record_event(
+                ctx,
+                env,
+                identity::EventDraft {
+                    consumer_id: Some(consumer.id.clone()),
+                    detail: Some(id.clone()),
+                    ..event(&project.id, "key_created")
+                },
+            );
             // The only response that ever carries the secret.
             json(
                 201,
@@ -238,11 +262,19 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
                     project.slug
                 )));
             }
-            record_event(ctx, env, identity::EventDraft { detail: Some(id), ..event(&project.id, "key_revoked") });
+            record_event(
+                ctx,
+                env,
+                identity::EventDraft {
+                    detail: Some(id),
+                    ..event(&project.id, "key_revoked")
+                },
+            );
             no_content()
         }
         Route::CreateJwtCredential { project, consumer } => {
-            let input: NewJwtCredential = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            let input: NewJwtCredential =
+                model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
             let (claim_name, jwks_json) = input.validate()?;
             let project = d1::project_by_slug(&db, &project).await?;
             let consumer = d1::consumer(&db, &project.id, &consumer).await?;
@@ -256,12 +288,30 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
                 Some(_) => None,
             };
             let row = d1::JwtCredentialRow {
-                id: with_random(|r| new_id("jwc", r))?, consumer_id: consumer.id.clone(), kind: input.kind.clone(),
-                claim_name, claim_value, secret_enc: match &secret { Some(s) => Some(seal_provider_key(env, s)?), None => None },
-                secret_prefix: secret.as_ref().map(|s| s.chars().take(6).collect()), jwks_json, created_at: now, consumer_status: None,
+                id: with_random(|r| new_id("jwc", r))?,
+                consumer_id: consumer.id.clone(),
+                kind: input.kind.clone(),
+                claim_name,
+                claim_value,
+                secret_enc: match &secret {
+                    Some(s) => Some(seal_provider_key(env, s)?),
+                    None => None,
+                },
+                secret_prefix: secret.as_ref().map(|s| s.chars().take(6).collect()),
+                jwks_json,
+                created_at: now,
+                consumer_status: None,
             };
             d1::create_jwt_credential(&db, &project.id, &row).await?;
-            record_event(ctx, env, identity::EventDraft { consumer_id: Some(consumer.id.clone()), detail: Some(row.id.clone()), ..event(&project.id, "jwt_credential_created") });
+            record_event(
+                ctx,
+                env,
+                identity::EventDraft {
+                    consumer_id: Some(consumer.id.clone()),
+                    detail: Some(row.id.clone()),
+                    ..event(&project.id, "jwt_credential_created")
+                },
+            );
             let mut body = row.to_json();
             if let Some(secret) = secret {
                 // Shown once, like a consumer key's secret.
@@ -273,27 +323,45 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
         Route::ListJwtCredentials { project, consumer } => {
             let project = d1::project_by_slug(&db, &project).await?;
             let consumer = d1::consumer(&db, &project.id, &consumer).await?;
-            let list: Vec<Value> = d1::list_jwt_credentials(&db, &project.id, &consumer.id).await?.iter().map(|c| c.to_json()).collect();
+            let list: Vec<Value> = d1::list_jwt_credentials(&db, &project.id, &consumer.id)
+                .await?
+                .iter()
+                .map(|c| c.to_json())
+                .collect();
             json(200, &json!({ "jwt_credentials": list }))
         }
         Route::RevokeJwtCredential { project, id } => {
             let project = d1::project_by_slug(&db, &project).await?;
             if !d1::revoke_jwt_credential(&db, &project.id, &id, now).await? {
-                return Err(Error::not_found(format!("There is no live JWT credential `{id}` in project `{}`.", project.slug)));
+                return Err(Error::not_found(format!(
+                    "There is no live JWT credential `{id}` in project `{}`.",
+                    project.slug
+                )));
             }
-            record_event(ctx, env, identity::EventDraft { detail: Some(id), ..event(&project.id, "jwt_credential_revoked") });
+            record_event(
+                ctx,
+                env,
+                identity::EventDraft {
+                    detail: Some(id),
+                    ..event(&project.id, "jwt_credential_revoked")
+                },
+            );
             no_content()
         }
-        Route::GetProject { project } => json(200, &d1::project_by_slug(&db, &project).await?.to_json()),
+        Route::GetProject { project } => {
+            json(200, &d1::project_by_slug(&db, &project).await?.to_json())
+        }
         Route::PatchProject { project } => {
-            let patch: ProjectPatch = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            let patch: ProjectPatch =
+                model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
             patch.validate()?;
             let mut project = d1::project_by_slug(&db, &project).await?;
             if let Some(n) = patch.name {
                 project.name = n;
             }
             if let Some(origins) = patch.allowed_origins {
-                project.allowed_origins_json = serde_json::to_string(&origins).unwrap_or_else(|_| "[]".into());
+                project.allowed_origins_json =
+                    serde_json::to_string(&origins).unwrap_or_else(|_| "[]".into());
             }
             if let Some(ttl) = patch.access_token_ttl_s {
                 project.access_token_ttl_s = ttl;
@@ -312,17 +380,40 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
             project.signing_generation += 1;
             project.previous_key_retired_at = Some(now);
             d1::update_project(&db, &project).await?;
-            let kid = crate::identity::current_key(env, &project)?.kid().to_string();
-            record_event(ctx, env, identity::EventDraft { detail: Some(kid.clone()), ..event(&project.id, "signing_key_rotated") });
-            json(200, &json!({ "kid": kid, "generation": project.signing_generation }))
+            let kid = crate::identity::current_key(env, &project)?
+                .kid()
+                .to_string();
+            record_event(
+                ctx,
+                env,
+                identity::EventDraft {
+                    detail: Some(kid.clone()),
+                    ..event(&project.id, "signing_key_rotated")
+                },
+            );
+            json(
+                200,
+                &json!({ "kid": kid, "generation": project.signing_generation }),
+            )
         }
         Route::AuthEvents { project } => {
             let project = d1::project_by_slug(&db, &project).await?;
             let url: Url = req.url()?;
-            let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-            let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let get = |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .filter(|v| !v.is_empty())
+            };
             let since = match get("since") {
-                Some(s) => crate::time::parse_rfc3339(&s).ok_or_else(|| Error::invalid_request("`since` must be an RFC 3339 date or time"))?,
+                Some(s) => crate::time::parse_rfc3339(&s).ok_or_else(|| {
+                    Error::invalid_request("`since` must be an RFC 3339 date or time")
+                })?,
                 None => now - 7 * 86_400_000,
             };
             let events: Vec<Value> = d1::list_auth_events(&db, &project.id, since, get("type").as_deref()).await?.iter().map(|e| json!({
@@ -332,7 +423,8 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
             json(200, &json!({ "events": events }))
         }
         Route::SetAuthMode { api } => {
-            let change: AuthModeChange = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            let change: AuthModeChange =
+                model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
             let (mode, byo) = change.validate(crate::email::dev_mode(env))?;
             let mut api = d1::api_by_id(&db, &api).await?;
             let from = api.auth_mode.clone();
@@ -342,39 +434,70 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
             }
             api.updated_at = now;
             d1::update_api(&db, &api).await?;
-            record_event(ctx, env, identity::EventDraft {
-                api_id: Some(api.id.clone()), detail: Some(format!("{from} -> {}", api.auth_mode)), ..event(&api.project_id, "mode_switched")
-            });
+            record_event(
+                ctx,
+                env,
+                identity::EventDraft {
+                    api_id: Some(api.id.clone()),
+                    detail: Some(format!("{from} -> {}", api.auth_mode)),
+                    ..event(&api.project_id, "mode_switched")
+                },
+            );
             json(200, &api.to_json())
         }
         Route::ListPlans { api } => {
             let api = d1::api_by_id(&db, &api).await?;
-            let plans: Vec<Value> = d1::list_plans(&db, &api.id).await?.iter().map(PlanRow::to_json).collect();
+            let plans: Vec<Value> = d1::list_plans(&db, &api.id)
+                .await?
+                .iter()
+                .map(PlanRow::to_json)
+                .collect();
             json(200, &json!({ "plans": plans }))
         }
         Route::CreatePlan { api } => {
-            let input: PlanInput = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            let input: PlanInput =
+                model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
             input.validate()?;
             if input.id.is_some() {
-                return Err(Error::invalid_request("`id` is chosen by the gateway; leave it out when creating a plan"));
+                return Err(Error::invalid_request(
+                    "`id` is chosen by the gateway; leave it out when creating a plan",
+                ));
             }
-            let name = input.name.clone().ok_or_else(|| Error::invalid_request("A plan needs a `name`"))?;
+            let name = input
+                .name
+                .clone()
+                .ok_or_else(|| Error::invalid_request("A plan needs a `name`"))?;
             let api = d1::api_by_id(&db, &api).await?;
-            let blank = Plan { id: with_random(|r| new_id("pln", r))?, name, limits: Limits::default(), models: None, is_default: false };
+            let blank = Plan {
+                id: with_random(|r| new_id("pln", r))?,
+                name,
+                limits: Limits::default(),
+                models: None,
+                is_default: false,
+            };
             let plan = input.apply(&blank);
             d1::create_plan(&db, &plan, &api.id, now).await?;
             json(201, &d1::plan(&db, &api.id, &plan.id).await?.to_json())
         }
         Route::PatchPlan { api, plan } => {
-            let input: PlanInput = model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
+            let input: PlanInput =
+                model::parse_body(&read_body(&mut req, ADMIN_BODY_LIMIT).await?)?;
             input.validate()?;
             let api = d1::api_by_id(&db, &api).await?;
             // On the collection, the body names the plan by `id` (or by `name`, which then cannot change).
-            let target = plan.or_else(|| input.id.clone()).or_else(|| input.name.clone())
-                .ok_or_else(|| Error::invalid_request("Name the plan to change: PATCH .../plans/{plan}, or `id` in the body"))?;
+            let target = plan
+                .or_else(|| input.id.clone())
+                .or_else(|| input.name.clone())
+                .ok_or_else(|| {
+                    Error::invalid_request(
+                        "Name the plan to change: PATCH .../plans/{plan}, or `id` in the body",
+                    )
+                })?;
             let current = d1::plan(&db, &api.id, &target).await?.to_plan();
             if input.default == Some(false) && current.is_default {
-                return Err(Error::invalid_request("Every API needs a default plan: make another plan the default instead"));
+                return Err(Error::invalid_request(
+                    "Every API needs a default plan: make another plan the default instead",
+                ));
             }
             let updated = input.apply(&current);
             d1::update_plan(&db, &updated, &api.id, now).await?;
@@ -385,32 +508,59 @@ pub async fn handle(route: Route, mut req: Request, env: &Env, ctx: &Context) ->
             let api = d1::api_by_id(&db, &api).await?;
             let plan = d1::plan(&db, &api.id, &input.plan).await?;
             d1::subscribe(&db, &api.id, &consumer, &plan.id, now).await?;
-            json(200, &json!({ "api_id": api.id, "consumer_id": consumer, "plan": plan.to_json() }))
+            json(
+                200,
+                &json!({ "api_id": api.id, "consumer_id": consumer, "plan": plan.to_json() }),
+            )
         }
         Route::ApiUsage { api } => {
             let api = d1::api_by_id(&db, &api).await?;
             let url: Url = req.url()?;
-            let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
             let query = UsageQuery::parse(&pairs, now)?;
-            let mut totals = d1::usage_groups(&db, &api.id, &UsageQuery { group_by: None, ..query.clone() }).await?;
-            let totals = totals.pop().map(|t| group_json(&t, None)).unwrap_or_else(|| json!({}));
+            let mut totals = d1::usage_groups(
+                &db,
+                &api.id,
+                &UsageQuery {
+                    group_by: None,
+                    ..query.clone()
+                },
+            )
+            .await?;
+            let totals = totals
+                .pop()
+                .map(|t| group_json(&t, None))
+                .unwrap_or_else(|| json!({}));
             let mut body = json!({
                 "api_id": api.id, "from": rfc3339(query.from), "to": rfc3339(query.to), "consumer": query.consumer, "totals": totals,
             });
             match query.group_by {
                 Some(g) => {
-                    let groups: Vec<Value> = d1::usage_groups(&db, &api.id, &query).await?.iter().map(|row| group_json(row, Some(g.as_str()))).collect();
+                    let groups: Vec<Value> = d1::usage_groups(&db, &api.id, &query)
+                        .await?
+                        .iter()
+                        .map(|row| group_json(row, Some(g.as_str())))
+                        .collect();
                     body["group_by"] = json!(g.as_str());
                     body["groups"] = json!(groups);
                 }
                 None => {
-                    let records: Vec<Value> = d1::usage_records(&db, &api.id, &query, 1000).await?.iter().map(|r| r.to_record().to_json()).collect();
+                    let records: Vec<Value> = d1::usage_records(&db, &api.id, &query, 1000)
+                        .await?
+                        .iter()
+                        .map(|r| r.to_record().to_json())
+                        .collect();
                     body["records"] = json!(records);
                 }
             }
             json(200, &body)
         }
-        _ => Err(Error::internal("An end-user route reached the admin handler.")),
+        _ => Err(Error::internal(
+            "An end-user route reached the admin handler.",
+        )),
     }
 }
 

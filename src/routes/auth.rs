@@ -48,14 +48,24 @@ fn bad_email() -> Error {
 }
 
 fn throttled(retry_after_s: u64) -> Error {
-    Error::new(429, "rate-limited", "Too many sign-in codes", format!("Wait {retry_after_s} s before asking for another code."))
-        .with_field("retry_after", retry_after_s)
-        .with_header("Retry-After", retry_after_s.to_string())
+    Error::new(
+        429,
+        "rate-limited",
+        "Too many sign-in codes",
+        format!("Wait {retry_after_s} s before asking for another code."),
+    )
+    .with_field("retry_after", retry_after_s)
+    .with_header("Retry-After", retry_after_s.to_string())
 }
 
 /// `POST /v1/{project}/auth/otp/start`: 202 whatever the email (nobody learns which have accounts);
 /// throttled per email and per client IP.
-pub async fn otp_start(mut req: Request, env: &Env, ctx: &Context, project: &str) -> Result<Response, Error> {
+pub async fn otp_start(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
     let input: OtpStart = parse_body(&read_body(&mut req, AUTH_BODY_LIMIT).await?)?;
@@ -63,16 +73,29 @@ pub async fn otp_start(mut req: Request, env: &Env, ctx: &Context, project: &str
     let now = now_ms();
     let ip = client_ip(&req);
     if let Some(ip) = &ip {
-        let op = GuardRequest::Send { now, min_gap_ms: 0, max_per_hour: IP_PER_HOUR, code_hash: None };
-        if let GuardReply::Throttled { retry_after_s } = auth_do::call(env, &format!("ip:{}:{ip}", project.id), &op).await? {
+        let op = GuardRequest::Send {
+            now,
+            min_gap_ms: 0,
+            max_per_hour: IP_PER_HOUR,
+            code_hash: None,
+        };
+        if let GuardReply::Throttled { retry_after_s } =
+            auth_do::call(env, &format!("ip:{}:{ip}", project.id), &op).await?
+        {
             return Err(throttled(retry_after_s));
         }
     }
     let code = with_random(generate_code)?;
     let pepper = encryption_secret(env)?;
-    let op = GuardRequest::Send { now, min_gap_ms: EMAIL_GAP_MS, max_per_hour: EMAIL_PER_HOUR,
-        code_hash: Some(hash_code(pepper.as_bytes(), &project.id, &email, &code)) };
-    if let GuardReply::Throttled { retry_after_s } = auth_do::call(env, &format!("otp:{}:{email}", project.id), &op).await? {
+    let op = GuardRequest::Send {
+        now,
+        min_gap_ms: EMAIL_GAP_MS,
+        max_per_hour: EMAIL_PER_HOUR,
+        code_hash: Some(hash_code(pepper.as_bytes(), &project.id, &email, &code)),
+    };
+    if let GuardReply::Throttled { retry_after_s } =
+        auth_do::call(env, &format!("otp:{}:{email}", project.id), &op).await?
+    {
         return Err(throttled(retry_after_s));
     }
     let mail = email::sign_in_mail(&project, &email, &code);
@@ -82,8 +105,19 @@ pub async fn otp_start(mut req: Request, env: &Env, ctx: &Context, project: &str
         // A provider failure is logged, not shown: the answer must not depend on the address.
         Err(e) => worker::console_error!("sign-in mail not delivered: {}", e.detail),
     }
-    record_event(ctx, env, identity::EventDraft { subject: Some(email), ip, ..event(&project.id, "otp_sent") });
-    json(202, &json!({"status": "sent", "detail": "If the address can receive mail, a 6-digit code is on its way. It expires in 10 minutes."}))
+    record_event(
+        ctx,
+        env,
+        identity::EventDraft {
+            subject: Some(email),
+            ip,
+            ..event(&project.id, "otp_sent")
+        },
+    );
+    json(
+        202,
+        &json!({"status": "sent", "detail": "If the address can receive mail, a 6-digit code is on its way. It expires in 10 minutes."}),
+    )
 }
 
 fn code_error(kind: &'static str, detail: &str) -> Error {
@@ -92,46 +126,98 @@ fn code_error(kind: &'static str, detail: &str) -> Error {
 
 /// `POST /v1/{project}/auth/otp/verify`: a right code (single use, 10 minutes, 5 tries) signs the user
 /// in; the end user (consumer of kind `user`) is created on first sign-in.
-pub async fn otp_verify(mut req: Request, env: &Env, ctx: &Context, project: &str) -> Result<Response, Error> {
+pub async fn otp_verify(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
     let input: OtpVerify = parse_body(&read_body(&mut req, AUTH_BODY_LIMIT).await?)?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     let code = input.code.trim();
     if code.len() != 6 || !code.bytes().all(|c| c.is_ascii_digit()) {
-        return Err(Error::invalid_request("`code` is the 6-digit code from the mail."));
+        return Err(Error::invalid_request(
+            "`code` is the 6-digit code from the mail.",
+        ));
     }
     let now = now_ms();
     let ip = client_ip(&req);
     let pepper = encryption_secret(env)?;
-    let op = GuardRequest::Check { now, code_hash: hash_code(pepper.as_bytes(), &project.id, &email, code) };
+    let op = GuardRequest::Check {
+        now,
+        code_hash: hash_code(pepper.as_bytes(), &project.id, &email, code),
+    };
     let failure = match auth_do::call(env, &format!("otp:{}:{email}", project.id), &op).await? {
         GuardReply::Verified => None,
-        GuardReply::WrongCode { attempts_left } => Some(code_error("invalid-code", "The code is wrong.").with_field("attempts_left", attempts_left)),
-        GuardReply::Locked => Some(code_error("code-locked", "Too many wrong codes: ask for a new code.")),
-        GuardReply::CodeExpired => Some(code_error("code-expired", "The code has expired: ask for a new one.")),
-        _ => Some(code_error("invalid-code", "There is no code for this address: ask for one first.")),
+        GuardReply::WrongCode { attempts_left } => Some(
+            code_error("invalid-code", "The code is wrong.")
+                .with_field("attempts_left", attempts_left),
+        ),
+        GuardReply::Locked => Some(code_error(
+            "code-locked",
+            "Too many wrong codes: ask for a new code.",
+        )),
+        GuardReply::CodeExpired => Some(code_error(
+            "code-expired",
+            "The code has expired: ask for a new one.",
+        )),
+        _ => Some(code_error(
+            "invalid-code",
+            "There is no code for this address: ask for one first.",
+        )),
     };
     if let Some(e) = failure {
-        record_event(ctx, env, identity::EventDraft { subject: Some(email), ip, detail: Some(e.kind.into()), ..event(&project.id, "otp_failed") });
+        record_event(
+            ctx,
+            env,
+            identity::EventDraft {
+                subject: Some(email),
+                ip,
+                detail: Some(e.kind.into()),
+                ..event(&project.id, "otp_failed")
+            },
+        );
         return Err(e);
     }
     let consumer = user_for_email(&db, &project, &email, now).await?;
     if consumer.status != "enabled" {
         return Err(Error::consumer_disabled());
     }
-    let (access_token, refresh_token) = start_session(env, &project, &consumer, &email, now).await?;
-    record_event(ctx, env, identity::EventDraft { consumer_id: Some(consumer.id.clone()), subject: Some(email), ip, ..event(&project.id, "sign_in") });
+    let (access_token, refresh_token) =
+        start_session(env, &project, &consumer, &email, now).await?;
+    record_event(
+        ctx,
+        env,
+        identity::EventDraft {
+            consumer_id: Some(consumer.id.clone()),
+            subject: Some(email),
+            ip,
+            ..event(&project.id, "sign_in")
+        },
+    );
     token_pair(&project, access_token, refresh_token)
 }
 
-async fn user_for_email(db: &worker::D1Database, project: &Project, email: &str, now: i64) -> Result<Consumer, Error> {
+async fn user_for_email(
+    db: &worker::D1Database,
+    project: &Project,
+    email: &str,
+    now: i64,
+) -> Result<Consumer, Error> {
     if let Some(c) = d1::user_by_email(db, &project.id, email).await? {
         return Ok(c);
     }
     let consumer = Consumer {
-        id: with_random(|r| new_id("con", r))?, project_id: project.id.clone(), name: email.to_string(), description: None,
-        kind: "user".into(), status: "enabled".into(), created_at: now, email: Some(email.to_string()),
+        id: with_random(|r| new_id("con", r))?,
+        project_id: project.id.clone(),
+        name: email.to_string(),
+        description: None,
+        kind: "user".into(),
+        status: "enabled".into(),
+        created_at: now,
+        email: Some(email.to_string()),
     };
     match d1::create_consumer(db, &consumer).await {
         Ok(()) => Ok(consumer),
@@ -143,29 +229,77 @@ async fn user_for_email(db: &worker::D1Database, project: &Project, email: &str,
 
 /// Creates a refresh session (exact state in its Durable Object, status mirrored to KV) and signs the
 /// first access token.
-async fn start_session(env: &Env, project: &Project, consumer: &Consumer, email: &str, now: i64) -> Result<(String, String), Error> {
+async fn start_session(
+    env: &Env,
+    project: &Project,
+    consumer: &Consumer,
+    email: &str,
+    now: i64,
+) -> Result<(String, String), Error> {
     let session_id = with_random(new_session_id)?;
     let (refresh_token, hash) = with_random(|r| new_refresh(&session_id, r))?;
     let session = Session {
-        id: session_id.clone(), project: project.id.clone(), consumer_id: consumer.id.clone(), email: Some(email.to_string()),
-        current_hash: hash, previous_hashes: Vec::new(), generation: 0, created_at: now, expires_at: now + SESSION_TTL_MS, revoked: false,
+        id: session_id.clone(),
+        project: project.id.clone(),
+        consumer_id: consumer.id.clone(),
+        email: Some(email.to_string()),
+        current_hash: hash,
+        previous_hashes: Vec::new(),
+        generation: 0,
+        created_at: now,
+        expires_at: now + SESSION_TTL_MS,
+        revoked: false,
     };
-    auth_do::call(env, &format!("session:{session_id}"), &GuardRequest::CreateSession { session }).await?;
+    auth_do::call(
+        env,
+        &format!("session:{session_id}"),
+        &GuardRequest::CreateSession { session },
+    )
+    .await?;
     let store = kv::kv(env)?;
-    kv::put::<SessionRecord>(&store, &session_id, &SessionStatus { consumer_id: consumer.id.clone(), revoked: false }).await?;
+    kv::put::<SessionRecord>(
+        &store,
+        &session_id,
+        &SessionStatus {
+            consumer_id: consumer.id.clone(),
+            revoked: false,
+        },
+    )
+    .await?;
     let access = sign_access(env, project, &consumer.id, email, &session_id, now)?;
     Ok((access, refresh_token))
 }
 
-fn sign_access(env: &Env, project: &Project, consumer_id: &str, email: &str, session_id: &str, now: i64) -> Result<String, Error> {
+fn sign_access(
+    env: &Env,
+    project: &Project,
+    consumer_id: &str,
+    email: &str,
+    session_id: &str,
+    now: i64,
+) -> Result<String, Error> {
     let key = current_key(env, project)?;
-    Ok(key.sign(&access_claims(&project.slug, consumer_id, email, session_id, now / 1000, project.access_token_ttl_s)))
+    Ok(key.sign(&access_claims(
+        &project.slug,
+        consumer_id,
+        email,
+        session_id,
+        now / 1000,
+        project.access_token_ttl_s,
+    )))
 }
 
-fn token_pair(project: &Project, access_token: String, refresh_token: String) -> Result<Response, Error> {
-    let mut r = json(200, &json!({
-        "access_token": access_token, "refresh_token": refresh_token, "token_type": "Bearer", "expires_in": project.access_token_ttl_s,
-    }))?;
+fn token_pair(
+    project: &Project,
+    access_token: String,
+    refresh_token: String,
+) -> Result<Response, Error> {
+    let mut r = json(
+        200,
+        &json!({
+            "access_token": access_token, "refresh_token": refresh_token, "token_type": "Bearer", "expires_in": project.access_token_ttl_s,
+        }),
+    )?;
     r.headers_mut().set("cache-control", "no-store")?;
     Ok(r)
 }
@@ -177,7 +311,12 @@ fn refresh_refused(kind: &'static str, detail: impl Into<String>) -> Error {
 /// `POST /v1/{project}/auth/refresh`: rotates the refresh token. Presenting a rotated-out token
 /// revokes the whole session; two racing refreshes with one token cannot both succeed (the session's
 /// Durable Object serialises them, and the loser looks exactly like a reuse).
-pub async fn refresh(mut req: Request, env: &Env, ctx: &Context, project: &str) -> Result<Response, Error> {
+pub async fn refresh(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
     let input: RefreshBody = parse_body(&read_body(&mut req, AUTH_BODY_LIMIT).await?)?;
@@ -186,28 +325,69 @@ pub async fn refresh(mut req: Request, env: &Env, ctx: &Context, project: &str) 
     let now = now_ms();
     let ip = client_ip(&req);
     let (new_token, new_hash) = with_random(|r| new_refresh(&session_id, r))?;
-    let op = GuardRequest::Rotate { now, project: project.id.clone(), secret, new_hash };
+    let op = GuardRequest::Rotate {
+        now,
+        project: project.id.clone(),
+        secret,
+        new_hash,
+    };
     match auth_do::call(env, &format!("session:{session_id}"), &op).await? {
         GuardReply::Rotated { session } if session.project == project.id => {
-            let consumer = d1::find_consumer(&db, &project.id, &session.consumer_id).await?
-                .ok_or_else(|| refresh_refused("invalid-refresh-token", "The session's user no longer exists."))?;
+            let consumer = d1::find_consumer(&db, &project.id, &session.consumer_id)
+                .await?
+                .ok_or_else(|| {
+                    refresh_refused(
+                        "invalid-refresh-token",
+                        "The session's user no longer exists.",
+                    )
+                })?;
             if consumer.status != "enabled" {
                 return Err(Error::consumer_disabled());
             }
             let email = session.email.clone().unwrap_or_default();
             let access = sign_access(env, &project, &consumer.id, &email, &session_id, now)?;
-            record_event(ctx, env, identity::EventDraft { consumer_id: Some(consumer.id), ip, ..event(&project.id, "refresh") });
+            record_event(
+                ctx,
+                env,
+                identity::EventDraft {
+                    consumer_id: Some(consumer.id),
+                    ip,
+                    ..event(&project.id, "refresh")
+                },
+            );
             token_pair(&project, access, new_token)
         }
         GuardReply::Reused { session } => {
             let store = kv::kv(env)?;
-            kv::put::<SessionRecord>(&store, &session_id, &SessionStatus { consumer_id: session.consumer_id.clone(), revoked: true }).await?;
-            record_event(ctx, env, identity::EventDraft { consumer_id: Some(session.consumer_id), ip, ..event(&project.id, "refresh_reuse") });
+            kv::put::<SessionRecord>(
+                &store,
+                &session_id,
+                &SessionStatus {
+                    consumer_id: session.consumer_id.clone(),
+                    revoked: true,
+                },
+            )
+            .await?;
+            record_event(
+                ctx,
+                env,
+                identity::EventDraft {
+                    consumer_id: Some(session.consumer_id),
+                    ip,
+                    ..event(&project.id, "refresh_reuse")
+                },
+            );
             Err(refresh_refused("refresh-token-reused",
                 "This refresh token was already used. The session has been revoked for safety: sign in again."))
         }
-        GuardReply::Refused { reason } => Err(refresh_refused("invalid-refresh-token", format!("The refresh token was refused: {reason}."))),
-        _ => Err(refresh_refused("invalid-refresh-token", "The refresh token does not belong to this project.")),
+        GuardReply::Refused { reason } => Err(refresh_refused(
+            "invalid-refresh-token",
+            format!("The refresh token was refused: {reason}."),
+        )),
+        _ => Err(refresh_refused(
+            "invalid-refresh-token",
+            "The refresh token does not belong to this project.",
+        )),
     }
 }
 
@@ -217,25 +397,60 @@ async fn signed_in(req: &Request, env: &Env, project: &Project) -> Result<(Strin
         .map_err(Error::invalid_credential)?
         .ok_or_else(Error::missing_credential)?;
     let claims = verify_sluice_token(env, project, &credential, now_ms())?;
-    let Some(SluiceToken::Access { consumer_id, session_id }) = classify(&claims) else {
-        return Err(Error::invalid_credential("This endpoint takes a signed-in user's access token."));
+    let Some(SluiceToken::Access {
+        consumer_id,
+        session_id,
+    }) = classify(&claims)
+    else {
+        return Err(Error::invalid_credential(
+            "This endpoint takes a signed-in user's access token.",
+        ));
     };
     let store = kv::kv(env)?;
-    if kv::get::<SessionRecord>(&store, &session_id).await?.is_some_and(|s| s.revoked) {
-        return Err(Error::new(401, "session-revoked", "The session has ended", "This session was signed out or revoked: sign in again."));
+    if kv::get::<SessionRecord>(&store, &session_id)
+        .await?
+        .is_some_and(|s| s.revoked)
+    {
+        return Err(Error::new(
+            401,
+            "session-revoked",
+            "The session has ended",
+            "This session was signed out or revoked: sign in again.",
+        ));
     }
     Ok((consumer_id, session_id))
 }
 
 /// `POST /v1/{project}/auth/logout`: revokes the session of the access token.
-pub async fn logout(req: Request, env: &Env, ctx: &Context, project: &str) -> Result<Response, Error> {
+pub async fn logout(
+    req: Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
     let (consumer_id, session_id) = signed_in(&req, env, &project).await?;
     auth_do::call(env, &format!("session:{session_id}"), &GuardRequest::Revoke).await?;
     let store = kv::kv(env)?;
-    kv::put::<SessionRecord>(&store, &session_id, &SessionStatus { consumer_id: consumer_id.clone(), revoked: true }).await?;
-    record_event(ctx, env, identity::EventDraft { consumer_id: Some(consumer_id), ip: client_ip(&req), ..event(&project.id, "logout") });
+    kv::put::<SessionRecord>(
+        &store,
+        &session_id,
+        &SessionStatus {
+            consumer_id: consumer_id.clone(),
+            revoked: true,
+        },
+    )
+    .await?;
+    record_event(
+        ctx,
+        env,
+        identity::EventDraft {
+            consumer_id: Some(consumer_id),
+            ip: client_ip(&req),
+            ..event(&project.id, "logout")
+        },
+    );
     no_content()
 }
 
@@ -244,7 +459,8 @@ pub async fn me(req: Request, env: &Env, project: &str) -> Result<Response, Erro
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
     let (consumer_id, _) = signed_in(&req, env, &project).await?;
-    let consumer = d1::find_consumer(&db, &project.id, &consumer_id).await?
+    let consumer = d1::find_consumer(&db, &project.id, &consumer_id)
+        .await?
         .ok_or_else(|| Error::invalid_credential("The signed-in user no longer exists."))?;
     json(200, &consumer.to_json(&project.slug))
 }
@@ -255,44 +471,103 @@ fn oauth_error(status: u16, error: &'static str, description: &str) -> Error {
         "unsupported_grant_type" => ("unsupported-grant-type", "Unsupported grant type"),
         _ => ("invalid-request", "The token request is not valid"),
     };
-    let e = Error::new(status, kind, title, description.to_string()).with_field("error", error).with_field("error_description", description);
-    if status == 401 { e.with_header("WWW-Authenticate", "Bearer") } else { e }
+    let e = Error::new(status, kind, title, description.to_string())
+        .with_field("error", error)
+        .with_field("error_description", description);
+    if status == 401 {
+        e.with_header("WWW-Authenticate", "Bearer")
+    } else {
+        e
+    }
 }
 
 /// `POST /v1/{project}/auth/token`: a consumer key (Bearer, or the `client_credentials` grant with
 /// `client_secret`) becomes a 30-minute token for that consumer. Errors carry RFC 6749's `error` and
 /// `error_description` beside the problem fields. Revoking the key ends every token made from it.
-pub async fn token_exchange(mut req: Request, env: &Env, ctx: &Context, project: &str) -> Result<Response, Error> {
+pub async fn token_exchange(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
-    let bearer = crate::auth::extract_credential(header(&req, "authorization").as_deref(), None).ok().flatten();
+    let bearer = crate::auth::extract_credential(header(&req, "authorization").as_deref(), None)
+        .ok()
+        .flatten();
     let body = read_body(&mut req, AUTH_BODY_LIMIT).await?;
-    let form: Vec<(String, String)> = if header(&req, "content-type").is_some_and(|c| c.contains("json")) {
-        match serde_json::from_slice::<serde_json::Map<String, Value>>(&body) {
-            Ok(m) => m.into_iter().filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string()))).collect(),
-            Err(_) => return Err(oauth_error(400, "invalid_request", "The body is not valid JSON.")),
-        }
-    } else {
-        form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
-    };
+    let form: Vec<(String, String)> =
+        if header(&req, "content-type").is_some_and(|c| c.contains("json")) {
+            match serde_json::from_slice::<serde_json::Map<String, Value>>(&body) {
+                Ok(m) => m
+                    .into_iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
+                    .collect(),
+                Err(_) => {
+                    return Err(oauth_error(
+                        400,
+                        "invalid_request",
+                        "The body is not valid JSON.",
+                    ))
+                }
+            }
+        } else {
+            form_urlencoded::parse(&body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        };
     let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     if let Some(grant) = field("grant_type") {
         if grant != "client_credentials" {
-            return Err(oauth_error(400, "unsupported_grant_type", "Only grant_type=client_credentials is supported."));
+            return Err(oauth_error(
+                400,
+                "unsupported_grant_type",
+                "Only grant_type=client_credentials is supported.",
+            ));
         }
     }
-    let secret = field("client_secret").or(bearer)
-        .ok_or_else(|| oauth_error(401, "invalid_client", "Send the consumer key as Bearer or as client_secret."))?;
-    let key = ConsumerKey::parse(&secret).map_err(|e| oauth_error(401, "invalid_client", e.describe()))?;
-    let found = d1::key_by_hash(&db, &project.id, &key.hash()).await?
-        .ok_or_else(|| oauth_error(401, "invalid_client", "This consumer key is unknown or has been revoked."))?;
+    let secret = field("client_secret").or(bearer).ok_or_else(|| {
+        oauth_error(
+            401,
+            "invalid_client",
+            "Send the consumer key as Bearer or as client_secret.",
+        )
+    })?;
+    let key = ConsumerKey::parse(&secret)
+        .map_err(|e| oauth_error(401, "invalid_client", e.describe()))?;
+    let found = d1::key_by_hash(&db, &project.id, &key.hash())
+        .await?
+        .ok_or_else(|| {
+            oauth_error(
+                401,
+                "invalid_client",
+                "This consumer key is unknown or has been revoked.",
+            )
+        })?;
     if found.consumer_status != "enabled" {
         return Err(Error::consumer_disabled());
     }
     let now = now_ms();
-    let token = current_key(env, &project)?.sign(&exchange_claims(&project.slug, &found.consumer_id, &found.key_id, now / 1000));
-    record_event(ctx, env, identity::EventDraft { consumer_id: Some(found.consumer_id), detail: Some(found.key_id), ip: client_ip(&req), ..event(&project.id, "token_issued") });
-    let mut r = json(200, &json!({"access_token": token, "token_type": "Bearer", "expires_in": EXCHANGE_TTL_S}))?;
+    let token = current_key(env, &project)?.sign(&exchange_claims(
+        &project.slug,
+        &found.consumer_id,
+        &found.key_id,
+        now / 1000,
+    ));
+    record_event(
+        ctx,
+        env,
+        identity::EventDraft {
+            consumer_id: Some(found.consumer_id),
+            detail: Some(found.key_id),
+            ip: client_ip(&req),
+            ..event(&project.id, "token_issued")
+        },
+    );
+    let mut r = json(
+        200,
+        &json!({"access_token": token, "token_type": "Bearer", "expires_in": EXCHANGE_TTL_S}),
+    )?;
     r.headers_mut().set("cache-control", "no-store")?;
     Ok(r)
 }
@@ -302,9 +577,13 @@ pub async fn token_exchange(mut req: Request, env: &Env, ctx: &Context, project:
 pub async fn jwks(env: &Env, project: &str) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
-    let keys: Vec<Value> = identity::verification_keys(env, &project, now_ms())?.iter().map(|k| k.public_jwk()).collect();
+    let keys: Vec<Value> = identity::verification_keys(env, &project, now_ms())?
+        .iter()
+        .map(|k| k.public_jwk())
+        .collect();
     let mut r = json(200, &json!({ "keys": keys }))?;
-    r.headers_mut().set("cache-control", "public, max-age=300")?;
+    r.headers_mut()
+        .set("cache-control", "public, max-age=300")?;
     Ok(r)
 }
 
@@ -314,7 +593,9 @@ pub async fn dev_mailbox(env: &Env) -> Result<Response, Error> {
         return Err(Error::not_found("No route for /dev/mailbox."));
     }
     let store = kv::kv(env)?;
-    let mut mails = kv::get::<MailboxRecord>(&store, email::MAILBOX_KEY).await?.unwrap_or_default();
+    let mut mails = kv::get::<MailboxRecord>(&store, email::MAILBOX_KEY)
+        .await?
+        .unwrap_or_default();
     mails.reverse();
     json(200, &json!({ "messages": mails }))
 }

@@ -35,7 +35,12 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Re
     };
     if let (Some(project), Some(origin)) = (cors_project, origin) {
         if let Ok(true) = origin_allowed(env, &project, &origin).await {
-            allow_origin(response.headers_mut(), &origin, method == "OPTIONS", requested_headers.as_deref())?;
+            allow_origin(
+                response.headers_mut(),
+                &origin,
+                method == "OPTIONS",
+                requested_headers.as_deref(),
+            )?;
         }
     }
     Ok(response)
@@ -46,11 +51,20 @@ async fn dispatch(route: Route, req: Request, env: &Env, ctx: &Context) -> Resul
         check_admin(&req, env)?;
     }
     match route {
-        Route::Health => json(200, &serde_json::json!({"status": "ok", "service": "sluice"})),
+        Route::Health => json(
+            200,
+            &serde_json::json!({"status": "ok", "service": "sluice"}),
+        ),
         Route::Asset { path } => serve_asset(&req, env, &path),
-        Route::ChatCompletions { project, api } => pipeline::chat_completions(req, env, ctx, &project, &api).await,
-        Route::ListModels { project, api } => pipeline::list_models(req, env, ctx, &project, &api).await,
-        Route::ConsumerUsage { project, api } => pipeline::consumer_usage(req, env, ctx, &project, &api).await,
+        Route::ChatCompletions { project, api } => {
+            pipeline::chat_completions(req, env, ctx, &project, &api).await
+        }
+        Route::ListModels { project, api } => {
+            pipeline::list_models(req, env, ctx, &project, &api).await
+        }
+        Route::ConsumerUsage { project, api } => {
+            pipeline::consumer_usage(req, env, ctx, &project, &api).await
+        }
         Route::OtpStart { project } => auth::otp_start(req, env, ctx, &project).await,
         Route::OtpVerify { project } => auth::otp_verify(req, env, ctx, &project).await,
         Route::Refresh { project } => auth::refresh(req, env, ctx, &project).await,
@@ -72,7 +86,10 @@ fn serve_asset(req: &Request, env: &Env, path: &str) -> Result<Response, Error> 
         _ => return Err(Error::not_found(format!("No route for {path}."))),
     };
     let url = req.url()?;
-    let version = url.query_pairs().find(|(k, _)| k == "v").map(|(_, v)| v.into_owned());
+    let version = url
+        .query_pairs()
+        .find(|(k, _)| k == "v")
+        .map(|(_, v)| v.into_owned());
     let headers = Headers::new();
     headers.set("content-type", asset.content_type)?;
     headers.set("etag", &asset.etag())?;
@@ -89,19 +106,34 @@ fn serve_asset(req: &Request, env: &Env, path: &str) -> Result<Response, Error> 
 async fn origin_allowed(env: &Env, project: &str, origin: &str) -> Result<bool, Error> {
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
-    Ok(project.allowed_origins().iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)))
+    Ok(project
+        .allowed_origins()
+        .iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin)))
 }
 
 /// `requested` is the preflight's `Access-Control-Request-Headers`: allowed as asked, so an API that
 /// reads its credential from a custom header can be called from a browser too.
-fn allow_origin(headers: &mut Headers, origin: &str, preflight: bool, requested: Option<&str>) -> worker::Result<()> {
+fn allow_origin(
+    headers: &mut Headers,
+    origin: &str,
+    preflight: bool,
+    requested: Option<&str>,
+) -> worker::Result<()> {
     headers.set("access-control-allow-origin", origin)?;
     headers.append("vary", "Origin")?;
     headers.set("access-control-expose-headers", EXPOSED)?;
     if preflight {
         headers.set("access-control-allow-methods", "GET, POST, OPTIONS")?;
-        let asked = requested.filter(|h| h.len() <= 1000 && h.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_, ".contains(&c)));
-        headers.set("access-control-allow-headers", asked.unwrap_or("authorization, content-type, x-api-key"))?;
+        let asked = requested.filter(|h| {
+            h.len() <= 1000
+                && h.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_, ".contains(&c))
+        });
+        headers.set(
+            "access-control-allow-headers",
+            asked.unwrap_or("authorization, content-type, x-api-key"),
+        )?;
         headers.set("access-control-max-age", "600")?;
     }
     Ok(())
@@ -110,10 +142,17 @@ fn allow_origin(headers: &mut Headers, origin: &str, preflight: bool, requested:
 /// The owner's routes need `Authorization: Bearer <ADMIN_TOKEN>`, compared in constant time.
 fn check_admin(req: &Request, env: &Env) -> Result<(), Error> {
     let Some(expected) = secret(env, "ADMIN_TOKEN") else {
-        return Err(Error::admin_unauthorized().with_field("hint", "ADMIN_TOKEN is not configured on this gateway."));
+        return Err(Error::admin_unauthorized()
+            .with_field("hint", "ADMIN_TOKEN is not configured on this gateway."));
     };
     let sent = header(req, "authorization");
-    let token = sent.as_deref().and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))).map(str::trim);
+    let token = sent
+        .as_deref()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
     match token {
         Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
         _ => Err(Error::admin_unauthorized()),

@@ -3,7 +3,10 @@
 
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
-use worker::{durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, SqlStorage, SqlStorageValue, State};
+use worker::{
+    durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, SqlStorage,
+    SqlStorageValue, State,
+};
 
 use crate::auth::guard::{apply, GuardReply, GuardRequest, GuardState};
 use crate::error::Error;
@@ -21,10 +24,16 @@ struct Row {
 
 fn run(sql: &SqlStorage, request: &GuardRequest) -> Result<GuardReply> {
     sql.exec("CREATE TABLE IF NOT EXISTS guard (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL)", None)?;
-    let rows: Vec<Row> = sql.exec("SELECT state FROM guard WHERE id = 1", None)?.to_array()?;
-    let mut state: GuardState = rows.first().and_then(|r| serde_json::from_str(&r.state).ok()).unwrap_or_default();
+    let rows: Vec<Row> = sql
+        .exec("SELECT state FROM guard WHERE id = 1", None)?
+        .to_array()?;
+    let mut state: GuardState = rows
+        .first()
+        .and_then(|r| serde_json::from_str(&r.state).ok())
+        .unwrap_or_default();
     let reply = apply(&mut state, request);
-    let json = serde_json::to_string(&state).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let json =
+        serde_json::to_string(&state).map_err(|e| worker::Error::RustError(e.to_string()))?;
     sql.exec("INSERT INTO guard (id, state) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
         vec![SqlStorageValue::String(json)])?;
     Ok(reply)
@@ -46,19 +55,31 @@ impl DurableObject for AuthGuard {
 
 fn unavailable(detail: impl std::fmt::Display) -> Error {
     worker::console_error!("auth state unavailable: {detail}");
-    Error::new(503, "auth-unavailable", "Sign-in is temporarily unavailable", "The gateway could not reach its sign-in state; try again shortly.")
-        .with_header("Retry-After", "1")
+    Error::new(
+        503,
+        "auth-unavailable",
+        "Sign-in is temporarily unavailable",
+        "The gateway could not reach its sign-in state; try again shortly.",
+    )
+    .with_header("Retry-After", "1")
 }
 
 /// Sends one operation to the auth-state object named `name` (e.g. `otp:{project}:{email}`).
 pub async fn call(env: &Env, name: &str, op: &GuardRequest) -> Result<GuardReply, Error> {
     let namespace = env.durable_object("AUTH_GUARD").map_err(unavailable)?;
-    let stub = namespace.id_from_name(name).and_then(|id| id.get_stub()).map_err(unavailable)?;
+    let stub = namespace
+        .id_from_name(name)
+        .and_then(|id| id.get_stub())
+        .map_err(unavailable)?;
     let body = serde_json::to_string(op).map_err(unavailable)?;
     let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
+    init.with_method(Method::Post)
+        .with_body(Some(JsValue::from_str(&body)));
     let request = Request::new_with_init("https://auth-guard/op", &init).map_err(unavailable)?;
-    let mut response = stub.fetch_with_request(request).await.map_err(unavailable)?;
+    let mut response = stub
+        .fetch_with_request(request)
+        .await
+        .map_err(unavailable)?;
     if response.status_code() != 200 {
         return Err(unavailable(format!("status {}", response.status_code())));
     }

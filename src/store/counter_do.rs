@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
-use worker::{durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, SqlStorage, SqlStorageValue, State};
+use worker::{
+    durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, SqlStorage,
+    SqlStorageValue, State,
+};
 
 use crate::error::Error;
 use crate::http::problem;
@@ -41,13 +44,21 @@ struct OutboxRow {
 
 fn ensure_schema(sql: &SqlStorage) -> Result<()> {
     sql.exec("CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL)", None)?;
-    sql.exec("CREATE TABLE IF NOT EXISTS usage_outbox (id TEXT PRIMARY KEY, record TEXT NOT NULL)", None)?;
+    sql.exec(
+        "CREATE TABLE IF NOT EXISTS usage_outbox (id TEXT PRIMARY KEY, record TEXT NOT NULL)",
+        None,
+    )?;
     Ok(())
 }
 
 fn load(sql: &SqlStorage) -> Result<CounterState> {
-    let rows: Vec<StateRow> = sql.exec("SELECT state FROM counter WHERE id = 1", None)?.to_array()?;
-    Ok(rows.first().and_then(|r| serde_json::from_str(&r.state).ok()).unwrap_or_default())
+    let rows: Vec<StateRow> = sql
+        .exec("SELECT state FROM counter WHERE id = 1", None)?
+        .to_array()?;
+    Ok(rows
+        .first()
+        .and_then(|r| serde_json::from_str(&r.state).ok())
+        .unwrap_or_default())
 }
 
 fn save(sql: &SqlStorage, state: &CounterState) -> Result<()> {
@@ -65,17 +76,27 @@ impl ConsumerCounter {
         let mut state = load(&sql)?;
         let reply = apply(&mut state, request);
         save(&sql, &state)?;
-        if let (CounterRequest::Settle { record, .. }, CounterReply::Settled { counted: true }) = (request, &reply) {
-            let json = serde_json::to_string(record).map_err(|e| worker::Error::RustError(e.to_string()))?;
-            sql.exec("INSERT OR IGNORE INTO usage_outbox (id, record) VALUES (?, ?)",
-                vec![SqlStorageValue::String(record.id.clone()), SqlStorageValue::String(json)])?;
+        if let (CounterRequest::Settle { record, .. }, CounterReply::Settled { counted: true }) =
+            (request, &reply)
+        {
+            let json = serde_json::to_string(record)
+                .map_err(|e| worker::Error::RustError(e.to_string()))?;
+            sql.exec(
+                "INSERT OR IGNORE INTO usage_outbox (id, record) VALUES (?, ?)",
+                vec![
+                    SqlStorageValue::String(record.id.clone()),
+                    SqlStorageValue::String(json),
+                ],
+            )?;
         }
         Ok(reply)
     }
 
     fn outbox_waiting(&self) -> Result<bool> {
         let sql = self.state.storage().sql();
-        let left: Vec<StateRow> = sql.exec("SELECT 'x' AS state FROM usage_outbox LIMIT 1", None)?.to_array()?;
+        let left: Vec<StateRow> = sql
+            .exec("SELECT 'x' AS state FROM usage_outbox LIMIT 1", None)?
+            .to_array()?;
         Ok(!left.is_empty())
     }
 
@@ -109,8 +130,16 @@ impl DurableObject for ConsumerCounter {
     async fn alarm(&self) -> Result<Response> {
         let sql = self.state.storage().sql();
         ensure_schema(&sql)?;
-        let rows: Vec<OutboxRow> = sql.exec(&format!("SELECT record FROM usage_outbox ORDER BY rowid LIMIT {FLUSH_BATCH}"), None)?.to_array()?;
-        let records: Vec<UsageRecord> = rows.iter().filter_map(|r| serde_json::from_str(&r.record).ok()).collect();
+        let rows: Vec<OutboxRow> = sql
+            .exec(
+                &format!("SELECT record FROM usage_outbox ORDER BY rowid LIMIT {FLUSH_BATCH}"),
+                None,
+            )?
+            .to_array()?;
+        let records: Vec<UsageRecord> = rows
+            .iter()
+            .filter_map(|r| serde_json::from_str(&r.record).ok())
+            .collect();
         let flushed = match d1::db(&self.env) {
             Ok(db) => d1::insert_usage(&db, &records).await.is_ok(),
             Err(_) => false,
@@ -122,10 +151,16 @@ impl DurableObject for ConsumerCounter {
         // Stored in D1 (INSERT OR IGNORE): only now leave the outbox, so a crash in between repeats
         // the insert harmlessly instead of losing the record.
         for r in &records {
-            sql.exec("DELETE FROM usage_outbox WHERE id = ?", vec![SqlStorageValue::String(r.id.clone())])?;
+            sql.exec(
+                "DELETE FROM usage_outbox WHERE id = ?",
+                vec![SqlStorageValue::String(r.id.clone())],
+            )?;
         }
         if self.outbox_waiting()? {
-            self.state.storage().set_alarm(Duration::from_millis(10)).await?;
+            self.state
+                .storage()
+                .set_alarm(Duration::from_millis(10))
+                .await?;
         }
         Response::ok("flushed")
     }
@@ -140,14 +175,26 @@ fn unavailable(detail: impl std::fmt::Display) -> Error {
 
 /// Sends one operation to the counter of (`api_id`, `consumer_id`). Any failure is a 503: the gateway
 /// fails closed rather than serve unmetered.
-pub async fn call(env: &Env, api_id: &str, consumer_id: &str, op: &CounterRequest) -> Result<CounterReply, Error> {
+pub async fn call(
+    env: &Env,
+    api_id: &str,
+    consumer_id: &str,
+    op: &CounterRequest,
+) -> Result<CounterReply, Error> {
     let namespace = env.durable_object("COUNTERS").map_err(unavailable)?;
-    let stub = namespace.id_from_name(&format!("{api_id}/{consumer_id}")).and_then(|id| id.get_stub()).map_err(unavailable)?;
+    let stub = namespace
+        .id_from_name(&format!("{api_id}/{consumer_id}"))
+        .and_then(|id| id.get_stub())
+        .map_err(unavailable)?;
     let body = serde_json::to_string(op).map_err(unavailable)?;
     let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
+    init.with_method(Method::Post)
+        .with_body(Some(JsValue::from_str(&body)));
     let request = Request::new_with_init("https://counter/op", &init).map_err(unavailable)?;
-    let mut response = stub.fetch_with_request(request).await.map_err(unavailable)?;
+    let mut response = stub
+        .fetch_with_request(request)
+        .await
+        .map_err(unavailable)?;
     if response.status_code() != 200 {
         return Err(unavailable(format!("status {}", response.status_code())));
     }

@@ -65,14 +65,24 @@ const PROJECT_COLUMNS: &str = "id, slug, name, created_at, access_token_ttl_s, e
      signing_generation, previous_key_retired_at";
 
 pub async fn list_projects(db: &D1Database) -> Result<Vec<Project>, Error> {
-    Ok(db.prepare(format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY created_at, id")).all().await?.results()?)
+    Ok(db
+        .prepare(format!(
+            "SELECT {PROJECT_COLUMNS} FROM projects ORDER BY created_at, id"
+        ))
+        .all()
+        .await?
+        .results()?)
 }
 
 pub async fn project_by_slug(db: &D1Database, slug: &str) -> Result<Project, Error> {
-    stmt(db, &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE slug = ?1"), &[text(slug)])?
-        .first::<Project>(None)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("There is no project `{slug}`.")))
+    stmt(
+        db,
+        &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE slug = ?1"),
+        &[text(slug)],
+    )?
+    .first::<Project>(None)
+    .await?
+    .ok_or_else(|| Error::not_found(format!("There is no project `{slug}`.")))
 }
 
 pub async fn update_project(db: &D1Database, p: &Project) -> Result<(), Error> {
@@ -98,8 +108,18 @@ pub async fn create_api(db: &D1Database, a: &Api, default_plan: &Plan) -> Result
           opt_text(a.upstream_key_enc.as_deref()), opt_text(a.default_model.as_deref()), text(&a.models_json),
           int(a.timeout_ms), int(a.created_at), int(a.updated_at)])?;
     let insert_plan = insert_plan_stmt(db, default_plan, &a.id, a.created_at)?;
-    db.batch(vec![insert_api, insert_plan]).await.map(|_| ())
-        .map_err(|e| conflict_or(e, format!("Project `{}` already has an API `{}`.", a.project_slug, a.slug)))
+    db.batch(vec![insert_api, insert_plan])
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            conflict_or(
+                e,
+                format!(
+                    "Project `{}` already has an API `{}`.",
+                    a.project_slug, a.slug
+                ),
+            )
+        })
 }
 
 pub async fn api_by_id(db: &D1Database, id: &str) -> Result<Api, Error> {
@@ -251,28 +271,59 @@ const PLAN_COLUMNS: &str = "id, api_id, name, requests_per_minute, requests_per_
      max_tokens_per_request, max_concurrent_streams, models_json, is_default, created_at, updated_at";
 
 fn opt_int(n: Option<u64>) -> JsValue {
-    n.map(|v| JsValue::from_f64(v as f64)).unwrap_or(JsValue::NULL)
+    n.map(|v| JsValue::from_f64(v as f64))
+        .unwrap_or(JsValue::NULL)
 }
 
 fn plan_args(p: &Plan, api_id: &str, now: i64) -> Vec<JsValue> {
     let l = &p.limits;
-    vec![text(&p.id), text(api_id), text(&p.name), opt_int(l.requests_per_minute), opt_int(l.requests_per_day),
-         opt_int(l.tokens_per_day), opt_int(l.tokens_per_month), opt_int(l.max_tokens_per_request), opt_int(l.max_concurrent_streams),
-         p.models.as_ref().map(|m| JsValue::from_str(&serde_json::to_string(m).unwrap_or_default())).unwrap_or(JsValue::NULL),
-         int(i64::from(p.is_default)), int(now)]
+    vec![
+        text(&p.id),
+        text(api_id),
+        text(&p.name),
+        opt_int(l.requests_per_minute),
+        opt_int(l.requests_per_day),
+        opt_int(l.tokens_per_day),
+        opt_int(l.tokens_per_month),
+        opt_int(l.max_tokens_per_request),
+        opt_int(l.max_concurrent_streams),
+        p.models
+            .as_ref()
+            .map(|m| JsValue::from_str(&serde_json::to_string(m).unwrap_or_default()))
+            .unwrap_or(JsValue::NULL),
+        int(i64::from(p.is_default)),
+        int(now),
+    ]
 }
 
 /// The statement that inserts a plan (batched with the API it belongs to, or run alone).
-pub fn insert_plan_stmt(db: &D1Database, p: &Plan, api_id: &str, now: i64) -> Result<D1PreparedStatement, Error> {
+pub fn insert_plan_stmt(
+    db: &D1Database,
+    p: &Plan,
+    api_id: &str,
+    now: i64,
+) -> Result<D1PreparedStatement, Error> {
     stmt(db, &format!("INSERT INTO plans ({PLAN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)"), &plan_args(p, api_id, now))
 }
 
-fn clear_default_stmt(db: &D1Database, api_id: &str, keep: &str) -> Result<D1PreparedStatement, Error> {
-    stmt(db, "UPDATE plans SET is_default = 0 WHERE api_id = ?1 AND id <> ?2 AND is_default = 1", &[text(api_id), text(keep)])
+fn clear_default_stmt(
+    db: &D1Database,
+    api_id: &str,
+    keep: &str,
+) -> Result<D1PreparedStatement, Error> {
+    stmt(
+        db,
+        "UPDATE plans SET is_default = 0 WHERE api_id = ?1 AND id <> ?2 AND is_default = 1",
+        &[text(api_id), text(keep)],
+    )
 }
 
 fn conflict_or(e: worker::Error, what: String) -> Error {
-    if e.to_string().contains("UNIQUE constraint failed") { Error::conflict(what) } else { e.into() }
+    if e.to_string().contains("UNIQUE constraint failed") {
+        Error::conflict(what)
+    } else {
+        e.into()
+    }
 }
 
 /// Creates a plan; a new default plan takes over from the old one in the same batch.
@@ -282,7 +333,12 @@ pub async fn create_plan(db: &D1Database, p: &Plan, api_id: &str, now: i64) -> R
         batch.push(clear_default_stmt(db, api_id, &p.id)?);
     }
     batch.push(insert_plan_stmt(db, p, api_id, now)?);
-    db.batch(batch).await.map(|_| ()).map_err(|e| conflict_or(e, format!("This API already has a plan named `{}`.", p.name)))
+    db.batch(batch).await.map(|_| ()).map_err(|e| {
+        conflict_or(
+            e,
+            format!("This API already has a plan named `{}`.", p.name),
+        )
+    })
 }
 
 pub async fn update_plan(db: &D1Database, p: &Plan, api_id: &str, now: i64) -> Result<(), Error> {
@@ -294,18 +350,35 @@ pub async fn update_plan(db: &D1Database, p: &Plan, api_id: &str, now: i64) -> R
         "UPDATE plans SET name = ?3, requests_per_minute = ?4, requests_per_day = ?5, tokens_per_day = ?6, tokens_per_month = ?7, \
          max_tokens_per_request = ?8, max_concurrent_streams = ?9, models_json = ?10, is_default = ?11, updated_at = ?12 \
          WHERE id = ?1 AND api_id = ?2", &plan_args(p, api_id, now))?);
-    db.batch(batch).await.map(|_| ()).map_err(|e| conflict_or(e, format!("This API already has a plan named `{}`.", p.name)))
+    db.batch(batch).await.map(|_| ()).map_err(|e| {
+        conflict_or(
+            e,
+            format!("This API already has a plan named `{}`.", p.name),
+        )
+    })
 }
 
 pub async fn list_plans(db: &D1Database, api_id: &str) -> Result<Vec<PlanRow>, Error> {
-    Ok(stmt(db, &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 ORDER BY created_at, id"), &[text(api_id)])?.all().await?.results()?)
+    Ok(stmt(
+        db,
+        &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 ORDER BY created_at, id"),
+        &[text(api_id)],
+    )?
+    .all()
+    .await?
+    .results()?)
 }
 
 /// A plan of the API by id or by name.
 pub async fn plan(db: &D1Database, api_id: &str, id_or_name: &str) -> Result<PlanRow, Error> {
-    stmt(db, &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 AND (id = ?2 OR name = ?2)"), &[text(api_id), text(id_or_name)])?
-        .first::<PlanRow>(None).await?
-        .ok_or_else(|| Error::not_found(format!("This API has no plan `{id_or_name}`.")))
+    stmt(
+        db,
+        &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 AND (id = ?2 OR name = ?2)"),
+        &[text(api_id), text(id_or_name)],
+    )?
+    .first::<PlanRow>(None)
+    .await?
+    .ok_or_else(|| Error::not_found(format!("This API has no plan `{id_or_name}`.")))
 }
 
 /// The plan a consumer is on: its subscription, else the API's default. Read on every request, so
@@ -316,10 +389,22 @@ pub async fn plan_for(db: &D1Database, api_id: &str, consumer_id: &str) -> Resul
          (id = (SELECT plan_id FROM subscriptions WHERE api_id = ?1 AND consumer_id = ?2) OR is_default = 1) \
          ORDER BY is_default ASC LIMIT 1"), &[text(api_id), text(consumer_id)])?
         .first::<PlanRow>(None).await?;
-    Ok(row.map(|r| r.to_plan()).unwrap_or_else(|| Plan { id: String::new(), name: "default".into(), limits: Default::default(), models: None, is_default: true }))
+    Ok(row.map(|r| r.to_plan()).unwrap_or_else(|| Plan {
+        id: String::new(),
+        name: "default".into(),
+        limits: Default::default(),
+        models: None,
+        is_default: true,
+    }))
 }
 
-pub async fn subscribe(db: &D1Database, api_id: &str, consumer_id: &str, plan_id: &str, now: i64) -> Result<(), Error> {
+pub async fn subscribe(
+    db: &D1Database,
+    api_id: &str,
+    consumer_id: &str,
+    plan_id: &str,
+    now: i64,
+) -> Result<(), Error> {
     changes(db, "INSERT INTO subscriptions (api_id, consumer_id, plan_id, updated_at) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (api_id, consumer_id) DO UPDATE SET plan_id = excluded.plan_id, updated_at = excluded.updated_at",
         &[text(api_id), text(consumer_id), text(plan_id), int(now)]).await?;
@@ -370,11 +455,21 @@ pub struct UsageRow {
 impl UsageRow {
     pub fn to_record(&self) -> UsageRecord {
         UsageRecord {
-            id: self.id.clone(), created_at: self.created_at as i64, project_id: String::new(), api_id: self.api_id.clone(),
-            consumer_id: self.consumer_id.clone(), key_id: self.key_id.clone(), session_id: self.session_id.clone(),
-            model: self.model.clone(), plan: self.plan.clone(), prompt_tokens: self.prompt_tokens as u64,
-            completion_tokens: self.completion_tokens as u64, total_tokens: self.total_tokens as u64,
-            estimated: self.estimated != 0.0, status: self.status as u16, latency_ms: self.latency_ms as u64,
+            id: self.id.clone(),
+            created_at: self.created_at as i64,
+            project_id: String::new(),
+            api_id: self.api_id.clone(),
+            consumer_id: self.consumer_id.clone(),
+            key_id: self.key_id.clone(),
+            session_id: self.session_id.clone(),
+            model: self.model.clone(),
+            plan: self.plan.clone(),
+            prompt_tokens: self.prompt_tokens as u64,
+            completion_tokens: self.completion_tokens as u64,
+            total_tokens: self.total_tokens as u64,
+            estimated: self.estimated != 0.0,
+            status: self.status as u16,
+            latency_ms: self.latency_ms as u64,
             ttft_ms: self.ttft_ms.map(|t| t as u64),
         }
     }
@@ -390,14 +485,24 @@ pub struct UsageGroup {
     pub estimated_requests: f64,
 }
 
-const USAGE_FILTER: &str = "api_id = ?1 AND created_at >= ?2 AND created_at < ?3 AND (?4 IS NULL OR consumer_id = ?4)";
+const USAGE_FILTER: &str =
+    "api_id = ?1 AND created_at >= ?2 AND created_at < ?3 AND (?4 IS NULL OR consumer_id = ?4)";
 
 fn usage_args(api_id: &str, q: &UsageQuery) -> Vec<JsValue> {
-    vec![text(api_id), int(q.from), int(q.to), opt_text(q.consumer.as_deref())]
+    vec![
+        text(api_id),
+        int(q.from),
+        int(q.to),
+        opt_text(q.consumer.as_deref()),
+    ]
 }
 
 /// Totals (and groups, when asked) of an API's usage in `[from, to)`.
-pub async fn usage_groups(db: &D1Database, api_id: &str, q: &UsageQuery) -> Result<Vec<UsageGroup>, Error> {
+pub async fn usage_groups(
+    db: &D1Database,
+    api_id: &str,
+    q: &UsageQuery,
+) -> Result<Vec<UsageGroup>, Error> {
     // Without grouping, the aggregate always yields one row (zeros for an empty window).
     let (key, group) = match q.group_by {
         Some(g) => (g.sql(), " GROUP BY 1 ORDER BY 1"),
@@ -407,32 +512,65 @@ pub async fn usage_groups(db: &D1Database, api_id: &str, q: &UsageQuery) -> Resu
         "SELECT {key} AS key, COUNT(*) AS requests, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, \
          COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(total_tokens), 0) AS total_tokens, \
          COALESCE(SUM(estimated), 0) AS estimated_requests FROM usage_records WHERE {USAGE_FILTER}{group}");
-    Ok(stmt(db, &sql, &usage_args(api_id, q))?.all().await?.results()?)
+    Ok(stmt(db, &sql, &usage_args(api_id, q))?
+        .all()
+        .await?
+        .results()?)
 }
 
 /// The most recent records in `[from, to)`, newest first.
-pub async fn usage_records(db: &D1Database, api_id: &str, q: &UsageQuery, limit: u32) -> Result<Vec<UsageRow>, Error> {
+pub async fn usage_records(
+    db: &D1Database,
+    api_id: &str,
+    q: &UsageQuery,
+    limit: u32,
+) -> Result<Vec<UsageRow>, Error> {
     let sql = format!(
         "SELECT id, created_at, api_id, consumer_id, key_id, session_id, model, plan, prompt_tokens, completion_tokens, \
          total_tokens, estimated, status, latency_ms, ttft_ms FROM usage_records WHERE {USAGE_FILTER} \
          ORDER BY created_at DESC, id LIMIT {limit}");
-    Ok(stmt(db, &sql, &usage_args(api_id, q))?.all().await?.results()?)
+    Ok(stmt(db, &sql, &usage_args(api_id, q))?
+        .all()
+        .await?
+        .results()?)
 }
 
 /// The managed-mode end user with this (normalised) email, if signed in before.
-pub async fn user_by_email(db: &D1Database, project_id: &str, email: &str) -> Result<Option<Consumer>, Error> {
-    Ok(stmt(db, &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE project_id = ?1 AND email = ?2"), &[text(project_id), text(email)])?
-        .first::<Consumer>(None).await?)
+pub async fn user_by_email(
+    db: &D1Database,
+    project_id: &str,
+    email: &str,
+) -> Result<Option<Consumer>, Error> {
+    Ok(stmt(
+        db,
+        &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE project_id = ?1 AND email = ?2"),
+        &[text(project_id), text(email)],
+    )?
+    .first::<Consumer>(None)
+    .await?)
 }
 
 /// A consumer by id, or `None` (for checks on the request path, where absence is a 401, not a 404).
-pub async fn find_consumer(db: &D1Database, project_id: &str, id: &str) -> Result<Option<Consumer>, Error> {
-    Ok(stmt(db, &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE project_id = ?1 AND id = ?2"), &[text(project_id), text(id)])?
-        .first::<Consumer>(None).await?)
+pub async fn find_consumer(
+    db: &D1Database,
+    project_id: &str,
+    id: &str,
+) -> Result<Option<Consumer>, Error> {
+    Ok(stmt(
+        db,
+        &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE project_id = ?1 AND id = ?2"),
+        &[text(project_id), text(id)],
+    )?
+    .first::<Consumer>(None)
+    .await?)
 }
 
 /// A live key by id with its consumer's status: what a key-exchange token rests on.
-pub async fn live_key(db: &D1Database, project_id: &str, key_id: &str) -> Result<Option<KeyMatch>, Error> {
+pub async fn live_key(
+    db: &D1Database,
+    project_id: &str,
+    key_id: &str,
+) -> Result<Option<KeyMatch>, Error> {
     Ok(stmt(db,
         "SELECT k.id AS key_id, k.consumer_id, c.status AS consumer_status FROM consumer_keys k \
          JOIN consumers c ON c.id = k.consumer_id WHERE k.id = ?1 AND k.project_id = ?2 AND k.revoked_at IS NULL",
@@ -463,7 +601,12 @@ pub async fn insert_auth_event(db: &D1Database, e: &AuthEvent) -> Result<(), Err
     Ok(())
 }
 
-pub async fn list_auth_events(db: &D1Database, project_id: &str, since: i64, kind: Option<&str>) -> Result<Vec<AuthEvent>, Error> {
+pub async fn list_auth_events(
+    db: &D1Database,
+    project_id: &str,
+    since: i64,
+    kind: Option<&str>,
+) -> Result<Vec<AuthEvent>, Error> {
     Ok(stmt(db, "SELECT id, project_id, api_id, type, consumer_id, subject, ip, detail, created_at FROM auth_events \
                  WHERE project_id = ?1 AND created_at >= ?2 AND (?3 IS NULL OR type = ?3) ORDER BY created_at DESC, id LIMIT 1000",
         &[text(project_id), int(since), opt_text(kind)])?.all().await?.results()?)
@@ -499,7 +642,11 @@ impl JwtCredentialRow {
 
 const JWT_CREDENTIAL_COLUMNS: &str = "j.id, j.consumer_id, j.kind, j.claim_name, j.claim_value, j.secret_enc, j.secret_prefix, j.jwks_json, j.created_at";
 
-pub async fn create_jwt_credential(db: &D1Database, project_id: &str, r: &JwtCredentialRow) -> Result<(), Error> {
+pub async fn create_jwt_credential(
+    db: &D1Database,
+    project_id: &str,
+    r: &JwtCredentialRow,
+) -> Result<(), Error> {
     insert(db,
         "INSERT INTO consumer_jwt_credentials (id, project_id, consumer_id, kind, claim_name, claim_value, secret_enc, secret_prefix, jwks_json, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -508,20 +655,33 @@ pub async fn create_jwt_credential(db: &D1Database, project_id: &str, r: &JwtCre
         format!("Another consumer's credential already uses {} = {}.", r.claim_name, r.claim_value)).await
 }
 
-pub async fn list_jwt_credentials(db: &D1Database, project_id: &str, consumer_id: &str) -> Result<Vec<JwtCredentialRow>, Error> {
+pub async fn list_jwt_credentials(
+    db: &D1Database,
+    project_id: &str,
+    consumer_id: &str,
+) -> Result<Vec<JwtCredentialRow>, Error> {
     Ok(stmt(db, &format!("SELECT {JWT_CREDENTIAL_COLUMNS} FROM consumer_jwt_credentials j \
                           WHERE j.project_id = ?1 AND j.consumer_id = ?2 AND j.revoked_at IS NULL ORDER BY j.created_at, j.id"),
         &[text(project_id), text(consumer_id)])?.all().await?.results()?)
 }
 
-pub async fn revoke_jwt_credential(db: &D1Database, project_id: &str, id: &str, now: i64) -> Result<bool, Error> {
+pub async fn revoke_jwt_credential(
+    db: &D1Database,
+    project_id: &str,
+    id: &str,
+    now: i64,
+) -> Result<bool, Error> {
     Ok(changes(db, "UPDATE consumer_jwt_credentials SET revoked_at = ?3 WHERE project_id = ?1 AND id = ?2 AND revoked_at IS NULL",
         &[text(project_id), text(id), int(now)]).await? == 1)
 }
 
 /// Live credentials whose claim value is among `values` (read unverified from a token), with the
 /// consumer's status. The caller still checks the claim name and the signature.
-pub async fn jwt_credentials_for(db: &D1Database, project_id: &str, values: &[String]) -> Result<Vec<JwtCredentialRow>, Error> {
+pub async fn jwt_credentials_for(
+    db: &D1Database,
+    project_id: &str,
+    values: &[String],
+) -> Result<Vec<JwtCredentialRow>, Error> {
     if values.is_empty() {
         return Ok(Vec::new());
     }
@@ -536,15 +696,21 @@ pub async fn jwt_credentials_for(db: &D1Database, project_id: &str, values: &[St
 
 /// The consumer-key fast path: the API, the live key and the consumer's plan in ONE round trip
 /// (a D1 batch), keyed only by what the request carries (slugs and the key's hash).
-pub async fn api_key_and_plan(db: &D1Database, project: &str, api: &str, key_hash: &str)
-    -> Result<(Option<Api>, Option<KeyMatch>, Option<Plan>), Error> {
+pub async fn api_key_and_plan(
+    db: &D1Database,
+    project: &str,
+    api: &str,
+    key_hash: &str,
+) -> Result<(Option<Api>, Option<KeyMatch>, Option<Plan>), Error> {
     let api_stmt = stmt(db, &format!("SELECT {API_COLUMNS} FROM apis a JOIN projects p ON p.id = a.project_id WHERE p.slug = ?1 AND a.slug = ?2"),
         &[text(project), text(api)])?;
-    let key_stmt = stmt(db,
+    let key_stmt = stmt(
+        db,
         "SELECT k.id AS key_id, k.consumer_id, c.status AS consumer_status FROM consumer_keys k \
          JOIN consumers c ON c.id = k.consumer_id JOIN projects p ON p.id = k.project_id \
          WHERE k.key_hash = ?1 AND p.slug = ?2 AND k.revoked_at IS NULL",
-        &[text(key_hash), text(project)])?;
+        &[text(key_hash), text(project)],
+    )?;
     let plan_stmt = stmt(db, &format!(
         "SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = \
            (SELECT a.id FROM apis a JOIN projects p ON p.id = a.project_id WHERE p.slug = ?1 AND a.slug = ?2) \
@@ -554,10 +720,16 @@ pub async fn api_key_and_plan(db: &D1Database, project: &str, api: &str, key_has
     let results = db.batch(vec![api_stmt, key_stmt, plan_stmt]).await?;
     let mut it = results.into_iter();
     let (Some(a), Some(k), Some(p)) = (it.next(), it.next(), it.next()) else {
-        return Err(Error::internal("D1 answered a batch of three with fewer results."));
+        return Err(Error::internal(
+            "D1 answered a batch of three with fewer results.",
+        ));
     };
     let api = a.results::<Api>()?.into_iter().next();
     let key = k.results::<KeyMatch>()?.into_iter().next();
-    let plan = p.results::<PlanRow>()?.into_iter().next().map(|r| r.to_plan());
+    let plan = p
+        .results::<PlanRow>()?
+        .into_iter()
+        .next()
+        .map(|r| r.to_plan());
     Ok((api, key, plan))
 }

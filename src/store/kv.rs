@@ -60,7 +60,8 @@ impl KvRecord for MailboxRecord {
 }
 
 pub fn kv(env: &Env) -> Result<KvStore, Error> {
-    env.kv("KV").map_err(|_| Error::misconfigured("The KV binding `KV` is missing from wrangler.toml."))
+    env.kv("KV")
+        .map_err(|_| Error::misconfigured("The KV binding `KV` is missing from wrangler.toml."))
 }
 
 fn kv_error(e: impl std::fmt::Display) -> Error {
@@ -69,10 +70,18 @@ fn kv_error(e: impl std::fmt::Display) -> Error {
 }
 
 pub async fn get<R: KvRecord>(kv: &KvStore, key: &str) -> Result<Option<R::Value>, Error> {
-    kv.get(&format!("{}{key}", R::PREFIX)).json::<R::Value>().await.map_err(kv_error)
+    kv.get(&format!("{}{key}", R::PREFIX))
+        .json::<R::Value>()
+        .await
+        .map_err(kv_error)
 }
 
 pub async fn put<R: KvRecord>(kv: &KvStore, key: &str, value: &R::Value) -> Result<(), Error> {
     let text = serde_json::to_string(value).map_err(kv_error)?;
-    kv.put(&format!("{}{key}", R::PREFIX), text).map_err(kv_error)?.expiration_ttl(R::TTL_S).execute().await.map_err(kv_error)
+    kv.put(&format!("{}{key}", R::PREFIX), text)
+        .map_err(kv_error)?
+        .expiration_ttl(R::TTL_S)
+        .execute()
+        .await
+        .map_err(kv_error)
 }

@@ -24,9 +24,19 @@ impl Usage {
     pub fn from_json(v: &Value) -> Option<Usage> {
         let u = v.get("usage").filter(|u| u.is_object())?;
         let prompt = u.get("prompt_tokens").and_then(Value::as_u64)?;
-        let completion = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
-        let total = u.get("total_tokens").and_then(Value::as_u64).unwrap_or(prompt + completion);
-        Some(Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: total })
+        let completion = u
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let total = u
+            .get("total_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(prompt + completion);
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: total,
+        })
     }
 }
 
@@ -41,14 +51,31 @@ pub enum Next {
 
 /// Characters of generated text in a chunk: content, reasoning and tool-call arguments.
 fn generated_chars(v: &Value) -> usize {
-    let Some(choices) = v.get("choices").and_then(Value::as_array) else { return 0 };
-    choices.iter().filter_map(|c| c.get("delta")).map(|d| {
-        let text = |k: &str| d.get(k).and_then(Value::as_str).map_or(0, |s| s.chars().count());
-        let tools = d.get("tool_calls").and_then(Value::as_array).map_or(0, |calls| {
-            calls.iter().filter_map(|t| t.pointer("/function/arguments").and_then(Value::as_str)).map(|s| s.chars().count()).sum()
-        });
-        text("content") + text("reasoning_content") + text("reasoning") + tools
-    }).sum()
+    let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+        return 0;
+    };
+    choices
+        .iter()
+        .filter_map(|c| c.get("delta"))
+        .map(|d| {
+            let text = |k: &str| {
+                d.get(k)
+                    .and_then(Value::as_str)
+                    .map_or(0, |s| s.chars().count())
+            };
+            let tools = d
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .map_or(0, |calls| {
+                    calls
+                        .iter()
+                        .filter_map(|t| t.pointer("/function/arguments").and_then(Value::as_str))
+                        .map(|s| s.chars().count())
+                        .sum()
+                });
+            text("content") + text("reasoning_content") + text("reasoning") + tools
+        })
+        .sum()
 }
 
 #[derive(Debug)]
@@ -67,7 +94,16 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(strip_usage: bool, budget: Option<u64>) -> Self {
-        Relay { parser: Parser::new(), pending: VecDeque::new(), saw_done: false, finished: false, strip_usage, budget, chars: 0, usage: None }
+        Relay {
+            parser: Parser::new(),
+            pending: VecDeque::new(),
+            saw_done: false,
+            finished: false,
+            strip_usage,
+            budget,
+            chars: 0,
+            usage: None,
+        }
     }
 
     /// Completion tokens delivered so far, estimated at four characters a token.
@@ -118,14 +154,19 @@ impl Relay {
                     return (out.into_bytes(), Next::NeedBudget);
                 }
             }
-            let Some(event) = self.pending.pop_front() else { break };
+            let Some(event) = self.pending.pop_front() else {
+                break;
+            };
             self.chars += added;
             let mut data = event.data;
             if let Some(mut v) = parsed {
                 if let Some(u) = Usage::from_json(&v) {
                     self.usage = Some(u);
                     if self.strip_usage {
-                        let no_choices = v.get("choices").and_then(Value::as_array).is_none_or(|c| c.is_empty());
+                        let no_choices = v
+                            .get("choices")
+                            .and_then(Value::as_array)
+                            .is_none_or(|c| c.is_empty());
                         if no_choices {
                             continue; // the usage-only chunk the gateway asked for itself
                         }
@@ -188,7 +229,13 @@ mod tests {
     fn passes_complete_events_only() {
         let mut r = Relay::new(false, None);
         let (out, next) = r.on_chunk(b"data: {\"a\":1}\n\ndata: {\"b\"");
-        assert_eq!(events(&out), vec![Event { event: None, data: "{\"a\":1}".into() }]);
+        assert_eq!(
+            events(&out),
+            vec![Event {
+                event: None,
+                data: "{\"a\":1}".into()
+            }]
+        );
         assert_eq!(next, Next::Read);
         let (out, _) = r.on_chunk(b":2}\n\ndata: [DONE]\n\n");
         assert_eq!(events(&out).len(), 2);
@@ -232,7 +279,14 @@ mod tests {
         let ev = events(&out);
         assert_eq!(ev.len(), 2, "usage chunk removed");
         assert!(!String::from_utf8_lossy(&out).contains("usage"));
-        assert_eq!(hidden.usage(), Some(Usage { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 }));
+        assert_eq!(
+            hidden.usage(),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 3,
+                total_tokens: 8
+            })
+        );
         let mut shown = Relay::new(false, None);
         let (out, _) = shown.on_chunk(stream.as_bytes());
         assert_eq!(events(&out).len(), 3);
@@ -253,7 +307,12 @@ mod tests {
     fn budget_holds_back_the_event_that_would_exceed_it() {
         // Each chunk is 8 characters = 2 tokens; a budget of 5 fits two chunks (4 tokens) but not three (6).
         let mut r = Relay::new(true, Some(5));
-        let stream = format!("{}{}{}", content("12345678"), content("abcdefgh"), content("ABCDEFGH"));
+        let stream = format!(
+            "{}{}{}",
+            content("12345678"),
+            content("abcdefgh"),
+            content("ABCDEFGH")
+        );
         let (out, next) = r.on_chunk(stream.as_bytes());
         assert_eq!(events(&out).len(), 2);
         assert_eq!(next, Next::NeedBudget);
@@ -270,9 +329,15 @@ mod tests {
     #[test]
     fn quota_cut_keeps_what_was_sent_then_error_and_done() {
         let mut r = Relay::new(true, Some(2));
-        let (sent, next) = r.on_chunk(format!("{}{}", content("12345678"), content("abcdefgh")).as_bytes());
+        let (sent, next) =
+            r.on_chunk(format!("{}{}", content("12345678"), content("abcdefgh")).as_bytes());
         assert_eq!(next, Next::NeedBudget);
-        let tail = r.on_error(&Error::new(429, "quota-exceeded", "Quota exceeded", "spent"));
+        let tail = r.on_error(&Error::new(
+            429,
+            "quota-exceeded",
+            "Quota exceeded",
+            "spent",
+        ));
         let mut all = sent.clone();
         all.extend(tail);
         let ev = events(&all);

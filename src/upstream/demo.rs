@@ -62,7 +62,8 @@ impl DemoReply {
             model: model.to_string(),
             created,
             tokens,
-            prompt_tokens: estimate_tokens(&body.as_object().map(prompt_text).unwrap_or_default()).max(1),
+            prompt_tokens: estimate_tokens(&body.as_object().map(prompt_text).unwrap_or_default())
+                .max(1),
         }
     }
 

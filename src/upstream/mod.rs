@@ -85,23 +85,41 @@ pub fn estimate_tokens(text: &str) -> u64 {
 
 /// The text of every message, for estimating the prompt's tokens.
 pub fn prompt_text(body: &Map<String, Value>) -> String {
-    body.get("messages").and_then(Value::as_array).map(|m| {
-        m.iter().filter_map(|msg| msg.get("content")).map(|c| match c {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        }).collect::<Vec<_>>().join("\n")
-    }).unwrap_or_default()
+    body.get("messages")
+        .and_then(Value::as_array)
+        .map(|m| {
+            m.iter()
+                .filter_map(|msg| msg.get("content"))
+                .map(|c| match c {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }
 
 /// Applies the plan to the request: caps `max_tokens` (or `max_completion_tokens`) at the plan's
 /// `max_tokens_per_request` and forces the cap upstream; asks a streaming upstream for its usage chunk.
-pub fn apply_plan(chat: &mut ChatRequest, max_tokens_per_request: Option<u64>) -> Result<Metering, Error> {
-    let field = if chat.body.contains_key("max_completion_tokens") { "max_completion_tokens" } else { "max_tokens" };
+pub fn apply_plan(
+    chat: &mut ChatRequest,
+    max_tokens_per_request: Option<u64>,
+) -> Result<Metering, Error> {
+    let field = if chat.body.contains_key("max_completion_tokens") {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
     let requested = match chat.body.get(field) {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
             Some(n) if n > 0 => Some(n),
-            _ => return Err(Error::invalid_request(format!("`{field}` must be a positive whole number."))),
+            _ => {
+                return Err(Error::invalid_request(format!(
+                    "`{field}` must be a positive whole number."
+                )))
+            }
         },
     };
     let max_tokens = match (requested, max_tokens_per_request) {
@@ -113,21 +131,40 @@ pub fn apply_plan(chat: &mut ChatRequest, max_tokens_per_request: Option<u64>) -
     }
     let mut client_wants_usage = false;
     if chat.stream {
-        let options = chat.body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+        let options = chat
+            .body
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
         if !options.is_object() {
-            return Err(Error::invalid_request("`stream_options` must be an object."));
+            return Err(Error::invalid_request(
+                "`stream_options` must be an object.",
+            ));
         }
-        client_wants_usage = options.get("include_usage").and_then(Value::as_bool).unwrap_or(false);
+        client_wants_usage = options
+            .get("include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         options["include_usage"] = Value::Bool(true);
     }
-    Ok(Metering { prompt_estimate: estimate_tokens(&prompt_text(&chat.body)), max_tokens, client_wants_usage })
+    Ok(Metering {
+        prompt_estimate: estimate_tokens(&prompt_text(&chat.body)),
+        max_tokens,
+        client_wants_usage,
+    })
 }
 
 /// Estimated completion tokens of a non-streamed answer, for when the upstream reports no usage.
 pub fn completion_estimate(answer: &Value) -> u64 {
-    let chars: usize = answer.get("choices").and_then(Value::as_array).map_or(0, |choices| {
-        choices.iter().filter_map(|c| c.pointer("/message/content").and_then(Value::as_str)).map(|s| s.chars().count()).sum()
-    });
+    let chars: usize = answer
+        .get("choices")
+        .and_then(Value::as_array)
+        .map_or(0, |choices| {
+            choices
+                .iter()
+                .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
+                .map(|s| s.chars().count())
+                .sum()
+        });
     (chars as u64).div_ceil(4)
 }
 
@@ -231,7 +268,14 @@ mod tests {
     fn plan_caps_max_tokens_and_forces_usage() {
         let mut r = prepare_chat(json!({"messages":[{"role":"user","content":"12345678"}],"stream":true,"max_tokens":500}), Some("m")).unwrap();
         let m = apply_plan(&mut r, Some(100)).unwrap();
-        assert_eq!(m, Metering { prompt_estimate: 2, max_tokens: Some(100), client_wants_usage: false });
+        assert_eq!(
+            m,
+            Metering {
+                prompt_estimate: 2,
+                max_tokens: Some(100),
+                client_wants_usage: false
+            }
+        );
         assert_eq!(r.body["max_tokens"], 100);
         assert_eq!(r.body["stream_options"]["include_usage"], true);
 
@@ -240,21 +284,39 @@ mod tests {
         assert_eq!((m.max_tokens, m.client_wants_usage), (Some(50), true));
         assert!(r.body.get("max_tokens").is_none());
 
-        let mut r = prepare_chat(json!({"messages":[{"role":"user","content":"x"}]}), Some("m")).unwrap();
+        let mut r = prepare_chat(
+            json!({"messages":[{"role":"user","content":"x"}]}),
+            Some("m"),
+        )
+        .unwrap();
         let m = apply_plan(&mut r, Some(64)).unwrap();
         assert_eq!(r.body["max_tokens"], 64);
         assert_eq!(m.max_tokens, Some(64));
-        assert!(r.body.get("stream_options").is_none(), "non-streamed requests get usage in the body");
+        assert!(
+            r.body.get("stream_options").is_none(),
+            "non-streamed requests get usage in the body"
+        );
 
-        let mut r = prepare_chat(json!({"messages":[{"role":"user","content":"x"}],"max_tokens":0}), Some("m")).unwrap();
+        let mut r = prepare_chat(
+            json!({"messages":[{"role":"user","content":"x"}],"max_tokens":0}),
+            Some("m"),
+        )
+        .unwrap();
         assert_eq!(apply_plan(&mut r, None).unwrap_err().status, 400);
-        let mut r = prepare_chat(json!({"messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":5}), Some("m")).unwrap();
+        let mut r = prepare_chat(
+            json!({"messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":5}),
+            Some("m"),
+        )
+        .unwrap();
         assert_eq!(apply_plan(&mut r, None).unwrap_err().status, 400);
     }
 
     #[test]
     fn estimates_a_completion_without_usage() {
-        assert_eq!(completion_estimate(&json!({"choices":[{"message":{"content":"12345"}}]})), 2);
+        assert_eq!(
+            completion_estimate(&json!({"choices":[{"message":{"content":"12345"}}]})),
+            2
+        );
         assert_eq!(completion_estimate(&json!({})), 0);
     }
 

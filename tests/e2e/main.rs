@@ -54,7 +54,10 @@ fn last_segment(path: &'static str) -> &'static str {
 }
 
 /// Cases that start a gateway of their own (slower: up to two wrangler start-ups).
-const OWN_GATEWAY_CASES: [&str; 2] = ["chunked_oversized_body_is_413", "restart_keeps_counters_and_unflushed_usage"];
+const OWN_GATEWAY_CASES: [&str; 2] = [
+    "chunked_oversized_body_is_413",
+    "restart_keeps_counters_and_unflushed_usage",
+];
 
 /// The last panic's message and location, kept by the panic hook for the failure report.
 static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);

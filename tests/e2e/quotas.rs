@@ -11,17 +11,36 @@ use crate::support::*;
 
 /// Sets limits on the API's default plan.
 async fn limit_default_plan(c: &Ctx, t: &Tenant, limits: Value) -> Result<Value> {
-    let r = c.admin.call(Method::PATCH, &format!("/api/v1/gateway/apis/{}/plans/default", t.api_id), Some(limits)).await?;
+    let r = c
+        .admin
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/gateway/apis/{}/plans/default", t.api_id),
+            Some(limits),
+        )
+        .await?;
     expect_status(&r, 200, "patch the default plan")?;
     Ok(r.json())
 }
 
 /// The API's usage report (`query` like `group_by=consumer`), polled until `ready` holds (the
 /// counter flushes its outbox to D1 from an alarm about half a second after a request ends).
-async fn usage_until(c: &Ctx, t: &Tenant, query: &str, ready: impl Fn(&Value) -> bool) -> Result<Value> {
+async fn usage_until(
+    c: &Ctx,
+    t: &Tenant,
+    query: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = c.admin.call(Method::GET, &format!("/api/v1/gateway/apis/{}/usage?{query}", t.api_id), None).await?;
+        let r = c
+            .admin
+            .call(
+                Method::GET,
+                &format!("/api/v1/gateway/apis/{}/usage?{query}", t.api_id),
+                None,
+            )
+            .await?;
         expect_status(&r, 200, "usage report")?;
         let v = r.json();
         if ready(&v) {
@@ -44,8 +63,12 @@ pub async fn burst_of_50_against_a_limit_of_10_admits_exactly_10(c: Arc<Ctx>) ->
     limit_default_plan(&c, &t, json!({"requests_per_minute": 10})).await?;
     let mut tasks = Vec::new();
     for _ in 0..50 {
-        let req = c.chat(&t, Some((&t.secret, KeyHeader::Bearer))).json(&chat_body(None, "hi", false));
-        tasks.push(tokio::spawn(async move { Reply::read(req.send().await?).await }));
+        let req = c
+            .chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+            .json(&chat_body(None, "hi", false));
+        tasks.push(tokio::spawn(
+            async move { Reply::read(req.send().await?).await },
+        ));
     }
     let mut replies = Vec::new();
     for task in tasks {
@@ -53,8 +76,17 @@ pub async fn burst_of_50_against_a_limit_of_10_admits_exactly_10(c: Arc<Ctx>) ->
     }
     let ok = replies.iter().filter(|r| r.status == 200).count();
     let limited: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
-    assert_eq!((ok, limited.len()), (10, 40), "exactly the limit admitted: {:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
-    assert_eq!(c.upstream_requests(slug).len(), 10, "only admitted requests reach the upstream");
+    assert_eq!(
+        (ok, limited.len()),
+        (10, 40),
+        "exactly the limit admitted: {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        c.upstream_requests(slug).len(),
+        10,
+        "only admitted requests reach the upstream"
+    );
     let r = limited[0];
     assert_problem(r, 429, "rate-limited");
     let p = r.json();
@@ -62,8 +94,14 @@ pub async fn burst_of_50_against_a_limit_of_10_admits_exactly_10(c: Arc<Ctx>) ->
     assert_eq!(p["limit"], 10);
     assert_eq!(p["used"], 10);
     assert_eq!(p["plan"], "default");
-    assert!(p["reset"].as_str().is_some_and(|s| s.ends_with('Z')), "reset is RFC 3339: {p}");
-    let retry: u64 = r.header("retry-after").ok_or("Retry-After missing")?.parse()?;
+    assert!(
+        p["reset"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "reset is RFC 3339: {p}"
+    );
+    let retry: u64 = r
+        .header("retry-after")
+        .ok_or("Retry-After missing")?
+        .parse()?;
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
     assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
     Ok(())
@@ -72,39 +110,76 @@ pub async fn burst_of_50_against_a_limit_of_10_admits_exactly_10(c: Arc<Ctx>) ->
 pub async fn rate_limit_headers_on_streamed_and_plain_answers(c: Arc<Ctx>) -> CaseResult {
     let slug = "quota-headers";
     let t = c.tenant_on_mock(slug, "ok/chunks/3", json!({})).await?;
-    limit_default_plan(&c, &t, json!({"requests_per_minute": 100, "tokens_per_day": 100000})).await?;
+    limit_default_plan(
+        &c,
+        &t,
+        json!({"requests_per_minute": 100, "tokens_per_day": 100000}),
+    )
+    .await?;
     let plain = c.chat_ok(&t).await?;
     expect_status(&plain, 200, "plain chat")?;
     assert_eq!(plain.header("x-ratelimit-limit-requests"), Some("100"));
     assert_eq!(plain.header("x-ratelimit-remaining-requests"), Some("99"));
     assert!(plain.header("x-ratelimit-reset-requests").is_some());
     assert_eq!(plain.header("x-ratelimit-limit-tokens"), Some("100000"));
-    assert!(plain.header("x-ratelimit-remaining-tokens").and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n < 100000));
-    let policy = plain.header("ratelimit-policy").ok_or("RateLimit-Policy missing")?;
-    assert!(policy.contains("\"requests_per_minute\";q=100;w=60") && policy.contains("\"tokens_per_day\";q=100000;w=86400"), "{policy}");
-    assert!(plain.header("ratelimit").is_some_and(|v| v.contains("\"requests_per_minute\";r=99;t=")), "RateLimit: {:?}", plain.header("ratelimit"));
+    assert!(plain
+        .header("x-ratelimit-remaining-tokens")
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n < 100000));
+    let policy = plain
+        .header("ratelimit-policy")
+        .ok_or("RateLimit-Policy missing")?;
+    assert!(
+        policy.contains("\"requests_per_minute\";q=100;w=60")
+            && policy.contains("\"tokens_per_day\";q=100000;w=86400"),
+        "{policy}"
+    );
+    assert!(
+        plain
+            .header("ratelimit")
+            .is_some_and(|v| v.contains("\"requests_per_minute\";r=99;t=")),
+        "RateLimit: {:?}",
+        plain.header("ratelimit")
+    );
 
-    let s = send_and_stream(c.chat(&t, Some((&t.secret, KeyHeader::Bearer))).json(&chat_body(None, "hi", true)), STREAM_LIMIT).await?;
+    let s = send_and_stream(
+        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+            .json(&chat_body(None, "hi", true)),
+        STREAM_LIMIT,
+    )
+    .await?;
     assert_eq!(s.status, 200, "{}", stream_summary(&s));
     assert_eq!(s.header("x-ratelimit-limit-requests"), Some("100"));
     assert_eq!(s.header("x-ratelimit-remaining-requests"), Some("98"));
-    assert!(s.header("ratelimit-policy").is_some() && s.header("x-ratelimit-remaining-tokens").is_some());
+    assert!(
+        s.header("ratelimit-policy").is_some()
+            && s.header("x-ratelimit-remaining-tokens").is_some()
+    );
     Ok(())
 }
 
 pub async fn stream_over_the_daily_token_quota_ends_cleanly(c: Arc<Ctx>) -> CaseResult {
     let slug = "quota-midstream";
     // 40 chunks of "tokN " (5-6 characters, ~1.5 tokens each): far more than a 20-token day.
-    let t = c.tenant_on_mock(slug, "ok/chunks/40/delay/5", json!({})).await?;
+    let t = c
+        .tenant_on_mock(slug, "ok/chunks/40/delay/5", json!({}))
+        .await?;
     limit_default_plan(&c, &t, json!({"tokens_per_day": 20})).await?;
-    let s = send_and_stream(c.chat(&t, Some((&t.secret, KeyHeader::Bearer))).json(&chat_body(None, "hi", true)), STREAM_LIMIT).await?;
+    let s = send_and_stream(
+        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+            .json(&chat_body(None, "hi", true)),
+        STREAM_LIMIT,
+    )
+    .await?;
     let summary = stream_summary(&s);
     assert_eq!(s.status, 200, "{summary}");
     assert_eq!(s.error, None, "the stream ends cleanly: {summary}");
     assert_eq!(s.leftover, "", "{summary}");
     let text = s.text();
-    assert!(!text.is_empty() && mock_text(40).starts_with(&text) && text.len() < mock_text(40).len(),
-        "a prefix of the reply was delivered: {summary}");
+    assert!(
+        !text.is_empty() && mock_text(40).starts_with(&text) && text.len() < mock_text(40).len(),
+        "a prefix of the reply was delivered: {summary}"
+    );
     let n = s.events.len();
     assert!(n >= 3, "{summary}");
     assert_eq!(s.events[n - 2].event.as_deref(), Some("error"), "{summary}");
@@ -114,14 +189,21 @@ pub async fn stream_over_the_daily_token_quota_ends_cleanly(c: Arc<Ctx>) -> Case
     assert_eq!(problem["limit"], 20);
     assert!(s.events[n - 1].is_done(), "[DONE] last: {summary}");
     // Delivered text stays within the budget: ~4 characters a token, prompt included.
-    assert!(text.len() <= 20 * 4, "{} characters delivered for a 20-token budget", text.len());
+    assert!(
+        text.len() <= 20 * 4,
+        "{} characters delivered for a 20-token budget",
+        text.len()
+    );
 
     let usage = usage_until(&c, &t, "", |v| !records(v).is_empty()).await?;
     let rec = &records(&usage)[0];
     assert_eq!(rec["estimated"], true, "no usage chunk arrived: {rec}");
     assert_eq!(rec["status"], 429, "{rec}");
     let total = rec["total_tokens"].as_u64().ok_or("total_tokens")?;
-    assert!((1..=20).contains(&total), "recorded {total} tokens within the 20-token day: {rec}");
+    assert!(
+        (1..=20).contains(&total),
+        "recorded {total} tokens within the 20-token day: {rec}"
+    );
 
     let next = c.chat_ok(&t).await?;
     assert_problem(&next, 429, "quota-exceeded");
@@ -131,12 +213,29 @@ pub async fn stream_over_the_daily_token_quota_ends_cleanly(c: Arc<Ctx>) -> Case
 
 pub async fn client_disconnect_cancels_upstream_and_frees_the_slot(c: Arc<Ctx>) -> CaseResult {
     let slug = "quota-disconnect";
-    let t = c.tenant_on_mock(slug, "ok/chunks/60/delay/100", json!({})).await?;
-    limit_default_plan(&c, &t, json!({"max_concurrent_streams": 1, "tokens_per_day": 100000})).await?;
-    let mut resp = c.chat(&t, Some((&t.secret, KeyHeader::Bearer))).json(&chat_body(None, "hi", true)).send().await?;
+    let t = c
+        .tenant_on_mock(slug, "ok/chunks/60/delay/100", json!({}))
+        .await?;
+    limit_default_plan(
+        &c,
+        &t,
+        json!({"max_concurrent_streams": 1, "tokens_per_day": 100000}),
+    )
+    .await?;
+    let mut resp = c
+        .chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+        .json(&chat_body(None, "hi", true))
+        .send()
+        .await?;
     assert_eq!(resp.status(), 200);
     // While the first stream runs, a second is over the concurrency limit.
-    let second = Reply::read(c.chat(&t, Some((&t.secret, KeyHeader::Bearer))).json(&chat_body(None, "hi", true)).send().await?).await?;
+    let second = Reply::read(
+        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+            .json(&chat_body(None, "hi", true))
+            .send()
+            .await?,
+    )
+    .await?;
     assert_problem(&second, 429, "rate-limited");
     assert_eq!(second.json()["scope"], "max_concurrent_streams");
     let mut got = 0;
@@ -150,57 +249,150 @@ pub async fn client_disconnect_cancels_upstream_and_frees_the_slot(c: Arc<Ctx>) 
 
     // The upstream is cancelled: the mock stops being able to write long before its 60 chunks (6 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let first = c.upstream_requests(slug).into_iter().next().ok_or("no upstream request")?;
+    let first = c
+        .upstream_requests(slug)
+        .into_iter()
+        .next()
+        .ok_or("no upstream request")?;
     let writes_then = first.writes.len();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let writes_later = c.upstream_requests(slug).into_iter().next().ok_or("no upstream request")?.writes.len();
-    assert!(writes_later < 40, "the upstream kept streaming after the client left ({writes_later} writes)");
-    assert!(writes_later <= writes_then + 1, "still writing: {writes_then} then {writes_later}");
+    let writes_later = c
+        .upstream_requests(slug)
+        .into_iter()
+        .next()
+        .ok_or("no upstream request")?
+        .writes
+        .len();
+    assert!(
+        writes_later < 40,
+        "the upstream kept streaming after the client left ({writes_later} writes)"
+    );
+    assert!(
+        writes_later <= writes_then + 1,
+        "still writing: {writes_then} then {writes_later}"
+    );
 
     // The slot is free again: a new stream is admitted.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let r = send_and_stream(c.chat(&t, Some((&t.secret, KeyHeader::Bearer))).json(&chat_body(None, "again", true)).timeout(Duration::from_secs(15)), Duration::from_secs(15)).await?;
+        let r = send_and_stream(
+            c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+                .json(&chat_body(None, "again", true))
+                .timeout(Duration::from_secs(15)),
+            Duration::from_secs(15),
+        )
+        .await?;
         if r.status == 200 {
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("the concurrency slot was never released: {}", stream_summary(&r)).into());
+            return Err(format!(
+                "the concurrency slot was never released: {}",
+                stream_summary(&r)
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let usage = usage_until(&c, &t, "", |v| records(v).iter().any(|r| r["status"] == 499)).await?;
-    let gone = records(&usage).into_iter().find(|r| r["status"] == 499).ok_or("no record for the abandoned stream")?;
+    let usage = usage_until(&c, &t, "", |v| {
+        records(v).iter().any(|r| r["status"] == 499)
+    })
+    .await?;
+    let gone = records(&usage)
+        .into_iter()
+        .find(|r| r["status"] == 499)
+        .ok_or("no record for the abandoned stream")?;
     assert_eq!(gone["estimated"], true, "{gone}");
-    assert!(gone["completion_tokens"].as_u64().is_some_and(|n| n >= 1), "what was delivered is counted: {gone}");
+    assert!(
+        gone["completion_tokens"].as_u64().is_some_and(|n| n >= 1),
+        "what was delivered is counted: {gone}"
+    );
     Ok(())
 }
 
 pub async fn plan_switch_applies_on_the_next_request(c: Arc<Ctx>) -> CaseResult {
     let slug = "quota-plan-switch";
     let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
-    let created = c.admin.call(Method::POST, &format!("/api/v1/gateway/apis/{}/plans", t.api_id),
-        Some(json!({"name": "tiny", "requests_per_day": 2}))).await?;
+    let created = c
+        .admin
+        .call(
+            Method::POST,
+            &format!("/api/v1/gateway/apis/{}/plans", t.api_id),
+            Some(json!({"name": "tiny", "requests_per_day": 2})),
+        )
+        .await?;
     expect_status(&created, 201, "create plan")?;
     assert_eq!(created.json()["requests_per_day"], 2);
-    let dup = c.admin.call(Method::POST, &format!("/api/v1/gateway/apis/{}/plans", t.api_id), Some(json!({"name": "tiny"}))).await?;
+    let dup = c
+        .admin
+        .call(
+            Method::POST,
+            &format!("/api/v1/gateway/apis/{}/plans", t.api_id),
+            Some(json!({"name": "tiny"})),
+        )
+        .await?;
     assert_problem(&dup, 409, "conflict");
-    let bad = c.admin.call(Method::POST, &format!("/api/v1/gateway/apis/{}/plans", t.api_id), Some(json!({"name": "x", "tokens_per_day": -5}))).await?;
+    let bad = c
+        .admin
+        .call(
+            Method::POST,
+            &format!("/api/v1/gateway/apis/{}/plans", t.api_id),
+            Some(json!({"name": "x", "tokens_per_day": -5})),
+        )
+        .await?;
     assert_eq!(bad.status, 400, "{}", bad.describe());
 
     // Counters belong to the consumer, not the plan: this request counts towards tiny's 2 a day.
     expect_status(&c.chat_ok(&t).await?, 200, "default plan is unlimited")?;
-    let put = c.admin.call(Method::PUT, &format!("/api/v1/gateway/apis/{}/consumers/{}/plan", t.api_id, t.consumer_id), Some(json!({"plan": "tiny"}))).await?;
+    let put = c
+        .admin
+        .call(
+            Method::PUT,
+            &format!(
+                "/api/v1/gateway/apis/{}/consumers/{}/plan",
+                t.api_id, t.consumer_id
+            ),
+            Some(json!({"plan": "tiny"})),
+        )
+        .await?;
     expect_status(&put, 200, "subscribe to tiny")?;
-    expect_status(&c.chat_ok(&t).await?, 200, "second request today, the first on tiny")?;
+    expect_status(
+        &c.chat_ok(&t).await?,
+        200,
+        "second request today, the first on tiny",
+    )?;
     let refused = c.chat_ok(&t).await?;
     assert_problem(&refused, 429, "quota-exceeded");
     assert_eq!(refused.json()["plan"], "tiny");
     assert_eq!(refused.json()["scope"], "requests_per_day");
-    let back = c.admin.call(Method::PUT, &format!("/api/v1/gateway/apis/{}/consumers/{}/plan", t.api_id, t.consumer_id), Some(json!({"plan": "default"}))).await?;
+    let back = c
+        .admin
+        .call(
+            Method::PUT,
+            &format!(
+                "/api/v1/gateway/apis/{}/consumers/{}/plan",
+                t.api_id, t.consumer_id
+            ),
+            Some(json!({"plan": "default"})),
+        )
+        .await?;
     expect_status(&back, 200, "back to default")?;
-    expect_status(&c.chat_ok(&t).await?, 200, "unlimited again on the next request")?;
-    let unknown = c.admin.call(Method::PUT, &format!("/api/v1/gateway/apis/{}/consumers/{}/plan", t.api_id, t.consumer_id), Some(json!({"plan": "nope"}))).await?;
+    expect_status(
+        &c.chat_ok(&t).await?,
+        200,
+        "unlimited again on the next request",
+    )?;
+    let unknown = c
+        .admin
+        .call(
+            Method::PUT,
+            &format!(
+                "/api/v1/gateway/apis/{}/consumers/{}/plan",
+                t.api_id, t.consumer_id
+            ),
+            Some(json!({"plan": "nope"})),
+        )
+        .await?;
     assert_problem(&unknown, 404, "not-found");
     Ok(())
 }
@@ -208,37 +400,84 @@ pub async fn plan_switch_applies_on_the_next_request(c: Arc<Ctx>) -> CaseResult 
 pub async fn plan_models_and_max_tokens_are_enforced(c: Arc<Ctx>) -> CaseResult {
     let slug = "quota-models";
     let t = c.tenant_on_mock(slug, "ok/chunks/2", json!({})).await?;
-    limit_default_plan(&c, &t, json!({"models": ["mock-default"], "max_tokens_per_request": 50})).await?;
-    let other = Reply::read(c.chat(&t, Some((&t.secret, KeyHeader::Bearer))).json(&chat_body(Some("gpt-other"), "hi", false)).send().await?).await?;
+    limit_default_plan(
+        &c,
+        &t,
+        json!({"models": ["mock-default"], "max_tokens_per_request": 50}),
+    )
+    .await?;
+    let other = Reply::read(
+        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+            .json(&chat_body(Some("gpt-other"), "hi", false))
+            .send()
+            .await?,
+    )
+    .await?;
     assert_problem(&other, 403, "model-not-allowed");
-    assert!(c.upstream_requests(slug).is_empty(), "refused before the upstream");
+    assert!(
+        c.upstream_requests(slug).is_empty(),
+        "refused before the upstream"
+    );
 
     let mut body = chat_body(None, "hi", true);
     body["max_tokens"] = json!(500);
-    let s = send_and_stream(c.chat(&t, Some((&t.secret, KeyHeader::Bearer))).json(&body), STREAM_LIMIT).await?;
+    let s = send_and_stream(
+        c.chat(&t, Some((&t.secret, KeyHeader::Bearer))).json(&body),
+        STREAM_LIMIT,
+    )
+    .await?;
     assert_eq!(s.status, 200, "{}", stream_summary(&s));
-    let sent = c.upstream_requests(slug).pop().ok_or("no upstream request")?.json();
-    assert_eq!(sent["max_tokens"], 50, "the plan's cap is forced upstream: {sent}");
-    assert_eq!(sent["stream_options"]["include_usage"], true, "the gateway asks for usage: {sent}");
-    assert!(s.events.iter().all(|e| e.json().is_none_or(|v| v.get("usage").is_none())),
-        "the client did not ask for the usage chunk: {}", stream_summary(&s));
+    let sent = c
+        .upstream_requests(slug)
+        .pop()
+        .ok_or("no upstream request")?
+        .json();
+    assert_eq!(
+        sent["max_tokens"], 50,
+        "the plan's cap is forced upstream: {sent}"
+    );
+    assert_eq!(
+        sent["stream_options"]["include_usage"], true,
+        "the gateway asks for usage: {sent}"
+    );
+    assert!(
+        s.events
+            .iter()
+            .all(|e| e.json().is_none_or(|v| v.get("usage").is_none())),
+        "the client did not ask for the usage chunk: {}",
+        stream_summary(&s)
+    );
     let usage = usage_until(&c, &t, "", |v| !records(v).is_empty()).await?;
     let rec = &records(&usage)[0];
-    assert_eq!(rec["estimated"], false, "the upstream's usage chunk was counted: {rec}");
+    assert_eq!(
+        rec["estimated"], false,
+        "the upstream's usage chunk was counted: {rec}"
+    );
     assert_eq!(rec["status"], 200);
     assert!(rec["total_tokens"].as_u64().is_some_and(|n| n > 0), "{rec}");
-    assert!(rec["ttft_ms"].as_u64().is_some(), "time to first token recorded: {rec}");
+    assert!(
+        rec["ttft_ms"].as_u64().is_some(),
+        "time to first token recorded: {rec}"
+    );
     Ok(())
 }
 
 pub async fn usage_reports_for_owner_and_consumer(c: Arc<Ctx>) -> CaseResult {
     let slug = "quota-usage";
     let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
-    limit_default_plan(&c, &t, json!({"requests_per_day": 100, "tokens_per_month": 1000000})).await?;
+    limit_default_plan(
+        &c,
+        &t,
+        json!({"requests_per_day": 100, "tokens_per_month": 1000000}),
+    )
+    .await?;
     for _ in 0..3 {
         expect_status(&c.chat_ok(&t).await?, 200, "chat")?;
     }
-    let by_consumer = usage_until(&c, &t, "group_by=consumer", |v| v["totals"]["requests"] == 3).await?;
+    let by_consumer = usage_until(&c, &t, "group_by=consumer", |v| {
+        v["totals"]["requests"] == 3
+    })
+    .await?;
     let groups = by_consumer["groups"].as_array().ok_or("groups")?;
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0]["consumer"], t.consumer_id.as_str());
@@ -246,21 +485,51 @@ pub async fn usage_reports_for_owner_and_consumer(c: Arc<Ctx>) -> CaseResult {
     let by_model = usage_until(&c, &t, "group_by=model", |v| v["totals"]["requests"] == 3).await?;
     assert_eq!(by_model["groups"][0]["model"], "mock-default");
     let by_day = usage_until(&c, &t, "group_by=day", |v| v["totals"]["requests"] == 3).await?;
-    assert!(by_day["groups"][0]["day"].as_str().is_some_and(|d| d.len() == 10), "{by_day}");
-    let bad = c.admin.call(Method::GET, &format!("/api/v1/gateway/apis/{}/usage?group_by=key", t.api_id), None).await?;
+    assert!(
+        by_day["groups"][0]["day"]
+            .as_str()
+            .is_some_and(|d| d.len() == 10),
+        "{by_day}"
+    );
+    let bad = c
+        .admin
+        .call(
+            Method::GET,
+            &format!("/api/v1/gateway/apis/{}/usage?group_by=key", t.api_id),
+            None,
+        )
+        .await?;
     assert_problem(&bad, 400, "invalid-request");
     let empty = usage_until(&c, &t, "from=2020-01-01&to=2020-01-02", |_| true).await?;
     assert_eq!(empty["totals"]["requests"], 0, "{empty}");
 
-    let mine = Reply::read(c.http.get(format!("{}/v1/{}/{}/usage", c.base, t.project, t.api)).bearer_auth(&t.secret).send().await?).await?;
+    let mine = Reply::read(
+        c.http
+            .get(format!("{}/v1/{}/{}/usage", c.base, t.project, t.api))
+            .bearer_auth(&t.secret)
+            .send()
+            .await?,
+    )
+    .await?;
     expect_status(&mine, 200, "consumer usage")?;
     let v = mine.json();
     assert_eq!(v["plan"]["name"], "default");
     assert_eq!(v["windows"]["requests_per_day"]["limit"], 100);
     assert_eq!(v["windows"]["requests_per_day"]["used"], 3);
     assert_eq!(v["windows"]["requests_per_day"]["remaining"], 97);
-    assert!(v["windows"]["tokens_per_month"]["used"].as_u64().is_some_and(|n| n > 0), "{v}");
-    let anonymous = Reply::read(c.http.get(format!("{}/v1/{}/{}/usage", c.base, t.project, t.api)).send().await?).await?;
+    assert!(
+        v["windows"]["tokens_per_month"]["used"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{v}"
+    );
+    let anonymous = Reply::read(
+        c.http
+            .get(format!("{}/v1/{}/{}/usage", c.base, t.project, t.api))
+            .send()
+            .await?,
+    )
+    .await?;
     assert_problem(&anonymous, 401, "missing-credential");
     Ok(())
 }
@@ -270,29 +539,66 @@ pub async fn restart_keeps_counters_and_unflushed_usage(c: Arc<Ctx>) -> CaseResu
     let mut gw = Gateway::start_with_timeout(START).await?;
     let admin = gw.admin();
     let slug = "quota-restart";
-    let t = admin.tenant(slug, "chat", json!({"base_url": c.mock.base_url(&format!("ok/tag/{slug}")), "default_model": "m"})).await?;
-    let r = admin.call(Method::PATCH, &format!("/api/v1/gateway/apis/{}/plans/default", t.api_id), Some(json!({"requests_per_day": 3}))).await?;
+    let t = admin
+        .tenant(
+            slug,
+            "chat",
+            json!({"base_url": c.mock.base_url(&format!("ok/tag/{slug}")), "default_model": "m"}),
+        )
+        .await?;
+    let r = admin
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/gateway/apis/{}/plans/default", t.api_id),
+            Some(json!({"requests_per_day": 3})),
+        )
+        .await?;
     expect_status(&r, 200, "limit the plan")?;
     let chat = |base: String| {
-        let req = chat_request(&c.http, &base, &t.project, &t.api, Some((&t.secret, KeyHeader::Bearer))).json(&chat_body(None, "hi", false));
+        let req = chat_request(
+            &c.http,
+            &base,
+            &t.project,
+            &t.api,
+            Some((&t.secret, KeyHeader::Bearer)),
+        )
+        .json(&chat_body(None, "hi", false));
         async move { Reply::read(req.send().await?).await }
     };
     expect_status(&chat(gw.base_url.clone()).await?, 200, "first")?;
     expect_status(&chat(gw.base_url.clone()).await?, 200, "second")?;
     // Killed at once: the second request's usage is most likely still in the counter's outbox.
     gw.restart(START).await?;
-    expect_status(&chat(gw.base_url.clone()).await?, 200, "third, after the restart")?;
+    expect_status(
+        &chat(gw.base_url.clone()).await?,
+        200,
+        "third, after the restart",
+    )?;
     let fourth = chat(gw.base_url.clone()).await?;
     assert_problem(&fourth, 429, "quota-exceeded");
-    assert_eq!(fourth.json()["used"], 3, "the count survived the restart: {}", fourth.describe());
+    assert_eq!(
+        fourth.json()["used"],
+        3,
+        "the count survived the restart: {}",
+        fourth.describe()
+    );
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = admin.call(Method::GET, &format!("/api/v1/gateway/apis/{}/usage", t.api_id), None).await?;
+        let r = admin
+            .call(
+                Method::GET,
+                &format!("/api/v1/gateway/apis/{}/usage", t.api_id),
+                None,
+            )
+            .await?;
         let v = r.json();
         let n = records(&v).len();
         if n == 3 {
-            let mut ids: Vec<String> = records(&v).iter().filter_map(|r| r["id"].as_str().map(str::to_string)).collect();
+            let mut ids: Vec<String> = records(&v)
+                .iter()
+                .filter_map(|r| r["id"].as_str().map(str::to_string))
+                .collect();
             ids.sort();
             ids.dedup();
             assert_eq!(ids.len(), 3, "each request recorded once: {v}");

@@ -258,19 +258,8 @@ impl Gateway {
 
     /// Stops wrangler (SIGTERM to the process group, SIGKILL after 5 s) and removes the state dir.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pgid = child.id() as libc::pid_t;
-            signal_group(pgid, libc::SIGTERM);
-            let until = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < until {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-            // Whatever is left of the group (workerd, a build) goes now.
-            signal_group(pgid, libc::SIGKILL);
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop_process_group(child);
         }
         if self.persist_dir.exists() {
             let _ = fs::remove_dir_all(&self.persist_dir);
@@ -282,6 +271,22 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Ends a child started in its own process group: SIGTERM to the group, SIGKILL to whatever is left
+/// after 5 s (workerd, a build), then reaps the child.
+pub fn stop_process_group(mut child: Child) {
+    let pgid = child.id() as libc::pid_t;
+    signal_group(pgid, libc::SIGTERM);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    signal_group(pgid, libc::SIGKILL);
+    let _ = child.wait();
 }
 
 fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
@@ -1468,7 +1473,11 @@ impl MockMail {
             listener,
             Arc::new(move |req: &Request| {
                 if req.method != "POST" || !req.path.starts_with("/emails") {
-                    return (404, "application/json", br#"{"error":"not found"}"#.to_vec());
+                    return (
+                        404,
+                        "application/json",
+                        br#"{"error":"not found"}"#.to_vec(),
+                    );
                 }
                 let v: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
                 let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
@@ -1483,10 +1492,18 @@ impl MockMail {
                     path: req.path.clone(),
                 });
                 let id = format!("mail-{}", log.len());
-                (200, "application/json", json!({ "id": id }).to_string().into_bytes())
+                (
+                    200,
+                    "application/json",
+                    json!({ "id": id }).to_string().into_bytes(),
+                )
             }),
         );
-        Ok(MockMail { addr, mails, accept })
+        Ok(MockMail {
+            addr,
+            mails,
+            accept,
+        })
     }
 
     /// The URL to give the gateway as EMAIL_API_URL.
@@ -1569,10 +1586,18 @@ impl JwksServer {
                 if s.failing {
                     return (500, "text/plain", b"identity provider down".to_vec());
                 }
-                (200, "application/json", json!({ "keys": s.keys }).to_string().into_bytes())
+                (
+                    200,
+                    "application/json",
+                    json!({ "keys": s.keys }).to_string().into_bytes(),
+                )
             }),
         );
-        Ok(JwksServer { addr, state, accept })
+        Ok(JwksServer {
+            addr,
+            state,
+            accept,
+        })
     }
 
     pub fn url(&self) -> String {

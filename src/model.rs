@@ -42,12 +42,11 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             "The request body is empty; send a JSON object.",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            Error::invalid_request(format!("The JSON body does not fit: {e}."))
-        }
-        _ => Error::invalid_json(format!("The body is not valid JSON: {e}.")),
-    })
+    // Syntax first, so any malformed document is `invalid-json` whatever its shape.
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid_json(format!("The body is not valid JSON: {e}.")))?;
+    serde_json::from_value(value)
+        .map_err(|e| Error::invalid_request(format!("The JSON body does not fit: {e}.")))
 }
 
 /// `Some(None)` for an explicit `null`, `None` for an absent field (with `#[serde(default)]`).

@@ -258,3 +258,21 @@ pub fn event(project_id: &str, kind: &'static str) -> EventDraft {
         ..EventDraft::default()
     }
 }
+
+/// A managed-mode session must still stand (its status is mirrored to KV on logout and on reuse).
+pub async fn ensure_session_live(env: &Env, session_id: &str) -> Result<(), Error> {
+    let store = kv::kv(env)?;
+    if kv::get::<crate::store::kv::SessionRecord>(&store, session_id)
+        .await?
+        .is_some_and(|s| s.revoked)
+    {
+        return Err(Error::new(
+            401,
+            "session-revoked",
+            "The session has ended",
+            "This session was signed out or revoked: sign in again.",
+        )
+        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\""));
+    }
+    Ok(())
+}

@@ -34,7 +34,6 @@ use crate::limits::ops::{CounterReply, CounterRequest};
 use crate::limits::plan::{Limits, Plan};
 use crate::model::Api;
 use crate::model::AuthMode;
-use crate::store::kv::{self, SessionRecord};
 use crate::store::{counter_do as counter, d1};
 use crate::stream::relay::{Next, Relay, Usage};
 use crate::upstream::{self, demo::DemoReply, ChatRequest};
@@ -317,19 +316,7 @@ async fn authenticate(
                 if api.mode() != AuthMode::Managed {
                     return Err(mode_mismatch(api, "a signed-in user's token"));
                 }
-                let store = kv::kv(env)?;
-                if kv::get::<SessionRecord>(&store, &session_id)
-                    .await?
-                    .is_some_and(|s| s.revoked)
-                {
-                    return Err(Error::new(
-                        401,
-                        "session-revoked",
-                        "The session has ended",
-                        "This session was signed out or revoked: sign in again.",
-                    )
-                    .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\""));
-                }
+                crate::identity::ensure_session_live(env, &session_id).await?;
                 let consumer = d1::find_consumer(db, &project.id, &consumer_id)
                     .await?
                     .ok_or_else(|| {

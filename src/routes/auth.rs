@@ -406,18 +406,7 @@ async fn signed_in(req: &Request, env: &Env, project: &Project) -> Result<(Strin
             "This endpoint takes a signed-in user's access token.",
         ));
     };
-    let store = kv::kv(env)?;
-    if kv::get::<SessionRecord>(&store, &session_id)
-        .await?
-        .is_some_and(|s| s.revoked)
-    {
-        return Err(Error::new(
-            401,
-            "session-revoked",
-            "The session has ended",
-            "This session was signed out or revoked: sign in again.",
-        ));
-    }
+    crate::identity::ensure_session_live(env, &session_id).await?;
     Ok((consumer_id, session_id))
 }
 

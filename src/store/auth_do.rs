@@ -2,10 +2,9 @@
 //! Like the counter, each operation loads, applies and saves with synchronous SQLite calls.
 
 use serde::Deserialize;
-use wasm_bindgen::JsValue;
 use worker::{
-    durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, SqlStorage,
-    SqlStorageValue, State,
+    durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, SqlStorageValue,
+    State,
 };
 
 use crate::auth::guard::{apply, GuardReply, GuardRequest, GuardState};
@@ -53,7 +52,7 @@ impl DurableObject for AuthGuard {
     }
 }
 
-fn unavailable(detail: impl std::fmt::Display) -> Error {
+fn unavailable(detail: String) -> Error {
     worker::console_error!("auth state unavailable: {detail}");
     Error::new(
         503,
@@ -66,22 +65,5 @@ fn unavailable(detail: impl std::fmt::Display) -> Error {
 
 /// Sends one operation to the auth-state object named `name` (e.g. `otp:{project}:{email}`).
 pub async fn call(env: &Env, name: &str, op: &GuardRequest) -> Result<GuardReply, Error> {
-    let namespace = env.durable_object("AUTH_GUARD").map_err(unavailable)?;
-    let stub = namespace
-        .id_from_name(name)
-        .and_then(|id| id.get_stub())
-        .map_err(unavailable)?;
-    let body = serde_json::to_string(op).map_err(unavailable)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(JsValue::from_str(&body)));
-    let request = Request::new_with_init("https://auth-guard/op", &init).map_err(unavailable)?;
-    let mut response = stub
-        .fetch_with_request(request)
-        .await
-        .map_err(unavailable)?;
-    if response.status_code() != 200 {
-        return Err(unavailable(format!("status {}", response.status_code())));
-    }
-    response.json::<GuardReply>().await.map_err(unavailable)
+    crate::store::call_object(env, "AUTH_GUARD", name, op, unavailable).await
 }

@@ -6,10 +6,9 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use wasm_bindgen::JsValue;
 use worker::{
-    durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, SqlStorage,
-    SqlStorageValue, State,
+    durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, SqlStorageValue,
+    State,
 };
 
 use crate::error::Error;
@@ -166,7 +165,7 @@ impl DurableObject for ConsumerCounter {
     }
 }
 
-fn unavailable(detail: impl std::fmt::Display) -> Error {
+fn unavailable(detail: String) -> Error {
     worker::console_error!("counter unavailable: {detail}");
     Error::new(503, "counter-unavailable", "Quota counters are unavailable",
         "The gateway could not reach the quota counter, so the request was refused rather than let through unmetered. Try again shortly.")
@@ -181,22 +180,12 @@ pub async fn call(
     consumer_id: &str,
     op: &CounterRequest,
 ) -> Result<CounterReply, Error> {
-    let namespace = env.durable_object("COUNTERS").map_err(unavailable)?;
-    let stub = namespace
-        .id_from_name(&format!("{api_id}/{consumer_id}"))
-        .and_then(|id| id.get_stub())
-        .map_err(unavailable)?;
-    let body = serde_json::to_string(op).map_err(unavailable)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(JsValue::from_str(&body)));
-    let request = Request::new_with_init("https://counter/op", &init).map_err(unavailable)?;
-    let mut response = stub
-        .fetch_with_request(request)
-        .await
-        .map_err(unavailable)?;
-    if response.status_code() != 200 {
-        return Err(unavailable(format!("status {}", response.status_code())));
-    }
-    response.json::<CounterReply>().await.map_err(unavailable)
+    crate::store::call_object(
+        env,
+        "COUNTERS",
+        &format!("{api_id}/{consumer_id}"),
+        op,
+        unavailable,
+    )
+    .await
 }

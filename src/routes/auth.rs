@@ -1,9 +1,9 @@
 //! A project's end-user auth endpoints: OTP sign-in, refresh rotation, logout, me, the consumer-key →
 //! token exchange, the public JWKS, and (dev mode only) the dev mailbox.
 
-use serde::Deserialize;
+use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::{json, Value};
-use worker::{Context, Env, Request, Response};
+use worker::{Context, D1Database, Env, Request, Response};
 
 use crate::auth::guard::{GuardReply, GuardRequest};
 use crate::auth::key::ConsumerKey;
@@ -43,6 +43,18 @@ struct RefreshBody {
     refresh_token: String,
 }
 
+/// The project named in the path and the request's JSON body (bounded): how every sign-in call starts.
+async fn project_and_body<T: DeserializeOwned>(
+    req: &mut Request,
+    env: &Env,
+    project: &str,
+) -> Result<(D1Database, Project, T), Error> {
+    let db = d1::db(env)?;
+    let project = d1::project_by_slug(&db, project).await?;
+    let input: T = parse_body(&read_body(req, AUTH_BODY_LIMIT).await?)?;
+    Ok((db, project, input))
+}
+
 fn bad_email() -> Error {
     Error::invalid_request("`email` must be an email address.")
 }
@@ -66,9 +78,7 @@ pub async fn otp_start(
     ctx: &Context,
     project: &str,
 ) -> Result<Response, Error> {
-    let db = d1::db(env)?;
-    let project = d1::project_by_slug(&db, project).await?;
-    let input: OtpStart = parse_body(&read_body(&mut req, AUTH_BODY_LIMIT).await?)?;
+    let (_, project, input): (_, _, OtpStart) = project_and_body(&mut req, env, project).await?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     let now = now_ms();
     let ip = client_ip(&req);
@@ -132,9 +142,7 @@ pub async fn otp_verify(
     ctx: &Context,
     project: &str,
 ) -> Result<Response, Error> {
-    let db = d1::db(env)?;
-    let project = d1::project_by_slug(&db, project).await?;
-    let input: OtpVerify = parse_body(&read_body(&mut req, AUTH_BODY_LIMIT).await?)?;
+    let (db, project, input): (_, _, OtpVerify) = project_and_body(&mut req, env, project).await?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     let code = input.code.trim();
     if code.len() != 6 || !code.bytes().all(|c| c.is_ascii_digit()) {
@@ -317,9 +325,8 @@ pub async fn refresh(
     ctx: &Context,
     project: &str,
 ) -> Result<Response, Error> {
-    let db = d1::db(env)?;
-    let project = d1::project_by_slug(&db, project).await?;
-    let input: RefreshBody = parse_body(&read_body(&mut req, AUTH_BODY_LIMIT).await?)?;
+    let (db, project, input): (_, _, RefreshBody) =
+        project_and_body(&mut req, env, project).await?;
     let (session_id, secret) = parse_refresh(&input.refresh_token)
         .ok_or_else(|| refresh_refused("invalid-refresh-token", "This is not a refresh token."))?;
     let now = now_ms();

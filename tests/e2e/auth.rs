@@ -300,26 +300,13 @@ async fn usage_records_until(
     t: &Tenant,
     ready: impl Fn(&[Value]) -> bool,
 ) -> Result<Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c
-            .admin
-            .call(
-                Method::GET,
-                &format!("/api/v1/gateway/apis/{}/usage", t.api_id),
-                None,
-            )
-            .await?;
-        expect_status(&r, 200, "usage report")?;
-        let records = r.json()["records"].as_array().cloned().unwrap_or_default();
-        if ready(&records) {
-            return Ok(records);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("usage records never became ready: {}", r.text).into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let list = |v: &Value| v["records"].as_array().cloned().unwrap_or_default();
+    let v = c
+        .admin_get_until(&format!("/api/v1/gateway/apis/{}/usage", t.api_id), |v| {
+            ready(&list(v))
+        })
+        .await?;
+    Ok(list(&v))
 }
 
 /// The project's auth events (`query` like `type=sign_in`), polled until `ready` holds (events are
@@ -330,26 +317,14 @@ async fn auth_events_until(
     query: &str,
     ready: impl Fn(&[Value]) -> bool,
 ) -> Result<Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c
-            .admin
-            .call(
-                Method::GET,
-                &format!("/api/v1/projects/{project}/auth-events?{query}"),
-                None,
-            )
-            .await?;
-        expect_status(&r, 200, "auth events")?;
-        let events = r.json()["events"].as_array().cloned().unwrap_or_default();
-        if ready(&events) {
-            return Ok(events);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("auth events never became ready: {}", r.text).into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let list = |v: &Value| v["events"].as_array().cloned().unwrap_or_default();
+    let v = c
+        .admin_get_until(
+            &format!("/api/v1/projects/{project}/auth-events?{query}"),
+            |v| ready(&list(v)),
+        )
+        .await?;
+    Ok(list(&v))
 }
 
 fn event_types(events: &[Value]) -> BTreeSet<String> {

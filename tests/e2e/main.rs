@@ -265,6 +265,24 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 // Helpers
 
 impl Ctx {
+    /// GETs an admin path until `ready` holds for its JSON, at most 10 s: usage records and auth
+    /// events are written shortly after the response that caused them.
+    async fn admin_get_until(&self, path: &str, ready: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.admin.call(reqwest::Method::GET, path, None).await?;
+            expect_status(&r, 200, path)?;
+            let v = r.json();
+            if ready(&v) {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{path} never became ready: {}", r.text).into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// A project `slug` with API `chat` on the mock scenario (tagged with the slug), one consumer and key.
     async fn tenant_on_mock(&self, slug: &str, scenario: &str, extra: Value) -> Result<Tenant> {
         let mut upstream = json!({

@@ -31,26 +31,11 @@ async fn usage_until(
     query: &str,
     ready: impl Fn(&Value) -> bool,
 ) -> Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c
-            .admin
-            .call(
-                Method::GET,
-                &format!("/api/v1/gateway/apis/{}/usage?{query}", t.api_id),
-                None,
-            )
-            .await?;
-        expect_status(&r, 200, "usage report")?;
-        let v = r.json();
-        if ready(&v) {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("usage never became ready: {v}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.admin_get_until(
+        &format!("/api/v1/gateway/apis/{}/usage?{query}", t.api_id),
+        ready,
+    )
+    .await
 }
 
 fn records(v: &Value) -> Vec<Value> {

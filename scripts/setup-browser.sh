@@ -24,6 +24,6 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 log "installing ${need[*]} with apt-get (once)"
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+$SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 [ -x "$CHROMIUM" ] || { echo "setup-browser: $CHROMIUM is still missing after apt-get install" >&2; exit 1; }
 log "$("$CHROMIUM" --version 2>/dev/null || echo chromium installed)"

@@ -305,12 +305,24 @@ impl Ctx {
         chat_request(&self.http, &self.base, &t.project, &t.api, key).timeout(STREAM_LIMIT)
     }
 
+    /// Sends a chat call for `t` with `key` and `body`, and reads the whole reply.
+    async fn send_chat(
+        &self,
+        t: &Tenant,
+        key: Option<(&str, KeyHeader)>,
+        body: &Value,
+    ) -> Result<Reply> {
+        Reply::read(self.chat(t, key).json(body).send().await?).await
+    }
+
     /// A non-streamed chat call with `t`'s key as Bearer.
     async fn chat_ok(&self, t: &Tenant) -> Result<Reply> {
-        let req = self
-            .chat(t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(None, "hello", false));
-        Reply::read(req.send().await?).await
+        self.send_chat(
+            t,
+            Some((&t.secret, KeyHeader::Bearer)),
+            &chat_body(None, "hello", false),
+        )
+        .await
     }
 }
 
@@ -454,13 +466,9 @@ async fn non_streamed_reply_is_passed_through(c: Arc<Ctx>) -> CaseResult {
     let slug = "non-stream";
     let t = c.tenant_on_mock(slug, "ok/chunks/4", json!({})).await?;
     let body = json!({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], "temperature": 0.5});
-    let reply = Reply::read(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&body)
-            .send()
-            .await?,
-    )
-    .await?;
+    let reply = c
+        .send_chat(&t, Some((&t.secret, KeyHeader::Bearer)), &body)
+        .await?;
     assert_eq!(reply.status, 200, "{}", reply.describe());
     assert!(
         reply.content_type().starts_with("application/json"),
@@ -517,13 +525,13 @@ async fn non_streamed_reply_is_passed_through(c: Arc<Ctx>) -> CaseResult {
     assert_eq!(reply.json()["model"], "mock-default");
 
     // A model named by the client is kept.
-    let named = Reply::read(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(Some("client-model"), "hi", false))
-            .send()
-            .await?,
-    )
-    .await?;
+    let named = c
+        .send_chat(
+            &t,
+            Some((&t.secret, KeyHeader::Bearer)),
+            &chat_body(Some("client-model"), "hi", false),
+        )
+        .await?;
     assert_eq!(named.status, 200, "{}", named.describe());
     let sent = c.upstream_requests(slug);
     assert_eq!(sent.len(), 2);
@@ -535,13 +543,9 @@ async fn both_key_headers_are_accepted(c: Arc<Ctx>) -> CaseResult {
     let slug = "key-headers";
     let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
     for how in [KeyHeader::Bearer, KeyHeader::XApiKey] {
-        let r = Reply::read(
-            c.chat(&t, Some((&t.secret, how)))
-                .json(&chat_body(None, "hi", false))
-                .send()
-                .await?,
-        )
-        .await?;
+        let r = c
+            .send_chat(&t, Some((&t.secret, how)), &chat_body(None, "hi", false))
+            .await?;
         assert_eq!(r.status, 200, "{how:?}: {}", r.describe());
         assert_eq!(r.json()["object"], "chat.completion", "{how:?}");
     }
@@ -572,13 +576,7 @@ async fn bad_or_missing_credentials_are_401(c: Arc<Ctx>) -> CaseResult {
     );
 
     for how in [KeyHeader::Bearer, KeyHeader::XApiKey] {
-        let malformed = Reply::read(
-            c.chat(&t, Some(("ask_live_nope", how)))
-                .json(&body)
-                .send()
-                .await?,
-        )
-        .await?;
+        let malformed = c.send_chat(&t, Some(("ask_live_nope", how)), &body).await?;
         assert_problem(&malformed, 401, "invalid-credential");
         assert!(
             malformed
@@ -606,24 +604,16 @@ async fn bad_or_missing_credentials_are_401(c: Arc<Ctx>) -> CaseResult {
         .await?;
     let other_secret = str_field(&other, "secret")?;
     c.admin.revoke_key(slug, &str_field(&other, "id")?).await?;
-    let unknown = Reply::read(
-        c.chat(&t, Some((&other_secret, KeyHeader::Bearer)))
-            .json(&body)
-            .send()
-            .await?,
-    )
-    .await?;
+    let unknown = c
+        .send_chat(&t, Some((&other_secret, KeyHeader::Bearer)), &body)
+        .await?;
     assert_problem(&unknown, 401, "invalid-credential");
 
     // A valid key of another project is unknown here too.
     let stranger = c.tenant_on_mock("bad-creds-other", "ok", json!({})).await?;
-    let foreign = Reply::read(
-        c.chat(&t, Some((&stranger.secret, KeyHeader::Bearer)))
-            .json(&body)
-            .send()
-            .await?,
-    )
-    .await?;
+    let foreign = c
+        .send_chat(&t, Some((&stranger.secret, KeyHeader::Bearer)), &body)
+        .await?;
     assert_problem(&foreign, 401, "invalid-credential");
 
     assert!(

@@ -214,13 +214,13 @@ pub async fn client_disconnect_cancels_upstream_and_frees_the_slot(c: Arc<Ctx>) 
         .await?;
     assert_eq!(resp.status(), 200);
     // While the first stream runs, a second is over the concurrency limit.
-    let second = Reply::read(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(None, "hi", true))
-            .send()
-            .await?,
-    )
-    .await?;
+    let second = c
+        .send_chat(
+            &t,
+            Some((&t.secret, KeyHeader::Bearer)),
+            &chat_body(None, "hi", true),
+        )
+        .await?;
     assert_problem(&second, 429, "rate-limited");
     assert_eq!(second.json()["scope"], "max_concurrent_streams");
     let mut got = 0;
@@ -327,19 +327,17 @@ pub async fn plan_switch_applies_on_the_next_request(c: Arc<Ctx>) -> CaseResult 
         .await?;
     assert_eq!(bad.status, 400, "{}", bad.describe());
 
+    let plan_path = format!(
+        "/api/v1/gateway/apis/{}/consumers/{}/plan",
+        t.api_id, t.consumer_id
+    );
+    let subscribe = |plan: &'static str| {
+        c.admin
+            .call(Method::PUT, &plan_path, Some(json!({ "plan": plan })))
+    };
     // Counters belong to the consumer, not the plan: this request counts towards tiny's 2 a day.
     expect_status(&c.chat_ok(&t).await?, 200, "default plan is unlimited")?;
-    let put = c
-        .admin
-        .call(
-            Method::PUT,
-            &format!(
-                "/api/v1/gateway/apis/{}/consumers/{}/plan",
-                t.api_id, t.consumer_id
-            ),
-            Some(json!({"plan": "tiny"})),
-        )
-        .await?;
+    let put = subscribe("tiny").await?;
     expect_status(&put, 200, "subscribe to tiny")?;
     expect_status(
         &c.chat_ok(&t).await?,
@@ -350,34 +348,14 @@ pub async fn plan_switch_applies_on_the_next_request(c: Arc<Ctx>) -> CaseResult 
     assert_problem(&refused, 429, "quota-exceeded");
     assert_eq!(refused.json()["plan"], "tiny");
     assert_eq!(refused.json()["scope"], "requests_per_day");
-    let back = c
-        .admin
-        .call(
-            Method::PUT,
-            &format!(
-                "/api/v1/gateway/apis/{}/consumers/{}/plan",
-                t.api_id, t.consumer_id
-            ),
-            Some(json!({"plan": "default"})),
-        )
-        .await?;
+    let back = subscribe("default").await?;
     expect_status(&back, 200, "back to default")?;
     expect_status(
         &c.chat_ok(&t).await?,
         200,
         "unlimited again on the next request",
     )?;
-    let unknown = c
-        .admin
-        .call(
-            Method::PUT,
-            &format!(
-                "/api/v1/gateway/apis/{}/consumers/{}/plan",
-                t.api_id, t.consumer_id
-            ),
-            Some(json!({"plan": "nope"})),
-        )
-        .await?;
+    let unknown = subscribe("nope").await?;
     assert_problem(&unknown, 404, "not-found");
     Ok(())
 }
@@ -391,13 +369,13 @@ pub async fn plan_models_and_max_tokens_are_enforced(c: Arc<Ctx>) -> CaseResult 
         json!({"models": ["mock-default"], "max_tokens_per_request": 50}),
     )
     .await?;
-    let other = Reply::read(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(Some("gpt-other"), "hi", false))
-            .send()
-            .await?,
-    )
-    .await?;
+    let other = c
+        .send_chat(
+            &t,
+            Some((&t.secret, KeyHeader::Bearer)),
+            &chat_body(Some("gpt-other"), "hi", false),
+        )
+        .await?;
     assert_problem(&other, 403, "model-not-allowed");
     assert!(
         c.upstream_requests(slug).is_empty(),

@@ -34,6 +34,8 @@ CREATE TABLE apis (
   byo_jwt_json       TEXT,                          -- byo-jwt: {jwks_url, user_id_claim, issuer?, audience?, algorithms?}
   ip_allowlist_json  TEXT NOT NULL DEFAULT '[]',    -- CIDRs; empty allows every address
   credential_json    TEXT NOT NULL DEFAULT '{}',    -- {location: authorization|header|query, name?, passthrough}
+  upstream_policy_json TEXT NOT NULL DEFAULT '{}',  -- {allow_any_model, max_n, allowed_params, image_tokens, max_tokens_field}
+  prices_json        TEXT NOT NULL DEFAULT '{}',    -- {model: {input, output, cached_input}} in pico-dollars per token
   UNIQUE (project_id, slug)
 );
 
@@ -80,6 +82,8 @@ CREATE TABLE plans (
   is_default              INTEGER NOT NULL DEFAULT 0,
   created_at              INTEGER NOT NULL,
   updated_at              INTEGER NOT NULL,
+  spend_per_day_micro     INTEGER,                   -- money budgets in micro-dollars
+  spend_per_month_micro   INTEGER,
   UNIQUE (api_id, name)
 );
 CREATE UNIQUE INDEX plans_one_default_per_api ON plans (api_id) WHERE is_default = 1;
@@ -110,7 +114,15 @@ CREATE TABLE usage_records (
   estimated          INTEGER NOT NULL,
   status             INTEGER NOT NULL,
   latency_ms         INTEGER NOT NULL,
-  ttft_ms            INTEGER
+  ttft_ms            INTEGER,
+  ended              TEXT NOT NULL DEFAULT 'complete', -- complete, budget_cut, upstream_cut, client_gone, abandoned, ...
+  cached_tokens      INTEGER NOT NULL DEFAULT 0,
+  reasoning_tokens   INTEGER NOT NULL DEFAULT 0,
+  n                  INTEGER NOT NULL DEFAULT 1,
+  max_tokens         INTEGER,                           -- the completion cap per choice sent upstream
+  prompt_bound       INTEGER NOT NULL DEFAULT 0,        -- the prompt's upper bound reserved before the call
+  cost_micro         INTEGER NOT NULL DEFAULT 0,
+  overrun            INTEGER NOT NULL DEFAULT 0         -- the upstream used more than was reserved
 );
 CREATE INDEX usage_by_api_time ON usage_records (api_id, created_at);
 

@@ -15,6 +15,10 @@ pub mod upstream;
 pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
+mod admission;
+#[cfg(target_arch = "wasm32")]
+mod authenticate;
+#[cfg(target_arch = "wasm32")]
 mod email;
 #[cfg(target_arch = "wasm32")]
 mod http;

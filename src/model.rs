@@ -1,9 +1,13 @@
 //! Records the gateway stores (project, api, consumer, key) and validation of the owner's admin input.
 
+use std::collections::BTreeMap;
+
 use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::Error;
+use crate::limits::spend::{PriceInput, PriceTable};
+use crate::upstream::policy::{CapField, PolicyInput, UpstreamPolicy};
 use crate::time::rfc3339;
 
 /// How end users of an API prove who they are. Consumer keys are accepted in every mode.
@@ -149,6 +153,23 @@ pub struct UpstreamInput {
     pub default_model: Option<String>,
     pub models: Option<Vec<String>>,
     pub timeout_ms: Option<u32>,
+    pub allow_any_model: Option<bool>,
+    pub max_n: Option<u64>,
+    pub allowed_params: Option<Vec<String>>,
+    pub image_tokens: Option<u64>,
+    pub max_tokens_field: Option<CapField>,
+}
+
+impl UpstreamInput {
+    pub fn policy(&self) -> PolicyInput {
+        PolicyInput {
+            allow_any_model: self.allow_any_model,
+            max_n: self.max_n,
+            allowed_params: self.allowed_params.clone(),
+            image_tokens: self.image_tokens,
+            max_tokens_field: self.max_tokens_field,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +181,7 @@ pub struct NewApi {
     #[serde(default = "default_mode")]
     pub auth_mode: String,
     pub upstream: UpstreamInput,
+    pub prices: Option<BTreeMap<String, PriceInput>>,
 }
 
 fn default_mode() -> String {
@@ -179,6 +201,10 @@ impl NewApi {
             self.upstream.default_model.as_ref(),
             self.upstream.timeout_ms,
         )?;
+        self.upstream.policy().validate()?;
+        if let Some(p) = &self.prices {
+            PriceTable::from_input(p)?;
+        }
         AuthMode::parse(&self.auth_mode)
     }
 }
@@ -193,6 +219,23 @@ pub struct UpstreamPatch {
     pub default_model: Option<Option<String>>,
     pub models: Option<Vec<String>>,
     pub timeout_ms: Option<u32>,
+    pub allow_any_model: Option<bool>,
+    pub max_n: Option<u64>,
+    pub allowed_params: Option<Vec<String>>,
+    pub image_tokens: Option<u64>,
+    pub max_tokens_field: Option<CapField>,
+}
+
+impl UpstreamPatch {
+    pub fn policy(&self) -> PolicyInput {
+        PolicyInput {
+            allow_any_model: self.allow_any_model,
+            max_n: self.max_n,
+            allowed_params: self.allowed_params.clone(),
+            image_tokens: self.image_tokens,
+            max_tokens_field: self.max_tokens_field,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +246,8 @@ pub struct ApiPatch {
     pub upstream: Option<UpstreamPatch>,
     pub ip_allowlist: Option<Vec<String>>,
     pub credential: Option<crate::auth::config::CredentialConfig>,
+    /// Replaces the whole price table (`{}` clears it).
+    pub prices: Option<BTreeMap<String, PriceInput>>,
 }
 
 impl ApiPatch {
@@ -235,6 +280,10 @@ impl ApiPatch {
                 u.default_model.as_ref().and_then(|m| m.as_ref()),
                 u.timeout_ms,
             )?;
+            u.policy().validate()?;
+        }
+        if let Some(p) = &self.prices {
+            PriceTable::from_input(p)?;
         }
         Ok(())
     }
@@ -442,6 +491,18 @@ pub struct Api {
     pub ip_allowlist_json: String,
     #[serde(default = "empty_object")]
     pub credential_json: String,
+    #[serde(default = "empty_object")]
+    pub upstream_policy_json: String,
+    #[serde(default = "empty_object")]
+    pub prices_json: String,
+}
+
+/// Stored configuration that does not decode: refused (never read as a default), and logged.
+fn undecodable(what: &str, id: &str, e: serde_json::Error) -> Error {
+    Error::misconfigured(format!(
+        "The API's stored {what} cannot be read, so requests are refused; set it again. ({e})"
+    ))
+    .with_field("api_id", id)
 }
 
 fn empty_object() -> String {
@@ -459,8 +520,22 @@ impl Api {
             .and_then(|j| serde_json::from_str(j).ok())
     }
 
-    pub fn ip_allowlist(&self) -> Vec<String> {
-        serde_json::from_str(&self.ip_allowlist_json).unwrap_or_default()
+    /// The IP allowlist; one that cannot be read refuses every request (never "allow all").
+    pub fn ip_allowlist(&self) -> Result<Vec<String>, Error> {
+        serde_json::from_str(&self.ip_allowlist_json).map_err(|e| undecodable("IP allowlist", &self.id, e))
+    }
+
+    pub fn policy(&self) -> Result<UpstreamPolicy, Error> {
+        serde_json::from_str(&self.upstream_policy_json).map_err(|e| undecodable("upstream policy", &self.id, e))
+    }
+
+    pub fn prices(&self) -> Result<PriceTable, Error> {
+        serde_json::from_str(&self.prices_json).map_err(|e| undecodable("price table", &self.id, e))
+    }
+
+    /// The API's own model list (the allowlist, without the default model).
+    pub fn listed_models(&self) -> Vec<String> {
+        serde_json::from_str(&self.models_json).unwrap_or_default()
     }
 
     pub fn credential(&self) -> crate::auth::config::CredentialConfig {
@@ -483,7 +558,13 @@ impl Api {
 
     /// The owner's view: never the provider key, only whether one is set.
     pub fn to_json(&self) -> Value {
-        let listed: Vec<String> = serde_json::from_str(&self.models_json).unwrap_or_default();
+        let listed = self.listed_models();
+        let policy = self.policy().ok();
+        let prices = self.prices().ok();
+        let unpriced: Vec<String> = match &prices {
+            Some(p) => self.models().into_iter().filter(|m| p.get(m).is_none()).collect(),
+            None => Vec::new(),
+        };
         json!({
             "id": self.id,
             "project": self.project_slug,
@@ -496,9 +577,16 @@ impl Api {
                 "default_model": self.default_model,
                 "models": listed,
                 "timeout_ms": self.timeout_ms,
+                "allow_any_model": policy.as_ref().map(|p| p.allow_any_model),
+                "max_n": policy.as_ref().map(|p| p.max_n),
+                "allowed_params": policy.as_ref().map(|p| p.allowed_params.clone()),
+                "image_tokens": policy.as_ref().map(|p| p.image_tokens),
+                "max_tokens_field": policy.as_ref().map(|p| p.max_tokens_field),
             },
+            "prices": prices.as_ref().map(PriceTable::to_json),
+            "unpriced_models": unpriced,
             "byo_jwt_config": self.byo_jwt(),
-            "ip_allowlist": self.ip_allowlist(),
+            "ip_allowlist": self.ip_allowlist().ok(),
             "credential": self.credential(),
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
@@ -614,9 +702,8 @@ mod tests {
         assert!(p.validate().is_err());
     }
 
-    #[test]
-    fn api_view_never_contains_the_provider_key() {
-        let api = Api {
+    fn sample_api() -> Api {
+        Api {
             id: "api_1".into(),
             project_id: "prj_1".into(),
             project_slug: "demo".into(),
@@ -633,10 +720,31 @@ mod tests {
             byo_jwt_json: None,
             ip_allowlist_json: "[]".into(),
             credential_json: "{}".into(),
-        };
+            upstream_policy_json: "{}".into(),
+            prices_json: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn api_view_never_contains_the_provider_key() {
+        let api = sample_api();
         let v = api.to_json().to_string();
         assert!(!v.contains("secretblob"));
         assert!(v.contains("\"has_api_key\":true"));
         assert_eq!(api.models(), vec!["m1".to_string(), "m2".to_string()]);
+        assert_eq!(api.to_json()["unpriced_models"], json!(["m1", "m2"]));
+    }
+
+    #[test]
+    fn stored_config_that_does_not_decode_refuses_instead_of_defaulting() {
+        let api = Api {
+            ip_allowlist_json: "[\"10.0.0.0/8\"".into(),
+            upstream_policy_json: "{\"max_n\": \"four\"}".into(),
+            prices_json: "[]".into(),
+            ..sample_api()
+        };
+        assert_eq!(api.ip_allowlist().unwrap_err().status, 503);
+        assert_eq!(api.policy().unwrap_err().kind, "gateway-misconfigured");
+        assert!(api.prices().is_err());
     }
 }

@@ -1,58 +1,53 @@
 //! The data plane: every chat request's path through the gateway, as a short list of named phases.
 //!
-//! resolve the API → authenticate the consumer → read the chat body → admit (plan, model, quota and
-//! rate, reserved in the consumer's counter) → forward upstream (or to the built-in demo) → relay the
-//! answer, metered event by event → settle the real usage and file the usage record.
+//! resolve the API → authenticate the consumer (`authenticate`) → read and check the chat body →
+//! admit (plan, model, price, and the worst case reserved in the consumer's counter, which grants the
+//! completion cap) → forward upstream with that cap (or to the built-in demo) → relay the answer,
+//! metered event by event → settle what was really used, exactly once (`admission::Lease`).
 
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures_channel::oneshot;
-use futures_util::future::{select, Either};
 use futures_util::{stream, Stream, StreamExt};
 use serde_json::{json, Value};
 use wasm_bindgen::JsValue;
 use worker::{
-    AbortController, Context, D1Database, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
-    Response,
+    AbortController, AbortSignal, Context, Delay, Env, Fetch, Headers, Method, Request,
+    RequestInit, Response,
 };
 
-use crate::auth::cidr;
+use crate::admission::{self, Claim, Lease, Watch, Woke};
 use crate::auth::config::CredentialSource;
-use crate::auth::consumer_jwt;
-use crate::auth::jwks_cache::{looks_like_jwt, peek_kid};
-use crate::auth::tokens::{classify, kid_prefix, SluiceToken};
-use crate::auth::{extract_credential, key::ConsumerKey};
+use crate::authenticate::{authenticate, passthrough_credential, resolve_and_authenticate, resolve_api, Caller};
 use crate::crypto;
 use crate::error::Error;
-use crate::http::{encryption_secret, header, json, now_ms, read_body, with_random};
-use crate::identity::{client_ip, verify_byo, verify_sluice_token};
+use crate::http::{encryption_secret, json, now_ms, read_body, with_random};
 use crate::ids::new_id;
-use crate::limits::counter::{Refusal, Reservation, Window};
+use crate::limits::counter::{Ask, Outcome, Window};
 use crate::limits::headers::rate_limit_headers;
+use crate::limits::meter::output_bytes;
 use crate::limits::ops::{CounterReply, CounterRequest};
-use crate::limits::plan::{Limits, Plan};
+use crate::limits::plan::Plan;
+use crate::limits::spend::{micro_to_usd, Price};
 use crate::model::Api;
-use crate::model::AuthMode;
 use crate::store::{counter_do as counter, d1};
 use crate::stream::relay::{Next, Relay, Usage};
-use crate::upstream::{self, demo::DemoReply, ChatRequest};
-use crate::usage::UsageRecord;
+use crate::upstream::chat::{prepare_chat, ApiRules, ChatRequest};
+use crate::upstream::{self, demo::DemoReply};
+use crate::usage::{Ended, UsageRecord};
 
 /// Chat bodies carry whole conversations; 2 MiB is generous and still bounded.
 const CHAT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// Upstream error bodies are read only this far.
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
-/// Completion tokens reserved up front for a request without max_tokens, and added per extension.
-const TOKEN_STEP: u64 = 128;
-
-/// Who is calling, as proven by the authenticate phase.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub consumer_id: String,
-    pub key_id: Option<String>,
-    pub session_id: Option<String>,
-}
+/// The least a stream asks for when its grant runs out (it asks for half its grant again if more).
+const EXTEND_STEP: u64 = 512;
+/// How long a stream waits for the upstream's response head before it starts with heartbeats.
+const STREAM_COMMIT_MS: u64 = 1_000;
+/// A stream that sent nothing for this long sends an SSE comment, so a gone client is noticed.
+const HEARTBEAT_MS: i64 = 1_000;
+/// The SSE comment a quiet stream sends (clients ignore comment lines).
+const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 
 /// `POST /v1/{project}/{api}/chat/completions`.
 pub async fn chat_completions(
@@ -65,51 +60,124 @@ pub async fn chat_completions(
     let started = now_ms();
     let db = d1::db(env)?;
     let (api, caller, plan) = resolve_and_authenticate(&req, env, ctx, &db, project, api).await?;
+    let plan = match plan {
+        Some(plan) => plan,
+        None => d1::plan_for(&db, &api.id, &caller.consumer_id).await?,
+    };
     let mut chat = read_chat(&mut req, &api).await?;
     let passthrough = passthrough_credential(&req, &api)?;
-    let admission = admit(env, &db, &api, &caller, plan, &mut chat, started).await?;
-    let rate_headers = rate_limit_headers(&admission.windows, started);
-    match forward(env, &api, &chat, passthrough).await {
+    let mut watch = Watch::new(&req);
+    let mut lease = admit(env, ctx, &api, &caller, &plan, &chat, started).await?;
+    chat.set_cap(lease.cap, api.policy()?.max_tokens_field);
+    let rate_headers = rate_limit_headers(&lease.windows, started);
+    let controller = AbortController::default();
+    let mut upstream: Upstream = match outbound(env, &api, &chat, passthrough) {
+        Ok(Outbound::Demo(answer)) => Box::pin(async move { Ok(answer) }),
+        Ok(Outbound::Fetch(request)) => Box::pin(send(
+            request,
+            api.timeout_ms(),
+            chat.stream,
+            controller.signal(),
+        )),
         Err(e) => {
-            admission
-                .settle(&Outcome {
-                    status: e.status,
-                    usage: None,
-                    completion_estimate: 0,
-                    ttft_ms: None,
-                })
-                .await;
-            Err(e.with_headers(rate_headers))
+            let outcome = lease.estimated(e.status, Ended::UpstreamError);
+            lease.settle(outcome).await;
+            return Err(e.with_headers(rate_headers));
+        }
+    };
+    lease.progress.sent_upstream = true;
+    // A stream whose upstream is slow to answer starts at once, with heartbeats while it waits: a
+    // client that hangs up is noticed when a write fails.
+    let first = match chat.stream {
+        true => lease.while_client_waits(&mut watch, within(&mut upstream, STREAM_COMMIT_MS)).await,
+        false => lease.while_client_waits(&mut watch, &mut upstream).await.map(Some),
+    };
+    let answer = match first {
+        None => {
+            controller.abort();
+            let outcome = lease.estimated(499, Ended::ClientGone);
+            lease.settle(outcome).await;
+            return Err(client_gone());
+        }
+        Some(None) => {
+            let out = relay(lease, watch, !chat.client_wants_usage, Source::Waiting(upstream), controller);
+            return stream_response(out, &rate_headers);
+        }
+        Some(Some(answer)) => answer,
+    };
+    match answer {
+        Err(failure) => {
+            let outcome = match failure.ended {
+                // An error status means nothing was generated: nothing is booked.
+                Ended::UpstreamError => Outcome {
+                    status: failure.error.status,
+                    ended: Ended::UpstreamError,
+                    latency_ms: lease.elapsed(),
+                    ..Outcome::default()
+                },
+                ended => lease.estimated(failure.error.status, ended),
+            };
+            lease.settle(outcome).await;
+            Err(failure.error.with_headers(rate_headers))
         }
         Ok(Answer::Json(bytes)) => {
             let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
-            let usage = answer.as_ref().and_then(Usage::from_json);
-            let completion_estimate = answer.as_ref().map_or(0, upstream::completion_estimate);
-            admission
-                .settle(&Outcome {
-                    status: 200,
-                    usage,
-                    completion_estimate,
-                    ttft_ms: None,
-                })
-                .await;
+            lease.progress.delivered = answer.as_ref().map_or(0, output_bytes);
+            let outcome = match answer.as_ref().and_then(Usage::from_json) {
+                Some(usage) => reported(&lease, 200, Ended::Complete, usage),
+                None => lease.estimated(200, Ended::Complete),
+            };
+            lease.settle(outcome).await;
             let headers = response_headers("application/json", &rate_headers)?;
-            Ok(Response::from_bytes(bytes)?
-                .with_status(200)
-                .with_headers(headers))
+            Ok(Response::from_bytes(bytes)?.with_status(200).with_headers(headers))
         }
-        Ok(Answer::Stream(body, abort)) => {
-            let headers = response_headers("text/event-stream; charset=utf-8", &rate_headers)?;
-            headers.set("cache-control", "no-cache")?;
-            headers.set("x-accel-buffering", "no")?;
-            let strip_usage = !admission.client_wants_usage;
-            let out = relay(ctx, admission, strip_usage, body, abort);
-            Ok(Response::from_stream(out)?.with_headers(headers))
+        Ok(Answer::Stream(body)) => {
+            let out = relay(lease, watch, !chat.client_wants_usage, Source::Body(body), controller);
+            stream_response(out, &rate_headers)
         }
     }
 }
 
-/// `GET /v1/{project}/{api}/models`: the API's models in OpenAI's list shape.
+fn stream_response(
+    out: impl Stream<Item = Result<Vec<u8>, worker::Error>> + 'static,
+    rate_headers: &[(String, String)],
+) -> Result<Response, Error> {
+    let headers = response_headers("text/event-stream; charset=utf-8", rate_headers)?;
+    headers.set("cache-control", "no-cache")?;
+    headers.set("x-accel-buffering", "no")?;
+    Ok(Response::from_stream(out)?.with_headers(headers))
+}
+
+/// `fut`'s output if it is ready within `ms`; `None` if not yet (it keeps running).
+async fn within<F: std::future::Future + Unpin>(fut: &mut F, ms: u64) -> Option<F::Output> {
+    let deadline = Delay::from(Duration::from_millis(ms));
+    match futures_util::future::select(fut, deadline).await {
+        futures_util::future::Either::Left((v, _)) => Some(v),
+        futures_util::future::Either::Right(_) => None,
+    }
+}
+
+/// The client hung up; nobody reads this answer, but the usage record says 499.
+fn client_gone() -> Error {
+    Error::new(499, "client-closed-request", "The client closed the request", "The client went away before the answer was complete.")
+}
+
+/// The outcome of a request whose upstream reported its usage: the report wins over every estimate.
+fn reported(lease: &Lease, status: u16, ended: Ended, usage: Usage) -> Outcome {
+    Outcome {
+        status,
+        ended,
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        cached_tokens: usage.cached_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
+        estimated: false,
+        latency_ms: lease.elapsed(),
+        ttft_ms: lease.progress.ttft_ms,
+    }
+}
+
+/// `GET /v1/{project}/{api}/models`: the models the API allows, in OpenAI's list shape.
 pub async fn list_models(
     req: Request,
     env: &Env,
@@ -126,7 +194,23 @@ pub async fn list_models(
     json(200, &json!({"object": "list", "data": data}))
 }
 
-/// `GET /v1/{project}/{api}/usage`: the caller's plan, limits, and what is used and left in each window.
+/// A window as the consumer sees it: token and request counts as numbers, spend in USD.
+fn window_json(w: &Window) -> Value {
+    let amount = |n: u64| -> Value {
+        if w.scope.is_spend() {
+            micro_to_usd(n).into()
+        } else {
+            n.into()
+        }
+    };
+    json!({
+        "limit": amount(w.limit), "used": amount(w.used), "remaining": amount(w.remaining),
+        "reset": crate::time::rfc3339(w.reset_at),
+    })
+}
+
+/// `GET /v1/{project}/{api}/usage`: the caller's plan, limits, and what is used and left in each
+/// window (spend windows in USD).
 pub async fn consumer_usage(
     req: Request,
     env: &Env,
@@ -139,30 +223,20 @@ pub async fn consumer_usage(
     let api = resolve_api(&db, project, api).await?;
     let caller = authenticate(&req, env, ctx, &db, &api).await?;
     let plan = d1::plan_for(&db, &api.id, &caller.consumer_id).await?;
-    let reply = counter::call(
-        env,
-        &api.id,
-        &caller.consumer_id,
-        &CounterRequest::Status {
-            now,
-            limits: plan.limits.clone(),
-        },
-    )
-    .await?;
-    let CounterReply::Status { windows } = reply else {
-        return Err(Error::internal(
-            "The counter answered a status request with something else.",
-        ));
+    let op = CounterRequest::Status {
+        now,
+        limits: plan.limits.clone(),
     };
-    let mut windows_json = serde_json::Map::new();
-    for w in &windows {
-        windows_json.insert(w.scope.as_str().into(), json!({
-            "limit": w.limit, "used": w.used, "remaining": w.remaining, "reset": crate::time::rfc3339(w.reset_at),
-        }));
-    }
+    let CounterReply::Status { windows } = counter::call(env, &api.id, &caller.consumer_id, &op).await? else {
+        return Err(Error::internal("The counter answered a status request with something else."));
+    };
+    let windows_json: serde_json::Map<String, Value> = windows
+        .iter()
+        .map(|w| (w.scope.as_str().to_string(), window_json(w)))
+        .collect();
     let body = json!({
         "consumer_id": caller.consumer_id,
-        "plan": {"name": plan.name, "models": plan.models, "limits": plan.limits},
+        "plan": {"name": plan.name, "models": plan.models, "limits": plan.limits_json()},
         "windows": windows_json,
     });
     let headers = response_headers("application/json", &rate_limit_headers(&windows, now))?;
@@ -178,382 +252,69 @@ fn response_headers(content_type: &str, extra: &[(String, String)]) -> Result<He
     Ok(headers)
 }
 
-/// Phase 1 — resolve: the project and API named in the path, or 404.
-async fn resolve_api(db: &D1Database, project: &str, api: &str) -> Result<Api, Error> {
-    d1::api_by_slugs(db, project, api).await
-}
-
-/// Phases 1 and 2 together. A consumer key in `Authorization: Bearer` or `X-API-Key` (the common
-/// case) takes the fast path: API, key and plan come back from one D1 round trip, and the same checks
-/// as `authenticate` apply. Anything else goes through `resolve_api` and `authenticate`.
-async fn resolve_and_authenticate(
-    req: &Request,
-    env: &Env,
-    ctx: &Context,
-    db: &D1Database,
-    project: &str,
-    api: &str,
-) -> Result<(Api, Caller, Option<Plan>), Error> {
-    let sent = extract_credential(
-        header(req, "authorization").as_deref(),
-        header(req, "x-api-key").as_deref(),
-    )
-    .ok()
-    .flatten();
-    let Some(key) = sent.as_deref().and_then(|c| ConsumerKey::parse(c).ok()) else {
-        let api = resolve_api(db, project, api).await?;
-        let caller = authenticate(req, env, ctx, db, &api).await?;
-        return Ok((api, caller, None));
-    };
-    let (found_api, found_key, plan) = d1::api_key_and_plan(db, project, api, &key.hash()).await?;
-    let api = found_api.ok_or_else(|| {
-        Error::not_found(format!("There is no API `{api}` in project `{project}`."))
-    })?;
-    if api.credential().source()? != CredentialSource::Authorization {
-        // The API reads its credential elsewhere: the general path decides.
-        let caller = authenticate(req, env, ctx, db, &api).await?;
-        return Ok((api, caller, None));
-    }
-    check_ip(req, &api)?;
-    let found = found_key.ok_or_else(|| {
-        Error::invalid_credential("This consumer key is unknown or has been revoked.")
-    })?;
-    let caller = accept_key(env, ctx, found)?;
-    Ok((api, caller, plan))
-}
-
-/// The API's IP allowlist (403 outside it).
-fn check_ip(req: &Request, api: &Api) -> Result<(), Error> {
-    let allowlist = crate::auth::config::parse_allowlist(&api.ip_allowlist())?;
-    if !cidr::allowed(&allowlist, client_ip(req).as_deref()) {
-        return Err(Error::new(
-            403,
-            "ip-not-allowed",
-            "Your IP address is not allowed",
-            "This API only accepts requests from the owner's allowed networks.",
-        ));
-    }
-    Ok(())
-}
-
-/// A live key's consumer must be enabled (403); its use is noted after the response.
-fn accept_key(env: &Env, ctx: &Context, found: d1::KeyMatch) -> Result<Caller, Error> {
-    if found.consumer_status != "enabled" {
-        return Err(Error::consumer_disabled());
-    }
-    let (env, key_id) = (env.clone(), found.key_id.clone());
-    ctx.wait_until(async move {
-        if let Ok(db) = d1::db(&env) {
-            let _ = d1::touch_key(&db, &key_id, now_ms()).await;
-        }
-    });
-    Ok(Caller {
-        consumer_id: found.consumer_id,
-        key_id: Some(found.key_id),
-        session_id: None,
-    })
-}
-
-/// Phase 2 — authenticate. First the API's IP allowlist (403 outside it). Then the credential, from
-/// where the API reads it (Bearer by default, or a header or query parameter; `X-API-Key` always):
-/// - a consumer key (`ask_live_...`) is accepted in every mode: malformed keys are refused before any
-///   lookup, and the lookup reads D1 each time, so a revoked key fails on the next request;
-/// - a token Sluice signed for the project: a key-exchange token (valid while its key is), or a
-///   signed-in user's access token (managed mode only; its session must stand);
-/// - in byo-jwt mode, the owner's JWT, checked against their JWKS; the configured claim is the consumer.
-///
-/// 401 when the credential is missing, malformed, expired or revoked; 403 when it is valid but not
-/// allowed here (disabled consumer, IP, mode).
-async fn authenticate(
-    req: &Request,
-    env: &Env,
-    ctx: &Context,
-    db: &D1Database,
-    api: &Api,
-) -> Result<Caller, Error> {
-    check_ip(req, api)?;
-    let credential = read_credential(req, api)?.ok_or_else(Error::missing_credential)?;
-    if credential.starts_with(crate::auth::key::PREFIX) {
-        return authenticate_key(env, ctx, db, api, &credential).await;
-    }
-    if !looks_like_jwt(&credential) {
-        return Err(Error::invalid_credential(match api.mode() {
-            AuthMode::ConsumerKeyOnly => "Send a consumer key (ask_live_...).",
-            _ => "Send a consumer key (ask_live_...) or a JWT.",
-        }));
-    }
-    let now = now_ms();
-    let project = d1::project_by_slug(db, &api.project_slug).await?;
-    let is_ours =
-        peek_kid(&credential).is_some_and(|kid| kid.starts_with(&kid_prefix(&project.slug)));
-    if is_ours {
-        let claims = verify_sluice_token(env, &project, &credential, now)?;
-        return match classify(&claims) {
-            Some(SluiceToken::Exchange {
-                consumer_id,
-                key_id,
-            }) => {
-                let live = d1::live_key(db, &project.id, &key_id)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::invalid_credential(
-                            "The consumer key this token was issued for has been revoked.",
-                        )
-                    })?;
-                if live.consumer_status != "enabled" || live.consumer_id != consumer_id {
-                    return Err(Error::consumer_disabled());
-                }
-                Ok(Caller {
-                    consumer_id,
-                    key_id: Some(key_id),
-                    session_id: None,
-                })
-            }
-            Some(SluiceToken::Access {
-                consumer_id,
-                session_id,
-            }) => {
-                if api.mode() != AuthMode::Managed {
-                    return Err(mode_mismatch(api, "a signed-in user's token"));
-                }
-                crate::identity::ensure_session_live(env, &session_id).await?;
-                let consumer = d1::find_consumer(db, &project.id, &consumer_id)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::invalid_credential("The signed-in user no longer exists.")
-                    })?;
-                if consumer.status != "enabled" {
-                    return Err(Error::consumer_disabled());
-                }
-                Ok(Caller {
-                    consumer_id,
-                    key_id: None,
-                    session_id: Some(session_id),
-                })
-            }
-            None => Err(Error::invalid_credential(
-                "This token is not an access token.",
-            )),
-        };
-    }
-    if let Some(caller) = authenticate_consumer_jwt(env, db, &project, &credential, now).await? {
-        return Ok(caller);
-    }
-    match (api.mode(), api.byo_jwt()) {
-        (AuthMode::ByoJwt, Some(config)) => {
-            let user_id = verify_byo(env, &api.id, &config, &credential, now).await?;
-            Ok(Caller {
-                consumer_id: user_id,
-                key_id: None,
-                session_id: None,
-            })
-        }
-        (AuthMode::ByoJwt, None) => Err(Error::misconfigured(
-            "This API is in byo-jwt mode but has no JWKS configured.",
-        )),
-        _ => Err(Error::invalid_credential(format!(
-            "This JWT was not issued by this gateway for project `{}`.",
-            project.slug
-        ))),
-    }
-}
-
-/// The client's credential, when the API passes it on to the upstream (off by default: otherwise no
-/// client header ever reaches the upstream).
-fn passthrough_credential(
-    req: &Request,
-    api: &Api,
-) -> Result<Option<(CredentialSource, String)>, Error> {
-    let config = api.credential();
-    if !config.passthrough {
-        return Ok(None);
-    }
-    Ok(read_credential(req, api)?.map(|c| {
-        (
-            config.source().unwrap_or(CredentialSource::Authorization),
-            c,
-        )
-    }))
-}
-
-/// A consumer's own JWT (seed 004), valid in every mode like a consumer key: the credential named by a
-/// payload claim is looked up, then the token must verify with that credential's key alone.
-/// `None` when no credential claims the token.
-async fn authenticate_consumer_jwt(
-    env: &Env,
-    db: &D1Database,
-    project: &crate::model::Project,
-    token: &str,
-    now: i64,
-) -> Result<Option<Caller>, Error> {
-    let candidates = consumer_jwt::candidate_values(token);
-    let values: Vec<String> = candidates.iter().map(|(_, v)| v.clone()).collect();
-    let found = d1::jwt_credentials_for(db, &project.id, &values).await?;
-    let Some(credential) = found.into_iter().find(|c| {
-        candidates
-            .iter()
-            .any(|(k, v)| *k == c.claim_name && *v == c.claim_value)
-    }) else {
-        return Ok(None);
-    };
-    let keys = match (&credential.secret_enc, &credential.jwks_json) {
-        (Some(sealed), _) => {
-            let secret = crypto::open(&encryption_secret(env)?, sealed).ok_or_else(|| {
-                Error::misconfigured(
-                    "A consumer's JWT key cannot be decrypted; was ENCRYPTION_KEY changed?",
-                )
-            })?;
-            vec![crate::auth::jwt::hs256_key(secret.as_bytes(), None)]
-        }
-        (None, Some(jwks)) => crate::auth::jwt::parse_jwks(jwks)
-            .map_err(|e| Error::invalid_credential(e.describe()))?,
-        (None, None) => return Ok(None),
-    };
-    consumer_jwt::verify(token, &keys, now / 1000).map_err(crate::identity::token_error)?;
-    if credential.consumer_status.as_deref() != Some("enabled") {
-        return Err(Error::consumer_disabled());
-    }
-    Ok(Some(Caller {
-        consumer_id: credential.consumer_id,
-        key_id: Some(credential.id),
-        session_id: None,
-    }))
-}
-
-fn mode_mismatch(api: &Api, what: &str) -> Error {
-    Error::new(
-        403,
-        "auth-mode-mismatch",
-        "This credential is not accepted in this API's auth mode",
-        format!(
-            "API `{}` is in `{}` mode, which does not accept {what}.",
-            api.slug, api.auth_mode
-        ),
-    )
-}
-
-/// The credential from where the API says to read it; `X-API-Key` is always accepted for keys.
-fn read_credential(req: &Request, api: &Api) -> Result<Option<String>, Error> {
-    let x_api_key = header(req, "x-api-key");
-    match api.credential().source()? {
-        CredentialSource::Authorization => extract_credential(
-            header(req, "authorization").as_deref(),
-            x_api_key.as_deref(),
-        )
-        .map_err(Error::invalid_credential),
-        CredentialSource::Header(name) => Ok(header(req, &name)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-            .or(x_api_key)),
-        CredentialSource::Query(name) => {
-            let url = req.url()?;
-            let found = url
-                .query_pairs()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.into_owned())
-                .filter(|v| !v.is_empty());
-            Ok(found.or(x_api_key))
-        }
-    }
-}
-
-async fn authenticate_key(
-    env: &Env,
-    ctx: &Context,
-    db: &D1Database,
-    api: &Api,
-    credential: &str,
-) -> Result<Caller, Error> {
-    let key = ConsumerKey::parse(credential).map_err(|e| {
-        Error::invalid_credential(format!("Not a valid consumer key: {}.", e.describe()))
-    })?;
-    let found = d1::key_by_hash(db, &api.project_id, &key.hash())
-        .await?
-        .ok_or_else(|| {
-            Error::invalid_credential("This consumer key is unknown or has been revoked.")
-        })?;
-    accept_key(env, ctx, found)
-}
-
-/// Phase 3 — read the chat body: bounded (413), valid JSON (400), an OpenAI Chat Completions shape,
-/// with the API's default model filled in.
+/// Phase 3 — read the chat body: bounded (413), valid JSON (400), an OpenAI Chat Completions shape
+/// within the gateway's bounds and the API's rules (allowed models and parameters), with the API's
+/// default model filled in and the prompt's upper bound counted.
 async fn read_chat(req: &mut Request, api: &Api) -> Result<ChatRequest, Error> {
     let bytes = read_body(req, CHAT_BODY_LIMIT).await?;
     let body: Value = crate::model::parse_body(&bytes)?;
-    upstream::prepare_chat(body, api.default_model.as_deref())
+    let models = api.listed_models();
+    let policy = api.policy()?;
+    let rules = ApiRules {
+        default_model: api.default_model.as_deref(),
+        models: &models,
+        policy: &policy,
+    };
+    prepare_chat(body, &rules)
 }
 
-/// An admitted request: its lease in the consumer's counter and what settling it needs.
-struct Admission {
-    env: Env,
-    api_id: String,
-    consumer_id: String,
-    lease_id: String,
-    limits: Limits,
-    plan_name: String,
-    windows: Vec<Window>,
-    /// Completion tokens granted so far (the stream's budget when the plan limits tokens).
-    granted: u64,
-    prompt_estimate: u64,
-    client_wants_usage: bool,
-    record: UsageRecord,
+/// How long an unrenewed lease lives: `LEASE_TTL_MS`, or `SLUICE_LEASE_TTL_MS` (2 s to 10 min) where
+/// an operator (or a test of abandoned requests) wants expiry sooner or later.
+fn lease_ttl_ms(env: &Env) -> i64 {
+    env.var("SLUICE_LEASE_TTL_MS")
+        .ok()
+        .and_then(|v| v.to_string().parse::<i64>().ok())
+        .map_or(crate::limits::counter::LEASE_TTL_MS, |ms| ms.clamp(2_000, 600_000))
 }
 
-/// How a request ended, for settling its lease.
-struct Outcome {
-    status: u16,
-    usage: Option<Usage>,
-    completion_estimate: u64,
-    ttft_ms: Option<u64>,
+/// The model's price when the plan limits spend: a model without one is refused (403).
+fn price_for(api: &Api, plan: &Plan, model: &str) -> Result<Option<Price>, Error> {
+    let price = api.prices()?.get(model);
+    if price.is_none() && plan.limits.limits_spend() {
+        return Err(Error::new(
+            403,
+            "model-not-priced",
+            "The model has no price",
+            format!("Plan `{}` limits spend, and this API has no price for `{model}`.", plan.name),
+        )
+        .with_field("model", model)
+        .with_field("plan", plan.name.clone()));
+    }
+    Ok(price)
 }
 
-/// Phase 4 — admit: the consumer's plan (subscription or the API's default, read fresh so changes
-/// apply at once), its model list (403), its max_tokens cap (forced upstream), then one call to the
-/// consumer's counter that checks every window and reserves the tokens (429 if any refuses). If the
-/// counter cannot be reached the request is refused with 503, never let through unmetered.
+/// Phase 4 — admit: the plan's model list (403) and cap, the model's price (403 without one under a
+/// spend limit), then one call to the consumer's counter, which checks every window, grants the
+/// completion cap and holds the worst case (429 if any window refuses; 503 if the counter cannot be
+/// reached: never let through unmetered).
 async fn admit(
     env: &Env,
-    db: &D1Database,
+    ctx: &Context,
     api: &Api,
     caller: &Caller,
-    prefetched: Option<Plan>,
-    chat: &mut ChatRequest,
+    plan: &Plan,
+    chat: &ChatRequest,
     now: i64,
-) -> Result<Admission, Error> {
-    let plan: Plan = match prefetched {
-        Some(plan) => plan,
-        None => d1::plan_for(db, &api.id, &caller.consumer_id).await?,
-    };
+) -> Result<Lease, Error> {
     plan.check_model(&chat.model)?;
-    let metering = upstream::apply_plan(chat, plan.limits.max_tokens_per_request)?;
+    let price = price_for(api, plan, &chat.model)?;
+    let cap = match (chat.cap, plan.limits.max_tokens_per_request) {
+        (Some(c), Some(p)) => Some(c.min(p)),
+        (c, p) => c.or(p),
+    };
     let lease_id = with_random(|r| new_id("req", r))?;
-    let reservation = Reservation {
-        prompt: metering.prompt_estimate,
-        completion: metering.max_tokens.unwrap_or(TOKEN_STEP),
-        flexible: metering.max_tokens.is_none(),
-    };
-    let op = CounterRequest::Admit {
-        now,
-        limits: plan.limits.clone(),
-        lease_id: lease_id.clone(),
-        reservation,
-        stream: chat.stream,
-    };
-    let (granted, windows) = match counter::call(env, &api.id, &caller.consumer_id, &op).await? {
-        CounterReply::Admitted { granted, windows } => (granted, windows),
-        CounterReply::Refused { refusal, windows } => {
-            return Err(refusal
-                .to_error(&plan.name)
-                .with_headers(rate_limit_headers(&windows, now)));
-        }
-        _ => {
-            return Err(Error::internal(
-                "The counter answered an admission with something else.",
-            ))
-        }
-    };
     let record = UsageRecord {
-        id: lease_id.clone(),
+        id: lease_id,
         created_at: now,
         project_id: api.project_id.clone(),
         api_id: api.id.clone(),
@@ -562,103 +323,130 @@ async fn admit(
         session_id: caller.session_id.clone(),
         model: chat.model.clone(),
         plan: plan.name.clone(),
+        n: chat.n,
+        prompt_bound: chat.prompt_bound,
         ..UsageRecord::default()
     };
-    Ok(Admission {
-        env: env.clone(),
-        api_id: api.id.clone(),
-        consumer_id: caller.consumer_id.clone(),
-        lease_id,
-        limits: plan.limits,
-        plan_name: plan.name,
-        windows,
-        granted,
-        prompt_estimate: metering.prompt_estimate,
-        client_wants_usage: metering.client_wants_usage,
+    let claim = Claim {
+        api_id: &api.id,
+        consumer_id: &caller.consumer_id,
+        limits: &plan.limits,
+        plan: &plan.name,
+        ask: Ask {
+            prompt: chat.prompt_bound,
+            n: chat.n,
+            cap,
+            price,
+            stream: chat.stream,
+            lease_ttl_ms: lease_ttl_ms(env),
+        },
         record,
-    })
-}
-
-impl Admission {
-    /// Whether the plan limits tokens, so a stream must stay within its granted budget.
-    fn meters_tokens(&self) -> bool {
-        self.limits.tokens_per_day.is_some() || self.limits.tokens_per_month.is_some()
-    }
-
-    /// The settle operation: real usage when the upstream reported it, else the gateway's estimate.
-    fn settle_op(&self, outcome: &Outcome) -> CounterRequest {
-        let now = now_ms();
-        let mut record = self.record.clone();
-        match outcome.usage {
-            Some(u) => {
-                record.prompt_tokens = u.prompt_tokens;
-                record.completion_tokens = u.completion_tokens;
-                record.total_tokens = u.total_tokens;
-            }
-            None => {
-                let admitted_without_upstream =
-                    outcome.status >= 400 && outcome.completion_estimate == 0;
-                record.prompt_tokens = if admitted_without_upstream {
-                    0
-                } else {
-                    self.prompt_estimate
-                };
-                record.completion_tokens = outcome.completion_estimate;
-                record.total_tokens = record.prompt_tokens + record.completion_tokens;
-                record.estimated = !admitted_without_upstream;
-            }
-        }
-        record.status = outcome.status;
-        record.latency_ms = (now - self.record.created_at).max(0) as u64;
-        record.ttft_ms = outcome.ttft_ms;
-        CounterRequest::Settle {
-            now,
-            lease_id: self.lease_id.clone(),
-            record,
-        }
-    }
-
-    /// Settles the lease and files the usage record before the client sees the end of the answer, so
-    /// a finished answer always has its usage stored durably (a failure is logged; the lease then
-    /// expires and counts its reservation).
-    async fn settle(&self, outcome: &Outcome) {
-        let op = self.settle_op(outcome);
-        if let Err(e) = counter::call(&self.env, &self.api_id, &self.consumer_id, &op).await {
-            worker::console_error!("settle failed for {}: {}", self.lease_id, e.detail);
-        }
-    }
+    };
+    admission::admit(env, ctx, claim).await
 }
 
 type Body = Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>>>>;
+type Upstream = Pin<Box<dyn std::future::Future<Output = Result<Answer, Failure>>>>;
 
 enum Answer {
     Json(Vec<u8>),
-    /// A streamed answer and, for a real upstream, the switch that cancels it.
-    Stream(Body, Option<AbortController>),
+    Stream(Body),
 }
 
-/// Phase 5 — forward: the built-in demo answers in the worker; otherwise the gateway calls the API's
-/// upstream itself with the owner's provider key (client credentials never travel upstream). No
-/// answer within the API's timeout → 504; unreachable → 502.
-async fn forward(
+/// Where a stream's bytes come from: the upstream's answer still awaited, or its body.
+enum Source {
+    Waiting(Upstream),
+    Body(Body),
+}
+
+/// What phase 5 sends: the built-in demo's answer, or a request to the API's upstream.
+enum Outbound {
+    Demo(Answer),
+    Fetch(Request),
+}
+
+/// Why forwarding failed, and what that means for booking.
+struct Failure {
+    error: Error,
+    ended: Ended,
+}
+
+impl Failure {
+    fn new(error: Error, ended: Ended) -> Failure {
+        Failure { error, ended }
+    }
+}
+
+/// Phase 5 — forward, first half: the built-in demo answers in the worker; otherwise the gateway
+/// builds the upstream request itself, with the owner's provider key (client credentials never
+/// travel upstream unless the API passes them through).
+fn outbound(
     env: &Env,
     api: &Api,
     chat: &ChatRequest,
     passthrough: Option<(CredentialSource, String)>,
-) -> Result<Answer, Error> {
+) -> Result<Outbound, Error> {
     if api.upstream_base_url == "demo" {
-        return Ok(demo_answer(chat));
+        return Ok(Outbound::Demo(demo_answer(chat)));
     }
+    upstream_request(env, api, chat, passthrough).map(Outbound::Fetch)
+}
+
+/// Phase 5, second half: sends the request. No answer within the API's timeout → 504; unreachable
+/// → 502; an error status → its mapping. Owns everything it needs, so a stream can keep awaiting it.
+async fn send(request: Request, timeout_ms: u32, stream: bool, signal: AbortSignal) -> Result<Answer, Failure> {
+    let fetch = Fetch::Request(request);
+    let sent = Box::pin(fetch.send_with_signal(&signal));
+    let deadline = Box::pin(Delay::from(Duration::from_millis(u64::from(timeout_ms))));
+    let mut response = match futures_util::future::select(sent, deadline).await {
+        futures_util::future::Either::Left((Ok(resp), _)) => resp,
+        futures_util::future::Either::Left((Err(e), _)) => {
+            return Err(Failure::new(
+                Error::upstream(format!("The upstream could not be reached: {e}.")),
+                Ended::UpstreamUnreachable,
+            ))
+        }
+        futures_util::future::Either::Right(_) => {
+            return Err(Failure::new(Error::upstream_timeout(timeout_ms), Ended::UpstreamTimeout))
+        }
+    };
+    let status = response.status_code();
+    if !(200..300).contains(&status) {
+        let retry_after = response.headers().get("retry-after").ok().flatten();
+        let body = read_limited(&mut response, ERROR_BODY_LIMIT).await;
+        return Err(Failure::new(
+            upstream::upstream_failure(status, &body, retry_after),
+            Ended::UpstreamError,
+        ));
+    }
+    if stream {
+        let body = response
+            .stream()
+            .map_err(|e| Failure::new(e.into(), Ended::UpstreamCut))?
+            .map(|chunk| chunk.map_err(|e| e.to_string()));
+        Ok(Answer::Stream(Box::pin(body)))
+    } else {
+        let bytes = response.bytes().await.map_err(|e| {
+            Failure::new(
+                Error::upstream(format!("The upstream answer broke off: {e}.")),
+                Ended::UpstreamCut,
+            )
+        })?;
+        Ok(Answer::Json(bytes))
+    }
+}
+
+/// The upstream request: the body as checked (with the granted cap), the provider key or the
+/// passed-through credential.
+fn upstream_request(
+    env: &Env,
+    api: &Api,
+    chat: &ChatRequest,
+    passthrough: Option<(CredentialSource, String)>,
+) -> Result<Request, Error> {
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
-    headers.set(
-        "accept",
-        if chat.stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        },
-    )?;
+    headers.set("accept", if chat.stream { "text/event-stream" } else { "application/json" })?;
     if let Some(sealed) = &api.upstream_key_enc {
         let secret = encryption_secret(env)?;
         let key = crypto::open(&secret, sealed)
@@ -685,44 +473,7 @@ async fn forward(
     init.with_method(Method::Post)
         .with_headers(headers)
         .with_body(Some(JsValue::from_str(&body)));
-    let request = Request::new_with_init(&url, &init)?;
-
-    let controller = AbortController::default();
-    let signal = controller.signal();
-    let timeout_ms = api.timeout_ms();
-    let fetch = Fetch::Request(request);
-    let sent = Box::pin(fetch.send_with_signal(&signal));
-    let deadline = Box::pin(Delay::from(Duration::from_millis(u64::from(timeout_ms))));
-    let mut response = match select(sent, deadline).await {
-        Either::Left((Ok(resp), _)) => resp,
-        Either::Left((Err(e), _)) => {
-            return Err(Error::upstream(format!(
-                "The upstream could not be reached: {e}."
-            )))
-        }
-        Either::Right(_) => {
-            controller.abort();
-            return Err(Error::upstream_timeout(timeout_ms));
-        }
-    };
-    let status = response.status_code();
-    if !(200..300).contains(&status) {
-        let retry_after = response.headers().get("retry-after").ok().flatten();
-        let body = read_limited(&mut response, ERROR_BODY_LIMIT).await;
-        return Err(upstream::upstream_failure(status, &body, retry_after));
-    }
-    if chat.stream {
-        let body = response
-            .stream()?
-            .map(|chunk| chunk.map_err(|e| e.to_string()));
-        Ok(Answer::Stream(Box::pin(body), Some(controller)))
-    } else {
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Error::upstream(format!("The upstream answer broke off: {e}.")))?;
-        Ok(Answer::Json(bytes))
-    }
+    Ok(Request::new_with_init(&url, &init)?)
 }
 
 async fn read_limited(response: &mut Response, limit: usize) -> Vec<u8> {
@@ -741,11 +492,7 @@ async fn read_limited(response: &mut Response, limit: usize) -> Vec<u8> {
 
 /// The built-in `demo` upstream: a deterministic reply, streamed token by token with small delays.
 fn demo_answer(chat: &ChatRequest) -> Answer {
-    let reply = DemoReply::new(
-        &Value::Object(chat.body.clone()),
-        &chat.model,
-        now_ms() / 1000,
-    );
+    let reply = DemoReply::new(&Value::Object(chat.body.clone()), &chat.model, now_ms() / 1000);
     if !chat.stream {
         return Answer::Json(reply.completion().to_string().into_bytes());
     }
@@ -753,70 +500,85 @@ fn demo_answer(chat: &ChatRequest) -> Answer {
         Delay::from(Duration::from_millis(upstream::demo::TOKEN_DELAY_MS)).await;
         Ok::<Vec<u8>, String>(frame.into_bytes())
     });
-    Answer::Stream(Box::pin(frames), None)
+    Answer::Stream(Box::pin(frames))
 }
 
-/// Phase 6 — relay and meter: the upstream's SSE goes out event by event as it arrives. When the plan
-/// limits tokens, every event is checked against the granted budget; past it the counter is asked
-/// for more, and if none is left the stream ends cleanly with a `quota-exceeded` error event and
-/// `[DONE]`. However the stream ends, the upstream is cancelled if still running and the lease is
-/// settled once: before the final bytes when the stream ends (done, cut, quota), or from the
-/// runtime's wait_until when the client goes away.
+/// Phase 6 — relay and meter: the upstream's SSE goes out event by event as it arrives. When a token
+/// or spend window limits the consumer, every event is checked against the granted budget; past it
+/// the counter is asked for more, and if none is left the stream ends cleanly with the budget's
+/// error event and `[DONE]`. However the stream ends (done, cut, budget, client gone, even while the
+/// upstream is silent), the upstream is cancelled if still running and the lease is settled once,
+/// before the final bytes.
 fn relay(
-    ctx: &Context,
-    admission: Admission,
+    lease: Lease,
+    watch: Watch,
     strip_usage: bool,
-    body: Body,
-    abort: Option<AbortController>,
+    source: Source,
+    abort: AbortController,
 ) -> impl Stream<Item = Result<Vec<u8>, worker::Error>> {
-    let (tx, rx) = oneshot::channel::<CounterRequest>();
-    let (env, api_id, consumer_id) = (
-        admission.env.clone(),
-        admission.api_id.clone(),
-        admission.consumer_id.clone(),
-    );
-    ctx.wait_until(async move {
-        if let Ok(op) = rx.await {
-            if let Err(e) = counter::call(&env, &api_id, &consumer_id, &op).await {
-                worker::console_error!("settle failed: {}", e.detail);
-            }
-        }
-    });
-    let budget = admission.meters_tokens().then_some(admission.granted);
+    let budget = lease
+        .limits
+        .meters_budget()
+        .then(|| lease.cap.unwrap_or(0).saturating_mul(lease.n.max(1)));
     let state = MeteredStream {
-        body,
+        source,
         relay: Relay::new(strip_usage, budget),
-        admission,
-        settle: Some(tx),
-        abort,
-        ttft_ms: None,
-        end_status: None,
-        done: false,
+        last_sent: now_ms(),
+        lease: Some(lease),
+        watch,
+        abort: Some(abort),
+        end: None,
     };
-    stream::unfold(state, |mut s| async move {
-        s.next_bytes().await.map(|bytes| (Ok(bytes), s))
-    })
+    stream::unfold(state, |mut s| async move { s.next_bytes().await.map(|bytes| (Ok(bytes), s)) })
 }
 
 struct MeteredStream {
-    body: Body,
+    source: Source,
     relay: Relay,
-    admission: Admission,
-    settle: Option<oneshot::Sender<CounterRequest>>,
+    /// When bytes last went out (heartbeats fill silences).
+    last_sent: i64,
+    /// Taken when settled.
+    lease: Option<Lease>,
+    watch: Watch,
     abort: Option<AbortController>,
-    ttft_ms: Option<u64>,
-    /// Set when the gateway itself ends the stream (quota spent, counter gone).
-    end_status: Option<u16>,
-    done: bool,
+    /// Set when the gateway itself ends the stream (budget spent, counter gone).
+    end: Option<(u16, Ended)>,
 }
 
 impl MeteredStream {
     async fn next_bytes(&mut self) -> Option<Vec<u8>> {
-        while !self.done {
-            let bytes = match self.body.next().await {
+        loop {
+            let lease = self.lease.as_ref()?;
+            let next = match &mut self.source {
+                Source::Body(body) => lease.wait(&mut self.watch, std::pin::pin!(body.next()), Some(HEARTBEAT_MS)).await,
+                Source::Waiting(upstream) => match lease.wait(&mut self.watch, Pin::new(upstream), Some(HEARTBEAT_MS)).await {
+                    Woke::Done(answer) => {
+                        if let Some(bytes) = self.answered(answer).await {
+                            return self.sent(bytes);
+                        }
+                        continue;
+                    }
+                    Woke::Gone => Woke::Gone,
+                    _ => Woke::Idle,
+                },
+            };
+            let next = match next {
+                Woke::Done(next) => next,
+                Woke::Gone => {
+                    self.finish(499, Ended::ClientGone).await;
+                    return None;
+                }
+                _ => {
+                    if now_ms() - self.last_sent >= HEARTBEAT_MS {
+                        return self.sent(HEARTBEAT.to_vec());
+                    }
+                    continue;
+                }
+            };
+            let bytes = match next {
                 Some(Ok(chunk)) => {
                     let (mut bytes, mut next) = self.relay.on_chunk(&chunk);
-                    while next == Next::NeedBudget && !self.done {
+                    while next == Next::NeedBudget && !self.relay.is_finished() {
                         let (more, after) = self.extend_budget().await;
                         bytes.extend(more);
                         next = after;
@@ -831,85 +593,104 @@ impl MeteredStream {
                 )),
                 None => self.relay.on_end(),
             };
-            if self.relay.is_finished() && !self.done {
-                let status = self
-                    .end_status
-                    .unwrap_or(if bytes.is_empty() { 200 } else { 502 });
-                self.finish(status).await;
+            if let Some(lease) = self.lease.as_mut() {
+                lease.progress.delivered = self.relay.completion_bound();
+                if lease.progress.ttft_ms.is_none() && !bytes.is_empty() {
+                    lease.progress.ttft_ms = Some(lease.elapsed());
+                }
+            }
+            if self.relay.is_finished() {
+                let (status, ended) = self.end.unwrap_or(if bytes.is_empty() {
+                    (200, Ended::Complete)
+                } else {
+                    (502, Ended::UpstreamCut)
+                });
+                self.finish(status, ended).await;
             }
             if !bytes.is_empty() {
-                if self.ttft_ms.is_none() {
-                    self.ttft_ms =
-                        Some((now_ms() - self.admission.record.created_at).max(0) as u64);
-                }
-                return Some(bytes);
+                return self.sent(bytes);
+            }
+            if self.lease.is_none() {
+                return None;
             }
         }
-        None
     }
 
-    /// Asks the counter for more completion tokens; none left ends the stream with `quota-exceeded`.
-    async fn extend_budget(&mut self) -> (Vec<u8>, Next) {
-        let now = now_ms();
-        let a = &self.admission;
-        let op = CounterRequest::Extend {
-            now,
-            limits: a.limits.clone(),
-            lease_id: a.lease_id.clone(),
-            want: TOKEN_STEP,
-        };
-        match counter::call(&a.env, &a.api_id, &a.consumer_id, &op).await {
-            Ok(CounterReply::Extended { granted, .. }) if granted > 0 => self.relay.grant(granted),
-            Ok(CounterReply::Extended { windows, .. }) => {
-                let error = Refusal::exhausted(&windows, now).to_error(&a.plan_name);
-                self.end_status = Some(429);
-                (self.relay.on_error(&error), Next::Read)
+    fn sent(&mut self, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        self.last_sent = now_ms();
+        Some(bytes)
+    }
+
+    /// The upstream's answer arrived after the stream had started: its body from now on, or its
+    /// failure as the stream's error event (booked as the failure says).
+    async fn answered(&mut self, answer: Result<Answer, Failure>) -> Option<Vec<u8>> {
+        let failure = match answer {
+            Ok(Answer::Stream(body)) => {
+                self.source = Source::Body(body);
+                return None;
             }
-            Ok(_) | Err(_) => {
-                self.end_status = Some(503);
-                (self.relay.on_error(&Error::new(503, "counter-unavailable", "Quota counters are unavailable",
-                    "The token budget could not be extended, so the stream was ended rather than continue unmetered.")), Next::Read)
+            Ok(Answer::Json(_)) => Failure::new(
+                Error::upstream("The upstream answered a streamed request with a JSON body."),
+                Ended::UpstreamCut,
+            ),
+            Err(failure) => failure,
+        };
+        let bytes = self.relay.on_error(&failure.error);
+        if failure.ended == Ended::UpstreamError {
+            if let Some(lease) = self.lease.as_mut() {
+                lease.progress.sent_upstream = false;
+            }
+        }
+        self.finish(failure.error.status, failure.ended).await;
+        Some(bytes)
+    }
+
+    /// Asks the counter for more; a spent budget (or an unreachable counter) ends the stream.
+    async fn extend_budget(&mut self) -> (Vec<u8>, Next) {
+        let Some(lease) = self.lease.as_ref() else {
+            return (Vec::new(), Next::Read);
+        };
+        let want = self.relay.shortfall().max(EXTEND_STEP).max(self.relay.budget().unwrap_or(0) / 2);
+        match lease.extend(want).await {
+            Ok(granted) => self.relay.grant(granted),
+            Err(e) => {
+                self.end = Some(if e.kind == "counter-unavailable" {
+                    (503, Ended::CounterUnavailable)
+                } else {
+                    (429, Ended::BudgetCut)
+                });
+                (self.relay.on_error(&e), Next::Read)
             }
         }
     }
 
     /// The stream is over: cancel the upstream if it is still sending, and settle before the last
     /// bytes go out (so the client never sees an end whose usage was not stored).
-    async fn finish(&mut self, status: u16) {
-        self.done = true;
+    async fn finish(&mut self, status: u16, ended: Ended) {
         if status != 200 {
             if let Some(abort) = self.abort.take() {
                 abort.abort();
             }
         }
-        // Taking the channel means Drop will not settle a second time.
-        if self.settle.take().is_some() {
-            self.admission.settle(&self.outcome(status)).await;
-        }
-    }
-
-    fn outcome(&self, status: u16) -> Outcome {
-        Outcome {
-            status,
-            usage: self.relay.usage(),
-            completion_estimate: self.relay.completion_estimate(),
-            ttft_ms: self.ttft_ms,
-        }
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let outcome = match self.relay.usage() {
+            Some(usage) => reported(&lease, status, ended, usage),
+            None => lease.estimated(status, ended),
+        };
+        lease.settle(outcome).await;
     }
 }
 
 impl Drop for MeteredStream {
-    /// The client went away mid-stream (the runtime dropped the body): cancel the upstream and settle
-    /// with what was delivered, marked estimated. 499 is the conventional "client closed request".
+    /// The client went away mid-stream (the runtime dropped the body): cancel the upstream. The
+    /// lease, dropped with it, files what was delivered as `client_gone`.
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        if let Some(abort) = self.abort.take() {
-            abort.abort();
-        }
-        if let Some(tx) = self.settle.take() {
-            let _ = tx.send(self.admission.settle_op(&self.outcome(499)));
+        if self.lease.is_some() {
+            if let Some(abort) = self.abort.take() {
+                abort.abort();
+            }
         }
     }
 }

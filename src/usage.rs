@@ -6,7 +6,54 @@ use serde_json::{json, Value};
 use crate::error::Error;
 use crate::time::{parse_rfc3339, rfc3339};
 
+/// How an admitted request ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ended {
+    /// The answer was delivered whole.
+    #[default]
+    Complete,
+    /// The gateway ended a stream because a token or spend budget was spent.
+    BudgetCut,
+    /// The upstream's stream or body broke off.
+    UpstreamCut,
+    /// The upstream sent no answer in time.
+    UpstreamTimeout,
+    /// The upstream could not be reached (the prompt may have been sent).
+    UpstreamUnreachable,
+    /// The upstream answered with an error status (nothing was generated).
+    UpstreamError,
+    /// The client went away before the answer was complete.
+    ClientGone,
+    /// The gateway ended the stream because the counter could not be reached.
+    CounterUnavailable,
+    /// Nobody settled the request (the gateway was stopped): booked at its reservation.
+    Abandoned,
+}
+
+impl Ended {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ended::Complete => "complete",
+            Ended::BudgetCut => "budget_cut",
+            Ended::UpstreamCut => "upstream_cut",
+            Ended::UpstreamTimeout => "upstream_timeout",
+            Ended::UpstreamUnreachable => "upstream_unreachable",
+            Ended::UpstreamError => "upstream_error",
+            Ended::ClientGone => "client_gone",
+            Ended::CounterUnavailable => "counter_unavailable",
+            Ended::Abandoned => "abandoned",
+        }
+    }
+
+    /// Reads the stored name back; an unknown name is an error, never a default.
+    pub fn parse(s: &str) -> Option<Ended> {
+        serde_json::from_value(Value::from(s)).ok()
+    }
+}
+
 /// One request's usage. `id` is the request's lease id, so a record flushed twice is stored once.
+/// Fields added later carry serde defaults, so records waiting in an outbox stay readable.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
     pub id: String,
@@ -26,6 +73,33 @@ pub struct UsageRecord {
     pub status: u16,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
+    #[serde(default)]
+    pub ended: Ended,
+    /// Prompt tokens the upstream served from its cache.
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// Completion tokens spent on reasoning (part of `completion_tokens`).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    /// Choices asked for.
+    #[serde(default = "one")]
+    pub n: u64,
+    /// The completion cap per choice sent upstream (`None`: no cap was needed).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// The prompt's upper bound, reserved before the upstream was called.
+    #[serde(default)]
+    pub prompt_bound: u64,
+    /// What it cost, in micro-dollars (0 without a price).
+    #[serde(default)]
+    pub cost_micro: u64,
+    /// The upstream used more than was reserved (it ignored the cap): booked all the same.
+    #[serde(default)]
+    pub overrun: bool,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl UsageRecord {
@@ -35,6 +109,9 @@ impl UsageRecord {
             "key_id": self.key_id, "session_id": self.session_id, "model": self.model, "plan": self.plan,
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens,
             "estimated": self.estimated, "status": self.status, "latency_ms": self.latency_ms, "ttft_ms": self.ttft_ms,
+            "ended": self.ended.as_str(), "cached_tokens": self.cached_tokens, "reasoning_tokens": self.reasoning_tokens,
+            "n": self.n, "max_tokens": self.max_tokens, "prompt_bound": self.prompt_bound,
+            "cost_usd": crate::limits::spend::micro_to_usd(self.cost_micro), "overrun": self.overrun,
         })
     }
 }

@@ -1,6 +1,7 @@
-//! The per-consumer counter: sliding-minute and UTC calendar windows, token reservations held as
-//! leases and settled to real counts. Pure and synchronous: the Durable Object runs each operation
-//! without awaiting in between, which is what makes admission exact under concurrency.
+//! The per-consumer counter: sliding-minute and UTC calendar windows for requests, tokens and spend,
+//! with every admitted request's worst case held as a lease until it is settled to real use. Pure and
+//! synchronous: the Durable Object runs each operation without awaiting in between, which is what
+//! makes admission exact under concurrency.
 
 use std::collections::VecDeque;
 
@@ -8,12 +9,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::limits::plan::Limits;
+use crate::limits::spend::{micro_to_usd, Price};
 use crate::time::{day_start, month_bounds, rfc3339};
+use crate::usage::{Ended, UsageRecord};
 
 pub const MINUTE_MS: i64 = 60_000;
 pub const DAY_MS: i64 = 86_400_000;
-/// A lease the gateway never settled (isolate gone) expires after this long without an extension.
-pub const LEASE_TTL_MS: i64 = 15 * 60_000;
+/// A lease its request stopped renewing (the isolate is gone) expires this long after the last
+/// renewal, and is then booked at its full reservation with an `abandoned` usage record. A live
+/// request renews it three times per TTL.
+pub const LEASE_TTL_MS: i64 = 60_000;
+
+fn default_ttl() -> i64 {
+    LEASE_TTL_MS
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -22,6 +31,8 @@ pub enum Scope {
     RequestsPerDay,
     TokensPerDay,
     TokensPerMonth,
+    SpendPerDayUsd,
+    SpendPerMonthUsd,
     MaxConcurrentStreams,
 }
 
@@ -32,35 +43,99 @@ impl Scope {
             Scope::RequestsPerDay => "requests_per_day",
             Scope::TokensPerDay => "tokens_per_day",
             Scope::TokensPerMonth => "tokens_per_month",
+            Scope::SpendPerDayUsd => "spend_per_day_usd",
+            Scope::SpendPerMonthUsd => "spend_per_month_usd",
             Scope::MaxConcurrentStreams => "max_concurrent_streams",
         }
     }
-    /// Short-term limits are rate limits; calendar budgets are quotas.
+
+    /// Short-term limits are rate limits; calendar budgets are quotas; money is a budget.
     pub fn problem_type(self) -> &'static str {
         match self {
             Scope::RequestsPerMinute | Scope::MaxConcurrentStreams => "rate-limited",
+            Scope::SpendPerDayUsd | Scope::SpendPerMonthUsd => "budget-exceeded",
             _ => "quota-exceeded",
         }
     }
+
+    pub fn is_tokens(self) -> bool {
+        matches!(self, Scope::TokensPerDay | Scope::TokensPerMonth)
+    }
+
+    pub fn is_spend(self) -> bool {
+        matches!(self, Scope::SpendPerDayUsd | Scope::SpendPerMonthUsd)
+    }
+
+    /// Calendar windows end at a fixed time: retrying sooner cannot succeed.
+    pub fn is_calendar(self) -> bool {
+        !matches!(self, Scope::RequestsPerMinute | Scope::MaxConcurrentStreams)
+    }
+
+    /// `(singular, plural)` of what the window counts, for refusal details.
+    fn unit(self) -> (&'static str, &'static str) {
+        match self {
+            Scope::RequestsPerMinute | Scope::RequestsPerDay => ("request", "requests"),
+            Scope::TokensPerDay | Scope::TokensPerMonth => ("token", "tokens"),
+            Scope::SpendPerDayUsd | Scope::SpendPerMonthUsd => ("", ""),
+            Scope::MaxConcurrentStreams => ("concurrent stream", "concurrent streams"),
+        }
+    }
+
+    fn period(self) -> &'static str {
+        match self {
+            Scope::RequestsPerMinute => " per minute",
+            Scope::RequestsPerDay | Scope::TokensPerDay | Scope::SpendPerDayUsd => " per day",
+            Scope::TokensPerMonth | Scope::SpendPerMonthUsd => " per month",
+            Scope::MaxConcurrentStreams => "",
+        }
+    }
+
+    /// An amount of this window's unit in words: `1 request`, `20 tokens`, `$0.010000`.
+    fn amount(self, n: u64) -> String {
+        if self.is_spend() {
+            return format!("${:.6}", micro_to_usd(n));
+        }
+        let (one, many) = self.unit();
+        format!("{n} {}", if n == 1 { one } else { many })
+    }
 }
 
-/// A reservation held for one request until it is settled.
+/// A request's worst case, held until it is settled (or expires unrenewed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub id: String,
+    /// Tokens held: the prompt bound plus the completion cap of every choice (plus extensions).
     pub reserved: u64,
+    /// Micro-dollars held.
+    #[serde(default)]
+    pub spend: u64,
     pub stream: bool,
     pub expires_at: i64,
+    /// How long the lease lives without a renewal.
+    #[serde(default = "default_ttl")]
+    pub ttl_ms: i64,
+    #[serde(default)]
+    pub price: Option<Price>,
+    /// The usage record to file, completed at settlement (or as `abandoned` at expiry).
+    #[serde(default)]
+    pub record: Option<UsageRecord>,
 }
 
-/// What a request asks to reserve: its prompt (estimated) and completion tokens. A `flexible`
-/// request named no max_tokens: it is admitted with whatever budget is left (at least one token)
-/// and extends its lease as it streams.
+/// What a request asks to be admitted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reservation {
+pub struct Ask {
+    /// The upper bound of the prompt's tokens.
     pub prompt: u64,
-    pub completion: u64,
-    pub flexible: bool,
+    /// Choices asked for (`n`); each may generate up to the cap.
+    pub n: u64,
+    /// The completion cap per choice already chosen (the client's, within the plan's), if any.
+    pub cap: Option<u64>,
+    /// The model's price, when the API has one.
+    pub price: Option<Price>,
+    pub stream: bool,
+    /// How long the lease lives without a renewal (`LEASE_TTL_MS` unless configured).
+    #[serde(default = "default_ttl")]
+    pub lease_ttl_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,23 +143,27 @@ pub struct Refusal {
     pub scope: Scope,
     pub limit: u64,
     pub used: u64,
+    /// What this request needed at least (0 for request counts and streams).
+    #[serde(default)]
+    pub needed: u64,
     /// When the window frees up (epoch ms).
     pub reset_at: i64,
     pub retry_after_s: u64,
 }
 
 impl Refusal {
-    /// The refusal for a token budget found spent mid-stream: the token window with the least left.
+    /// The refusal for a budget found spent mid-stream: the token or spend window with least left.
     pub fn exhausted(windows: &[Window], now: i64) -> Refusal {
         let w = windows
             .iter()
-            .filter(|w| matches!(w.scope, Scope::TokensPerDay | Scope::TokensPerMonth))
+            .filter(|w| w.scope.is_tokens() || w.scope.is_spend())
             .min_by_key(|w| (w.remaining, w.reset_at));
         match w {
             Some(w) => Refusal {
                 scope: w.scope,
                 limit: w.limit,
                 used: w.used,
+                needed: 1,
                 reset_at: w.reset_at,
                 retry_after_s: retry_secs(now, w.reset_at),
             },
@@ -92,47 +171,64 @@ impl Refusal {
                 scope: Scope::TokensPerDay,
                 limit: 0,
                 used: 0,
+                needed: 1,
                 reset_at: now,
                 retry_after_s: 1,
             },
         }
     }
 
+    pub fn remaining(&self) -> u64 {
+        self.limit.saturating_sub(self.used)
+    }
+
     pub fn to_error(&self, plan: &str) -> Error {
-        let what = match self.scope {
-            Scope::RequestsPerMinute => "requests per minute",
-            Scope::RequestsPerDay => "requests per day",
-            Scope::TokensPerDay => "tokens per day",
-            Scope::TokensPerMonth => "tokens per month",
-            Scope::MaxConcurrentStreams => "concurrent streams",
+        let s = self.scope;
+        let title = match s.problem_type() {
+            "rate-limited" => "Rate limit reached",
+            "budget-exceeded" => "Spend budget exceeded",
+            _ => "Quota exceeded",
         };
-        let title = if self.scope.problem_type() == "rate-limited" {
-            "Rate limit reached"
+        let left = self.remaining();
+        let why = if self.needed > left {
+            format!(", and this request needs at least {}", s.amount(self.needed))
         } else {
-            "Quota exceeded"
+            String::new()
         };
-        Error::new(
-            429,
-            self.scope.problem_type(),
-            title,
-            format!(
-                "Your plan `{plan}` allows {} {what}; {} used. Try again after {} (in {} s).",
-                self.limit,
-                self.used,
-                rfc3339(self.reset_at),
-                self.retry_after_s
-            ),
-        )
-        .with_field("scope", self.scope.as_str())
-        .with_field("limit", self.limit)
-        .with_field("used", self.used)
-        .with_field("reset", rfc3339(self.reset_at))
-        .with_field("plan", plan)
-        .with_header("Retry-After", self.retry_after_s.to_string())
+        let detail = format!(
+            "Your plan `{plan}` allows {}{}; {} used, {} remaining{why}. Try again after {} (in {} s).",
+            s.amount(self.limit),
+            s.period(),
+            if s.is_spend() { s.amount(self.used) } else { self.used.to_string() },
+            if s.is_spend() { s.amount(left) } else { left.to_string() },
+            rfc3339(self.reset_at),
+            self.retry_after_s
+        );
+        let number = |n: u64| -> serde_json::Value {
+            if s.is_spend() {
+                micro_to_usd(n).into()
+            } else {
+                n.into()
+            }
+        };
+        let e = Error::new(429, s.problem_type(), title, detail)
+            .with_field("scope", s.as_str())
+            .with_field("limit", number(self.limit))
+            .with_field("used", number(self.used))
+            .with_field("remaining", number(left))
+            .with_field("reset", rfc3339(self.reset_at))
+            .with_field("plan", plan)
+            .with_header("Retry-After", self.retry_after_s.to_string());
+        if s.is_calendar() {
+            // Hours away: clients that retry on 429 should give up, not sleep until then.
+            e.with_header("x-should-retry", "false")
+        } else {
+            e
+        }
     }
 }
 
-/// One window's standing, for headers and the usage endpoint.
+/// One window's standing, for headers and the usage endpoint (spend in micro-dollars).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
     pub scope: Scope,
@@ -143,6 +239,7 @@ pub struct Window {
     pub window_s: u64,
 }
 
+/// The counter's stored state. New fields carry serde defaults so older state stays readable.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterState {
     /// Admission times in the last minute (at most `requests_per_minute` of them).
@@ -152,15 +249,40 @@ pub struct CounterState {
     pub day_tokens: u64,
     pub month_start: i64,
     pub month_tokens: u64,
+    #[serde(default)]
+    pub day_spend: u64,
+    #[serde(default)]
+    pub month_spend: u64,
     pub leases: Vec<Lease>,
+    /// Usage records completed by the last operation, for the caller to file (never stored here).
+    #[serde(skip)]
+    pub filed: Vec<UsageRecord>,
 }
 
 fn retry_secs(now: i64, at: i64) -> u64 {
     ((at - now).max(0) as u64).div_ceil(1000).max(1)
 }
 
+/// How a request ended, as the gateway saw it; the counter turns it into the usage record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub status: u16,
+    pub ended: Ended,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub cached_tokens: u64,
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    /// Counts are the gateway's bounds, not the upstream's report.
+    pub estimated: bool,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+}
+
 impl CounterState {
-    /// Moves the windows to `now`: prunes the minute log, starts a new day or month, expires leases.
+    /// Moves the windows to `now`: prunes the minute log, starts a new day or month, and books
+    /// leases whose request stopped renewing them at their full reservation (filing their record).
     pub fn roll(&mut self, now: i64) {
         while self.minute.front().is_some_and(|t| *t <= now - MINUTE_MS) {
             self.minute.pop_front();
@@ -170,182 +292,259 @@ impl CounterState {
             self.day_start = day;
             self.day_requests = 0;
             self.day_tokens = 0;
+            self.day_spend = 0;
         }
         let (month, _) = month_bounds(now);
         if month != self.month_start {
             self.month_start = month;
             self.month_tokens = 0;
+            self.month_spend = 0;
         }
-        // An unsettled lease whose holder vanished: its reservation counts as spent (it may have been).
         let (expired, live): (Vec<Lease>, Vec<Lease>) =
             self.leases.drain(..).partition(|l| l.expires_at <= now);
         self.leases = live;
         for l in expired {
-            self.day_tokens += l.reserved;
-            self.month_tokens += l.reserved;
+            self.book(l.reserved, l.spend);
+            if let Some(mut record) = l.record {
+                let prompt = record.prompt_bound.min(l.reserved);
+                record.prompt_tokens = prompt;
+                record.completion_tokens = l.reserved - prompt;
+                record.total_tokens = l.reserved;
+                record.cost_micro = l.spend;
+                record.estimated = true;
+                record.ended = Ended::Abandoned;
+                record.latency_ms = (now - record.created_at).max(0) as u64;
+                self.filed.push(record);
+            }
         }
     }
 
-    fn reserved(&self) -> u64 {
-        self.leases.iter().map(|l| l.reserved).sum()
+    fn book(&mut self, tokens: u64, spend: u64) {
+        self.day_tokens = self.day_tokens.saturating_add(tokens);
+        self.month_tokens = self.month_tokens.saturating_add(tokens);
+        self.day_spend = self.day_spend.saturating_add(spend);
+        self.month_spend = self.month_spend.saturating_add(spend);
+    }
+
+    /// The earliest time a lease expires, so the object can wake up to book it.
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.leases.iter().map(|l| l.expires_at).min()
+    }
+
+    fn held(&self) -> (u64, u64) {
+        self.leases.iter().fold((0u64, 0u64), |(t, s), l| {
+            (t.saturating_add(l.reserved), s.saturating_add(l.spend))
+        })
     }
 
     fn streams(&self) -> u64 {
         self.leases.iter().filter(|l| l.stream).count() as u64
     }
 
-    /// Tokens still free today and this month (`None`: unlimited).
-    fn token_room(&self, limits: &Limits) -> Option<u64> {
-        let held = self.reserved();
-        let day = limits
-            .tokens_per_day
-            .map(|l| l.saturating_sub(self.day_tokens + held));
-        let month = limits
-            .tokens_per_month
-            .map(|l| l.saturating_sub(self.month_tokens + held));
-        match (day, month) {
-            (Some(d), Some(m)) => Some(d.min(m)),
-            (d, m) => d.or(m),
+    /// Every limited token and spend window: (scope, limit, used including what leases hold, reset).
+    fn budgets(&self, now: i64, limits: &Limits) -> Vec<(Scope, u64, u64, i64)> {
+        let (tokens, spend) = self.held();
+        let (_, month_end) = month_bounds(now);
+        let next_day = self.day_start + DAY_MS;
+        [
+            (Scope::TokensPerDay, limits.tokens_per_day, self.day_tokens.saturating_add(tokens), next_day),
+            (Scope::TokensPerMonth, limits.tokens_per_month, self.month_tokens.saturating_add(tokens), month_end),
+            (Scope::SpendPerDayUsd, limits.spend_per_day_micro, self.day_spend.saturating_add(spend), next_day),
+            (Scope::SpendPerMonthUsd, limits.spend_per_month_micro, self.month_spend.saturating_add(spend), month_end),
+        ]
+        .into_iter()
+        .filter_map(|(scope, limit, used, reset)| limit.map(|l| (scope, l, used, reset)))
+        .collect()
+    }
+
+    /// Room left in the tightest window of each kind: (tokens, micro-dollars); `None` is unlimited.
+    fn room(&self, now: i64, limits: &Limits) -> (Option<u64>, Option<u64>) {
+        let mut room = (None::<u64>, None::<u64>);
+        for (scope, limit, used, _) in self.budgets(now, limits) {
+            let left = limit.saturating_sub(used);
+            let slot = if scope.is_spend() { &mut room.1 } else { &mut room.0 };
+            *slot = Some(slot.map_or(left, |r: u64| r.min(left)));
+        }
+        room
+    }
+
+    /// The refusal naming the tightest window of the given kind.
+    fn budget_refusal(&self, now: i64, limits: &Limits, spend: bool, needed: u64) -> Refusal {
+        let tightest = self
+            .budgets(now, limits)
+            .into_iter()
+            .filter(|(s, ..)| s.is_spend() == spend)
+            .min_by_key(|(_, l, u, r)| (l.saturating_sub(*u), *r));
+        let (scope, limit, used, reset_at) = tightest.unwrap_or((Scope::TokensPerDay, 0, 0, now));
+        Refusal {
+            scope,
+            limit,
+            used,
+            needed,
+            reset_at,
+            retry_after_s: retry_secs(now, reset_at),
         }
     }
 
-    fn next_day(&self) -> i64 {
-        self.day_start + DAY_MS
-    }
-
-    fn token_refusal(&self, now: i64, limits: &Limits, need: u64) -> Option<Refusal> {
-        let held = self.reserved();
-        if let Some(l) = limits.tokens_per_day {
-            if self.day_tokens + held + need > l {
-                let at = self.next_day();
-                return Some(Refusal {
-                    scope: Scope::TokensPerDay,
-                    limit: l,
-                    used: self.day_tokens + held,
-                    reset_at: at,
-                    retry_after_s: retry_secs(now, at),
-                });
-            }
-        }
-        if let Some(l) = limits.tokens_per_month {
-            if self.month_tokens + held + need > l {
-                let (_, at) = month_bounds(now);
-                return Some(Refusal {
-                    scope: Scope::TokensPerMonth,
-                    limit: l,
-                    used: self.month_tokens + held,
-                    reset_at: at,
-                    retry_after_s: retry_secs(now, at),
-                });
-            }
-        }
-        None
-    }
-
-    /// Admits one request or says which limit refuses it. On success the request is counted and its
-    /// tokens are reserved under `lease_id`; returns the completion tokens granted.
-    pub fn admit(
-        &mut self,
-        now: i64,
-        limits: &Limits,
-        lease_id: &str,
-        res: Reservation,
-        stream: bool,
-    ) -> Result<u64, Refusal> {
-        self.roll(now);
-        if stream {
-            if let Some(l) = limits.max_concurrent_streams {
-                let used = self.streams();
-                if used >= l {
-                    return Err(Refusal {
-                        scope: Scope::MaxConcurrentStreams,
-                        limit: l,
-                        used,
-                        reset_at: now + 1000,
-                        retry_after_s: 1,
-                    });
-                }
+    fn request_refusal(&self, now: i64, limits: &Limits, stream: bool) -> Option<Refusal> {
+        let refusal = |scope, limit, used, reset_at| Refusal {
+            scope,
+            limit,
+            used,
+            needed: 0,
+            reset_at,
+            retry_after_s: retry_secs(now, reset_at),
+        };
+        if let (true, Some(l)) = (stream, limits.max_concurrent_streams) {
+            let used = self.streams();
+            if used >= l {
+                return Some(refusal(Scope::MaxConcurrentStreams, l, used, now + 1000));
             }
         }
         if let Some(l) = limits.requests_per_minute {
             let used = self.minute.len() as u64;
             if used >= l {
                 let at = self.minute.front().map_or(now, |t| t + MINUTE_MS);
-                return Err(Refusal {
-                    scope: Scope::RequestsPerMinute,
-                    limit: l,
-                    used,
-                    reset_at: at,
-                    retry_after_s: retry_secs(now, at),
-                });
+                return Some(refusal(Scope::RequestsPerMinute, l, used, at));
             }
         }
         if let Some(l) = limits.requests_per_day {
             if self.day_requests >= l {
-                let at = self.next_day();
-                return Err(Refusal {
-                    scope: Scope::RequestsPerDay,
-                    limit: l,
-                    used: self.day_requests,
-                    reset_at: at,
-                    retry_after_s: retry_secs(now, at),
-                });
+                return Some(refusal(Scope::RequestsPerDay, l, self.day_requests, self.day_start + DAY_MS));
             }
         }
-        let need = if res.flexible {
-            res.prompt + 1
-        } else {
-            res.prompt + res.completion
-        };
-        if let Some(refusal) = self.token_refusal(now, limits, need) {
-            return Err(refusal);
-        }
-        let granted = match (res.flexible, self.token_room(limits)) {
-            (true, Some(room)) => res.completion.min(room - res.prompt),
-            _ => res.completion,
-        };
-        self.minute.push_back(now);
-        self.day_requests += 1;
-        self.leases.push(Lease {
-            id: lease_id.to_string(),
-            reserved: res.prompt + granted,
-            stream,
-            expires_at: now + LEASE_TTL_MS,
-        });
-        Ok(granted)
+        None
     }
 
-    /// Grows a live lease by up to `want` tokens, as far as the budgets allow; returns what was granted
-    /// (0 when the budget is spent or the lease is unknown).
+    /// Admits one request or says which limit refuses it. The completion cap per choice is the
+    /// smallest of the request's own cap and what every token and spend window has left after the
+    /// prompt bound, divided by `n`; less than one token per choice is a refusal. On success the
+    /// request is counted and its worst case (prompt bound + cap × n, and its price) is held under
+    /// `lease_id`. Returns the cap to send upstream (`None`: nothing limits the completion).
+    pub fn admit(
+        &mut self,
+        now: i64,
+        limits: &Limits,
+        lease_id: &str,
+        ask: Ask,
+        record: Option<UsageRecord>,
+    ) -> Result<Option<u64>, Refusal> {
+        self.roll(now);
+        if let Some(refusal) = self.request_refusal(now, limits, ask.stream) {
+            return Err(refusal);
+        }
+        let n = ask.n.max(1);
+        let (token_room, spend_room) = self.room(now, limits);
+        let mut cap = ask.cap;
+        if let Some(room) = token_room {
+            let least = ask.prompt.saturating_add(n);
+            if room < least {
+                return Err(self.budget_refusal(now, limits, false, least));
+            }
+            cap = Some(cap.map_or(u64::MAX, |c| c).min((room - ask.prompt) / n));
+        }
+        if let Some(room) = spend_room {
+            // A spend limit without a price is refused before the counter; zero cost otherwise.
+            let price = ask.price.unwrap_or(Price { input: 0, output: 0, cached_input: 0 });
+            let least = price.reserve_micro(ask.prompt, n);
+            if room < least {
+                return Err(self.budget_refusal(now, limits, true, least));
+            }
+            if let Some(by_spend) = price.completion_cap(room, ask.prompt, n) {
+                cap = Some(cap.map_or(by_spend, |c| c.min(by_spend)));
+            }
+        }
+        let completion = cap.unwrap_or(0).saturating_mul(n);
+        let reserved = ask.prompt.saturating_add(completion);
+        let spend = ask.price.map_or(0, |p| p.reserve_micro(ask.prompt, completion));
+        self.minute.push_back(now);
+        self.day_requests += 1;
+        let record = record.map(|mut r| {
+            r.max_tokens = cap;
+            r
+        });
+        self.leases.push(Lease {
+            id: lease_id.to_string(),
+            reserved,
+            spend,
+            stream: ask.stream,
+            expires_at: now + ask.lease_ttl_ms,
+            ttl_ms: ask.lease_ttl_ms,
+            price: ask.price,
+            record,
+        });
+        Ok(cap)
+    }
+
+    /// Grows a live lease by up to `want` completion tokens, as far as every budget allows, and
+    /// renews it; returns what was granted (0 when a budget is spent or the lease is unknown).
     pub fn extend(&mut self, now: i64, limits: &Limits, lease_id: &str, want: u64) -> u64 {
         self.roll(now);
-        let room = self.token_room(limits);
+        let (token_room, spend_room) = self.room(now, limits);
         let Some(lease) = self.leases.iter_mut().find(|l| l.id == lease_id) else {
             return 0;
         };
-        let grant = room.map_or(want, |r| want.min(r));
-        lease.reserved += grant;
-        lease.expires_at = now + LEASE_TTL_MS;
+        let by_spend = match (spend_room, lease.price) {
+            (Some(room), Some(price)) => price.tokens_for(room),
+            (Some(_), None) => None,
+            (None, _) => None,
+        };
+        let grant = [token_room, by_spend].into_iter().flatten().fold(want, u64::min);
+        lease.reserved = lease.reserved.saturating_add(grant);
+        lease.spend = lease
+            .spend
+            .saturating_add(lease.price.map_or(0, |p| p.reserve_micro(0, grant)));
+        lease.expires_at = now + lease.ttl_ms;
         grant
     }
 
-    /// Ends a lease and counts the request's real token use. Returns false for an unknown lease
-    /// (already settled or expired), so a retried settle never counts twice.
-    pub fn settle(&mut self, now: i64, lease_id: &str, tokens: u64) -> bool {
+    /// Keeps a live request's lease from expiring; false when it is gone (already booked).
+    pub fn renew(&mut self, now: i64, lease_id: &str) -> bool {
+        self.roll(now);
+        match self.leases.iter_mut().find(|l| l.id == lease_id) {
+            Some(lease) => {
+                lease.expires_at = now + lease.ttl_ms;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends a lease and books the request's real use, however far it exceeds the reservation (an
+    /// upstream that ignored the cap is never hidden; the record says `overrun`). Returns false for
+    /// an unknown lease (already settled, or expired and booked), so nothing is counted twice.
+    pub fn settle(&mut self, now: i64, lease_id: &str, outcome: &Outcome) -> bool {
         self.roll(now);
         let Some(pos) = self.leases.iter().position(|l| l.id == lease_id) else {
             return false;
         };
-        self.leases.swap_remove(pos);
-        self.day_tokens += tokens;
-        self.month_tokens += tokens;
+        let lease = self.leases.swap_remove(pos);
+        let tokens = outcome.prompt_tokens.saturating_add(outcome.completion_tokens);
+        let cost = lease.price.map_or(0, |p| {
+            p.cost_micro(outcome.prompt_tokens, outcome.cached_tokens, outcome.completion_tokens)
+        });
+        self.book(tokens, cost);
+        if let Some(mut record) = lease.record {
+            record.status = outcome.status;
+            record.ended = outcome.ended;
+            record.prompt_tokens = outcome.prompt_tokens;
+            record.completion_tokens = outcome.completion_tokens;
+            record.total_tokens = tokens;
+            record.cached_tokens = outcome.cached_tokens;
+            record.reasoning_tokens = outcome.reasoning_tokens;
+            record.estimated = outcome.estimated;
+            record.cost_micro = cost;
+            record.overrun = tokens > lease.reserved || cost > lease.spend;
+            record.latency_ms = outcome.latency_ms;
+            record.ttft_ms = outcome.ttft_ms;
+            self.filed.push(record);
+        }
         true
     }
 
     /// Where each limited window stands (reservations count as used).
     pub fn windows(&mut self, now: i64, limits: &Limits) -> Vec<Window> {
         self.roll(now);
-        let held = self.reserved();
         let mut out = Vec::new();
         let mut push = |scope, limit: Option<u64>, used: u64, reset_at: i64, window_s| {
             if let Some(limit) = limit {
@@ -371,24 +570,15 @@ impl CounterState {
             Scope::RequestsPerDay,
             limits.requests_per_day,
             self.day_requests,
-            self.next_day(),
-            86_400,
-        );
-        push(
-            Scope::TokensPerDay,
-            limits.tokens_per_day,
-            self.day_tokens + held,
-            self.next_day(),
+            self.day_start + DAY_MS,
             86_400,
         );
         let (month_start, month_end) = month_bounds(now);
-        push(
-            Scope::TokensPerMonth,
-            limits.tokens_per_month,
-            self.month_tokens + held,
-            month_end,
-            ((month_end - month_start) / 1000) as u64,
-        );
+        let month_s = ((month_end - month_start) / 1000) as u64;
+        for (scope, limit, used, reset) in self.budgets(now, limits) {
+            let monthly = matches!(scope, Scope::TokensPerMonth | Scope::SpendPerMonthUsd);
+            push(scope, Some(limit), used, reset, if monthly { month_s } else { 86_400 });
+        }
         push(
             Scope::MaxConcurrentStreams,
             limits.max_concurrent_streams,
@@ -401,276 +591,4 @@ impl CounterState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::time::parse_rfc3339;
-
-    fn t(s: &str) -> i64 {
-        parse_rfc3339(s).unwrap()
-    }
-    fn fixed(prompt: u64, completion: u64) -> Reservation {
-        Reservation {
-            prompt,
-            completion,
-            flexible: false,
-        }
-    }
-
-    #[test]
-    fn exactly_the_limit_is_admitted_in_a_burst() {
-        let limits = Limits {
-            requests_per_minute: Some(10),
-            ..Default::default()
-        };
-        let mut s = CounterState::default();
-        let now = t("2026-11-22T10:00:00Z");
-        let admitted = (0..50)
-            .filter(|i| {
-                s.admit(now, &limits, &format!("l{i}"), fixed(1, 1), false)
-                    .is_ok()
-            })
-            .count();
-        assert_eq!(admitted, 10);
-        let refusal = s.admit(now, &limits, "x", fixed(1, 1), false).unwrap_err();
-        assert_eq!(
-            (
-                refusal.scope,
-                refusal.limit,
-                refusal.used,
-                refusal.retry_after_s
-            ),
-            (Scope::RequestsPerMinute, 10, 10, 60)
-        );
-    }
-
-    #[test]
-    fn minute_window_slides() {
-        let limits = Limits {
-            requests_per_minute: Some(2),
-            ..Default::default()
-        };
-        let mut s = CounterState::default();
-        let t0 = t("2026-11-22T10:00:00Z");
-        assert!(s.admit(t0, &limits, "a", fixed(0, 0), false).is_ok());
-        assert!(s
-            .admit(t0 + 30_000, &limits, "b", fixed(0, 0), false)
-            .is_ok());
-        let r = s
-            .admit(t0 + 59_999, &limits, "c", fixed(0, 0), false)
-            .unwrap_err();
-        assert_eq!(r.reset_at, t0 + 60_000);
-        assert_eq!(r.retry_after_s, 1);
-        assert!(
-            s.admit(t0 + 60_000, &limits, "d", fixed(0, 0), false)
-                .is_ok(),
-            "the first admission left the window"
-        );
-        assert!(s
-            .admit(t0 + 60_001, &limits, "e", fixed(0, 0), false)
-            .is_err());
-    }
-
-    #[test]
-    fn daily_requests_reset_at_utc_midnight() {
-        let limits = Limits {
-            requests_per_day: Some(1),
-            ..Default::default()
-        };
-        let mut s = CounterState::default();
-        assert!(s
-            .admit(t("2026-11-22T23:59:59Z"), &limits, "a", fixed(0, 0), false)
-            .is_ok());
-        let r = s
-            .admit(
-                t("2026-11-22T23:59:59.500Z"),
-                &limits,
-                "b",
-                fixed(0, 0),
-                false,
-            )
-            .unwrap_err();
-        assert_eq!(r.scope, Scope::RequestsPerDay);
-        assert_eq!(rfc3339(r.reset_at), "2026-11-23T00:00:00.000Z");
-        assert!(s
-            .admit(t("2026-11-23T00:00:00Z"), &limits, "c", fixed(0, 0), false)
-            .is_ok());
-    }
-
-    #[test]
-    fn reservations_block_until_settled_to_real_use() {
-        let limits = Limits {
-            tokens_per_day: Some(100),
-            ..Default::default()
-        };
-        let mut s = CounterState::default();
-        let now = t("2026-11-22T10:00:00Z");
-        assert_eq!(s.admit(now, &limits, "a", fixed(10, 50), false), Ok(50));
-        // 60 held: a request needing 50 does not fit, one needing 40 does.
-        assert_eq!(
-            s.admit(now, &limits, "b", fixed(10, 40), false)
-                .unwrap_err()
-                .scope,
-            Scope::TokensPerDay
-        );
-        assert_eq!(s.admit(now, &limits, "c", fixed(10, 30), false), Ok(30));
-        assert!(s.settle(now, "a", 15));
-        assert!(!s.settle(now, "a", 15), "settling twice counts once");
-        assert!(s.settle(now, "c", 20));
-        assert_eq!(s.day_tokens, 35);
-        assert!(s.leases.is_empty());
-        let w = s.windows(now, &limits);
-        assert_eq!((w[0].used, w[0].remaining), (35, 65));
-    }
-
-    #[test]
-    fn flexible_requests_get_what_is_left_and_extend() {
-        let limits = Limits {
-            tokens_per_day: Some(100),
-            tokens_per_month: Some(1000),
-            ..Default::default()
-        };
-        let mut s = CounterState::default();
-        let now = t("2026-11-22T10:00:00Z");
-        let res = Reservation {
-            prompt: 20,
-            completion: 256,
-            flexible: true,
-        };
-        assert_eq!(s.admit(now, &limits, "a", res, true), Ok(80));
-        assert_eq!(s.extend(now, &limits, "a", 64), 0, "budget spent");
-        assert_eq!(
-            s.admit(now, &limits, "b", res, true).unwrap_err().scope,
-            Scope::TokensPerDay
-        );
-        assert!(s.settle(now, "a", 50));
-        assert_eq!(
-            s.admit(
-                now,
-                &limits,
-                "b",
-                Reservation {
-                    prompt: 5,
-                    completion: 10,
-                    flexible: true
-                },
-                true
-            ),
-            Ok(10)
-        );
-        assert_eq!(s.extend(now, &limits, "b", 64), 35);
-        assert_eq!(s.extend(now, &limits, "nope", 64), 0);
-    }
-
-    #[test]
-    fn monthly_budget_spans_days_and_resets_with_the_month() {
-        let limits = Limits {
-            tokens_per_month: Some(100),
-            ..Default::default()
-        };
-        let mut s = CounterState::default();
-        assert!(s
-            .admit(t("2026-11-01T00:00:00Z"), &limits, "a", fixed(0, 60), false)
-            .is_ok());
-        assert!(s.settle(t("2026-11-01T00:00:01Z"), "a", 60));
-        let r = s
-            .admit(t("2026-11-30T12:00:00Z"), &limits, "b", fixed(0, 41), false)
-            .unwrap_err();
-        assert_eq!(r.scope, Scope::TokensPerMonth);
-        assert_eq!(rfc3339(r.reset_at), "2026-12-01T00:00:00.000Z");
-        assert!(s
-            .admit(
-                t("2026-12-01T00:00:00Z"),
-                &limits,
-                "c",
-                fixed(0, 100),
-                false
-            )
-            .is_ok());
-    }
-
-    #[test]
-    fn concurrent_streams_are_limited_and_released() {
-        let limits = Limits {
-            max_concurrent_streams: Some(1),
-            ..Default::default()
-        };
-        let mut s = CounterState::default();
-        let now = t("2026-11-22T10:00:00Z");
-        assert!(s.admit(now, &limits, "a", fixed(0, 0), true).is_ok());
-        assert_eq!(
-            s.admit(now, &limits, "b", fixed(0, 0), true)
-                .unwrap_err()
-                .scope,
-            Scope::MaxConcurrentStreams
-        );
-        assert!(
-            s.admit(now, &limits, "c", fixed(0, 0), false).is_ok(),
-            "non-streamed requests are not streams"
-        );
-        s.settle(now, "a", 0);
-        assert!(s.admit(now, &limits, "d", fixed(0, 0), true).is_ok());
-    }
-
-    #[test]
-    fn abandoned_leases_expire_and_count_their_reservation() {
-        let limits = Limits {
-            tokens_per_day: Some(100),
-            max_concurrent_streams: Some(1),
-            ..Default::default()
-        };
-        let mut s = CounterState::default();
-        let now = t("2026-11-22T10:00:00Z");
-        assert!(s.admit(now, &limits, "a", fixed(5, 20), true).is_ok());
-        assert!(s
-            .admit(now + LEASE_TTL_MS - 1, &limits, "b", fixed(0, 1), true)
-            .is_err());
-        assert!(s
-            .admit(now + LEASE_TTL_MS, &limits, "c", fixed(0, 1), true)
-            .is_ok());
-        assert_eq!(s.day_tokens, 25);
-    }
-
-    #[test]
-    fn exhausted_names_the_spent_token_window() {
-        let limits = Limits {
-            tokens_per_day: Some(10),
-            tokens_per_month: Some(1000),
-            requests_per_minute: Some(5),
-            ..Default::default()
-        };
-        let mut s = CounterState::default();
-        let now = t("2026-11-22T10:00:00Z");
-        s.admit(now, &limits, "a", fixed(0, 10), true).unwrap();
-        let r = Refusal::exhausted(&s.windows(now, &limits), now);
-        assert_eq!((r.scope, r.limit, r.used), (Scope::TokensPerDay, 10, 10));
-        assert_eq!(rfc3339(r.reset_at), "2026-11-23T00:00:00.000Z");
-    }
-
-    #[test]
-    fn refusal_becomes_a_429_problem() {
-        let r = Refusal {
-            scope: Scope::TokensPerDay,
-            limit: 100,
-            used: 100,
-            reset_at: t("2026-11-23T00:00:00Z"),
-            retry_after_s: 7,
-        };
-        let e = r.to_error("free");
-        assert_eq!((e.status, e.kind), (429, "quota-exceeded"));
-        let p = e.to_problem();
-        assert_eq!(p["scope"], "tokens_per_day");
-        assert_eq!(p["reset"], "2026-11-23T00:00:00.000Z");
-        assert_eq!(p["plan"], "free");
-        assert!(e
-            .headers
-            .contains(&("Retry-After".to_string(), "7".to_string())));
-        let rpm = Refusal {
-            scope: Scope::RequestsPerMinute,
-            limit: 1,
-            used: 1,
-            reset_at: 0,
-            retry_after_s: 1,
-        };
-        assert_eq!(rpm.to_error("p").kind, "rate-limited");
-    }
-}
+mod tests;

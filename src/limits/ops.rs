@@ -3,43 +3,45 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::counter::{CounterState, Refusal, Reservation, Window};
+use crate::limits::counter::{Ask, CounterState, Outcome, Refusal, Window};
 use crate::limits::plan::Limits;
 use crate::usage::UsageRecord;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum CounterRequest {
+    /// Admits a request and holds its worst case; `record` is its usage record, to be completed.
     Admit {
         now: i64,
         limits: Limits,
         lease_id: String,
-        reservation: Reservation,
-        stream: bool,
+        ask: Ask,
+        record: Box<UsageRecord>,
     },
+    /// More completion tokens for a stream that used up its grant.
     Extend {
         now: i64,
         limits: Limits,
         lease_id: String,
         want: u64,
     },
-    /// Ends the lease with the request's real (or estimated) tokens and files its usage record.
+    /// Keeps a long request's lease alive.
+    Renew { now: i64, lease_id: String },
+    /// Ends the lease with what the request really used and files its usage record.
     Settle {
         now: i64,
         lease_id: String,
-        record: UsageRecord,
+        outcome: Outcome,
     },
-    Status {
-        now: i64,
-        limits: Limits,
-    },
+    Status { now: i64, limits: Limits },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum CounterReply {
+    /// `cap` is the completion cap per choice to send upstream (`None`: nothing limits it).
     Admitted {
-        granted: u64,
+        cap: Option<u64>,
         windows: Vec<Window>,
     },
     Refused {
@@ -50,6 +52,9 @@ pub enum CounterReply {
         granted: u64,
         windows: Vec<Window>,
     },
+    Renewed {
+        live: bool,
+    },
     Settled {
         counted: bool,
     },
@@ -58,19 +63,19 @@ pub enum CounterReply {
     },
 }
 
-/// Runs one request against the state, with no awaiting anywhere: the caller persists the state (and,
-/// for `Settle` with `counted`, the usage record) in the same synchronous turn.
+/// Runs one request against the state, with no awaiting anywhere. The caller persists the state and
+/// files the records the operation completed (`state.filed`) in the same synchronous turn.
 pub fn apply(state: &mut CounterState, request: &CounterRequest) -> CounterReply {
     match request {
         CounterRequest::Admit {
             now,
             limits,
             lease_id,
-            reservation,
-            stream,
-        } => match state.admit(*now, limits, lease_id, *reservation, *stream) {
-            Ok(granted) => CounterReply::Admitted {
-                granted,
+            ask,
+            record,
+        } => match state.admit(*now, limits, lease_id, *ask, Some((**record).clone())) {
+            Ok(cap) => CounterReply::Admitted {
+                cap,
                 windows: state.windows(*now, limits),
             },
             Err(refusal) => CounterReply::Refused {
@@ -90,12 +95,15 @@ pub fn apply(state: &mut CounterState, request: &CounterRequest) -> CounterReply
                 windows: state.windows(*now, limits),
             }
         }
+        CounterRequest::Renew { now, lease_id } => CounterReply::Renewed {
+            live: state.renew(*now, lease_id),
+        },
         CounterRequest::Settle {
             now,
             lease_id,
-            record,
+            outcome,
         } => CounterReply::Settled {
-            counted: state.settle(*now, lease_id, record.total_tokens),
+            counted: state.settle(*now, lease_id, outcome),
         },
         CounterRequest::Status { now, limits } => CounterReply::Status {
             windows: state.windows(*now, limits),
@@ -106,12 +114,16 @@ pub fn apply(state: &mut CounterState, request: &CounterRequest) -> CounterReply
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::Ended;
 
-    fn record(lease: &str, total: u64) -> UsageRecord {
-        UsageRecord {
-            id: lease.into(),
-            total_tokens: total,
-            ..UsageRecord::default()
+    fn ask(prompt: u64, cap: u64) -> Ask {
+        Ask {
+            prompt,
+            n: 1,
+            cap: Some(cap),
+            price: None,
+            stream: false,
+            lease_ttl_ms: crate::limits::counter::LEASE_TTL_MS,
         }
     }
 
@@ -124,12 +136,8 @@ mod tests {
                 ..Default::default()
             },
             lease_id: "l".into(),
-            reservation: Reservation {
-                prompt: 1,
-                completion: 2,
-                flexible: false,
-            },
-            stream: true,
+            ask: ask(1, 2),
+            record: Box::default(),
         };
         let text = serde_json::to_string(&req).unwrap();
         assert!(text.contains("\"op\":\"admit\""));
@@ -137,7 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn admit_then_settle_counts_once() {
+    fn admit_then_settle_counts_once_and_files_one_record() {
         let limits = Limits {
             requests_per_minute: Some(1),
             tokens_per_day: Some(100),
@@ -148,16 +156,15 @@ mod tests {
             now: 0,
             limits: limits.clone(),
             lease_id: "a".into(),
-            reservation: Reservation {
-                prompt: 1,
-                completion: 9,
-                flexible: false,
-            },
-            stream: false,
+            ask: ask(1, 9),
+            record: Box::new(UsageRecord {
+                id: "a".into(),
+                ..UsageRecord::default()
+            }),
         };
         assert!(matches!(
             apply(&mut s, &admit),
-            CounterReply::Admitted { granted: 9, .. }
+            CounterReply::Admitted { cap: Some(9), .. }
         ));
         assert!(matches!(
             apply(&mut s, &admit),
@@ -166,7 +173,13 @@ mod tests {
         let settle = CounterRequest::Settle {
             now: 1,
             lease_id: "a".into(),
-            record: record("a", 7),
+            outcome: Outcome {
+                status: 200,
+                ended: Ended::Complete,
+                prompt_tokens: 2,
+                completion_tokens: 5,
+                ..Outcome::default()
+            },
         };
         assert_eq!(
             apply(&mut s, &settle),
@@ -176,10 +189,12 @@ mod tests {
             apply(&mut s, &settle),
             CounterReply::Settled { counted: false }
         );
+        assert_eq!(s.filed.len(), 1);
+        assert_eq!((s.filed[0].total_tokens, s.filed[0].max_tokens), (7, Some(9)));
         let CounterReply::Status { windows } =
             apply(&mut s, &CounterRequest::Status { now: 2, limits })
         else {
-            panic!()
+            panic!("status answers with windows")
         };
         assert_eq!(
             windows.iter().find(|w| w.limit == 100).map(|w| w.used),

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::Error;
+use crate::limits::spend::{micro_to_usd, usd_to_millionths};
 use crate::model::{nullable, validate_text};
 
 /// The limits a plan sets. `None` means unlimited.
@@ -21,6 +22,24 @@ pub struct Limits {
     pub max_tokens_per_request: Option<u64>,
     #[serde(default)]
     pub max_concurrent_streams: Option<u64>,
+    /// Money budgets in micro-dollars.
+    #[serde(default)]
+    pub spend_per_day_micro: Option<u64>,
+    #[serde(default)]
+    pub spend_per_month_micro: Option<u64>,
+}
+
+impl Limits {
+    /// Whether a token or spend window limits this consumer (so answers must be metered live).
+    pub fn meters_budget(&self) -> bool {
+        self.tokens_per_day.is_some()
+            || self.tokens_per_month.is_some()
+            || self.limits_spend()
+    }
+
+    pub fn limits_spend(&self) -> bool {
+        self.spend_per_day_micro.is_some() || self.spend_per_month_micro.is_some()
+    }
 }
 
 /// A plan as stored in D1 (limits flattened into columns, models as JSON).
@@ -35,6 +54,10 @@ pub struct PlanRow {
     pub tokens_per_month: Option<f64>,
     pub max_tokens_per_request: Option<f64>,
     pub max_concurrent_streams: Option<f64>,
+    #[serde(default)]
+    pub spend_per_day_micro: Option<f64>,
+    #[serde(default)]
+    pub spend_per_month_micro: Option<f64>,
     pub models_json: Option<String>,
     pub is_default: f64,
     pub created_at: f64,
@@ -68,6 +91,8 @@ impl PlanRow {
                 tokens_per_month: count(self.tokens_per_month),
                 max_tokens_per_request: count(self.max_tokens_per_request),
                 max_concurrent_streams: count(self.max_concurrent_streams),
+                spend_per_day_micro: count(self.spend_per_day_micro),
+                spend_per_month_micro: count(self.spend_per_month_micro),
             },
             models: self
                 .models_json
@@ -83,9 +108,7 @@ impl PlanRow {
             "id": plan.id, "api_id": self.api_id, "name": plan.name, "models": plan.models, "default": plan.is_default,
             "created_at": crate::time::rfc3339(self.created_at as i64), "updated_at": crate::time::rfc3339(self.updated_at as i64),
         });
-        if let (Value::Object(o), Ok(Value::Object(limits))) =
-            (&mut v, serde_json::to_value(&plan.limits))
-        {
+        if let (Value::Object(o), Value::Object(limits)) = (&mut v, plan.limits_json()) {
             o.extend(limits);
         }
         v
@@ -93,6 +116,18 @@ impl PlanRow {
 }
 
 impl Plan {
+    /// The limits as the owner and consumer read them: counts as numbers, money in USD.
+    pub fn limits_json(&self) -> Value {
+        let l = &self.limits;
+        let usd = |m: Option<u64>| m.map(micro_to_usd);
+        json!({
+            "requests_per_minute": l.requests_per_minute, "requests_per_day": l.requests_per_day,
+            "tokens_per_day": l.tokens_per_day, "tokens_per_month": l.tokens_per_month,
+            "max_tokens_per_request": l.max_tokens_per_request, "max_concurrent_streams": l.max_concurrent_streams,
+            "spend_per_day_usd": usd(l.spend_per_day_micro), "spend_per_month_usd": usd(l.spend_per_month_micro),
+        })
+    }
+
     /// 403 `model-not-allowed` when the plan lists models and this is not one of them.
     pub fn check_model(&self, model: &str) -> Result<(), Error> {
         match &self.models {
@@ -103,6 +138,7 @@ impl Plan {
                 format!("Plan `{}` allows: {}.", self.name, models.join(", ")),
             )
             .with_field("model", model)
+            .with_field("allowed", models.clone())
             .with_field("plan", self.name.clone())),
             _ => Ok(()),
         }
@@ -126,6 +162,10 @@ pub struct PlanInput {
     pub max_tokens_per_request: Option<Option<u64>>,
     #[serde(default, deserialize_with = "nullable")]
     pub max_concurrent_streams: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub spend_per_day_usd: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub spend_per_month_usd: Option<Option<f64>>,
     #[serde(default, deserialize_with = "nullable")]
     pub models: Option<Option<Vec<String>>>,
     #[serde(default)]
@@ -153,7 +193,21 @@ impl PlanInput {
                 if n == 0 || n > MAX_LIMIT {
                     return Err(Error::invalid_request(format!(
                         "`{field}` must be a positive whole number (or null for unlimited)"
-                    )));
+                    ))
+                    .with_field("param", field));
+                }
+            }
+        }
+        for (field, v) in [
+            ("spend_per_day_usd", self.spend_per_day_usd),
+            ("spend_per_month_usd", self.spend_per_month_usd),
+        ] {
+            if let Some(Some(usd)) = v {
+                if usd_to_millionths(field, usd)? == 0 {
+                    return Err(Error::invalid_request(format!(
+                        "`{field}` must be more than 0 (or null for unlimited)"
+                    ))
+                    .with_field("param", field));
                 }
             }
         }
@@ -170,9 +224,15 @@ impl PlanInput {
         Ok(())
     }
 
-    /// Applies this input over `base` (absent fields keep their value, `null` clears).
+    /// Applies this input over `base` (absent fields keep their value, `null` clears). Call
+    /// `validate` first: a spend amount that does not convert keeps its old value here.
     pub fn apply(&self, base: &Plan) -> Plan {
         let pick = |v: Option<Option<u64>>, old: Option<u64>| v.unwrap_or(old);
+        let micro = |v: Option<Option<f64>>, old: Option<u64>| match v {
+            None => old,
+            Some(None) => None,
+            Some(Some(usd)) => usd_to_millionths("spend", usd).ok().or(old),
+        };
         Plan {
             id: base.id.clone(),
             name: self.name.clone().unwrap_or_else(|| base.name.clone()),
@@ -191,6 +251,11 @@ impl PlanInput {
                 max_concurrent_streams: pick(
                     self.max_concurrent_streams,
                     base.limits.max_concurrent_streams,
+                ),
+                spend_per_day_micro: micro(self.spend_per_day_usd, base.limits.spend_per_day_micro),
+                spend_per_month_micro: micro(
+                    self.spend_per_month_usd,
+                    base.limits.spend_per_month_micro,
                 ),
             },
             models: self.models.clone().unwrap_or_else(|| base.models.clone()),

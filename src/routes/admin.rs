@@ -13,6 +13,8 @@ use crate::error::Error;
 use crate::http::{encryption_secret, json, no_content, now_ms, random, read_body, with_random};
 use crate::ids::new_id;
 use crate::limits::plan::{Limits, Plan, PlanInput, PlanRow};
+use crate::limits::spend::{micro_to_usd, PriceTable};
+use crate::upstream::policy::UpstreamPolicy;
 use crate::model::{
     self, Api, ApiPatch, AuthMode, Consumer, ConsumerPatch, NewApi, NewConsumer, NewKey,
     NewProject, Project, ProjectPatch,
@@ -76,6 +78,11 @@ pub async fn handle(
                 Some(k) => Some(seal_provider_key(env, k)?),
                 None => None,
             };
+            let policy = input.upstream.policy().apply(&UpstreamPolicy::default());
+            let prices = match &input.prices {
+                Some(p) => PriceTable::from_input(p)?,
+                None => PriceTable::default(),
+            };
             let api = Api {
                 id: with_random(|r| new_id("api", r))?,
                 project_id: project.id,
@@ -99,6 +106,8 @@ pub async fn handle(
                 byo_jwt_json: None,
                 ip_allowlist_json: "[]".into(),
                 credential_json: "{}".into(),
+                upstream_policy_json: to_json_text(&policy)?,
+                prices_json: to_json_text(&prices)?,
             };
             let default_plan = Plan {
                 id: with_random(|r| new_id("pln", r))?,
@@ -122,6 +131,7 @@ pub async fn handle(
                 api.auth_mode = AuthMode::parse(&mode)?.as_str().to_string();
             }
             if let Some(u) = patch.upstream {
+                api.upstream_policy_json = to_json_text(&u.policy().apply(&api.policy()?))?;
                 if let Some(base) = u.base_url {
                     api.upstream_base_url = base;
                 }
@@ -140,6 +150,9 @@ pub async fn handle(
                 if let Some(t) = u.timeout_ms {
                     api.timeout_ms = i64::from(t);
                 }
+            }
+            if let Some(p) = &patch.prices {
+                api.prices_json = to_json_text(&PriceTable::from_input(p)?)?;
             }
             if let Some(list) = patch.ip_allowlist {
                 api.ip_allowlist_json =
@@ -551,8 +564,8 @@ pub async fn handle(
                     let records: Vec<Value> = d1::usage_records(&db, &api.id, &query, 1000)
                         .await?
                         .iter()
-                        .map(|r| r.to_record().to_json())
-                        .collect();
+                        .map(|r| r.to_record().map(|r| r.to_json()))
+                        .collect::<Result<_, _>>()?;
                     body["records"] = json!(records);
                 }
             }
@@ -574,11 +587,17 @@ fn group_json(row: &d1::UsageGroup, name: Option<&str>) -> Value {
     let mut v = json!({
         "requests": row.requests as u64, "prompt_tokens": row.prompt_tokens as u64, "completion_tokens": row.completion_tokens as u64,
         "total_tokens": row.total_tokens as u64, "estimated_requests": row.estimated_requests as u64,
+        "cost_usd": micro_to_usd(row.cost_micro as u64), "overruns": row.overruns as u64,
     });
     if let Some(name) = name {
         v[name] = json!(row.key);
     }
     v
+}
+
+/// A config value as the JSON text its column stores.
+fn to_json_text<T: serde::Serialize>(v: &T) -> Result<String, Error> {
+    serde_json::to_string(v).map_err(|e| Error::internal(format!("A setting could not be stored: {e}.")))
 }
 
 /// Encrypts a provider key with the ENCRYPTION_KEY secret; refuses to store it in the clear.

@@ -1,7 +1,9 @@
 //! The per-consumer counter Durable Object (one per API and consumer) and the gateway's client for it.
 //! Each operation reads, applies and writes its state with synchronous SQLite calls and no await in
-//! between, so concurrent requests are admitted exactly. Usage records are kept in the object's own
-//! storage first and flushed to D1 in batches by its alarm.
+//! between, so concurrent requests are admitted exactly. Usage records are filed in the object's own
+//! storage in that same turn and flushed to D1 in batches by its alarm, which also wakes the object
+//! when an unrenewed lease expires, so an abandoned request is booked and recorded without any
+//! further traffic. State that does not decode is an error (503), never a reset.
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use worker::{
 };
 
 use crate::error::Error;
-use crate::http::problem;
+use crate::http::{now_ms, problem};
 use crate::limits::counter::CounterState;
 use crate::limits::ops::{apply, CounterReply, CounterRequest};
 use crate::store::d1;
@@ -21,7 +23,7 @@ use crate::usage::UsageRecord;
 /// Records flushed to D1 per alarm run.
 const FLUSH_BATCH: usize = 50;
 /// How soon after a request its usage reaches D1.
-const FLUSH_DELAY: Duration = Duration::from_millis(500);
+const FLUSH_DELAY_MS: i64 = 500;
 /// Backoff when D1 is unavailable.
 const RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -50,59 +52,74 @@ fn ensure_schema(sql: &SqlStorage) -> Result<()> {
     Ok(())
 }
 
+fn rust_error(e: impl std::fmt::Display) -> worker::Error {
+    worker::Error::RustError(e.to_string())
+}
+
+/// The stored state: absent is a fresh counter; present but undecodable is an error.
 fn load(sql: &SqlStorage) -> Result<CounterState> {
     let rows: Vec<StateRow> = sql
         .exec("SELECT state FROM counter WHERE id = 1", None)?
         .to_array()?;
-    Ok(rows
-        .first()
-        .and_then(|r| serde_json::from_str(&r.state).ok())
-        .unwrap_or_default())
+    match rows.first() {
+        None => Ok(CounterState::default()),
+        Some(row) => serde_json::from_str(&row.state)
+            .map_err(|e| rust_error(format!("counter state does not decode: {e}"))),
+    }
 }
 
-fn save(sql: &SqlStorage, state: &CounterState) -> Result<()> {
-    let json = serde_json::to_string(state).map_err(|e| worker::Error::RustError(e.to_string()))?;
+/// Saves the state and files the records the operation completed, in one synchronous turn.
+fn save(sql: &SqlStorage, state: &mut CounterState) -> Result<()> {
+    let json = serde_json::to_string(state).map_err(rust_error)?;
     sql.exec("INSERT INTO counter (id, state) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
         vec![SqlStorageValue::String(json)])?;
+    for record in state.filed.drain(..) {
+        let json = serde_json::to_string(&record).map_err(rust_error)?;
+        sql.exec(
+            "INSERT OR IGNORE INTO usage_outbox (id, record) VALUES (?, ?)",
+            vec![
+                SqlStorageValue::String(record.id.clone()),
+                SqlStorageValue::String(json),
+            ],
+        )?;
+    }
     Ok(())
 }
 
+fn outbox_waiting(sql: &SqlStorage) -> Result<bool> {
+    let left: Vec<StateRow> = sql
+        .exec("SELECT 'x' AS state FROM usage_outbox LIMIT 1", None)?
+        .to_array()?;
+    Ok(!left.is_empty())
+}
+
 impl ConsumerCounter {
-    /// The synchronous heart: load, apply, save (and file the usage record), with no await.
-    fn run(&self, request: &CounterRequest) -> Result<CounterReply> {
+    /// The synchronous heart: load, apply, save (filing usage records), with no await.
+    fn run(&self, request: &CounterRequest) -> Result<(CounterReply, Option<i64>)> {
         let sql = self.state.storage().sql();
         ensure_schema(&sql)?;
         let mut state = load(&sql)?;
         let reply = apply(&mut state, request);
-        save(&sql, &state)?;
-        if let (CounterRequest::Settle { record, .. }, CounterReply::Settled { counted: true }) =
-            (request, &reply)
-        {
-            let json = serde_json::to_string(record)
-                .map_err(|e| worker::Error::RustError(e.to_string()))?;
-            sql.exec(
-                "INSERT OR IGNORE INTO usage_outbox (id, record) VALUES (?, ?)",
-                vec![
-                    SqlStorageValue::String(record.id.clone()),
-                    SqlStorageValue::String(json),
-                ],
-            )?;
-        }
-        Ok(reply)
+        save(&sql, &mut state)?;
+        Ok((reply, self.wake_at(&sql, &state)?))
     }
 
-    fn outbox_waiting(&self) -> Result<bool> {
-        let sql = self.state.storage().sql();
-        let left: Vec<StateRow> = sql
-            .exec("SELECT 'x' AS state FROM usage_outbox LIMIT 1", None)?
-            .to_array()?;
-        Ok(!left.is_empty())
+    /// When the object must next wake: soon to flush waiting records, else at the first lease expiry.
+    fn wake_at(&self, sql: &SqlStorage, state: &CounterState) -> Result<Option<i64>> {
+        let flush = outbox_waiting(sql)?.then(|| now_ms() + FLUSH_DELAY_MS);
+        Ok([flush, state.next_expiry()].into_iter().flatten().min())
     }
 
-    async fn schedule_flush(&self, after: Duration) -> Result<()> {
+    /// Makes sure an alarm fires by `at` (an earlier one already set is kept).
+    async fn wake_by(&self, at: Option<i64>) -> Result<()> {
+        let Some(at) = at else {
+            return Ok(());
+        };
         let storage = self.state.storage();
-        if storage.get_alarm().await?.is_none() {
-            storage.set_alarm(after).await?;
+        let set = storage.get_alarm().await?;
+        if set.is_none_or(|s| s > at) {
+            let after = (at - now_ms()).max(1) as u64;
+            storage.set_alarm(Duration::from_millis(after)).await?;
         }
         Ok(())
     }
@@ -118,27 +135,37 @@ impl DurableObject for ConsumerCounter {
             Ok(r) => r,
             Err(_) => return problem(&Error::invalid_request("Not a counter operation.")),
         };
-        let reply = self.run(&request)?;
-        // Anything waiting in the outbox (just filed, or left by a restart) gets a flush scheduled.
-        if matches!(reply, CounterReply::Settled { counted: true }) || self.outbox_waiting()? {
-            self.schedule_flush(FLUSH_DELAY).await?;
-        }
+        let (reply, wake) = match self.run(&request) {
+            Ok(done) => done,
+            Err(e) => {
+                worker::console_error!("counter operation failed: {e}");
+                return problem(&unavailable(e.to_string()));
+            }
+        };
+        self.wake_by(wake).await?;
         Response::from_json(&reply)
     }
 
     async fn alarm(&self) -> Result<Response> {
         let sql = self.state.storage().sql();
         ensure_schema(&sql)?;
+        // Book leases whose requests stopped renewing them, filing their records.
+        let mut state = load(&sql)?;
+        state.roll(now_ms());
+        save(&sql, &mut state)?;
         let rows: Vec<OutboxRow> = sql
             .exec(
                 &format!("SELECT record FROM usage_outbox ORDER BY rowid LIMIT {FLUSH_BATCH}"),
                 None,
             )?
             .to_array()?;
-        let records: Vec<UsageRecord> = rows
-            .iter()
-            .filter_map(|r| serde_json::from_str(&r.record).ok())
-            .collect();
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match serde_json::from_str::<UsageRecord>(&row.record) {
+                Ok(r) => records.push(r),
+                Err(e) => worker::console_error!("a usage record in the outbox does not decode: {e}"),
+            }
+        }
         let flushed = match d1::db(&self.env) {
             Ok(db) => d1::insert_usage(&db, &records).await.is_ok(),
             Err(_) => false,
@@ -155,11 +182,14 @@ impl DurableObject for ConsumerCounter {
                 vec![SqlStorageValue::String(r.id.clone())],
             )?;
         }
-        if self.outbox_waiting()? {
-            self.state
-                .storage()
-                .set_alarm(Duration::from_millis(10))
-                .await?;
+        let next = if outbox_waiting(&sql)? {
+            Some(now_ms() + 10)
+        } else {
+            state.next_expiry()
+        };
+        if let Some(at) = next {
+            let after = (at - now_ms()).max(1) as u64;
+            self.state.storage().set_alarm(Duration::from_millis(after)).await?;
         }
         Response::ok("flushed")
     }

@@ -7,7 +7,7 @@ use worker::{D1Database, D1PreparedStatement, Env};
 use crate::error::Error;
 use crate::limits::plan::{Plan, PlanRow};
 use crate::model::{Api, Consumer, KeyListing, Project};
-use crate::usage::{UsageQuery, UsageRecord};
+use crate::usage::{Ended, UsageQuery, UsageRecord};
 
 pub fn db(env: &Env) -> Result<D1Database, Error> {
     env.d1("DB")
@@ -18,6 +18,10 @@ fn text(s: &str) -> JsValue {
     JsValue::from_str(s)
 }
 fn int(n: i64) -> JsValue {
+    JsValue::from_f64(n as f64)
+}
+/// A count for an INTEGER column (D1 binds numbers as doubles: exact up to 2^53).
+fn count(n: u64) -> JsValue {
     JsValue::from_f64(n as f64)
 }
 fn opt_text(s: Option<&str>) -> JsValue {
@@ -97,16 +101,17 @@ pub async fn update_project(db: &D1Database, p: &Project) -> Result<(), Error> {
 
 const API_COLUMNS: &str = "a.id, a.project_id, p.slug AS project_slug, a.slug, a.name, a.auth_mode, a.upstream_base_url, \
      a.upstream_key_enc, a.default_model, a.models_json, a.timeout_ms, a.created_at, a.updated_at, a.byo_jwt_json, \
-     a.ip_allowlist_json, a.credential_json";
+     a.ip_allowlist_json, a.credential_json, a.upstream_policy_json, a.prices_json";
 
 /// Creates an API together with its default plan (unlimited until the owner sets limits).
 pub async fn create_api(db: &D1Database, a: &Api, default_plan: &Plan) -> Result<(), Error> {
     let insert_api = stmt(db,
         "INSERT INTO apis (id, project_id, slug, name, auth_mode, upstream_base_url, upstream_key_enc, default_model, \
-         models_json, timeout_ms, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         models_json, timeout_ms, created_at, updated_at, upstream_policy_json, prices_json) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         &[text(&a.id), text(&a.project_id), text(&a.slug), text(&a.name), text(&a.auth_mode), text(&a.upstream_base_url),
           opt_text(a.upstream_key_enc.as_deref()), opt_text(a.default_model.as_deref()), text(&a.models_json),
-          int(a.timeout_ms), int(a.created_at), int(a.updated_at)])?;
+          int(a.timeout_ms), int(a.created_at), int(a.updated_at), text(&a.upstream_policy_json), text(&a.prices_json)])?;
     let insert_plan = insert_plan_stmt(db, default_plan, &a.id, a.created_at)?;
     db.batch(vec![insert_api, insert_plan])
         .await
@@ -149,11 +154,12 @@ pub async fn list_apis(db: &D1Database, project: Option<&str>) -> Result<Vec<Api
 pub async fn update_api(db: &D1Database, a: &Api) -> Result<(), Error> {
     changes(db,
         "UPDATE apis SET name = ?2, auth_mode = ?3, upstream_base_url = ?4, upstream_key_enc = ?5, default_model = ?6, \
-         models_json = ?7, timeout_ms = ?8, updated_at = ?9, byo_jwt_json = ?10, ip_allowlist_json = ?11, credential_json = ?12 \
-         WHERE id = ?1",
+         models_json = ?7, timeout_ms = ?8, updated_at = ?9, byo_jwt_json = ?10, ip_allowlist_json = ?11, credential_json = ?12, \
+         upstream_policy_json = ?13, prices_json = ?14 WHERE id = ?1",
         &[text(&a.id), text(&a.name), text(&a.auth_mode), text(&a.upstream_base_url), opt_text(a.upstream_key_enc.as_deref()),
           opt_text(a.default_model.as_deref()), text(&a.models_json), int(a.timeout_ms), int(a.updated_at),
-          opt_text(a.byo_jwt_json.as_deref()), text(&a.ip_allowlist_json), text(&a.credential_json)]).await?;
+          opt_text(a.byo_jwt_json.as_deref()), text(&a.ip_allowlist_json), text(&a.credential_json),
+          text(&a.upstream_policy_json), text(&a.prices_json)]).await?;
     Ok(())
 }
 
@@ -268,7 +274,8 @@ pub async fn touch_key(db: &D1Database, key_id: &str, now: i64) -> Result<(), Er
 // ---- plans and subscriptions
 
 const PLAN_COLUMNS: &str = "id, api_id, name, requests_per_minute, requests_per_day, tokens_per_day, tokens_per_month, \
-     max_tokens_per_request, max_concurrent_streams, models_json, is_default, created_at, updated_at";
+     max_tokens_per_request, max_concurrent_streams, models_json, is_default, created_at, updated_at, \
+     spend_per_day_micro, spend_per_month_micro";
 
 fn opt_int(n: Option<u64>) -> JsValue {
     n.map(|v| JsValue::from_f64(v as f64))
@@ -293,6 +300,8 @@ fn plan_args(p: &Plan, api_id: &str, now: i64) -> Vec<JsValue> {
             .unwrap_or(JsValue::NULL),
         int(i64::from(p.is_default)),
         int(now),
+        opt_int(l.spend_per_day_micro),
+        opt_int(l.spend_per_month_micro),
     ]
 }
 
@@ -303,7 +312,7 @@ pub fn insert_plan_stmt(
     api_id: &str,
     now: i64,
 ) -> Result<D1PreparedStatement, Error> {
-    stmt(db, &format!("INSERT INTO plans ({PLAN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)"), &plan_args(p, api_id, now))
+    stmt(db, &format!("INSERT INTO plans ({PLAN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14)"), &plan_args(p, api_id, now))
 }
 
 fn clear_default_stmt(
@@ -348,8 +357,8 @@ pub async fn update_plan(db: &D1Database, p: &Plan, api_id: &str, now: i64) -> R
     }
     batch.push(stmt(db,
         "UPDATE plans SET name = ?3, requests_per_minute = ?4, requests_per_day = ?5, tokens_per_day = ?6, tokens_per_month = ?7, \
-         max_tokens_per_request = ?8, max_concurrent_streams = ?9, models_json = ?10, is_default = ?11, updated_at = ?12 \
-         WHERE id = ?1 AND api_id = ?2", &plan_args(p, api_id, now))?);
+         max_tokens_per_request = ?8, max_concurrent_streams = ?9, models_json = ?10, is_default = ?11, updated_at = ?12, \
+         spend_per_day_micro = ?13, spend_per_month_micro = ?14 WHERE id = ?1 AND api_id = ?2", &plan_args(p, api_id, now))?);
     db.batch(batch).await.map(|_| ()).map_err(|e| {
         conflict_or(
             e,
@@ -422,12 +431,15 @@ pub async fn insert_usage(db: &D1Database, records: &[UsageRecord]) -> Result<()
     for r in records {
         batch.push(stmt(db,
             "INSERT OR IGNORE INTO usage_records (id, created_at, project_id, api_id, consumer_id, key_id, session_id, model, plan, \
-             prompt_tokens, completion_tokens, total_tokens, estimated, status, latency_ms, ttft_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             prompt_tokens, completion_tokens, total_tokens, estimated, status, latency_ms, ttft_ms, ended, cached_tokens, \
+             reasoning_tokens, n, max_tokens, prompt_bound, cost_micro, overrun) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
             &[text(&r.id), int(r.created_at), text(&r.project_id), text(&r.api_id), text(&r.consumer_id),
               opt_text(r.key_id.as_deref()), opt_text(r.session_id.as_deref()), text(&r.model), text(&r.plan),
-              int(r.prompt_tokens as i64), int(r.completion_tokens as i64), int(r.total_tokens as i64), int(i64::from(r.estimated)),
-              int(i64::from(r.status)), int(r.latency_ms as i64), opt_int(r.ttft_ms)])?);
+              count(r.prompt_tokens), count(r.completion_tokens), count(r.total_tokens), int(i64::from(r.estimated)),
+              int(i64::from(r.status)), count(r.latency_ms), opt_int(r.ttft_ms), text(r.ended.as_str()), count(r.cached_tokens),
+              count(r.reasoning_tokens), count(r.n), opt_int(r.max_tokens), count(r.prompt_bound), count(r.cost_micro),
+              int(i64::from(r.overrun))])?);
     }
     db.batch(batch).await?;
     Ok(())
@@ -450,11 +462,24 @@ pub struct UsageRow {
     pub status: f64,
     pub latency_ms: f64,
     pub ttft_ms: Option<f64>,
+    pub ended: String,
+    pub cached_tokens: f64,
+    pub reasoning_tokens: f64,
+    pub n: f64,
+    pub max_tokens: Option<f64>,
+    pub prompt_bound: f64,
+    pub cost_micro: f64,
+    pub overrun: f64,
 }
 
 impl UsageRow {
-    pub fn to_record(&self) -> UsageRecord {
-        UsageRecord {
+    /// The stored record; a row whose `ended` is not one the gateway writes is an error.
+    pub fn to_record(&self) -> Result<UsageRecord, Error> {
+        let ended = Ended::parse(&self.ended).ok_or_else(|| {
+            worker::console_error!("usage record {} has an unknown `ended`: {}", self.id, self.ended);
+            Error::internal("A stored usage record could not be read; it was logged.")
+        })?;
+        Ok(UsageRecord {
             id: self.id.clone(),
             created_at: self.created_at as i64,
             project_id: String::new(),
@@ -471,7 +496,15 @@ impl UsageRow {
             status: self.status as u16,
             latency_ms: self.latency_ms as u64,
             ttft_ms: self.ttft_ms.map(|t| t as u64),
-        }
+            ended,
+            cached_tokens: self.cached_tokens as u64,
+            reasoning_tokens: self.reasoning_tokens as u64,
+            n: self.n as u64,
+            max_tokens: self.max_tokens.map(|t| t as u64),
+            prompt_bound: self.prompt_bound as u64,
+            cost_micro: self.cost_micro as u64,
+            overrun: self.overrun != 0.0,
+        })
     }
 }
 
@@ -483,6 +516,8 @@ pub struct UsageGroup {
     pub completion_tokens: f64,
     pub total_tokens: f64,
     pub estimated_requests: f64,
+    pub cost_micro: f64,
+    pub overruns: f64,
 }
 
 const USAGE_FILTER: &str =
@@ -511,7 +546,9 @@ pub async fn usage_groups(
     let sql = format!(
         "SELECT {key} AS key, COUNT(*) AS requests, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, \
          COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(total_tokens), 0) AS total_tokens, \
-         COALESCE(SUM(estimated), 0) AS estimated_requests FROM usage_records WHERE {USAGE_FILTER}{group}");
+         COALESCE(SUM(estimated), 0) AS estimated_requests, COALESCE(SUM(cost_micro), 0) AS cost_micro, \
+         COALESCE(SUM(overrun), 0) AS overruns \
+         FROM usage_records WHERE {USAGE_FILTER}{group}");
     Ok(stmt(db, &sql, &usage_args(api_id, q))?
         .all()
         .await?
@@ -527,7 +564,8 @@ pub async fn usage_records(
 ) -> Result<Vec<UsageRow>, Error> {
     let sql = format!(
         "SELECT id, created_at, api_id, consumer_id, key_id, session_id, model, plan, prompt_tokens, completion_tokens, \
-         total_tokens, estimated, status, latency_ms, ttft_ms FROM usage_records WHERE {USAGE_FILTER} \
+         total_tokens, estimated, status, latency_ms, ttft_ms, ended, cached_tokens, reasoning_tokens, n, max_tokens, \
+         prompt_bound, cost_micro, overrun FROM usage_records WHERE {USAGE_FILTER} \
          ORDER BY created_at DESC, id LIMIT {limit}");
     Ok(stmt(db, &sql, &usage_args(api_id, q))?
         .all()

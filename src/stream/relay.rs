@@ -1,7 +1,8 @@
-//! Relays an upstream SSE stream event by event while metering it: counts the completion as it goes,
-//! captures the upstream's usage chunk (and hides it from clients that did not ask for it), and stops
-//! before any token beyond the granted budget, so the gateway can extend the budget or end the stream
-//! cleanly. A cut never leaves a half event at the client.
+//! Relays an upstream SSE stream event by event while metering it: counts every kind of generated
+//! output as it goes (by its UTF-8 bytes, which no tokenizer's count exceeds), captures the upstream's
+//! usage chunk (and hides it from clients that did not ask for it), and stops before any event that
+//! would pass the granted budget, so the gateway can extend the budget or end the stream cleanly. A
+//! cut never leaves a half event at the client.
 
 use std::collections::VecDeque;
 
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Error;
+use crate::limits::meter::output_bytes;
 use crate::stream::sse::{format_event, Event, Parser};
 
 /// Token counts as reported by the upstream.
@@ -17,6 +19,12 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Prompt tokens served from the provider's cache (`prompt_tokens_details.cached_tokens`).
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// Completion tokens spent reasoning (`completion_tokens_details.reasoning_tokens`).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 impl Usage {
@@ -31,11 +39,14 @@ impl Usage {
         let total = u
             .get("total_tokens")
             .and_then(Value::as_u64)
-            .unwrap_or(prompt + completion);
+            .unwrap_or(prompt.saturating_add(completion));
+        let detail = |path: &str| u.pointer(path).and_then(Value::as_u64).unwrap_or(0);
         Some(Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: total,
+            cached_tokens: detail("/prompt_tokens_details/cached_tokens"),
+            reasoning_tokens: detail("/completion_tokens_details/reasoning_tokens"),
         })
     }
 }
@@ -49,35 +60,6 @@ pub enum Next {
     NeedBudget,
 }
 
-/// Characters of generated text in a chunk: content, reasoning and tool-call arguments.
-fn generated_chars(v: &Value) -> usize {
-    let Some(choices) = v.get("choices").and_then(Value::as_array) else {
-        return 0;
-    };
-    choices
-        .iter()
-        .filter_map(|c| c.get("delta"))
-        .map(|d| {
-            let text = |k: &str| {
-                d.get(k)
-                    .and_then(Value::as_str)
-                    .map_or(0, |s| s.chars().count())
-            };
-            let tools = d
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .map_or(0, |calls| {
-                    calls
-                        .iter()
-                        .filter_map(|t| t.pointer("/function/arguments").and_then(Value::as_str))
-                        .map(|s| s.chars().count())
-                        .sum()
-                });
-            text("content") + text("reasoning_content") + text("reasoning") + tools
-        })
-        .sum()
-}
-
 #[derive(Debug)]
 pub struct Relay {
     parser: Parser,
@@ -88,7 +70,8 @@ pub struct Relay {
     strip_usage: bool,
     /// Completion tokens granted so far; `None` = unmetered.
     budget: Option<u64>,
-    chars: usize,
+    /// Bytes of generated output delivered: an upper bound of its tokens.
+    delivered: u64,
     usage: Option<Usage>,
 }
 
@@ -101,19 +84,37 @@ impl Relay {
             finished: false,
             strip_usage,
             budget,
-            chars: 0,
+            delivered: 0,
             usage: None,
         }
     }
 
-    /// Completion tokens delivered so far, estimated at four characters a token.
-    pub fn completion_estimate(&self) -> u64 {
-        (self.chars as u64).div_ceil(4)
+    /// The most completion tokens delivered so far (their bytes).
+    pub fn completion_bound(&self) -> u64 {
+        self.delivered
     }
 
     /// The upstream's own usage, if its usage chunk arrived.
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// The completion budget granted so far (`None`: unmetered).
+    pub fn budget(&self) -> Option<u64> {
+        self.budget
+    }
+
+    /// How much more budget the event waiting at the front needs to go out.
+    pub fn shortfall(&self) -> u64 {
+        let Some(budget) = self.budget else {
+            return 0;
+        };
+        let next = self
+            .pending
+            .front()
+            .and_then(|e| serde_json::from_str::<Value>(&e.data).ok())
+            .map_or(0, |v| output_bytes(&v));
+        self.delivered.saturating_add(next).saturating_sub(budget)
     }
 
     pub fn is_finished(&self) -> bool {
@@ -132,7 +133,7 @@ impl Relay {
     /// More budget arrived (may be zero); sends what now fits.
     pub fn grant(&mut self, tokens: u64) -> (Vec<u8>, Next) {
         if let Some(b) = &mut self.budget {
-            *b += tokens;
+            *b = b.saturating_add(tokens);
         }
         self.drain()
     }
@@ -147,17 +148,16 @@ impl Relay {
                 continue;
             }
             let parsed: Option<Value> = serde_json::from_str(&event.data).ok();
-            let added = parsed.as_ref().map_or(0, generated_chars);
+            let added = parsed.as_ref().map_or(0, output_bytes);
             if let Some(budget) = self.budget {
-                let after = ((self.chars + added) as u64).div_ceil(4);
-                if added > 0 && after > budget {
+                if added > 0 && self.delivered.saturating_add(added) > budget {
                     return (out.into_bytes(), Next::NeedBudget);
                 }
             }
             let Some(event) = self.pending.pop_front() else {
                 break;
             };
-            self.chars += added;
+            self.delivered = self.delivered.saturating_add(added);
             let mut data = event.data;
             if let Some(mut v) = parsed {
                 if let Some(u) = Usage::from_json(&v) {
@@ -284,7 +284,8 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 5,
                 completion_tokens: 3,
-                total_tokens: 8
+                total_tokens: 8,
+                ..Usage::default()
             })
         );
         let mut shown = Relay::new(false, None);
@@ -305,8 +306,8 @@ mod tests {
 
     #[test]
     fn budget_holds_back_the_event_that_would_exceed_it() {
-        // Each chunk is 8 characters = 2 tokens; a budget of 5 fits two chunks (4 tokens) but not three (6).
-        let mut r = Relay::new(true, Some(5));
+        // Each chunk is 8 bytes, at most 8 tokens; a budget of 20 fits two chunks (16) but not three (24).
+        let mut r = Relay::new(true, Some(20));
         let stream = format!(
             "{}{}{}",
             content("12345678"),
@@ -316,19 +317,19 @@ mod tests {
         let (out, next) = r.on_chunk(stream.as_bytes());
         assert_eq!(events(&out).len(), 2);
         assert_eq!(next, Next::NeedBudget);
-        assert_eq!(r.completion_estimate(), 4);
+        assert_eq!(r.completion_bound(), 16);
         let (out, next) = r.grant(0);
         assert!(out.is_empty());
         assert_eq!(next, Next::NeedBudget);
-        let (out, next) = r.grant(2);
+        let (out, next) = r.grant(4);
         assert_eq!(events(&out).len(), 1);
         assert_eq!(next, Next::Read);
-        assert_eq!(r.completion_estimate(), 6);
+        assert_eq!(r.completion_bound(), 24);
     }
 
     #[test]
     fn quota_cut_keeps_what_was_sent_then_error_and_done() {
-        let mut r = Relay::new(true, Some(2));
+        let mut r = Relay::new(true, Some(8));
         let (sent, next) =
             r.on_chunk(format!("{}{}", content("12345678"), content("abcdefgh")).as_bytes());
         assert_eq!(next, Next::NeedBudget);
@@ -349,8 +350,21 @@ mod tests {
     }
 
     #[test]
-    fn counts_reasoning_and_tool_arguments() {
-        let v: Value = serde_json::from_str(r#"{"choices":[{"delta":{"reasoning_content":"abcd","tool_calls":[{"function":{"arguments":"{\"x\":1}"}}]}}]}"#).unwrap();
-        assert_eq!(generated_chars(&v), 4 + 7);
+    fn tool_calls_refusals_and_cjk_count_against_the_budget() {
+        let tool = "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"q\\\":1}\"}}]}}]}\n\n";
+        let refusal = "data: {\"choices\":[{\"delta\":{\"refusal\":\"no\"}}]}\n\n";
+        let cjk = content("漢字漢字");
+        let mut r = Relay::new(true, Some(8 + 2 + 11));
+        let (out, next) = r.on_chunk(format!("{tool}{refusal}{cjk}").as_bytes());
+        assert_eq!(events(&out).len(), 2, "the CJK chunk (12 bytes) does not fit the 11 left");
+        assert_eq!((next, r.completion_bound()), (Next::NeedBudget, 8 + 2));
+    }
+
+    #[test]
+    fn usage_details_are_read() {
+        let v: Value = serde_json::from_str(r#"{"usage":{"prompt_tokens":10,"completion_tokens":5,
+            "prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":3}}}"#).unwrap();
+        let u = Usage::from_json(&v).unwrap();
+        assert_eq!((u.total_tokens, u.cached_tokens, u.reasoning_tokens), (15, 4, 3));
     }
 }

@@ -3,7 +3,6 @@
 use serde_json::{json, Value};
 
 use crate::stream::sse::format_event;
-use crate::upstream::{estimate_tokens, prompt_text};
 
 /// Milliseconds the edge waits before each streamed token, so streaming is visible.
 pub const TOKEN_DELAY_MS: u64 = 25;
@@ -15,6 +14,39 @@ pub struct DemoReply {
     pub created: i64,
     pub tokens: Vec<String>,
     pub prompt_tokens: u64,
+    /// `length` when the cap cut the reply short, else `stop`.
+    pub finish_reason: &'static str,
+}
+
+/// Rough token count of the demo model: about four characters a token.
+fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+/// The text of every message, as the demo model reads it.
+fn prompt_text(body: &Value) -> String {
+    body.get("messages")
+        .and_then(Value::as_array)
+        .map(|m| {
+            m.iter()
+                .filter_map(|msg| msg.get("content"))
+                .map(|c| match c {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// The completion cap the request carries (an honest model stops there).
+fn cap(body: &Value) -> Option<usize> {
+    ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .filter_map(|k| body.get(*k).and_then(Value::as_u64))
+        .min()
+        .map(|c| usize::try_from(c).unwrap_or(usize::MAX))
 }
 
 fn last_user_text(body: &Value) -> String {
@@ -54,6 +86,11 @@ impl DemoReply {
              Every word of this reply was streamed to you through the gateway, token by token."
         );
         let mut tokens: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+        let mut finish_reason = "stop";
+        if let Some(cap) = cap(body).filter(|c| *c < tokens.len()) {
+            tokens.truncate(cap);
+            finish_reason = "length";
+        }
         if tokens.is_empty() {
             tokens.push(String::new());
         }
@@ -62,8 +99,8 @@ impl DemoReply {
             model: model.to_string(),
             created,
             tokens,
-            prompt_tokens: estimate_tokens(&body.as_object().map(prompt_text).unwrap_or_default())
-                .max(1),
+            prompt_tokens: estimate_tokens(&prompt_text(body)).max(1),
+            finish_reason,
         }
     }
 
@@ -94,7 +131,7 @@ impl DemoReply {
             };
             frames.push(format_event(None, &self.chunk(delta, None)));
         }
-        frames.push(format_event(None, &self.chunk(json!({}), Some("stop"))));
+        frames.push(format_event(None, &self.chunk(json!({}), Some(self.finish_reason))));
         let usage = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [], "usage": self.usage(),
@@ -108,7 +145,7 @@ impl DemoReply {
     pub fn completion(&self) -> Value {
         json!({
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text()}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text()}, "finish_reason": self.finish_reason}],
             "usage": self.usage(),
         })
     }
@@ -178,5 +215,16 @@ mod tests {
         assert!(r.text().contains("\"\""));
         assert_eq!(estimate_tokens(""), 0);
         assert_eq!(estimate_tokens("abcde"), 2);
+    }
+
+    #[test]
+    fn the_demo_model_honours_the_cap() {
+        let mut b = body("hi");
+        b["max_tokens"] = json!(3);
+        let r = DemoReply::new(&b, "m", 0);
+        assert_eq!((r.tokens.len(), r.finish_reason), (3, "length"));
+        assert_eq!(r.completion()["usage"]["completion_tokens"], 3);
+        b["max_completion_tokens"] = json!(2);
+        assert_eq!(DemoReply::new(&b, "m", 0).tokens.len(), 2);
     }
 }

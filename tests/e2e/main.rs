@@ -10,6 +10,7 @@ mod support;
 
 mod auth;
 mod quotas;
+mod spend;
 
 use std::future::Future;
 use std::io::Write;
@@ -111,6 +112,19 @@ async fn run() -> ExitCode {
         quotas::plan_models_and_max_tokens_are_enforced,
         quotas::usage_reports_for_owner_and_consumer,
         quotas::restart_keeps_counters_and_unflushed_usage,
+        spend::sixty_uncapped_requests_book_at_most_the_daily_tokens,
+        spend::an_upstream_that_ignores_the_cap_is_booked_as_an_overrun,
+        spend::n_choices_reserve_n_caps,
+        spend::a_model_outside_the_list_never_reaches_the_upstream,
+        spend::hostile_bodies_are_refused_and_caps_sent_under_one_name,
+        spend::huge_prompts_are_refused_by_their_bound,
+        spend::output_of_every_kind_is_metered_and_cut,
+        spend::a_stream_cut_at_its_first_event_books_its_prompt,
+        spend::an_upstream_timeout_books_the_prompt_it_was_sent,
+        spend::a_client_hanging_up_during_an_upstream_stall_frees_its_slot,
+        spend::a_stream_longer_than_the_lease_keeps_its_slot_and_record,
+        spend::twenty_parallel_requests_on_a_cent_book_at_most_a_cent,
+        spend::prices_and_spend_limits_are_validated,
         auth::managed_sign_in_with_an_emailed_code,
         auth::refresh_rotates_and_reuse_revokes_the_session,
         auth::racing_refreshes_with_one_token_do_not_both_succeed,
@@ -152,6 +166,8 @@ async fn run() -> ExitCode {
         ("EMAIL_API_KEY".to_string(), "test-mail-key".to_string()),
         // Dev mode lets a BYO-JWT `jwks_url` be plain http on loopback (the test's JWKS server).
         ("SLUICE_DEV".to_string(), "1".to_string()),
+        // Leases expire 3 s after their last renewal, so abandoned and long requests test quickly.
+        ("SLUICE_LEASE_TTL_MS".to_string(), "3000".to_string()),
     ];
     let mut gateway = match Gateway::start_with(vars).await {
         Ok(g) => g,
@@ -379,7 +395,7 @@ fn stream_summary(s: &StreamRecord) -> String {
 async fn streamed_reply_arrives_chunk_by_chunk(c: Arc<Ctx>) -> CaseResult {
     let slug = "stream-chunks";
     let t = c
-        .tenant_on_mock(slug, "ok/chunks/5/delay/200", json!({}))
+        .tenant_on_mock(slug, "ok/chunks/5/delay/200", json!({"models": ["mock-1"]}))
         .await?;
     // The client asks for the usage chunk, so a gateway that meters usage passes it on as well.
     let mut body = chat_body(Some("mock-1"), "stream please", true);
@@ -464,7 +480,9 @@ async fn streamed_reply_arrives_chunk_by_chunk(c: Arc<Ctx>) -> CaseResult {
 
 async fn non_streamed_reply_is_passed_through(c: Arc<Ctx>) -> CaseResult {
     let slug = "non-stream";
-    let t = c.tenant_on_mock(slug, "ok/chunks/4", json!({})).await?;
+    let t = c
+        .tenant_on_mock(slug, "ok/chunks/4", json!({"models": ["client-model"]}))
+        .await?;
     let body = json!({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], "temperature": 0.5});
     let reply = c
         .send_chat(&t, Some((&t.secret, KeyHeader::Bearer)), &body)

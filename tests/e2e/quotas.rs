@@ -10,7 +10,7 @@ use super::{assert_problem, stream_summary, CaseResult, Ctx, STREAM_LIMIT};
 use crate::support::*;
 
 /// Sets limits on the API's default plan.
-async fn limit_default_plan(c: &Ctx, t: &Tenant, limits: Value) -> Result<Value> {
+pub async fn limit_default_plan(c: &Ctx, t: &Tenant, limits: Value) -> Result<Value> {
     let r = c
         .admin
         .call(
@@ -25,7 +25,7 @@ async fn limit_default_plan(c: &Ctx, t: &Tenant, limits: Value) -> Result<Value>
 
 /// The API's usage report (`query` like `group_by=consumer`), polled until `ready` holds (the
 /// counter flushes its outbox to D1 from an alarm about half a second after a request ends).
-async fn usage_until(
+pub async fn usage_until(
     c: &Ctx,
     t: &Tenant,
     query: &str,
@@ -38,7 +38,7 @@ async fn usage_until(
     .await
 }
 
-fn records(v: &Value) -> Vec<Value> {
+pub fn records(v: &Value) -> Vec<Value> {
     v["records"].as_array().cloned().unwrap_or_default()
 }
 
@@ -145,11 +145,12 @@ pub async fn rate_limit_headers_on_streamed_and_plain_answers(c: Arc<Ctx>) -> Ca
 
 pub async fn stream_over_the_daily_token_quota_ends_cleanly(c: Arc<Ctx>) -> CaseResult {
     let slug = "quota-midstream";
-    // 40 chunks of "tokN " (5-6 characters, ~1.5 tokens each): far more than a 20-token day.
+    // 40 chunks of "tokN " (5-6 bytes each) from an upstream that ignores the cap: far more than a
+    // 100-token day holds once the prompt's bound (30 tokens for "hi") is reserved.
     let t = c
         .tenant_on_mock(slug, "ok/chunks/40/delay/5", json!({}))
         .await?;
-    limit_default_plan(&c, &t, json!({"tokens_per_day": 20})).await?;
+    limit_default_plan(&c, &t, json!({"tokens_per_day": 100})).await?;
     let s = send_and_stream(
         c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
             .json(&chat_body(None, "hi", true)),
@@ -171,23 +172,25 @@ pub async fn stream_over_the_daily_token_quota_ends_cleanly(c: Arc<Ctx>) -> Case
     let problem = s.events[n - 2].json().ok_or("error data is not JSON")?;
     assert_eq!(problem["type"], "quota-exceeded", "{summary}");
     assert_eq!(problem["scope"], "tokens_per_day");
-    assert_eq!(problem["limit"], 20);
+    assert_eq!(problem["limit"], 100);
     assert!(s.events[n - 1].is_done(), "[DONE] last: {summary}");
-    // Delivered text stays within the budget: ~4 characters a token, prompt included.
-    assert!(
-        text.len() <= 20 * 4,
-        "{} characters delivered for a 20-token budget",
-        text.len()
-    );
 
     let usage = usage_until(&c, &t, "", |v| !records(v).is_empty()).await?;
     let rec = &records(&usage)[0];
     assert_eq!(rec["estimated"], true, "no usage chunk arrived: {rec}");
     assert_eq!(rec["status"], 429, "{rec}");
+    assert_eq!(rec["ended"], "budget_cut", "{rec}");
+    // What was delivered, counted by its bytes (no tokenizer counts more), stays within the day.
+    let bound = rec["prompt_bound"].as_u64().ok_or("prompt_bound")?;
+    assert!(
+        bound + text.len() as u64 <= 100,
+        "{} bytes delivered after a {bound}-token prompt on a 100-token day",
+        text.len()
+    );
     let total = rec["total_tokens"].as_u64().ok_or("total_tokens")?;
     assert!(
-        (1..=20).contains(&total),
-        "recorded {total} tokens within the 20-token day: {rec}"
+        (bound + 1..=100).contains(&total),
+        "recorded {total} tokens within the 100-token day: {rec}"
     );
 
     let next = c.chat_ok(&t).await?;

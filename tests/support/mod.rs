@@ -813,6 +813,14 @@ impl SseParser {
 ///   another, then closes the socket without ending the chunked body.
 /// - `hang/<ms>` — waits that long before the response head, then answers like `ok`.
 ///
+/// Modifiers for `ok`, `hang` and `cut`:
+/// - `honour/1` — an upstream that honours the cap: at most `max_tokens` (or
+///   `max_completion_tokens`) chunks per choice, each chunk one token. Without it the mock ignores caps.
+/// - `kind/<k>` — what the chunks carry: `content` (default), `tools` (tool-call arguments),
+///   `function` (a legacy function call), `refusal`, `audio` (a transcript) or `cjk` (CJK text).
+/// - `prompt/<n>` — the prompt tokens it reports (default 7); `nousage/1` — no usage at all.
+/// - `stall/<ms>` — a stream pauses that long after its first chunk.
+///
 /// Any other `key/value` pair (e.g. `tag/<name>`) is ignored, so a test can mark its requests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
@@ -820,6 +828,19 @@ pub struct Scenario {
     pub chunks: usize,
     pub delay_ms: u64,
     pub params: HashMap<String, String>,
+}
+
+impl Scenario {
+    fn flag(&self, name: &str) -> bool {
+        self.params.get(name).is_some_and(|v| v == "1")
+    }
+    fn number(&self, name: &str) -> Option<u64> {
+        self.params.get(name).and_then(|v| v.parse().ok())
+    }
+    /// What each chunk carries.
+    pub fn output(&self) -> &str {
+        self.params.get("kind").map_or("content", String::as_str)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -870,6 +891,21 @@ impl Scenario {
 /// The text of content chunk `i` (0-based) the mock streams.
 pub fn mock_chunk_text(i: usize) -> String {
     format!("tok{i} ")
+}
+
+/// The CJK text of chunk `i` for `kind/cjk`: four characters, 12 bytes.
+pub fn mock_cjk_text(i: usize) -> String {
+    const SET: [&str; 4] = ["漢字テス", "中文输出", "한국어요", "日本語だ"];
+    SET[i % 4].to_string()
+}
+
+/// The generated text chunk `i` carries for `kind`.
+pub fn mock_output_text(kind: &str, i: usize) -> String {
+    match kind {
+        "cjk" => mock_cjk_text(i),
+        "tools" | "function" => format!("{{\"k{i}\":1}}"),
+        _ => mock_chunk_text(i),
+    }
 }
 
 /// The whole reply text for `n` chunks (also the non-streamed completion's content).
@@ -1121,11 +1157,32 @@ fn sse(data: &str) -> Vec<u8> {
 }
 
 fn stream_chunk(id: &str, model: &str, i: usize, n: usize) -> Vec<u8> {
-    let delta = if i == 0 {
-        json!({"role": "assistant", "content": mock_chunk_text(i)})
-    } else {
-        json!({"content": mock_chunk_text(i)})
+    stream_chunk_of("content", id, model, i, n)
+}
+
+/// The delta of chunk `i` for `kind`.
+fn delta_of(kind: &str, i: usize) -> Value {
+    let text = mock_output_text(kind, i);
+    let mut delta = match kind {
+        "tools" => json!({"tool_calls": [{"index": 0, "function": {"arguments": text}}]}),
+        "function" => json!({"function_call": {"arguments": text}}),
+        "refusal" => json!({"refusal": text}),
+        "audio" => json!({"audio": {"transcript": text}}),
+        _ => json!({"content": text}),
     };
+    if i == 0 {
+        delta["role"] = json!("assistant");
+        if kind == "tools" {
+            delta["tool_calls"][0]["id"] = json!("call_mock");
+            delta["tool_calls"][0]["type"] = json!("function");
+            delta["tool_calls"][0]["function"]["name"] = json!("lookup");
+        }
+    }
+    delta
+}
+
+fn stream_chunk_of(kind: &str, id: &str, model: &str, i: usize, n: usize) -> Vec<u8> {
+    let delta = delta_of(kind, i);
     let finish = if i + 1 == n {
         json!("stop")
     } else {
@@ -1138,8 +1195,17 @@ fn stream_chunk(id: &str, model: &str, i: usize, n: usize) -> Vec<u8> {
     .to_string())
 }
 
-fn usage(n: usize) -> Value {
-    json!({"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n})
+fn usage(prompt: u64, n: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n as u64})
+}
+
+/// The completion cap the request carries (the smaller name wins), if any.
+fn request_cap(body: &Value) -> Option<usize> {
+    ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .filter_map(|k| body.get(*k).and_then(Value::as_u64))
+        .min()
+        .map(|c| c as usize)
 }
 
 /// Answers one request; returns whether the connection may carry another.
@@ -1168,7 +1234,20 @@ async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let id = format!("chatcmpl-mock{}", out.seq);
     let delay = Duration::from_millis(scenario.delay_ms);
-    let n = scenario.chunks;
+    let mut n = scenario.chunks;
+    if scenario.flag("honour") {
+        if let Some(cap) = request_cap(&body) {
+            n = n.min(cap);
+        }
+    }
+    let choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1) as usize;
+    let shape = Shape {
+        kind: scenario.output().to_string(),
+        prompt: scenario.number("prompt").unwrap_or(7),
+        usage: !scenario.flag("nousage"),
+        stall: Duration::from_millis(scenario.number("stall").unwrap_or(0)),
+        choices,
+    };
 
     match scenario.kind {
         ScenarioKind::Status(code) => {
@@ -1183,31 +1262,42 @@ async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
         }
         ScenarioKind::Hang(ms) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            answer_ok(out, &id, &model, stream, n, delay).await
+            answer_ok(out, &id, &model, stream, n, delay, &shape).await
         }
-        ScenarioKind::Ok => answer_ok(out, &id, &model, stream, n, delay).await,
+        ScenarioKind::Ok => answer_ok(out, &id, &model, stream, n, delay, &shape).await,
         ScenarioKind::Cut => {
-            let chunks: Vec<Vec<u8>> = (0..n.max(1))
-                .map(|i| stream_chunk(&id, &model, i, n + 1))
+            let chunks: Vec<Vec<u8>> = (0..n)
+                .map(|i| stream_chunk_of(&shape.kind, &id, &model, i, n + 1))
                 .collect();
             if stream {
-                out.chunked_head(200, "text/event-stream", &chunks[0])
-                    .await?;
-                for c in &chunks[1..] {
-                    tokio::time::sleep(delay).await;
-                    out.chunk(c).await?;
-                }
-                tokio::time::sleep(delay).await;
                 // Half of the next event, in a chunk that promises more than ever comes.
-                let next = stream_chunk(&id, &model, n, n + 1);
+                let next = stream_chunk_of(&shape.kind, &id, &model, n, n + 1);
                 let half = &next[..next.len() / 2];
                 let mut partial = format!("{:x}\r\n", next.len()).into_bytes();
                 partial.extend_from_slice(half);
-                out.note(None, half);
-                out.sock.write_all(&partial).await?;
+                match chunks.first() {
+                    Some(first) => {
+                        out.chunked_head(200, "text/event-stream", first).await?;
+                        for c in &chunks[1..] {
+                            tokio::time::sleep(delay).await;
+                            out.chunk(c).await?;
+                        }
+                        tokio::time::sleep(delay).await;
+                        out.note(None, half);
+                        out.sock.write_all(&partial).await?;
+                    }
+                    None => {
+                        // Cut at the very first event: the head, then half an event, then nothing.
+                        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                        let mut bytes = head.as_bytes().to_vec();
+                        bytes.extend_from_slice(&partial);
+                        out.note(Some(200), half);
+                        out.sock.write_all(&bytes).await?;
+                    }
+                }
             } else {
                 // A Content-Length that is never reached.
-                let body = completion(&id, &model, n);
+                let body = completion(&id, &model, n, &shape);
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                     body.len()
@@ -1223,14 +1313,39 @@ async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
     }
 }
 
-fn completion(id: &str, model: &str, n: usize) -> Vec<u8> {
-    json!({
-        "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": mock_text(n)}, "finish_reason": "stop"}],
-        "usage": usage(n),
-    })
-    .to_string()
-    .into_bytes()
+/// How an answer looks, beyond its length.
+struct Shape {
+    kind: String,
+    prompt: u64,
+    usage: bool,
+    stall: Duration,
+    choices: usize,
+}
+
+/// The whole message of a non-streamed answer of `n` chunks of `kind`.
+fn message_of(kind: &str, n: usize) -> Value {
+    let text: String = (0..n).map(|i| mock_output_text(kind, i)).collect();
+    match kind {
+        "tools" => json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_mock", "type": "function", "function": {"name": "lookup", "arguments": text}}]}),
+        "function" => json!({"role": "assistant", "content": null, "function_call": {"name": "lookup", "arguments": text}}),
+        "refusal" => json!({"role": "assistant", "content": null, "refusal": text}),
+        "audio" => json!({"role": "assistant", "content": null, "audio": {"id": "audio_1", "transcript": text}}),
+        _ => json!({"role": "assistant", "content": text}),
+    }
+}
+
+fn completion(id: &str, model: &str, n: usize, shape: &Shape) -> Vec<u8> {
+    let choices: Vec<Value> = (0..shape.choices)
+        .map(|i| json!({"index": i, "message": message_of(&shape.kind, n), "finish_reason": "stop"}))
+        .collect();
+    let mut v = json!({
+        "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model, "choices": choices,
+    });
+    if shape.usage {
+        v["usage"] = usage(shape.prompt, n * shape.choices);
+    }
+    v.to_string().into_bytes()
 }
 
 async fn answer_ok(
@@ -1240,25 +1355,31 @@ async fn answer_ok(
     stream: bool,
     n: usize,
     delay: Duration,
+    shape: &Shape,
 ) -> io::Result<bool> {
     if !stream {
-        out.whole(200, "application/json", "", &completion(id, model, n))
+        out.whole(200, "application/json", "", &completion(id, model, n, shape))
             .await?;
         return Ok(true);
     }
-    let usage_chunk = sse(&json!({
-        "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-        "choices": [], "usage": usage(n),
-    })
-    .to_string());
-    let mut payloads: Vec<Vec<u8>> = (0..n).map(|i| stream_chunk(id, model, i, n)).collect();
-    payloads.push(usage_chunk);
+    let mut payloads: Vec<Vec<u8>> = (0..n).map(|i| stream_chunk_of(&shape.kind, id, model, i, n)).collect();
+    let content_chunks = payloads.len();
+    if shape.usage {
+        payloads.push(sse(&json!({
+            "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+            "choices": [], "usage": usage(shape.prompt, n),
+        })
+        .to_string()));
+    }
     payloads.push(sse("[DONE]"));
     out.chunked_head(200, "text/event-stream", &payloads[0])
         .await?;
+    if !shape.stall.is_zero() {
+        tokio::time::sleep(shape.stall).await;
+    }
     for (i, p) in payloads.iter().enumerate().skip(1) {
         // Content chunks are `delay` apart; usage and [DONE] follow the last one at once.
-        if i < n {
+        if i < content_chunks {
             tokio::time::sleep(delay).await;
         }
         out.chunk(p).await?;

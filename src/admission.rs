@@ -1,0 +1,377 @@
+//! An admitted request's lease in the consumer's counter, on the edge: reserved by `admit`, renewed
+//! while the request lives (so a long stream keeps its slot), and settled exactly once: by `settle`,
+//! or, if the request is dropped first (the client went away), by the fallback its `Drop` sends. The
+//! settle call itself runs in the runtime's `wait_until`, so it survives the client; `settle` waits
+//! for it, so an answer seen in full always has its usage stored.
+//!
+//! `Watch` is how a waiting request notices its client: the incoming request's abort signal (the
+//! `enable_request_signal` compatibility flag) fires where the runtime detects a hang-up (the
+//! Cloudflare edge does; local workerd notices only when a write fails, which is why a quiet stream
+//! sends heartbeats), and its timers say when to renew the lease and when a stream has been idle.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use futures_channel::oneshot;
+use futures_util::future::poll_fn;
+use futures_util::FutureExt;
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::JsCast;
+use worker::{Context, Env, Request};
+
+use crate::error::Error;
+use crate::http::now_ms;
+use crate::limits::counter::{Ask, Outcome, Refusal, Window};
+use crate::limits::headers::rate_limit_headers;
+use crate::limits::ops::{CounterReply, CounterRequest};
+use crate::limits::plan::Limits;
+use crate::store::counter_do as counter;
+use crate::usage::{Ended, UsageRecord};
+
+type SettleMsg = (Outcome, Option<oneshot::Sender<()>>);
+
+/// Where a request stands, for the outcome filed if it is dropped before it settles.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// The prompt may have reached the upstream: from here on it is booked.
+    pub sent_upstream: bool,
+    /// Completion tokens delivered so far (their upper bound).
+    pub delivered: u64,
+    pub ttft_ms: Option<u64>,
+}
+
+/// A live lease. Dropping it unsettled files a `client_gone` outcome built from `progress`.
+pub struct Lease {
+    env: Env,
+    api_id: String,
+    consumer_id: String,
+    pub id: String,
+    pub limits: Limits,
+    pub plan: String,
+    /// The completion cap per choice the counter granted (`None`: nothing limits it).
+    pub cap: Option<u64>,
+    pub windows: Vec<Window>,
+    pub started: i64,
+    pub prompt_bound: u64,
+    /// Choices asked for.
+    pub n: u64,
+    /// Renewals come three times per lease lifetime.
+    renew_every_ms: i64,
+    pub progress: Progress,
+    settle: Option<oneshot::Sender<SettleMsg>>,
+}
+
+/// Who is asking and for what: the counter's key and the request's worst case.
+pub struct Claim<'a> {
+    pub api_id: &'a str,
+    pub consumer_id: &'a str,
+    pub limits: &'a Limits,
+    pub plan: &'a str,
+    pub ask: Ask,
+    pub record: UsageRecord,
+}
+
+/// Phase 4's counter call: admits (holding the worst case) or refuses with the window's problem.
+pub async fn admit(env: &Env, ctx: &Context, claim: Claim<'_>) -> Result<Lease, Error> {
+    let now = claim.record.created_at;
+    let lease_id = claim.record.id.clone();
+    let (prompt_bound, n, ttl) = (claim.ask.prompt, claim.ask.n, claim.ask.lease_ttl_ms);
+    let op = CounterRequest::Admit {
+        now,
+        limits: claim.limits.clone(),
+        lease_id: lease_id.clone(),
+        ask: claim.ask,
+        record: Box::new(claim.record),
+    };
+    let (cap, windows) = match counter::call(env, claim.api_id, claim.consumer_id, &op).await? {
+        CounterReply::Admitted { cap, windows } => (cap, windows),
+        CounterReply::Refused { refusal, windows } => {
+            return Err(refusal
+                .to_error(claim.plan)
+                .with_headers(rate_limit_headers(&windows, now)));
+        }
+        _ => return Err(Error::internal("The counter answered an admission with something else.")),
+    };
+    let (tx, rx) = oneshot::channel::<SettleMsg>();
+    let (task_env, api_id, consumer_id, id) = (
+        env.clone(),
+        claim.api_id.to_string(),
+        claim.consumer_id.to_string(),
+        lease_id.clone(),
+    );
+    ctx.wait_until(async move {
+        // The sender is consumed by `settle` or by `Drop`, so a message always comes.
+        let Ok((outcome, done)) = rx.await else {
+            return;
+        };
+        let op = CounterRequest::Settle {
+            now: now_ms(),
+            lease_id: id.clone(),
+            outcome,
+        };
+        if let Err(e) = counter::call(&task_env, &api_id, &consumer_id, &op).await {
+            // The lease then expires and is booked at its reservation, with an `abandoned` record.
+            worker::console_error!("settle failed for {id}: {}", e.detail);
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    });
+    Ok(Lease {
+        env: env.clone(),
+        api_id: claim.api_id.to_string(),
+        consumer_id: claim.consumer_id.to_string(),
+        id: lease_id,
+        limits: claim.limits.clone(),
+        plan: claim.plan.to_string(),
+        cap,
+        windows,
+        started: now,
+        prompt_bound,
+        n,
+        renew_every_ms: ttl / 3,
+        progress: Progress::default(),
+        settle: Some(tx),
+    })
+}
+
+impl Lease {
+    async fn op(&self, op: CounterRequest) -> Result<CounterReply, Error> {
+        counter::call(&self.env, &self.api_id, &self.consumer_id, &op).await
+    }
+
+    /// Settles once, and waits until the counter has booked it and filed the record.
+    pub async fn settle(mut self, outcome: Outcome) {
+        let (done, settled) = oneshot::channel();
+        if let Some(tx) = self.settle.take() {
+            if tx.send((outcome, Some(done))).is_ok() {
+                let _ = settled.await;
+            }
+        }
+    }
+
+    /// The outcome when the request ends with `ended` and no usage report: the prompt is booked at
+    /// its bound once it was sent, the completion at what was delivered.
+    pub fn estimated(&self, status: u16, ended: Ended) -> Outcome {
+        Outcome {
+            status,
+            ended,
+            prompt_tokens: if self.progress.sent_upstream { self.prompt_bound } else { 0 },
+            completion_tokens: self.progress.delivered,
+            estimated: self.progress.sent_upstream,
+            latency_ms: self.elapsed(),
+            ttft_ms: self.progress.ttft_ms,
+            ..Outcome::default()
+        }
+    }
+
+    pub fn elapsed(&self) -> u64 {
+        (now_ms() - self.started).max(0) as u64
+    }
+
+    /// Keeps the lease from expiring under a long request.
+    pub async fn renew(&self) {
+        let op = CounterRequest::Renew {
+            now: now_ms(),
+            lease_id: self.id.clone(),
+        };
+        if let Err(e) = self.op(op).await {
+            worker::console_error!("lease {} not renewed: {}", self.id, e.detail);
+        }
+    }
+
+    /// Asks for `want` more completion tokens: `Ok(granted)`, or the refusal that ends the stream.
+    pub async fn extend(&self, want: u64) -> Result<u64, Error> {
+        let now = now_ms();
+        let op = CounterRequest::Extend {
+            now,
+            limits: self.limits.clone(),
+            lease_id: self.id.clone(),
+            want,
+        };
+        match self.op(op).await? {
+            CounterReply::Extended { granted, .. } if granted > 0 => Ok(granted),
+            CounterReply::Extended { windows, .. } => {
+                Err(Refusal::exhausted(&windows, now).to_error(&self.plan))
+            }
+            _ => Err(Error::internal("The counter answered an extension with something else.")),
+        }
+    }
+
+    /// Awaits `fut` while the client is there, renewing the lease on schedule; `None` when the
+    /// client went away first.
+    pub async fn while_client_waits<F: Future>(&self, watch: &mut Watch, fut: F) -> Option<F::Output> {
+        let fut = std::pin::pin!(fut);
+        match self.wait(watch, fut, None).await {
+            Woke::Done(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Like `while_client_waits`, and also wakes with `Woke::Idle` when `idle_ms` pass first (the
+    /// idle timer runs across calls, so a busy stream arms one timer per `idle_ms`, not per read).
+    pub async fn wait<F: Future>(
+        &self,
+        watch: &mut Watch,
+        mut fut: Pin<&mut F>,
+        idle_ms: Option<i64>,
+    ) -> Woke<F::Output> {
+        loop {
+            match watch.race(fut.as_mut(), self.renew_every_ms, idle_ms).await {
+                Woke::Renew => self.renew().await,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(tx) = self.settle.take() {
+            let _ = tx.send((self.estimated(499, Ended::ClientGone), None));
+        }
+    }
+}
+
+/// What woke a waiting request.
+pub enum Woke<T> {
+    Done(T),
+    /// The client hung up.
+    Gone,
+    /// Time to renew the lease.
+    Renew,
+    /// The idle time passed with nothing done.
+    Idle,
+}
+
+/// The client's presence and the lease's renewal schedule, for one request.
+pub struct Watch {
+    gone: oneshot::Receiver<()>,
+    signal: worker::web_sys::AbortSignal,
+    _on_abort: Closure<dyn FnMut()>,
+    /// Set on the first wait, so a quick request arms no timer.
+    renew_at: Option<Timer>,
+    idle_at: Option<Timer>,
+}
+
+impl Watch {
+    pub fn new(req: &Request) -> Watch {
+        let (tx, gone) = oneshot::channel::<()>();
+        let mut tx = Some(tx);
+        let signal = req.inner().signal();
+        let on_abort = Closure::<dyn FnMut()>::new(move || {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(());
+            }
+        });
+        signal.set_onabort(Some(on_abort.as_ref().unchecked_ref()));
+        Watch {
+            gone,
+            signal,
+            _on_abort: on_abort,
+            renew_at: None,
+            idle_at: None,
+        }
+    }
+
+    /// Polls `fut` against the client's hang-up, the renewal timer (every `renew_ms`) and, when
+    /// asked, the idle timer.
+    async fn race<F: Future>(
+        &mut self,
+        mut fut: Pin<&mut F>,
+        renew_ms: i64,
+        idle_ms: Option<i64>,
+    ) -> Woke<F::Output> {
+        let timer = self.renew_at.get_or_insert_with(|| Timer::after(renew_ms));
+        if let (None, Some(ms)) = (&self.idle_at, idle_ms) {
+            self.idle_at = Some(Timer::after(ms));
+        }
+        let idle = self.idle_at.as_ref();
+        let aborted = self.signal.aborted();
+        let gone = &mut self.gone;
+        let woke = poll_fn(|cx| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Woke::Done(v));
+            }
+            if aborted || gone.poll_unpin(cx).is_ready() {
+                return Poll::Ready(Woke::Gone);
+            }
+            if timer.poll_fired(cx) {
+                return Poll::Ready(Woke::Renew);
+            }
+            if idle.is_some_and(|t| t.poll_fired(cx)) {
+                return Poll::Ready(Woke::Idle);
+            }
+            Poll::Pending
+        })
+        .await;
+        match woke {
+            Woke::Renew => self.renew_at = None,
+            Woke::Idle => self.idle_at = None,
+            _ => {}
+        }
+        woke
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.signal.set_onabort(None);
+    }
+}
+
+/// A one-shot timer that wakes whichever task polled it last (a stream is polled from a new task
+/// on every read, so the waker of the first poll may be long gone).
+struct Timer {
+    fired: Rc<Cell<bool>>,
+    waker: Rc<RefCell<Option<Waker>>>,
+    timeout_id: Option<i32>,
+    _callback: Closure<dyn FnMut()>,
+}
+
+impl Timer {
+    fn after(ms: i64) -> Timer {
+        let fired = Rc::new(Cell::new(false));
+        let waker: Rc<RefCell<Option<Waker>>> = Rc::new(RefCell::new(None));
+        let (f, w) = (fired.clone(), waker.clone());
+        let callback = Closure::<dyn FnMut()>::new(move || {
+            f.set(true);
+            if let Some(w) = w.borrow_mut().take() {
+                w.wake();
+            }
+        });
+        let global: worker::web_sys::WorkerGlobalScope = worker::js_sys::global().unchecked_into();
+        let timeout_id = global
+            .set_timeout_with_callback_and_timeout_and_arguments_0(
+                callback.as_ref().unchecked_ref(),
+                i32::try_from(ms).unwrap_or(i32::MAX),
+            )
+            .ok();
+        Timer {
+            fired,
+            waker,
+            timeout_id,
+            _callback: callback,
+        }
+    }
+
+    fn poll_fired(&self, cx: &mut TaskContext<'_>) -> bool {
+        if self.fired.get() {
+            return true;
+        }
+        *self.waker.borrow_mut() = Some(cx.waker().clone());
+        false
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if let Some(id) = self.timeout_id.take() {
+            let global: worker::web_sys::WorkerGlobalScope = worker::js_sys::global().unchecked_into();
+            global.clear_timeout_with_handle(id);
+        }
+    }
+}

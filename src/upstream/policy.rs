@@ -1,0 +1,146 @@
+//! What an API lets its consumers send upstream: the model allowlist, the most choices per request,
+//! the cost-changing parameters it accepts, how images are counted and which cap field the upstream
+//! reads. Stored as one JSON column and decoded once, at the store boundary.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::limits::meter::DEFAULT_IMAGE_TOKENS;
+
+/// Parameters that change what a request costs; refused unless the API lists them.
+pub const COST_PARAMS: [&str; 6] = [
+    "service_tier",
+    "store",
+    "modalities",
+    "audio",
+    "web_search_options",
+    "prediction",
+];
+
+/// The name the upstream reads the completion cap from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapField {
+    /// The name the client used (`max_completion_tokens` when it sent both), else `max_tokens`.
+    #[default]
+    Auto,
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamPolicy {
+    /// With an empty `models` list, any model is forwarded (otherwise only the default model).
+    #[serde(default)]
+    pub allow_any_model: bool,
+    #[serde(default = "default_max_n")]
+    pub max_n: u64,
+    /// Cost-changing parameters (of `COST_PARAMS`) the owner allows.
+    #[serde(default)]
+    pub allowed_params: Vec<String>,
+    #[serde(default = "default_image_tokens")]
+    pub image_tokens: u64,
+    #[serde(default)]
+    pub max_tokens_field: CapField,
+}
+
+fn default_max_n() -> u64 {
+    4
+}
+fn default_image_tokens() -> u64 {
+    DEFAULT_IMAGE_TOKENS
+}
+
+impl Default for UpstreamPolicy {
+    fn default() -> Self {
+        UpstreamPolicy {
+            allow_any_model: false,
+            max_n: default_max_n(),
+            allowed_params: Vec::new(),
+            image_tokens: default_image_tokens(),
+            max_tokens_field: CapField::Auto,
+        }
+    }
+}
+
+/// The owner's changes to the policy (fields of `upstream` in the admin API).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PolicyInput {
+    pub allow_any_model: Option<bool>,
+    pub max_n: Option<u64>,
+    pub allowed_params: Option<Vec<String>>,
+    pub image_tokens: Option<u64>,
+    pub max_tokens_field: Option<CapField>,
+}
+
+impl PolicyInput {
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(n) = self.max_n {
+            if !(1..=128).contains(&n) {
+                return Err(Error::invalid_request("`upstream.max_n` must be between 1 and 128")
+                    .with_field("param", "upstream.max_n"));
+            }
+        }
+        if let Some(t) = self.image_tokens {
+            if !(1..=1_000_000).contains(&t) {
+                return Err(Error::invalid_request(
+                    "`upstream.image_tokens` must be between 1 and 1000000",
+                )
+                .with_field("param", "upstream.image_tokens"));
+            }
+        }
+        if let Some(params) = &self.allowed_params {
+            if let Some(p) = params.iter().find(|p| !COST_PARAMS.contains(&p.as_str())) {
+                return Err(Error::invalid_request(format!(
+                    "`upstream.allowed_params` may list only {}; `{p}` is forwarded anyway",
+                    COST_PARAMS.join(", ")
+                ))
+                .with_field("param", "upstream.allowed_params"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn apply(&self, base: &UpstreamPolicy) -> UpstreamPolicy {
+        UpstreamPolicy {
+            allow_any_model: self.allow_any_model.unwrap_or(base.allow_any_model),
+            max_n: self.max_n.unwrap_or(base.max_n),
+            allowed_params: self
+                .allowed_params
+                .clone()
+                .unwrap_or_else(|| base.allowed_params.clone()),
+            image_tokens: self.image_tokens.unwrap_or(base.image_tokens),
+            max_tokens_field: self.max_tokens_field.unwrap_or(base.max_tokens_field),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_policy_format_is_unchanged_and_defaults_fill_in() {
+        assert_eq!(
+            serde_json::to_string(&UpstreamPolicy::default()).unwrap(),
+            r#"{"allow_any_model":false,"max_n":4,"allowed_params":[],"image_tokens":1000,"max_tokens_field":"auto"}"#
+        );
+        let old: UpstreamPolicy = serde_json::from_str("{}").unwrap();
+        assert_eq!(old, UpstreamPolicy::default());
+        assert!(serde_json::from_str::<UpstreamPolicy>(r#"{"max_tokens_field":"max_toks"}"#).is_err());
+    }
+
+    #[test]
+    fn input_is_checked_and_applied() {
+        let bad: PolicyInput = serde_json::from_str(r#"{"allowed_params":["temperature"]}"#).unwrap();
+        assert_eq!(bad.validate().unwrap_err().status, 400);
+        let zero: PolicyInput = serde_json::from_str(r#"{"max_n":0}"#).unwrap();
+        assert!(zero.validate().is_err());
+        let ok: PolicyInput =
+            serde_json::from_str(r#"{"allowed_params":["store"],"max_n":8,"max_tokens_field":"max_completion_tokens"}"#).unwrap();
+        ok.validate().unwrap();
+        let p = ok.apply(&UpstreamPolicy::default());
+        assert_eq!((p.max_n, p.allowed_params.len(), p.max_tokens_field), (8, 1, CapField::MaxCompletionTokens));
+        assert_eq!(p.image_tokens, 1000);
+    }
+}

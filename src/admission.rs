@@ -93,7 +93,11 @@ pub async fn admit(env: &Env, ctx: &Context, claim: Claim<'_>) -> Result<Lease, 
                 .to_error(claim.plan)
                 .with_headers(rate_limit_headers(&windows, now)));
         }
-        _ => return Err(Error::internal("The counter answered an admission with something else.")),
+        _ => {
+            return Err(Error::internal(
+                "The counter answered an admission with something else.",
+            ))
+        }
     };
     let (tx, rx) = oneshot::channel::<SettleMsg>();
     let (task_env, api_id, consumer_id, id) = (
@@ -159,7 +163,11 @@ impl Lease {
         Outcome {
             status,
             ended,
-            prompt_tokens: if self.progress.sent_upstream { self.prompt_bound } else { 0 },
+            prompt_tokens: if self.progress.sent_upstream {
+                self.prompt_bound
+            } else {
+                0
+            },
             completion_tokens: self.progress.delivered,
             estimated: self.progress.sent_upstream,
             latency_ms: self.elapsed(),
@@ -197,13 +205,19 @@ impl Lease {
             CounterReply::Extended { windows, .. } => {
                 Err(Refusal::exhausted(&windows, now).to_error(&self.plan))
             }
-            _ => Err(Error::internal("The counter answered an extension with something else.")),
+            _ => Err(Error::internal(
+                "The counter answered an extension with something else.",
+            )),
         }
     }
 
     /// Awaits `fut` while the client is there, renewing the lease on schedule; `None` when the
     /// client went away first.
-    pub async fn while_client_waits<F: Future>(&self, watch: &mut Watch, fut: F) -> Option<F::Output> {
+    pub async fn while_client_waits<F: Future>(
+        &self,
+        watch: &mut Watch,
+        fut: F,
+    ) -> Option<F::Output> {
         let fut = std::pin::pin!(fut);
         match self.wait(watch, fut, None).await {
             Woke::Done(v) => Some(v),
@@ -370,7 +384,8 @@ impl Timer {
 impl Drop for Timer {
     fn drop(&mut self) {
         if let Some(id) = self.timeout_id.take() {
-            let global: worker::web_sys::WorkerGlobalScope = worker::js_sys::global().unchecked_into();
+            let global: worker::web_sys::WorkerGlobalScope =
+                worker::js_sys::global().unchecked_into();
             global.clear_timeout_with_handle(id);
         }
     }

@@ -26,7 +26,6 @@ pub struct Caller {
     pub session_id: Option<String>,
 }
 
-
 /// Phase 1 — resolve: the project and API named in the path, or 404.
 pub async fn resolve_api(db: &D1Database, project: &str, api: &str) -> Result<Api, Error> {
     d1::api_by_slugs(db, project, api).await
@@ -323,4 +322,3 @@ async fn authenticate_key(
         })?;
     accept_key(env, ctx, found)
 }
-

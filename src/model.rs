@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::limits::spend::{PriceInput, PriceTable};
-use crate::upstream::policy::{CapField, PolicyInput, UpstreamPolicy};
 use crate::time::rfc3339;
+use crate::upstream::policy::{CapField, PolicyInput, UpstreamPolicy};
 
 /// How end users of an API prove who they are. Consumer keys are accepted in every mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,40 +147,14 @@ impl NewProject {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamInput {
-    pub base_url: String,
-    pub api_key: Option<String>,
-    pub default_model: Option<String>,
-    pub models: Option<Vec<String>>,
-    pub timeout_ms: Option<u32>,
-    pub allow_any_model: Option<bool>,
-    pub max_n: Option<u64>,
-    pub allowed_params: Option<Vec<String>>,
-    pub image_tokens: Option<u64>,
-    pub max_tokens_field: Option<CapField>,
-}
-
-impl UpstreamInput {
-    pub fn policy(&self) -> PolicyInput {
-        PolicyInput {
-            allow_any_model: self.allow_any_model,
-            max_n: self.max_n,
-            allowed_params: self.allowed_params.clone(),
-            image_tokens: self.image_tokens,
-            max_tokens_field: self.max_tokens_field,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NewApi {
     pub project: String,
     pub slug: String,
     pub name: String,
     #[serde(default = "default_mode")]
     pub auth_mode: String,
-    pub upstream: UpstreamInput,
+    /// The same fields as a patch; `base_url` is required here.
+    pub upstream: UpstreamPatch,
     pub prices: Option<BTreeMap<String, PriceInput>>,
 }
 
@@ -192,16 +166,11 @@ impl NewApi {
     pub fn validate(&self) -> Result<AuthMode, Error> {
         validate_slug("slug", &self.slug)?;
         validate_text("name", &self.name, 200)?;
-        validate_base_url(&self.upstream.base_url)?;
-        if let Some(k) = &self.upstream.api_key {
-            validate_text("upstream.api_key", k, 4096)?;
+        if self.upstream.base_url.is_none() {
+            return Err(Error::invalid_request("`upstream.base_url` is required")
+                .with_field("param", "upstream.base_url"));
         }
-        validate_upstream_extras(
-            self.upstream.models.as_ref(),
-            self.upstream.default_model.as_ref(),
-            self.upstream.timeout_ms,
-        )?;
-        self.upstream.policy().validate()?;
+        self.upstream.validate()?;
         if let Some(p) = &self.prices {
             PriceTable::from_input(p)?;
         }
@@ -227,6 +196,21 @@ pub struct UpstreamPatch {
 }
 
 impl UpstreamPatch {
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(b) = &self.base_url {
+            validate_base_url(b)?;
+        }
+        if let Some(Some(k)) = &self.api_key {
+            validate_text("upstream.api_key", k, 4096)?;
+        }
+        validate_upstream_extras(
+            self.models.as_ref(),
+            self.default_model.as_ref().and_then(|m| m.as_ref()),
+            self.timeout_ms,
+        )?;
+        self.policy().validate()
+    }
+
     pub fn policy(&self) -> PolicyInput {
         PolicyInput {
             allow_any_model: self.allow_any_model,
@@ -269,18 +253,7 @@ impl ApiPatch {
             c.validate()?;
         }
         if let Some(u) = &self.upstream {
-            if let Some(b) = &u.base_url {
-                validate_base_url(b)?;
-            }
-            if let Some(Some(k)) = &u.api_key {
-                validate_text("upstream.api_key", k, 4096)?;
-            }
-            validate_upstream_extras(
-                u.models.as_ref(),
-                u.default_model.as_ref().and_then(|m| m.as_ref()),
-                u.timeout_ms,
-            )?;
-            u.policy().validate()?;
+            u.validate()?;
         }
         if let Some(p) = &self.prices {
             PriceTable::from_input(p)?;
@@ -522,11 +495,13 @@ impl Api {
 
     /// The IP allowlist; one that cannot be read refuses every request (never "allow all").
     pub fn ip_allowlist(&self) -> Result<Vec<String>, Error> {
-        serde_json::from_str(&self.ip_allowlist_json).map_err(|e| undecodable("IP allowlist", &self.id, e))
+        serde_json::from_str(&self.ip_allowlist_json)
+            .map_err(|e| undecodable("IP allowlist", &self.id, e))
     }
 
     pub fn policy(&self) -> Result<UpstreamPolicy, Error> {
-        serde_json::from_str(&self.upstream_policy_json).map_err(|e| undecodable("upstream policy", &self.id, e))
+        serde_json::from_str(&self.upstream_policy_json)
+            .map_err(|e| undecodable("upstream policy", &self.id, e))
     }
 
     pub fn prices(&self) -> Result<PriceTable, Error> {
@@ -562,7 +537,11 @@ impl Api {
         let policy = self.policy().ok();
         let prices = self.prices().ok();
         let unpriced: Vec<String> = match &prices {
-            Some(p) => self.models().into_iter().filter(|m| p.get(m).is_none()).collect(),
+            Some(p) => self
+                .models()
+                .into_iter()
+                .filter(|m| p.get(m).is_none())
+                .collect(),
             None => Vec::new(),
         };
         json!({

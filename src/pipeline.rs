@@ -18,7 +18,9 @@ use worker::{
 
 use crate::admission::{self, Claim, Lease, Watch, Woke};
 use crate::auth::config::CredentialSource;
-use crate::authenticate::{authenticate, passthrough_credential, resolve_and_authenticate, resolve_api, Caller};
+use crate::authenticate::{
+    authenticate, passthrough_credential, resolve_and_authenticate, resolve_api, Caller,
+};
 use crate::crypto;
 use crate::error::Error;
 use crate::http::{encryption_secret, json, now_ms, read_body, with_random};
@@ -89,8 +91,15 @@ pub async fn chat_completions(
     // A stream whose upstream is slow to answer starts at once, with heartbeats while it waits: a
     // client that hangs up is noticed when a write fails.
     let first = match chat.stream {
-        true => lease.while_client_waits(&mut watch, within(&mut upstream, STREAM_COMMIT_MS)).await,
-        false => lease.while_client_waits(&mut watch, &mut upstream).await.map(Some),
+        true => {
+            lease
+                .while_client_waits(&mut watch, within(&mut upstream, STREAM_COMMIT_MS))
+                .await
+        }
+        false => lease
+            .while_client_waits(&mut watch, &mut upstream)
+            .await
+            .map(Some),
     };
     let answer = match first {
         None => {
@@ -100,7 +109,13 @@ pub async fn chat_completions(
             return Err(client_gone());
         }
         Some(None) => {
-            let out = relay(lease, watch, !chat.client_wants_usage, Source::Waiting(upstream), controller);
+            let out = relay(
+                lease,
+                watch,
+                !chat.client_wants_usage,
+                Source::Waiting(upstream),
+                controller,
+            );
             return stream_response(out, &rate_headers);
         }
         Some(Some(answer)) => answer,
@@ -129,10 +144,18 @@ pub async fn chat_completions(
             };
             lease.settle(outcome).await;
             let headers = response_headers("application/json", &rate_headers)?;
-            Ok(Response::from_bytes(bytes)?.with_status(200).with_headers(headers))
+            Ok(Response::from_bytes(bytes)?
+                .with_status(200)
+                .with_headers(headers))
         }
         Ok(Answer::Stream(body)) => {
-            let out = relay(lease, watch, !chat.client_wants_usage, Source::Body(body), controller);
+            let out = relay(
+                lease,
+                watch,
+                !chat.client_wants_usage,
+                Source::Body(body),
+                controller,
+            );
             stream_response(out, &rate_headers)
         }
     }
@@ -159,7 +182,12 @@ async fn within<F: std::future::Future + Unpin>(fut: &mut F, ms: u64) -> Option<
 
 /// The client hung up; nobody reads this answer, but the usage record says 499.
 fn client_gone() -> Error {
-    Error::new(499, "client-closed-request", "The client closed the request", "The client went away before the answer was complete.")
+    Error::new(
+        499,
+        "client-closed-request",
+        "The client closed the request",
+        "The client went away before the answer was complete.",
+    )
 }
 
 /// The outcome of a request whose upstream reported its usage: the report wins over every estimate.
@@ -227,8 +255,12 @@ pub async fn consumer_usage(
         now,
         limits: plan.limits.clone(),
     };
-    let CounterReply::Status { windows } = counter::call(env, &api.id, &caller.consumer_id, &op).await? else {
-        return Err(Error::internal("The counter answered a status request with something else."));
+    let CounterReply::Status { windows } =
+        counter::call(env, &api.id, &caller.consumer_id, &op).await?
+    else {
+        return Err(Error::internal(
+            "The counter answered a status request with something else.",
+        ));
     };
     let windows_json: serde_json::Map<String, Value> = windows
         .iter()
@@ -274,7 +306,9 @@ fn lease_ttl_ms(env: &Env) -> i64 {
     env.var("SLUICE_LEASE_TTL_MS")
         .ok()
         .and_then(|v| v.to_string().parse::<i64>().ok())
-        .map_or(crate::limits::counter::LEASE_TTL_MS, |ms| ms.clamp(2_000, 600_000))
+        .map_or(crate::limits::counter::LEASE_TTL_MS, |ms| {
+            ms.clamp(2_000, 600_000)
+        })
 }
 
 /// The model's price when the plan limits spend: a model without one is refused (403).
@@ -285,7 +319,10 @@ fn price_for(api: &Api, plan: &Plan, model: &str) -> Result<Option<Price>, Error
             403,
             "model-not-priced",
             "The model has no price",
-            format!("Plan `{}` limits spend, and this API has no price for `{model}`.", plan.name),
+            format!(
+                "Plan `{}` limits spend, and this API has no price for `{model}`.",
+                plan.name
+            ),
         )
         .with_field("model", model)
         .with_field("plan", plan.name.clone()));
@@ -389,12 +426,54 @@ fn outbound(
     if api.upstream_base_url == "demo" {
         return Ok(Outbound::Demo(demo_answer(chat)));
     }
-    upstream_request(env, api, chat, passthrough).map(Outbound::Fetch)
+    // The body as checked (with the granted cap), the provider key or the passed-through credential.
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    headers.set(
+        "accept",
+        if chat.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        },
+    )?;
+    if let Some(sealed) = &api.upstream_key_enc {
+        let secret = encryption_secret(env)?;
+        let key = crypto::open(&secret, sealed)
+            .ok_or_else(|| Error::misconfigured("The API's provider key cannot be decrypted; was ENCRYPTION_KEY changed? Set the key again."))?;
+        headers.set("authorization", &format!("Bearer {key}"))?;
+    }
+    let mut url = upstream::chat_url(&api.upstream_base_url);
+    match passthrough {
+        // The provider key, when set, keeps the Authorization header.
+        Some((CredentialSource::Authorization, c)) if api.upstream_key_enc.is_none() => {
+            headers.set("authorization", &format!("Bearer {c}"))?
+        }
+        Some((CredentialSource::Header(name), c)) => headers.set(&name, &c)?,
+        Some((CredentialSource::Query(name), c)) => {
+            let pair: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair(&name, &c)
+                .finish();
+            url = format!("{url}?{pair}");
+        }
+        _ => {}
+    }
+    let body = Value::Object(chat.body.clone()).to_string();
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(JsValue::from_str(&body)));
+    Ok(Outbound::Fetch(Request::new_with_init(&url, &init)?))
 }
 
 /// Phase 5, second half: sends the request. No answer within the API's timeout → 504; unreachable
 /// → 502; an error status → its mapping. Owns everything it needs, so a stream can keep awaiting it.
-async fn send(request: Request, timeout_ms: u32, stream: bool, signal: AbortSignal) -> Result<Answer, Failure> {
+async fn send(
+    request: Request,
+    timeout_ms: u32,
+    stream: bool,
+    signal: AbortSignal,
+) -> Result<Answer, Failure> {
     let fetch = Fetch::Request(request);
     let sent = Box::pin(fetch.send_with_signal(&signal));
     let deadline = Box::pin(Delay::from(Duration::from_millis(u64::from(timeout_ms))));
@@ -407,7 +486,10 @@ async fn send(request: Request, timeout_ms: u32, stream: bool, signal: AbortSign
             ))
         }
         futures_util::future::Either::Right(_) => {
-            return Err(Failure::new(Error::upstream_timeout(timeout_ms), Ended::UpstreamTimeout))
+            return Err(Failure::new(
+                Error::upstream_timeout(timeout_ms),
+                Ended::UpstreamTimeout,
+            ))
         }
     };
     let status = response.status_code();
@@ -436,46 +518,6 @@ async fn send(request: Request, timeout_ms: u32, stream: bool, signal: AbortSign
     }
 }
 
-/// The upstream request: the body as checked (with the granted cap), the provider key or the
-/// passed-through credential.
-fn upstream_request(
-    env: &Env,
-    api: &Api,
-    chat: &ChatRequest,
-    passthrough: Option<(CredentialSource, String)>,
-) -> Result<Request, Error> {
-    let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
-    headers.set("accept", if chat.stream { "text/event-stream" } else { "application/json" })?;
-    if let Some(sealed) = &api.upstream_key_enc {
-        let secret = encryption_secret(env)?;
-        let key = crypto::open(&secret, sealed)
-            .ok_or_else(|| Error::misconfigured("The API's provider key cannot be decrypted; was ENCRYPTION_KEY changed? Set the key again."))?;
-        headers.set("authorization", &format!("Bearer {key}"))?;
-    }
-    let mut url = upstream::chat_url(&api.upstream_base_url);
-    match passthrough {
-        // The provider key, when set, keeps the Authorization header.
-        Some((CredentialSource::Authorization, c)) if api.upstream_key_enc.is_none() => {
-            headers.set("authorization", &format!("Bearer {c}"))?
-        }
-        Some((CredentialSource::Header(name), c)) => headers.set(&name, &c)?,
-        Some((CredentialSource::Query(name), c)) => {
-            let pair: String = form_urlencoded::Serializer::new(String::new())
-                .append_pair(&name, &c)
-                .finish();
-            url = format!("{url}?{pair}");
-        }
-        _ => {}
-    }
-    let body = Value::Object(chat.body.clone()).to_string();
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(JsValue::from_str(&body)));
-    Ok(Request::new_with_init(&url, &init)?)
-}
-
 async fn read_limited(response: &mut Response, limit: usize) -> Vec<u8> {
     let mut out = Vec::new();
     if let Ok(mut body) = response.stream() {
@@ -492,7 +534,11 @@ async fn read_limited(response: &mut Response, limit: usize) -> Vec<u8> {
 
 /// The built-in `demo` upstream: a deterministic reply, streamed token by token with small delays.
 fn demo_answer(chat: &ChatRequest) -> Answer {
-    let reply = DemoReply::new(&Value::Object(chat.body.clone()), &chat.model, now_ms() / 1000);
+    let reply = DemoReply::new(
+        &Value::Object(chat.body.clone()),
+        &chat.model,
+        now_ms() / 1000,
+    );
     if !chat.stream {
         return Answer::Json(reply.completion().to_string().into_bytes());
     }
@@ -529,7 +575,9 @@ fn relay(
         abort: Some(abort),
         end: None,
     };
-    stream::unfold(state, |mut s| async move { s.next_bytes().await.map(|bytes| (Ok(bytes), s)) })
+    stream::unfold(state, |mut s| async move {
+        s.next_bytes().await.map(|bytes| (Ok(bytes), s))
+    })
 }
 
 struct MeteredStream {
@@ -550,8 +598,19 @@ impl MeteredStream {
         loop {
             let lease = self.lease.as_ref()?;
             let next = match &mut self.source {
-                Source::Body(body) => lease.wait(&mut self.watch, std::pin::pin!(body.next()), Some(HEARTBEAT_MS)).await,
-                Source::Waiting(upstream) => match lease.wait(&mut self.watch, Pin::new(upstream), Some(HEARTBEAT_MS)).await {
+                Source::Body(body) => {
+                    lease
+                        .wait(
+                            &mut self.watch,
+                            std::pin::pin!(body.next()),
+                            Some(HEARTBEAT_MS),
+                        )
+                        .await
+                }
+                Source::Waiting(upstream) => match lease
+                    .wait(&mut self.watch, Pin::new(upstream), Some(HEARTBEAT_MS))
+                    .await
+                {
                     Woke::Done(answer) => {
                         if let Some(bytes) = self.answered(answer).await {
                             return self.sent(bytes);
@@ -650,7 +709,11 @@ impl MeteredStream {
         let Some(lease) = self.lease.as_ref() else {
             return (Vec::new(), Next::Read);
         };
-        let want = self.relay.shortfall().max(EXTEND_STEP).max(self.relay.budget().unwrap_or(0) / 2);
+        let want = self
+            .relay
+            .shortfall()
+            .max(EXTEND_STEP)
+            .max(self.relay.budget().unwrap_or(0) / 2);
         match lease.extend(want).await {
             Ok(granted) => self.relay.grant(granted),
             Err(e) => {

@@ -191,7 +191,10 @@ impl Refusal {
         };
         let left = self.remaining();
         let why = if self.needed > left {
-            format!(", and this request needs at least {}", s.amount(self.needed))
+            format!(
+                ", and this request needs at least {}",
+                s.amount(self.needed)
+            )
         } else {
             String::new()
         };
@@ -347,10 +350,30 @@ impl CounterState {
         let (_, month_end) = month_bounds(now);
         let next_day = self.day_start + DAY_MS;
         [
-            (Scope::TokensPerDay, limits.tokens_per_day, self.day_tokens.saturating_add(tokens), next_day),
-            (Scope::TokensPerMonth, limits.tokens_per_month, self.month_tokens.saturating_add(tokens), month_end),
-            (Scope::SpendPerDayUsd, limits.spend_per_day_micro, self.day_spend.saturating_add(spend), next_day),
-            (Scope::SpendPerMonthUsd, limits.spend_per_month_micro, self.month_spend.saturating_add(spend), month_end),
+            (
+                Scope::TokensPerDay,
+                limits.tokens_per_day,
+                self.day_tokens.saturating_add(tokens),
+                next_day,
+            ),
+            (
+                Scope::TokensPerMonth,
+                limits.tokens_per_month,
+                self.month_tokens.saturating_add(tokens),
+                month_end,
+            ),
+            (
+                Scope::SpendPerDayUsd,
+                limits.spend_per_day_micro,
+                self.day_spend.saturating_add(spend),
+                next_day,
+            ),
+            (
+                Scope::SpendPerMonthUsd,
+                limits.spend_per_month_micro,
+                self.month_spend.saturating_add(spend),
+                month_end,
+            ),
         ]
         .into_iter()
         .filter_map(|(scope, limit, used, reset)| limit.map(|l| (scope, l, used, reset)))
@@ -362,7 +385,11 @@ impl CounterState {
         let mut room = (None::<u64>, None::<u64>);
         for (scope, limit, used, _) in self.budgets(now, limits) {
             let left = limit.saturating_sub(used);
-            let slot = if scope.is_spend() { &mut room.1 } else { &mut room.0 };
+            let slot = if scope.is_spend() {
+                &mut room.1
+            } else {
+                &mut room.0
+            };
             *slot = Some(slot.map_or(left, |r: u64| r.min(left)));
         }
         room
@@ -410,7 +437,12 @@ impl CounterState {
         }
         if let Some(l) = limits.requests_per_day {
             if self.day_requests >= l {
-                return Some(refusal(Scope::RequestsPerDay, l, self.day_requests, self.day_start + DAY_MS));
+                return Some(refusal(
+                    Scope::RequestsPerDay,
+                    l,
+                    self.day_requests,
+                    self.day_start + DAY_MS,
+                ));
             }
         }
         None
@@ -445,7 +477,11 @@ impl CounterState {
         }
         if let Some(room) = spend_room {
             // A spend limit without a price is refused before the counter; zero cost otherwise.
-            let price = ask.price.unwrap_or(Price { input: 0, output: 0, cached_input: 0 });
+            let price = ask.price.unwrap_or(Price {
+                input: 0,
+                output: 0,
+                cached_input: 0,
+            });
             let least = price.reserve_micro(ask.prompt, n);
             if room < least {
                 return Err(self.budget_refusal(now, limits, true, least));
@@ -456,7 +492,9 @@ impl CounterState {
         }
         let completion = cap.unwrap_or(0).saturating_mul(n);
         let reserved = ask.prompt.saturating_add(completion);
-        let spend = ask.price.map_or(0, |p| p.reserve_micro(ask.prompt, completion));
+        let spend = ask
+            .price
+            .map_or(0, |p| p.reserve_micro(ask.prompt, completion));
         self.minute.push_back(now);
         self.day_requests += 1;
         let record = record.map(|mut r| {
@@ -489,7 +527,10 @@ impl CounterState {
             (Some(_), None) => None,
             (None, _) => None,
         };
-        let grant = [token_room, by_spend].into_iter().flatten().fold(want, u64::min);
+        let grant = [token_room, by_spend]
+            .into_iter()
+            .flatten()
+            .fold(want, u64::min);
         lease.reserved = lease.reserved.saturating_add(grant);
         lease.spend = lease
             .spend
@@ -519,9 +560,15 @@ impl CounterState {
             return false;
         };
         let lease = self.leases.swap_remove(pos);
-        let tokens = outcome.prompt_tokens.saturating_add(outcome.completion_tokens);
+        let tokens = outcome
+            .prompt_tokens
+            .saturating_add(outcome.completion_tokens);
         let cost = lease.price.map_or(0, |p| {
-            p.cost_micro(outcome.prompt_tokens, outcome.cached_tokens, outcome.completion_tokens)
+            p.cost_micro(
+                outcome.prompt_tokens,
+                outcome.cached_tokens,
+                outcome.completion_tokens,
+            )
         });
         self.book(tokens, cost);
         if let Some(mut record) = lease.record {
@@ -577,7 +624,13 @@ impl CounterState {
         let month_s = ((month_end - month_start) / 1000) as u64;
         for (scope, limit, used, reset) in self.budgets(now, limits) {
             let monthly = matches!(scope, Scope::TokensPerMonth | Scope::SpendPerMonthUsd);
-            push(scope, Some(limit), used, reset, if monthly { month_s } else { 86_400 });
+            push(
+                scope,
+                Some(limit),
+                used,
+                reset,
+                if monthly { month_s } else { 86_400 },
+            );
         }
         push(
             Scope::MaxConcurrentStreams,

@@ -43,9 +43,11 @@ pub fn prompt_bound(body: &Map<String, Value>, image_tokens: u64) -> u64 {
             total = total.saturating_add(json_len(v));
         }
     }
-    let offers_tools = ["tools", "functions"]
-        .iter()
-        .any(|f| body.get(*f).and_then(Value::as_array).is_some_and(|a| !a.is_empty()));
+    let offers_tools = ["tools", "functions"].iter().any(|f| {
+        body.get(*f)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    });
     if offers_tools {
         total = total.saturating_add(TOOLS_OVERHEAD);
     }
@@ -85,7 +87,10 @@ pub fn value_bytes(v: &Value) -> u64 {
         Value::Bool(_) | Value::Number(_) => v.to_string().len() as u64,
         Value::String(s) => s.len() as u64,
         Value::Array(items) => items.iter().map(value_bytes).fold(0, u64::saturating_add),
-        Value::Object(fields) => fields.values().map(value_bytes).fold(0, u64::saturating_add),
+        Value::Object(fields) => fields
+            .values()
+            .map(value_bytes)
+            .fold(0, u64::saturating_add),
     }
 }
 
@@ -109,12 +114,20 @@ pub fn output_bytes(v: &Value) -> u64 {
 }
 
 fn generated_bytes(m: &Value) -> u64 {
-    let text = |k: &str| m.get(k).and_then(Value::as_str).map_or(0, |s| s.len() as u64);
+    let text = |k: &str| {
+        m.get(k)
+            .and_then(Value::as_str)
+            .map_or(0, |s| s.len() as u64)
+    };
     let call = |c: &Value| {
         let f = c.get("function").unwrap_or(c);
         ["name", "arguments"]
             .iter()
-            .map(|k| f.get(*k).and_then(Value::as_str).map_or(0, |s| s.len() as u64))
+            .map(|k| {
+                f.get(*k)
+                    .and_then(Value::as_str)
+                    .map_or(0, |s| s.len() as u64)
+            })
             .sum::<u64>()
     };
     let tools = m
@@ -125,7 +138,11 @@ fn generated_bytes(m: &Value) -> u64 {
     let audio = m.get("audio").map_or(0, |a| {
         ["transcript", "data"]
             .iter()
-            .map(|k| a.get(*k).and_then(Value::as_str).map_or(0, |s| s.len() as u64))
+            .map(|k| {
+                a.get(*k)
+                    .and_then(Value::as_str)
+                    .map_or(0, |s| s.len() as u64)
+            })
             .sum()
     });
     ["content", "refusal", "reasoning_content", "reasoning"]
@@ -172,7 +189,10 @@ mod tests {
             {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", "A".repeat(100_000))}},
         ]}]}));
         let text_part = PER_PART + 4 + 12;
-        assert_eq!(prompt_bound(&b, 765), PER_REQUEST + PER_MESSAGE + 4 + text_part + PER_PART + 765);
+        assert_eq!(
+            prompt_bound(&b, 765),
+            PER_REQUEST + PER_MESSAGE + 4 + text_part + PER_PART + 765
+        );
     }
 
     #[test]
@@ -192,14 +212,22 @@ mod tests {
         let format_len = b["response_format"].to_string().len() as u64;
         assert_eq!(
             prompt_bound(&b, 0),
-            PER_REQUEST + 2 * PER_MESSAGE + assistant + tool + tools_len + format_len + TOOLS_OVERHEAD
+            PER_REQUEST
+                + 2 * PER_MESSAGE
+                + assistant
+                + tool
+                + tools_len
+                + format_len
+                + TOOLS_OVERHEAD
         );
     }
 
     #[test]
     fn a_huge_tools_schema_is_a_huge_bound() {
         let big = "x".repeat(1_500_000);
-        let b = body(json!({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f", "description": big}}]}));
+        let b = body(
+            json!({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f", "description": big}}]}),
+        );
         assert!(prompt_bound(&b, 0) > 1_500_000);
     }
 

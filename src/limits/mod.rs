@@ -1,8 +1,8 @@
 //! Pure quota and rate-limit logic: plans, the per-consumer counter state, and the headers it yields.
 
 pub mod counter;
-pub mod meter;
 pub mod headers;
+pub mod meter;
 pub mod ops;
 pub mod plan;
 pub mod spend;

@@ -26,14 +26,20 @@ pub enum CounterRequest {
         want: u64,
     },
     /// Keeps a long request's lease alive.
-    Renew { now: i64, lease_id: String },
+    Renew {
+        now: i64,
+        lease_id: String,
+    },
     /// Ends the lease with what the request really used and files its usage record.
     Settle {
         now: i64,
         lease_id: String,
         outcome: Outcome,
     },
-    Status { now: i64, limits: Limits },
+    Status {
+        now: i64,
+        limits: Limits,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,7 +196,10 @@ mod tests {
             CounterReply::Settled { counted: false }
         );
         assert_eq!(s.filed.len(), 1);
-        assert_eq!((s.filed[0].total_tokens, s.filed[0].max_tokens), (7, Some(9)));
+        assert_eq!(
+            (s.filed[0].total_tokens, s.filed[0].max_tokens),
+            (7, Some(9))
+        );
         let CounterReply::Status { windows } =
             apply(&mut s, &CounterRequest::Status { now: 2, limits })
         else {

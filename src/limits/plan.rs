@@ -32,9 +32,7 @@ pub struct Limits {
 impl Limits {
     /// Whether a token or spend window limits this consumer (so answers must be metered live).
     pub fn meters_budget(&self) -> bool {
-        self.tokens_per_day.is_some()
-            || self.tokens_per_month.is_some()
-            || self.limits_spend()
+        self.tokens_per_day.is_some() || self.tokens_per_month.is_some() || self.limits_spend()
     }
 
     pub fn limits_spend(&self) -> bool {

@@ -18,7 +18,11 @@ const MAX_USD: f64 = 1e9;
 pub fn usd_to_millionths(field: &str, usd: f64) -> Result<u64, Error> {
     let scaled = usd * 1e6;
     let rounded = scaled.round();
-    if !usd.is_finite() || usd < 0.0 || usd > MAX_USD || (scaled - rounded).abs() > 1e-6 * scaled.abs().max(1.0) {
+    if !usd.is_finite()
+        || usd < 0.0
+        || usd > MAX_USD
+        || (scaled - rounded).abs() > 1e-6 * scaled.abs().max(1.0)
+    {
         return Err(Error::invalid_request(format!(
             "`{field}` must be a non-negative number of US dollars with at most 6 decimals"
         ))
@@ -109,23 +113,40 @@ impl PriceTable {
     /// Validates the owner's table (`{"<model>": {input_per_mtok, output_per_mtok, cached_input_per_mtok?}}`).
     pub fn from_input(input: &BTreeMap<String, PriceInput>) -> Result<PriceTable, Error> {
         if input.len() > 500 {
-            return Err(Error::invalid_request("`prices` may name at most 500 models").with_field("param", "prices"));
+            return Err(
+                Error::invalid_request("`prices` may name at most 500 models")
+                    .with_field("param", "prices"),
+            );
         }
         let mut table = BTreeMap::new();
         for (model, p) in input {
-            if model.is_empty() || model.chars().count() > MAX_MODEL_LEN || model.chars().any(char::is_control) {
+            if model.is_empty()
+                || model.chars().count() > MAX_MODEL_LEN
+                || model.chars().any(char::is_control)
+            {
                 return Err(Error::invalid_request(format!(
                     "`prices` keys must be model names of 1-{MAX_MODEL_LEN} characters"
                 ))
                 .with_field("param", "prices"));
             }
-            let input = usd_to_millionths(&format!("prices.{model}.input_per_mtok"), p.input_per_mtok)?;
-            let output = usd_to_millionths(&format!("prices.{model}.output_per_mtok"), p.output_per_mtok)?;
+            let input =
+                usd_to_millionths(&format!("prices.{model}.input_per_mtok"), p.input_per_mtok)?;
+            let output = usd_to_millionths(
+                &format!("prices.{model}.output_per_mtok"),
+                p.output_per_mtok,
+            )?;
             let cached_input = match p.cached_input_per_mtok {
                 Some(c) => usd_to_millionths(&format!("prices.{model}.cached_input_per_mtok"), c)?,
                 None => input,
             };
-            table.insert(model.clone(), Price { input, output, cached_input });
+            table.insert(
+                model.clone(),
+                Price {
+                    input,
+                    output,
+                    cached_input,
+                },
+            );
         }
         Ok(PriceTable(table))
     }
@@ -171,7 +192,10 @@ mod tests {
         assert_eq!(usd_to_millionths("x", 0.15).unwrap(), 150_000);
         assert_eq!(usd_to_millionths("x", 0.000001).unwrap(), 1);
         assert_eq!(usd_to_millionths("x", 0.01).unwrap(), 10_000);
-        assert_eq!(usd_to_millionths("x", 123456.123456).unwrap(), 123_456_123_456);
+        assert_eq!(
+            usd_to_millionths("x", 123456.123456).unwrap(),
+            123_456_123_456
+        );
         for bad in [0.0000001, -1.0, f64::NAN, f64::INFINITY, 2e9] {
             assert!(usd_to_millionths("x", bad).is_err(), "{bad}");
         }
@@ -184,18 +208,37 @@ mod tests {
         assert_eq!(p.cost_micro(1_000_000, 0, 0), 150_000);
         assert_eq!(p.cost_micro(1, 0, 0), 1, "0.15 µ$ rounds up to 1 µ$");
         assert_eq!(p.cost_micro(10, 0, 10), 8, "1.5 + 6 = 7.5 µ$ → 8");
-        let cached = Price { cached_input: 75_000, ..p };
+        let cached = Price {
+            cached_input: 75_000,
+            ..p
+        };
         assert_eq!(cached.cost_micro(1_000_000, 1_000_000, 0), 75_000);
-        assert_eq!(cached.cost_micro(10, 99, 0), 1, "cached never exceeds the prompt");
+        assert_eq!(
+            cached.cost_micro(10, 99, 0),
+            1,
+            "cached never exceeds the prompt"
+        );
     }
 
     #[test]
     fn the_cap_keeps_the_reservation_within_the_room() {
         let p = price(0.15, 0.60);
-        for (room, prompt, n) in [(10_000u64, 1_000u64, 1u64), (10_000, 20_000, 3), (1, 0, 1), (7, 5, 8), (0, 0, 1)] {
+        for (room, prompt, n) in [
+            (10_000u64, 1_000u64, 1u64),
+            (10_000, 20_000, 3),
+            (1, 0, 1),
+            (7, 5, 8),
+            (0, 0, 1),
+        ] {
             let cap = p.completion_cap(room, prompt, n).unwrap();
-            assert!(p.reserve_micro(prompt, cap * n) <= room || cap == 0, "{room} {prompt} {n}");
-            assert!(p.reserve_micro(prompt, (cap + 1) * n) > room, "cap is the largest: {room} {prompt} {n}");
+            assert!(
+                p.reserve_micro(prompt, cap * n) <= room || cap == 0,
+                "{room} {prompt} {n}"
+            );
+            assert!(
+                p.reserve_micro(prompt, (cap + 1) * n) > room,
+                "cap is the largest: {room} {prompt} {n}"
+            );
         }
         assert_eq!(price(1.0, 0.0).completion_cap(5, 1, 1), None);
         assert_eq!(p.completion_cap(u64::MAX, 0, 1), Some(u64::MAX));
@@ -214,12 +257,25 @@ mod tests {
         let bad: BTreeMap<String, PriceInput> =
             serde_json::from_str(r#"{"m": {"input_per_mtok": -1, "output_per_mtok": 1}}"#).unwrap();
         assert_eq!(PriceTable::from_input(&bad).unwrap_err().status, 400);
-        assert!(serde_json::from_str::<BTreeMap<String, PriceInput>>(r#"{"m": {"input_per_mtok": 1}}"#).is_err());
+        assert!(serde_json::from_str::<BTreeMap<String, PriceInput>>(
+            r#"{"m": {"input_per_mtok": 1}}"#
+        )
+        .is_err());
     }
 
     #[test]
     fn stored_price_format_is_unchanged() {
-        let t = PriceTable(BTreeMap::from([("m".to_string(), Price { input: 1, output: 2, cached_input: 3 })]));
-        assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"m":{"input":1,"output":2,"cached_input":3}}"#);
+        let t = PriceTable(BTreeMap::from([(
+            "m".to_string(),
+            Price {
+                input: 1,
+                output: 2,
+                cached_input: 3,
+            },
+        )]));
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"m":{"input":1,"output":2,"cached_input":3}}"#
+        );
     }
 }

@@ -14,7 +14,6 @@ use crate::http::{encryption_secret, json, no_content, now_ms, random, read_body
 use crate::ids::new_id;
 use crate::limits::plan::{Limits, Plan, PlanInput, PlanRow};
 use crate::limits::spend::{micro_to_usd, PriceTable};
-use crate::upstream::policy::UpstreamPolicy;
 use crate::model::{
     self, Api, ApiPatch, AuthMode, Consumer, ConsumerPatch, NewApi, NewConsumer, NewKey,
     NewProject, Project, ProjectPatch,
@@ -22,6 +21,7 @@ use crate::model::{
 use crate::router::Route;
 use crate::store::d1;
 use crate::time::rfc3339;
+use crate::upstream::policy::UpstreamPolicy;
 use crate::usage::UsageQuery;
 
 /// Admin bodies are small; anything bigger is a mistake.
@@ -75,8 +75,8 @@ pub async fn handle(
             let mode = input.validate()?;
             let project = d1::project_by_slug(&db, &input.project).await?;
             let upstream_key_enc = match &input.upstream.api_key {
-                Some(k) => Some(seal_provider_key(env, k)?),
-                None => None,
+                Some(Some(k)) => Some(seal_provider_key(env, k)?),
+                _ => None,
             };
             let policy = input.upstream.policy().apply(&UpstreamPolicy::default());
             let prices = match &input.prices {
@@ -90,11 +90,13 @@ pub async fn handle(
                 slug: input.slug,
                 name: input.name,
                 auth_mode: mode.as_str().to_string(),
-                upstream_base_url: input.upstream.base_url,
+                upstream_base_url: input.upstream.base_url.clone().unwrap_or_default(),
                 upstream_key_enc,
-                default_model: input.upstream.default_model,
-                models_json: serde_json::to_string(&input.upstream.models.unwrap_or_default())
-                    .unwrap_or_else(|_| "[]".into()),
+                default_model: input.upstream.default_model.clone().flatten(),
+                models_json: serde_json::to_string(
+                    &input.upstream.models.clone().unwrap_or_default(),
+                )
+                .unwrap_or_else(|_| "[]".into()),
                 timeout_ms: i64::from(
                     input
                         .upstream
@@ -597,7 +599,8 @@ fn group_json(row: &d1::UsageGroup, name: Option<&str>) -> Value {
 
 /// A config value as the JSON text its column stores.
 fn to_json_text<T: serde::Serialize>(v: &T) -> Result<String, Error> {
-    serde_json::to_string(v).map_err(|e| Error::internal(format!("A setting could not be stored: {e}.")))
+    serde_json::to_string(v)
+        .map_err(|e| Error::internal(format!("A setting could not be stored: {e}.")))
 }
 
 /// Encrypts a provider key with the ENCRYPTION_KEY secret; refuses to store it in the clear.

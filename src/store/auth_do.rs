@@ -26,10 +26,13 @@ fn run(sql: &SqlStorage, request: &GuardRequest) -> Result<GuardReply> {
     let rows: Vec<Row> = sql
         .exec("SELECT state FROM guard WHERE id = 1", None)?
         .to_array()?;
-    let mut state: GuardState = rows
-        .first()
-        .and_then(|r| serde_json::from_str(&r.state).ok())
-        .unwrap_or_default();
+    // Absent is a fresh state; present but undecodable is an error (sign-in fails closed), never a
+    // reset that would wipe attempts, throttles and revocations.
+    let mut state: GuardState = match rows.first() {
+        None => GuardState::default(),
+        Some(r) => serde_json::from_str(&r.state)
+            .map_err(|e| worker::Error::RustError(format!("auth state does not decode: {e}")))?,
+    };
     let reply = apply(&mut state, request);
     let json =
         serde_json::to_string(&state).map_err(|e| worker::Error::RustError(e.to_string()))?;
@@ -48,7 +51,10 @@ impl DurableObject for AuthGuard {
             Ok(r) => r,
             Err(_) => return problem(&Error::invalid_request("Not an auth-state operation.")),
         };
-        Response::from_json(&run(&self.state.storage().sql(), &request)?)
+        match run(&self.state.storage().sql(), &request) {
+            Ok(reply) => Response::from_json(&reply),
+            Err(e) => problem(&unavailable(e.to_string())),
+        }
     }
 }
 

@@ -163,7 +163,9 @@ impl DurableObject for ConsumerCounter {
         for row in &rows {
             match serde_json::from_str::<UsageRecord>(&row.record) {
                 Ok(r) => records.push(r),
-                Err(e) => worker::console_error!("a usage record in the outbox does not decode: {e}"),
+                Err(e) => {
+                    worker::console_error!("a usage record in the outbox does not decode: {e}")
+                }
             }
         }
         let flushed = match d1::db(&self.env) {
@@ -189,7 +191,10 @@ impl DurableObject for ConsumerCounter {
         };
         if let Some(at) = next {
             let after = (at - now_ms()).max(1) as u64;
-            self.state.storage().set_alarm(Duration::from_millis(after)).await?;
+            self.state
+                .storage()
+                .set_alarm(Duration::from_millis(after))
+                .await?;
         }
         Response::ok("flushed")
     }

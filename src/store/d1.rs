@@ -476,7 +476,11 @@ impl UsageRow {
     /// The stored record; a row whose `ended` is not one the gateway writes is an error.
     pub fn to_record(&self) -> Result<UsageRecord, Error> {
         let ended = Ended::parse(&self.ended).ok_or_else(|| {
-            worker::console_error!("usage record {} has an unknown `ended`: {}", self.id, self.ended);
+            worker::console_error!(
+                "usage record {} has an unknown `ended`: {}",
+                self.id,
+                self.ended
+            );
             Error::internal("A stored usage record could not be read; it was logged.")
         })?;
         Ok(UsageRecord {

@@ -356,7 +356,11 @@ mod tests {
         let cjk = content("漢字漢字");
         let mut r = Relay::new(true, Some(8 + 2 + 11));
         let (out, next) = r.on_chunk(format!("{tool}{refusal}{cjk}").as_bytes());
-        assert_eq!(events(&out).len(), 2, "the CJK chunk (12 bytes) does not fit the 11 left");
+        assert_eq!(
+            events(&out).len(),
+            2,
+            "the CJK chunk (12 bytes) does not fit the 11 left"
+        );
         assert_eq!((next, r.completion_bound()), (Next::NeedBudget, 8 + 2));
     }
 
@@ -365,6 +369,9 @@ mod tests {
         let v: Value = serde_json::from_str(r#"{"usage":{"prompt_tokens":10,"completion_tokens":5,
             "prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":3}}}"#).unwrap();
         let u = Usage::from_json(&v).unwrap();
-        assert_eq!((u.total_tokens, u.cached_tokens, u.reasoning_tokens), (15, 4, 3));
+        assert_eq!(
+            (u.total_tokens, u.cached_tokens, u.reasoning_tokens),
+            (15, 4, 3)
+        );
     }
 }

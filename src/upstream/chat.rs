@@ -70,7 +70,10 @@ fn whole(body: &Map<String, Value>, field: &str, max: u64) -> Result<Option<u64>
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(invalid(field, format!("`{field}` must be a whole number from 1 to {max}."))),
+            _ => Err(invalid(
+                field,
+                format!("`{field}` must be a whole number from 1 to {max}."),
+            )),
         },
     }
 }
@@ -102,16 +105,27 @@ pub fn prepare_chat(body: Value, rules: &ApiRules<'_>) -> Result<ChatRequest, Er
             }
         }
         Some(Value::Array(m)) if m.len() > MAX_MESSAGES => {
-            return Err(invalid("messages", format!("`messages` may hold at most {MAX_MESSAGES} messages.")))
+            return Err(invalid(
+                "messages",
+                format!("`messages` may hold at most {MAX_MESSAGES} messages."),
+            ))
         }
-        _ => return Err(invalid("messages", "`messages` must be a non-empty array of chat messages.")),
+        _ => {
+            return Err(invalid(
+                "messages",
+                "`messages` must be a non-empty array of chat messages.",
+            ))
+        }
     }
     for field in ["tools", "functions"] {
         match body.get(field) {
             None | Some(Value::Null) => {}
             Some(Value::Array(list)) if list.len() <= MAX_TOOLS => {}
             Some(_) => {
-                return Err(invalid(field, format!("`{field}` must be an array of at most {MAX_TOOLS} definitions.")))
+                return Err(invalid(
+                    field,
+                    format!("`{field}` must be an array of at most {MAX_TOOLS} definitions."),
+                ))
             }
         }
     }
@@ -122,10 +136,18 @@ pub fn prepare_chat(body: Value, rules: &ApiRules<'_>) -> Result<ChatRequest, Er
                 body.insert("model".into(), Value::from(d));
                 d.to_string()
             }
-            None => return Err(invalid("model", "Name a `model`: this API has no default model.")),
+            None => {
+                return Err(invalid(
+                    "model",
+                    "Name a `model`: this API has no default model.",
+                ))
+            }
         },
         Some(_) => {
-            return Err(invalid("model", format!("`model` must be a string of 1-{MAX_MODEL_LEN} characters.")))
+            return Err(invalid(
+                "model",
+                format!("`model` must be a string of 1-{MAX_MODEL_LEN} characters."),
+            ))
         }
     };
     let stream = match body.get("stream") {
@@ -172,9 +194,15 @@ pub fn prepare_chat(body: Value, rules: &ApiRules<'_>) -> Result<ChatRequest, Er
             .entry("stream_options")
             .or_insert_with(|| Value::Object(Map::new()));
         let Value::Object(options) = options else {
-            return Err(invalid("stream_options", "`stream_options` must be an object."));
+            return Err(invalid(
+                "stream_options",
+                "`stream_options` must be an object.",
+            ));
         };
-        client_wants_usage = options.get("include_usage").and_then(Value::as_bool).unwrap_or(false);
+        client_wants_usage = options
+            .get("include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         options.insert("include_usage".into(), Value::Bool(true));
     }
     let prompt_bound = prompt_bound(&body, rules.policy.image_tokens);
@@ -244,7 +272,10 @@ mod tests {
             (json!({"messages": "hi"}), "messages"),
             (json!({"messages": [1]}), "messages"),
             (json!({"messages": msg(), "model": 5}), "model"),
-            (json!({"messages": msg(), "model": "x".repeat(257)}), "model"),
+            (
+                json!({"messages": msg(), "model": "x".repeat(257)}),
+                "model",
+            ),
             (json!({"messages": msg(), "stream": "yes"}), "stream"),
             (json!({"messages": msg(), "n": -1}), "n"),
             (json!({"messages": msg(), "n": 1.5}), "n"),
@@ -253,36 +284,56 @@ mod tests {
             (json!({"messages": msg(), "n": 5}), "n"),
             (json!({"messages": msg(), "n": 0}), "n"),
             (json!({"messages": msg(), "max_tokens": 0}), "max_tokens"),
-            (json!({"messages": msg(), "max_completion_tokens": 1_000_001}), "max_completion_tokens"),
+            (
+                json!({"messages": msg(), "max_completion_tokens": 1_000_001}),
+                "max_completion_tokens",
+            ),
             (json!({"messages": msg(), "max_tokens": "10"}), "max_tokens"),
             (json!({"messages": msg(), "tools": {}}), "tools"),
-            (json!({"messages": msg(), "stream": true, "stream_options": 5}), "stream_options"),
+            (
+                json!({"messages": msg(), "stream": true, "stream_options": 5}),
+                "stream_options",
+            ),
         ] {
             let e = prep(body.clone()).unwrap_err();
             assert_eq!((e.status, e.kind), (400, "invalid-request"), "{body}");
             assert_eq!(e.extra["param"], param, "{body}");
         }
         let many: Vec<Value> = (0..=MAX_MESSAGES).map(|_| json!({})).collect();
-        assert_eq!(prep(json!({ "messages": many })).unwrap_err().extra["param"], "messages");
+        assert_eq!(
+            prep(json!({ "messages": many })).unwrap_err().extra["param"],
+            "messages"
+        );
         assert_eq!(prep(json!([1])).unwrap_err().status, 400);
         let none = prepare_chat(
             json!({"messages": msg()}),
-            &ApiRules { default_model: None, models: &[], policy: &UpstreamPolicy::default() },
+            &ApiRules {
+                default_model: None,
+                models: &[],
+                policy: &UpstreamPolicy::default(),
+            },
         );
         assert_eq!(none.unwrap_err().extra["param"], "model");
     }
 
     #[test]
     fn the_smaller_of_both_cap_names_is_the_clients_cap() {
-        let r = prep(json!({"messages": msg(), "max_tokens": 5000, "max_completion_tokens": 50})).unwrap();
-        assert_eq!((r.cap, r.cap_field), (Some(50), Some("max_completion_tokens")));
-        let r = prep(json!({"messages": msg(), "max_tokens": 40, "max_completion_tokens": null})).unwrap();
+        let r = prep(json!({"messages": msg(), "max_tokens": 5000, "max_completion_tokens": 50}))
+            .unwrap();
+        assert_eq!(
+            (r.cap, r.cap_field),
+            (Some(50), Some("max_completion_tokens"))
+        );
+        let r = prep(json!({"messages": msg(), "max_tokens": 40, "max_completion_tokens": null}))
+            .unwrap();
         assert_eq!((r.cap, r.cap_field), (Some(40), Some("max_tokens")));
     }
 
     #[test]
     fn the_cap_is_sent_under_one_name_only() {
-        let mut r = prep(json!({"messages": msg(), "max_tokens": 5000, "max_completion_tokens": 6000})).unwrap();
+        let mut r =
+            prep(json!({"messages": msg(), "max_tokens": 5000, "max_completion_tokens": 6000}))
+                .unwrap();
         r.set_cap(Some(50), CapField::Auto);
         assert_eq!(r.body["max_completion_tokens"], 50);
         assert!(r.body.get("max_tokens").is_none());
@@ -294,7 +345,10 @@ mod tests {
         assert_eq!(r.body["max_tokens"], 9);
         let mut r = prep(json!({"messages": msg(), "max_tokens": 5})).unwrap();
         r.set_cap(None, CapField::Auto);
-        assert_eq!(r.body["max_tokens"], 5, "no limit: the client's own cap stands");
+        assert_eq!(
+            r.body["max_tokens"], 5,
+            "no limit: the client's own cap stands"
+        );
     }
 
     #[test]
@@ -313,8 +367,15 @@ mod tests {
         let e = prep(json!({"messages": msg(), "model": "gpt-4.1"})).unwrap_err();
         assert_eq!(e.kind, "model-not-allowed");
         // ...unless the owner allows any.
-        let open = UpstreamPolicy { allow_any_model: true, ..UpstreamPolicy::default() };
-        assert!(prepare_chat(json!({"messages": msg(), "model": "gpt-4.1"}), &rules(&[], &open)).is_ok());
+        let open = UpstreamPolicy {
+            allow_any_model: true,
+            ..UpstreamPolicy::default()
+        };
+        assert!(prepare_chat(
+            json!({"messages": msg(), "model": "gpt-4.1"}),
+            &rules(&[], &open)
+        )
+        .is_ok());
     }
 
     #[test]
@@ -330,12 +391,26 @@ mod tests {
             let mut body = json!({"messages": msg()});
             body[param] = value.clone();
             let e = prep(body.clone()).unwrap_err();
-            assert_eq!((e.status, e.kind), (400, "parameter-not-allowed"), "{param}");
+            assert_eq!(
+                (e.status, e.kind),
+                (400, "parameter-not-allowed"),
+                "{param}"
+            );
             assert_eq!(e.extra["param"], param);
-            let policy = UpstreamPolicy { allowed_params: vec![param.to_string()], ..UpstreamPolicy::default() };
-            assert!(prepare_chat(body, &rules(&[], &policy)).is_ok(), "{param} allowed");
+            let policy = UpstreamPolicy {
+                allowed_params: vec![param.to_string()],
+                ..UpstreamPolicy::default()
+            };
+            assert!(
+                prepare_chat(body, &rules(&[], &policy)).is_ok(),
+                "{param} allowed"
+            );
         }
-        for harmless in [json!({"store": false}), json!({"modalities": ["text"]}), json!({"service_tier": null})] {
+        for harmless in [
+            json!({"store": false}),
+            json!({"modalities": ["text"]}),
+            json!({"service_tier": null}),
+        ] {
             let mut body = harmless.clone();
             body["messages"] = msg();
             assert!(prep(body).is_ok(), "{harmless}");
@@ -347,7 +422,15 @@ mod tests {
         let body = json!({"messages": msg(), "temperature": 0.2, "logprobs": true, "seed": 7, "user": "u",
                           "response_format": {"type": "json_object"}, "tools": [], "parallel_tool_calls": false});
         let r = prep(body.clone()).unwrap();
-        for k in ["temperature", "logprobs", "seed", "user", "response_format", "tools", "parallel_tool_calls"] {
+        for k in [
+            "temperature",
+            "logprobs",
+            "seed",
+            "user",
+            "response_format",
+            "tools",
+            "parallel_tool_calls",
+        ] {
             assert_eq!(r.body[k], body[k], "{k}");
         }
     }

@@ -131,7 +131,10 @@ impl DemoReply {
             };
             frames.push(format_event(None, &self.chunk(delta, None)));
         }
-        frames.push(format_event(None, &self.chunk(json!({}), Some(self.finish_reason))));
+        frames.push(format_event(
+            None,
+            &self.chunk(json!({}), Some(self.finish_reason)),
+        ));
         let usage = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [], "usage": self.usage(),

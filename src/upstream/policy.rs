@@ -77,8 +77,10 @@ impl PolicyInput {
     pub fn validate(&self) -> Result<(), Error> {
         if let Some(n) = self.max_n {
             if !(1..=128).contains(&n) {
-                return Err(Error::invalid_request("`upstream.max_n` must be between 1 and 128")
-                    .with_field("param", "upstream.max_n"));
+                return Err(
+                    Error::invalid_request("`upstream.max_n` must be between 1 and 128")
+                        .with_field("param", "upstream.max_n"),
+                );
             }
         }
         if let Some(t) = self.image_tokens {
@@ -127,20 +129,28 @@ mod tests {
         );
         let old: UpstreamPolicy = serde_json::from_str("{}").unwrap();
         assert_eq!(old, UpstreamPolicy::default());
-        assert!(serde_json::from_str::<UpstreamPolicy>(r#"{"max_tokens_field":"max_toks"}"#).is_err());
+        assert!(
+            serde_json::from_str::<UpstreamPolicy>(r#"{"max_tokens_field":"max_toks"}"#).is_err()
+        );
     }
 
     #[test]
     fn input_is_checked_and_applied() {
-        let bad: PolicyInput = serde_json::from_str(r#"{"allowed_params":["temperature"]}"#).unwrap();
+        let bad: PolicyInput =
+            serde_json::from_str(r#"{"allowed_params":["temperature"]}"#).unwrap();
         assert_eq!(bad.validate().unwrap_err().status, 400);
         let zero: PolicyInput = serde_json::from_str(r#"{"max_n":0}"#).unwrap();
         assert!(zero.validate().is_err());
-        let ok: PolicyInput =
-            serde_json::from_str(r#"{"allowed_params":["store"],"max_n":8,"max_tokens_field":"max_completion_tokens"}"#).unwrap();
+        let ok: PolicyInput = serde_json::from_str(
+            r#"{"allowed_params":["store"],"max_n":8,"max_tokens_field":"max_completion_tokens"}"#,
+        )
+        .unwrap();
         ok.validate().unwrap();
         let p = ok.apply(&UpstreamPolicy::default());
-        assert_eq!((p.max_n, p.allowed_params.len(), p.max_tokens_field), (8, 1, CapField::MaxCompletionTokens));
+        assert_eq!(
+            (p.max_n, p.allowed_params.len(), p.max_tokens_field),
+            (8, 1, CapField::MaxCompletionTokens)
+        );
         assert_eq!(p.image_tokens, 1000);
     }
 }

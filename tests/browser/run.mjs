@@ -284,12 +284,12 @@ add("429 shows the problem's detail and when to retry", widget(), async (ctx) =>
   assert.equal(refused.noticeKind, "error");
   assert.equal(refused.noticeRole, "alert");
   assert.match(refused.notice, /^Rate limit reached\. /);
-  assert.match(refused.notice, /requests per minute/);
+  assert.match(refused.notice, /allows 1 request per minute/);
   assert.match(refused.notice, /You can try again in \d+ seconds \(at /);
 });
 
 add("quota-exceeded mid-stream keeps the partial reply and says so", widget(), async (ctx) => {
-  const { slug } = await widgetProject(ctx, { consumer: true, plan: { tokens_per_day: 25 } });
+  const { slug } = await widgetProject(ctx, { consumer: true, plan: { tokens_per_day: 100 } });
   const { page } = await newPage(ctx);
   await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" }, after: keyFromBackend(slug) })));
   await openWidget(page);

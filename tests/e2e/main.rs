@@ -312,6 +312,17 @@ impl Ctx {
         self.admin.tenant(slug, "chat", upstream).await
     }
 
+    /// `GET /v1/{project}/{api}/usage` with `key` as Bearer (or no credential).
+    async fn consumer_usage(&self, t: &Tenant, key: Option<&str>) -> Result<Reply> {
+        let mut req = self
+            .http
+            .get(format!("{}/v1/{}/{}/usage", self.base, t.project, t.api));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        Reply::read(req.send().await?).await
+    }
+
     /// What the mock received for `slug`'s API.
     fn upstream_requests(&self, slug: &str) -> Vec<Recorded> {
         self.mock.requests_matching(&format!("/tag/{slug}/"))

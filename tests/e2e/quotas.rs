@@ -469,14 +469,7 @@ pub async fn usage_reports_for_owner_and_consumer(c: Arc<Ctx>) -> CaseResult {
     let empty = usage_until(&c, &t, "from=2020-01-01&to=2020-01-02", |_| true).await?;
     assert_eq!(empty["totals"]["requests"], 0, "{empty}");
 
-    let mine = Reply::read(
-        c.http
-            .get(format!("{}/v1/{}/{}/usage", c.base, t.project, t.api))
-            .bearer_auth(&t.secret)
-            .send()
-            .await?,
-    )
-    .await?;
+    let mine = c.consumer_usage(&t, Some(&t.secret)).await?;
     expect_status(&mine, 200, "consumer usage")?;
     let v = mine.json();
     assert_eq!(v["plan"]["name"], "default");
@@ -489,20 +482,16 @@ pub async fn usage_reports_for_owner_and_consumer(c: Arc<Ctx>) -> CaseResult {
             .is_some_and(|n| n > 0),
         "{v}"
     );
-    let anonymous = Reply::read(
-        c.http
-            .get(format!("{}/v1/{}/{}/usage", c.base, t.project, t.api))
-            .send()
-            .await?,
-    )
-    .await?;
+    let anonymous = c.consumer_usage(&t, None).await?;
     assert_problem(&anonymous, 401, "missing-credential");
     Ok(())
 }
 
 pub async fn restart_keeps_counters_and_unflushed_usage(c: Arc<Ctx>) -> CaseResult {
     const START: Duration = Duration::from_secs(60);
-    let mut gw = Gateway::start_with_timeout(START).await?;
+    // Leases expire 3 s after their last renewal: the stream cut by the crash below is booked soon.
+    let ttl = vec![("SLUICE_LEASE_TTL_MS".to_string(), "3000".to_string())];
+    let mut gw = Gateway::start_with_vars(START, ttl).await?;
     let admin = gw.admin();
     let slug = "quota-restart";
     let t = admin
@@ -531,10 +520,34 @@ pub async fn restart_keeps_counters_and_unflushed_usage(c: Arc<Ctx>) -> CaseResu
         .json(&chat_body(None, "hi", false));
         async move { Reply::read(req.send().await?).await }
     };
+    // A slow stream on a second API of the project, cut by the crash while it runs.
+    let slow = admin
+        .create_api(
+            &t.project,
+            "slow",
+            json!({"base_url": c.mock.base_url(&format!("ok/chunks/100/delay/300/tag/{slug}-slow")), "default_model": "m"}),
+        )
+        .await?;
+    let slow_id = str_field(&slow, "id")?;
+    let mut stream = chat_request(
+        &c.http,
+        &gw.base_url,
+        &t.project,
+        "slow",
+        Some((&t.secret, KeyHeader::Bearer)),
+    )
+    .json(&chat_body(None, "a long one", true))
+    .send()
+    .await?;
+    assert_eq!(stream.status(), 200);
+    tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+        .await??
+        .ok_or("no first chunk")?;
     expect_status(&chat(gw.base_url.clone()).await?, 200, "first")?;
     expect_status(&chat(gw.base_url.clone()).await?, 200, "second")?;
     // Killed at once: the second request's usage is most likely still in the counter's outbox.
     gw.restart(START).await?;
+    drop(stream);
     expect_status(
         &chat(gw.base_url.clone()).await?,
         200,
@@ -575,6 +588,39 @@ pub async fn restart_keeps_counters_and_unflushed_usage(c: Arc<Ctx>) -> CaseResu
             return Err(format!("usage lost across the restart: {n} of 3 records: {v}").into());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Nobody settled the stream the crash cut: its lease expired unrenewed and was booked, with one
+    // `abandoned` record, without any further request.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = admin
+            .call(
+                Method::GET,
+                &format!("/api/v1/gateway/apis/{slow_id}/usage"),
+                None,
+            )
+            .await?;
+        let v = r.json();
+        let recs = records(&v);
+        if let Some(rec) = recs.first() {
+            assert_eq!(recs.len(), 1, "one record for the cut stream: {v}");
+            assert_eq!(
+                (rec["ended"].as_str(), rec["estimated"].as_bool()),
+                (Some("abandoned"), Some(true)),
+                "{rec}"
+            );
+            assert!(
+                rec["total_tokens"]
+                    .as_u64()
+                    .is_some_and(|n| n >= rec["prompt_bound"].as_u64().unwrap_or(u64::MAX)),
+                "{rec}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the abandoned stream was never recorded: {v}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     gw.stop();
     Ok(())

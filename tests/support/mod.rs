@@ -1328,16 +1328,22 @@ fn message_of(kind: &str, n: usize) -> Value {
     match kind {
         "tools" => json!({"role": "assistant", "content": null, "tool_calls": [
             {"id": "call_mock", "type": "function", "function": {"name": "lookup", "arguments": text}}]}),
-        "function" => json!({"role": "assistant", "content": null, "function_call": {"name": "lookup", "arguments": text}}),
+        "function" => {
+            json!({"role": "assistant", "content": null, "function_call": {"name": "lookup", "arguments": text}})
+        }
         "refusal" => json!({"role": "assistant", "content": null, "refusal": text}),
-        "audio" => json!({"role": "assistant", "content": null, "audio": {"id": "audio_1", "transcript": text}}),
+        "audio" => {
+            json!({"role": "assistant", "content": null, "audio": {"id": "audio_1", "transcript": text}})
+        }
         _ => json!({"role": "assistant", "content": text}),
     }
 }
 
 fn completion(id: &str, model: &str, n: usize, shape: &Shape) -> Vec<u8> {
     let choices: Vec<Value> = (0..shape.choices)
-        .map(|i| json!({"index": i, "message": message_of(&shape.kind, n), "finish_reason": "stop"}))
+        .map(
+            |i| json!({"index": i, "message": message_of(&shape.kind, n), "finish_reason": "stop"}),
+        )
         .collect();
     let mut v = json!({
         "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model, "choices": choices,
@@ -1358,11 +1364,18 @@ async fn answer_ok(
     shape: &Shape,
 ) -> io::Result<bool> {
     if !stream {
-        out.whole(200, "application/json", "", &completion(id, model, n, shape))
-            .await?;
+        out.whole(
+            200,
+            "application/json",
+            "",
+            &completion(id, model, n, shape),
+        )
+        .await?;
         return Ok(true);
     }
-    let mut payloads: Vec<Vec<u8>> = (0..n).map(|i| stream_chunk_of(&shape.kind, id, model, i, n)).collect();
+    let mut payloads: Vec<Vec<u8>> = (0..n)
+        .map(|i| stream_chunk_of(&shape.kind, id, model, i, n))
+        .collect();
     let content_chunks = payloads.len();
     if shape.usage {
         payloads.push(sse(&json!({

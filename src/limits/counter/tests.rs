@@ -57,12 +57,20 @@ fn exactly_the_limit_is_admitted_in_a_burst() {
     let mut s = CounterState::default();
     let now = t(NOW);
     let admitted = (0..50)
-        .filter(|i| s.admit(now, &limits, &format!("l{i}"), fixed(1, 1), None).is_ok())
+        .filter(|i| {
+            s.admit(now, &limits, &format!("l{i}"), fixed(1, 1), None)
+                .is_ok()
+        })
         .count();
     assert_eq!(admitted, 10);
     let refusal = s.admit(now, &limits, "x", fixed(1, 1), None).unwrap_err();
     assert_eq!(
-        (refusal.scope, refusal.limit, refusal.used, refusal.retry_after_s),
+        (
+            refusal.scope,
+            refusal.limit,
+            refusal.used,
+            refusal.retry_after_s
+        ),
         (Scope::RequestsPerMinute, 10, 10, 60)
     );
 }
@@ -76,15 +84,22 @@ fn minute_window_slides() {
     let mut s = CounterState::default();
     let t0 = t(NOW);
     assert!(s.admit(t0, &limits, "a", fixed(0, 0), None).is_ok());
-    assert!(s.admit(t0 + 30_000, &limits, "b", fixed(0, 0), None).is_ok());
-    let r = s.admit(t0 + 59_999, &limits, "c", fixed(0, 0), None).unwrap_err();
+    assert!(s
+        .admit(t0 + 30_000, &limits, "b", fixed(0, 0), None)
+        .is_ok());
+    let r = s
+        .admit(t0 + 59_999, &limits, "c", fixed(0, 0), None)
+        .unwrap_err();
     assert_eq!(r.reset_at, t0 + 60_000);
     assert_eq!(r.retry_after_s, 1);
     assert!(
-        s.admit(t0 + 60_000, &limits, "d", fixed(0, 0), None).is_ok(),
+        s.admit(t0 + 60_000, &limits, "d", fixed(0, 0), None)
+            .is_ok(),
         "the first admission left the window"
     );
-    assert!(s.admit(t0 + 60_001, &limits, "e", fixed(0, 0), None).is_err());
+    assert!(s
+        .admit(t0 + 60_001, &limits, "e", fixed(0, 0), None)
+        .is_err());
 }
 
 #[test]
@@ -94,13 +109,23 @@ fn daily_requests_reset_at_utc_midnight() {
         ..Default::default()
     };
     let mut s = CounterState::default();
-    assert!(s.admit(t("2026-11-22T23:59:59Z"), &limits, "a", fixed(0, 0), None).is_ok());
+    assert!(s
+        .admit(t("2026-11-22T23:59:59Z"), &limits, "a", fixed(0, 0), None)
+        .is_ok());
     let r = s
-        .admit(t("2026-11-22T23:59:59.500Z"), &limits, "b", fixed(0, 0), None)
+        .admit(
+            t("2026-11-22T23:59:59.500Z"),
+            &limits,
+            "b",
+            fixed(0, 0),
+            None,
+        )
         .unwrap_err();
     assert_eq!(r.scope, Scope::RequestsPerDay);
     assert_eq!(rfc3339(r.reset_at), "2026-11-23T00:00:00.000Z");
-    assert!(s.admit(t("2026-11-23T00:00:00Z"), &limits, "c", fixed(0, 0), None).is_ok());
+    assert!(s
+        .admit(t("2026-11-23T00:00:00Z"), &limits, "c", fixed(0, 0), None)
+        .is_ok());
 }
 
 #[test]
@@ -112,12 +137,23 @@ fn the_cap_is_what_the_window_has_left_after_the_prompt() {
     let mut s = CounterState::default();
     let now = t(NOW);
     // No cap of its own: it gets the whole room after its prompt bound.
-    assert_eq!(s.admit(now, &limits, "a", ask(100, None, 1), None), Ok(Some(9_900)));
+    assert_eq!(
+        s.admit(now, &limits, "a", ask(100, None, 1), None),
+        Ok(Some(9_900))
+    );
     // The room is held: nothing fits until the first is settled.
-    let r = s.admit(now, &limits, "b", ask(100, None, 1), None).unwrap_err();
-    assert_eq!((r.scope, r.used, r.needed), (Scope::TokensPerDay, 10_000, 101));
+    let r = s
+        .admit(now, &limits, "b", ask(100, None, 1), None)
+        .unwrap_err();
+    assert_eq!(
+        (r.scope, r.used, r.needed),
+        (Scope::TokensPerDay, 10_000, 101)
+    );
     assert!(s.settle(now, "a", &done(40, 60)));
-    assert_eq!(s.admit(now, &limits, "b", ask(100, None, 1), None), Ok(Some(9_800)));
+    assert_eq!(
+        s.admit(now, &limits, "b", ask(100, None, 1), None),
+        Ok(Some(9_800))
+    );
 }
 
 #[test]
@@ -131,7 +167,10 @@ fn sixty_uncapped_requests_never_book_more_than_the_day() {
     let mut caps = Vec::new();
     for i in 0..60 {
         if let Ok(cap) = s.admit(now, &limits, &format!("l{i}"), ask(30, None, 1), None) {
-            caps.push((format!("l{i}"), cap.expect("a limited window always yields a cap")));
+            caps.push((
+                format!("l{i}"),
+                cap.expect("a limited window always yields a cap"),
+            ));
         }
     }
     // An honest upstream uses at most its cap; settling every admitted request books at most the day.
@@ -139,7 +178,11 @@ fn sixty_uncapped_requests_never_book_more_than_the_day() {
         assert!(s.settle(now, id, &done(30, *cap)));
     }
     assert!(s.day_tokens <= 10_000, "booked {}", s.day_tokens);
-    assert_eq!(caps.len(), 1, "the first takes the whole room when it names no cap");
+    assert_eq!(
+        caps.len(),
+        1,
+        "the first takes the whole room when it names no cap"
+    );
 }
 
 #[test]
@@ -151,9 +194,14 @@ fn n_choices_reserve_n_caps() {
     let mut s = CounterState::default();
     let now = t(NOW);
     // 8 × 200 does not fit in 1000 - 40: the cap shrinks to what fits for eight choices.
-    assert_eq!(s.admit(now, &limits, "a", ask(40, Some(200), 8), None), Ok(Some(120)));
+    assert_eq!(
+        s.admit(now, &limits, "a", ask(40, Some(200), 8), None),
+        Ok(Some(120))
+    );
     assert_eq!(s.leases[0].reserved, 40 + 8 * 120);
-    assert!(s.admit(now, &limits, "b", ask(40, Some(1), 8), None).is_err());
+    assert!(s
+        .admit(now, &limits, "b", ask(40, Some(1), 8), None)
+        .is_err());
 }
 
 #[test]
@@ -164,9 +212,17 @@ fn less_than_one_token_per_choice_is_a_refusal() {
     };
     let mut s = CounterState::default();
     let now = t(NOW);
-    let r = s.admit(now, &limits, "a", ask(98, Some(50), 3), None).unwrap_err();
-    assert_eq!((r.scope, r.needed, r.remaining()), (Scope::TokensPerDay, 101, 100));
-    assert_eq!(s.admit(now, &limits, "a", ask(97, Some(50), 3), None), Ok(Some(1)));
+    let r = s
+        .admit(now, &limits, "a", ask(98, Some(50), 3), None)
+        .unwrap_err();
+    assert_eq!(
+        (r.scope, r.needed, r.remaining()),
+        (Scope::TokensPerDay, 101, 100)
+    );
+    assert_eq!(
+        s.admit(now, &limits, "a", ask(97, Some(50), 3), None),
+        Ok(Some(1))
+    );
 }
 
 #[test]
@@ -177,8 +233,13 @@ fn the_tightest_of_day_and_month_wins() {
         ..Default::default()
     };
     let mut s = CounterState::default();
-    assert_eq!(s.admit(t(NOW), &limits, "a", ask(100, Some(5_000), 1), None), Ok(Some(200)));
-    let r = s.admit(t(NOW), &limits, "b", ask(1, None, 1), None).unwrap_err();
+    assert_eq!(
+        s.admit(t(NOW), &limits, "a", ask(100, Some(5_000), 1), None),
+        Ok(Some(200))
+    );
+    let r = s
+        .admit(t(NOW), &limits, "b", ask(1, None, 1), None)
+        .unwrap_err();
     assert_eq!(r.scope, Scope::TokensPerMonth);
 }
 
@@ -192,7 +253,16 @@ fn caps_never_overflow() {
     let cap = s.admit(t(NOW), &limits, "a", ask(u64::MAX - 10, None, 4), None);
     assert_eq!(cap, Ok(Some(2)));
     let mut s = CounterState::default();
-    assert_eq!(s.admit(t(NOW), &Limits::default(), "a", ask(u64::MAX, Some(u64::MAX), u64::MAX), None), Ok(Some(u64::MAX)));
+    assert_eq!(
+        s.admit(
+            t(NOW),
+            &Limits::default(),
+            "a",
+            ask(u64::MAX, Some(u64::MAX), u64::MAX),
+            None
+        ),
+        Ok(Some(u64::MAX))
+    );
     assert_eq!(s.leases[0].reserved, u64::MAX);
 }
 
@@ -236,7 +306,9 @@ fn twenty_parallel_requests_on_a_cent_book_at_most_a_cent() {
     let admitted: Vec<(String, u64)> = (0..20)
         .filter_map(|i| {
             let id = format!("l{i}");
-            s.admit(now, &limits, &id, a, None).ok().map(|cap| (id, cap.unwrap_or(0)))
+            s.admit(now, &limits, &id, a, None)
+                .ok()
+                .map(|cap| (id, cap.unwrap_or(0)))
         })
         .collect();
     assert!(!admitted.is_empty());
@@ -254,15 +326,24 @@ fn an_upstream_that_ignores_the_cap_is_booked_and_flagged() {
     };
     let mut s = CounterState::default();
     let now = t(NOW);
-    let cap = s.admit(now, &limits, "a", ask(20, None, 1), record("a")).unwrap();
+    let cap = s
+        .admit(now, &limits, "a", ask(20, None, 1), record("a"))
+        .unwrap();
     assert_eq!(cap, Some(280));
     assert!(s.settle(now, "a", &done(20, 2_000)));
     assert!(s.filed[0].overrun);
-    assert_eq!(s.day_tokens, 2_020, "what it really used is booked, never hidden");
-    let r = s.admit(now, &limits, "b", ask(1, None, 1), None).unwrap_err();
+    assert_eq!(
+        s.day_tokens, 2_020,
+        "what it really used is booked, never hidden"
+    );
+    let r = s
+        .admit(now, &limits, "b", ask(1, None, 1), None)
+        .unwrap_err();
     assert_eq!((r.scope, r.remaining()), (Scope::TokensPerDay, 0));
     let next_day = t("2026-11-23T00:00:00Z");
-    assert!(s.admit(next_day, &limits, "c", ask(1, None, 1), None).is_ok());
+    assert!(s
+        .admit(next_day, &limits, "c", ask(1, None, 1), None)
+        .is_ok());
 }
 
 #[test]
@@ -274,7 +355,10 @@ fn flexible_budget_extends_as_far_as_the_windows_allow() {
     };
     let mut s = CounterState::default();
     let now = t(NOW);
-    assert_eq!(s.admit(now, &limits, "a", streamed(ask(20, Some(30), 1)), None), Ok(Some(30)));
+    assert_eq!(
+        s.admit(now, &limits, "a", streamed(ask(20, Some(30), 1)), None),
+        Ok(Some(30))
+    );
     assert_eq!(s.extend(now, &limits, "a", 64), 50, "the rest of the day");
     assert_eq!(s.extend(now, &limits, "a", 64), 0, "budget spent");
     assert_eq!(s.extend(now, &limits, "nope", 64), 0);
@@ -307,14 +391,18 @@ fn monthly_budget_spans_days_and_resets_with_the_month() {
         ..Default::default()
     };
     let mut s = CounterState::default();
-    assert!(s.admit(t("2026-11-01T00:00:00Z"), &limits, "a", fixed(0, 60), None).is_ok());
+    assert!(s
+        .admit(t("2026-11-01T00:00:00Z"), &limits, "a", fixed(0, 60), None)
+        .is_ok());
     assert!(s.settle(t("2026-11-01T00:00:01Z"), "a", &done(0, 60)));
     let r = s
         .admit(t("2026-11-30T12:00:00Z"), &limits, "b", fixed(40, 1), None)
         .unwrap_err();
     assert_eq!(r.scope, Scope::TokensPerMonth);
     assert_eq!(rfc3339(r.reset_at), "2026-12-01T00:00:00.000Z");
-    assert!(s.admit(t("2026-12-01T00:00:00Z"), &limits, "c", fixed(0, 100), None).is_ok());
+    assert!(s
+        .admit(t("2026-12-01T00:00:00Z"), &limits, "c", fixed(0, 100), None)
+        .is_ok());
 }
 
 #[test]
@@ -325,15 +413,21 @@ fn concurrent_streams_are_limited_and_released() {
     };
     let mut s = CounterState::default();
     let now = t(NOW);
-    assert!(s.admit(now, &limits, "a", streamed(fixed(0, 0)), None).is_ok());
-    let r = s.admit(now, &limits, "b", streamed(fixed(0, 0)), None).unwrap_err();
+    assert!(s
+        .admit(now, &limits, "a", streamed(fixed(0, 0)), None)
+        .is_ok());
+    let r = s
+        .admit(now, &limits, "b", streamed(fixed(0, 0)), None)
+        .unwrap_err();
     assert_eq!(r.scope, Scope::MaxConcurrentStreams);
     assert!(
         s.admit(now, &limits, "c", fixed(0, 0), None).is_ok(),
         "non-streamed requests are not streams"
     );
     s.settle(now, "a", &done(0, 0));
-    assert!(s.admit(now, &limits, "d", streamed(fixed(0, 0)), None).is_ok());
+    assert!(s
+        .admit(now, &limits, "d", streamed(fixed(0, 0)), None)
+        .is_ok());
 }
 
 #[test]
@@ -344,14 +438,18 @@ fn a_renewed_lease_outlives_its_ttl_and_keeps_its_slot() {
     };
     let mut s = CounterState::default();
     let t0 = t(NOW);
-    assert!(s.admit(t0, &limits, "a", streamed(fixed(5, 5)), record("a")).is_ok());
+    assert!(s
+        .admit(t0, &limits, "a", streamed(fixed(5, 5)), record("a"))
+        .is_ok());
     // A stream renewing every 20 s for an hour keeps its lease and its slot.
     let every = LEASE_TTL_MS / 3;
     for k in 1..=180 {
         assert!(s.renew(t0 + k * every, "a"));
     }
     let later = t0 + 180 * every + 1;
-    assert!(s.admit(later, &limits, "b", streamed(fixed(0, 1)), None).is_err());
+    assert!(s
+        .admit(later, &limits, "b", streamed(fixed(0, 1)), None)
+        .is_err());
     assert!(s.settle(later, "a", &done(5, 5)));
     assert_eq!(s.filed.len(), 1);
     assert_eq!(s.filed[0].ended, Ended::Complete);
@@ -371,17 +469,46 @@ fn an_abandoned_lease_expires_booked_at_its_reservation_with_one_record() {
         r.prompt_bound = 5;
         r.created_at = now;
     }
-    assert!(s.admit(now, &limits, "a", streamed(fixed(5, 20)), r).is_ok());
+    assert!(s
+        .admit(now, &limits, "a", streamed(fixed(5, 20)), r)
+        .is_ok());
     assert_eq!(s.next_expiry(), Some(now + LEASE_TTL_MS));
-    assert!(s.admit(now + LEASE_TTL_MS - 1, &limits, "b", streamed(fixed(0, 1)), None).is_err());
+    assert!(s
+        .admit(
+            now + LEASE_TTL_MS - 1,
+            &limits,
+            "b",
+            streamed(fixed(0, 1)),
+            None
+        )
+        .is_err());
     s.roll(now + LEASE_TTL_MS);
     assert_eq!(s.day_tokens, 25);
     assert_eq!(s.filed.len(), 1);
     let rec = &s.filed[0];
-    assert_eq!((rec.ended, rec.estimated, rec.prompt_tokens, rec.completion_tokens), (Ended::Abandoned, true, 5, 20));
-    assert!(!s.settle(now + LEASE_TTL_MS, "a", &done(1, 1)), "a late settle counts nothing");
+    assert_eq!(
+        (
+            rec.ended,
+            rec.estimated,
+            rec.prompt_tokens,
+            rec.completion_tokens
+        ),
+        (Ended::Abandoned, true, 5, 20)
+    );
+    assert!(
+        !s.settle(now + LEASE_TTL_MS, "a", &done(1, 1)),
+        "a late settle counts nothing"
+    );
     assert!(!s.renew(now + LEASE_TTL_MS, "a"));
-    assert!(s.admit(now + LEASE_TTL_MS, &limits, "c", streamed(fixed(0, 1)), None).is_ok());
+    assert!(s
+        .admit(
+            now + LEASE_TTL_MS,
+            &limits,
+            "c",
+            streamed(fixed(0, 1)),
+            None
+        )
+        .is_ok());
 }
 
 #[test]
@@ -394,7 +521,8 @@ fn exhausted_names_the_spent_window() {
     };
     let mut s = CounterState::default();
     let now = t(NOW);
-    s.admit(now, &limits, "a", streamed(fixed(0, 10)), None).unwrap();
+    s.admit(now, &limits, "a", streamed(fixed(0, 10)), None)
+        .unwrap();
     let r = Refusal::exhausted(&s.windows(now, &limits), now);
     assert_eq!((r.scope, r.limit, r.used), (Scope::TokensPerDay, 10, 10));
     assert_eq!(rfc3339(r.reset_at), "2026-11-23T00:00:00.000Z");
@@ -414,10 +542,17 @@ fn refusals_say_what_is_left_in_the_right_number() {
     assert_eq!((e.status, e.kind), (429, "quota-exceeded"));
     assert!(e.detail.contains("allows 20 tokens per day; 19 used, 1 remaining, and this request needs at least 25 tokens"), "{}", e.detail);
     let p = e.to_problem();
-    assert_eq!((p["scope"].clone(), p["remaining"].clone()), ("tokens_per_day".into(), 1.into()));
+    assert_eq!(
+        (p["scope"].clone(), p["remaining"].clone()),
+        ("tokens_per_day".into(), 1.into())
+    );
     assert_eq!(p["reset"], "2026-11-23T00:00:00.000Z");
-    assert!(e.headers.contains(&("Retry-After".to_string(), "7".to_string())));
-    assert!(e.headers.contains(&("x-should-retry".to_string(), "false".to_string())));
+    assert!(e
+        .headers
+        .contains(&("Retry-After".to_string(), "7".to_string())));
+    assert!(e
+        .headers
+        .contains(&("x-should-retry".to_string(), "false".to_string())));
     let rpm = Refusal {
         scope: Scope::RequestsPerMinute,
         limit: 1,
@@ -428,8 +563,16 @@ fn refusals_say_what_is_left_in_the_right_number() {
     };
     let e = rpm.to_error("p");
     assert_eq!(e.kind, "rate-limited");
-    assert!(e.detail.contains("allows 1 request per minute; 1 used, 0 remaining."), "{}", e.detail);
-    assert!(!e.headers.iter().any(|(k, _)| k == "x-should-retry"), "a minute window is worth retrying");
+    assert!(
+        e.detail
+            .contains("allows 1 request per minute; 1 used, 0 remaining."),
+        "{}",
+        e.detail
+    );
+    assert!(
+        !e.headers.iter().any(|(k, _)| k == "x-should-retry"),
+        "a minute window is worth retrying"
+    );
     let spend = Refusal {
         scope: Scope::SpendPerDayUsd,
         limit: 10_000,
@@ -453,7 +596,10 @@ fn windows_list_spend_in_micro_dollars() {
     let mut s = CounterState::default();
     let w = s.windows(t(NOW), &limits);
     assert_eq!(w.len(), 1);
-    assert_eq!((w[0].scope, w[0].limit, w[0].remaining), (Scope::SpendPerMonthUsd, 5_000_000, 5_000_000));
+    assert_eq!(
+        (w[0].scope, w[0].limit, w[0].remaining),
+        (Scope::SpendPerMonthUsd, 5_000_000, 5_000_000)
+    );
     assert_eq!(w[0].window_s, 30 * 86_400);
 }
 
@@ -463,7 +609,15 @@ fn state_stored_by_the_previous_release_is_read_unchanged() {
     let old = r#"{"minute":[1],"day_start":0,"day_requests":2,"day_tokens":30,"month_start":0,"month_tokens":40,
         "leases":[{"id":"l1","reserved":7,"stream":true,"expires_at":99}]}"#;
     let s: CounterState = serde_json::from_str(old).unwrap();
-    assert_eq!((s.day_tokens, s.day_spend, s.leases[0].reserved, s.leases[0].spend), (30, 0, 7, 0));
+    assert_eq!(
+        (
+            s.day_tokens,
+            s.day_spend,
+            s.leases[0].reserved,
+            s.leases[0].spend
+        ),
+        (30, 0, 7, 0)
+    );
     assert!(s.leases[0].record.is_none());
 }
 
@@ -485,7 +639,11 @@ fn state_json_format_unchanged() {
             stream: false,
             expires_at: 10,
             ttl_ms: 11,
-            price: Some(Price { input: 1, output: 2, cached_input: 3 }),
+            price: Some(Price {
+                input: 1,
+                output: 2,
+                cached_input: 3,
+            }),
             record: None,
         }],
         filed: vec![UsageRecord::default()],
@@ -498,7 +656,12 @@ fn state_json_format_unchanged() {
 
 #[test]
 fn undecodable_state_is_an_error_not_a_reset() {
-    for bad in ["", "{}", r#"{"minute":"x"}"#, r#"{"minute":[],"day_start":0}"#] {
+    for bad in [
+        "",
+        "{}",
+        r#"{"minute":"x"}"#,
+        r#"{"minute":[],"day_start":0}"#,
+    ] {
         assert!(serde_json::from_str::<CounterState>(bad).is_err(), "{bad}");
     }
 }

@@ -5,6 +5,7 @@
 //! when an unrenewed lease expires, so an abandoned request is booked and recorded without any
 //! further traffic. State that does not decode is an error (503), never a reset.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,12 +26,14 @@ const FLUSH_BATCH: usize = 50;
 /// How soon after a request its usage reaches D1.
 const FLUSH_DELAY_MS: i64 = 500;
 /// Backoff when D1 is unavailable.
-const RETRY_DELAY: Duration = Duration::from_secs(5);
+const RETRY_DELAY_MS: i64 = 5_000;
 
 #[durable_object]
 pub struct ConsumerCounter {
     state: State,
     env: Env,
+    /// The alarm this instance last saw set (epoch ms), so most operations need no alarm lookup.
+    alarm_at: Cell<Option<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -110,24 +113,47 @@ impl ConsumerCounter {
         Ok([flush, state.next_expiry()].into_iter().flatten().min())
     }
 
-    /// Makes sure an alarm fires by `at` (an earlier one already set is kept).
+    /// Makes sure an alarm fires by `at` (an earlier one already set is kept). The storage is asked
+    /// only when this instance has not seen an alarm that covers `at` yet.
     async fn wake_by(&self, at: Option<i64>) -> Result<()> {
         let Some(at) = at else {
             return Ok(());
         };
-        let storage = self.state.storage();
-        let set = storage.get_alarm().await?;
-        if set.is_none_or(|s| s > at) {
-            let after = (at - now_ms()).max(1) as u64;
-            storage.set_alarm(Duration::from_millis(after)).await?;
+        let now = now_ms();
+        if self.alarm_at.get().is_some_and(|s| s > now && s <= at) {
+            return Ok(());
         }
+        let storage = self.state.storage();
+        match storage.get_alarm().await?.filter(|s| *s > now) {
+            Some(s) if s <= at => self.alarm_at.set(Some(s)),
+            _ => {
+                let after = (at - now).max(1) as u64;
+                storage.set_alarm(Duration::from_millis(after)).await?;
+                self.alarm_at.set(Some(at));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the next alarm from inside the alarm handler.
+    async fn wake_in(&self, at: i64) -> Result<()> {
+        let after = (at - now_ms()).max(1) as u64;
+        self.state
+            .storage()
+            .set_alarm(Duration::from_millis(after))
+            .await?;
+        self.alarm_at.set(Some(at));
         Ok(())
     }
 }
 
 impl DurableObject for ConsumerCounter {
     fn new(state: State, env: Env) -> Self {
-        ConsumerCounter { state, env }
+        ConsumerCounter {
+            state,
+            env,
+            alarm_at: Cell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
@@ -147,6 +173,7 @@ impl DurableObject for ConsumerCounter {
     }
 
     async fn alarm(&self) -> Result<Response> {
+        self.alarm_at.set(None);
         let sql = self.state.storage().sql();
         ensure_schema(&sql)?;
         // Book leases whose requests stopped renewing them, filing their records.
@@ -173,7 +200,7 @@ impl DurableObject for ConsumerCounter {
             Err(_) => false,
         };
         if !flushed {
-            self.state.storage().set_alarm(RETRY_DELAY).await?;
+            self.wake_in(now_ms() + RETRY_DELAY_MS).await?;
             return Response::ok("retry");
         }
         // Stored in D1 (INSERT OR IGNORE): only now leave the outbox, so a crash in between repeats
@@ -190,11 +217,7 @@ impl DurableObject for ConsumerCounter {
             state.next_expiry()
         };
         if let Some(at) = next {
-            let after = (at - now_ms()).max(1) as u64;
-            self.state
-                .storage()
-                .set_alarm(Duration::from_millis(after))
-                .await?;
+            self.wake_in(at).await?;
         }
         Response::ok("flushed")
     }

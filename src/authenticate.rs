@@ -11,7 +11,7 @@ use crate::auth::jwks_cache::{looks_like_jwt, peek_kid};
 use crate::auth::tokens::{classify, kid_prefix, SluiceToken};
 use crate::auth::{extract_credential, key::ConsumerKey};
 use crate::crypto;
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::http::{encryption_secret, header, now_ms};
 use crate::identity::{client_ip, verify_byo, verify_sluice_token};
 use crate::limits::plan::Plan;
@@ -75,9 +75,7 @@ fn check_ip(req: &Request, api: &Api) -> Result<(), Error> {
     let allowlist = crate::auth::config::parse_allowlist(&api.ip_allowlist()?)?;
     if !cidr::allowed(&allowlist, client_ip(req).as_deref()) {
         return Err(Error::new(
-            403,
-            "ip-not-allowed",
-            "Your IP address is not allowed",
+            Problem::IpNotAllowed,
             "This API only accepts requests from the owner's allowed networks.",
         ));
     }
@@ -270,9 +268,7 @@ async fn authenticate_consumer_jwt(
 
 fn mode_mismatch(api: &Api, what: &str) -> Error {
     Error::new(
-        403,
-        "auth-mode-mismatch",
-        "This credential is not accepted in this API's auth mode",
+        Problem::AuthModeMismatch,
         format!(
             "API `{}` is in `{}` mode, which does not accept {what}.",
             api.slug, api.auth_mode

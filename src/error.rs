@@ -1,13 +1,90 @@
-//! The gateway's one error type, rendered as problem+json (RFC 9457) in exactly one place (`http::problem`).
+//! The gateway's one error type and the closed catalogue of problem types it can carry, rendered as
+//! problem+json (RFC 9457) in exactly one place (`http::problem`).
 
 use serde_json::{Map, Value};
 
-/// An error on its way to the client. `kind` is the stable problem `type`; clients match on it.
+macro_rules! catalogue {
+    ($($variant:ident => $slug:literal, $status:literal, $title:literal;)*) => {
+        /// Every problem `type` the gateway answers with, its usual status and its title. The slug is
+        /// stable: clients match on it (and the README lists them all).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Problem {
+            $($variant,)*
+        }
+
+        impl Problem {
+            pub const ALL: &'static [Problem] = &[$(Problem::$variant,)*];
+
+            /// The problem's `type`: a relative URI reference, stable for matching.
+            pub fn slug(self) -> &'static str {
+                match self {
+                    $(Problem::$variant => $slug,)*
+                }
+            }
+
+            /// The status it is answered with (the upstream's own for `upstream-rejected`).
+            pub fn status(self) -> u16 {
+                match self {
+                    $(Problem::$variant => $status,)*
+                }
+            }
+
+            /// A short summary of the problem type, the same for every occurrence.
+            pub fn title(self) -> &'static str {
+                match self {
+                    $(Problem::$variant => $title,)*
+                }
+            }
+        }
+    };
+}
+
+catalogue! {
+    InvalidRequest => "invalid-request", 400, "The request is not valid";
+    InvalidJson => "invalid-json", 400, "The request body is not valid JSON";
+    ParameterNotAllowed => "parameter-not-allowed", 400, "This parameter is not allowed on this API";
+    UnsupportedGrantType => "unsupported-grant-type", 400, "Unsupported grant type";
+    MissingCredential => "missing-credential", 401, "No credential was sent";
+    InvalidCredential => "invalid-credential", 401, "The credential is not valid";
+    TokenExpired => "token-expired", 401, "The token has expired";
+    SessionRevoked => "session-revoked", 401, "The session has ended";
+    InvalidCode => "invalid-code", 401, "The code was not accepted";
+    CodeLocked => "code-locked", 401, "The code was not accepted";
+    CodeExpired => "code-expired", 401, "The code was not accepted";
+    InvalidRefreshToken => "invalid-refresh-token", 401, "The refresh token was not accepted";
+    RefreshTokenReused => "refresh-token-reused", 401, "The refresh token was not accepted";
+    AdminUnauthorized => "admin-unauthorized", 401, "Admin token missing or wrong";
+    ConsumerDisabled => "consumer-disabled", 403, "The consumer is disabled";
+    IpNotAllowed => "ip-not-allowed", 403, "Your IP address is not allowed";
+    AuthModeMismatch => "auth-mode-mismatch", 403, "This credential is not accepted in this API's auth mode";
+    ModelNotAllowed => "model-not-allowed", 403, "The model is not allowed";
+    ModelNotPriced => "model-not-priced", 403, "The model has no price";
+    NotFound => "not-found", 404, "Not found";
+    MethodNotAllowed => "method-not-allowed", 405, "Method not allowed";
+    Conflict => "conflict", 409, "Already exists";
+    PayloadTooLarge => "payload-too-large", 413, "The request body is too large";
+    RateLimited => "rate-limited", 429, "Rate limit reached";
+    QuotaExceeded => "quota-exceeded", 429, "Quota exceeded";
+    BudgetExceeded => "budget-exceeded", 429, "Spend budget exceeded";
+    UpstreamRateLimited => "upstream-rate-limited", 429, "The upstream model API is rate limiting";
+    ClientClosedRequest => "client-closed-request", 499, "The client closed the request";
+    Internal => "internal", 500, "Internal gateway error";
+    UpstreamError => "upstream-error", 502, "The upstream model API failed";
+    UpstreamRejected => "upstream-rejected", 400, "The upstream model API rejected the request";
+    UpstreamStreamInterrupted => "upstream-stream-interrupted", 502, "The upstream stream ended early";
+    GatewayMisconfigured => "gateway-misconfigured", 503, "The gateway is not configured for this";
+    CounterUnavailable => "counter-unavailable", 503, "Quota counters are unavailable";
+    AuthUnavailable => "auth-unavailable", 503, "Sign-in is temporarily unavailable";
+    JwksUnavailable => "jwks-unavailable", 503, "The API's key set is unavailable";
+    UpstreamTimeout => "upstream-timeout", 504, "The upstream model API did not answer in time";
+}
+
+/// An error on its way to the client: a problem of the catalogue, what happened, and what it needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Error {
+    pub problem: Problem,
+    /// Usually the problem's status; `upstream-rejected` keeps the upstream's.
     pub status: u16,
-    pub kind: &'static str,
-    pub title: &'static str,
     pub detail: String,
     /// Extension members of the problem object (e.g. `scope`, `limit`).
     pub extra: Map<String, Value>,
@@ -18,20 +95,29 @@ pub struct Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn new(
-        status: u16,
-        kind: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
+    pub fn new(problem: Problem, detail: impl Into<String>) -> Self {
         Error {
-            status,
-            kind,
-            title,
+            problem,
+            status: problem.status(),
             detail: detail.into(),
             extra: Map::new(),
             headers: Vec::new(),
         }
+    }
+
+    /// The stable problem `type`.
+    pub fn kind(&self) -> &'static str {
+        self.problem.slug()
+    }
+
+    pub fn title(&self) -> &'static str {
+        self.problem.title()
+    }
+
+    /// Answers with `status` instead of the problem's usual one (the upstream's, for a rejection).
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
     }
 
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -50,103 +136,73 @@ impl Error {
     }
 
     pub fn invalid_request(detail: impl Into<String>) -> Self {
-        Self::new(400, "invalid-request", "The request is not valid", detail)
+        Self::new(Problem::InvalidRequest, detail)
     }
     pub fn invalid_json(detail: impl Into<String>) -> Self {
-        Self::new(
-            400,
-            "invalid-json",
-            "The request body is not valid JSON",
-            detail,
-        )
+        Self::new(Problem::InvalidJson, detail)
     }
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
-            413,
-            "payload-too-large",
-            "The request body is too large",
+            Problem::PayloadTooLarge,
             format!("Send at most {limit} bytes."),
         )
     }
     pub fn missing_credential() -> Self {
-        Self::new(401, "missing-credential", "No credential was sent",
+        Self::new(Problem::MissingCredential,
             "Send a consumer key or token as `Authorization: Bearer <credential>` (or `X-API-Key: <key>`).")
             .with_header("WWW-Authenticate", "Bearer")
     }
     pub fn invalid_credential(detail: impl Into<String>) -> Self {
-        Self::new(
-            401,
-            "invalid-credential",
-            "The credential is not valid",
-            detail,
-        )
-        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
+        Self::new(Problem::InvalidCredential, detail)
+            .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
     }
     pub fn consumer_disabled() -> Self {
         Self::new(
-            403,
-            "consumer-disabled",
-            "The consumer is disabled",
+            Problem::ConsumerDisabled,
             "This consumer has been disabled by the API owner; ask them to enable it.",
         )
     }
     pub fn admin_unauthorized() -> Self {
         Self::new(
-            401,
-            "admin-unauthorized",
-            "Admin token missing or wrong",
+            Problem::AdminUnauthorized,
             "Send the gateway's ADMIN_TOKEN as `Authorization: Bearer <token>`.",
         )
         .with_header("WWW-Authenticate", "Bearer realm=\"sluice-admin\"")
     }
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(404, "not-found", "Not found", detail)
+        Self::new(Problem::NotFound, detail)
     }
     pub fn method_not_allowed(allowed: &str) -> Self {
         Self::new(
-            405,
-            "method-not-allowed",
-            "Method not allowed",
+            Problem::MethodNotAllowed,
             format!("This route accepts: {allowed}."),
         )
         .with_header("Allow", allowed)
     }
     pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::new(409, "conflict", "Already exists", detail)
+        Self::new(Problem::Conflict, detail)
     }
     pub fn upstream(detail: impl Into<String>) -> Self {
-        Self::new(
-            502,
-            "upstream-error",
-            "The upstream model API failed",
-            detail,
-        )
+        Self::new(Problem::UpstreamError, detail)
     }
     pub fn upstream_timeout(ms: u32) -> Self {
         Self::new(
-            504,
-            "upstream-timeout",
-            "The upstream model API did not answer in time",
+            Problem::UpstreamTimeout,
             format!("No answer within {ms} ms; try again, or raise the API's upstream.timeout_ms."),
         )
     }
     pub fn misconfigured(detail: impl Into<String>) -> Self {
-        Self::new(
-            503,
-            "gateway-misconfigured",
-            "The gateway is not configured for this",
-            detail,
-        )
+        Self::new(Problem::GatewayMisconfigured, detail)
     }
     pub fn internal(detail: impl Into<String>) -> Self {
-        Self::new(500, "internal", "Internal gateway error", detail)
+        Self::new(Problem::Internal, detail)
     }
 
     /// The problem+json body.
     pub fn to_problem(&self) -> Value {
         let mut body = Map::new();
-        body.insert("type".into(), Value::from(self.kind));
-        body.insert("title".into(), Value::from(self.title));
+        body.insert("type".into(), Value::from(self.kind()));
+        body.insert("title".into(), Value::from(self.title()));
         body.insert("status".into(), Value::from(self.status));
         body.insert("detail".into(), Value::from(self.detail.clone()));
         for (k, v) in &self.extra {
@@ -162,7 +218,7 @@ mod tests {
 
     #[test]
     fn problem_has_rfc9457_members_and_extensions() {
-        let e = Error::new(429, "quota-exceeded", "Quota exceeded", "wait").with_field("limit", 10);
+        let e = Error::new(Problem::QuotaExceeded, "wait").with_field("limit", 10);
         let p = e.to_problem();
         assert_eq!(p["type"], "quota-exceeded");
         assert_eq!(p["status"], 429);
@@ -179,5 +235,57 @@ mod tests {
             .headers
             .iter()
             .any(|(k, v)| *k == "WWW-Authenticate" && v == "Bearer"));
+    }
+
+    #[test]
+    fn the_catalogue_is_closed_and_its_slugs_unique() {
+        let mut slugs: Vec<&str> = Problem::ALL.iter().map(|p| p.slug()).collect();
+        let n = slugs.len();
+        slugs.sort_unstable();
+        slugs.dedup();
+        assert_eq!(slugs.len(), n, "two problems share a type");
+        for p in Problem::ALL {
+            assert!((400..600).contains(&p.status()), "{p:?}");
+            assert!(
+                p.slug()
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c == b'-'),
+                "{p:?}"
+            );
+            assert!(!p.title().is_empty());
+        }
+    }
+
+    /// The README's table is the list users match on: it names every problem type, and no other.
+    #[test]
+    fn the_readme_lists_every_problem_type() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("<!-- problem types -->")
+            .expect("the README has a problem-type table");
+        let table = &readme[start..];
+        let table = &table[..table.find("<!-- /problem types -->").unwrap_or(table.len())];
+        let listed: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let mut want: Vec<&str> = Problem::ALL.iter().map(|p| p.slug()).collect();
+        let mut got = listed.clone();
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want, "README problem types differ from the catalogue");
+        for p in Problem::ALL {
+            let row = table
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}`", p.slug())))
+                .unwrap_or_default();
+            assert!(
+                row.contains(&format!("| {} |", p.status())),
+                "README row for {} names status {}: {row}",
+                p.slug(),
+                p.status()
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::auth::config::ByoJwtConfig;
 use crate::auth::jwks_cache::{decide, CacheTimes, Decision};
 use crate::auth::jwt::{self, Alg, Policy, SigningKey, TokenError, VerifyingKey};
 use crate::auth::tokens::{issuer, signing_key};
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::http::{encryption_secret, header, now_ms, with_random};
 use crate::ids::new_id;
 use crate::model::Project;
@@ -69,17 +69,12 @@ pub fn verification_keys(env: &Env, project: &Project, now: i64) -> Result<Vec<S
 }
 
 pub fn token_error(e: TokenError) -> Error {
-    let (kind, title) = match e {
-        TokenError::Expired => ("token-expired", "The token has expired"),
-        _ => ("invalid-credential", "The credential is not valid"),
+    let problem = match e {
+        TokenError::Expired => Problem::TokenExpired,
+        _ => Problem::InvalidCredential,
     };
-    Error::new(
-        401,
-        kind,
-        title,
-        format!("{}.", e.describe().trim_end_matches('.')),
-    )
-    .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
+    Error::new(problem, format!("{}.", e.describe().trim_end_matches('.')))
+        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
 }
 
 /// Verifies a token Sluice signed for this project; returns its claims.
@@ -174,22 +169,13 @@ async fn byo_keys(
     };
     let Some(chosen) = chosen else {
         return Err(Error::new(
-            503,
-            "jwks-unavailable",
-            "The API's key set is unavailable",
+            Problem::JwksUnavailable,
             "The gateway could not fetch the JWKS configured for this API and has no cached copy.",
         )
         .with_header("Retry-After", "5"));
     };
     JWKS_MEMORY.with(|m| m.borrow_mut().insert(api_id.to_string(), chosen.clone()));
-    jwt::parse_jwks(&chosen.jwks).map_err(|e| {
-        Error::new(
-            503,
-            "jwks-unavailable",
-            "The API's key set is unusable",
-            e.describe(),
-        )
-    })
+    jwt::parse_jwks(&chosen.jwks).map_err(|e| Error::new(Problem::JwksUnavailable, e.describe()))
 }
 
 /// Verifies an owner's JWT against their JWKS; an unknown `kid` triggers one (throttled) refetch.
@@ -267,9 +253,7 @@ pub async fn ensure_session_live(env: &Env, session_id: &str) -> Result<(), Erro
         .is_some_and(|s| s.revoked)
     {
         return Err(Error::new(
-            401,
-            "session-revoked",
-            "The session has ended",
+            Problem::SessionRevoked,
             "This session was signed out or revoked: sign in again.",
         )
         .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\""));

@@ -629,23 +629,23 @@ mod tests {
     #[test]
     fn body_errors_are_classified() {
         assert_eq!(
-            parse_body::<NewProject>(b"{nope").unwrap_err().kind,
+            parse_body::<NewProject>(b"{nope").unwrap_err().kind(),
             "invalid-json"
         );
         assert_eq!(
-            parse_body::<NewProject>(b"").unwrap_err().kind,
+            parse_body::<NewProject>(b"").unwrap_err().kind(),
             "invalid-json"
         );
         assert_eq!(
             parse_body::<NewProject>(br#"{"slug":"a"}"#)
                 .unwrap_err()
-                .kind,
+                .kind(),
             "invalid-request"
         );
         assert_eq!(
             parse_body::<NewProject>(br#"{"slug":"a","name":"b","x":1}"#)
                 .unwrap_err()
-                .kind,
+                .kind(),
             "invalid-request"
         );
         assert!(parse_body::<NewProject>(br#"{"slug":"a","name":"b"}"#).is_ok());
@@ -723,7 +723,7 @@ mod tests {
             ..sample_api()
         };
         assert_eq!(api.ip_allowlist().unwrap_err().status, 503);
-        assert_eq!(api.policy().unwrap_err().kind, "gateway-misconfigured");
+        assert_eq!(api.policy().unwrap_err().kind(), "gateway-misconfigured");
         assert!(api.prices().is_err());
     }
 }

@@ -22,7 +22,7 @@ use crate::authenticate::{
     authenticate, passthrough_credential, resolve_and_authenticate, resolve_api, Caller,
 };
 use crate::crypto;
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::http::{encryption_secret, json, now_ms, read_body, with_random};
 use crate::ids::new_id;
 use crate::limits::counter::{Ask, Outcome, Window};
@@ -183,9 +183,7 @@ async fn within<F: std::future::Future + Unpin>(fut: &mut F, ms: u64) -> Option<
 /// The client hung up; nobody reads this answer, but the usage record says 499.
 fn client_gone() -> Error {
     Error::new(
-        499,
-        "client-closed-request",
-        "The client closed the request",
+        Problem::ClientClosedRequest,
         "The client went away before the answer was complete.",
     )
 }
@@ -316,9 +314,7 @@ fn price_for(api: &Api, plan: &Plan, model: &str) -> Result<Option<Price>, Error
     let price = api.prices()?.get(model);
     if price.is_none() && plan.limits.limits_spend() {
         return Err(Error::new(
-            403,
-            "model-not-priced",
-            "The model has no price",
+            Problem::ModelNotPriced,
             format!(
                 "Plan `{}` limits spend, and this API has no price for `{model}`.",
                 plan.name
@@ -645,9 +641,7 @@ impl MeteredStream {
                     bytes
                 }
                 Some(Err(e)) => self.relay.on_error(&Error::new(
-                    502,
-                    "upstream-stream-interrupted",
-                    "The upstream stream ended early",
+                    Problem::UpstreamStreamInterrupted,
                     format!("The upstream connection failed mid-stream: {e}."),
                 )),
                 None => self.relay.on_end(),
@@ -717,7 +711,7 @@ impl MeteredStream {
         match lease.extend(want).await {
             Ok(granted) => self.relay.grant(granted),
             Err(e) => {
-                self.end = Some(if e.kind == "counter-unavailable" {
+                self.end = Some(if e.problem == Problem::CounterUnavailable {
                     (503, Ended::CounterUnavailable)
                 } else {
                     (429, Ended::BudgetCut)

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::limits::plan::Limits;
 use crate::limits::spend::{micro_to_usd, Price};
 use crate::time::{day_start, month_bounds, rfc3339};
@@ -50,11 +50,11 @@ impl Scope {
     }
 
     /// Short-term limits are rate limits; calendar budgets are quotas; money is a budget.
-    pub fn problem_type(self) -> &'static str {
+    pub fn problem(self) -> Problem {
         match self {
-            Scope::RequestsPerMinute | Scope::MaxConcurrentStreams => "rate-limited",
-            Scope::SpendPerDayUsd | Scope::SpendPerMonthUsd => "budget-exceeded",
-            _ => "quota-exceeded",
+            Scope::RequestsPerMinute | Scope::MaxConcurrentStreams => Problem::RateLimited,
+            Scope::SpendPerDayUsd | Scope::SpendPerMonthUsd => Problem::BudgetExceeded,
+            _ => Problem::QuotaExceeded,
         }
     }
 
@@ -184,11 +184,6 @@ impl Refusal {
 
     pub fn to_error(&self, plan: &str) -> Error {
         let s = self.scope;
-        let title = match s.problem_type() {
-            "rate-limited" => "Rate limit reached",
-            "budget-exceeded" => "Spend budget exceeded",
-            _ => "Quota exceeded",
-        };
         let left = self.remaining();
         let why = if self.needed > left {
             format!(
@@ -214,7 +209,7 @@ impl Refusal {
                 n.into()
             }
         };
-        let e = Error::new(429, s.problem_type(), title, detail)
+        let e = Error::new(s.problem(), detail)
             .with_field("scope", s.as_str())
             .with_field("limit", number(self.limit))
             .with_field("used", number(self.used))

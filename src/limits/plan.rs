@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::limits::spend::{micro_to_usd, usd_to_millionths};
 use crate::model::{nullable, validate_text};
 
@@ -130,9 +130,7 @@ impl Plan {
     pub fn check_model(&self, model: &str) -> Result<(), Error> {
         match &self.models {
             Some(models) if !models.iter().any(|m| m == model) => Err(Error::new(
-                403,
-                "model-not-allowed",
-                "The model is not in your plan",
+                Problem::ModelNotAllowed,
                 format!("Plan `{}` allows: {}.", self.name, models.join(", ")),
             )
             .with_field("model", model)
@@ -316,6 +314,6 @@ mod tests {
         p.models = Some(vec!["gpt-a".into()]);
         assert!(p.check_model("gpt-a").is_ok());
         let e = p.check_model("gpt-b").unwrap_err();
-        assert_eq!((e.status, e.kind), (403, "model-not-allowed"));
+        assert_eq!((e.status, e.kind()), (403, "model-not-allowed"));
     }
 }

@@ -11,7 +11,7 @@ use crate::auth::otp::{generate_code, hash_code, normalize_email};
 use crate::auth::session::{new_refresh, new_session_id, parse_refresh, Session, SESSION_TTL_MS};
 use crate::auth::tokens::{access_claims, classify, exchange_claims, SluiceToken, EXCHANGE_TTL_S};
 use crate::email::{self, dev_mode};
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::http::{encryption_secret, header, json, no_content, now_ms, read_body, with_random};
 use crate::identity::{self, client_ip, current_key, event, record_event, verify_sluice_token};
 use crate::ids::new_id;
@@ -61,9 +61,7 @@ fn bad_email() -> Error {
 
 fn throttled(retry_after_s: u64) -> Error {
     Error::new(
-        429,
-        "rate-limited",
-        "Too many sign-in codes",
+        Problem::RateLimited,
         format!("Wait {retry_after_s} s before asking for another code."),
     )
     .with_field("retry_after", retry_after_s)
@@ -111,7 +109,7 @@ pub async fn otp_start(
     let mail = email::sign_in_mail(&project, &email, &code);
     match email::send(env, &project, mail, now).await {
         Ok(()) => {}
-        Err(e) if e.kind == "gateway-misconfigured" => return Err(e),
+        Err(e) if e.problem == Problem::GatewayMisconfigured => return Err(e),
         // A provider failure is logged, not shown: the answer must not depend on the address.
         Err(e) => worker::console_error!("sign-in mail not delivered: {}", e.detail),
     }
@@ -128,10 +126,6 @@ pub async fn otp_start(
         202,
         &json!({"status": "sent", "detail": "If the address can receive mail, a 6-digit code is on its way. It expires in 10 minutes."}),
     )
-}
-
-fn code_error(kind: &'static str, detail: &str) -> Error {
-    Error::new(401, kind, "The code was not accepted", detail.to_string())
 }
 
 /// `POST /v1/{project}/auth/otp/verify`: a right code (single use, 10 minutes, 5 tries) signs the user
@@ -160,19 +154,19 @@ pub async fn otp_verify(
     let failure = match auth_do::call(env, &format!("otp:{}:{email}", project.id), &op).await? {
         GuardReply::Verified => None,
         GuardReply::WrongCode { attempts_left } => Some(
-            code_error("invalid-code", "The code is wrong.")
+            Error::new(Problem::InvalidCode, "The code is wrong.")
                 .with_field("attempts_left", attempts_left),
         ),
-        GuardReply::Locked => Some(code_error(
-            "code-locked",
+        GuardReply::Locked => Some(Error::new(
+            Problem::CodeLocked,
             "Too many wrong codes: ask for a new code.",
         )),
-        GuardReply::CodeExpired => Some(code_error(
-            "code-expired",
+        GuardReply::CodeExpired => Some(Error::new(
+            Problem::CodeExpired,
             "The code has expired: ask for a new one.",
         )),
-        _ => Some(code_error(
-            "invalid-code",
+        _ => Some(Error::new(
+            Problem::InvalidCode,
             "There is no code for this address: ask for one first.",
         )),
     };
@@ -183,7 +177,7 @@ pub async fn otp_verify(
             identity::EventDraft {
                 subject: Some(email),
                 ip,
-                detail: Some(e.kind.into()),
+                detail: Some(e.kind().into()),
                 ..event(&project.id, "otp_failed")
             },
         );
@@ -312,10 +306,6 @@ fn token_pair(
     Ok(r)
 }
 
-fn refresh_refused(kind: &'static str, detail: impl Into<String>) -> Error {
-    Error::new(401, kind, "The refresh token was not accepted", detail)
-}
-
 /// `POST /v1/{project}/auth/refresh`: rotates the refresh token. Presenting a rotated-out token
 /// revokes the whole session; two racing refreshes with one token cannot both succeed (the session's
 /// Durable Object serialises them, and the loser looks exactly like a reuse).
@@ -328,7 +318,7 @@ pub async fn refresh(
     let (db, project, input): (_, _, RefreshBody) =
         project_and_body(&mut req, env, project).await?;
     let (session_id, secret) = parse_refresh(&input.refresh_token)
-        .ok_or_else(|| refresh_refused("invalid-refresh-token", "This is not a refresh token."))?;
+        .ok_or_else(|| Error::new(Problem::InvalidRefreshToken, "This is not a refresh token."))?;
     let now = now_ms();
     let ip = client_ip(&req);
     let (new_token, new_hash) = with_random(|r| new_refresh(&session_id, r))?;
@@ -343,8 +333,8 @@ pub async fn refresh(
             let consumer = d1::find_consumer(&db, &project.id, &session.consumer_id)
                 .await?
                 .ok_or_else(|| {
-                    refresh_refused(
-                        "invalid-refresh-token",
+                    Error::new(
+                        Problem::InvalidRefreshToken,
                         "The session's user no longer exists.",
                     )
                 })?;
@@ -384,15 +374,15 @@ pub async fn refresh(
                     ..event(&project.id, "refresh_reuse")
                 },
             );
-            Err(refresh_refused("refresh-token-reused",
+            Err(Error::new(Problem::RefreshTokenReused,
                 "This refresh token was already used. The session has been revoked for safety: sign in again."))
         }
-        GuardReply::Refused { reason } => Err(refresh_refused(
-            "invalid-refresh-token",
+        GuardReply::Refused { reason } => Err(Error::new(
+            Problem::InvalidRefreshToken,
             format!("The refresh token was refused: {reason}."),
         )),
-        _ => Err(refresh_refused(
-            "invalid-refresh-token",
+        _ => Err(Error::new(
+            Problem::InvalidRefreshToken,
             "The refresh token does not belong to this project.",
         )),
     }
@@ -462,12 +452,13 @@ pub async fn me(req: Request, env: &Env, project: &str) -> Result<Response, Erro
 }
 
 fn oauth_error(status: u16, error: &'static str, description: &str) -> Error {
-    let (kind, title) = match error {
-        "invalid_client" => ("invalid-credential", "The client credential is not valid"),
-        "unsupported_grant_type" => ("unsupported-grant-type", "Unsupported grant type"),
-        _ => ("invalid-request", "The token request is not valid"),
+    let problem = match error {
+        "invalid_client" => Problem::InvalidCredential,
+        "unsupported_grant_type" => Problem::UnsupportedGrantType,
+        _ => Problem::InvalidRequest,
     };
-    let e = Error::new(status, kind, title, description.to_string())
+    let e = Error::new(problem, description)
+        .with_status(status)
         .with_field("error", error)
         .with_field("error_description", description);
     if status == 401 {

@@ -8,7 +8,7 @@ use worker::{
 };
 
 use crate::auth::guard::{apply, GuardReply, GuardRequest, GuardState};
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::http::problem;
 
 #[durable_object]
@@ -61,9 +61,7 @@ impl DurableObject for AuthGuard {
 fn unavailable(detail: String) -> Error {
     worker::console_error!("auth state unavailable: {detail}");
     Error::new(
-        503,
-        "auth-unavailable",
-        "Sign-in is temporarily unavailable",
+        Problem::AuthUnavailable,
         "The gateway could not reach its sign-in state; try again shortly.",
     )
     .with_header("Retry-After", "1")

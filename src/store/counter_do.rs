@@ -14,7 +14,7 @@ use worker::{
     State,
 };
 
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::http::{now_ms, problem};
 use crate::limits::counter::CounterState;
 use crate::limits::ops::{apply, CounterReply, CounterRequest};
@@ -225,8 +225,7 @@ impl DurableObject for ConsumerCounter {
 
 fn unavailable(detail: String) -> Error {
     worker::console_error!("counter unavailable: {detail}");
-    Error::new(503, "counter-unavailable", "Quota counters are unavailable",
-        "The gateway could not reach the quota counter, so the request was refused rather than let through unmetered. Try again shortly.")
+    Error::new(Problem::CounterUnavailable, "The gateway could not reach the quota counter, so the request was refused rather than let through unmetered. Try again shortly.")
         .with_header("Retry-After", "1")
 }
 

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::limits::meter::output_bytes;
 use crate::stream::sse::{format_event, Event, Parser};
 
@@ -209,8 +209,7 @@ impl Relay {
 }
 
 pub fn cut_short() -> Error {
-    Error::new(502, "upstream-stream-interrupted", "The upstream stream ended early",
-        "The upstream model API stopped sending before the reply was complete; the text so far was delivered.")
+    Error::new(Problem::UpstreamStreamInterrupted, "The upstream model API stopped sending before the reply was complete; the text so far was delivered.")
 }
 
 #[cfg(test)]
@@ -333,12 +332,7 @@ mod tests {
         let (sent, next) =
             r.on_chunk(format!("{}{}", content("12345678"), content("abcdefgh")).as_bytes());
         assert_eq!(next, Next::NeedBudget);
-        let tail = r.on_error(&Error::new(
-            429,
-            "quota-exceeded",
-            "Quota exceeded",
-            "spent",
-        ));
+        let tail = r.on_error(&Error::new(Problem::QuotaExceeded, "spent"));
         let mut all = sent.clone();
         all.extend(tail);
         let ev = events(&all);

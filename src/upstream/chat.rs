@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::limits::meter::prompt_bound;
 use crate::limits::spend::MAX_MODEL_LEN;
 use crate::upstream::policy::{CapField, UpstreamPolicy, COST_PARAMS};
@@ -168,9 +168,7 @@ pub fn prepare_chat(body: Value, rules: &ApiRules<'_>) -> Result<ChatRequest, Er
         let Some(v) = body.get(param) else { continue };
         if !is_default_value(param, v) && !rules.policy.allowed_params.iter().any(|p| p == param) {
             return Err(Error::new(
-                400,
-                "parameter-not-allowed",
-                "This parameter is not allowed on this API",
+                Problem::ParameterNotAllowed,
                 format!("`{param}` changes what a request costs, and this API does not allow it."),
             )
             .with_field("param", param));
@@ -179,9 +177,7 @@ pub fn prepare_chat(body: Value, rules: &ApiRules<'_>) -> Result<ChatRequest, Er
     if let Some(allowed) = rules.allowed_models() {
         if !allowed.contains(&model) {
             return Err(Error::new(
-                403,
-                "model-not-allowed",
-                "The model is not allowed on this API",
+                Problem::ModelNotAllowed,
                 format!("This API allows: {}.", allowed.join(", ")),
             )
             .with_field("model", model)
@@ -296,7 +292,7 @@ mod tests {
             ),
         ] {
             let e = prep(body.clone()).unwrap_err();
-            assert_eq!((e.status, e.kind), (400, "invalid-request"), "{body}");
+            assert_eq!((e.status, e.kind()), (400, "invalid-request"), "{body}");
             assert_eq!(e.extra["param"], param, "{body}");
         }
         let many: Vec<Value> = (0..=MAX_MESSAGES).map(|_| json!({})).collect();
@@ -360,12 +356,12 @@ mod tests {
         assert!(prepare_chat(json!({"messages": msg(), "model": "m2"}), &r).is_ok());
         for other in ["gpt-4.1", "o1-pro", "ft:gpt-4o:org::abc"] {
             let e = prepare_chat(json!({"messages": msg(), "model": other}), &r).unwrap_err();
-            assert_eq!((e.status, e.kind), (403, "model-not-allowed"));
+            assert_eq!((e.status, e.kind()), (403, "model-not-allowed"));
             assert_eq!(e.extra["allowed"], json!(["m1", "m2"]));
         }
         // An empty list allows only the default model...
         let e = prep(json!({"messages": msg(), "model": "gpt-4.1"})).unwrap_err();
-        assert_eq!(e.kind, "model-not-allowed");
+        assert_eq!(e.kind(), "model-not-allowed");
         // ...unless the owner allows any.
         let open = UpstreamPolicy {
             allow_any_model: true,
@@ -392,7 +388,7 @@ mod tests {
             body[param] = value.clone();
             let e = prep(body.clone()).unwrap_err();
             assert_eq!(
-                (e.status, e.kind),
+                (e.status, e.kind()),
                 (400, "parameter-not-allowed"),
                 "{param}"
             );

@@ -7,7 +7,7 @@ pub mod policy;
 
 use serde_json::Value;
 
-use crate::error::Error;
+use crate::error::{Error, Problem};
 
 /// `{base_url}/chat/completions`, whatever the trailing slashes.
 pub fn chat_url(base_url: &str) -> String {
@@ -34,16 +34,13 @@ pub fn upstream_failure(status: u16, body: &[u8], retry_after: Option<String>) -
     let message = upstream_message(body);
     match status {
         400 | 404 | 413 | 422 => Error::new(
-            status,
-            "upstream-rejected",
-            "The upstream model API rejected the request",
+            Problem::UpstreamRejected,
             format!("The upstream answered {status}: {message}"),
-        ),
+        )
+        .with_status(status),
         429 => {
             let e = Error::new(
-                429,
-                "upstream-rate-limited",
-                "The upstream model API is rate limiting",
+                Problem::UpstreamRateLimited,
                 format!("The upstream answered 429: {message}"),
             );
             match retry_after {
@@ -71,7 +68,7 @@ mod tests {
         assert_eq!(upstream_failure(500, b"boom", None).status, 502);
         assert_eq!(upstream_failure(401, b"bad key", None).status, 502);
         assert_eq!(
-            upstream_failure(400, b"bad", None).kind,
+            upstream_failure(400, b"bad", None).kind(),
             "upstream-rejected"
         );
         let e = upstream_failure(429, b"slow down", Some("3".into()));

@@ -284,7 +284,7 @@ fn spend_caps_the_completion_and_books_in_micro_dollars() {
     assert!(s.leases[0].spend <= 10_000);
     let r = s.admit(now, &limits, "b", a, None).unwrap_err();
     assert_eq!(r.scope, Scope::SpendPerDayUsd);
-    assert_eq!(r.to_error("p").kind, "budget-exceeded");
+    assert_eq!(r.to_error("p").kind(), "budget-exceeded");
     assert!(s.settle(now, "a", &done(500, 1_000)));
     assert_eq!(s.filed[0].cost_micro, 75 + 600);
     assert_eq!(s.day_spend, 675);
@@ -539,7 +539,7 @@ fn refusals_say_what_is_left_in_the_right_number() {
         retry_after_s: 7,
     };
     let e = r.to_error("free");
-    assert_eq!((e.status, e.kind), (429, "quota-exceeded"));
+    assert_eq!((e.status, e.kind()), (429, "quota-exceeded"));
     assert!(e.detail.contains("allows 20 tokens per day; 19 used, 1 remaining, and this request needs at least 25 tokens"), "{}", e.detail);
     let p = e.to_problem();
     assert_eq!(
@@ -562,7 +562,7 @@ fn refusals_say_what_is_left_in_the_right_number() {
         retry_after_s: 1,
     };
     let e = rpm.to_error("p");
-    assert_eq!(e.kind, "rate-limited");
+    assert_eq!(e.kind(), "rate-limited");
     assert!(
         e.detail
             .contains("allows 1 request per minute; 1 used, 0 remaining."),

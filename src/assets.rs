@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::auth::key::hex;
+use crate::encoding::hex;
 
 pub struct Asset {
     pub body: &'static str,

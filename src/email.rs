@@ -2,15 +2,18 @@
 //! without one, the dev mailbox served at `/dev/mailbox`.
 
 use wasm_bindgen::JsValue;
-use worker::{Env, Fetch, Headers, Method, Request, RequestInit};
+use worker::{Env, Headers, Method, Request, RequestInit};
 
 use crate::error::Error;
 use crate::http::secret;
-use crate::model::Project;
+use crate::outbound::{self, Fetched};
+use crate::records::Project;
 use crate::store::kv::{self, DevMail, MailboxRecord};
 
 /// The dev mailbox keeps every project's mails under one key.
 pub const MAILBOX_KEY: &str = "all";
+/// How long the mail provider may take to accept a sign-in mail.
+const EMAIL_TIMEOUT_MS: u64 = 10_000;
 
 /// Whether the gateway runs as a local dev server (`make dev` sets SLUICE_DEV).
 pub fn dev_mode(env: &Env) -> bool {
@@ -66,12 +69,20 @@ pub async fn send(env: &Env, project: &Project, mail: Mail, now: i64) -> Result<
             init.with_method(Method::Post)
                 .with_headers(headers)
                 .with_body(Some(JsValue::from_str(&body.to_string())));
-            let response = Fetch::Request(Request::new_with_init(&url, &init)?)
-                .send()
-                .await
-                .map_err(|e| {
-                    Error::upstream(format!("The email provider could not be reached: {e}."))
-                })?;
+            let request = Request::new_with_init(&url, &init)?;
+            let response = match outbound::fetch(request, EMAIL_TIMEOUT_MS, None).await {
+                Fetched::Answered(r) => r,
+                Fetched::Failed(e) => {
+                    return Err(Error::upstream(format!(
+                        "The email provider could not be reached: {e}."
+                    )))
+                }
+                Fetched::TimedOut => {
+                    return Err(Error::upstream(
+                        "The email provider did not answer in time.",
+                    ))
+                }
+            };
             if !(200..300).contains(&response.status_code()) {
                 return Err(Error::upstream(format!(
                     "The email provider answered {}.",

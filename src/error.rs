@@ -94,6 +94,12 @@ pub struct Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind(), self.detail)
+    }
+}
+
 impl Error {
     pub fn new(problem: Problem, detail: impl Into<String>) -> Self {
         Error {

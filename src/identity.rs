@@ -3,11 +3,9 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::time::Duration;
 
-use futures_util::future::{select, Either};
 use serde_json::{Map, Value};
-use worker::{Context, Delay, Env, Fetch, Request};
+use worker::{Context, Env, Request};
 
 use crate::auth::config::ByoJwtConfig;
 use crate::auth::jwks_cache::{decide, CacheTimes, Decision};
@@ -16,7 +14,8 @@ use crate::auth::tokens::{issuer, signing_key};
 use crate::error::{Error, Problem};
 use crate::http::{encryption_secret, header, now_ms, with_random};
 use crate::ids::new_id;
-use crate::model::Project;
+use crate::outbound::{self, Fetched};
+use crate::records::Project;
 use crate::store::d1::{self, AuthEvent};
 use crate::store::kv::{self, CachedJwks, JwksRecord};
 
@@ -102,13 +101,10 @@ thread_local! {
 
 async fn fetch_jwks(url: &str) -> Result<String, String> {
     let request = Request::new(url, worker::Method::Get).map_err(|e| e.to_string())?;
-    let fetch = Fetch::Request(request);
-    let sent = Box::pin(fetch.send());
-    let deadline = Box::pin(Delay::from(Duration::from_millis(JWKS_TIMEOUT_MS)));
-    let mut response = match select(sent, deadline).await {
-        Either::Left((Ok(r), _)) => r,
-        Either::Left((Err(e), _)) => return Err(e.to_string()),
-        Either::Right(_) => return Err("timed out".into()),
+    let mut response = match outbound::fetch(request, JWKS_TIMEOUT_MS, None).await {
+        Fetched::Answered(r) => r,
+        Fetched::Failed(e) => return Err(e),
+        Fetched::TimedOut => return Err("timed out".into()),
     };
     if response.status_code() != 200 {
         return Err(format!("status {}", response.status_code()));

@@ -4,10 +4,12 @@
 pub mod assets;
 pub mod auth;
 pub mod crypto;
+pub mod encoding;
 pub mod error;
 pub mod ids;
+pub mod input;
 pub mod limits;
-pub mod model;
+pub mod records;
 pub mod router;
 pub mod stream;
 pub mod time;
@@ -24,6 +26,8 @@ mod email;
 mod http;
 #[cfg(target_arch = "wasm32")]
 mod identity;
+#[cfg(target_arch = "wasm32")]
+mod outbound;
 #[cfg(target_arch = "wasm32")]
 mod pipeline;
 #[cfg(target_arch = "wasm32")]

@@ -12,14 +12,15 @@ use futures_util::{stream, Stream, StreamExt};
 use serde_json::{json, Value};
 use wasm_bindgen::JsValue;
 use worker::{
-    AbortController, AbortSignal, Context, Delay, Env, Fetch, Headers, Method, Request,
-    RequestInit, Response,
+    AbortController, AbortSignal, Context, Delay, Env, Headers, Method, Request, RequestInit,
+    Response,
 };
 
 use crate::admission::{self, Claim, Lease, Watch, Woke};
 use crate::auth::config::CredentialSource;
+use crate::auth::decide::Caller;
 use crate::authenticate::{
-    authenticate, passthrough_credential, resolve_and_authenticate, resolve_api, Caller,
+    authenticate, passthrough_credential, resolve_and_authenticate, resolve_api,
 };
 use crate::crypto;
 use crate::error::{Error, Problem};
@@ -31,7 +32,8 @@ use crate::limits::meter::output_bytes;
 use crate::limits::ops::{CounterReply, CounterRequest};
 use crate::limits::plan::Plan;
 use crate::limits::spend::{micro_to_usd, Price};
-use crate::model::Api;
+use crate::outbound::{self, within, Fetched};
+use crate::records::Api;
 use crate::store::{counter_do as counter, d1};
 use crate::stream::relay::{Next, Relay, Usage};
 use crate::upstream::chat::{prepare_chat, ApiRules, ChatRequest};
@@ -70,14 +72,14 @@ pub async fn chat_completions(
     let passthrough = passthrough_credential(&req, &api)?;
     let mut watch = Watch::new(&req);
     let mut lease = admit(env, ctx, &api, &caller, &plan, &chat, started).await?;
-    chat.set_cap(lease.cap, api.policy()?.max_tokens_field);
+    chat.set_cap(lease.cap, api.policy.max_tokens_field);
     let rate_headers = rate_limit_headers(&lease.windows, started);
     let controller = AbortController::default();
     let mut upstream: Upstream = match outbound(env, &api, &chat, passthrough) {
         Ok(Outbound::Demo(answer)) => Box::pin(async move { Ok(answer) }),
         Ok(Outbound::Fetch(request)) => Box::pin(send(
             request,
-            api.timeout_ms(),
+            api.timeout_ms,
             chat.stream,
             controller.signal(),
         )),
@@ -122,6 +124,7 @@ pub async fn chat_completions(
     };
     match answer {
         Err(failure) => {
+            controller.abort();
             let outcome = match failure.ended {
                 // An error status means nothing was generated: nothing is booked.
                 Ended::UpstreamError => Outcome {
@@ -171,15 +174,6 @@ fn stream_response(
     Ok(Response::from_stream(out)?.with_headers(headers))
 }
 
-/// `fut`'s output if it is ready within `ms`; `None` if not yet (it keeps running).
-async fn within<F: std::future::Future + Unpin>(fut: &mut F, ms: u64) -> Option<F::Output> {
-    let deadline = Delay::from(Duration::from_millis(ms));
-    match futures_util::future::select(fut, deadline).await {
-        futures_util::future::Either::Left((v, _)) => Some(v),
-        futures_util::future::Either::Right(_) => None,
-    }
-}
-
 /// The client hung up; nobody reads this answer, but the usage record says 499.
 fn client_gone() -> Error {
     Error::new(
@@ -214,7 +208,7 @@ pub async fn list_models(
     let db = d1::db(env)?;
     let api = resolve_api(&db, project, api).await?;
     authenticate(&req, env, ctx, &db, &api).await?;
-    let data: Vec<Value> = api.models().iter()
+    let data: Vec<Value> = api.allowed_models().iter()
         .map(|m| json!({"id": m, "object": "model", "created": api.created_at / 1000, "owned_by": api.project_slug}))
         .collect();
     json(200, &json!({"object": "list", "data": data}))
@@ -287,13 +281,11 @@ fn response_headers(content_type: &str, extra: &[(String, String)]) -> Result<He
 /// default model filled in and the prompt's upper bound counted.
 async fn read_chat(req: &mut Request, api: &Api) -> Result<ChatRequest, Error> {
     let bytes = read_body(req, CHAT_BODY_LIMIT).await?;
-    let body: Value = crate::model::parse_body(&bytes)?;
-    let models = api.listed_models();
-    let policy = api.policy()?;
+    let body: Value = crate::input::parse_body(&bytes)?;
     let rules = ApiRules {
         default_model: api.default_model.as_deref(),
-        models: &models,
-        policy: &policy,
+        models: &api.models,
+        policy: &api.policy,
     };
     prepare_chat(body, &rules)
 }
@@ -311,7 +303,7 @@ fn lease_ttl_ms(env: &Env) -> i64 {
 
 /// The model's price when the plan limits spend: a model without one is refused (403).
 fn price_for(api: &Api, plan: &Plan, model: &str) -> Result<Option<Price>, Error> {
-    let price = api.prices()?.get(model);
+    let price = api.prices.get(model);
     if price.is_none() && plan.limits.limits_spend() {
         return Err(Error::new(
             Problem::ModelNotPriced,
@@ -470,18 +462,15 @@ async fn send(
     stream: bool,
     signal: AbortSignal,
 ) -> Result<Answer, Failure> {
-    let fetch = Fetch::Request(request);
-    let sent = Box::pin(fetch.send_with_signal(&signal));
-    let deadline = Box::pin(Delay::from(Duration::from_millis(u64::from(timeout_ms))));
-    let mut response = match futures_util::future::select(sent, deadline).await {
-        futures_util::future::Either::Left((Ok(resp), _)) => resp,
-        futures_util::future::Either::Left((Err(e), _)) => {
+    let mut response = match outbound::fetch(request, u64::from(timeout_ms), Some(signal)).await {
+        Fetched::Answered(resp) => resp,
+        Fetched::Failed(e) => {
             return Err(Failure::new(
                 Error::upstream(format!("The upstream could not be reached: {e}.")),
                 Ended::UpstreamUnreachable,
             ))
         }
-        futures_util::future::Either::Right(_) => {
+        Fetched::TimedOut => {
             return Err(Failure::new(
                 Error::upstream_timeout(timeout_ms),
                 Ended::UpstreamTimeout,
@@ -663,9 +652,7 @@ impl MeteredStream {
             if !bytes.is_empty() {
                 return self.sent(bytes);
             }
-            if self.lease.is_none() {
-                return None;
-            }
+            self.lease.as_ref()?;
         }
     }
 

@@ -1,172 +1,278 @@
-//! Pure route table: (method, path) → the route it names, or a 404/405 problem.
+//! Pure route table: (method, path) → the route it names, grouped by audience (public files and
+//! health, a project's end-user routes, the owner's admin API), or a 404/405 problem.
 
 use crate::error::Error;
 
+/// A route, by who calls it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    Public(Public),
+    /// A project's end-user routes: its APIs' data plane and its sign-in. CORS follows the
+    /// project's allowed origins.
+    EndUser {
+        project: String,
+        route: EndUser,
+    },
+    /// The owner's admin API (needs ADMIN_TOKEN).
+    Admin(Admin),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Public {
     Health,
     /// A browser file the gateway serves (see `assets`).
     Asset {
         path: String,
     },
+    DevMailbox,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndUser {
     ChatCompletions {
-        project: String,
         api: String,
     },
     ListModels {
-        project: String,
         api: String,
     },
     ConsumerUsage {
-        project: String,
         api: String,
     },
-    OtpStart {
-        project: String,
-    },
-    OtpVerify {
-        project: String,
-    },
-    Refresh {
-        project: String,
-    },
-    Logout {
-        project: String,
-    },
-    Me {
-        project: String,
-    },
-    TokenExchange {
-        project: String,
-    },
-    Jwks {
-        project: String,
-    },
-    /// A CORS preflight for any end-user route of a project.
-    Preflight {
-        project: String,
-    },
-    DevMailbox,
-    GetProject {
-        project: String,
-    },
-    PatchProject {
-        project: String,
-    },
-    RotateSigningKey {
-        project: String,
-    },
-    AuthEvents {
-        project: String,
-    },
-    SetAuthMode {
-        api: String,
-    },
-    ListProjects,
-    CreateProject,
-    ListApis,
-    CreateApi,
-    GetApi {
-        id: String,
-    },
-    PatchApi {
-        id: String,
-    },
-    ListPlans {
-        api: String,
-    },
-    CreatePlan {
-        api: String,
-    },
-    PatchPlan {
-        api: String,
-        plan: Option<String>,
-    },
-    SetConsumerPlan {
-        api: String,
-        consumer: String,
-    },
-    ApiUsage {
-        api: String,
-    },
-    ListConsumers {
-        project: String,
-    },
-    CreateConsumer {
-        project: String,
-    },
-    GetConsumer {
-        project: String,
-        id: String,
-    },
-    PatchConsumer {
-        project: String,
-        id: String,
-    },
-    CreateKey {
-        project: String,
-        consumer: String,
-    },
-    ListKeys {
-        project: String,
-    },
-    RevokeKey {
-        project: String,
-        id: String,
-    },
-    ListJwtCredentials {
-        project: String,
-        consumer: String,
-    },
-    CreateJwtCredential {
-        project: String,
-        consumer: String,
-    },
-    RevokeJwtCredential {
-        project: String,
-        id: String,
-    },
+    OtpStart,
+    OtpVerify,
+    Refresh,
+    Logout,
+    Me,
+    TokenExchange,
+    Jwks,
+    /// A CORS preflight for any end-user route of the project.
+    Preflight,
 }
 
-/// Whether a route belongs to the owner's admin API (needs ADMIN_TOKEN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admin {
+    ListProjects,
+    CreateProject,
+    GetProject { project: String },
+    PatchProject { project: String },
+    RotateSigningKey { project: String },
+    AuthEvents { project: String },
+    ListApis,
+    CreateApi,
+    GetApi { id: String },
+    PatchApi { id: String },
+    SetAuthMode { api: String },
+    ListPlans { api: String },
+    CreatePlan { api: String },
+    PatchPlan { api: String, plan: Option<String> },
+    SetConsumerPlan { api: String, consumer: String },
+    ApiUsage { api: String },
+    ListConsumers { project: String },
+    CreateConsumer { project: String },
+    GetConsumer { project: String, id: String },
+    PatchConsumer { project: String, id: String },
+    CreateKey { project: String, consumer: String },
+    ListKeys { project: String },
+    RevokeKey { project: String, id: String },
+    ListJwtCredentials { project: String, consumer: String },
+    CreateJwtCredential { project: String, consumer: String },
+    RevokeJwtCredential { project: String, id: String },
+}
+
 impl Route {
+    /// Whether a route belongs to the owner's admin API (needs ADMIN_TOKEN).
     pub fn is_admin(&self) -> bool {
-        !matches!(
-            self,
-            Route::Health
-                | Route::Asset { .. }
-                | Route::ChatCompletions { .. }
-                | Route::ListModels { .. }
-                | Route::ConsumerUsage { .. }
-                | Route::OtpStart { .. }
-                | Route::OtpVerify { .. }
-                | Route::Refresh { .. }
-                | Route::Logout { .. }
-                | Route::Me { .. }
-                | Route::TokenExchange { .. }
-                | Route::Jwks { .. }
-                | Route::Preflight { .. }
-                | Route::DevMailbox
-        )
+        matches!(self, Route::Admin(_))
     }
 
     /// The project whose browser origins govern CORS for this route (end-user routes only).
     pub fn cors_project(&self) -> Option<&str> {
         match self {
-            Route::ChatCompletions { project, .. }
-            | Route::ListModels { project, .. }
-            | Route::ConsumerUsage { project, .. }
-            | Route::OtpStart { project }
-            | Route::OtpVerify { project }
-            | Route::Refresh { project }
-            | Route::Logout { project }
-            | Route::Me { project }
-            | Route::TokenExchange { project }
-            | Route::Jwks { project }
-            | Route::Preflight { project } => Some(project),
+            Route::EndUser { project, .. } => Some(project),
             _ => None,
         }
     }
+}
+
+/// `(allowed methods, the route if the method is one of them)` for a path.
+type Arm = (&'static str, Option<Route>);
+
+fn end_user(project: &str, route: EndUser) -> Route {
+    Route::EndUser {
+        project: project.to_string(),
+        route,
+    }
+}
+
+/// The end-user routes of project `p`: `/v1/{p}/…`.
+fn end_user_arm(method: &str, p: &str, rest: &[&str]) -> Option<Arm> {
+    let post = |r: EndUser| ("POST", (method == "POST").then(|| end_user(p, r)));
+    let get = |r: EndUser| ("GET", (method == "GET").then(|| end_user(p, r)));
+    let api = |a: &str| a.to_string();
+    Some(match rest {
+        ["auth", "otp", "start"] => post(EndUser::OtpStart),
+        ["auth", "otp", "verify"] => post(EndUser::OtpVerify),
+        ["auth", "refresh"] => post(EndUser::Refresh),
+        ["auth", "logout"] => post(EndUser::Logout),
+        ["auth", "me"] => get(EndUser::Me),
+        ["auth", "token"] => post(EndUser::TokenExchange),
+        [".well-known", "jwks.json"] => get(EndUser::Jwks),
+        [a, "chat", "completions"] => post(EndUser::ChatCompletions { api: api(a) }),
+        [a, "models"] => get(EndUser::ListModels { api: api(a) }),
+        [a, "usage"] => get(EndUser::ConsumerUsage { api: api(a) }),
+        _ => return None,
+    })
+}
+
+/// The admin routes: `/api/v1/…`.
+fn admin_arm(method: &str, rest: &[&str]) -> Option<Arm> {
+    let s = |x: &str| x.to_string();
+    let one =
+        |allowed: &'static str, r: Admin| (allowed, (method == allowed).then_some(Route::Admin(r)));
+    let two = |a: Admin, b: Admin, m: (&'static str, &'static str), allowed: &'static str| {
+        let found = if method == m.0 {
+            Some(Route::Admin(a))
+        } else if method == m.1 {
+            Some(Route::Admin(b))
+        } else {
+            None
+        };
+        (allowed, found)
+    };
+    Some(match rest {
+        ["projects"] => two(
+            Admin::ListProjects,
+            Admin::CreateProject,
+            ("GET", "POST"),
+            "GET, POST",
+        ),
+        ["projects", p] => two(
+            Admin::GetProject { project: s(p) },
+            Admin::PatchProject { project: s(p) },
+            ("GET", "PATCH"),
+            "GET, PATCH",
+        ),
+        ["projects", p, "signing-keys", "rotate"] => {
+            one("POST", Admin::RotateSigningKey { project: s(p) })
+        }
+        ["projects", p, "auth-events"] => one("GET", Admin::AuthEvents { project: s(p) }),
+        ["projects", p, "consumers"] => two(
+            Admin::ListConsumers { project: s(p) },
+            Admin::CreateConsumer { project: s(p) },
+            ("GET", "POST"),
+            "GET, POST",
+        ),
+        ["projects", p, "consumers", c] => two(
+            Admin::GetConsumer {
+                project: s(p),
+                id: s(c),
+            },
+            Admin::PatchConsumer {
+                project: s(p),
+                id: s(c),
+            },
+            ("GET", "PATCH"),
+            "GET, PATCH",
+        ),
+        ["projects", p, "consumers", c, "keys"] => one(
+            "POST",
+            Admin::CreateKey {
+                project: s(p),
+                consumer: s(c),
+            },
+        ),
+        ["projects", p, "consumers", c, "jwt-credentials"] => two(
+            Admin::ListJwtCredentials {
+                project: s(p),
+                consumer: s(c),
+            },
+            Admin::CreateJwtCredential {
+                project: s(p),
+                consumer: s(c),
+            },
+            ("GET", "POST"),
+            "GET, POST",
+        ),
+        ["projects", p, "jwt-credentials", id] => one(
+            "DELETE",
+            Admin::RevokeJwtCredential {
+                project: s(p),
+                id: s(id),
+            },
+        ),
+        ["projects", p, "keys"] => one("GET", Admin::ListKeys { project: s(p) }),
+        ["projects", p, "keys", id] => one(
+            "DELETE",
+            Admin::RevokeKey {
+                project: s(p),
+                id: s(id),
+            },
+        ),
+        ["gateway", "apis"] => two(
+            Admin::ListApis,
+            Admin::CreateApi,
+            ("GET", "POST"),
+            "GET, POST",
+        ),
+        ["gateway", "apis", a] => two(
+            Admin::GetApi { id: s(a) },
+            Admin::PatchApi { id: s(a) },
+            ("GET", "PATCH"),
+            "GET, PATCH",
+        ),
+        ["gateway", "apis", a, "auth-mode"] => one("PUT", Admin::SetAuthMode { api: s(a) }),
+        ["gateway", "apis", a, "plans"] => {
+            let found = match method {
+                "GET" => Some(Admin::ListPlans { api: s(a) }),
+                "POST" => Some(Admin::CreatePlan { api: s(a) }),
+                "PATCH" => Some(Admin::PatchPlan {
+                    api: s(a),
+                    plan: None,
+                }),
+                _ => None,
+            };
+            ("GET, POST, PATCH", found.map(Route::Admin))
+        }
+        ["gateway", "apis", a, "plans", plan] => one(
+            "PATCH",
+            Admin::PatchPlan {
+                api: s(a),
+                plan: Some(s(plan)),
+            },
+        ),
+        ["gateway", "apis", a, "consumers", c, "plan"] => one(
+            "PUT",
+            Admin::SetConsumerPlan {
+                api: s(a),
+                consumer: s(c),
+            },
+        ),
+        ["gateway", "apis", a, "usage"] => one("GET", Admin::ApiUsage { api: s(a) }),
+        _ => return None,
+    })
+}
+
+/// The public routes: health, the browser files, the dev mailbox.
+fn public_arm(method: &str, segs: &[&str]) -> Option<Arm> {
+    Some(match segs {
+        ["health"] => (
+            "GET",
+            (method == "GET").then_some(Route::Public(Public::Health)),
+        ),
+        ["dev", "mailbox"] => (
+            "GET",
+            (method == "GET").then_some(Route::Public(Public::DevMailbox)),
+        ),
+        [] | ["index.html"] | ["chat.js"] | ["sdk.js"] | ["sdk.d.ts"] => (
+            "GET, HEAD",
+            matches!(method, "GET" | "HEAD").then(|| {
+                Route::Public(Public::Asset {
+                    path: format!("/{}", segs.join("/")),
+                })
+            }),
+        ),
+        _ => return None,
+    })
 }
 
 /// Resolves a request line. `path` is the URL path without query.
@@ -176,209 +282,40 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
-    let s = |i: usize| segs[i].to_string();
-    // Each arm lists the methods a path accepts; the first that matches the method wins.
     if method == "OPTIONS" {
         if let ["v1", project, _, ..] = segs.as_slice() {
-            return Ok(Route::Preflight {
-                project: project.to_string(),
-            });
+            return Ok(end_user(project, EndUser::Preflight));
         }
     }
-    let post = |r: Route| ("POST", (method == "POST").then_some(r));
-    let get = |r: Route| ("GET", (method == "GET").then_some(r));
-    let (allowed, found): (&str, Option<Route>) = match segs.as_slice() {
-        ["dev", "mailbox"] => get(Route::DevMailbox),
-        ["v1", _, "auth", "otp", "start"] => post(Route::OtpStart { project: s(1) }),
-        ["v1", _, "auth", "otp", "verify"] => post(Route::OtpVerify { project: s(1) }),
-        ["v1", _, "auth", "refresh"] => post(Route::Refresh { project: s(1) }),
-        ["v1", _, "auth", "logout"] => post(Route::Logout { project: s(1) }),
-        ["v1", _, "auth", "me"] => get(Route::Me { project: s(1) }),
-        ["v1", _, "auth", "token"] => post(Route::TokenExchange { project: s(1) }),
-        ["v1", _, ".well-known", "jwks.json"] => get(Route::Jwks { project: s(1) }),
-        ["api", "v1", "projects", _] => (
-            "GET, PATCH",
-            match method {
-                "GET" => Some(Route::GetProject { project: s(3) }),
-                "PATCH" => Some(Route::PatchProject { project: s(3) }),
-                _ => None,
-            },
-        ),
-        ["api", "v1", "projects", _, "consumers", _, "jwt-credentials"] => (
-            "GET, POST",
-            match method {
-                "GET" => Some(Route::ListJwtCredentials {
-                    project: s(3),
-                    consumer: s(5),
-                }),
-                "POST" => Some(Route::CreateJwtCredential {
-                    project: s(3),
-                    consumer: s(5),
-                }),
-                _ => None,
-            },
-        ),
-        ["api", "v1", "projects", _, "jwt-credentials", _] => (
-            "DELETE",
-            (method == "DELETE").then(|| Route::RevokeJwtCredential {
-                project: s(3),
-                id: s(5),
-            }),
-        ),
-        ["api", "v1", "projects", _, "signing-keys", "rotate"] => {
-            post(Route::RotateSigningKey { project: s(3) })
-        }
-        ["api", "v1", "projects", _, "auth-events"] => get(Route::AuthEvents { project: s(3) }),
-        ["api", "v1", "gateway", "apis", _, "auth-mode"] => (
-            "PUT",
-            (method == "PUT").then(|| Route::SetAuthMode { api: s(4) }),
-        ),
-        ["health"] => ("GET", (method == "GET").then_some(Route::Health)),
-        [] | ["index.html"] | ["chat.js"] | ["sdk.js"] | ["sdk.d.ts"] => (
-            "GET, HEAD",
-            matches!(method, "GET" | "HEAD").then(|| Route::Asset {
-                path: format!("/{}", segs.join("/")),
-            }),
-        ),
-        ["v1", _, _, "chat", "completions"] => (
-            "POST",
-            (method == "POST").then(|| Route::ChatCompletions {
-                project: s(1),
-                api: s(2),
-            }),
-        ),
-        ["v1", _, _, "models"] => (
-            "GET",
-            (method == "GET").then(|| Route::ListModels {
-                project: s(1),
-                api: s(2),
-            }),
-        ),
-        ["v1", _, _, "usage"] => (
-            "GET",
-            (method == "GET").then(|| Route::ConsumerUsage {
-                project: s(1),
-                api: s(2),
-            }),
-        ),
-        ["api", "v1", "gateway", "apis", _, "plans"] => (
-            "GET, POST, PATCH",
-            match method {
-                "GET" => Some(Route::ListPlans { api: s(4) }),
-                "POST" => Some(Route::CreatePlan { api: s(4) }),
-                "PATCH" => Some(Route::PatchPlan {
-                    api: s(4),
-                    plan: None,
-                }),
-                _ => None,
-            },
-        ),
-        ["api", "v1", "gateway", "apis", _, "plans", _] => (
-            "PATCH",
-            (method == "PATCH").then(|| Route::PatchPlan {
-                api: s(4),
-                plan: Some(s(6)),
-            }),
-        ),
-        ["api", "v1", "gateway", "apis", _, "consumers", _, "plan"] => (
-            "PUT",
-            (method == "PUT").then(|| Route::SetConsumerPlan {
-                api: s(4),
-                consumer: s(6),
-            }),
-        ),
-        ["api", "v1", "gateway", "apis", _, "usage"] => (
-            "GET",
-            (method == "GET").then(|| Route::ApiUsage { api: s(4) }),
-        ),
-        ["api", "v1", "projects"] => (
-            "GET, POST",
-            match method {
-                "GET" => Some(Route::ListProjects),
-                "POST" => Some(Route::CreateProject),
-                _ => None,
-            },
-        ),
-        ["api", "v1", "gateway", "apis"] => (
-            "GET, POST",
-            match method {
-                "GET" => Some(Route::ListApis),
-                "POST" => Some(Route::CreateApi),
-                _ => None,
-            },
-        ),
-        ["api", "v1", "gateway", "apis", _] => (
-            "GET, PATCH",
-            match method {
-                "GET" => Some(Route::GetApi { id: s(4) }),
-                "PATCH" => Some(Route::PatchApi { id: s(4) }),
-                _ => None,
-            },
-        ),
-        ["api", "v1", "projects", _, "consumers"] => (
-            "GET, POST",
-            match method {
-                "GET" => Some(Route::ListConsumers { project: s(3) }),
-                "POST" => Some(Route::CreateConsumer { project: s(3) }),
-                _ => None,
-            },
-        ),
-        ["api", "v1", "projects", _, "consumers", _] => (
-            "GET, PATCH",
-            match method {
-                "GET" => Some(Route::GetConsumer {
-                    project: s(3),
-                    id: s(5),
-                }),
-                "PATCH" => Some(Route::PatchConsumer {
-                    project: s(3),
-                    id: s(5),
-                }),
-                _ => None,
-            },
-        ),
-        ["api", "v1", "projects", _, "consumers", _, "keys"] => (
-            "POST",
-            (method == "POST").then(|| Route::CreateKey {
-                project: s(3),
-                consumer: s(5),
-            }),
-        ),
-        ["api", "v1", "projects", _, "keys"] => (
-            "GET",
-            (method == "GET").then(|| Route::ListKeys { project: s(3) }),
-        ),
-        ["api", "v1", "projects", _, "keys", _] => (
-            "DELETE",
-            (method == "DELETE").then(|| Route::RevokeKey {
-                project: s(3),
-                id: s(5),
-            }),
-        ),
-        _ => return Err(Error::not_found(format!("No route for {path}."))),
+    let arm = match segs.as_slice() {
+        ["v1", project, rest @ ..] => end_user_arm(method, project, rest),
+        ["api", "v1", rest @ ..] => admin_arm(method, rest),
+        other => public_arm(method, other),
     };
-    found.ok_or_else(|| Error::method_not_allowed(allowed))
+    match arm {
+        Some((_, Some(route))) => Ok(route),
+        Some((allowed, None)) => Err(Error::method_not_allowed(allowed)),
+        None => Err(Error::not_found(format!("No route for {path}."))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn eu(project: &str, route: EndUser) -> Route {
+        end_user(project, route)
+    }
+
     #[test]
     fn data_plane_routes() {
         assert_eq!(
             route("POST", "/v1/demo/chat/chat/completions"),
-            Ok(Route::ChatCompletions {
-                project: "demo".into(),
-                api: "chat".into()
-            })
+            Ok(eu("demo", EndUser::ChatCompletions { api: "chat".into() }))
         );
         assert_eq!(
             route("GET", "/v1/demo/chat/models"),
-            Ok(Route::ListModels {
-                project: "demo".into(),
-                api: "chat".into()
-            })
+            Ok(eu("demo", EndUser::ListModels { api: "chat".into() }))
         );
         assert_eq!(
             route("GET", "/v1/demo/chat/chat/completions")
@@ -390,69 +327,72 @@ mod tests {
 
     #[test]
     fn admin_routes() {
-        assert_eq!(route("POST", "/api/v1/projects"), Ok(Route::CreateProject));
-        assert_eq!(route("GET", "/api/v1/projects/"), Ok(Route::ListProjects));
+        assert_eq!(
+            route("POST", "/api/v1/projects"),
+            Ok(Route::Admin(Admin::CreateProject))
+        );
+        assert_eq!(
+            route("GET", "/api/v1/projects/"),
+            Ok(Route::Admin(Admin::ListProjects))
+        );
         assert_eq!(
             route("PATCH", "/api/v1/gateway/apis/api_1"),
-            Ok(Route::PatchApi { id: "api_1".into() })
+            Ok(Route::Admin(Admin::PatchApi { id: "api_1".into() }))
         );
         assert_eq!(
             route("POST", "/api/v1/projects/demo/consumers/con_1/keys"),
-            Ok(Route::CreateKey {
+            Ok(Route::Admin(Admin::CreateKey {
                 project: "demo".into(),
                 consumer: "con_1".into()
-            })
+            }))
         );
         assert_eq!(
             route("DELETE", "/api/v1/projects/demo/keys/key_1"),
-            Ok(Route::RevokeKey {
+            Ok(Route::Admin(Admin::RevokeKey {
                 project: "demo".into(),
                 id: "key_1".into()
-            })
+            }))
         );
         assert!(route("DELETE", "/api/v1/projects")
             .unwrap_err()
             .headers
             .iter()
             .any(|(k, v)| k == "Allow" && v == "GET, POST"));
-        assert!(Route::CreateProject.is_admin());
-        assert!(!Route::Health.is_admin());
+        assert!(Route::Admin(Admin::CreateProject).is_admin());
+        assert!(!Route::Public(Public::Health).is_admin());
     }
 
     #[test]
     fn plan_and_usage_routes() {
         assert_eq!(
             route("GET", "/v1/demo/chat/usage"),
-            Ok(Route::ConsumerUsage {
-                project: "demo".into(),
-                api: "chat".into()
-            })
+            Ok(eu("demo", EndUser::ConsumerUsage { api: "chat".into() }))
         );
         assert!(!route("GET", "/v1/demo/chat/usage").unwrap().is_admin());
         assert_eq!(
             route("PATCH", "/api/v1/gateway/apis/a1/plans"),
-            Ok(Route::PatchPlan {
+            Ok(Route::Admin(Admin::PatchPlan {
                 api: "a1".into(),
                 plan: None
-            })
+            }))
         );
         assert_eq!(
             route("PATCH", "/api/v1/gateway/apis/a1/plans/pro"),
-            Ok(Route::PatchPlan {
+            Ok(Route::Admin(Admin::PatchPlan {
                 api: "a1".into(),
                 plan: Some("pro".into())
-            })
+            }))
         );
         assert_eq!(
             route("PUT", "/api/v1/gateway/apis/a1/consumers/c1/plan"),
-            Ok(Route::SetConsumerPlan {
+            Ok(Route::Admin(Admin::SetConsumerPlan {
                 api: "a1".into(),
                 consumer: "c1".into()
-            })
+            }))
         );
         assert_eq!(
             route("GET", "/api/v1/gateway/apis/a1/usage"),
-            Ok(Route::ApiUsage { api: "a1".into() })
+            Ok(Route::Admin(Admin::ApiUsage { api: "a1".into() }))
         );
         assert_eq!(
             route("POST", "/api/v1/gateway/apis/a1/usage")
@@ -466,21 +406,15 @@ mod tests {
     fn auth_routes_and_preflight() {
         assert_eq!(
             route("POST", "/v1/demo/auth/otp/start"),
-            Ok(Route::OtpStart {
-                project: "demo".into()
-            })
+            Ok(eu("demo", EndUser::OtpStart))
         );
         assert_eq!(
             route("GET", "/v1/demo/.well-known/jwks.json"),
-            Ok(Route::Jwks {
-                project: "demo".into()
-            })
+            Ok(eu("demo", EndUser::Jwks))
         );
         assert_eq!(
             route("OPTIONS", "/v1/demo/chat/chat/completions"),
-            Ok(Route::Preflight {
-                project: "demo".into()
-            })
+            Ok(eu("demo", EndUser::Preflight))
         );
         assert_eq!(
             route("GET", "/v1/demo/auth/refresh").unwrap_err().status,
@@ -488,24 +422,15 @@ mod tests {
         );
         assert_eq!(
             route("PUT", "/api/v1/gateway/apis/a/auth-mode"),
-            Ok(Route::SetAuthMode { api: "a".into() })
+            Ok(Route::Admin(Admin::SetAuthMode { api: "a".into() }))
         );
-        assert!(!Route::OtpVerify {
+        assert!(!eu("p", EndUser::OtpVerify).is_admin());
+        assert!(Route::Admin(Admin::PatchProject {
             project: "p".into()
-        }
+        })
         .is_admin());
-        assert!(Route::PatchProject {
-            project: "p".into()
-        }
-        .is_admin());
-        assert_eq!(
-            Route::Me {
-                project: "p".into()
-            }
-            .cors_project(),
-            Some("p")
-        );
-        assert_eq!(Route::CreateProject.cors_project(), None);
+        assert_eq!(eu("p", EndUser::Me).cors_project(), Some("p"));
+        assert_eq!(Route::Admin(Admin::CreateProject).cors_project(), None);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::cidr::Cidr;
+use crate::auth::cidr::{self, Cidr};
 use crate::auth::jwt::{Alg, Policy};
+use crate::auth::mode::AuthMode;
 use crate::error::Error;
-use crate::model::AuthMode;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,11 +114,77 @@ pub struct CredentialConfig {
 }
 
 /// Where to look for the credential, resolved from a `CredentialConfig`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum CredentialSource {
+    #[default]
     Authorization,
     Header(String),
     Query(String),
+}
+
+/// An API's credential settings as stored: decoding resolves them, so a stored location that does
+/// not resolve is a decode error, never the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CredentialConfig", into = "CredentialConfig")]
+pub struct Credential {
+    config: CredentialConfig,
+    pub source: CredentialSource,
+}
+
+impl Credential {
+    pub fn passthrough(&self) -> bool {
+        self.config.passthrough
+    }
+    pub fn config(&self) -> &CredentialConfig {
+        &self.config
+    }
+}
+
+impl TryFrom<CredentialConfig> for Credential {
+    type Error = Error;
+    fn try_from(config: CredentialConfig) -> Result<Self, Error> {
+        let source = config.source()?;
+        Ok(Credential { config, source })
+    }
+}
+
+impl From<Credential> for CredentialConfig {
+    fn from(c: Credential) -> Self {
+        c.config
+    }
+}
+
+/// An API's IP allowlist: the entries as the owner wrote them, parsed once. Empty allows every
+/// address; a stored list that does not parse is a decode error (never "allow all").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct Allowlist {
+    entries: Vec<String>,
+    cidrs: Vec<Cidr>,
+}
+
+impl Allowlist {
+    pub fn entries(&self) -> &[String] {
+        &self.entries
+    }
+    /// Whether `ip` may call (an unknown address passes only an empty list).
+    pub fn allows(&self, ip: Option<&str>) -> bool {
+        cidr::allowed(&self.cidrs, ip)
+    }
+}
+
+impl TryFrom<Vec<String>> for Allowlist {
+    type Error = Error;
+    fn try_from(entries: Vec<String>) -> Result<Self, Error> {
+        let cidrs = parse_allowlist(&entries)?;
+        Ok(Allowlist { entries, cidrs })
+    }
+}
+
+impl From<Allowlist> for Vec<String> {
+    fn from(a: Allowlist) -> Self {
+        a.entries
+    }
 }
 
 impl CredentialConfig {

@@ -83,7 +83,7 @@ impl ConsumerKey {
 
     /// The lowercase hex SHA-256 of the whole key: the only form ever stored.
     pub fn hash(&self) -> String {
-        hex(&Sha256::digest(self.0.as_bytes()))
+        crate::encoding::hex(&Sha256::digest(self.0.as_bytes()))
     }
 
     /// The non-secret beginning shown in listings, e.g. `ask_live_AbC12x`.
@@ -95,16 +95,6 @@ impl ConsumerKey {
     pub fn reveal(&self) -> &str {
         &self.0
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
 }
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 pub mod cidr;
 pub mod config;
 pub mod consumer_jwt;
+pub mod decide;
 pub mod guard;
 pub mod jwks_cache;
 pub mod jwt;
 pub mod key;
+pub mod mode;
 pub mod otp;
 pub mod session;
 pub mod tokens;

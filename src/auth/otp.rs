@@ -4,7 +4,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::auth::key::hex;
+use crate::encoding::hex;
 
 /// Number of digits in a code.
 pub const CODE_LEN: usize = 6;

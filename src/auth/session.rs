@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::auth::key::hex;
+use crate::encoding::hex;
 use crate::ids::{base62, new_id};
 
 pub const REFRESH_PREFIX: &str = "srt_";

@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::auth::jwt::SigningKey;
-use crate::auth::key::hex;
+use crate::encoding::hex;
 
 /// Lifetime of a token obtained by exchanging a consumer key.
 pub const EXCHANGE_TTL_S: i64 = 30 * 60;

@@ -19,8 +19,7 @@ pub fn usd_to_millionths(field: &str, usd: f64) -> Result<u64, Error> {
     let scaled = usd * 1e6;
     let rounded = scaled.round();
     if !usd.is_finite()
-        || usd < 0.0
-        || usd > MAX_USD
+        || !(0.0..=MAX_USD).contains(&usd)
         || (scaled - rounded).abs() > 1e-6 * scaled.abs().max(1.0)
     {
         return Err(Error::invalid_request(format!(

@@ -7,17 +7,19 @@ use worker::{Context, D1Database, Env, Request, Response};
 
 use crate::auth::guard::{GuardReply, GuardRequest};
 use crate::auth::key::ConsumerKey;
-use crate::auth::otp::{generate_code, hash_code, normalize_email};
-use crate::auth::session::{new_refresh, new_session_id, parse_refresh, Session, SESSION_TTL_MS};
+use crate::auth::otp::{generate_code, hash_code, normalize_code, normalize_email};
+use crate::auth::session::{new_refresh, new_session_id, parse_refresh, Session};
 use crate::auth::tokens::{access_claims, classify, exchange_claims, SluiceToken, EXCHANGE_TTL_S};
 use crate::email::{self, dev_mode};
 use crate::error::{Error, Problem};
 use crate::http::{encryption_secret, header, json, no_content, now_ms, read_body, with_random};
 use crate::identity::{self, client_ip, current_key, event, record_event, verify_sluice_token};
 use crate::ids::new_id;
-use crate::model::{parse_body, Consumer, Project};
+use crate::input::parse_body;
+use crate::records::{Consumer, ConsumerKind, ConsumerStatus, Project};
+use crate::store::d1;
 use crate::store::kv::{self, MailboxRecord, SessionRecord, SessionStatus};
-use crate::store::{auth_do, d1};
+use crate::store::objects::{self, Guard};
 
 const AUTH_BODY_LIMIT: usize = 16 * 1024;
 const EMAIL_GAP_MS: i64 = 30_000;
@@ -87,8 +89,15 @@ pub async fn otp_start(
             max_per_hour: IP_PER_HOUR,
             code_hash: None,
         };
-        if let GuardReply::Throttled { retry_after_s } =
-            auth_do::call(env, &format!("ip:{}:{ip}", project.id), &op).await?
+        if let GuardReply::Throttled { retry_after_s } = objects::call(
+            env,
+            &Guard::Ip {
+                project_id: &project.id,
+                ip,
+            },
+            &op,
+        )
+        .await?
         {
             return Err(throttled(retry_after_s));
         }
@@ -101,8 +110,15 @@ pub async fn otp_start(
         max_per_hour: EMAIL_PER_HOUR,
         code_hash: Some(hash_code(pepper.as_bytes(), &project.id, &email, &code)),
     };
-    if let GuardReply::Throttled { retry_after_s } =
-        auth_do::call(env, &format!("otp:{}:{email}", project.id), &op).await?
+    if let GuardReply::Throttled { retry_after_s } = objects::call(
+        env,
+        &Guard::Email {
+            project_id: &project.id,
+            email: &email,
+        },
+        &op,
+    )
+    .await?
     {
         return Err(throttled(retry_after_s));
     }
@@ -138,20 +154,25 @@ pub async fn otp_verify(
 ) -> Result<Response, Error> {
     let (db, project, input): (_, _, OtpVerify) = project_and_body(&mut req, env, project).await?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
-    let code = input.code.trim();
-    if code.len() != 6 || !code.bytes().all(|c| c.is_ascii_digit()) {
-        return Err(Error::invalid_request(
-            "`code` is the 6-digit code from the mail.",
-        ));
-    }
+    let code = normalize_code(&input.code)
+        .ok_or_else(|| Error::invalid_request("`code` is the 6-digit code from the mail."))?;
     let now = now_ms();
     let ip = client_ip(&req);
     let pepper = encryption_secret(env)?;
     let op = GuardRequest::Check {
         now,
-        code_hash: hash_code(pepper.as_bytes(), &project.id, &email, code),
+        code_hash: hash_code(pepper.as_bytes(), &project.id, &email, &code),
     };
-    let failure = match auth_do::call(env, &format!("otp:{}:{email}", project.id), &op).await? {
+    let failure = match objects::call(
+        env,
+        &Guard::Email {
+            project_id: &project.id,
+            email: &email,
+        },
+        &op,
+    )
+    .await?
+    {
         GuardReply::Verified => None,
         GuardReply::WrongCode { attempts_left } => Some(
             Error::new(Problem::InvalidCode, "The code is wrong.")
@@ -184,7 +205,7 @@ pub async fn otp_verify(
         return Err(e);
     }
     let consumer = user_for_email(&db, &project, &email, now).await?;
-    if consumer.status != "enabled" {
+    if !consumer.is_enabled() {
         return Err(Error::consumer_disabled());
     }
     let (access_token, refresh_token) =
@@ -216,8 +237,8 @@ async fn user_for_email(
         project_id: project.id.clone(),
         name: email.to_string(),
         description: None,
-        kind: "user".into(),
-        status: "enabled".into(),
+        kind: ConsumerKind::User,
+        status: ConsumerStatus::Enabled,
         created_at: now,
         email: Some(email.to_string()),
     };
@@ -240,21 +261,17 @@ async fn start_session(
 ) -> Result<(String, String), Error> {
     let session_id = with_random(new_session_id)?;
     let (refresh_token, hash) = with_random(|r| new_refresh(&session_id, r))?;
-    let session = Session {
-        id: session_id.clone(),
-        project: project.id.clone(),
-        consumer_id: consumer.id.clone(),
-        email: Some(email.to_string()),
-        current_hash: hash,
-        previous_hashes: Vec::new(),
-        generation: 0,
-        created_at: now,
-        expires_at: now + SESSION_TTL_MS,
-        revoked: false,
-    };
-    auth_do::call(
+    let session = Session::new(
+        session_id.clone(),
+        project.id.clone(),
+        consumer.id.clone(),
+        Some(email.to_string()),
+        hash,
+        now,
+    );
+    objects::call(
         env,
-        &format!("session:{session_id}"),
+        &Guard::Session { id: &session_id },
         &GuardRequest::CreateSession { session },
     )
     .await?;
@@ -328,7 +345,7 @@ pub async fn refresh(
         secret,
         new_hash,
     };
-    match auth_do::call(env, &format!("session:{session_id}"), &op).await? {
+    match objects::call(env, &Guard::Session { id: &session_id }, &op).await? {
         GuardReply::Rotated { session } if session.project == project.id => {
             let consumer = d1::find_consumer(&db, &project.id, &session.consumer_id)
                 .await?
@@ -338,7 +355,7 @@ pub async fn refresh(
                         "The session's user no longer exists.",
                     )
                 })?;
-            if consumer.status != "enabled" {
+            if !consumer.is_enabled() {
                 return Err(Error::consumer_disabled());
             }
             let email = session.email.clone().unwrap_or_default();
@@ -417,7 +434,12 @@ pub async fn logout(
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
     let (consumer_id, session_id) = signed_in(&req, env, &project).await?;
-    auth_do::call(env, &format!("session:{session_id}"), &GuardRequest::Revoke).await?;
+    objects::call(
+        env,
+        &Guard::Session { id: &session_id },
+        &GuardRequest::Revoke,
+    )
+    .await?;
     let store = kv::kv(env)?;
     kv::put::<SessionRecord>(
         &store,
@@ -531,7 +553,7 @@ pub async fn token_exchange(
                 "This consumer key is unknown or has been revoked.",
             )
         })?;
-    if found.consumer_status != "enabled" {
+    if found.consumer_status != ConsumerStatus::Enabled {
         return Err(Error::consumer_disabled());
     }
     let now = now_ms();

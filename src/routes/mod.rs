@@ -11,7 +11,7 @@ use crate::auth::constant_time_eq;
 use crate::error::Error;
 use crate::http::{header, json, problem, secret};
 use crate::pipeline;
-use crate::router::{route, Route};
+use crate::router::{route, EndUser, Public, Route};
 use crate::store::d1;
 
 /// Headers a browser client may read from our responses (rate limits, retry hints).
@@ -47,34 +47,45 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Re
 }
 
 async fn dispatch(route: Route, req: Request, env: &Env, ctx: &Context) -> Result<Response, Error> {
-    if route.is_admin() {
-        check_admin(&req, env)?;
-    }
     match route {
-        Route::Health => json(
+        Route::Public(Public::Health) => json(
             200,
             &serde_json::json!({"status": "ok", "service": "sluice"}),
         ),
-        Route::Asset { path } => serve_asset(&req, env, &path),
-        Route::ChatCompletions { project, api } => {
-            pipeline::chat_completions(req, env, ctx, &project, &api).await
+        Route::Public(Public::Asset { path }) => serve_asset(&req, env, &path),
+        Route::Public(Public::DevMailbox) => auth::dev_mailbox(env).await,
+        Route::EndUser { project, route } => end_user(route, req, env, ctx, &project).await,
+        Route::Admin(route) => {
+            check_admin(&req, env)?;
+            admin::handle(route, req, env, ctx).await
         }
-        Route::ListModels { project, api } => {
-            pipeline::list_models(req, env, ctx, &project, &api).await
+    }
+}
+
+/// A project's end-user routes: the data plane and sign-in.
+async fn end_user(
+    route: EndUser,
+    req: Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+) -> Result<Response, Error> {
+    match route {
+        EndUser::ChatCompletions { api } => {
+            pipeline::chat_completions(req, env, ctx, project, &api).await
         }
-        Route::ConsumerUsage { project, api } => {
-            pipeline::consumer_usage(req, env, ctx, &project, &api).await
+        EndUser::ListModels { api } => pipeline::list_models(req, env, ctx, project, &api).await,
+        EndUser::ConsumerUsage { api } => {
+            pipeline::consumer_usage(req, env, ctx, project, &api).await
         }
-        Route::OtpStart { project } => auth::otp_start(req, env, ctx, &project).await,
-        Route::OtpVerify { project } => auth::otp_verify(req, env, ctx, &project).await,
-        Route::Refresh { project } => auth::refresh(req, env, ctx, &project).await,
-        Route::Logout { project } => auth::logout(req, env, ctx, &project).await,
-        Route::Me { project } => auth::me(req, env, &project).await,
-        Route::TokenExchange { project } => auth::token_exchange(req, env, ctx, &project).await,
-        Route::Jwks { project } => auth::jwks(env, &project).await,
-        Route::DevMailbox => auth::dev_mailbox(env).await,
-        Route::Preflight { .. } => Ok(Response::empty()?.with_status(204)),
-        admin_route => admin::handle(admin_route, req, env, ctx).await,
+        EndUser::OtpStart => auth::otp_start(req, env, ctx, project).await,
+        EndUser::OtpVerify => auth::otp_verify(req, env, ctx, project).await,
+        EndUser::Refresh => auth::refresh(req, env, ctx, project).await,
+        EndUser::Logout => auth::logout(req, env, ctx, project).await,
+        EndUser::Me => auth::me(req, env, project).await,
+        EndUser::TokenExchange => auth::token_exchange(req, env, ctx, project).await,
+        EndUser::Jwks => auth::jwks(env, project).await,
+        EndUser::Preflight => Ok(Response::empty()?.with_status(204)),
     }
 }
 
@@ -106,10 +117,7 @@ fn serve_asset(req: &Request, env: &Env, path: &str) -> Result<Response, Error> 
 async fn origin_allowed(env: &Env, project: &str, origin: &str) -> Result<bool, Error> {
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
-    Ok(project
-        .allowed_origins()
-        .iter()
-        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin)))
+    Ok(project.allows_origin(origin))
 }
 
 /// `requested` is the preflight's `Access-Control-Request-Headers`: allowed as asked, so an API that

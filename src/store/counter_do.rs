@@ -14,17 +14,20 @@ use worker::{
     State,
 };
 
-use crate::error::{Error, Problem};
+use crate::error::Error;
 use crate::http::{now_ms, problem};
 use crate::limits::counter::CounterState;
 use crate::limits::ops::{apply, CounterReply, CounterRequest};
 use crate::store::d1;
+use crate::store::objects::{self, Counter, Object};
 use crate::usage::UsageRecord;
 
 /// Records flushed to D1 per alarm run.
 const FLUSH_BATCH: usize = 50;
 /// How soon after a request its usage reaches D1.
 const FLUSH_DELAY_MS: i64 = 500;
+/// The table the counter's state lives in.
+const STATE_TABLE: &str = "counter";
 /// Backoff when D1 is unavailable.
 const RETRY_DELAY_MS: i64 = 5_000;
 
@@ -37,17 +40,11 @@ pub struct ConsumerCounter {
 }
 
 #[derive(Deserialize)]
-struct StateRow {
-    state: String,
-}
-
-#[derive(Deserialize)]
 struct OutboxRow {
     record: String,
 }
 
-fn ensure_schema(sql: &SqlStorage) -> Result<()> {
-    sql.exec("CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL)", None)?;
+fn ensure_outbox(sql: &SqlStorage) -> Result<()> {
     sql.exec(
         "CREATE TABLE IF NOT EXISTS usage_outbox (id TEXT PRIMARY KEY, record TEXT NOT NULL)",
         None,
@@ -59,23 +56,8 @@ fn rust_error(e: impl std::fmt::Display) -> worker::Error {
     worker::Error::RustError(e.to_string())
 }
 
-/// The stored state: absent is a fresh counter; present but undecodable is an error.
-fn load(sql: &SqlStorage) -> Result<CounterState> {
-    let rows: Vec<StateRow> = sql
-        .exec("SELECT state FROM counter WHERE id = 1", None)?
-        .to_array()?;
-    match rows.first() {
-        None => Ok(CounterState::default()),
-        Some(row) => serde_json::from_str(&row.state)
-            .map_err(|e| rust_error(format!("counter state does not decode: {e}"))),
-    }
-}
-
-/// Saves the state and files the records the operation completed, in one synchronous turn.
-fn save(sql: &SqlStorage, state: &mut CounterState) -> Result<()> {
-    let json = serde_json::to_string(state).map_err(rust_error)?;
-    sql.exec("INSERT INTO counter (id, state) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
-        vec![SqlStorageValue::String(json)])?;
+/// Files the records an operation completed, in the same synchronous turn as its state.
+fn file_records(sql: &SqlStorage, state: &mut CounterState) -> Result<()> {
     for record in state.filed.drain(..) {
         let json = serde_json::to_string(&record).map_err(rust_error)?;
         sql.exec(
@@ -90,8 +72,8 @@ fn save(sql: &SqlStorage, state: &mut CounterState) -> Result<()> {
 }
 
 fn outbox_waiting(sql: &SqlStorage) -> Result<bool> {
-    let left: Vec<StateRow> = sql
-        .exec("SELECT 'x' AS state FROM usage_outbox LIMIT 1", None)?
+    let left: Vec<OutboxRow> = sql
+        .exec("SELECT record FROM usage_outbox LIMIT 1", None)?
         .to_array()?;
     Ok(!left.is_empty())
 }
@@ -100,10 +82,11 @@ impl ConsumerCounter {
     /// The synchronous heart: load, apply, save (filing usage records), with no await.
     fn run(&self, request: &CounterRequest) -> Result<(CounterReply, Option<i64>)> {
         let sql = self.state.storage().sql();
-        ensure_schema(&sql)?;
-        let mut state = load(&sql)?;
-        let reply = apply(&mut state, request);
-        save(&sql, &mut state)?;
+        ensure_outbox(&sql)?;
+        let (reply, mut state) = objects::run(&sql, STATE_TABLE, |state: &mut CounterState| {
+            apply(state, request)
+        })?;
+        file_records(&sql, &mut state)?;
         Ok((reply, self.wake_at(&sql, &state)?))
     }
 
@@ -165,7 +148,7 @@ impl DurableObject for ConsumerCounter {
             Ok(done) => done,
             Err(e) => {
                 worker::console_error!("counter operation failed: {e}");
-                return problem(&unavailable(e.to_string()));
+                return problem(&Counter::unavailable());
             }
         };
         self.wake_by(wake).await?;
@@ -175,11 +158,12 @@ impl DurableObject for ConsumerCounter {
     async fn alarm(&self) -> Result<Response> {
         self.alarm_at.set(None);
         let sql = self.state.storage().sql();
-        ensure_schema(&sql)?;
+        ensure_outbox(&sql)?;
         // Book leases whose requests stopped renewing them, filing their records.
-        let mut state = load(&sql)?;
-        state.roll(now_ms());
-        save(&sql, &mut state)?;
+        let ((), mut state) = objects::run(&sql, STATE_TABLE, |state: &mut CounterState| {
+            state.roll(now_ms())
+        })?;
+        file_records(&sql, &mut state)?;
         let rows: Vec<OutboxRow> = sql
             .exec(
                 &format!("SELECT record FROM usage_outbox ORDER BY rowid LIMIT {FLUSH_BATCH}"),
@@ -223,12 +207,6 @@ impl DurableObject for ConsumerCounter {
     }
 }
 
-fn unavailable(detail: String) -> Error {
-    worker::console_error!("counter unavailable: {detail}");
-    Error::new(Problem::CounterUnavailable, "The gateway could not reach the quota counter, so the request was refused rather than let through unmetered. Try again shortly.")
-        .with_header("Retry-After", "1")
-}
-
 /// Sends one operation to the counter of (`api_id`, `consumer_id`). Any failure is a 503: the gateway
 /// fails closed rather than serve unmetered.
 pub async fn call(
@@ -236,13 +214,14 @@ pub async fn call(
     api_id: &str,
     consumer_id: &str,
     op: &CounterRequest,
-) -> Result<CounterReply, Error> {
-    crate::store::call_object(
+) -> std::result::Result<CounterReply, Error> {
+    objects::call(
         env,
-        "COUNTERS",
-        &format!("{api_id}/{consumer_id}"),
+        &Counter {
+            api_id,
+            consumer_id,
+        },
         op,
-        unavailable,
     )
     .await
 }

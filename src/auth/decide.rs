@@ -1,0 +1,348 @@
+//! Who is calling, decided without I/O: what kind of credential a request carries, and, given what
+//! the lookups for it returned, the caller it proves or the refusal it earns. The edge adapter
+//! (`authenticate`) performs the lookups each step names and nothing else, so every rule of
+//! authentication lives here, once, and is unit-tested.
+
+use crate::auth::jwks_cache::{looks_like_jwt, peek_kid};
+use crate::auth::key::{self, ConsumerKey};
+use crate::auth::mode::AuthMode;
+use crate::auth::tokens::kid_prefix;
+use crate::error::{Error, Problem};
+use crate::records::{Consumer, ConsumerStatus, KeyOwner};
+
+/// Who is calling, as proven by the authenticate phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub consumer_id: String,
+    pub key_id: Option<String>,
+    pub session_id: Option<String>,
+}
+
+/// What a request's credential is, before any lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented {
+    /// A well-formed consumer key (`ask_live_…`): found by its hash.
+    Key(ConsumerKey),
+    /// A JWT whose key id says this gateway signed it for the project.
+    SluiceToken,
+    /// Any other JWT: a consumer's own credential, or (byo-jwt mode) the owner's.
+    OtherJwt,
+}
+
+/// Classifies the credential; a malformed key or a non-JWT is refused here, before any lookup.
+pub fn presented(credential: &str, project_slug: &str, mode: AuthMode) -> Result<Presented, Error> {
+    if credential.starts_with(key::PREFIX) {
+        return ConsumerKey::parse(credential)
+            .map(Presented::Key)
+            .map_err(|e| {
+                Error::invalid_credential(format!("Not a valid consumer key: {}.", e.describe()))
+            });
+    }
+    if !looks_like_jwt(credential) {
+        return Err(Error::invalid_credential(match mode {
+            AuthMode::ConsumerKeyOnly => "Send a consumer key (ask_live_...).",
+            _ => "Send a consumer key (ask_live_...) or a JWT.",
+        }));
+    }
+    let ours = peek_kid(credential).is_some_and(|kid| kid.starts_with(&kid_prefix(project_slug)));
+    Ok(if ours {
+        Presented::SluiceToken
+    } else {
+        Presented::OtherJwt
+    })
+}
+
+/// The API's IP allowlist said no.
+pub fn ip_refused() -> Error {
+    Error::new(
+        Problem::IpNotAllowed,
+        "This API only accepts requests from the owner's allowed networks.",
+    )
+}
+
+fn enabled(status: ConsumerStatus) -> Result<(), Error> {
+    match status {
+        ConsumerStatus::Enabled => Ok(()),
+        ConsumerStatus::Disabled => Err(Error::consumer_disabled()),
+    }
+}
+
+/// A consumer key: its live owner, found by hash (none: unknown or revoked), must be enabled.
+pub fn by_key(owner: Option<KeyOwner>) -> Result<Caller, Error> {
+    let owner = owner.ok_or_else(|| {
+        Error::invalid_credential("This consumer key is unknown or has been revoked.")
+    })?;
+    enabled(owner.consumer_status)?;
+    Ok(Caller {
+        consumer_id: owner.consumer_id,
+        key_id: Some(owner.key_id),
+        session_id: None,
+    })
+}
+
+/// A key-exchange token: valid while the key it was made from is live, for the same consumer.
+pub fn by_exchange_token(
+    consumer_id: String,
+    key_id: String,
+    live: Option<KeyOwner>,
+) -> Result<Caller, Error> {
+    let live = live.ok_or_else(|| {
+        Error::invalid_credential("The consumer key this token was issued for has been revoked.")
+    })?;
+    if live.consumer_id != consumer_id {
+        return Err(Error::consumer_disabled());
+    }
+    enabled(live.consumer_status)?;
+    Ok(Caller {
+        consumer_id,
+        key_id: Some(key_id),
+        session_id: None,
+    })
+}
+
+/// Whether a signed-in user's access token may be used on an API in `mode` (managed only).
+pub fn access_token_allowed(mode: AuthMode, api_slug: &str) -> Result<(), Error> {
+    match mode {
+        AuthMode::Managed => Ok(()),
+        other => Err(mode_mismatch(api_slug, other, "a signed-in user's token")),
+    }
+}
+
+/// A signed-in user's access token, once its session stands: the user must exist and be enabled.
+pub fn by_access_token(
+    consumer_id: String,
+    session_id: String,
+    user: Option<Consumer>,
+) -> Result<Caller, Error> {
+    let user =
+        user.ok_or_else(|| Error::invalid_credential("The signed-in user no longer exists."))?;
+    enabled(user.status)?;
+    Ok(Caller {
+        consumer_id,
+        key_id: None,
+        session_id: Some(session_id),
+    })
+}
+
+/// A consumer's own JWT, verified with its credential's key: the consumer must be enabled.
+pub fn by_consumer_jwt(
+    consumer_id: String,
+    credential_id: String,
+    status: Option<ConsumerStatus>,
+) -> Result<Caller, Error> {
+    enabled(status.unwrap_or(ConsumerStatus::Disabled))?;
+    Ok(Caller {
+        consumer_id,
+        key_id: Some(credential_id),
+        session_id: None,
+    })
+}
+
+/// What to do with a JWT that no consumer credential claims: in byo-jwt mode, verify it against the
+/// owner's JWKS; otherwise it was not issued for this project.
+pub fn other_jwt(mode: AuthMode, has_jwks: bool, project_slug: &str) -> Result<(), Error> {
+    match (mode, has_jwks) {
+        (AuthMode::ByoJwt, true) => Ok(()),
+        (AuthMode::ByoJwt, false) => Err(Error::misconfigured(
+            "This API is in byo-jwt mode but has no JWKS configured.",
+        )),
+        _ => Err(Error::invalid_credential(format!(
+            "This JWT was not issued by this gateway for project `{project_slug}`."
+        ))),
+    }
+}
+
+/// A BYO-JWT user: the verified token's configured claim names the consumer.
+pub fn by_owner_jwt(user_id: String) -> Caller {
+    Caller {
+        consumer_id: user_id,
+        key_id: None,
+        session_id: None,
+    }
+}
+
+pub fn mode_mismatch(api_slug: &str, mode: AuthMode, what: &str) -> Error {
+    Error::new(
+        Problem::AuthModeMismatch,
+        format!(
+            "API `{api_slug}` is in `{}` mode, which does not accept {what}.",
+            mode.as_str()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::ConsumerKind;
+
+    fn owner(status: ConsumerStatus) -> KeyOwner {
+        KeyOwner {
+            key_id: "key_1".into(),
+            consumer_id: "con_1".into(),
+            consumer_status: status,
+        }
+    }
+
+    fn a_key() -> String {
+        let mut n = 0u8;
+        ConsumerKey::generate(&mut |b: &mut [u8]| {
+            for x in b.iter_mut() {
+                n = n.wrapping_add(13);
+                *x = n;
+            }
+        })
+        .reveal()
+        .to_string()
+    }
+
+    #[test]
+    fn credentials_are_classified_before_any_lookup() {
+        let key = a_key();
+        assert!(matches!(
+            presented(&key, "p", AuthMode::Managed),
+            Ok(Presented::Key(_))
+        ));
+        let last = if key.ends_with('x') { 'y' } else { 'x' };
+        let bad = format!("{}{last}", &key[..key.len() - 1]);
+        assert_eq!(
+            presented(&bad, "p", AuthMode::Managed).unwrap_err().kind(),
+            "invalid-credential"
+        );
+        let e = presented("hello", "p", AuthMode::ConsumerKeyOnly).unwrap_err();
+        assert!(
+            e.detail.contains("Send a consumer key (ask_live_...)."),
+            "{}",
+            e.detail
+        );
+        // header {"alg":"EdDSA","kid":"<prefix>1"} · {} · sig
+        let header = |kid: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!("{{\"alg\":\"EdDSA\",\"kid\":\"{kid}\"}}"))
+        };
+        let ours = format!("{}.e30.c2ln", header(&format!("{}1", kid_prefix("p"))));
+        assert_eq!(
+            presented(&ours, "p", AuthMode::Managed),
+            Ok(Presented::SluiceToken)
+        );
+        let theirs = format!("{}.e30.c2ln", header("idp-key-1"));
+        assert_eq!(
+            presented(&theirs, "p", AuthMode::ByoJwt),
+            Ok(Presented::OtherJwt)
+        );
+        assert_eq!(
+            presented(&ours, "other", AuthMode::Managed),
+            Ok(Presented::OtherJwt),
+            "another project's token is not ours"
+        );
+    }
+
+    #[test]
+    fn a_key_needs_a_live_enabled_owner() {
+        assert_eq!(
+            by_key(Some(owner(ConsumerStatus::Enabled)))
+                .unwrap()
+                .key_id
+                .as_deref(),
+            Some("key_1")
+        );
+        assert_eq!(
+            by_key(Some(owner(ConsumerStatus::Disabled)))
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(by_key(None).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn an_exchange_token_lives_and_dies_with_its_key() {
+        let ok = by_exchange_token(
+            "con_1".into(),
+            "key_1".into(),
+            Some(owner(ConsumerStatus::Enabled)),
+        );
+        assert_eq!(ok.unwrap().consumer_id, "con_1");
+        assert_eq!(
+            by_exchange_token("con_1".into(), "key_1".into(), None)
+                .unwrap_err()
+                .status,
+            401
+        );
+        let moved = by_exchange_token(
+            "con_2".into(),
+            "key_1".into(),
+            Some(owner(ConsumerStatus::Enabled)),
+        );
+        assert_eq!(moved.unwrap_err().kind(), "consumer-disabled");
+        let off = by_exchange_token(
+            "con_1".into(),
+            "key_1".into(),
+            Some(owner(ConsumerStatus::Disabled)),
+        );
+        assert_eq!(off.unwrap_err().status, 403);
+    }
+
+    #[test]
+    fn access_tokens_are_for_managed_apis_and_existing_enabled_users() {
+        assert!(access_token_allowed(AuthMode::Managed, "a").is_ok());
+        for mode in [AuthMode::ConsumerKeyOnly, AuthMode::ByoJwt] {
+            let e = access_token_allowed(mode, "a").unwrap_err();
+            assert_eq!((e.status, e.kind()), (403, "auth-mode-mismatch"));
+        }
+        let user = |status| Consumer {
+            id: "con_1".into(),
+            project_id: "p".into(),
+            name: "u".into(),
+            description: None,
+            kind: ConsumerKind::User,
+            status,
+            created_at: 0,
+            email: Some("u@x.y".into()),
+        };
+        assert!(by_access_token(
+            "con_1".into(),
+            "ses_1".into(),
+            Some(user(ConsumerStatus::Enabled))
+        )
+        .is_ok());
+        assert_eq!(
+            by_access_token(
+                "con_1".into(),
+                "ses_1".into(),
+                Some(user(ConsumerStatus::Disabled))
+            )
+            .unwrap_err()
+            .status,
+            403
+        );
+        assert_eq!(
+            by_access_token("con_1".into(), "ses_1".into(), None)
+                .unwrap_err()
+                .status,
+            401
+        );
+    }
+
+    #[test]
+    fn other_jwts_go_to_the_owners_jwks_only_in_byo_mode() {
+        assert!(other_jwt(AuthMode::ByoJwt, true, "p").is_ok());
+        assert_eq!(
+            other_jwt(AuthMode::ByoJwt, false, "p").unwrap_err().status,
+            503
+        );
+        assert_eq!(
+            other_jwt(AuthMode::Managed, true, "p").unwrap_err().status,
+            401
+        );
+        assert_eq!(
+            by_consumer_jwt("c".into(), "j".into(), None)
+                .unwrap_err()
+                .status,
+            403,
+            "no status read: refused"
+        );
+        assert!(by_consumer_jwt("c".into(), "j".into(), Some(ConsumerStatus::Enabled)).is_ok());
+    }
+}

@@ -1,0 +1,296 @@
+//! Admin input for APIs: creating one (its upstream, mode and prices), and changing any of it. The
+//! provider key is sealed by a function the edge passes in, so this stays free of secrets handling.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::auth::config::{Allowlist, Credential, CredentialConfig};
+use crate::auth::mode::AuthMode;
+use crate::error::Error;
+use crate::input::validate::{nullable, validate_base_url, validate_slug, validate_text};
+use crate::limits::spend::{PriceInput, PriceTable};
+use crate::records::{Api, Project};
+use crate::upstream::policy::{CapField, PolicyInput};
+
+/// Encrypts a provider key for storage.
+pub type Seal<'a> = &'a dyn Fn(&str) -> Result<String, Error>;
+
+fn validate_upstream_extras(
+    models: Option<&Vec<String>>,
+    default_model: Option<&String>,
+    timeout_ms: Option<u32>,
+) -> Result<(), Error> {
+    if let Some(models) = models {
+        if models.len() > 100 {
+            return Err(Error::invalid_request(
+                "`upstream.models` may list at most 100 models",
+            ));
+        }
+        for m in models {
+            validate_text("upstream.models[]", m, 200)?;
+        }
+    }
+    if let Some(m) = default_model {
+        validate_text("upstream.default_model", m, 200)?;
+    }
+    if let Some(t) = timeout_ms {
+        if !(100..=600_000).contains(&t) {
+            return Err(Error::invalid_request(
+                "`upstream.timeout_ms` must be between 100 and 600000",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApi {
+    pub project: String,
+    pub slug: String,
+    pub name: String,
+    #[serde(default = "default_mode")]
+    pub auth_mode: String,
+    /// The same fields as a patch; `base_url` is required here.
+    pub upstream: UpstreamPatch,
+    pub prices: Option<BTreeMap<String, PriceInput>>,
+}
+
+fn default_mode() -> String {
+    "consumer-key-only".into()
+}
+
+impl NewApi {
+    pub fn validate(&self) -> Result<AuthMode, Error> {
+        validate_slug("slug", &self.slug)?;
+        validate_text("name", &self.name, 200)?;
+        if self.upstream.base_url.is_none() {
+            return Err(Error::invalid_request("`upstream.base_url` is required")
+                .with_field("param", "upstream.base_url"));
+        }
+        self.upstream.validate()?;
+        if let Some(p) = &self.prices {
+            PriceTable::from_input(p)?;
+        }
+        AuthMode::parse(&self.auth_mode)
+    }
+
+    /// The API this input creates in `project` (call `validate` first).
+    pub fn into_api(
+        self,
+        id: String,
+        project: &Project,
+        now: i64,
+        seal: Seal<'_>,
+    ) -> Result<Api, Error> {
+        let mut api = Api::new(id, project, self.slug, self.name, now);
+        api.mode = AuthMode::parse(&self.auth_mode)?;
+        if let Some(p) = &self.prices {
+            api.prices = PriceTable::from_input(p)?;
+        }
+        self.upstream.apply(&mut api, seal)?;
+        Ok(api)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamPatch {
+    pub base_url: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub api_key: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub default_model: Option<Option<String>>,
+    pub models: Option<Vec<String>>,
+    pub timeout_ms: Option<u32>,
+    pub allow_any_model: Option<bool>,
+    pub max_n: Option<u64>,
+    pub allowed_params: Option<Vec<String>>,
+    pub image_tokens: Option<u64>,
+    pub max_tokens_field: Option<CapField>,
+}
+
+impl UpstreamPatch {
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(b) = &self.base_url {
+            validate_base_url(b)?;
+        }
+        if let Some(Some(k)) = &self.api_key {
+            validate_text("upstream.api_key", k, 4096)?;
+        }
+        validate_upstream_extras(
+            self.models.as_ref(),
+            self.default_model.as_ref().and_then(|m| m.as_ref()),
+            self.timeout_ms,
+        )?;
+        self.policy().validate()
+    }
+
+    fn policy(&self) -> PolicyInput {
+        PolicyInput {
+            allow_any_model: self.allow_any_model,
+            max_n: self.max_n,
+            allowed_params: self.allowed_params.clone(),
+            image_tokens: self.image_tokens,
+            max_tokens_field: self.max_tokens_field,
+        }
+    }
+
+    fn apply(self, api: &mut Api, seal: Seal<'_>) -> Result<(), Error> {
+        api.policy = self.policy().apply(&api.policy);
+        if let Some(base) = self.base_url {
+            api.upstream_base_url = base;
+        }
+        match self.api_key {
+            Some(Some(k)) => api.upstream_key_enc = Some(seal(&k)?),
+            Some(None) => api.upstream_key_enc = None,
+            None => {}
+        }
+        if let Some(m) = self.default_model {
+            api.default_model = m;
+        }
+        if let Some(models) = self.models {
+            api.models = models;
+        }
+        if let Some(t) = self.timeout_ms {
+            api.timeout_ms = t;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiPatch {
+    pub name: Option<String>,
+    pub auth_mode: Option<String>,
+    pub upstream: Option<UpstreamPatch>,
+    pub ip_allowlist: Option<Vec<String>>,
+    pub credential: Option<CredentialConfig>,
+    /// Replaces the whole price table (`{}` clears it).
+    pub prices: Option<BTreeMap<String, PriceInput>>,
+}
+
+impl ApiPatch {
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(n) = &self.name {
+            validate_text("name", n, 200)?;
+        }
+        if let Some(m) = &self.auth_mode {
+            if AuthMode::parse(m)? == AuthMode::ByoJwt {
+                return Err(Error::invalid_request(
+                    "Switch to byo-jwt with PUT .../auth-mode, which takes its `byo_jwt_config`",
+                ));
+            }
+        }
+        if let Some(list) = &self.ip_allowlist {
+            Allowlist::try_from(list.clone())?;
+        }
+        if let Some(c) = &self.credential {
+            c.validate()?;
+        }
+        if let Some(u) = &self.upstream {
+            u.validate()?;
+        }
+        if let Some(p) = &self.prices {
+            PriceTable::from_input(p)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what the patch names onto `api` (call `validate` first).
+    pub fn apply(self, api: &mut Api, now: i64, seal: Seal<'_>) -> Result<(), Error> {
+        if let Some(name) = self.name {
+            api.name = name;
+        }
+        if let Some(mode) = self.auth_mode {
+            api.mode = AuthMode::parse(&mode)?;
+        }
+        if let Some(u) = self.upstream {
+            u.apply(api, seal)?;
+        }
+        if let Some(list) = self.ip_allowlist {
+            api.ip_allowlist = Allowlist::try_from(list)?;
+        }
+        if let Some(c) = self.credential {
+            api.credential = Credential::try_from(c)?;
+        }
+        if let Some(p) = &self.prices {
+            api.prices = PriceTable::from_input(p)?;
+        }
+        api.updated_at = now;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::parse_body;
+
+    fn seal(k: &str) -> Result<String, Error> {
+        Ok(format!("sealed:{k}"))
+    }
+
+    fn project() -> Project {
+        Project::new("prj_1".into(), "demo".into(), "Demo".into(), 0)
+    }
+
+    #[test]
+    fn patch_distinguishes_null_from_absent() {
+        let p: ApiPatch = parse_body(br#"{"upstream":{"api_key":null}}"#).unwrap();
+        assert_eq!(p.upstream.as_ref().unwrap().api_key, Some(None));
+        let p: ApiPatch = parse_body(br#"{"upstream":{}}"#).unwrap();
+        assert_eq!(p.upstream.as_ref().unwrap().api_key, None);
+        let p: ApiPatch = parse_body(br#"{"upstream":{"timeout_ms":5}}"#).unwrap();
+        assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn a_new_api_gets_its_upstream_and_a_sealed_key() {
+        let input: NewApi = parse_body(
+            br#"{"project":"demo","slug":"chat","name":"Chat","auth_mode":"aerostack",
+                 "upstream":{"base_url":"https://up.example/v1","api_key":"sk-1","models":["m"],"max_n":2}}"#,
+        )
+        .unwrap();
+        input.validate().unwrap();
+        let api = input
+            .into_api("api_1".into(), &project(), 5, &seal)
+            .unwrap();
+        assert_eq!(
+            (api.mode, api.upstream_key_enc.as_deref()),
+            (AuthMode::Managed, Some("sealed:sk-1"))
+        );
+        assert_eq!(
+            (api.policy.max_n, api.models.len(), api.created_at),
+            (2, 1, 5)
+        );
+        let missing: NewApi =
+            parse_body(br#"{"project":"demo","slug":"c","name":"C","upstream":{}}"#).unwrap();
+        assert_eq!(
+            missing.validate().unwrap_err().extra["param"],
+            "upstream.base_url"
+        );
+    }
+
+    #[test]
+    fn a_patch_changes_only_what_it_names() {
+        let mut api = Api::new("api_1".into(), &project(), "chat".into(), "Chat".into(), 0);
+        api.upstream_key_enc = Some("old".into());
+        let p: ApiPatch = parse_body(
+            br#"{"name":"New","ip_allowlist":["10.0.0.0/8"],"upstream":{"timeout_ms":500}}"#,
+        )
+        .unwrap();
+        p.validate().unwrap();
+        p.apply(&mut api, 9, &seal).unwrap();
+        assert_eq!(
+            (api.name.as_str(), api.timeout_ms, api.updated_at),
+            ("New", 500, 9)
+        );
+        assert_eq!(api.upstream_key_enc.as_deref(), Some("old"));
+        assert!(api.ip_allowlist.allows(Some("10.0.0.1")));
+        let bad: ApiPatch = parse_body(br#"{"ip_allowlist":["nope"]}"#).unwrap();
+        assert!(bad.validate().is_err());
+    }
+}

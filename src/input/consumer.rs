@@ -1,0 +1,101 @@
+//! Admin input for consumers and their keys.
+
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::input::validate::{nullable, validate_text};
+use crate::records::{Consumer, ConsumerStatus};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConsumer {
+    pub name: String,
+    pub description: Option<String>,
+}
+
+fn validate_description(d: &str) -> Result<(), Error> {
+    if d.chars().count() > 2000 {
+        return Err(Error::invalid_request(
+            "`description` may be at most 2000 characters",
+        ));
+    }
+    Ok(())
+}
+
+impl NewConsumer {
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_text("name", &self.name, 200)?;
+        self.description
+            .as_deref()
+            .map_or(Ok(()), validate_description)
+    }
+}
+
+/// `PATCH .../consumers/{id}`: `status` is `enabled` or `disabled`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerPatch {
+    pub status: Option<ConsumerStatus>,
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub description: Option<Option<String>>,
+}
+
+impl ConsumerPatch {
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(n) = &self.name {
+            validate_text("name", n, 200)?;
+        }
+        if let Some(Some(d)) = &self.description {
+            validate_description(d)?;
+        }
+        Ok(())
+    }
+
+    pub fn apply(self, consumer: &mut Consumer) {
+        if let Some(s) = self.status {
+            consumer.status = s;
+        }
+        if let Some(n) = self.name {
+            consumer.name = n;
+        }
+        if let Some(d) = self.description {
+            consumer.description = d;
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+}
+
+impl NewKey {
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_text("name", &self.name, 200)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::parse_body;
+
+    #[test]
+    fn a_status_is_one_of_two() {
+        let p: ConsumerPatch = parse_body(br#"{"status": "disabled"}"#).unwrap();
+        assert_eq!(p.status, Some(ConsumerStatus::Disabled));
+        assert_eq!(
+            parse_body::<ConsumerPatch>(br#"{"status": "paused"}"#)
+                .unwrap_err()
+                .status,
+            400
+        );
+        let long = format!(r#"{{"description": "{}"}}"#, "d".repeat(2001));
+        assert!(parse_body::<ConsumerPatch>(long.as_bytes())
+            .unwrap()
+            .validate()
+            .is_err());
+    }
+}

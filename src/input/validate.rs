@@ -1,0 +1,141 @@
+//! Checks shared by every admin body: JSON parsing (syntax before shape), slugs, printable text,
+//! upstream URLs and browser origins.
+
+use serde::{de::DeserializeOwned, Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::records::api::DEMO_UPSTREAM;
+
+/// Parses a JSON request body: syntax errors are `invalid-json`, shape errors `invalid-request`.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::invalid_json(
+            "The request body is empty; send a JSON object.",
+        ));
+    }
+    // Syntax first, so any malformed document is `invalid-json` whatever its shape.
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid_json(format!("The body is not valid JSON: {e}.")))?;
+    serde_json::from_value(value)
+        .map_err(|e| Error::invalid_request(format!("The JSON body does not fit: {e}.")))
+}
+
+/// `Some(None)` for an explicit `null`, `None` for an absent field (with `#[serde(default)]`).
+pub fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+pub fn validate_slug(field: &str, s: &str) -> Result<(), Error> {
+    let ok = (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_request(format!(
+            "`{field}` must be 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`"
+        )))
+    }
+}
+
+pub fn validate_text(field: &str, s: &str, max: usize) -> Result<(), Error> {
+    if s.trim().is_empty() || s.chars().count() > max || s.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid_request(format!(
+            "`{field}` must be 1-{max} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The base URL of an OpenAI-compatible server, or `demo` for the built-in demo upstream.
+pub fn validate_base_url(s: &str) -> Result<(), Error> {
+    if s == DEMO_UPSTREAM {
+        return Ok(());
+    }
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    match host {
+        Some(h) if !h.is_empty() && s.len() <= 2048 && !s.contains(char::is_whitespace) && !s.contains(['?', '#']) => Ok(()),
+        _ => Err(Error::invalid_request(
+            "`upstream.base_url` must be an http(s) URL such as https://api.openai.com/v1, or `demo`",
+        )),
+    }
+}
+
+/// An allowed browser origin: `*`, or `scheme://host[:port]` with nothing after it.
+pub fn validate_origin(o: &str) -> Result<(), Error> {
+    if o == "*" {
+        return Ok(());
+    }
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"));
+    match rest {
+        Some(host)
+            if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) && o.len() <= 300 =>
+        {
+            Ok(())
+        }
+        _ => Err(Error::invalid_request(format!(
+            "`{o}` is not an origin; use e.g. https://app.example.com or *"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::project::NewProject;
+
+    #[test]
+    fn body_errors_are_classified() {
+        assert_eq!(
+            parse_body::<NewProject>(b"{nope").unwrap_err().kind(),
+            "invalid-json"
+        );
+        assert_eq!(
+            parse_body::<NewProject>(b"").unwrap_err().kind(),
+            "invalid-json"
+        );
+        assert_eq!(
+            parse_body::<NewProject>(br#"{"slug":"a"}"#)
+                .unwrap_err()
+                .kind(),
+            "invalid-request"
+        );
+        assert_eq!(
+            parse_body::<NewProject>(br#"{"slug":"a","name":"b","x":1}"#)
+                .unwrap_err()
+                .kind(),
+            "invalid-request"
+        );
+        assert!(parse_body::<NewProject>(br#"{"slug":"a","name":"b"}"#).is_ok());
+    }
+
+    #[test]
+    fn slugs_and_urls_are_checked() {
+        assert!(validate_slug("slug", "demo-1").is_ok());
+        for bad in ["", "Demo", "-a", "a-", "a b", "a/b", &"a".repeat(64)] {
+            assert!(validate_slug("slug", bad).is_err(), "{bad}");
+        }
+        assert!(validate_base_url("demo").is_ok());
+        assert!(validate_base_url("https://api.openai.com/v1").is_ok());
+        assert!(validate_base_url("http://127.0.0.1:9000").is_ok());
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https:// x",
+            "api.openai.com",
+            "http://x/?a=1",
+        ] {
+            assert!(validate_base_url(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Admin: a project's consumers, their keys (the secret shown once) and their JWT credentials.
+
+use serde_json::{json, Value};
+
+use super::{event, Call, Reply};
+use crate::auth::consumer_jwt::NewJwtCredential;
+use crate::auth::key::ConsumerKey;
+use crate::error::Error;
+use crate::http::with_random;
+use crate::identity::EventDraft;
+use crate::ids::{base62, new_id};
+use crate::input::consumer::{ConsumerPatch, NewConsumer, NewKey};
+use crate::records::{Consumer, ConsumerKind, ConsumerStatus};
+use crate::store::d1;
+use crate::time::rfc3339;
+
+pub async fn list(c: &mut Call<'_>, project: &str) -> Result<Reply, Error> {
+    let project = d1::project_by_slug(&c.db, project).await?;
+    let consumers: Vec<Value> = d1::list_consumers(&c.db, &project.id)
+        .await?
+        .iter()
+        .map(|c| c.to_json(&project.slug))
+        .collect();
+    Reply::ok(json!({ "consumers": consumers }))
+}
+
+pub async fn create(c: &mut Call<'_>, project: &str) -> Result<Reply, Error> {
+    let input: NewConsumer = c.body().await?;
+    input.validate()?;
+    let project = d1::project_by_slug(&c.db, project).await?;
+    let consumer = Consumer {
+        id: with_random(|r| new_id("con", r))?,
+        project_id: project.id.clone(),
+        name: input.name,
+        description: input.description,
+        kind: ConsumerKind::Key,
+        status: ConsumerStatus::Enabled,
+        created_at: c.now,
+        email: None,
+    };
+    d1::create_consumer(&c.db, &consumer).await?;
+    Reply::created(consumer.to_json(&project.slug))
+}
+
+pub async fn get(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, Error> {
+    let project = d1::project_by_slug(&c.db, project).await?;
+    Reply::ok(
+        d1::consumer(&c.db, &project.id, id)
+            .await?
+            .to_json(&project.slug),
+    )
+}
+
+pub async fn patch(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, Error> {
+    let patch: ConsumerPatch = c.body().await?;
+    patch.validate()?;
+    let project = d1::project_by_slug(&c.db, project).await?;
+    let mut consumer = d1::consumer(&c.db, &project.id, id).await?;
+    patch.apply(&mut consumer);
+    d1::update_consumer(&c.db, &consumer).await?;
+    Reply::ok(consumer.to_json(&project.slug))
+}
+
+/// A new consumer key: the only response that ever carries its secret.
+pub async fn create_key(c: &mut Call<'_>, project: &str, consumer: &str) -> Result<Reply, Error> {
+    let input: NewKey = c.body().await?;
+    input.validate()?;
+    let project = d1::project_by_slug(&c.db, project).await?;
+    let consumer = d1::consumer(&c.db, &project.id, consumer).await?;
+    let key = with_random(ConsumerKey::generate)?;
+    let id = with_random(|r| new_id("key", r))?;
+    let prefix = key.display_prefix();
+    let row = d1::NewKeyRow {
+        id: &id,
+        project_id: &project.id,
+        consumer_id: &consumer.id,
+        name: &input.name,
+        prefix: &prefix,
+        key_hash: &key.hash(),
+        created_at: c.now,
+    };
+    d1::create_key(&c.db, &row).await?;
+    c.event(EventDraft {
+        consumer_id: Some(consumer.id.clone()),
+        detail: Some(id.clone()),
+        ..event(&project.id, "key_created")
+    });
+    Reply::created(json!({
+        "id": id, "name": input.name, "secret": key.reveal(), "prefix": prefix,
+        "consumer_id": consumer.id, "created_at": rfc3339(c.now),
+    }))
+}
+
+pub async fn list_keys(c: &mut Call<'_>, project: &str) -> Result<Reply, Error> {
+    let project = d1::project_by_slug(&c.db, project).await?;
+    let keys: Vec<Value> = d1::list_keys(&c.db, &project.id)
+        .await?
+        .iter()
+        .map(|k| k.to_json())
+        .collect();
+    Reply::ok(json!({ "keys": keys }))
+}
+
+pub async fn revoke_key(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, Error> {
+    let project = d1::project_by_slug(&c.db, project).await?;
+    if !d1::revoke_key(&c.db, &project.id, id, c.now).await? {
+        return Err(Error::not_found(format!(
+            "There is no live key `{id}` in project `{}`.",
+            project.slug
+        )));
+    }
+    c.event(EventDraft {
+        detail: Some(id.to_string()),
+        ..event(&project.id, "key_revoked")
+    });
+    Ok(Reply::NoContent)
+}
+
+/// A consumer's own JWT credential: a generated HS256 secret (shown once) or a pasted JWKS.
+pub async fn create_jwt_credential(
+    c: &mut Call<'_>,
+    project: &str,
+    consumer: &str,
+) -> Result<Reply, Error> {
+    let input: NewJwtCredential = c.body().await?;
+    let (claim_name, jwks_json) = input.validate()?;
+    let project = d1::project_by_slug(&c.db, project).await?;
+    let consumer = d1::consumer(&c.db, &project.id, consumer).await?;
+    let claim_value = match input.value {
+        Some(v) => v,
+        None => with_random(|r| base62(32, r))?,
+    };
+    // A symmetric key is a random string; its UTF-8 bytes are the HS256 key.
+    let secret = match jwks_json {
+        None => Some(with_random(|r| base62(43, r))?),
+        Some(_) => None,
+    };
+    let row = d1::JwtCredentialRow {
+        id: with_random(|r| new_id("jwc", r))?,
+        consumer_id: consumer.id.clone(),
+        kind: input.kind,
+        claim_name,
+        claim_value,
+        secret_enc: match &secret {
+            Some(s) => Some(c.seal(s)?),
+            None => None,
+        },
+        secret_prefix: secret.as_ref().map(|s| s.chars().take(6).collect()),
+        jwks_json,
+        created_at: c.now,
+        consumer_status: None,
+    };
+    d1::create_jwt_credential(&c.db, &project.id, &row).await?;
+    c.event(EventDraft {
+        consumer_id: Some(consumer.id.clone()),
+        detail: Some(row.id.clone()),
+        ..event(&project.id, "jwt_credential_created")
+    });
+    let mut body = row.to_json();
+    if let Some(secret) = secret {
+        // Shown once, like a consumer key's secret.
+        body["secret"] = json!(secret);
+        body["algorithm"] = json!("HS256");
+    }
+    Reply::created(body)
+}
+
+pub async fn list_jwt_credentials(
+    c: &mut Call<'_>,
+    project: &str,
+    consumer: &str,
+) -> Result<Reply, Error> {
+    let project = d1::project_by_slug(&c.db, project).await?;
+    let consumer = d1::consumer(&c.db, &project.id, consumer).await?;
+    let list: Vec<Value> = d1::list_jwt_credentials(&c.db, &project.id, &consumer.id)
+        .await?
+        .iter()
+        .map(|c| c.to_json())
+        .collect();
+    Reply::ok(json!({ "jwt_credentials": list }))
+}
+
+pub async fn revoke_jwt_credential(
+    c: &mut Call<'_>,
+    project: &str,
+    id: &str,
+) -> Result<Reply, Error> {
+    let project = d1::project_by_slug(&c.db, project).await?;
+    if !d1::revoke_jwt_credential(&c.db, &project.id, id, c.now).await? {
+        return Err(Error::not_found(format!(
+            "There is no live JWT credential `{id}` in project `{}`.",
+            project.slug
+        )));
+    }
+    c.event(EventDraft {
+        detail: Some(id.to_string()),
+        ..event(&project.id, "jwt_credential_revoked")
+    });
+    Ok(Reply::NoContent)
+}

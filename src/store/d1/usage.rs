@@ -1,0 +1,184 @@
+//! Usage records in D1: inserted in batches from the counters' outboxes, read back as the owner's
+//! report.
+
+use serde::Deserialize;
+use wasm_bindgen::JsValue;
+use worker::D1Database;
+
+use super::{count, insert_or_ignore_stmt, int, opt_count, opt_text, stmt, text, Columns};
+use crate::error::Error;
+use crate::usage::{Ended, UsageQuery, UsageRecord};
+
+/// Inserts flushed usage records; a record already stored (same id) is skipped, never counted twice.
+pub async fn insert_usage(db: &D1Database, records: &[UsageRecord]) -> Result<(), Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Vec::with_capacity(records.len());
+    for r in records {
+        batch.push(insert_or_ignore_stmt(db, "usage_records", columns(r))?);
+    }
+    db.batch(batch).await?;
+    Ok(())
+}
+
+fn columns(r: &UsageRecord) -> Columns {
+    Columns(vec![
+        ("id", text(&r.id)),
+        ("created_at", int(r.created_at)),
+        ("project_id", text(&r.project_id)),
+        ("api_id", text(&r.api_id)),
+        ("consumer_id", text(&r.consumer_id)),
+        ("key_id", opt_text(r.key_id.as_deref())),
+        ("session_id", opt_text(r.session_id.as_deref())),
+        ("model", text(&r.model)),
+        ("plan", text(&r.plan)),
+        ("prompt_tokens", count(r.prompt_tokens)),
+        ("completion_tokens", count(r.completion_tokens)),
+        ("total_tokens", count(r.total_tokens)),
+        ("estimated", count(u64::from(r.estimated))),
+        ("status", count(u64::from(r.status))),
+        ("latency_ms", count(r.latency_ms)),
+        ("ttft_ms", opt_count(r.ttft_ms)),
+        ("ended", text(r.ended.as_str())),
+        ("cached_tokens", count(r.cached_tokens)),
+        ("reasoning_tokens", count(r.reasoning_tokens)),
+        ("n", count(r.n)),
+        ("max_tokens", opt_count(r.max_tokens)),
+        ("prompt_bound", count(r.prompt_bound)),
+        ("cost_micro", count(r.cost_micro)),
+        ("overrun", count(u64::from(r.overrun))),
+    ])
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UsageRow {
+    pub id: String,
+    pub created_at: f64,
+    pub api_id: String,
+    pub consumer_id: String,
+    pub key_id: Option<String>,
+    pub session_id: Option<String>,
+    pub model: String,
+    pub plan: String,
+    pub prompt_tokens: f64,
+    pub completion_tokens: f64,
+    pub total_tokens: f64,
+    pub estimated: f64,
+    pub status: f64,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub ended: String,
+    pub cached_tokens: f64,
+    pub reasoning_tokens: f64,
+    pub n: f64,
+    pub max_tokens: Option<f64>,
+    pub prompt_bound: f64,
+    pub cost_micro: f64,
+    pub overrun: f64,
+}
+
+impl UsageRow {
+    /// The stored record; a row whose `ended` is not one the gateway writes is an error.
+    pub fn to_record(&self) -> Result<UsageRecord, Error> {
+        let ended = Ended::parse(&self.ended).ok_or_else(|| {
+            worker::console_error!(
+                "usage record {} has an unknown `ended`: {}",
+                self.id,
+                self.ended
+            );
+            Error::internal("A stored usage record could not be read; it was logged.")
+        })?;
+        Ok(UsageRecord {
+            id: self.id.clone(),
+            created_at: self.created_at as i64,
+            project_id: String::new(),
+            api_id: self.api_id.clone(),
+            consumer_id: self.consumer_id.clone(),
+            key_id: self.key_id.clone(),
+            session_id: self.session_id.clone(),
+            model: self.model.clone(),
+            plan: self.plan.clone(),
+            prompt_tokens: self.prompt_tokens as u64,
+            completion_tokens: self.completion_tokens as u64,
+            total_tokens: self.total_tokens as u64,
+            estimated: self.estimated != 0.0,
+            status: self.status as u16,
+            latency_ms: self.latency_ms as u64,
+            ttft_ms: self.ttft_ms.map(|t| t as u64),
+            ended,
+            cached_tokens: self.cached_tokens as u64,
+            reasoning_tokens: self.reasoning_tokens as u64,
+            n: self.n as u64,
+            max_tokens: self.max_tokens.map(|t| t as u64),
+            prompt_bound: self.prompt_bound as u64,
+            cost_micro: self.cost_micro as u64,
+            overrun: self.overrun != 0.0,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, serde::Serialize)]
+pub struct UsageGroup {
+    pub key: Option<String>,
+    pub requests: f64,
+    pub prompt_tokens: f64,
+    pub completion_tokens: f64,
+    pub total_tokens: f64,
+    pub estimated_requests: f64,
+    pub cost_micro: f64,
+    pub overruns: f64,
+}
+
+const USAGE_FILTER: &str =
+    "api_id = ?1 AND created_at >= ?2 AND created_at < ?3 AND (?4 IS NULL OR consumer_id = ?4)";
+
+fn usage_args(api_id: &str, q: &UsageQuery) -> Vec<JsValue> {
+    vec![
+        text(api_id),
+        int(q.from),
+        int(q.to),
+        opt_text(q.consumer.as_deref()),
+    ]
+}
+
+/// Totals (and groups, when asked) of an API's usage in `[from, to)`.
+pub async fn usage_groups(
+    db: &D1Database,
+    api_id: &str,
+    q: &UsageQuery,
+) -> Result<Vec<UsageGroup>, Error> {
+    // Without grouping, the aggregate always yields one row (zeros for an empty window).
+    let (key, group) = match q.group_by {
+        Some(g) => (g.sql(), " GROUP BY 1 ORDER BY 1"),
+        None => ("NULL", ""),
+    };
+    let sql = format!(
+        "SELECT {key} AS key, COUNT(*) AS requests, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, \
+         COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(total_tokens), 0) AS total_tokens, \
+         COALESCE(SUM(estimated), 0) AS estimated_requests, COALESCE(SUM(cost_micro), 0) AS cost_micro, \
+         COALESCE(SUM(overrun), 0) AS overruns \
+         FROM usage_records WHERE {USAGE_FILTER}{group}");
+    Ok(stmt(db, &sql, &usage_args(api_id, q))?
+        .all()
+        .await?
+        .results()?)
+}
+
+/// The most recent records in `[from, to)`, newest first.
+pub async fn usage_records(
+    db: &D1Database,
+    api_id: &str,
+    q: &UsageQuery,
+    limit: u32,
+) -> Result<Vec<UsageRow>, Error> {
+    let sql = format!(
+        "SELECT id, created_at, api_id, consumer_id, key_id, session_id, model, plan, prompt_tokens, completion_tokens, \
+         total_tokens, estimated, status, latency_ms, ttft_ms, ended, cached_tokens, reasoning_tokens, n, max_tokens, \
+         prompt_bound, cost_micro, overrun FROM usage_records WHERE {USAGE_FILTER} \
+         ORDER BY created_at DESC, id LIMIT {limit}");
+    Ok(stmt(db, &sql, &usage_args(api_id, q))?
+        .all()
+        .await?
+        .results()?)
+}

@@ -11,7 +11,7 @@ export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 
 SOURCES := $(shell find src web -type f) Cargo.toml Cargo.lock
 
-.PHONY: setup build dev test unit e2e js browser bench clean
+.PHONY: setup build dev test lint unit e2e js browser bench clean
 .DEFAULT_GOAL := dev
 
 setup:
@@ -28,6 +28,14 @@ build: build/index.js
 dev: setup build
 	@./scripts/dev.sh
 
+# Formatting, clippy on the native code and on the wasm32 edge code (warnings are errors), and the
+# schema drift check between schema.sql and migrations/. `make test` runs it first.
+lint: setup
+	cargo fmt --check
+	cargo clippy --lib --tests --benches -- -D warnings
+	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
+	python3 scripts/schema-drift.py
+
 unit: setup
 	cargo test --lib
 
@@ -43,7 +51,7 @@ browser: setup build
 	@./scripts/setup-browser.sh
 	node tests/browser/run.mjs
 
-test: setup build
+test: setup lint build
 	cargo test --lib
 	node --test tests/js/
 	cargo test --test e2e

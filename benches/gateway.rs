@@ -367,7 +367,7 @@ fn with_thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -567,14 +567,16 @@ async fn run() -> ExitCode {
 
     print_report(
         &samples,
-        iters,
-        stream_iters,
-        gap,
-        wasm_raw,
-        wasm_gz,
-        measured_for,
-        started.elapsed(),
-        &load,
+        &Run {
+            iters,
+            stream_iters,
+            gap,
+            wasm_raw,
+            wasm_gz,
+            measured_for,
+            total: started.elapsed(),
+            load,
+        },
     );
     if reloaded {
         println!(
@@ -658,8 +660,8 @@ fn gateway_reloaded(log: &std::path::Path, offset: u64) -> bool {
     .any(|needle| tail.contains(needle))
 }
 
-fn print_report(
-    samples: &[Samples],
+/// How the run went, for the report's header and footer.
+struct Run {
     iters: usize,
     stream_iters: usize,
     gap: Duration,
@@ -667,8 +669,20 @@ fn print_report(
     wasm_gz: u64,
     measured_for: Duration,
     total: Duration,
-    load: &str,
-) {
+    load: String,
+}
+
+fn print_report(samples: &[Samples], run: &Run) {
+    let Run {
+        iters,
+        stream_iters,
+        gap,
+        wasm_raw,
+        wasm_gz,
+        measured_for,
+        total,
+        ref load,
+    } = *run;
     struct Row {
         p50: f64,
         p99: f64,

@@ -6,8 +6,21 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{assert_problem, stream_summary, CaseResult, Ctx, STREAM_LIMIT};
+use super::{assert_problem, stream_summary, CaseFn, CaseResult, Ctx, STREAM_LIMIT};
 use crate::support::*;
+
+pub fn cases() -> Vec<(&'static str, CaseFn)> {
+    cases![
+        burst_of_50_against_a_limit_of_10_admits_exactly_10,
+        rate_limit_headers_on_streamed_and_plain_answers,
+        stream_over_the_daily_token_quota_ends_cleanly,
+        client_disconnect_cancels_upstream_and_frees_the_slot,
+        plan_switch_applies_on_the_next_request,
+        plan_models_and_max_tokens_are_enforced,
+        usage_reports_for_owner_and_consumer,
+        restart_keeps_counters_and_unflushed_usage,
+    ]
+}
 
 /// Sets limits on the API's default plan.
 pub async fn limit_default_plan(c: &Ctx, t: &Tenant, limits: Value) -> Result<Value> {

@@ -9,8 +9,26 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::quotas::{limit_default_plan, records, usage_until};
-use super::{assert_problem, stream_summary, CaseResult, Ctx, STREAM_LIMIT};
+use super::{assert_problem, stream_summary, CaseFn, CaseResult, Ctx, STREAM_LIMIT};
 use crate::support::*;
+
+pub fn cases() -> Vec<(&'static str, CaseFn)> {
+    cases![
+        sixty_uncapped_requests_book_at_most_the_daily_tokens,
+        an_upstream_that_ignores_the_cap_is_booked_as_an_overrun,
+        n_choices_reserve_n_caps,
+        a_model_outside_the_list_never_reaches_the_upstream,
+        hostile_bodies_are_refused_and_caps_sent_under_one_name,
+        huge_prompts_are_refused_by_their_bound,
+        output_of_every_kind_is_metered_and_cut,
+        a_stream_cut_at_its_first_event_books_its_prompt,
+        an_upstream_timeout_books_the_prompt_it_was_sent,
+        a_client_hanging_up_during_an_upstream_stall_frees_its_slot,
+        a_stream_longer_than_the_lease_keeps_its_slot_and_record,
+        twenty_parallel_requests_on_a_cent_book_at_most_a_cent,
+        prices_and_spend_limits_are_validated,
+    ]
+}
 
 /// Sends `bodies` at once and reads every reply.
 async fn all_at_once(c: &Ctx, t: &Tenant, bodies: Vec<Value>) -> Result<Vec<Reply>> {
@@ -310,7 +328,7 @@ pub async fn hostile_bodies_are_refused_and_caps_sent_under_one_name(c: Arc<Ctx>
     ] {
         let mut body = chat_body(None, "hi", false);
         body[field] = value.clone();
-        let r = c.send_chat(&t, key.clone(), &body).await?;
+        let r = c.send_chat(&t, key, &body).await?;
         assert_problem(&r, 400, kind);
         assert_eq!(
             r.json()["param"],
@@ -324,21 +342,13 @@ pub async fn hostile_bodies_are_refused_and_caps_sent_under_one_name(c: Arc<Ctx>
     let mut body = chat_body(None, "hi", false);
     body["max_tokens"] = json!(5000);
     body["max_completion_tokens"] = json!(6000);
-    expect_status(
-        &c.send_chat(&t, key.clone(), &body).await?,
-        200,
-        "both names",
-    )?;
+    expect_status(&c.send_chat(&t, key, &body).await?, 200, "both names")?;
     let up = c.upstream_requests(slug).pop().ok_or("no request")?.json();
     assert_eq!(up["max_completion_tokens"], 50, "{up}");
     assert!(up.get("max_tokens").is_none(), "never both: {up}");
     let mut body = chat_body(None, "hi", false);
     body["max_tokens"] = json!(5000);
-    expect_status(
-        &c.send_chat(&t, key.clone(), &body).await?,
-        200,
-        "max_tokens",
-    )?;
+    expect_status(&c.send_chat(&t, key, &body).await?, 200, "max_tokens")?;
     assert_eq!(
         c.upstream_requests(slug).pop().ok_or("no request")?.json()["max_tokens"],
         50
@@ -371,12 +381,10 @@ pub async fn huge_prompts_are_refused_by_their_bound(c: Arc<Ctx>) -> CaseResult 
     let key = Some((t.secret.as_str(), KeyHeader::Bearer));
     let mut tools = chat_body(None, "hi", false);
     tools["tools"] = json!([{"type": "function", "function": {"name": "f", "description": "d".repeat(1_500_000)}}]);
-    let r = c.send_chat(&t, key.clone(), &tools).await?;
+    let r = c.send_chat(&t, key, &tools).await?;
     assert_problem(&r, 429, "quota-exceeded");
     let empties: Vec<Value> = (0..10_000).map(|_| json!({})).collect();
-    let r = c
-        .send_chat(&t, key.clone(), &json!({"messages": empties}))
-        .await?;
+    let r = c.send_chat(&t, key, &json!({"messages": empties})).await?;
     assert_problem(&r, 429, "quota-exceeded");
     assert!(
         r.json()["detail"]

@@ -1,0 +1,253 @@
+//! End-to-end cases of the admin basics: the admin token, listings that never show secrets, conflicts
+//! and unknown ids.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{assert_problem, CaseFn, CaseResult, Ctx};
+use crate::support::*;
+
+pub fn cases() -> Vec<(&'static str, CaseFn)> {
+    cases![
+        key_listing_never_shows_secrets,
+        admin_needs_the_admin_token,
+        admin_conflicts_unknown_ids_and_hidden_provider_key,
+    ]
+}
+
+async fn key_listing_never_shows_secrets(c: Arc<Ctx>) -> CaseResult {
+    let slug = "key-listing";
+    let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
+    let second = c.admin.create_key(slug, &t.consumer_id, "key two").await?;
+    let keys = [
+        (t.key_id.clone(), t.secret.clone()),
+        (str_field(&second, "id")?, str_field(&second, "secret")?),
+    ];
+    let second_prefix = str_field(&second, "prefix")?;
+    assert!(
+        keys[1].1.starts_with(&second_prefix),
+        "prefix {second_prefix} of the secret"
+    );
+
+    let listing = c.admin.list_keys(slug).await?;
+    assert_eq!(listing.status, 200, "{}", listing.describe());
+    assert!(
+        !listing.text.contains("\"secret\""),
+        "a `secret` member in {}",
+        listing.text
+    );
+    for entry in listing.json()["keys"].as_array().into_iter().flatten() {
+        let fields: Vec<&String> = entry
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        assert!(
+            fields
+                .iter()
+                .all(|f| !f.contains("secret") && !f.contains("hash")),
+            "a listed key has a secret or hash field: {entry}"
+        );
+    }
+    let listed = listing.json()["keys"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(listed.len(), 2, "{}", listing.text);
+    for (id, secret) in &keys {
+        assert!(
+            !listing.text.contains(secret.as_str()),
+            "secret {id} shown in the listing"
+        );
+        // Nothing beyond the shown prefix either.
+        assert!(
+            !listing.text.contains(&secret[15..]),
+            "secret tail of {id} shown"
+        );
+        let entry = listed
+            .iter()
+            .find(|k| k["id"] == id.as_str())
+            .ok_or_else(|| format!("key {id} not listed: {}", listing.text))?;
+        let prefix = entry["prefix"].as_str().unwrap_or("");
+        assert!(
+            prefix.starts_with("ask_live_")
+                && prefix.len() < secret.len()
+                && secret.starts_with(prefix),
+            "prefix {prefix:?} must be the secret's start"
+        );
+        assert_eq!(entry["consumer_id"], t.consumer_id.as_str());
+    }
+    // Once revoked, a key is no longer listed.
+    c.admin.revoke_key(slug, &keys[1].0).await?;
+    let after = c.admin.list_keys(slug).await?;
+    let ids: Vec<Value> = after.json()["keys"]
+        .as_array()
+        .map(|a| a.iter().map(|k| k["id"].clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, vec![Value::from(t.key_id.as_str())], "{}", after.text);
+    Ok(())
+}
+
+async fn admin_needs_the_admin_token(c: Arc<Ctx>) -> CaseResult {
+    let url = format!("{}/api/v1/projects", c.base);
+    let cases: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        ("no token, GET", c.http.get(&url)),
+        (
+            "wrong token, GET",
+            c.http.get(&url).bearer_auth("not-the-admin-token"),
+        ),
+        (
+            "no token, POST",
+            c.http
+                .post(&url)
+                .json(&json!({"slug": "admin-sneak", "name": "x"})),
+        ),
+        (
+            "wrong token, POST",
+            c.http
+                .post(&url)
+                .bearer_auth(format!("{}x", c.admin.token))
+                .json(&json!({"slug": "admin-sneak", "name": "x"})),
+        ),
+        (
+            "token prefix, GET",
+            c.http
+                .get(&url)
+                .bearer_auth(&c.admin.token[..c.admin.token.len() - 1]),
+        ),
+        (
+            "token as X-API-Key",
+            c.http.get(&url).header("x-api-key", &c.admin.token),
+        ),
+    ];
+    for (what, req) in cases {
+        let r = Reply::read(req.send().await?).await?;
+        assert_eq!(r.status, 401, "{what}: {}", r.describe());
+        assert_problem(&r, 401, "admin-unauthorized");
+        assert!(
+            r.header("www-authenticate").is_some(),
+            "{what}: no WWW-Authenticate"
+        );
+    }
+    // Nothing was created by the refused POSTs, and the right token works.
+    let ok = c
+        .admin
+        .call(reqwest::Method::GET, "/api/v1/projects", None)
+        .await?;
+    assert_eq!(ok.status, 200, "{}", ok.describe());
+    assert!(
+        !ok.text.contains("admin-sneak"),
+        "a refused POST created a project"
+    );
+    Ok(())
+}
+
+async fn admin_conflicts_unknown_ids_and_hidden_provider_key(c: Arc<Ctx>) -> CaseResult {
+    let slug = "admin-errors";
+    let provider_key = "sk-provider-SECRET-4711";
+    c.admin.create_project(slug).await?;
+    let dup = c
+        .admin
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/projects",
+            Some(json!({"slug": slug, "name": "again"})),
+        )
+        .await?;
+    assert_problem(&dup, 409, "conflict");
+
+    let missing = c.admin.get_api("api_doesnotexist").await?;
+    assert_problem(&missing, 404, "not-found");
+
+    let created = c
+        .admin
+        .create_api(
+            slug,
+            "chat",
+            json!({"base_url": c.mock.base_url(&format!("ok/tag/{slug}")), "api_key": provider_key, "default_model": "m"}),
+        )
+        .await?;
+    let created_text = created.to_string();
+    assert!(
+        !created_text.contains(provider_key),
+        "create answer shows the key: {created_text}"
+    );
+    let id = str_field(&created, "id")?;
+
+    let dup_api = c
+        .admin
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/gateway/apis",
+            Some(json!({"project": slug, "slug": "chat", "name": "again", "upstream": {"base_url": "demo"}})),
+        )
+        .await?;
+    assert_problem(&dup_api, 409, "conflict");
+
+    let got = c.admin.get_api(&id).await?;
+    assert_eq!(got.status, 200, "{}", got.describe());
+    assert!(
+        !got.text.contains(provider_key),
+        "GET api shows the provider key: {}",
+        got.text
+    );
+    assert_eq!(got.json()["upstream"]["has_api_key"], true, "{}", got.text);
+    assert!(
+        got.json()["upstream"].get("api_key").is_none(),
+        "{}",
+        got.text
+    );
+
+    let listed = c
+        .admin
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/gateway/apis?project={slug}"),
+            None,
+        )
+        .await?;
+    assert_eq!(listed.status, 200, "{}", listed.describe());
+    assert!(
+        !listed.text.contains(provider_key),
+        "listing shows the provider key"
+    );
+    assert_eq!(
+        listed.json()["apis"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        listed.text
+    );
+
+    let patched = c.admin.patch_api(&id, json!({"name": "renamed"})).await?;
+    assert!(
+        !patched.to_string().contains(provider_key),
+        "PATCH answer shows the provider key"
+    );
+    assert_eq!(patched["name"], "renamed");
+    assert_eq!(
+        patched["upstream"]["has_api_key"], true,
+        "a rename keeps the key"
+    );
+
+    let unknown_patch = c
+        .admin
+        .call(
+            reqwest::Method::PATCH,
+            "/api/v1/gateway/apis/api_nope",
+            Some(json!({"name": "x"})),
+        )
+        .await?;
+    assert_problem(&unknown_patch, 404, "not-found");
+
+    // The admin API for an unknown project is 404, too.
+    let no_project = c
+        .admin
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/projects/admin-errors-nope/consumers",
+            Some(json!({"name": "x"})),
+        )
+        .await?;
+    assert_problem(&no_project, 404, "not-found");
+    Ok(())
+}

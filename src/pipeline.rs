@@ -70,12 +70,12 @@ pub async fn chat_completions(
     };
     let mut chat = read_chat(&mut req, &api).await?;
     let passthrough = passthrough_credential(&req, &api)?;
-    let mut watch = Watch::new(&req);
+    let watch = Watch::new(&req);
     let mut lease = admit(env, ctx, &api, &caller, &plan, &chat, started).await?;
     chat.set_cap(lease.cap, api.policy.max_tokens_field);
     let rate_headers = rate_limit_headers(&lease.windows, started);
     let controller = AbortController::default();
-    let mut upstream: Upstream = match outbound(env, &api, &chat, passthrough) {
+    let upstream: Upstream = match outbound(env, &api, &chat, passthrough) {
         Ok(Outbound::Demo(answer)) => Box::pin(async move { Ok(answer) }),
         Ok(Outbound::Fetch(request)) => Box::pin(send(
             request,
@@ -90,77 +90,99 @@ pub async fn chat_completions(
         }
     };
     lease.progress.sent_upstream = true;
-    // A stream whose upstream is slow to answer starts at once, with heartbeats while it waits: a
-    // client that hangs up is noticed when a write fails.
-    let first = match chat.stream {
-        true => {
-            lease
-                .while_client_waits(&mut watch, within(&mut upstream, STREAM_COMMIT_MS))
+    let exchange = Exchange {
+        lease,
+        watch,
+        controller,
+        rate_headers,
+        strip_usage: !chat.client_wants_usage,
+    };
+    exchange.answer(upstream, chat.stream).await
+}
+
+/// An admitted request on its way to the client: its lease, its client's presence, the switch
+/// that cancels its upstream, and what its answer carries.
+struct Exchange {
+    lease: Lease,
+    watch: Watch,
+    controller: AbortController,
+    rate_headers: Vec<(String, String)>,
+    /// The client did not ask for the usage chunk: the gateway's own request for it is hidden.
+    strip_usage: bool,
+}
+
+impl Exchange {
+    /// Waits for the upstream while the client is there. A stream whose upstream is slow to answer
+    /// starts at once, with heartbeats while it waits: a client that hangs up is noticed when a write
+    /// fails.
+    async fn answer(mut self, mut upstream: Upstream, stream: bool) -> Result<Response, Error> {
+        let first = match stream {
+            true => {
+                self.lease
+                    .while_client_waits(&mut self.watch, within(&mut upstream, STREAM_COMMIT_MS))
+                    .await
+            }
+            false => self
+                .lease
+                .while_client_waits(&mut self.watch, &mut upstream)
                 .await
+                .map(Some),
+        };
+        match first {
+            None => {
+                self.controller.abort();
+                let outcome = self.lease.estimated(499, Ended::ClientGone);
+                self.lease.settle(outcome).await;
+                Err(client_gone())
+            }
+            Some(None) => self.stream(Source::Waiting(upstream)),
+            Some(Some(Err(failure))) => self.failed(failure).await,
+            Some(Some(Ok(Answer::Json(bytes)))) => self.json(bytes).await,
+            Some(Some(Ok(Answer::Stream(body)))) => self.stream(Source::Body(body)),
         }
-        false => lease
-            .while_client_waits(&mut watch, &mut upstream)
-            .await
-            .map(Some),
-    };
-    let answer = match first {
-        None => {
-            controller.abort();
-            let outcome = lease.estimated(499, Ended::ClientGone);
-            lease.settle(outcome).await;
-            return Err(client_gone());
-        }
-        Some(None) => {
-            let out = relay(
-                lease,
-                watch,
-                !chat.client_wants_usage,
-                Source::Waiting(upstream),
-                controller,
-            );
-            return stream_response(out, &rate_headers);
-        }
-        Some(Some(answer)) => answer,
-    };
-    match answer {
-        Err(failure) => {
-            controller.abort();
-            let outcome = match failure.ended {
-                // An error status means nothing was generated: nothing is booked.
-                Ended::UpstreamError => Outcome {
-                    status: failure.error.status,
-                    ended: Ended::UpstreamError,
-                    latency_ms: lease.elapsed(),
-                    ..Outcome::default()
-                },
-                ended => lease.estimated(failure.error.status, ended),
-            };
-            lease.settle(outcome).await;
-            Err(failure.error.with_headers(rate_headers))
-        }
-        Ok(Answer::Json(bytes)) => {
-            let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
-            lease.progress.delivered = answer.as_ref().map_or(0, output_bytes);
-            let outcome = match answer.as_ref().and_then(Usage::from_json) {
-                Some(usage) => reported(&lease, 200, Ended::Complete, usage),
-                None => lease.estimated(200, Ended::Complete),
-            };
-            lease.settle(outcome).await;
-            let headers = response_headers("application/json", &rate_headers)?;
-            Ok(Response::from_bytes(bytes)?
-                .with_status(200)
-                .with_headers(headers))
-        }
-        Ok(Answer::Stream(body)) => {
-            let out = relay(
-                lease,
-                watch,
-                !chat.client_wants_usage,
-                Source::Body(body),
-                controller,
-            );
-            stream_response(out, &rate_headers)
-        }
+    }
+
+    /// The upstream failed before answering: what it was sent is booked as the failure says.
+    async fn failed(self, failure: Failure) -> Result<Response, Error> {
+        self.controller.abort();
+        let outcome = match failure.ended {
+            // An error status means nothing was generated: nothing is booked.
+            Ended::UpstreamError => Outcome {
+                status: failure.error.status,
+                ended: Ended::UpstreamError,
+                latency_ms: self.lease.elapsed(),
+                ..Outcome::default()
+            },
+            ended => self.lease.estimated(failure.error.status, ended),
+        };
+        self.lease.settle(outcome).await;
+        Err(failure.error.with_headers(self.rate_headers))
+    }
+
+    /// A whole answer: settled (its reported usage, else the bounds) before it is returned as sent.
+    async fn json(mut self, bytes: Vec<u8>) -> Result<Response, Error> {
+        let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
+        self.lease.progress.delivered = answer.as_ref().map_or(0, output_bytes);
+        let outcome = match answer.as_ref().and_then(Usage::from_json) {
+            Some(usage) => reported(&self.lease, 200, Ended::Complete, usage),
+            None => self.lease.estimated(200, Ended::Complete),
+        };
+        self.lease.settle(outcome).await;
+        let headers = response_headers("application/json", &self.rate_headers)?;
+        Ok(Response::from_bytes(bytes)?
+            .with_status(200)
+            .with_headers(headers))
+    }
+
+    fn stream(self, source: Source) -> Result<Response, Error> {
+        let out = relay(
+            self.lease,
+            self.watch,
+            self.strip_usage,
+            source,
+            self.controller,
+        );
+        stream_response(out, &self.rate_headers)
     }
 }
 

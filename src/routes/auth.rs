@@ -490,6 +490,27 @@ fn oauth_error(status: u16, error: &'static str, description: &str) -> Error {
     }
 }
 
+/// A token request's fields: form-encoded (RFC 6749), or a JSON object of strings.
+async fn token_form(req: &mut Request) -> Result<Vec<(String, String)>, Error> {
+    let body = read_body(req, AUTH_BODY_LIMIT).await?;
+    if !header(req, "content-type").is_some_and(|c| c.contains("json")) {
+        return Ok(form_urlencoded::parse(&body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect());
+    }
+    match serde_json::from_slice::<serde_json::Map<String, Value>>(&body) {
+        Ok(m) => Ok(m
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
+            .collect()),
+        Err(_) => Err(oauth_error(
+            400,
+            "invalid_request",
+            "The body is not valid JSON.",
+        )),
+    }
+}
+
 /// `POST /v1/{project}/auth/token`: a consumer key (Bearer, or the `client_credentials` grant with
 /// `client_secret`) becomes a 30-minute token for that consumer. Errors carry RFC 6749's `error` and
 /// `error_description` beside the problem fields. Revoking the key ends every token made from it.
@@ -504,27 +525,7 @@ pub async fn token_exchange(
     let bearer = crate::auth::extract_credential(header(&req, "authorization").as_deref(), None)
         .ok()
         .flatten();
-    let body = read_body(&mut req, AUTH_BODY_LIMIT).await?;
-    let form: Vec<(String, String)> =
-        if header(&req, "content-type").is_some_and(|c| c.contains("json")) {
-            match serde_json::from_slice::<serde_json::Map<String, Value>>(&body) {
-                Ok(m) => m
-                    .into_iter()
-                    .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
-                    .collect(),
-                Err(_) => {
-                    return Err(oauth_error(
-                        400,
-                        "invalid_request",
-                        "The body is not valid JSON.",
-                    ))
-                }
-            }
-        } else {
-            form_urlencoded::parse(&body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        };
+    let form = token_form(&mut req).await?;
     let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     if let Some(grant) = field("grant_type") {
         if grant != "client_credentials" {

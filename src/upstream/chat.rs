@@ -95,28 +95,58 @@ pub fn prepare_chat(body: Value, rules: &ApiRules<'_>) -> Result<ChatRequest, Er
             "The body must be a JSON object (an OpenAI Chat Completions request).",
         ));
     };
+    check_messages(&body)?;
+    check_tools(&body)?;
+    let model = model_of(&mut body, rules.default_model)?;
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("stream", "`stream` must be true or false.")),
+    };
+    let n = whole(&body, "n", rules.policy.max_n)?.unwrap_or(1);
+    let (cap, cap_field) = client_cap(&body)?;
+    check_cost_params(&body, &rules.policy.allowed_params)?;
+    check_model_allowed(&model, rules)?;
+    let client_wants_usage = match stream {
+        true => ask_for_usage(&mut body)?,
+        false => false,
+    };
+    let prompt_bound = prompt_bound(&body, rules.policy.image_tokens);
+    Ok(ChatRequest {
+        body,
+        model,
+        stream,
+        n,
+        cap,
+        cap_field,
+        prompt_bound,
+        client_wants_usage,
+    })
+}
+
+/// `messages`: a non-empty array of at most `MAX_MESSAGES` objects.
+fn check_messages(body: &Map<String, Value>) -> Result<(), Error> {
     match body.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() && m.len() <= MAX_MESSAGES => {
-            if m.iter().any(|msg| !msg.is_object()) {
-                return Err(invalid(
-                    "messages",
-                    "Every entry of `messages` must be an object with `role` and `content`.",
-                ));
-            }
-        }
-        Some(Value::Array(m)) if m.len() > MAX_MESSAGES => {
-            return Err(invalid(
+        Some(Value::Array(m)) if m.len() > MAX_MESSAGES => Err(invalid(
+            "messages",
+            format!("`messages` may hold at most {MAX_MESSAGES} messages."),
+        )),
+        Some(Value::Array(m)) if !m.is_empty() => match m.iter().all(Value::is_object) {
+            true => Ok(()),
+            false => Err(invalid(
                 "messages",
-                format!("`messages` may hold at most {MAX_MESSAGES} messages."),
-            ))
-        }
-        _ => {
-            return Err(invalid(
-                "messages",
-                "`messages` must be a non-empty array of chat messages.",
-            ))
-        }
+                "Every entry of `messages` must be an object with `role` and `content`.",
+            )),
+        },
+        _ => Err(invalid(
+            "messages",
+            "`messages` must be a non-empty array of chat messages.",
+        )),
     }
+}
+
+/// `tools` and `functions`: arrays of at most `MAX_TOOLS` definitions.
+fn check_tools(body: &Map<String, Value>) -> Result<(), Error> {
     for field in ["tools", "functions"] {
         match body.get(field) {
             None | Some(Value::Null) => {}
@@ -129,44 +159,50 @@ pub fn prepare_chat(body: Value, rules: &ApiRules<'_>) -> Result<ChatRequest, Er
             }
         }
     }
-    let model = match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() && m.chars().count() <= MAX_MODEL_LEN => m.clone(),
-        None | Some(Value::Null) => match rules.default_model {
+    Ok(())
+}
+
+/// The model named (at most `MAX_MODEL_LEN` characters), or the API's default, written in.
+fn model_of(body: &mut Map<String, Value>, default_model: Option<&str>) -> Result<String, Error> {
+    match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() && m.chars().count() <= MAX_MODEL_LEN => {
+            Ok(m.clone())
+        }
+        None | Some(Value::Null) => match default_model {
             Some(d) => {
                 body.insert("model".into(), Value::from(d));
-                d.to_string()
+                Ok(d.to_string())
             }
-            None => {
-                return Err(invalid(
-                    "model",
-                    "Name a `model`: this API has no default model.",
-                ))
-            }
-        },
-        Some(_) => {
-            return Err(invalid(
+            None => Err(invalid(
                 "model",
-                format!("`model` must be a string of 1-{MAX_MODEL_LEN} characters."),
-            ))
-        }
-    };
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid("stream", "`stream` must be true or false.")),
-    };
-    let n = whole(&body, "n", rules.policy.max_n)?.unwrap_or(1);
+                "Name a `model`: this API has no default model.",
+            )),
+        },
+        Some(_) => Err(invalid(
+            "model",
+            format!("`model` must be a string of 1-{MAX_MODEL_LEN} characters."),
+        )),
+    }
+}
+
+/// The client's completion cap under either name (the smaller when both), and the name it used.
+fn client_cap(body: &Map<String, Value>) -> Result<(Option<u64>, Option<&'static str>), Error> {
     let mut cap = None;
     let mut cap_field = None;
     for field in CAP_FIELDS {
-        if let Some(c) = whole(&body, field, MAX_COMPLETION_TOKENS)? {
+        if let Some(c) = whole(body, field, MAX_COMPLETION_TOKENS)? {
             cap = Some(cap.map_or(c, |old: u64| old.min(c)));
             cap_field = Some(field);
         }
     }
+    Ok((cap, cap_field))
+}
+
+/// A cost-changing parameter is refused unless the API allows it (or it is at its default).
+fn check_cost_params(body: &Map<String, Value>, allowed: &[String]) -> Result<(), Error> {
     for param in COST_PARAMS {
         let Some(v) = body.get(param) else { continue };
-        if !is_default_value(param, v) && !rules.policy.allowed_params.iter().any(|p| p == param) {
+        if !is_default_value(param, v) && !allowed.iter().any(|p| p == param) {
             return Err(Error::new(
                 Problem::ParameterNotAllowed,
                 format!("`{param}` changes what a request costs, and this API does not allow it."),
@@ -174,44 +210,38 @@ pub fn prepare_chat(body: Value, rules: &ApiRules<'_>) -> Result<ChatRequest, Er
             .with_field("param", param));
         }
     }
-    if let Some(allowed) = rules.allowed_models() {
-        if !allowed.contains(&model) {
-            return Err(Error::new(
-                Problem::ModelNotAllowed,
-                format!("This API allows: {}.", allowed.join(", ")),
-            )
-            .with_field("model", model)
-            .with_field("allowed", allowed));
-        }
+    Ok(())
+}
+
+fn check_model_allowed(model: &str, rules: &ApiRules<'_>) -> Result<(), Error> {
+    match rules.allowed_models() {
+        Some(allowed) if !allowed.iter().any(|m| m == model) => Err(Error::new(
+            Problem::ModelNotAllowed,
+            format!("This API allows: {}.", allowed.join(", ")),
+        )
+        .with_field("model", model)
+        .with_field("allowed", allowed)),
+        _ => Ok(()),
     }
-    let mut client_wants_usage = false;
-    if stream {
-        let options = body
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
-        let Value::Object(options) = options else {
-            return Err(invalid(
-                "stream_options",
-                "`stream_options` must be an object.",
-            ));
-        };
-        client_wants_usage = options
-            .get("include_usage")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        options.insert("include_usage".into(), Value::Bool(true));
-    }
-    let prompt_bound = prompt_bound(&body, rules.policy.image_tokens);
-    Ok(ChatRequest {
-        body,
-        model,
-        stream,
-        n,
-        cap,
-        cap_field,
-        prompt_bound,
-        client_wants_usage,
-    })
+}
+
+/// A stream always asks the upstream for its usage chunk; returns whether the client asked too.
+fn ask_for_usage(body: &mut Map<String, Value>) -> Result<bool, Error> {
+    let options = body
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(options) = options else {
+        return Err(invalid(
+            "stream_options",
+            "`stream_options` must be an object.",
+        ));
+    };
+    let client_wants_usage = options
+        .get("include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    options.insert("include_usage".into(), Value::Bool(true));
+    Ok(client_wants_usage)
 }
 
 impl ChatRequest {

@@ -22,9 +22,9 @@ async fn key_listing_never_shows_secrets(c: Arc<Ctx>) -> CaseResult {
     let second = c.admin.create_key(slug, &t.consumer_id, "key two").await?;
     let keys = [
         (t.key_id.clone(), t.secret.clone()),
-        (str_field(&second, "id")?, str_field(&second, "secret")?),
+        (second.id.clone(), second.secret.clone()),
     ];
-    let second_prefix = str_field(&second, "prefix")?;
+    let second_prefix = second.prefix.clone();
     assert!(
         keys[1].1.starts_with(&second_prefix),
         "prefix {second_prefix} of the secret"

@@ -262,8 +262,8 @@ async fn bad_or_missing_credentials_are_401(c: Arc<Ctx>) -> CaseResult {
         .admin
         .create_key(slug, &t.consumer_id, "to revoke")
         .await?;
-    let other_secret = str_field(&other, "secret")?;
-    c.admin.revoke_key(slug, &str_field(&other, "id")?).await?;
+    let other_secret = other.secret;
+    c.admin.revoke_key(slug, &other.id).await?;
     let unknown = c
         .send_chat(&t, Some((&other_secret, KeyHeader::Bearer)), &body)
         .await?;

@@ -162,14 +162,16 @@ impl Admin {
         .await
     }
 
-    pub async fn create_consumer(&self, project: &str, name: &str) -> Result<Value> {
-        self.expect(
-            reqwest::Method::POST,
-            &format!("/api/v1/projects/{project}/consumers"),
-            Some(json!({"name": name})),
-            201,
-        )
-        .await
+    pub async fn create_consumer(&self, project: &str, name: &str) -> Result<ConsumerView> {
+        let v = self
+            .expect(
+                reqwest::Method::POST,
+                &format!("/api/v1/projects/{project}/consumers"),
+                Some(json!({"name": name})),
+                201,
+            )
+            .await?;
+        typed(v, "consumer")
     }
 
     /// `status` is `enabled` or `disabled`.
@@ -189,14 +191,16 @@ impl Admin {
     }
 
     /// Returns `{id, name, secret, prefix, ...}`: the only time the secret is shown.
-    pub async fn create_key(&self, project: &str, consumer_id: &str, name: &str) -> Result<Value> {
-        self.expect(
-            reqwest::Method::POST,
-            &format!("/api/v1/projects/{project}/consumers/{consumer_id}/keys"),
-            Some(json!({"name": name})),
-            201,
-        )
-        .await
+    pub async fn create_key(&self, project: &str, consumer_id: &str, name: &str) -> Result<NewKey> {
+        let v = self
+            .expect(
+                reqwest::Method::POST,
+                &format!("/api/v1/projects/{project}/consumers/{consumer_id}/keys"),
+                Some(json!({"name": name})),
+                201,
+            )
+            .await?;
+        typed(v, "new key")
     }
 
     pub async fn list_keys(&self, project: &str) -> Result<Reply> {
@@ -224,17 +228,41 @@ impl Admin {
         self.create_project(project).await?;
         let created = self.create_api(project, api, upstream).await?;
         let consumer = self.create_consumer(project, "consumer one").await?;
-        let consumer_id = str_field(&consumer, "id")?;
-        let key = self.create_key(project, &consumer_id, "key one").await?;
+        let key = self.create_key(project, &consumer.id, "key one").await?;
         Ok(Tenant {
             project: project.to_string(),
             api: api.to_string(),
             api_id: str_field(&created, "id")?,
-            consumer_id,
-            key_id: str_field(&key, "id")?,
-            secret: str_field(&key, "secret")?,
+            consumer_id: consumer.id,
+            key_id: key.id,
+            secret: key.secret,
         })
     }
+}
+
+/// A consumer as the admin API shows it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ConsumerView {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub status: String,
+}
+
+/// A new consumer key: the only reply that carries its secret.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NewKey {
+    pub id: String,
+    pub name: String,
+    pub secret: String,
+    pub prefix: String,
+    pub consumer_id: String,
+}
+
+/// A reply body as its typed view, or an error naming what did not fit.
+fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| format!("the {what} reply does not fit ({e}): {v}").into())
 }
 
 /// A string member of a JSON object, or an error naming what was missing.

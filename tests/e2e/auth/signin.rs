@@ -417,7 +417,7 @@ pub async fn auth_events_record_sign_ins_refreshes_keys_and_mode_switches(
         .admin
         .create_key(slug, &t.consumer_id, "short-lived")
         .await?;
-    let extra_id = str_field(&extra, "id")?;
+    let extra_id = extra.id;
     c.admin.revoke_key(slug, &extra_id).await?;
 
     let wanted = [

@@ -9,7 +9,11 @@
 //! Every iteration sends one request to each target, in an order that walks through all 24
 //! permutations, so no target always follows the same one (and none always pays for another's
 //! background work). Non-streamed: latency from send to the last body byte. Streamed: time to the
-//! first content SSE event. Also prints the built WASM size (raw and gzip).
+//! first content SSE event. Then throughput: `LOAD_REQUESTS` non-streamed requests per target from
+//! `LOAD_CLIENTS` concurrent keep-alive clients, in rounds that rotate the targets, with the CPU the
+//! serving workerd processes spent per request (from /proc) and every 5xx counted. The storage
+//! calls per request come from Sluice's `Server-Timing` header (the bench APIs turn it on). Also
+//! prints the built WASM size (raw and gzip) and the issue's targets against the bare worker.
 //!
 //! It prints figures and asserts no timings. Exit code: 0 when it ran; 1 when setup failed (no
 //! build, a server did not start, a target answered wrongly before measuring) or when more than
@@ -47,6 +51,10 @@ const GAP_MS: u64 = 2;
 /// How long the bare worker may take to answer its first request.
 const BARE_START_TIMEOUT: Duration = Duration::from_secs(60);
 const WASM_PATH: &str = "build/index_bg.wasm";
+/// Throughput: requests per target, concurrent clients, and rounds (the targets rotate per round).
+const LOAD_REQUESTS: usize = 2_000;
+const LOAD_CLIENTS: usize = 16;
+const LOAD_ROUNDS: usize = 4;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -131,6 +139,29 @@ impl Endpoints {
             return Err(format!("{}: non-streamed answer {status} {text}", target.label()).into());
         }
         Ok((ms, headers))
+    }
+
+    /// `n` non-streamed requests from `clients` concurrent clients: the seconds it took and each
+    /// answer's status (`None`: no answer).
+    async fn load(&self, target: Target, n: usize, clients: usize) -> (f64, Vec<Option<u16>>) {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let start = Instant::now();
+        let workers = (0..clients).map(|_| async {
+            let mut statuses = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let status = match self.request(target, false).send().await {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        resp.bytes().await.ok().map(|_| status)
+                    }
+                    Err(_) => None,
+                };
+                statuses.push(status);
+            }
+            statuses
+        });
+        let statuses = futures_util::future::join_all(workers).await.concat();
+        (start.elapsed().as_secs_f64(), statuses)
     }
 
     /// One streamed exchange: milliseconds to the first content event.
@@ -268,6 +299,10 @@ impl BareWorker {
         }
     }
 
+    fn process_group(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGTERM to the process group, SIGKILL to what is left after 5 s; removes the scratch dir.
     fn stop(&mut self) {
         if let Some(child) = self.child.take() {
@@ -295,6 +330,70 @@ struct Samples {
     plain_errors: usize,
     stream_errors: usize,
     first_error: Option<String>,
+    /// Storage calls per measured non-streamed request, from `Server-Timing`: (d1, kv, do).
+    calls: Vec<[u32; 3]>,
+    load: Load,
+}
+
+/// The throughput phase's figures for one target.
+#[derive(Default)]
+struct Load {
+    requests: usize,
+    seconds: f64,
+    /// Answers with a 5xx status, and requests that got no answer at all.
+    server_errors: usize,
+    failures: usize,
+    /// CPU (user + system) of the serving workerd processes, and of wrangler's node process, in ms.
+    workerd_cpu_ms: f64,
+    node_cpu_ms: f64,
+}
+
+/// Storage calls named in a `Server-Timing` value: `kv;dur=0.3;desc="1"` counts 1 KV call.
+fn storage_calls(value: &str) -> [u32; 3] {
+    let mut calls = [0u32; 3];
+    for entry in value.split(',') {
+        let mut parts = entry.trim().split(';');
+        let slot = match parts.next() {
+            Some("d1") => 0,
+            Some("kv") => 1,
+            Some("do") => 2,
+            _ => continue,
+        };
+        let n = parts
+            .find_map(|p| p.trim().strip_prefix("desc="))
+            .and_then(|d| d.trim_matches('"').parse::<u32>().ok())
+            .unwrap_or(0);
+        calls[slot] += n;
+    }
+    calls
+}
+
+/// CPU milliseconds (user + system) used so far by the processes of process group `pgid` whose
+/// command is `comm` (from /proc/<pid>/stat; clock ticks are 1/100 s on Linux).
+fn group_cpu_ms(pgid: u32, comm: &str) -> f64 {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    let mut ticks = 0u64;
+    for entry in entries.flatten() {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp ... utime stime ...`: comm may hold spaces, so split at ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] != comm {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        if field(2) != Some(u64::from(pgid)) {
+            continue;
+        }
+        ticks += field(11).unwrap_or(0) + field(12).unwrap_or(0);
+    }
+    ticks as f64 * 10.0
 }
 
 /// Nearest-rank percentile of an already sorted slice.
@@ -535,7 +634,12 @@ async fn run() -> ExitCode {
         for &t in &orders[i % orders.len()] {
             let s = &mut samples[t.index()];
             match endpoints.plain(t).await {
-                Ok((ms, _)) => s.plain.push(ms),
+                Ok((ms, headers)) => {
+                    s.plain.push(ms);
+                    if let Some(v) = headers.get("server-timing").and_then(|v| v.to_str().ok()) {
+                        s.calls.push(storage_calls(v));
+                    }
+                }
                 Err(e) => {
                     s.plain_errors += 1;
                     s.first_error.get_or_insert_with(|| e.to_string());
@@ -555,6 +659,36 @@ async fn run() -> ExitCode {
                 }
             }
             tokio::time::sleep(gap).await;
+        }
+    }
+    eprintln!(
+        "bench: throughput ({LOAD_REQUESTS} requests per target, {LOAD_CLIENTS} concurrent clients, {LOAD_ROUNDS} rounds)"
+    );
+    let groups = |t: Target| match t {
+        Target::Direct => None,
+        Target::Bare => bare.process_group(),
+        Target::Sluice | Target::SluiceLimited => gateway.process_group(),
+    };
+    for round in 0..LOAD_ROUNDS {
+        for &t in &orders[(round * 7) % orders.len()] {
+            let n = LOAD_REQUESTS / LOAD_ROUNDS;
+            let pg = groups(t);
+            let cpu = |comm: &str| pg.map_or(0.0, |g| group_cpu_ms(g, comm));
+            let (w0, n0) = (cpu("workerd"), cpu("node"));
+            let (seconds, statuses) = endpoints.load(t, n, LOAD_CLIENTS).await;
+            // Work the answers left behind (settling, usage records) is this target's CPU too.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (w1, n1) = (cpu("workerd"), cpu("node"));
+            let load = &mut samples[t.index()].load;
+            load.requests += n;
+            load.seconds += seconds;
+            load.server_errors += statuses
+                .iter()
+                .filter(|s| matches!(s, Some(c) if *c >= 500))
+                .count();
+            load.failures += statuses.iter().filter(|s| s.is_none()).count();
+            load.workerd_cpu_ms += w1 - w0;
+            load.node_cpu_ms += n1 - n0;
         }
     }
     let measured_for = measure_start.elapsed();
@@ -637,6 +771,16 @@ async fn configure(
         )
         .await?;
     expect_status(&plan, 200, "PATCH the limited API's default plan")?;
+    for api_id in [&unlimited.api_id, &limited.api_id] {
+        let on = admin
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/gateway/apis/{api_id}"),
+                Some(json!({"server_timing": true})),
+            )
+            .await?;
+        expect_status(&on, 200, "PATCH an API's server_timing")?;
+    }
     Ok(Endpoints {
         http: http_client(),
         direct_url: direct_url.to_string(),
@@ -768,6 +912,133 @@ fn print_report(samples: &[Samples], run: &Run) {
         d.p50 - c.p50,
         d.ttft50 - c.ttft50
     );
+    println!();
+    println!(
+        "{:<30} {:>10} {:>8} {:>6} {:>9} {:>13} {:>11}",
+        "throughput, 16 clients",
+        "req/s",
+        "x bare",
+        "5xx",
+        "no reply",
+        "workerd CPU/r",
+        "node CPU/r"
+    );
+    println!("{}", "-".repeat(93));
+    let per_s = |l: &Load| l.requests as f64 / l.seconds.max(1e-9);
+    let bare_load = &samples[Target::Bare.index()].load;
+    for t in TARGETS {
+        let l = &samples[t.index()].load;
+        let cpu = |ms: f64| {
+            if t == Target::Direct {
+                "-".to_string()
+            } else {
+                format!("{:.2} ms", ms / l.requests.max(1) as f64)
+            }
+        };
+        println!(
+            "{:<30} {:>10.1} {:>7.2}x {:>6} {:>9} {:>13} {:>11}",
+            t.label(),
+            per_s(l),
+            per_s(l) / per_s(bare_load),
+            l.server_errors,
+            l.failures,
+            cpu(l.workerd_cpu_ms),
+            cpu(l.node_cpu_ms)
+        );
+    }
+    println!(
+        "(CPU: user + system of the target's workerd processes, and of its wrangler node process, per request)"
+    );
+
+    println!();
+    println!(
+        "{:<30} {:>8} {:>8} {:>8} {:>12}",
+        "storage calls per request", "d1", "kv", "do", "max kv"
+    );
+    println!("{}", "-".repeat(70));
+    for t in [Target::Sluice, Target::SluiceLimited] {
+        let c = &samples[t.index()].calls;
+        let mean =
+            |i: usize| c.iter().map(|x| f64::from(x[i])).sum::<f64>() / c.len().max(1) as f64;
+        println!(
+            "{:<30} {:>8.2} {:>8.2} {:>8.2} {:>12}",
+            t.label(),
+            mean(0),
+            mean(1),
+            mean(2),
+            c.iter().map(|x| x[1]).max().unwrap_or(0)
+        );
+    }
+    println!(
+        "(from Server-Timing, before the answer's headers; settling is one more counter call after the answer)"
+    );
+
+    // The issue's targets, relative to the bare worker in this run.
+    let unlimited_load = &samples[Target::Sluice.index()].load;
+    let cpu_over = unlimited_load.workerd_cpu_ms / unlimited_load.requests.max(1) as f64
+        - bare_load.workerd_cpu_ms / bare_load.requests.max(1) as f64;
+    let calls = &samples[Target::Sluice.index()].calls;
+    let max_of = |i: usize| calls.iter().map(|x| x[i]).max().unwrap_or(0);
+    let load_5xx: usize = [Target::Sluice, Target::SluiceLimited]
+        .iter()
+        .map(|t| samples[t.index()].load.server_errors)
+        .sum();
+    let checks = [
+        (
+            "p50 over bare <= +2 ms",
+            format!("{:+.2} ms", c.p50 - bare.p50),
+            c.p50 - bare.p50 <= 2.0,
+        ),
+        (
+            "TTFT p50 over bare <= +2 ms",
+            format!("{:+.2} ms", c.ttft50 - bare.ttft50),
+            c.ttft50 - bare.ttft50 <= 2.0,
+        ),
+        (
+            "throughput >= 0.8x bare",
+            format!("{:.2}x", per_s(unlimited_load) / per_s(bare_load)),
+            per_s(unlimited_load) / per_s(bare_load) >= 0.8,
+        ),
+        ("no 5xx under load", format!("{load_5xx}"), load_5xx == 0),
+        (
+            "workerd CPU/request over bare <= +2 ms",
+            format!("{cpu_over:+.2} ms"),
+            cpu_over <= 2.0,
+        ),
+        (
+            "D1 calls per request = 0",
+            format!("max {}", max_of(0)),
+            max_of(0) == 0,
+        ),
+        (
+            "DO calls before the answer <= 1 (+1 settle)",
+            format!("max {}", max_of(2)),
+            max_of(2) <= 1,
+        ),
+        (
+            "KV calls per request <= 1",
+            format!("max {}", max_of(1)),
+            max_of(1) <= 1,
+        ),
+        (
+            "WASM gzip <= 450 KiB",
+            format!("{:.0} KiB", wasm_gz as f64 / 1024.0),
+            wasm_gz <= 450 * 1024,
+        ),
+    ];
+    println!();
+    println!(
+        "{:<46} {:>14} {:>6}",
+        "target (Sluice, unlimited plan)", "this run", "met"
+    );
+    println!("{}", "-".repeat(68));
+    for (name, figure, met) in checks {
+        println!(
+            "{name:<46} {figure:>14} {:>6}",
+            if met { "yes" } else { "NO" }
+        );
+    }
+    println!();
     println!(
         "WASM {WASM_PATH}: {} bytes raw, {} bytes gzip (gzip -c, {:.1}%)",
         with_thousands(wasm_raw),

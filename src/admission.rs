@@ -27,8 +27,10 @@ use crate::http::now_ms;
 use crate::limits::counter::{Ask, Outcome, Refusal, Window};
 use crate::limits::headers::rate_limit_headers;
 use crate::limits::ops::{CounterReply, CounterRequest};
-use crate::limits::plan::Limits;
+use crate::limits::plan::{Limits, Plan};
+use crate::limits::standing::Presented;
 use crate::store::counter_do as counter;
+use crate::timing::{Binding, Timing};
 use crate::usage::{Ended, UsageRecord};
 
 type SettleMsg = (Outcome, Option<oneshot::Sender<()>>);
@@ -64,33 +66,48 @@ pub struct Lease {
     settle: Option<oneshot::Sender<SettleMsg>>,
 }
 
-/// Who is asking and for what: the counter's key and the request's worst case.
+/// Who is asking and for what: the counter's key, the credential it came with, the API's plans
+/// (the counter knows which applies), the model and the request's worst case.
 pub struct Claim<'a> {
     pub api_id: &'a str,
     pub consumer_id: &'a str,
-    pub limits: &'a Limits,
-    pub plan: &'a str,
+    pub who: Presented,
+    pub plans: &'a [Plan],
+    pub model: &'a str,
+    pub priced: bool,
     pub ask: Ask,
     pub record: UsageRecord,
 }
 
-/// Phase 4's counter call: admits (holding the worst case) or refuses with the window's problem.
-pub async fn admit(env: &Env, ctx: &Context, claim: Claim<'_>) -> Result<Lease, Error> {
+/// Phase 4's one counter call: the consumer's standing and plan are checked and the worst case is
+/// held, or the request is refused with the problem the counter names.
+pub async fn admit(
+    env: &Env,
+    ctx: &Context,
+    timing: &Timing,
+    claim: Claim<'_>,
+) -> Result<Lease, Error> {
     let now = claim.record.created_at;
     let lease_id = claim.record.id.clone();
     let (prompt_bound, n, ttl) = (claim.ask.prompt, claim.ask.n, claim.ask.lease_ttl_ms);
     let op = CounterRequest::Admit {
         now,
-        limits: claim.limits.clone(),
         lease_id: lease_id.clone(),
+        who: claim.who,
+        plans: claim.plans.to_vec(),
+        model: claim.model.to_string(),
+        priced: claim.priced,
         ask: claim.ask,
         record: Box::new(claim.record),
     };
-    let (cap, windows) = match counter::call(env, claim.api_id, claim.consumer_id, &op).await? {
-        CounterReply::Admitted { cap, windows } => (cap, windows),
-        CounterReply::Refused { refusal, windows } => {
-            return Err(refusal
-                .to_error(claim.plan)
+    let started = now_ms();
+    let reply = counter::call(env, claim.api_id, claim.consumer_id, &op).await;
+    timing.call(Binding::Do, (now_ms() - started) as f64);
+    let (cap, plan, windows) = match reply? {
+        CounterReply::Admitted { cap, plan, windows } => (cap, plan, windows),
+        CounterReply::Denied { denial, windows } => {
+            return Err(denial
+                .to_error(claim.model)
                 .with_headers(rate_limit_headers(&windows, now)));
         }
         _ => {
@@ -129,8 +146,8 @@ pub async fn admit(env: &Env, ctx: &Context, claim: Claim<'_>) -> Result<Lease, 
         api_id: claim.api_id.to_string(),
         consumer_id: claim.consumer_id.to_string(),
         id: lease_id,
-        limits: claim.limits.clone(),
-        plan: claim.plan.to_string(),
+        limits: plan.limits,
+        plan: plan.name,
         cap,
         windows,
         started: now,
@@ -145,6 +162,14 @@ pub async fn admit(env: &Env, ctx: &Context, claim: Claim<'_>) -> Result<Lease, 
 impl Lease {
     async fn op(&self, op: CounterRequest) -> Result<CounterReply, Error> {
         counter::call(&self.env, &self.api_id, &self.consumer_id, &op).await
+    }
+
+    /// Settles once without waiting: the counter books it after the answer is sent (the reservation
+    /// already covers the worst case, and an unsettled lease expires into an estimated record).
+    pub fn settle_later(mut self, outcome: Outcome) {
+        if let Some(tx) = self.settle.take() {
+            let _ = tx.send((outcome, None));
+        }
     }
 
     /// Settles once, and waits until the counter has booked it and filed the record.

@@ -3,7 +3,8 @@
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use worker::{console_error, Env, Headers, Request, Response};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{console_error, js_sys, web_sys, Env, Headers, Request, Response, ResponseBody};
 
 use crate::error::Error;
 
@@ -52,6 +53,11 @@ pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, Error
         if len > limit as u64 {
             return Err(Error::payload_too_large(limit));
         }
+        // A declared length within the limit: one `arrayBuffer()` (the runtime enforces the length).
+        return req
+            .bytes()
+            .await
+            .map_err(|_| Error::invalid_request("The request body could not be read."));
     }
     let Ok(mut stream) = req.stream() else {
         return Ok(Vec::new()); // no body at all
@@ -66,6 +72,55 @@ pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, Error
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// A fetched response's whole body in one `arrayBuffer()` call (no stream reader per chunk).
+pub async fn response_bytes(response: &Response) -> worker::Result<Vec<u8>> {
+    match response.body() {
+        ResponseBody::Stream(stream) => {
+            let whole = web_sys::Response::new_with_opt_readable_stream(Some(stream))?;
+            let buffer = JsFuture::from(whole.array_buffer()?).await?;
+            Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+        }
+        ResponseBody::Body(bytes) => Ok(bytes.clone()),
+        ResponseBody::Empty => Ok(Vec::new()),
+    }
+}
+
+/// The path and query of a request, read from the runtime's already normalised URL string (no URL
+/// parser in the WASM: `url` and its Unicode tables are left out).
+pub struct Target {
+    pub path: String,
+    query: String,
+}
+
+impl Target {
+    pub fn of(req: &Request) -> Target {
+        let url = req.inner().url();
+        let (path, query) = crate::router::path_and_query(&url);
+        Target {
+            path: path.to_string(),
+            query: query.to_string(),
+        }
+    }
+
+    /// The decoded query pairs, in order.
+    pub fn query_pairs(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        form_urlencoded::parse(self.query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
+    }
+
+    /// The first value of query parameter `name`.
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+/// A handler's future on the heap: a router's `match` then holds one pointer instead of every
+/// handler's state inline (smaller code and stack; each handler is polled by its own function).
+pub fn boxed<'a, T>(
+    f: impl std::future::Future<Output = T> + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>> {
+    Box::pin(f)
 }
 
 pub fn now_ms() -> i64 {

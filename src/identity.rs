@@ -18,6 +18,7 @@ use crate::outbound::{self, Fetched};
 use crate::records::Project;
 use crate::store::d1::{self, AuthEvent};
 use crate::store::kv::{self, CachedJwks, JwksRecord};
+use crate::timing::{Binding, Timing};
 
 const JWKS_TIMEOUT_MS: u64 = 5_000;
 const JWKS_MAX_BYTES: usize = 256 * 1024;
@@ -120,6 +121,7 @@ async fn fetch_jwks(url: &str) -> Result<String, String> {
 /// The API's JWKS keys, from memory, KV or the owner's endpoint (see `jwks_cache::decide`).
 async fn byo_keys(
     env: &Env,
+    timing: &Timing,
     api_id: &str,
     url: &str,
     now: i64,
@@ -131,7 +133,10 @@ async fn byo_keys(
         .as_ref()
         .is_none_or(|c| now - c.fetched_at >= crate::auth::jwks_cache::FRESH_MS)
     {
-        if let Some(from_kv) = kv::get::<JwksRecord>(&store, api_id).await? {
+        let started = now_ms();
+        let from_kv = kv::get::<JwksRecord>(&store, api_id).await;
+        timing.call(Binding::Kv, (now_ms() - started) as f64);
+        if let Some(from_kv) = from_kv? {
             cached = Some(from_kv);
         }
     }
@@ -178,16 +183,17 @@ async fn byo_keys(
 /// Returns the user id from the configured claim.
 pub async fn verify_byo(
     env: &Env,
+    timing: &Timing,
     api_id: &str,
     config: &ByoJwtConfig,
     token: &str,
     now: i64,
 ) -> Result<String, Error> {
     let policy = config.policy();
-    let keys = byo_keys(env, api_id, &config.jwks_url, now, false).await?;
+    let keys = byo_keys(env, timing, api_id, &config.jwks_url, now, false).await?;
     let claims = match jwt::verify(token, &keys, &policy, now / 1000) {
         Err(TokenError::UnknownKid(_)) => {
-            let keys = byo_keys(env, api_id, &config.jwks_url, now, true).await?;
+            let keys = byo_keys(env, timing, api_id, &config.jwks_url, now, true).await?;
             jwt::verify(token, &keys, &policy, now / 1000).map_err(token_error)?
         }
         other => other.map_err(token_error)?,

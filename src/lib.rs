@@ -13,6 +13,7 @@ pub mod records;
 pub mod router;
 pub mod stream;
 pub mod time;
+pub mod timing;
 pub mod upstream;
 pub mod usage;
 
@@ -20,6 +21,8 @@ pub mod usage;
 mod admission;
 #[cfg(target_arch = "wasm32")]
 mod authenticate;
+#[cfg(target_arch = "wasm32")]
+mod cache;
 #[cfg(target_arch = "wasm32")]
 mod email;
 #[cfg(target_arch = "wasm32")]

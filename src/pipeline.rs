@@ -6,6 +6,7 @@
 //! metered event by event → settle what was really used, exactly once (`admission::Lease`).
 
 use std::pin::Pin;
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::{stream, Stream, StreamExt};
@@ -19,9 +20,7 @@ use worker::{
 use crate::admission::{self, Claim, Lease, Watch, Woke};
 use crate::auth::config::CredentialSource;
 use crate::auth::decide::Caller;
-use crate::authenticate::{
-    authenticate, passthrough_credential, resolve_and_authenticate, resolve_api,
-};
+use crate::authenticate::{passthrough_credential, resolve_and_authenticate};
 use crate::crypto;
 use crate::error::{Error, Problem};
 use crate::http::{encryption_secret, json, now_ms, read_body, with_random};
@@ -30,12 +29,14 @@ use crate::limits::counter::{Ask, Outcome, Window};
 use crate::limits::headers::rate_limit_headers;
 use crate::limits::meter::output_bytes;
 use crate::limits::ops::{CounterReply, CounterRequest};
-use crate::limits::plan::Plan;
-use crate::limits::spend::{micro_to_usd, Price};
+use crate::limits::spend::micro_to_usd;
+use crate::limits::standing::Presented;
 use crate::outbound::{self, within, Fetched};
 use crate::records::Api;
-use crate::store::{counter_do as counter, d1};
+use crate::store::counter_do as counter;
+use crate::store::kv::ApiEntry;
 use crate::stream::relay::{Next, Relay, Usage};
+use crate::timing::{Binding, Timing};
 use crate::upstream::chat::{prepare_chat, ApiRules, ChatRequest};
 use crate::upstream::{self, demo::DemoReply};
 use crate::usage::{Ended, UsageRecord};
@@ -55,27 +56,73 @@ const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 
 /// `POST /v1/{project}/{api}/chat/completions`.
 pub async fn chat_completions(
-    mut req: Request,
+    req: Request,
     env: &Env,
     ctx: &Context,
     project: &str,
     api: &str,
 ) -> Result<Response, Error> {
-    let started = now_ms();
-    let db = d1::db(env)?;
-    let (api, caller, plan) = resolve_and_authenticate(&req, env, ctx, &db, project, api).await?;
-    let plan = match plan {
-        Some(plan) => plan,
-        None => d1::plan_for(&db, &api.id, &caller.consumer_id).await?,
+    let timing = Timing::default();
+    let answer = chat(req, env, ctx, &timing, project, api).await;
+    with_timing(&timing, answer)
+}
+
+/// The `Server-Timing` header on an answer (or its error), when it is shown.
+fn with_timing(timing: &Timing, answer: Result<Response, Error>) -> Result<Response, Error> {
+    let Some(value) = timing.shown_header() else {
+        return answer;
     };
-    let mut chat = read_chat(&mut req, &api).await?;
-    let passthrough = passthrough_credential(&req, &api)?;
+    match answer {
+        Ok(mut response) => {
+            response.headers_mut().set("server-timing", &value)?;
+            Ok(response)
+        }
+        Err(e) => Err(e.with_header("server-timing", value)),
+    }
+}
+
+/// Phases 1 and 2 with the timing of `auth`; the header is shown in dev mode or when the API asks.
+async fn resolve(
+    req: &Request,
+    env: &Env,
+    ctx: &Context,
+    timing: &Timing,
+    project: &str,
+    api: &str,
+) -> Result<(Rc<ApiEntry>, Caller), Error> {
+    let started = now_ms();
+    let found = resolve_and_authenticate(req, env, ctx, timing, project, api).await;
+    timing.show(
+        crate::email::dev_mode(env)
+            || found
+                .as_ref()
+                .is_ok_and(|(e, _)| e.api.policy.server_timing),
+    );
+    timing.phase("auth", (now_ms() - started) as f64);
+    found
+}
+
+async fn chat(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    timing: &Timing,
+    project: &str,
+    api: &str,
+) -> Result<Response, Error> {
+    let started = now_ms();
+    let (entry, caller) = resolve(&req, env, ctx, timing, project, api).await?;
+    let api = &entry.api;
+    let mut chat = read_chat(&mut req, api).await?;
+    let passthrough = passthrough_credential(&req, api)?;
     let watch = Watch::new(&req);
-    let mut lease = admit(env, ctx, &api, &caller, &plan, &chat, started).await?;
+    let admitting = now_ms();
+    let mut lease = admit(env, ctx, timing, &entry, &caller, &chat, started).await?;
+    timing.phase("admit", (now_ms() - admitting) as f64);
     chat.set_cap(lease.cap, api.policy.max_tokens_field);
     let rate_headers = rate_limit_headers(&lease.windows, started);
     let controller = AbortController::default();
-    let upstream: Upstream = match outbound(env, &api, &chat, passthrough) {
+    let upstream: Upstream = match outbound(env, api, &chat, passthrough) {
         Ok(Outbound::Demo(answer)) => Box::pin(async move { Ok(answer) }),
         Ok(Outbound::Fetch(request)) => Box::pin(send(
             request,
@@ -85,7 +132,7 @@ pub async fn chat_completions(
         )),
         Err(e) => {
             let outcome = lease.estimated(e.status, Ended::UpstreamError);
-            lease.settle(outcome).await;
+            lease.settle_later(outcome);
             return Err(e.with_headers(rate_headers));
         }
     };
@@ -97,7 +144,7 @@ pub async fn chat_completions(
         rate_headers,
         strip_usage: !chat.client_wants_usage,
     };
-    exchange.answer(upstream, chat.stream).await
+    exchange.answer(upstream, chat.stream, timing).await
 }
 
 /// An admitted request on its way to the client: its lease, its client's presence, the switch
@@ -115,7 +162,13 @@ impl Exchange {
     /// Waits for the upstream while the client is there. A stream whose upstream is slow to answer
     /// starts at once, with heartbeats while it waits: a client that hangs up is noticed when a write
     /// fails.
-    async fn answer(mut self, mut upstream: Upstream, stream: bool) -> Result<Response, Error> {
+    async fn answer(
+        mut self,
+        mut upstream: Upstream,
+        stream: bool,
+        timing: &Timing,
+    ) -> Result<Response, Error> {
+        let asked = now_ms();
         let first = match stream {
             true => {
                 self.lease
@@ -128,22 +181,23 @@ impl Exchange {
                 .await
                 .map(Some),
         };
+        timing.phase("upstream", (now_ms() - asked) as f64);
         match first {
             None => {
                 self.controller.abort();
                 let outcome = self.lease.estimated(499, Ended::ClientGone);
-                self.lease.settle(outcome).await;
+                self.lease.settle_later(outcome);
                 Err(client_gone())
             }
             Some(None) => self.stream(Source::Waiting(upstream)),
-            Some(Some(Err(failure))) => self.failed(failure).await,
-            Some(Some(Ok(Answer::Json(bytes)))) => self.json(bytes).await,
+            Some(Some(Err(failure))) => self.failed(failure),
+            Some(Some(Ok(Answer::Json(bytes)))) => self.json(bytes),
             Some(Some(Ok(Answer::Stream(body)))) => self.stream(Source::Body(body)),
         }
     }
 
     /// The upstream failed before answering: what it was sent is booked as the failure says.
-    async fn failed(self, failure: Failure) -> Result<Response, Error> {
+    fn failed(self, failure: Failure) -> Result<Response, Error> {
         self.controller.abort();
         let outcome = match failure.ended {
             // An error status means nothing was generated: nothing is booked.
@@ -155,19 +209,19 @@ impl Exchange {
             },
             ended => self.lease.estimated(failure.error.status, ended),
         };
-        self.lease.settle(outcome).await;
+        self.lease.settle_later(outcome);
         Err(failure.error.with_headers(self.rate_headers))
     }
 
-    /// A whole answer: settled (its reported usage, else the bounds) before it is returned as sent.
-    async fn json(mut self, bytes: Vec<u8>) -> Result<Response, Error> {
+    /// A whole answer, returned as sent; settled (its reported usage, else the bounds) after it.
+    fn json(mut self, bytes: Vec<u8>) -> Result<Response, Error> {
         let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
         self.lease.progress.delivered = answer.as_ref().map_or(0, output_bytes);
         let outcome = match answer.as_ref().and_then(Usage::from_json) {
             Some(usage) => reported(&self.lease, 200, Ended::Complete, usage),
             None => self.lease.estimated(200, Ended::Complete),
         };
-        self.lease.settle(outcome).await;
+        self.lease.settle_later(outcome);
         let headers = response_headers("application/json", &self.rate_headers)?;
         Ok(Response::from_bytes(bytes)?
             .with_status(200)
@@ -227,13 +281,17 @@ pub async fn list_models(
     project: &str,
     api: &str,
 ) -> Result<Response, Error> {
-    let db = d1::db(env)?;
-    let api = resolve_api(&db, project, api).await?;
-    authenticate(&req, env, ctx, &db, &api).await?;
-    let data: Vec<Value> = api.allowed_models().iter()
-        .map(|m| json!({"id": m, "object": "model", "created": api.created_at / 1000, "owned_by": api.project_slug}))
-        .collect();
-    json(200, &json!({"object": "list", "data": data}))
+    let timing = Timing::default();
+    let answer = async {
+        let (entry, _) = resolve(&req, env, ctx, &timing, project, api).await?;
+        let api = &entry.api;
+        let data: Vec<Value> = api.allowed_models().iter()
+            .map(|m| json!({"id": m, "object": "model", "created": api.created_at / 1000, "owned_by": api.project_slug}))
+            .collect();
+        json(200, &json!({"object": "list", "data": data}))
+    }
+    .await;
+    with_timing(&timing, answer)
 }
 
 /// A window as the consumer sees it: token and request counts as numbers, spend in USD.
@@ -252,7 +310,8 @@ fn window_json(w: &Window) -> Value {
 }
 
 /// `GET /v1/{project}/{api}/usage`: the caller's plan, limits, and what is used and left in each
-/// window (spend windows in USD).
+/// window (spend windows in USD). The counter says which plan applies, and refuses a disabled
+/// consumer or a revoked key or session as an admission would.
 pub async fn consumer_usage(
     req: Request,
     env: &Env,
@@ -260,21 +319,43 @@ pub async fn consumer_usage(
     project: &str,
     api: &str,
 ) -> Result<Response, Error> {
+    let timing = Timing::default();
+    let answer = usage_of(&req, env, ctx, &timing, project, api).await;
+    with_timing(&timing, answer)
+}
+
+async fn usage_of(
+    req: &Request,
+    env: &Env,
+    ctx: &Context,
+    timing: &Timing,
+    project: &str,
+    api: &str,
+) -> Result<Response, Error> {
     let now = now_ms();
-    let db = d1::db(env)?;
-    let api = resolve_api(&db, project, api).await?;
-    let caller = authenticate(&req, env, ctx, &db, &api).await?;
-    let plan = d1::plan_for(&db, &api.id, &caller.consumer_id).await?;
+    let (entry, caller) = resolve(req, env, ctx, timing, project, api).await?;
     let op = CounterRequest::Status {
         now,
-        limits: plan.limits.clone(),
+        api_id: entry.api.id.clone(),
+        consumer_id: caller.consumer_id.clone(),
+        who: presented(&caller),
+        plans: entry.plans.clone(),
     };
-    let CounterReply::Status { windows } =
-        counter::call(env, &api.id, &caller.consumer_id, &op).await?
-    else {
-        return Err(Error::internal(
-            "The counter answered a status request with something else.",
-        ));
+    let started = now_ms();
+    let reply = counter::call(env, &entry.api.id, &caller.consumer_id, &op).await;
+    timing.call(Binding::Do, (now_ms() - started) as f64);
+    let (plan, windows) = match reply? {
+        CounterReply::Status { plan, windows } => (plan, windows),
+        CounterReply::Denied { denial, windows } => {
+            return Err(denial
+                .to_error("")
+                .with_headers(rate_limit_headers(&windows, now)))
+        }
+        _ => {
+            return Err(Error::internal(
+                "The counter answered a status request with something else.",
+            ))
+        }
     };
     let windows_json: serde_json::Map<String, Value> = windows
         .iter()
@@ -287,6 +368,14 @@ pub async fn consumer_usage(
     });
     let headers = response_headers("application/json", &rate_limit_headers(&windows, now))?;
     Ok(Response::from_bytes(body.to_string().into_bytes())?.with_headers(headers))
+}
+
+/// The key (or credential) and session a caller came with, for its counter to check.
+fn presented(caller: &Caller) -> Presented {
+    Presented {
+        key_id: caller.key_id.clone(),
+        session_id: caller.session_id.clone(),
+    }
 }
 
 fn response_headers(content_type: &str, extra: &[(String, String)]) -> Result<Headers, Error> {
@@ -323,42 +412,22 @@ fn lease_ttl_ms(env: &Env) -> i64 {
         })
 }
 
-/// The model's price when the plan limits spend: a model without one is refused (403).
-fn price_for(api: &Api, plan: &Plan, model: &str) -> Result<Option<Price>, Error> {
-    let price = api.prices.get(model);
-    if price.is_none() && plan.limits.limits_spend() {
-        return Err(Error::new(
-            Problem::ModelNotPriced,
-            format!(
-                "Plan `{}` limits spend, and this API has no price for `{model}`.",
-                plan.name
-            ),
-        )
-        .with_field("model", model)
-        .with_field("plan", plan.name.clone()));
-    }
-    Ok(price)
-}
-
-/// Phase 4 — admit: the plan's model list (403) and cap, the model's price (403 without one under a
-/// spend limit), then one call to the consumer's counter, which checks every window, grants the
-/// completion cap and holds the worst case (429 if any window refuses; 503 if the counter cannot be
-/// reached: never let through unmetered).
+/// Phase 4 — admit: one call to the consumer's counter, which checks the consumer's standing (enabled,
+/// its key and session not revoked: 401/403), picks its plan among the API's, checks the plan's
+/// model list (403) and that a spend-limited plan has the model's price (403), checks every window,
+/// grants the completion cap and holds the worst case (429 if any window refuses; 503 if the
+/// counter cannot be reached: never let through unmetered).
 async fn admit(
     env: &Env,
     ctx: &Context,
-    api: &Api,
+    timing: &Timing,
+    entry: &ApiEntry,
     caller: &Caller,
-    plan: &Plan,
     chat: &ChatRequest,
     now: i64,
 ) -> Result<Lease, Error> {
-    plan.check_model(&chat.model)?;
-    let price = price_for(api, plan, &chat.model)?;
-    let cap = match (chat.cap, plan.limits.max_tokens_per_request) {
-        (Some(c), Some(p)) => Some(c.min(p)),
-        (c, p) => c.or(p),
-    };
+    let api = &entry.api;
+    let price = api.prices.get(&chat.model);
     let lease_id = with_random(|r| new_id("req", r))?;
     let record = UsageRecord {
         id: lease_id,
@@ -369,7 +438,6 @@ async fn admit(
         key_id: caller.key_id.clone(),
         session_id: caller.session_id.clone(),
         model: chat.model.clone(),
-        plan: plan.name.clone(),
         n: chat.n,
         prompt_bound: chat.prompt_bound,
         ..UsageRecord::default()
@@ -377,19 +445,21 @@ async fn admit(
     let claim = Claim {
         api_id: &api.id,
         consumer_id: &caller.consumer_id,
-        limits: &plan.limits,
-        plan: &plan.name,
+        who: presented(caller),
+        plans: &entry.plans,
+        model: &chat.model,
+        priced: price.is_some(),
         ask: Ask {
             prompt: chat.prompt_bound,
             n: chat.n,
-            cap,
+            cap: chat.cap,
             price,
             stream: chat.stream,
             lease_ttl_ms: lease_ttl_ms(env),
         },
         record,
     };
-    admission::admit(env, ctx, claim).await
+    admission::admit(env, ctx, timing, claim).await
 }
 
 type Body = Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>>>>;
@@ -468,7 +538,8 @@ fn outbound(
         }
         _ => {}
     }
-    let body = Value::Object(chat.body.clone()).to_string();
+    let body = serde_json::to_string(&chat.body)
+        .map_err(|e| Error::internal(format!("The chat body could not be written: {e}.")))?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_headers(headers)
@@ -515,7 +586,7 @@ async fn send(
             .map(|chunk| chunk.map_err(|e| e.to_string()));
         Ok(Answer::Stream(Box::pin(body)))
     } else {
-        let bytes = response.bytes().await.map_err(|e| {
+        let bytes = crate::http::response_bytes(&response).await.map_err(|e| {
             Failure::new(
                 Error::upstream(format!("The upstream answer broke off: {e}.")),
                 Ended::UpstreamCut,

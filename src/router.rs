@@ -299,9 +299,34 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
     }
 }
 
+/// A request URL (`scheme://authority/path?query#fragment`, as the runtime normalised it) split into
+/// its path (at least `/`) and its raw query.
+pub fn path_and_query(url: &str) -> (&str, &str) {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let rest = rest.find('/').map_or("", |i| &rest[i..]);
+    let rest = rest.split('#').next().unwrap_or("");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    (if path.is_empty() { "/" } else { path }, query)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_split_into_path_and_query() {
+        assert_eq!(
+            path_and_query("http://127.0.0.1:8787/v1/p/a/chat/completions?x=1#f"),
+            ("/v1/p/a/chat/completions", "x=1")
+        );
+        assert_eq!(path_and_query("https://h.example"), ("/", ""));
+        assert_eq!(
+            path_and_query("https://h.example/?a=%2F&b"),
+            ("/", "a=%2F&b")
+        );
+        assert_eq!(path_and_query("https://h.example/a%20b?"), ("/a%20b", ""));
+    }
 
     fn eu(project: &str, route: EndUser) -> Route {
         end_user(project, route)

@@ -8,7 +8,7 @@ use crate::auth::key::{self, ConsumerKey};
 use crate::auth::mode::AuthMode;
 use crate::auth::tokens::kid_prefix;
 use crate::error::{Error, Problem};
-use crate::records::{Consumer, ConsumerStatus, KeyOwner};
+use crate::records::KeyHolder;
 
 /// Who is calling, as proven by the authenticate phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,44 +60,27 @@ pub fn ip_refused() -> Error {
     )
 }
 
-fn enabled(status: ConsumerStatus) -> Result<(), Error> {
-    match status {
-        ConsumerStatus::Enabled => Ok(()),
-        ConsumerStatus::Disabled => Err(Error::consumer_disabled()),
-    }
-}
-
-/// A consumer key: its live owner, found by hash (none: unknown or revoked), must be enabled.
-pub fn by_key(owner: Option<KeyOwner>) -> Result<Caller, Error> {
-    let owner = owner.ok_or_else(|| {
+/// A consumer key: its holder, found by hash (none: unknown or revoked). Whether the holder may
+/// call (enabled, the key not revoked since it was cached) is the counter's to say at admission.
+pub fn by_key(holder: Option<&KeyHolder>) -> Result<Caller, Error> {
+    let holder = holder.ok_or_else(|| {
         Error::invalid_credential("This consumer key is unknown or has been revoked.")
     })?;
-    enabled(owner.consumer_status)?;
     Ok(Caller {
-        consumer_id: owner.consumer_id,
-        key_id: Some(owner.key_id),
+        consumer_id: holder.consumer_id.clone(),
+        key_id: Some(holder.key_id.clone()),
         session_id: None,
     })
 }
 
-/// A key-exchange token: valid while the key it was made from is live, for the same consumer.
-pub fn by_exchange_token(
-    consumer_id: String,
-    key_id: String,
-    live: Option<KeyOwner>,
-) -> Result<Caller, Error> {
-    let live = live.ok_or_else(|| {
-        Error::invalid_credential("The consumer key this token was issued for has been revoked.")
-    })?;
-    if live.consumer_id != consumer_id {
-        return Err(Error::consumer_disabled());
-    }
-    enabled(live.consumer_status)?;
-    Ok(Caller {
+/// A key-exchange token: it names its consumer and key, and lives while the key does (the counter
+/// refuses a revoked key's tokens).
+pub fn by_exchange_token(consumer_id: String, key_id: String) -> Caller {
+    Caller {
         consumer_id,
         key_id: Some(key_id),
         session_id: None,
-    })
+    }
 }
 
 /// Whether a signed-in user's access token may be used on an API in `mode` (managed only).
@@ -108,34 +91,23 @@ pub fn access_token_allowed(mode: AuthMode, api_slug: &str) -> Result<(), Error>
     }
 }
 
-/// A signed-in user's access token, once its session stands: the user must exist and be enabled.
-pub fn by_access_token(
-    consumer_id: String,
-    session_id: String,
-    user: Option<Consumer>,
-) -> Result<Caller, Error> {
-    let user =
-        user.ok_or_else(|| Error::invalid_credential("The signed-in user no longer exists."))?;
-    enabled(user.status)?;
-    Ok(Caller {
+/// A signed-in user's access token: its session and user are checked by the counter (a revoked
+/// session or a disabled user is refused at admission).
+pub fn by_access_token(consumer_id: String, session_id: String) -> Caller {
+    Caller {
         consumer_id,
         key_id: None,
         session_id: Some(session_id),
-    })
+    }
 }
 
 /// A consumer's own JWT, verified with its credential's key: the consumer must be enabled.
-pub fn by_consumer_jwt(
-    consumer_id: String,
-    credential_id: String,
-    status: Option<ConsumerStatus>,
-) -> Result<Caller, Error> {
-    enabled(status.unwrap_or(ConsumerStatus::Disabled))?;
-    Ok(Caller {
+pub fn by_consumer_jwt(consumer_id: String, credential_id: String) -> Caller {
+    Caller {
         consumer_id,
         key_id: Some(credential_id),
         session_id: None,
-    })
+    }
 }
 
 /// What to do with a JWT that no consumer credential claims: in byo-jwt mode, verify it against the
@@ -174,13 +146,12 @@ pub fn mode_mismatch(api_slug: &str, mode: AuthMode, what: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::ConsumerKind;
 
-    fn owner(status: ConsumerStatus) -> KeyOwner {
-        KeyOwner {
+    fn holder() -> KeyHolder {
+        KeyHolder {
+            project_id: "prj_1".into(),
             key_id: "key_1".into(),
             consumer_id: "con_1".into(),
-            consumer_status: status,
         }
     }
 
@@ -239,90 +210,32 @@ mod tests {
     }
 
     #[test]
-    fn a_key_needs_a_live_enabled_owner() {
+    fn a_key_needs_a_live_holder() {
         assert_eq!(
-            by_key(Some(owner(ConsumerStatus::Enabled)))
-                .unwrap()
-                .key_id
-                .as_deref(),
+            by_key(Some(&holder())).unwrap().key_id.as_deref(),
             Some("key_1")
-        );
-        assert_eq!(
-            by_key(Some(owner(ConsumerStatus::Disabled)))
-                .unwrap_err()
-                .status,
-            403
         );
         assert_eq!(by_key(None).unwrap_err().status, 401);
     }
 
     #[test]
-    fn an_exchange_token_lives_and_dies_with_its_key() {
-        let ok = by_exchange_token(
-            "con_1".into(),
-            "key_1".into(),
-            Some(owner(ConsumerStatus::Enabled)),
-        );
-        assert_eq!(ok.unwrap().consumer_id, "con_1");
+    fn tokens_name_their_consumer_key_and_session() {
+        let t = by_exchange_token("con_1".into(), "key_1".into());
         assert_eq!(
-            by_exchange_token("con_1".into(), "key_1".into(), None)
-                .unwrap_err()
-                .status,
-            401
+            (t.consumer_id.as_str(), t.key_id.as_deref()),
+            ("con_1", Some("key_1"))
         );
-        let moved = by_exchange_token(
-            "con_2".into(),
-            "key_1".into(),
-            Some(owner(ConsumerStatus::Enabled)),
-        );
-        assert_eq!(moved.unwrap_err().kind(), "consumer-disabled");
-        let off = by_exchange_token(
-            "con_1".into(),
-            "key_1".into(),
-            Some(owner(ConsumerStatus::Disabled)),
-        );
-        assert_eq!(off.unwrap_err().status, 403);
+        let a = by_access_token("con_1".into(), "ses_1".into());
+        assert_eq!(a.session_id.as_deref(), Some("ses_1"));
     }
 
     #[test]
-    fn access_tokens_are_for_managed_apis_and_existing_enabled_users() {
+    fn access_tokens_are_for_managed_apis_only() {
         assert!(access_token_allowed(AuthMode::Managed, "a").is_ok());
         for mode in [AuthMode::ConsumerKeyOnly, AuthMode::ByoJwt] {
             let e = access_token_allowed(mode, "a").unwrap_err();
             assert_eq!((e.status, e.kind()), (403, "auth-mode-mismatch"));
         }
-        let user = |status| Consumer {
-            id: "con_1".into(),
-            project_id: "p".into(),
-            name: "u".into(),
-            description: None,
-            kind: ConsumerKind::User,
-            status,
-            created_at: 0,
-            email: Some("u@x.y".into()),
-        };
-        assert!(by_access_token(
-            "con_1".into(),
-            "ses_1".into(),
-            Some(user(ConsumerStatus::Enabled))
-        )
-        .is_ok());
-        assert_eq!(
-            by_access_token(
-                "con_1".into(),
-                "ses_1".into(),
-                Some(user(ConsumerStatus::Disabled))
-            )
-            .unwrap_err()
-            .status,
-            403
-        );
-        assert_eq!(
-            by_access_token("con_1".into(), "ses_1".into(), None)
-                .unwrap_err()
-                .status,
-            401
-        );
     }
 
     #[test]
@@ -336,13 +249,11 @@ mod tests {
             other_jwt(AuthMode::Managed, true, "p").unwrap_err().status,
             401
         );
+        let own = by_consumer_jwt("c".into(), "j".into());
         assert_eq!(
-            by_consumer_jwt("c".into(), "j".into(), None)
-                .unwrap_err()
-                .status,
-            403,
-            "no status read: refused"
+            own.key_id.as_deref(),
+            Some("j"),
+            "the credential is checked like a key"
         );
-        assert!(by_consumer_jwt("c".into(), "j".into(), Some(ConsumerStatus::Enabled)).is_ok());
     }
 }

@@ -19,7 +19,8 @@ pub struct GuardState {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+// Externally tagged (`{"admit": {...}}`): decoded in one pass, with no buffering of the whole value.
+#[serde(rename_all = "snake_case")]
 pub enum GuardRequest {
     /// Records a send against the throttle (gap and hourly cap); with `code_hash`, also replaces the
     /// challenge with a fresh one (a new code revives a locked-out email).
@@ -49,7 +50,8 @@ pub enum GuardRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
+// Externally tagged (`{"admit": {...}}`): decoded in one pass, with no buffering of the whole value.
+#[serde(rename_all = "snake_case")]
 pub enum GuardReply {
     Sent,
     Throttled { retry_after_s: u64 },

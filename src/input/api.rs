@@ -55,6 +55,9 @@ pub struct NewApi {
     /// The same fields as a patch; `base_url` is required here.
     pub upstream: UpstreamPatch,
     pub prices: Option<BTreeMap<String, PriceInput>>,
+    /// Answers carry a `Server-Timing` header.
+    #[serde(default)]
+    pub server_timing: bool,
 }
 
 fn default_mode() -> String {
@@ -90,6 +93,7 @@ impl NewApi {
             api.prices = PriceTable::from_input(p)?;
         }
         self.upstream.apply(&mut api, seal)?;
+        api.policy.server_timing = self.server_timing;
         Ok(api)
     }
 }
@@ -170,6 +174,7 @@ pub struct ApiPatch {
     pub credential: Option<CredentialConfig>,
     /// Replaces the whole price table (`{}` clears it).
     pub prices: Option<BTreeMap<String, PriceInput>>,
+    pub server_timing: Option<bool>,
 }
 
 impl ApiPatch {
@@ -218,6 +223,9 @@ impl ApiPatch {
         }
         if let Some(p) = &self.prices {
             api.prices = PriceTable::from_input(p)?;
+        }
+        if let Some(on) = self.server_timing {
+            api.policy.server_timing = on;
         }
         api.updated_at = now;
         Ok(())

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Problem};
 use crate::limits::plan::Limits;
 use crate::limits::spend::{micro_to_usd, Price};
+use crate::limits::standing::Standing;
 use crate::time::{day_start, month_bounds, rfc3339};
 use crate::usage::{Ended, UsageRecord};
 
@@ -93,7 +94,8 @@ impl Scope {
     /// An amount of this window's unit in words: `1 request`, `20 tokens`, `$0.010000`.
     fn amount(self, n: u64) -> String {
         if self.is_spend() {
-            return format!("${:.6}", micro_to_usd(n));
+            // Integer arithmetic: exact, and no float formatting code in the WASM.
+            return format!("${}.{:06}", n / 1_000_000, n % 1_000_000);
         }
         let (one, many) = self.unit();
         format!("{n} {}", if n == 1 { one } else { many })
@@ -238,9 +240,14 @@ pub struct Window {
 }
 
 /// The counter's stored state. New fields carry serde defaults so older state stays readable.
+/// How many admission times a plan without a per-minute limit keeps (the log is stored with every
+/// operation, so it stays short).
+pub const MINUTE_LOG_UNLIMITED: u64 = 256;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterState {
-    /// Admission times in the last minute (at most `requests_per_minute` of them).
+    /// Admission times in the last minute: at most `requests_per_minute` of them (or
+    /// `MINUTE_LOG_UNLIMITED` on a plan without that limit), newest last.
     pub minute: VecDeque<i64>,
     pub day_start: i64,
     pub day_requests: u64,
@@ -252,6 +259,9 @@ pub struct CounterState {
     #[serde(default)]
     pub month_spend: u64,
     pub leases: Vec<Lease>,
+    /// Whether the consumer may call at all, and on which plan.
+    #[serde(default)]
+    pub standing: Standing,
     /// Usage records completed by the last operation, for the caller to file (never stored here).
     #[serde(skip)]
     pub filed: Vec<UsageRecord>,
@@ -279,6 +289,12 @@ pub struct Outcome {
 }
 
 impl CounterState {
+    /// Admissions in the last minute as a limit of `limit` counts them (the log may hold more, kept
+    /// under an earlier plan).
+    fn minute_used(&self, limit: u64) -> u64 {
+        (self.minute.len() as u64).min(limit)
+    }
+
     /// Moves the windows to `now`: prunes the minute log, starts a new day or month, and books
     /// leases whose request stopped renewing them at their full reservation (filing their record).
     pub fn roll(&mut self, now: i64) {
@@ -424,9 +440,14 @@ impl CounterState {
             }
         }
         if let Some(l) = limits.requests_per_minute {
-            let used = self.minute.len() as u64;
+            let used = self.minute_used(l);
             if used >= l {
-                let at = self.minute.front().map_or(now, |t| t + MINUTE_MS);
+                // A slot frees when the l-th most recent admission leaves the minute.
+                let oldest_counted = self.minute.len().saturating_sub(l as usize);
+                let at = self
+                    .minute
+                    .get(oldest_counted)
+                    .map_or(now, |t| t + MINUTE_MS);
                 return Some(refusal(Scope::RequestsPerMinute, l, used, at));
             }
         }
@@ -491,6 +512,15 @@ impl CounterState {
             .price
             .map_or(0, |p| p.reserve_micro(ask.prompt, completion));
         self.minute.push_back(now);
+        // Deciding "at most L in any minute" needs only the last L admissions; without a limit the
+        // last `MINUTE_LOG_UNLIMITED` are kept, so a switch to a plan with one counts them.
+        let keep = limits
+            .requests_per_minute
+            .unwrap_or(MINUTE_LOG_UNLIMITED)
+            .max(1);
+        while self.minute.len() as u64 > keep {
+            self.minute.pop_front();
+        }
         self.day_requests += 1;
         let record = record.map(|mut r| {
             r.max_tokens = cap;
@@ -604,7 +634,9 @@ impl CounterState {
         push(
             Scope::RequestsPerMinute,
             limits.requests_per_minute,
-            self.minute.len() as u64,
+            limits
+                .requests_per_minute
+                .map_or(self.minute.len() as u64, |l| self.minute_used(l)),
             minute_reset,
             60,
         );

@@ -6,3 +6,4 @@ pub mod meter;
 pub mod ops;
 pub mod plan;
 pub mod spend;
+pub mod standing;

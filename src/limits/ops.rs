@@ -3,22 +3,30 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::counter::{Ask, CounterState, Outcome, Refusal, Window};
-use crate::limits::plan::Limits;
+use crate::limits::counter::{Ask, CounterState, Outcome, Window};
+use crate::limits::plan::{Limits, Plan};
+use crate::limits::standing::{check_model, Change, Denial, Facts, Presented};
 use crate::usage::UsageRecord;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+// Externally tagged (`{"admit": {...}}`): decoded in one pass, with no buffering of the whole value.
+#[serde(rename_all = "snake_case")]
 pub enum CounterRequest {
-    /// Admits a request and holds its worst case; `record` is its usage record, to be completed.
+    /// Checks the consumer's standing and the key and session it came with, picks its plan from
+    /// the API's `plans`, checks the model against it, and admits the request holding its worst
+    /// case; `record` is its usage record, to be completed.
     Admit {
         now: i64,
-        limits: Limits,
         lease_id: String,
+        who: Presented,
+        plans: Vec<Plan>,
+        model: String,
+        /// Whether the API has a price for the model.
+        priced: bool,
         ask: Ask,
         record: Box<UsageRecord>,
     },
-    /// More completion tokens for a stream that used up its grant.
+    /// More completion tokens for a stream that used up its grant (within its plan's `limits`).
     Extend {
         now: i64,
         limits: Limits,
@@ -26,32 +34,68 @@ pub enum CounterRequest {
         want: u64,
     },
     /// Keeps a long request's lease alive.
-    Renew {
-        now: i64,
-        lease_id: String,
-    },
+    Renew { now: i64, lease_id: String },
     /// Ends the lease with what the request really used and files its usage record.
     Settle {
         now: i64,
         lease_id: String,
         outcome: Outcome,
     },
+    /// The consumer's plan (from the API's `plans`) and where each of its windows stands.
+    /// Refused (`Denied`) as an admission would be when the consumer may not call.
     Status {
         now: i64,
-        limits: Limits,
+        api_id: String,
+        consumer_id: String,
+        #[serde(default)]
+        who: Presented,
+        plans: Vec<Plan>,
     },
+    /// An admin write's change to the consumer's standing, applied before the write answers (the
+    /// standing is loaded first, so the change lands on what D1 says).
+    Change {
+        now: i64,
+        api_id: String,
+        consumer_id: String,
+        change: Change,
+    },
+    /// What D1 says about the consumer, loaded by the object itself the first time it is needed.
+    Learn { facts: Facts },
+}
+
+impl CounterRequest {
+    /// The (API, consumer) of an operation that depends on the consumer's standing, which must be
+    /// known before it runs.
+    pub fn needs_standing(&self) -> Option<(&str, &str)> {
+        match self {
+            CounterRequest::Admit { record, .. } => Some((&record.api_id, &record.consumer_id)),
+            CounterRequest::Status {
+                api_id,
+                consumer_id,
+                ..
+            }
+            | CounterRequest::Change {
+                api_id,
+                consumer_id,
+                ..
+            } => Some((api_id, consumer_id)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
+// Externally tagged (`{"admit": {...}}`): decoded in one pass, with no buffering of the whole value.
+#[serde(rename_all = "snake_case")]
 pub enum CounterReply {
     /// `cap` is the completion cap per choice to send upstream (`None`: nothing limits it).
     Admitted {
         cap: Option<u64>,
+        plan: Plan,
         windows: Vec<Window>,
     },
-    Refused {
-        refusal: Refusal,
+    Denied {
+        denial: Denial,
         windows: Vec<Window>,
     },
     Extended {
@@ -65,8 +109,10 @@ pub enum CounterReply {
         counted: bool,
     },
     Status {
+        plan: Plan,
         windows: Vec<Window>,
     },
+    Changed,
 }
 
 /// Runs one request against the state, with no awaiting anywhere. The caller persists the state and
@@ -75,20 +121,41 @@ pub fn apply(state: &mut CounterState, request: &CounterRequest) -> CounterReply
     match request {
         CounterRequest::Admit {
             now,
-            limits,
             lease_id,
+            who,
+            plans,
+            model,
+            priced,
             ask,
             record,
-        } => match state.admit(*now, limits, lease_id, *ask, Some((**record).clone())) {
-            Ok(cap) => CounterReply::Admitted {
-                cap,
-                windows: state.windows(*now, limits),
-            },
-            Err(refusal) => CounterReply::Refused {
-                refusal,
-                windows: state.windows(*now, limits),
-            },
-        },
+        } => {
+            let plan = state.standing.plan(plans);
+            let admitted = state
+                .standing
+                .check(who)
+                .and_then(|()| check_model(&plan, model, *priced))
+                .and_then(|()| {
+                    let ask = Ask {
+                        cap: min_cap(ask.cap, plan.limits.max_tokens_per_request),
+                        ..*ask
+                    };
+                    let record = UsageRecord {
+                        plan: plan.name.clone(),
+                        ..(**record).clone()
+                    };
+                    state
+                        .admit(*now, &plan.limits, lease_id, ask, Some(record))
+                        .map_err(|refusal| Denial::Limit {
+                            plan: plan.name.clone(),
+                            refusal,
+                        })
+                });
+            let windows = state.windows(*now, &plan.limits);
+            match admitted {
+                Ok(cap) => CounterReply::Admitted { cap, plan, windows },
+                Err(denial) => CounterReply::Denied { denial, windows },
+            }
+        }
         CounterRequest::Extend {
             now,
             limits,
@@ -111,9 +178,32 @@ pub fn apply(state: &mut CounterState, request: &CounterRequest) -> CounterReply
         } => CounterReply::Settled {
             counted: state.settle(*now, lease_id, outcome),
         },
-        CounterRequest::Status { now, limits } => CounterReply::Status {
-            windows: state.windows(*now, limits),
-        },
+        CounterRequest::Status {
+            now, who, plans, ..
+        } => {
+            let plan = state.standing.plan(plans);
+            let windows = state.windows(*now, &plan.limits);
+            match state.standing.check(who) {
+                Ok(()) => CounterReply::Status { plan, windows },
+                Err(denial) => CounterReply::Denied { denial, windows },
+            }
+        }
+        CounterRequest::Change { now, change, .. } => {
+            state.standing.apply(*now, change);
+            CounterReply::Changed
+        }
+        CounterRequest::Learn { facts } => {
+            state.standing.learn(facts.clone());
+            CounterReply::Changed
+        }
+    }
+}
+
+/// The smaller of two optional caps (`None` is no cap).
+fn min_cap(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -133,20 +223,42 @@ mod tests {
         }
     }
 
+    fn plan(id: &str, default: bool, limits: Limits) -> Plan {
+        Plan {
+            id: id.into(),
+            name: id.into(),
+            limits,
+            models: None,
+            is_default: default,
+        }
+    }
+
+    fn admit(lease: &str, plans: &[Plan], who: Presented, a: Ask) -> CounterRequest {
+        CounterRequest::Admit {
+            now: 0,
+            lease_id: lease.into(),
+            who,
+            plans: plans.to_vec(),
+            model: "m".into(),
+            priced: false,
+            ask: a,
+            record: Box::new(UsageRecord {
+                id: lease.into(),
+                ..UsageRecord::default()
+            }),
+        }
+    }
+
     #[test]
     fn protocol_round_trips_through_json() {
-        let req = CounterRequest::Admit {
-            now: 1,
-            limits: Limits {
-                requests_per_minute: Some(1),
-                ..Default::default()
-            },
-            lease_id: "l".into(),
-            ask: ask(1, 2),
-            record: Box::default(),
-        };
+        let req = admit(
+            "l",
+            &[plan("p", true, Limits::default())],
+            Presented::default(),
+            ask(1, 2),
+        );
         let text = serde_json::to_string(&req).unwrap();
-        assert!(text.contains("\"op\":\"admit\""));
+        assert!(text.starts_with("{\"admit\":{"), "{text}");
         assert_eq!(serde_json::from_str::<CounterRequest>(&text).unwrap(), req);
     }
 
@@ -157,24 +269,19 @@ mod tests {
             tokens_per_day: Some(100),
             ..Default::default()
         };
+        let plans = vec![plan("default", true, limits)];
         let mut s = CounterState::default();
-        let admit = CounterRequest::Admit {
-            now: 0,
-            limits: limits.clone(),
-            lease_id: "a".into(),
-            ask: ask(1, 9),
-            record: Box::new(UsageRecord {
-                id: "a".into(),
-                ..UsageRecord::default()
-            }),
-        };
+        let first = admit("a", &plans, Presented::default(), ask(1, 9));
         assert!(matches!(
-            apply(&mut s, &admit),
+            apply(&mut s, &first),
             CounterReply::Admitted { cap: Some(9), .. }
         ));
         assert!(matches!(
-            apply(&mut s, &admit),
-            CounterReply::Refused { .. }
+            apply(&mut s, &first),
+            CounterReply::Denied {
+                denial: Denial::Limit { .. },
+                ..
+            }
         ));
         let settle = CounterRequest::Settle {
             now: 1,
@@ -200,14 +307,95 @@ mod tests {
             (s.filed[0].total_tokens, s.filed[0].max_tokens),
             (7, Some(9))
         );
-        let CounterReply::Status { windows } =
-            apply(&mut s, &CounterRequest::Status { now: 2, limits })
-        else {
+        let CounterReply::Status { windows, plan } = apply(
+            &mut s,
+            &CounterRequest::Status {
+                now: 2,
+                api_id: "api_1".into(),
+                consumer_id: "con_1".into(),
+                who: Presented::default(),
+                plans,
+            },
+        ) else {
             panic!("status answers with windows")
         };
+        assert_eq!(plan.name, "default");
         assert_eq!(
             windows.iter().find(|w| w.limit == 100).map(|w| w.used),
             Some(7)
         );
+    }
+
+    #[test]
+    fn a_change_applies_to_the_very_next_admission() {
+        let plans = vec![
+            plan("free", true, Limits::default()),
+            plan(
+                "tiny",
+                false,
+                Limits {
+                    max_tokens_per_request: Some(3),
+                    ..Default::default()
+                },
+            ),
+        ];
+        let key = Presented {
+            key_id: Some("key_1".into()),
+            session_id: None,
+        };
+        let mut s = CounterState::default();
+        let subscribe = CounterRequest::Change {
+            now: 0,
+            api_id: "api_1".into(),
+            consumer_id: "con_1".into(),
+            change: Change::Subscribe {
+                plan_id: Some("tiny".into()),
+            },
+        };
+        assert_eq!(apply(&mut s, &subscribe), CounterReply::Changed);
+        let CounterReply::Admitted { cap, plan, .. } =
+            apply(&mut s, &admit("a", &plans, key.clone(), ask(1, 50)))
+        else {
+            panic!("admitted")
+        };
+        assert_eq!(
+            (cap, plan.name.as_str()),
+            (Some(3), "tiny"),
+            "the plan's cap"
+        );
+        let revoke = CounterRequest::Change {
+            now: 0,
+            api_id: "api_1".into(),
+            consumer_id: "con_1".into(),
+            change: Change::RevokeKey {
+                key_id: "key_1".into(),
+            },
+        };
+        apply(&mut s, &revoke);
+        assert!(matches!(
+            apply(&mut s, &admit("b", &plans, key, ask(1, 50))),
+            CounterReply::Denied {
+                denial: Denial::KeyRevoked,
+                ..
+            }
+        ));
+        let disable = CounterRequest::Change {
+            now: 0,
+            api_id: "api_1".into(),
+            consumer_id: "con_1".into(),
+            change: Change::Disabled { disabled: true },
+        };
+        apply(&mut s, &disable);
+        assert!(matches!(
+            apply(
+                &mut s,
+                &admit("c", &plans, Presented::default(), ask(1, 50))
+            ),
+            CounterReply::Denied {
+                denial: Denial::Disabled,
+                ..
+            }
+        ));
+        assert_eq!(s.leases.len(), 1, "denied requests hold nothing");
     }
 }

@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::{Error, Problem};
 use crate::limits::spend::micro_to_usd;
 use crate::records::json_text;
 
@@ -117,40 +116,5 @@ impl Plan {
             "max_tokens_per_request": l.max_tokens_per_request, "max_concurrent_streams": l.max_concurrent_streams,
             "spend_per_day_usd": usd(l.spend_per_day_micro), "spend_per_month_usd": usd(l.spend_per_month_micro),
         })
-    }
-
-    /// 403 `model-not-allowed` when the plan lists models and this is not one of them.
-    pub fn check_model(&self, model: &str) -> Result<(), Error> {
-        match &self.models {
-            Some(models) if !models.iter().any(|m| m == model) => Err(Error::new(
-                Problem::ModelNotAllowed,
-                format!("Plan `{}` allows: {}.", self.name, models.join(", ")),
-            )
-            .with_field("model", model)
-            .with_field("allowed", models.clone())
-            .with_field("plan", self.name.clone())),
-            _ => Ok(()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_check() {
-        let mut p = Plan {
-            id: "x".into(),
-            name: "pro".into(),
-            limits: Limits::default(),
-            models: None,
-            is_default: false,
-        };
-        assert!(p.check_model("anything").is_ok());
-        p.models = Some(vec!["gpt-a".into()]);
-        assert!(p.check_model("gpt-a").is_ok());
-        let e = p.check_model("gpt-b").unwrap_err();
-        assert_eq!((e.status, e.kind()), (403, "model-not-allowed"));
     }
 }

@@ -1,7 +1,7 @@
 //! An API behind the gateway: its upstream, auth mode, credential settings, allowlist, upstream
 //! rules and price table, decoded from its row once.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::auth::config::{Allowlist, ByoJwtConfig, Credential};
@@ -16,8 +16,9 @@ pub const DEFAULT_TIMEOUT_MS: u32 = 120_000;
 /// The base URL that selects the built-in demo upstream.
 pub const DEMO_UPSTREAM: &str = "demo";
 
-/// An API as stored; `upstream_key_enc` is the provider key encrypted at rest.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// An API as stored; `upstream_key_enc` is the provider key encrypted at rest. Serialized in its
+/// row's shape, which is also what the hot-path cache keeps in KV.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Api {
     pub id: String,
     pub project_id: String,
@@ -30,23 +31,44 @@ pub struct Api {
     pub upstream_key_enc: Option<String>,
     pub default_model: Option<String>,
     /// The API's own model list: an allowlist (the default model is allowed besides).
-    #[serde(rename = "models_json", deserialize_with = "json_text::required")]
+    #[serde(
+        rename = "models_json",
+        deserialize_with = "json_text::required",
+        serialize_with = "json_text::write"
+    )]
     pub models: Vec<String>,
     pub timeout_ms: u32,
     pub created_at: i64,
     pub updated_at: i64,
-    #[serde(rename = "byo_jwt_json", deserialize_with = "json_text::optional")]
+    #[serde(
+        rename = "byo_jwt_json",
+        deserialize_with = "json_text::optional",
+        serialize_with = "json_text::write_optional"
+    )]
     pub byo_jwt: Option<ByoJwtConfig>,
-    #[serde(rename = "ip_allowlist_json", deserialize_with = "json_text::required")]
+    #[serde(
+        rename = "ip_allowlist_json",
+        deserialize_with = "json_text::required",
+        serialize_with = "json_text::write"
+    )]
     pub ip_allowlist: Allowlist,
-    #[serde(rename = "credential_json", deserialize_with = "json_text::required")]
+    #[serde(
+        rename = "credential_json",
+        deserialize_with = "json_text::required",
+        serialize_with = "json_text::write"
+    )]
     pub credential: Credential,
     #[serde(
         rename = "upstream_policy_json",
-        deserialize_with = "json_text::required"
+        deserialize_with = "json_text::required",
+        serialize_with = "json_text::write"
     )]
     pub policy: UpstreamPolicy,
-    #[serde(rename = "prices_json", deserialize_with = "json_text::required")]
+    #[serde(
+        rename = "prices_json",
+        deserialize_with = "json_text::required",
+        serialize_with = "json_text::write"
+    )]
     pub prices: PriceTable,
 }
 
@@ -126,6 +148,7 @@ impl Api {
             "byo_jwt_config": self.byo_jwt,
             "ip_allowlist": self.ip_allowlist.entries(),
             "credential": self.credential.config(),
+            "server_timing": self.policy.server_timing,
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
         })
@@ -183,6 +206,18 @@ mod tests {
             serde_json::from_value::<Api>(r).is_err(),
             "an unknown mode is an error"
         );
+    }
+
+    #[test]
+    fn the_cached_shape_is_the_row_shape() {
+        let api: Api = serde_json::from_value(row()).unwrap();
+        let cached = serde_json::to_value(&api).unwrap();
+        assert!(
+            cached["models_json"].is_string(),
+            "JSON columns stay JSON text: {cached}"
+        );
+        let back: Api = serde_json::from_value(cached).unwrap();
+        assert_eq!(back, api, "what KV keeps decodes exactly like the row");
     }
 
     #[test]

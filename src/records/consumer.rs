@@ -86,6 +86,15 @@ impl KeyListing {
     }
 }
 
+/// A live key's holder, as the hot-path cache keeps it: whether the holder may call is the
+/// consumer's counter's to say.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct KeyHolder {
+    pub project_id: String,
+    pub key_id: String,
+    pub consumer_id: String,
+}
+
 /// What a live key proves: which consumer is calling, and whether the owner lets it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct KeyOwner {

@@ -7,17 +7,33 @@ pub mod consumer;
 pub mod project;
 
 pub use api::Api;
-pub use consumer::{Consumer, ConsumerKind, ConsumerStatus, KeyListing, KeyOwner};
+pub use consumer::{Consumer, ConsumerKind, ConsumerStatus, KeyHolder, KeyListing, KeyOwner};
 pub use project::Project;
 
 /// Deserializers for TEXT columns that hold JSON: the text is parsed into its type, and text that
 /// does not parse fails the whole row.
 pub(crate) mod json_text {
-    use serde::{de::DeserializeOwned, Deserialize, Deserializer};
+    use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn required<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<T, D::Error> {
         let text = String::deserialize(d)?;
         serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// Writes the value back as JSON text (the record's stored shape, also what KV holds).
+    pub fn write<S: Serializer, T: Serialize>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(v).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn write_optional<S: Serializer, T: Serialize>(
+        v: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_none(),
+            Some(v) => write(v, s),
+        }
     }
 
     pub fn optional<'de, D: Deserializer<'de>, T: DeserializeOwned>(

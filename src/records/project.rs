@@ -1,6 +1,6 @@
 //! A project: the owner's namespace of APIs and consumers, with its sign-in and browser settings.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::records::json_text;
@@ -8,7 +8,8 @@ use crate::time::rfc3339;
 
 pub const DEFAULT_TOKEN_TTL_S: i64 = 900;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Serialized in its row's shape, which is also what the hot-path cache keeps in KV.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Project {
     pub id: String,
     pub slug: String,
@@ -20,7 +21,8 @@ pub struct Project {
     /// Browser origins allowed to call the project's end-user routes (`*` for any).
     #[serde(
         rename = "allowed_origins_json",
-        deserialize_with = "json_text::required"
+        deserialize_with = "json_text::required",
+        serialize_with = "json_text::write"
     )]
     pub allowed_origins: Vec<String>,
     /// The generation of the token-signing key (derived from ENCRYPTION_KEY, never stored).

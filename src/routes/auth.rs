@@ -16,7 +16,9 @@ use crate::http::{encryption_secret, header, json, no_content, now_ms, read_body
 use crate::identity::{self, client_ip, current_key, event, record_event, verify_sluice_token};
 use crate::ids::new_id;
 use crate::input::parse_body;
+use crate::limits::standing::Change;
 use crate::records::{Consumer, ConsumerKind, ConsumerStatus, Project};
+use crate::store::counter_do::change_in_project;
 use crate::store::d1;
 use crate::store::kv::{self, MailboxRecord, SessionRecord, SessionStatus};
 use crate::store::objects::{self, Guard};
@@ -372,16 +374,7 @@ pub async fn refresh(
             token_pair(&project, access, new_token)
         }
         GuardReply::Reused { session } => {
-            let store = kv::kv(env)?;
-            kv::put::<SessionRecord>(
-                &store,
-                &session_id,
-                &SessionStatus {
-                    consumer_id: session.consumer_id.clone(),
-                    revoked: true,
-                },
-            )
-            .await?;
+            end_session(env, &project, &session.consumer_id, &session_id).await?;
             record_event(
                 ctx,
                 env,
@@ -403,6 +396,28 @@ pub async fn refresh(
             "The refresh token does not belong to this project.",
         )),
     }
+}
+
+/// A session signed out or revoked: marked in KV (for the sign-in endpoints) and in the user's
+/// counter on every API of the project, so its access tokens fail on the very next request. The
+/// counters remember it until those tokens would have expired anyway.
+async fn end_session(
+    env: &Env,
+    project: &Project,
+    consumer_id: &str,
+    session_id: &str,
+) -> Result<(), Error> {
+    let status = SessionStatus {
+        consumer_id: consumer_id.to_string(),
+        revoked: true,
+    };
+    kv::put::<SessionRecord>(&kv::kv(env)?, session_id, &status).await?;
+    let until = now_ms() + project.access_token_ttl_s.saturating_mul(1000) + 60_000;
+    let change = Change::RevokeSession {
+        session_id: session_id.to_string(),
+        until,
+    };
+    change_in_project(env, &project.id, consumer_id, change).await
 }
 
 /// The signed-in end user behind a managed-mode access token (`Authorization: Bearer`).
@@ -440,16 +455,7 @@ pub async fn logout(
         &GuardRequest::Revoke,
     )
     .await?;
-    let store = kv::kv(env)?;
-    kv::put::<SessionRecord>(
-        &store,
-        &session_id,
-        &SessionStatus {
-            consumer_id: consumer_id.clone(),
-            revoked: true,
-        },
-    )
-    .await?;
+    end_session(env, &project, &consumer_id, &session_id).await?;
     record_event(
         ctx,
         env,

@@ -9,10 +9,9 @@ use worker::{Context, Env, Headers, Request, Response};
 use crate::assets;
 use crate::auth::constant_time_eq;
 use crate::error::Error;
-use crate::http::{header, json, problem, secret};
+use crate::http::{boxed, header, json, problem, secret};
 use crate::pipeline;
 use crate::router::{route, EndUser, Public, Route};
-use crate::store::d1;
 
 /// Headers a browser client may read from our responses (rate limits, retry hints).
 const EXPOSED: &str = "Retry-After, RateLimit, RateLimit-Policy, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, \
@@ -20,7 +19,7 @@ const EXPOSED: &str = "Retry-After, RateLimit, RateLimit-Policy, x-ratelimit-lim
 
 pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Response> {
     let method = req.method().to_string();
-    let path = req.path();
+    let path = crate::http::Target::of(&req).path;
     let origin = header(&req, "origin");
     let requested_headers = header(&req, "access-control-request-headers");
     let route = match route(&method, &path) {
@@ -72,19 +71,21 @@ async fn end_user(
 ) -> Result<Response, Error> {
     match route {
         EndUser::ChatCompletions { api } => {
-            pipeline::chat_completions(req, env, ctx, project, &api).await
+            boxed(pipeline::chat_completions(req, env, ctx, project, &api)).await
         }
-        EndUser::ListModels { api } => pipeline::list_models(req, env, ctx, project, &api).await,
+        EndUser::ListModels { api } => {
+            boxed(pipeline::list_models(req, env, ctx, project, &api)).await
+        }
         EndUser::ConsumerUsage { api } => {
-            pipeline::consumer_usage(req, env, ctx, project, &api).await
+            boxed(pipeline::consumer_usage(req, env, ctx, project, &api)).await
         }
-        EndUser::OtpStart => auth::otp_start(req, env, ctx, project).await,
-        EndUser::OtpVerify => auth::otp_verify(req, env, ctx, project).await,
-        EndUser::Refresh => auth::refresh(req, env, ctx, project).await,
-        EndUser::Logout => auth::logout(req, env, ctx, project).await,
-        EndUser::Me => auth::me(req, env, project).await,
-        EndUser::TokenExchange => auth::token_exchange(req, env, ctx, project).await,
-        EndUser::Jwks => auth::jwks(env, project).await,
+        EndUser::OtpStart => boxed(auth::otp_start(req, env, ctx, project)).await,
+        EndUser::OtpVerify => boxed(auth::otp_verify(req, env, ctx, project)).await,
+        EndUser::Refresh => boxed(auth::refresh(req, env, ctx, project)).await,
+        EndUser::Logout => boxed(auth::logout(req, env, ctx, project)).await,
+        EndUser::Me => boxed(auth::me(req, env, project)).await,
+        EndUser::TokenExchange => boxed(auth::token_exchange(req, env, ctx, project)).await,
+        EndUser::Jwks => boxed(auth::jwks(env, project)).await,
         EndUser::Preflight => Ok(Response::empty()?.with_status(204)),
     }
 }
@@ -96,11 +97,7 @@ fn serve_asset(req: &Request, env: &Env, path: &str) -> Result<Response, Error> 
         Some(a) if !a.dev_only || crate::email::dev_mode(env) => a,
         _ => return Err(Error::not_found(format!("No route for {path}."))),
     };
-    let url = req.url()?;
-    let version = url
-        .query_pairs()
-        .find(|(k, _)| k == "v")
-        .map(|(_, v)| v.into_owned());
+    let version = crate::http::Target::of(req).query("v");
     let headers = Headers::new();
     headers.set("content-type", asset.content_type)?;
     headers.set("etag", &asset.etag())?;
@@ -115,8 +112,7 @@ fn serve_asset(req: &Request, env: &Env, path: &str) -> Result<Response, Error> 
 
 /// Whether the project lets pages from `origin` call it (`*` lets every origin).
 async fn origin_allowed(env: &Env, project: &str, origin: &str) -> Result<bool, Error> {
-    let db = d1::db(env)?;
-    let project = d1::project_by_slug(&db, project).await?;
+    let project = crate::cache::project(env, &crate::timing::Timing::default(), project).await?;
     Ok(project.allows_origin(origin))
 }
 

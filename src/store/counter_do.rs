@@ -18,8 +18,9 @@ use crate::error::Error;
 use crate::http::{now_ms, problem};
 use crate::limits::counter::CounterState;
 use crate::limits::ops::{apply, CounterReply, CounterRequest};
+use crate::limits::standing::Change;
 use crate::store::d1;
-use crate::store::objects::{self, Counter, Object};
+use crate::store::objects::{self, Counter, Object, Stored};
 use crate::usage::UsageRecord;
 
 /// Records flushed to D1 per alarm run.
@@ -37,6 +38,11 @@ pub struct ConsumerCounter {
     env: Env,
     /// The alarm this instance last saw set (epoch ms), so most operations need no alarm lookup.
     alarm_at: Cell<Option<i64>>,
+    /// The consumer's standing has been loaded from D1 into the state (checked once an instance).
+    standing_known: Cell<bool>,
+    counter: Stored<CounterState>,
+    /// The outbox table exists (made once an instance).
+    outbox_ready: Cell<bool>,
 }
 
 #[derive(Deserialize)]
@@ -79,15 +85,43 @@ fn outbox_waiting(sql: &SqlStorage) -> Result<bool> {
 }
 
 impl ConsumerCounter {
-    /// The synchronous heart: load, apply, save (filing usage records), with no await.
+    /// The synchronous heart: apply, file the usage records it completed, save, with no await.
     fn run(&self, request: &CounterRequest) -> Result<(CounterReply, Option<i64>)> {
         let sql = self.state.storage().sql();
-        ensure_outbox(&sql)?;
-        let (reply, mut state) = objects::run(&sql, STATE_TABLE, |state: &mut CounterState| {
-            apply(state, request)
-        })?;
-        file_records(&sql, &mut state)?;
-        Ok((reply, self.wake_at(&sql, &state)?))
+        self.ensure_outbox(&sql)?;
+        self.counter.run(&sql, |state| {
+            let reply = apply(state, request);
+            file_records(&sql, state)?;
+            Ok((reply, self.wake_at(&sql, state)?))
+        })
+    }
+
+    fn ensure_outbox(&self, sql: &SqlStorage) -> Result<()> {
+        if !self.outbox_ready.get() {
+            ensure_outbox(sql)?;
+            self.outbox_ready.set(true);
+        }
+        Ok(())
+    }
+
+    /// Loads what D1 says about the consumer the first time an operation needs it (changes that
+    /// arrived meanwhile are kept: see `Standing::learn`).
+    async fn know_standing(
+        &self,
+        api_id: &str,
+        consumer_id: &str,
+    ) -> std::result::Result<(), Error> {
+        if self.standing_known.get() {
+            return Ok(());
+        }
+        let sql = self.state.storage().sql();
+        let known = self.counter.read(&sql, |s| s.standing.known)?;
+        if !known {
+            let facts = d1::counter_facts(&d1::db(&self.env)?, api_id, consumer_id).await?;
+            self.run(&CounterRequest::Learn { facts })?;
+        }
+        self.standing_known.set(true);
+        Ok(())
     }
 
     /// When the object must next wake: soon to flush waiting records, else at the first lease expiry.
@@ -136,14 +170,23 @@ impl DurableObject for ConsumerCounter {
             state,
             env,
             alarm_at: Cell::new(None),
+            standing_known: Cell::new(false),
+            counter: Stored::new(STATE_TABLE),
+            outbox_ready: Cell::new(false),
         }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let request: CounterRequest = match req.json().await {
-            Ok(r) => r,
-            Err(_) => return problem(&Error::invalid_request("Not a counter operation.")),
+        let request: CounterRequest = match objects::read_op(&mut req).await {
+            Some(r) => r,
+            None => return problem(&Error::invalid_request("Not a counter operation.")),
         };
+        if let Some((api_id, consumer_id)) = request.needs_standing() {
+            if let Err(e) = self.know_standing(api_id, consumer_id).await {
+                worker::console_error!("counter could not learn the consumer's standing: {e}");
+                return problem(&Counter::unavailable());
+            }
+        }
         let (reply, wake) = match self.run(&request) {
             Ok(done) => done,
             Err(e) => {
@@ -158,12 +201,13 @@ impl DurableObject for ConsumerCounter {
     async fn alarm(&self) -> Result<Response> {
         self.alarm_at.set(None);
         let sql = self.state.storage().sql();
-        ensure_outbox(&sql)?;
+        self.ensure_outbox(&sql)?;
         // Book leases whose requests stopped renewing them, filing their records.
-        let ((), mut state) = objects::run(&sql, STATE_TABLE, |state: &mut CounterState| {
-            state.roll(now_ms())
+        let next_expiry = self.counter.run(&sql, |state| {
+            state.roll(now_ms());
+            file_records(&sql, state)?;
+            Ok(state.next_expiry())
         })?;
-        file_records(&sql, &mut state)?;
         let rows: Vec<OutboxRow> = sql
             .exec(
                 &format!("SELECT record FROM usage_outbox ORDER BY rowid LIMIT {FLUSH_BATCH}"),
@@ -198,7 +242,7 @@ impl DurableObject for ConsumerCounter {
         let next = if outbox_waiting(&sql)? {
             Some(now_ms() + 10)
         } else {
-            state.next_expiry()
+            next_expiry
         };
         if let Some(at) = next {
             self.wake_in(at).await?;
@@ -224,4 +268,40 @@ pub async fn call(
         op,
     )
     .await
+}
+
+/// An admin write's change to a consumer's standing, made in the consumer's counter on each of
+/// `api_ids` (at once) before the write answers, so the very next request sees it. Any counter that
+/// cannot be reached fails the write (503): it must not answer as if the change were in force.
+pub async fn change_everywhere(
+    env: &Env,
+    api_ids: &[String],
+    consumer_id: &str,
+    change: Change,
+) -> std::result::Result<(), Error> {
+    let now = now_ms();
+    let calls = api_ids.iter().map(|api_id| {
+        let op = CounterRequest::Change {
+            now,
+            api_id: api_id.clone(),
+            consumer_id: consumer_id.to_string(),
+            change: change.clone(),
+        };
+        async move { call(env, api_id, consumer_id, &op).await }
+    });
+    for done in futures_util::future::join_all(calls).await {
+        done?;
+    }
+    Ok(())
+}
+
+/// `change_everywhere` over every API of the project.
+pub async fn change_in_project(
+    env: &Env,
+    project_id: &str,
+    consumer_id: &str,
+    change: Change,
+) -> std::result::Result<(), Error> {
+    let apis = d1::api_ids(&d1::db(env)?, project_id).await?;
+    change_everywhere(env, &apis, consumer_id, change).await
 }

@@ -5,6 +5,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use worker::{kv::KvStore, Env};
 
 use crate::error::Error;
+use crate::limits::plan::Plan;
+use crate::records::{Api, KeyHolder, Project};
+use crate::store::d1::JwtCredentialRow;
 
 /// One kind of KV record: its key prefix, value type and how long it lives.
 pub trait KvRecord {
@@ -59,6 +62,48 @@ impl KvRecord for MailboxRecord {
     type Value = Vec<DevMail>;
 }
 
+/// The hot-path cache's records: what a data-plane request reads instead of D1. Every admin write
+/// that changes one rewrites it; a missing record is rebuilt from D1 (the source of truth).
+const CACHE_TTL_S: u64 = 30 * 86_400;
+
+/// An API with its plans, by `{project slug}/{api slug}`.
+pub struct ApiRecord;
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiEntry {
+    pub api: Api,
+    pub plans: Vec<Plan>,
+}
+impl KvRecord for ApiRecord {
+    const PREFIX: &'static str = "api:";
+    const TTL_S: u64 = CACHE_TTL_S;
+    type Value = ApiEntry;
+}
+
+/// A project, by slug (signing settings for tokens, browser origins for CORS).
+pub struct ProjectRecord;
+impl KvRecord for ProjectRecord {
+    const PREFIX: &'static str = "project:";
+    const TTL_S: u64 = CACHE_TTL_S;
+    type Value = Project;
+}
+
+/// A live consumer key's holder, by the key's hash. Revoking the key deletes the record; the
+/// consumer's counter refuses the key at once all the same (the cache may lag elsewhere).
+pub struct KeyRecord;
+impl KvRecord for KeyRecord {
+    const PREFIX: &'static str = "key:";
+    const TTL_S: u64 = CACHE_TTL_S;
+    type Value = KeyHolder;
+}
+
+/// A project's live consumer JWT credentials, by project id. Every credential write rewrites it.
+pub struct JwtCredentialsRecord;
+impl KvRecord for JwtCredentialsRecord {
+    const PREFIX: &'static str = "jwtcreds:";
+    const TTL_S: u64 = CACHE_TTL_S;
+    type Value = Vec<JwtCredentialRow>;
+}
+
 pub fn kv(env: &Env) -> Result<KvStore, Error> {
     env.kv("KV")
         .map_err(|_| Error::misconfigured("The KV binding `KV` is missing from wrangler.toml."))
@@ -69,9 +114,20 @@ fn kv_error(e: impl std::fmt::Display) -> Error {
     Error::internal("The gateway's key-value store failed; try again.")
 }
 
+/// A record, decoded from its JSON text (with the same decoder as everything else read); one
+/// that does not decode is an error.
 pub async fn get<R: KvRecord>(kv: &KvStore, key: &str) -> Result<Option<R::Value>, Error> {
-    kv.get(&format!("{}{key}", R::PREFIX))
-        .json::<R::Value>()
+    let text = kv
+        .get(&format!("{}{key}", R::PREFIX))
+        .text()
+        .await
+        .map_err(kv_error)?;
+    text.map(|t| serde_json::from_str(&t).map_err(kv_error))
+        .transpose()
+}
+
+pub async fn delete<R: KvRecord>(kv: &KvStore, key: &str) -> Result<(), Error> {
+    kv.delete(&format!("{}{key}", R::PREFIX))
         .await
         .map_err(kv_error)
 }

@@ -3,6 +3,8 @@
 //! value (never a formatted string), and `call` is the one way to reach it. `run` is the one
 //! load-apply-save step both objects use.
 
+use std::cell::RefCell;
+
 use serde::{de::DeserializeOwned, Serialize};
 use wasm_bindgen::JsValue;
 use worker::{Env, Method, Request, RequestInit, SqlStorage, SqlStorageValue};
@@ -86,14 +88,23 @@ pub async fn call<O: Object>(env: &Env, object: &O, op: &O::Request) -> Result<O
     init.with_method(Method::Post)
         .with_body(Some(JsValue::from_str(&body)));
     let request = Request::new_with_init("https://object/op", &init).map_err(|e| fail(&e))?;
-    let mut response = stub
+    let response = stub
         .fetch_with_request(request)
         .await
         .map_err(|e| fail(&e))?;
     if response.status_code() != 200 {
         return Err(fail(&format!("status {}", response.status_code())));
     }
-    response.json::<O::Reply>().await.map_err(|e| fail(&e))
+    let bytes = crate::http::response_bytes(&response)
+        .await
+        .map_err(|e| fail(&e))?;
+    serde_json::from_slice::<O::Reply>(&bytes).map_err(|e| fail(&e))
+}
+
+/// An object's incoming operation, from its JSON text (one `text()` call, then serde_json).
+pub async fn read_op<T: DeserializeOwned>(req: &mut Request) -> Option<T> {
+    let text = req.text().await.ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 #[derive(serde::Deserialize)]
@@ -101,35 +112,72 @@ struct StateRow {
     state: String,
 }
 
-/// The one synchronous step of both objects: load the state stored in `table` (absent: a fresh
-/// one; present but undecodable: an error, never a reset), let `apply` change it, and save it, with
-/// no await in between. Returns what `apply` returned and the state as saved.
-pub fn run<S, R>(
-    sql: &SqlStorage,
-    table: &str,
-    apply: impl FnOnce(&mut S) -> R,
-) -> worker::Result<(R, S)>
-where
-    S: Serialize + DeserializeOwned + Default,
-{
-    sql.exec(
-        &format!("CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL)"),
-        None,
-    )?;
-    let rows: Vec<StateRow> = sql
-        .exec(&format!("SELECT state FROM {table} WHERE id = 1"), None)?
-        .to_array()?;
-    let mut state: S = match rows.first() {
-        None => S::default(),
-        Some(row) => serde_json::from_str(&row.state)
-            .map_err(|e| worker::Error::RustError(format!("{table} state does not decode: {e}")))?,
-    };
-    let reply = apply(&mut state);
-    let json =
-        serde_json::to_string(&state).map_err(|e| worker::Error::RustError(e.to_string()))?;
-    sql.exec(
-        &format!("INSERT INTO {table} (id, state) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state"),
-        vec![SqlStorageValue::String(json)],
-    )?;
-    Ok((reply, state))
+/// An object's state: read from its one-row table the first time an instance needs it, then kept
+/// in the instance's memory (an object runs one operation at a time, so memory and table agree).
+/// Each operation applies to it and saves it with synchronous SQLite calls and no await in between,
+/// which is what makes both objects exact. A stored state that does not decode is an error, never a
+/// reset; after any failure the memory is dropped and the table read again.
+pub struct Stored<S> {
+    table: &'static str,
+    memory: RefCell<Option<S>>,
+}
+
+impl<S: Serialize + DeserializeOwned + Default> Stored<S> {
+    pub fn new(table: &'static str) -> Stored<S> {
+        Stored {
+            table,
+            memory: RefCell::new(None),
+        }
+    }
+
+    fn load(&self, sql: &SqlStorage) -> worker::Result<S> {
+        let table = self.table;
+        sql.exec(
+            &format!("CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL)"),
+            None,
+        )?;
+        let rows: Vec<StateRow> = sql
+            .exec(&format!("SELECT state FROM {table} WHERE id = 1"), None)?
+            .to_array()?;
+        match rows.first() {
+            None => Ok(S::default()),
+            Some(row) => serde_json::from_str(&row.state).map_err(|e| {
+                worker::Error::RustError(format!("{table} state does not decode: {e}"))
+            }),
+        }
+    }
+
+    /// Applies `op` to the state and saves it: what `op` answered, or the first failure.
+    pub fn run<R>(
+        &self,
+        sql: &SqlStorage,
+        op: impl FnOnce(&mut S) -> worker::Result<R>,
+    ) -> worker::Result<R> {
+        let taken = self.memory.borrow_mut().take();
+        let mut state = match taken {
+            Some(state) => state,
+            None => self.load(sql)?,
+        };
+        let reply = op(&mut state)?;
+        let json =
+            serde_json::to_string(&state).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        sql.exec(
+            &format!("INSERT INTO {} (id, state) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state", self.table),
+            vec![SqlStorageValue::String(json)],
+        )?;
+        *self.memory.borrow_mut() = Some(state);
+        Ok(reply)
+    }
+
+    /// Reads the state without changing it.
+    pub fn read<R>(&self, sql: &SqlStorage, look: impl FnOnce(&S) -> R) -> worker::Result<R> {
+        let taken = self.memory.borrow_mut().take();
+        let state = match taken {
+            Some(state) => state,
+            None => self.load(sql)?,
+        };
+        let answer = look(&state);
+        *self.memory.borrow_mut() = Some(state);
+        Ok(answer)
+    }
 }

@@ -42,6 +42,10 @@ pub struct UpstreamPolicy {
     pub image_tokens: u64,
     #[serde(default)]
     pub max_tokens_field: CapField,
+    /// Data-plane answers carry a `Server-Timing` header (always on in dev mode). Kept with the
+    /// policy, where the API's other per-request switches are; omitted from storage while off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub server_timing: bool,
 }
 
 fn default_max_n() -> u64 {
@@ -59,6 +63,7 @@ impl Default for UpstreamPolicy {
             allowed_params: Vec::new(),
             image_tokens: default_image_tokens(),
             max_tokens_field: CapField::Auto,
+            server_timing: false,
         }
     }
 }
@@ -113,6 +118,7 @@ impl PolicyInput {
                 .unwrap_or_else(|| base.allowed_params.clone()),
             image_tokens: self.image_tokens.unwrap_or(base.image_tokens),
             max_tokens_field: self.max_tokens_field.unwrap_or(base.max_tokens_field),
+            server_timing: base.server_timing,
         }
     }
 }

@@ -18,6 +18,7 @@ macro_rules! cases {
 mod admin;
 mod auth;
 mod data_plane;
+mod hot_path;
 mod quotas;
 mod spend;
 
@@ -91,6 +92,7 @@ async fn run() -> ExitCode {
     // Each scenario file registers its own cases; the one that upsets wrangler runs last.
     let all = [
         data_plane::cases(),
+        hot_path::cases(),
         admin::cases(),
         quotas::cases(),
         spend::cases(),

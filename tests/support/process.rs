@@ -179,6 +179,11 @@ impl Gateway {
         tail_of_file(&self.log_path, lines)
     }
 
+    /// The process group of wrangler and its workerd (the wrangler process's id), while running.
+    pub fn process_group(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// An admin client authenticated with this gateway's ADMIN_TOKEN.
     pub fn admin(&self) -> Admin {
         Admin::new(&self.base_url, &self.admin_token)

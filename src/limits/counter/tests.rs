@@ -103,6 +103,54 @@ fn minute_window_slides() {
 }
 
 #[test]
+fn the_minute_log_keeps_only_what_a_decision_needs() {
+    let t0 = t(NOW);
+    let mut s = CounterState::default();
+    for i in 0..300 {
+        let id = format!("u{i}");
+        assert!(s
+            .admit(t0 + i, &Limits::default(), &id, fixed(0, 0), None)
+            .is_ok());
+    }
+    assert_eq!(
+        s.minute.len() as u64,
+        MINUTE_LOG_UNLIMITED,
+        "unlimited: a bounded log"
+    );
+    let three = Limits {
+        requests_per_minute: Some(3),
+        ..Default::default()
+    };
+    let r = s
+        .admit(t0 + 400, &three, "x", fixed(0, 0), None)
+        .unwrap_err();
+    assert_eq!(
+        r.reset_at,
+        t0 + 297 + 60_000,
+        "the kept log still counts the last minute"
+    );
+    let mut limited = CounterState::default();
+    for i in 0..3 {
+        let id = format!("l{i}");
+        assert!(limited
+            .admit(t0 + i * 10_000, &three, &id, fixed(0, 0), None)
+            .is_ok());
+    }
+    let r = limited
+        .admit(t0 + 20_000, &three, "l3", fixed(0, 0), None)
+        .unwrap_err();
+    assert_eq!(
+        r.reset_at,
+        t0 + 60_000,
+        "the oldest admission frees the slot"
+    );
+    assert!(limited
+        .admit(t0 + 60_000, &three, "l4", fixed(0, 0), None)
+        .is_ok());
+    assert_eq!(limited.minute.len(), 3, "at most the limit is kept");
+}
+
+#[test]
 fn daily_requests_reset_at_utc_midnight() {
     let limits = Limits {
         requests_per_day: Some(1),
@@ -646,11 +694,12 @@ fn state_json_format_unchanged() {
             }),
             record: None,
         }],
+        standing: Standing::default(),
         filed: vec![UsageRecord::default()],
     };
     assert_eq!(
         serde_json::to_string(&s).unwrap(),
-        r#"{"minute":[5],"day_start":1,"day_requests":2,"day_tokens":3,"month_start":4,"month_tokens":5,"day_spend":6,"month_spend":7,"leases":[{"id":"l","reserved":8,"spend":9,"stream":false,"expires_at":10,"ttl_ms":11,"price":{"input":1,"output":2,"cached_input":3},"record":null}]}"#
+        r#"{"minute":[5],"day_start":1,"day_requests":2,"day_tokens":3,"month_start":4,"month_tokens":5,"day_spend":6,"month_spend":7,"leases":[{"id":"l","reserved":8,"spend":9,"stream":false,"expires_at":10,"ttl_ms":11,"price":{"input":1,"output":2,"cached_input":3},"record":null}],"standing":{"known":false,"disabled":false,"revoked_keys":[],"revoked_sessions":[],"plan_id":null}}"#
     );
 }
 

@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use super::{event, Call, Reply};
 use crate::auth::config::AuthModeChange;
+use crate::cache;
 use crate::error::Error;
 use crate::http::with_random;
 use crate::identity::EventDraft;
@@ -41,6 +42,7 @@ pub async fn create(c: &mut Call<'_>) -> Result<Reply, Error> {
         is_default: true,
     };
     d1::create_api(&c.db, &api, &default_plan).await?;
+    cache::store_api(c.env, &c.db, &api.id).await?;
     Reply::created(api.to_json())
 }
 
@@ -54,6 +56,7 @@ pub async fn patch(c: &mut Call<'_>, id: &str) -> Result<Reply, Error> {
     let mut api = d1::api_by_id(&c.db, id).await?;
     patch.apply(&mut api, c.now, &|k| c.seal(k))?;
     d1::update_api(&c.db, &api).await?;
+    cache::store_api(c.env, &c.db, &api.id).await?;
     Reply::ok(api.to_json())
 }
 
@@ -69,6 +72,7 @@ pub async fn set_auth_mode(c: &mut Call<'_>, id: &str) -> Result<Reply, Error> {
     }
     api.updated_at = c.now;
     d1::update_api(&c.db, &api).await?;
+    cache::store_api(c.env, &c.db, &api.id).await?;
     c.event(EventDraft {
         api_id: Some(api.id.clone()),
         detail: Some(format!("{} -> {}", from.as_str(), api.mode.as_str())),

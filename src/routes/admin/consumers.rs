@@ -5,13 +5,18 @@ use serde_json::{json, Value};
 use super::{event, Call, Reply};
 use crate::auth::consumer_jwt::NewJwtCredential;
 use crate::auth::key::ConsumerKey;
+use crate::cache;
 use crate::error::Error;
 use crate::http::with_random;
 use crate::identity::EventDraft;
 use crate::ids::{base62, new_id};
 use crate::input::consumer::{ConsumerPatch, NewConsumer, NewKey};
+use crate::limits::standing::Change;
+use crate::records::KeyHolder;
 use crate::records::{Consumer, ConsumerKind, ConsumerStatus};
+use crate::store::counter_do::change_in_project;
 use crate::store::d1;
+use crate::store::kv::{self, KeyRecord};
 use crate::time::rfc3339;
 
 pub async fn list(c: &mut Call<'_>, project: &str) -> Result<Reply, Error> {
@@ -56,8 +61,19 @@ pub async fn patch(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, E
     patch.validate()?;
     let project = d1::project_by_slug(&c.db, project).await?;
     let mut consumer = d1::consumer(&c.db, &project.id, id).await?;
+    let was = consumer.status;
     patch.apply(&mut consumer);
     d1::update_consumer(&c.db, &consumer).await?;
+    if consumer.status != was {
+        let disabled = consumer.status == ConsumerStatus::Disabled;
+        change_in_project(
+            c.env,
+            &project.id,
+            &consumer.id,
+            Change::Disabled { disabled },
+        )
+        .await?;
+    }
     Reply::ok(consumer.to_json(&project.slug))
 }
 
@@ -80,6 +96,13 @@ pub async fn create_key(c: &mut Call<'_>, project: &str, consumer: &str) -> Resu
         created_at: c.now,
     };
     d1::create_key(&c.db, &row).await?;
+    // Its first use reads KV, not D1.
+    let holder = KeyHolder {
+        project_id: project.id.clone(),
+        key_id: id.clone(),
+        consumer_id: consumer.id.clone(),
+    };
+    kv::put::<KeyRecord>(&kv::kv(c.env)?, &key.hash(), &holder).await?;
     c.event(EventDraft {
         consumer_id: Some(consumer.id.clone()),
         detail: Some(id.clone()),
@@ -103,12 +126,17 @@ pub async fn list_keys(c: &mut Call<'_>, project: &str) -> Result<Reply, Error> 
 
 pub async fn revoke_key(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, Error> {
     let project = d1::project_by_slug(&c.db, project).await?;
-    if !d1::revoke_key(&c.db, &project.id, id, c.now).await? {
+    let Some(revoked) = d1::revoke_key(&c.db, &project.id, id, c.now).await? else {
         return Err(Error::not_found(format!(
             "There is no live key `{id}` in project `{}`.",
             project.slug
         )));
-    }
+    };
+    let change = Change::RevokeKey {
+        key_id: id.to_string(),
+    };
+    change_in_project(c.env, &project.id, &revoked.consumer_id, change).await?;
+    cache::forget_key(c.env, &revoked.key_hash).await?;
     c.event(EventDraft {
         detail: Some(id.to_string()),
         ..event(&project.id, "key_revoked")
@@ -148,9 +176,9 @@ pub async fn create_jwt_credential(
         secret_prefix: secret.as_ref().map(|s| s.chars().take(6).collect()),
         jwks_json,
         created_at: c.now,
-        consumer_status: None,
     };
     d1::create_jwt_credential(&c.db, &project.id, &row).await?;
+    cache::store_jwt_credentials(c.env, &c.db, &project.id).await?;
     c.event(EventDraft {
         consumer_id: Some(consumer.id.clone()),
         detail: Some(row.id.clone()),
@@ -186,12 +214,17 @@ pub async fn revoke_jwt_credential(
     id: &str,
 ) -> Result<Reply, Error> {
     let project = d1::project_by_slug(&c.db, project).await?;
-    if !d1::revoke_jwt_credential(&c.db, &project.id, id, c.now).await? {
+    let Some(consumer_id) = d1::revoke_jwt_credential(&c.db, &project.id, id, c.now).await? else {
         return Err(Error::not_found(format!(
             "There is no live JWT credential `{id}` in project `{}`.",
             project.slug
         )));
-    }
+    };
+    let change = Change::RevokeKey {
+        key_id: id.to_string(),
+    };
+    change_in_project(c.env, &project.id, &consumer_id, change).await?;
+    cache::store_jwt_credentials(c.env, &c.db, &project.id).await?;
     c.event(EventDraft {
         detail: Some(id.to_string()),
         ..event(&project.id, "jwt_credential_revoked")

@@ -15,7 +15,7 @@ use serde_json::Value;
 use worker::{Context, D1Database, Env, Request, Response};
 
 use crate::error::Error;
-use crate::http::{encryption_secret, json, no_content, now_ms, random, read_body};
+use crate::http::{boxed, encryption_secret, json, no_content, now_ms, random, read_body};
 use crate::identity::{self, record_event, EventDraft};
 use crate::input::parse_body;
 use crate::router::Admin;
@@ -62,12 +62,7 @@ impl Call<'_> {
 
     /// The query string's pairs.
     pub fn query(&self) -> Result<Vec<(String, String)>, Error> {
-        Ok(self
-            .req
-            .url()?
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect())
+        Ok(crate::http::Target::of(&self.req).query_pairs().collect())
     }
 
     /// Files an auth event after the response.
@@ -105,39 +100,43 @@ pub async fn handle(
     };
     let c = &mut call;
     let reply = match route {
-        Admin::ListProjects => projects::list(c).await,
-        Admin::CreateProject => projects::create(c).await,
-        Admin::GetProject { project } => projects::get(c, &project).await,
-        Admin::PatchProject { project } => projects::patch(c, &project).await,
-        Admin::RotateSigningKey { project } => projects::rotate_signing_key(c, &project).await,
-        Admin::AuthEvents { project } => events::list(c, &project).await,
-        Admin::ListApis => apis::list(c).await,
-        Admin::CreateApi => apis::create(c).await,
-        Admin::GetApi { id } => apis::get(c, &id).await,
-        Admin::PatchApi { id } => apis::patch(c, &id).await,
-        Admin::SetAuthMode { api } => apis::set_auth_mode(c, &api).await,
-        Admin::ListPlans { api } => plans::list(c, &api).await,
-        Admin::CreatePlan { api } => plans::create(c, &api).await,
-        Admin::PatchPlan { api, plan } => plans::patch(c, &api, plan).await,
-        Admin::SetConsumerPlan { api, consumer } => plans::subscribe(c, &api, &consumer).await,
-        Admin::ApiUsage { api } => usage::report(c, &api).await,
-        Admin::ListConsumers { project } => consumers::list(c, &project).await,
-        Admin::CreateConsumer { project } => consumers::create(c, &project).await,
-        Admin::GetConsumer { project, id } => consumers::get(c, &project, &id).await,
-        Admin::PatchConsumer { project, id } => consumers::patch(c, &project, &id).await,
-        Admin::CreateKey { project, consumer } => {
-            consumers::create_key(c, &project, &consumer).await
+        Admin::ListProjects => boxed(projects::list(c)).await,
+        Admin::CreateProject => boxed(projects::create(c)).await,
+        Admin::GetProject { project } => boxed(projects::get(c, &project)).await,
+        Admin::PatchProject { project } => boxed(projects::patch(c, &project)).await,
+        Admin::RotateSigningKey { project } => {
+            boxed(projects::rotate_signing_key(c, &project)).await
         }
-        Admin::ListKeys { project } => consumers::list_keys(c, &project).await,
-        Admin::RevokeKey { project, id } => consumers::revoke_key(c, &project, &id).await,
+        Admin::AuthEvents { project } => boxed(events::list(c, &project)).await,
+        Admin::ListApis => boxed(apis::list(c)).await,
+        Admin::CreateApi => boxed(apis::create(c)).await,
+        Admin::GetApi { id } => boxed(apis::get(c, &id)).await,
+        Admin::PatchApi { id } => boxed(apis::patch(c, &id)).await,
+        Admin::SetAuthMode { api } => boxed(apis::set_auth_mode(c, &api)).await,
+        Admin::ListPlans { api } => boxed(plans::list(c, &api)).await,
+        Admin::CreatePlan { api } => boxed(plans::create(c, &api)).await,
+        Admin::PatchPlan { api, plan } => boxed(plans::patch(c, &api, plan)).await,
+        Admin::SetConsumerPlan { api, consumer } => {
+            boxed(plans::subscribe(c, &api, &consumer)).await
+        }
+        Admin::ApiUsage { api } => boxed(usage::report(c, &api)).await,
+        Admin::ListConsumers { project } => boxed(consumers::list(c, &project)).await,
+        Admin::CreateConsumer { project } => boxed(consumers::create(c, &project)).await,
+        Admin::GetConsumer { project, id } => boxed(consumers::get(c, &project, &id)).await,
+        Admin::PatchConsumer { project, id } => boxed(consumers::patch(c, &project, &id)).await,
+        Admin::CreateKey { project, consumer } => {
+            boxed(consumers::create_key(c, &project, &consumer)).await
+        }
+        Admin::ListKeys { project } => boxed(consumers::list_keys(c, &project)).await,
+        Admin::RevokeKey { project, id } => boxed(consumers::revoke_key(c, &project, &id)).await,
         Admin::ListJwtCredentials { project, consumer } => {
-            consumers::list_jwt_credentials(c, &project, &consumer).await
+            boxed(consumers::list_jwt_credentials(c, &project, &consumer)).await
         }
         Admin::CreateJwtCredential { project, consumer } => {
-            consumers::create_jwt_credential(c, &project, &consumer).await
+            boxed(consumers::create_jwt_credential(c, &project, &consumer)).await
         }
         Admin::RevokeJwtCredential { project, id } => {
-            consumers::revoke_jwt_credential(c, &project, &id).await
+            boxed(consumers::revoke_jwt_credential(c, &project, &id)).await
         }
     }?;
     match reply {

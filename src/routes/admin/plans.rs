@@ -4,11 +4,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Call, Reply};
+use crate::cache;
 use crate::error::Error;
 use crate::http::with_random;
 use crate::ids::new_id;
 use crate::input::plan::PlanInput;
 use crate::limits::plan::{Limits, Plan, PlanRow};
+use crate::limits::standing::Change;
+use crate::store::counter_do::change_everywhere;
 use crate::store::d1;
 
 pub async fn list(c: &mut Call<'_>, api: &str) -> Result<Reply, Error> {
@@ -43,6 +46,7 @@ pub async fn create(c: &mut Call<'_>, api: &str) -> Result<Reply, Error> {
     };
     let plan = input.apply(&blank);
     d1::create_plan(&c.db, &plan, &api.id, c.now).await?;
+    cache::store_api(c.env, &c.db, &api.id).await?;
     Reply::created(d1::plan(&c.db, &api.id, &plan.id).await?.to_json())
 }
 
@@ -67,6 +71,7 @@ pub async fn patch(c: &mut Call<'_>, api: &str, plan: Option<String>) -> Result<
     }
     let updated = input.apply(&current);
     d1::update_plan(&c.db, &updated, &api.id, c.now).await?;
+    cache::store_api(c.env, &c.db, &api.id).await?;
     Reply::ok(d1::plan(&c.db, &api.id, &updated.id).await?.to_json())
 }
 
@@ -82,5 +87,9 @@ pub async fn subscribe(c: &mut Call<'_>, api: &str, consumer: &str) -> Result<Re
     let api = d1::api_by_id(&c.db, api).await?;
     let plan = d1::plan(&c.db, &api.id, &input.plan).await?;
     d1::subscribe(&c.db, &api.id, consumer, &plan.id, c.now).await?;
+    let change = Change::Subscribe {
+        plan_id: Some(plan.id.clone()),
+    };
+    change_everywhere(c.env, std::slice::from_ref(&api.id), consumer, change).await?;
     Reply::ok(json!({ "api_id": api.id, "consumer_id": consumer, "plan": plan.to_json() }))
 }

@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use super::{event, Call, Reply};
+use crate::cache;
 use crate::error::Error;
 use crate::http::with_random;
 use crate::identity::EventDraft;
@@ -39,6 +40,7 @@ pub async fn patch(c: &mut Call<'_>, project: &str) -> Result<Reply, Error> {
     let mut project = d1::project_by_slug(&c.db, project).await?;
     patch.apply(&mut project);
     d1::update_project(&c.db, &project).await?;
+    cache::store_project(c.env, &project).await?;
     Reply::ok(project.to_json())
 }
 
@@ -48,6 +50,7 @@ pub async fn rotate_signing_key(c: &mut Call<'_>, project: &str) -> Result<Reply
     project.signing_generation += 1;
     project.previous_key_retired_at = Some(c.now);
     d1::update_project(&c.db, &project).await?;
+    cache::store_project(c.env, &project).await?;
     let kid = crate::identity::current_key(c.env, &project)?
         .kid()
         .to_string();

@@ -1,10 +1,15 @@
 //! Consumers and their keys in D1.
 
+use serde::Deserialize;
 use worker::D1Database;
 
-use super::{changes, insert_stmt, int, opt_text, stmt, text, update_stmt, write, Columns};
+use super::{
+    batch_read, changes, insert_stmt, int, opt_text, rows_of, stmt, text, update_stmt, write,
+    Columns, Rows,
+};
 use crate::error::Error;
-use crate::records::{Consumer, KeyListing, KeyOwner};
+use crate::limits::standing::Facts;
+use crate::records::{Consumer, ConsumerStatus, KeyListing, KeyOwner};
 
 const CONSUMER_COLUMNS: &str = "id, project_id, name, description, kind, status, created_at, email";
 
@@ -27,8 +32,8 @@ pub async fn create_consumer(db: &D1Database, c: &Consumer) -> Result<(), Error>
 }
 
 pub async fn list_consumers(db: &D1Database, project_id: &str) -> Result<Vec<Consumer>, Error> {
-    Ok(stmt(db, &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE project_id = ?1 ORDER BY created_at, id"), &[text(project_id)])?
-        .all().await?.results()?)
+    stmt(db, &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE project_id = ?1 ORDER BY created_at, id"), &[text(project_id)])?
+        .rows().await
 }
 
 /// A consumer by id, or `None` (for checks on the request path, where absence is a 401, not a 404).
@@ -37,13 +42,13 @@ pub async fn find_consumer(
     project_id: &str,
     id: &str,
 ) -> Result<Option<Consumer>, Error> {
-    Ok(stmt(
+    stmt(
         db,
         &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE project_id = ?1 AND id = ?2"),
         &[text(project_id), text(id)],
     )?
-    .first::<Consumer>(None)
-    .await?)
+    .row::<Consumer>()
+    .await
 }
 
 pub async fn consumer(db: &D1Database, project_id: &str, id: &str) -> Result<Consumer, Error> {
@@ -58,13 +63,13 @@ pub async fn user_by_email(
     project_id: &str,
     email: &str,
 ) -> Result<Option<Consumer>, Error> {
-    Ok(stmt(
+    stmt(
         db,
         &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE project_id = ?1 AND email = ?2"),
         &[text(project_id), text(email)],
     )?
-    .first::<Consumer>(None)
-    .await?)
+    .row::<Consumer>()
+    .await
 }
 
 pub async fn update_consumer(db: &D1Database, c: &Consumer) -> Result<(), Error> {
@@ -101,26 +106,33 @@ pub async fn create_key(db: &D1Database, k: &NewKeyRow<'_>) -> Result<(), Error>
 }
 
 pub async fn list_keys(db: &D1Database, project_id: &str) -> Result<Vec<KeyListing>, Error> {
-    Ok(stmt(
+    stmt(
         db,
         "SELECT id, name, prefix, consumer_id, created_at, last_used_at FROM consumer_keys \
          WHERE project_id = ?1 AND revoked_at IS NULL ORDER BY created_at, id",
         &[text(project_id)],
     )?
-    .all()
-    .await?
-    .results()?)
+    .rows()
+    .await
 }
 
-/// Revokes a live key; `false` if there is no such live key.
+/// A key just revoked: what the caches and the consumer's counters are told.
+#[derive(Debug, Deserialize)]
+pub struct RevokedKey {
+    pub key_hash: String,
+    pub consumer_id: String,
+}
+
+/// Revokes a live key; `None` if there is no such live key.
 pub async fn revoke_key(
     db: &D1Database,
     project_id: &str,
     id: &str,
     now: i64,
-) -> Result<bool, Error> {
-    Ok(changes(db, "UPDATE consumer_keys SET revoked_at = ?3 WHERE project_id = ?1 AND id = ?2 AND revoked_at IS NULL",
-        &[text(project_id), text(id), int(now)]).await? == 1)
+) -> Result<Option<RevokedKey>, Error> {
+    stmt(db, "UPDATE consumer_keys SET revoked_at = ?3 WHERE project_id = ?1 AND id = ?2 AND revoked_at IS NULL \
+                 RETURNING key_hash, consumer_id",
+        &[text(project_id), text(id), int(now)])?.row::<RevokedKey>().await
 }
 
 const KEY_OWNER: &str =
@@ -134,30 +146,15 @@ pub async fn key_by_hash(
     project_id: &str,
     key_hash: &str,
 ) -> Result<Option<KeyOwner>, Error> {
-    Ok(stmt(
+    stmt(
         db,
         &format!(
             "{KEY_OWNER} WHERE k.key_hash = ?1 AND k.project_id = ?2 AND k.revoked_at IS NULL"
         ),
         &[text(key_hash), text(project_id)],
     )?
-    .first::<KeyOwner>(None)
-    .await?)
-}
-
-/// A live key by id with its consumer's status: what a key-exchange token rests on.
-pub async fn live_key(
-    db: &D1Database,
-    project_id: &str,
-    key_id: &str,
-) -> Result<Option<KeyOwner>, Error> {
-    Ok(stmt(
-        db,
-        &format!("{KEY_OWNER} WHERE k.id = ?1 AND k.project_id = ?2 AND k.revoked_at IS NULL"),
-        &[text(key_id), text(project_id)],
-    )?
-    .first::<KeyOwner>(None)
-    .await?)
+    .row::<KeyOwner>()
+    .await
 }
 
 /// Records use of a key at most once a minute, so hot keys do not write on every request.
@@ -165,4 +162,59 @@ pub async fn touch_key(db: &D1Database, key_id: &str, now: i64) -> Result<(), Er
     changes(db, "UPDATE consumer_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?3)",
         &[text(key_id), int(now), int(now - 60_000)]).await?;
     Ok(())
+}
+
+#[derive(Deserialize)]
+struct IdRow {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct StatusRow {
+    status: ConsumerStatus,
+}
+
+#[derive(Deserialize)]
+struct PlanIdRow {
+    plan_id: String,
+}
+
+/// What a consumer's counter needs to know the first time it runs (one D1 batch): whether the
+/// consumer is disabled, its revoked keys and JWT credentials, and its subscription on the API. A
+/// consumer with no row (an owner-JWT user) is enabled.
+pub async fn counter_facts(
+    db: &D1Database,
+    api_id: &str,
+    consumer_id: &str,
+) -> Result<Facts, Error> {
+    let status = stmt(
+        db,
+        "SELECT status FROM consumers WHERE id = ?1",
+        &[text(consumer_id)],
+    )?;
+    let keys = stmt(db, "SELECT id FROM consumer_keys WHERE consumer_id = ?1 AND revoked_at IS NOT NULL \
+                         UNION ALL SELECT id FROM consumer_jwt_credentials WHERE consumer_id = ?1 AND revoked_at IS NOT NULL",
+        &[text(consumer_id)])?;
+    let plan = stmt(
+        db,
+        "SELECT plan_id FROM subscriptions WHERE api_id = ?1 AND consumer_id = ?2",
+        &[text(api_id), text(consumer_id)],
+    )?;
+    let results = batch_read(db, vec![status, keys, plan]).await?;
+    let [s, k, p] = results.as_slice() else {
+        return Err(Error::internal(
+            "D1 answered a batch of three with another count.",
+        ));
+    };
+    let disabled = rows_of::<StatusRow>(s)?
+        .first()
+        .is_some_and(|r| r.status == ConsumerStatus::Disabled);
+    Ok(Facts {
+        disabled,
+        revoked_keys: rows_of::<IdRow>(k)?.into_iter().map(|r| r.id).collect(),
+        plan_id: rows_of::<PlanIdRow>(p)?
+            .into_iter()
+            .next()
+            .map(|r| r.plan_id),
+    })
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use worker::D1Database;
 
-use super::{insert_stmt, int, opt_text, stmt, text, write, Columns};
+use super::{insert_stmt, int, opt_text, stmt, text, write, Columns, Rows};
 use crate::error::Error;
 
 /// Sign-ins, failed codes, refreshes, refresh reuse, keys created and revoked, mode switches.
@@ -43,7 +43,7 @@ pub async fn list_auth_events(
     since: i64,
     kind: Option<&str>,
 ) -> Result<Vec<AuthEvent>, Error> {
-    Ok(stmt(db, "SELECT id, project_id, api_id, type, consumer_id, subject, ip, detail, created_at FROM auth_events \
+    stmt(db, "SELECT id, project_id, api_id, type, consumer_id, subject, ip, detail, created_at FROM auth_events \
                  WHERE project_id = ?1 AND created_at >= ?2 AND (?3 IS NULL OR type = ?3) ORDER BY created_at DESC, id LIMIT 1000",
-        &[text(project_id), int(since), opt_text(kind)])?.all().await?.results()?)
+        &[text(project_id), int(since), opt_text(kind)])?.rows().await
 }

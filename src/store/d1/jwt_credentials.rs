@@ -1,14 +1,13 @@
 //! Consumers' own JWT credentials in D1: a generated HS256 key (encrypted) or a pasted JWKS.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use worker::D1Database;
 
-use super::{changes, insert_stmt, int, opt_text, stmt, text, write, Columns};
+use super::{insert_stmt, int, opt_text, stmt, text, write, Columns, Rows};
 use crate::auth::consumer_jwt::JwtKeyKind;
 use crate::error::Error;
-use crate::records::ConsumerStatus;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JwtCredentialRow {
     pub id: String,
     pub consumer_id: String,
@@ -19,9 +18,6 @@ pub struct JwtCredentialRow {
     pub secret_prefix: Option<String>,
     pub jwks_json: Option<String>,
     pub created_at: i64,
-    /// Read with the credential when a token is checked (absent in listings).
-    #[serde(default)]
-    pub consumer_status: Option<ConsumerStatus>,
 }
 
 impl JwtCredentialRow {
@@ -69,36 +65,35 @@ pub async fn list_jwt_credentials(
     project_id: &str,
     consumer_id: &str,
 ) -> Result<Vec<JwtCredentialRow>, Error> {
-    Ok(stmt(db, &format!("SELECT {JWT_CREDENTIAL_COLUMNS} FROM consumer_jwt_credentials j \
+    stmt(db, &format!("SELECT {JWT_CREDENTIAL_COLUMNS} FROM consumer_jwt_credentials j \
                           WHERE j.project_id = ?1 AND j.consumer_id = ?2 AND j.revoked_at IS NULL ORDER BY j.created_at, j.id"),
-        &[text(project_id), text(consumer_id)])?.all().await?.results()?)
+        &[text(project_id), text(consumer_id)])?.rows().await
 }
 
+/// Revokes a live credential; its consumer, or `None` if there is no such live credential.
 pub async fn revoke_jwt_credential(
     db: &D1Database,
     project_id: &str,
     id: &str,
     now: i64,
-) -> Result<bool, Error> {
-    Ok(changes(db, "UPDATE consumer_jwt_credentials SET revoked_at = ?3 WHERE project_id = ?1 AND id = ?2 AND revoked_at IS NULL",
-        &[text(project_id), text(id), int(now)]).await? == 1)
+) -> Result<Option<String>, Error> {
+    #[derive(Deserialize)]
+    struct Row {
+        consumer_id: String,
+    }
+    let row = stmt(db, "UPDATE consumer_jwt_credentials SET revoked_at = ?3 WHERE project_id = ?1 AND id = ?2 AND revoked_at IS NULL \
+                        RETURNING consumer_id",
+        &[text(project_id), text(id), int(now)])?.row::<Row>().await?;
+    Ok(row.map(|r| r.consumer_id))
 }
 
-/// Live credentials whose claim value is among `values` (read unverified from a token), with the
-/// consumer's status. The caller still checks the claim name and the signature.
-pub async fn jwt_credentials_for(
+/// Every live credential of the project: what the hot-path cache holds, so a token's claim finds
+/// its credential without D1. (The consumer's standing is its counter's to check.)
+pub async fn live_jwt_credentials(
     db: &D1Database,
     project_id: &str,
-    values: &[String],
 ) -> Result<Vec<JwtCredentialRow>, Error> {
-    if values.is_empty() {
-        return Ok(Vec::new());
-    }
-    let placeholders: Vec<String> = (0..values.len()).map(|i| format!("?{}", i + 2)).collect();
-    let sql = format!("SELECT {JWT_CREDENTIAL_COLUMNS}, c.status AS consumer_status FROM consumer_jwt_credentials j \
-                       JOIN consumers c ON c.id = j.consumer_id \
-                       WHERE j.project_id = ?1 AND j.revoked_at IS NULL AND j.claim_value IN ({}) LIMIT 10", placeholders.join(", "));
-    let mut args = vec![text(project_id)];
-    args.extend(values.iter().map(|v| text(v)));
-    Ok(stmt(db, &sql, &args)?.all().await?.results()?)
+    stmt(db, &format!("SELECT {JWT_CREDENTIAL_COLUMNS} FROM consumer_jwt_credentials j \
+                          WHERE j.project_id = ?1 AND j.revoked_at IS NULL ORDER BY j.created_at, j.id"),
+        &[text(project_id)])?.rows().await
 }

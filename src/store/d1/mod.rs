@@ -18,9 +18,11 @@ pub use plans::*;
 pub use projects::*;
 pub use usage::*;
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use wasm_bindgen::JsValue;
-use worker::{D1Database, D1PreparedStatement, Env};
+use wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{js_sys, D1Database, D1PreparedStatement, Env};
 
 use crate::error::Error;
 
@@ -57,6 +59,80 @@ fn json_text<T: Serialize>(v: &T) -> Result<JsValue, Error> {
 
 fn stmt(db: &D1Database, sql: &str, args: &[JsValue]) -> Result<D1PreparedStatement, Error> {
     Ok(db.prepare(sql).bind(args)?)
+}
+
+// Rows decode through their JSON text (one `JSON.stringify`, then serde_json): the decoder the KV
+// records and the Durable Object replies already use, rather than a second one per row type.
+// A row that does not decode is an error, never a default.
+
+fn decode<T: DeserializeOwned>(value: &JsValue) -> Result<T, Error> {
+    let text = js_sys::JSON::stringify(value)
+        .map_err(worker::Error::from)?
+        .as_string()
+        .unwrap_or_default();
+    serde_json::from_str(&text).map_err(|e| {
+        worker::console_error!("d1: a stored row does not decode: {e}");
+        Error::internal("Stored data could not be read; it was logged.")
+    })
+}
+
+/// The rows of a statement's result object (`{results: [...]}`).
+fn rows_of<T: DeserializeOwned>(result: &JsValue) -> Result<Vec<T>, Error> {
+    let rows =
+        js_sys::Reflect::get(result, &JsValue::from_str("results")).map_err(worker::Error::from)?;
+    if rows.is_undefined() || rows.is_null() {
+        return Ok(Vec::new());
+    }
+    decode(&rows)
+}
+
+/// A read statement's rows, decoded.
+trait Rows {
+    /// Every row the statement returns.
+    async fn rows<T: DeserializeOwned>(&self) -> Result<Vec<T>, Error>;
+    /// The first row the statement returns, if any.
+    async fn row<T: DeserializeOwned>(&self) -> Result<Option<T>, Error>;
+}
+
+impl Rows for D1PreparedStatement {
+    async fn rows<T: DeserializeOwned>(&self) -> Result<Vec<T>, Error> {
+        let result = JsFuture::from(self.inner().all().map_err(worker::Error::from)?)
+            .await
+            .map_err(worker::Error::from)?;
+        rows_of(&result)
+    }
+
+    async fn row<T: DeserializeOwned>(&self) -> Result<Option<T>, Error> {
+        let row = JsFuture::from(self.inner().first(None).map_err(worker::Error::from)?)
+            .await
+            .map_err(worker::Error::from)?;
+        if row.is_undefined() || row.is_null() {
+            return Ok(None);
+        }
+        decode(&row).map(Some)
+    }
+}
+
+/// Reads in one round trip: each statement's result object, for `rows_of`.
+async fn batch_read(
+    db: &D1Database,
+    statements: Vec<D1PreparedStatement>,
+) -> Result<Vec<JsValue>, Error> {
+    let list: js_sys::Array = statements
+        .iter()
+        .map(|s| JsValue::from(s.inner()))
+        .collect();
+    let batch: js_sys::Function = js_sys::Reflect::get(db.as_ref(), &JsValue::from_str("batch"))
+        .map_err(worker::Error::from)?
+        .dyn_into()
+        .map_err(worker::Error::from)?;
+    let promise: js_sys::Promise = batch
+        .call1(db.as_ref(), &list)
+        .map_err(worker::Error::from)?
+        .dyn_into()
+        .map_err(worker::Error::from)?;
+    let results = JsFuture::from(promise).await.map_err(worker::Error::from)?;
+    Ok(js_sys::Array::from(&results).to_vec())
 }
 
 /// A record's columns and values, in one list: what an insert or update writes.

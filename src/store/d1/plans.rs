@@ -3,7 +3,8 @@
 use worker::{D1Database, D1PreparedStatement};
 
 use super::{
-    changes, count, insert_stmt, int, json_text, opt_count, stmt, text, update_stmt, write, Columns,
+    changes, count, insert_stmt, int, json_text, opt_count, stmt, text, update_stmt, write,
+    Columns, Rows,
 };
 use crate::error::Error;
 use crate::limits::plan::{Plan, PlanRow};
@@ -97,14 +98,13 @@ pub async fn update_plan(db: &D1Database, p: &Plan, api_id: &str, now: i64) -> R
 }
 
 pub async fn list_plans(db: &D1Database, api_id: &str) -> Result<Vec<PlanRow>, Error> {
-    Ok(stmt(
+    stmt(
         db,
         &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 ORDER BY created_at, id"),
         &[text(api_id)],
     )?
-    .all()
-    .await?
-    .results()?)
+    .rows()
+    .await
 }
 
 /// A plan of the API by id or by name.
@@ -114,26 +114,9 @@ pub async fn plan(db: &D1Database, api_id: &str, id_or_name: &str) -> Result<Pla
         &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 AND (id = ?2 OR name = ?2)"),
         &[text(api_id), text(id_or_name)],
     )?
-    .first::<PlanRow>(None)
+    .row::<PlanRow>()
     .await?
     .ok_or_else(|| Error::not_found(format!("This API has no plan `{id_or_name}`.")))
-}
-
-/// The plan a consumer is on: its subscription, else the API's default. Read on every request, so
-/// plan changes apply on the next one. An API without plans is unlimited.
-pub async fn plan_for(db: &D1Database, api_id: &str, consumer_id: &str) -> Result<Plan, Error> {
-    let row = stmt(db, &format!(
-        "SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 AND \
-         (id = (SELECT plan_id FROM subscriptions WHERE api_id = ?1 AND consumer_id = ?2) OR is_default = 1) \
-         ORDER BY is_default ASC LIMIT 1"), &[text(api_id), text(consumer_id)])?
-        .first::<PlanRow>(None).await?;
-    Ok(row.map(|r| r.to_plan()).unwrap_or_else(|| Plan {
-        id: String::new(),
-        name: "default".into(),
-        limits: Default::default(),
-        models: None,
-        is_default: true,
-    }))
 }
 
 pub async fn subscribe(

@@ -3,7 +3,7 @@
 use worker::D1Database;
 
 use super::{
-    insert_stmt, int, json_text, opt_int, opt_text, stmt, text, update_stmt, write, Columns,
+    insert_stmt, int, json_text, opt_int, opt_text, stmt, text, update_stmt, write, Columns, Rows,
 };
 use crate::error::Error;
 use crate::records::Project;
@@ -38,13 +38,11 @@ pub async fn create_project(db: &D1Database, p: &Project) -> Result<(), Error> {
 }
 
 pub async fn list_projects(db: &D1Database) -> Result<Vec<Project>, Error> {
-    Ok(db
-        .prepare(format!(
-            "SELECT {PROJECT_COLUMNS} FROM projects ORDER BY created_at, id"
-        ))
-        .all()
-        .await?
-        .results()?)
+    db.prepare(format!(
+        "SELECT {PROJECT_COLUMNS} FROM projects ORDER BY created_at, id"
+    ))
+    .rows()
+    .await
 }
 
 pub async fn project_by_slug(db: &D1Database, slug: &str) -> Result<Project, Error> {
@@ -53,7 +51,7 @@ pub async fn project_by_slug(db: &D1Database, slug: &str) -> Result<Project, Err
         &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE slug = ?1"),
         &[text(slug)],
     )?
-    .first::<Project>(None)
+    .row::<Project>()
     .await?
     .ok_or_else(|| Error::not_found(format!("There is no project `{slug}`.")))
 }

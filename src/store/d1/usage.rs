@@ -5,7 +5,7 @@ use serde::Deserialize;
 use wasm_bindgen::JsValue;
 use worker::D1Database;
 
-use super::{count, insert_or_ignore_stmt, int, opt_count, opt_text, stmt, text, Columns};
+use super::{count, insert_or_ignore_stmt, int, opt_count, opt_text, stmt, text, Columns, Rows};
 use crate::error::Error;
 use crate::usage::{Ended, UsageQuery, UsageRecord};
 
@@ -159,10 +159,7 @@ pub async fn usage_groups(
          COALESCE(SUM(estimated), 0) AS estimated_requests, COALESCE(SUM(cost_micro), 0) AS cost_micro, \
          COALESCE(SUM(overrun), 0) AS overruns \
          FROM usage_records WHERE {USAGE_FILTER}{group}");
-    Ok(stmt(db, &sql, &usage_args(api_id, q))?
-        .all()
-        .await?
-        .results()?)
+    stmt(db, &sql, &usage_args(api_id, q))?.rows().await
 }
 
 /// The most recent records in `[from, to)`, newest first.
@@ -177,8 +174,5 @@ pub async fn usage_records(
          total_tokens, estimated, status, latency_ms, ttft_ms, ended, cached_tokens, reasoning_tokens, n, max_tokens, \
          prompt_bound, cost_micro, overrun FROM usage_records WHERE {USAGE_FILTER} \
          ORDER BY created_at DESC, id LIMIT {limit}");
-    Ok(stmt(db, &sql, &usage_args(api_id, q))?
-        .all()
-        .await?
-        .results()?)
+    stmt(db, &sql, &usage_args(api_id, q))?.rows().await
 }

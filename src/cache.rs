@@ -1,0 +1,223 @@
+//! The hot path's reads without D1: an API with its plans, a project, a key's owner. Each comes from
+//! this isolate's memory (for `MEMORY_MS`, decoded once and shared), else from its KV record, else from D1, the source of
+//! truth, which then refills KV. Admin writes rewrite the KV record and this isolate's memory, so a
+//! change is seen at once here and within `MEMORY_MS` (plus KV's own propagation) in other isolates.
+//! What must be exact (a key revoked, a consumer disabled, a session ended, a plan switched) is not
+//! decided from here: the consumer's counter holds it.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use worker::{D1Database, Env};
+
+use crate::error::Error;
+use crate::http::now_ms;
+use crate::records::{KeyHolder, Project};
+use crate::store::d1;
+use crate::store::d1::JwtCredentialRow;
+use crate::store::kv::{
+    self, ApiEntry, ApiRecord, JwtCredentialsRecord, KeyRecord, KvRecord, ProjectRecord,
+};
+use crate::timing::{Binding, Timing};
+
+/// How long an entry is trusted in this isolate's memory.
+pub const MEMORY_MS: i64 = 30_000;
+
+/// A decoded record, with when it was stored here.
+type Remembered = (i64, Rc<dyn Any>);
+
+thread_local! {
+    /// Decoded records by full key (one map for every kind).
+    static MEMORY: RefCell<HashMap<String, Remembered>> = RefCell::new(HashMap::new());
+}
+
+/// A record from memory, if fresh: shared, not decoded again.
+fn remembered<R: KvRecord>(key: &str, now: i64) -> Option<Rc<R::Value>>
+where
+    R::Value: 'static,
+{
+    let full = format!("{}{key}", R::PREFIX);
+    let found = MEMORY.with(|m| {
+        m.borrow()
+            .get(&full)
+            .filter(|(at, _)| now - at < MEMORY_MS)
+            .map(|(_, v)| v.clone())
+    })?;
+    found.downcast::<R::Value>().ok()
+}
+
+fn remember<R: KvRecord>(key: &str, value: Rc<R::Value>, now: i64)
+where
+    R::Value: 'static,
+{
+    MEMORY.with(|m| {
+        m.borrow_mut()
+            .insert(format!("{}{key}", R::PREFIX), (now, value as Rc<dyn Any>))
+    });
+}
+
+fn forget<R: KvRecord>(key: &str) {
+    MEMORY.with(|m| m.borrow_mut().remove(&format!("{}{key}", R::PREFIX)));
+}
+
+/// Memory, then KV; `load` (D1) on a miss, whose answer is written back to KV and memory.
+async fn read_through<R, F>(
+    env: &Env,
+    timing: &Timing,
+    key: &str,
+    load: F,
+) -> Result<Option<Rc<R::Value>>, Error>
+where
+    R: KvRecord,
+    R::Value: 'static,
+    F: std::future::Future<Output = Result<Option<R::Value>, Error>>,
+{
+    let now = now_ms();
+    if let Some(v) = remembered::<R>(key, now) {
+        return Ok(Some(v));
+    }
+    let store = kv::kv(env)?;
+    let started = now_ms();
+    let cached = kv::get::<R>(&store, key).await;
+    timing.call(Binding::Kv, (now_ms() - started) as f64);
+    if let Ok(Some(v)) = cached {
+        let v = Rc::new(v);
+        remember::<R>(key, v.clone(), now);
+        return Ok(Some(v));
+    }
+    let started = now_ms();
+    let loaded = load.await;
+    timing.call(Binding::D1, (now_ms() - started) as f64);
+    let Some(v) = loaded? else {
+        return Ok(None);
+    };
+    kv::put::<R>(&store, key, &v).await?;
+    let v = Rc::new(v);
+    remember::<R>(key, v.clone(), now);
+    Ok(Some(v))
+}
+
+fn api_key(project: &str, api: &str) -> String {
+    format!("{project}/{api}")
+}
+
+/// The API named in the path, with its plans (404 when there is none).
+pub async fn api(
+    env: &Env,
+    timing: &Timing,
+    project: &str,
+    api: &str,
+) -> Result<Rc<ApiEntry>, Error> {
+    let load = async {
+        let db = d1::db(env)?;
+        match d1::api_by_slugs(&db, project, api).await {
+            Ok(found) => Ok(Some(entry(&db, found).await?)),
+            Err(e) if e.status == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    read_through::<ApiRecord, _>(env, timing, &api_key(project, api), load)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("There is no API `{api}` in project `{project}`.")))
+}
+
+async fn entry(db: &D1Database, api: crate::records::Api) -> Result<ApiEntry, Error> {
+    let plans = d1::list_plans(db, &api.id)
+        .await?
+        .iter()
+        .map(|r| r.to_plan())
+        .collect();
+    Ok(ApiEntry { api, plans })
+}
+
+/// The project by slug (404 when there is none).
+pub async fn project(env: &Env, timing: &Timing, slug: &str) -> Result<Rc<Project>, Error> {
+    let load = async {
+        let db = d1::db(env)?;
+        match d1::project_by_slug(&db, slug).await {
+            Ok(p) => Ok(Some(p)),
+            Err(e) if e.status == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    read_through::<ProjectRecord, _>(env, timing, slug, load)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("There is no project `{slug}`.")))
+}
+
+/// The owner of the live key with this hash in the project (`None`: unknown or revoked).
+pub async fn key_owner(
+    env: &Env,
+    timing: &Timing,
+    project_id: &str,
+    hash: &str,
+) -> Result<Option<Rc<KeyHolder>>, Error> {
+    let load = async {
+        let db = d1::db(env)?;
+        Ok(d1::key_by_hash(&db, project_id, hash)
+            .await?
+            .map(|o| KeyHolder {
+                project_id: project_id.to_string(),
+                key_id: o.key_id,
+                consumer_id: o.consumer_id,
+            }))
+    };
+    let found = read_through::<KeyRecord, _>(env, timing, hash, load).await?;
+    // A hash is a project's key only: the same bytes in another project are not this key.
+    Ok(found.filter(|k| k.project_id == project_id))
+}
+
+/// The project's live consumer JWT credentials (a token's claim is matched against them).
+pub async fn jwt_credentials(
+    env: &Env,
+    timing: &Timing,
+    project_id: &str,
+) -> Result<Rc<Vec<JwtCredentialRow>>, Error> {
+    let load = async {
+        let db = d1::db(env)?;
+        Ok(Some(d1::live_jwt_credentials(&db, project_id).await?))
+    };
+    Ok(
+        read_through::<JwtCredentialsRecord, _>(env, timing, project_id, load)
+            .await?
+            .unwrap_or_default(),
+    )
+}
+
+/// After a consumer JWT credential is made or revoked: the project's list rebuilt from D1.
+pub async fn store_jwt_credentials(
+    env: &Env,
+    db: &D1Database,
+    project_id: &str,
+) -> Result<(), Error> {
+    let live = d1::live_jwt_credentials(db, project_id).await?;
+    kv::put::<JwtCredentialsRecord>(&kv::kv(env)?, project_id, &live).await?;
+    remember::<JwtCredentialsRecord>(project_id, Rc::new(live), now_ms());
+    Ok(())
+}
+
+/// After an admin write to an API or its plans: the entry rebuilt from D1, in KV and memory.
+pub async fn store_api(env: &Env, db: &D1Database, api_id: &str) -> Result<(), Error> {
+    let api = d1::api_by_id(db, api_id).await?;
+    let key = api_key(&api.project_slug, &api.slug);
+    let entry = entry(db, api).await?;
+    kv::put::<ApiRecord>(&kv::kv(env)?, &key, &entry).await?;
+    remember::<ApiRecord>(&key, Rc::new(entry), now_ms());
+    Ok(())
+}
+
+/// After an admin write to a project (origins, signing key, token lifetime).
+pub async fn store_project(env: &Env, project: &Project) -> Result<(), Error> {
+    kv::put::<ProjectRecord>(&kv::kv(env)?, &project.slug, project).await?;
+    remember::<ProjectRecord>(&project.slug, Rc::new(project.clone()), now_ms());
+    Ok(())
+}
+
+/// After a key is revoked: its owner is no longer found here (the counter refuses it meanwhile).
+pub async fn forget_key(env: &Env, hash: &str) -> Result<(), Error> {
+    kv::delete::<KeyRecord>(&kv::kv(env)?, hash).await?;
+    forget::<KeyRecord>(hash);
+    Ok(())
+}

@@ -43,10 +43,13 @@ pub struct ConsumerCounter {
     counter: Stored<CounterState>,
     /// The outbox table exists (made once an instance).
     outbox_ready: Cell<bool>,
+    /// Whether records wait in the outbox (`None`: not known yet; read once, then kept).
+    outbox_waiting: Cell<Option<bool>>,
 }
 
 #[derive(Deserialize)]
 struct OutboxRow {
+    seq: i64,
     record: String,
 }
 
@@ -62,8 +65,10 @@ fn rust_error(e: impl std::fmt::Display) -> worker::Error {
     worker::Error::RustError(e.to_string())
 }
 
-/// Files the records an operation completed, in the same synchronous turn as its state.
-fn file_records(sql: &SqlStorage, state: &mut CounterState) -> Result<()> {
+/// Files the records an operation completed, in the same synchronous turn as its state; whether
+/// any was filed.
+fn file_records(sql: &SqlStorage, state: &mut CounterState) -> Result<bool> {
+    let filed = !state.filed.is_empty();
     for record in state.filed.drain(..) {
         let json = serde_json::to_string(&record).map_err(rust_error)?;
         sql.exec(
@@ -74,14 +79,32 @@ fn file_records(sql: &SqlStorage, state: &mut CounterState) -> Result<()> {
             ],
         )?;
     }
-    Ok(())
+    Ok(filed)
 }
 
 fn outbox_waiting(sql: &SqlStorage) -> Result<bool> {
-    let left: Vec<OutboxRow> = sql
-        .exec("SELECT record FROM usage_outbox LIMIT 1", None)?
+    #[derive(Deserialize)]
+    struct One {
+        #[allow(dead_code)]
+        one: i64,
+    }
+    let left: Vec<One> = sql
+        .exec("SELECT 1 AS one FROM usage_outbox LIMIT 1", None)?
         .to_array()?;
     Ok(!left.is_empty())
+}
+
+/// Keeps a record that no longer decodes out of the flush (so it cannot stall it) without losing it.
+fn set_aside(sql: &SqlStorage, seq: i64) -> Result<()> {
+    sql.exec(
+        "CREATE TABLE IF NOT EXISTS usage_outbox_unreadable (id TEXT PRIMARY KEY, record TEXT NOT NULL)",
+        None,
+    )?;
+    sql.exec(
+        "INSERT OR IGNORE INTO usage_outbox_unreadable (id, record) SELECT id, record FROM usage_outbox WHERE rowid = ?",
+        vec![SqlStorageValue::Integer(seq)],
+    )?;
+    Ok(())
 }
 
 impl ConsumerCounter {
@@ -91,7 +114,9 @@ impl ConsumerCounter {
         self.ensure_outbox(&sql)?;
         self.counter.run(&sql, |state| {
             let reply = apply(state, request);
-            file_records(&sql, state)?;
+            if file_records(&sql, state)? {
+                self.outbox_waiting.set(Some(true));
+            }
             Ok((reply, self.wake_at(&sql, state)?))
         })
     }
@@ -126,7 +151,15 @@ impl ConsumerCounter {
 
     /// When the object must next wake: soon to flush waiting records, else at the first lease expiry.
     fn wake_at(&self, sql: &SqlStorage, state: &CounterState) -> Result<Option<i64>> {
-        let flush = outbox_waiting(sql)?.then(|| now_ms() + FLUSH_DELAY_MS);
+        let waiting = match self.outbox_waiting.get() {
+            Some(known) => known,
+            None => {
+                let known = outbox_waiting(sql)?;
+                self.outbox_waiting.set(Some(known));
+                known
+            }
+        };
+        let flush = waiting.then(|| now_ms() + FLUSH_DELAY_MS);
         Ok([flush, state.next_expiry()].into_iter().flatten().min())
     }
 
@@ -173,6 +206,7 @@ impl DurableObject for ConsumerCounter {
             standing_known: Cell::new(false),
             counter: Stored::new(STATE_TABLE),
             outbox_ready: Cell::new(false),
+            outbox_waiting: Cell::new(None),
         }
     }
 
@@ -210,7 +244,7 @@ impl DurableObject for ConsumerCounter {
         })?;
         let rows: Vec<OutboxRow> = sql
             .exec(
-                &format!("SELECT record FROM usage_outbox ORDER BY rowid LIMIT {FLUSH_BATCH}"),
+                &format!("SELECT rowid AS seq, record FROM usage_outbox ORDER BY rowid LIMIT {FLUSH_BATCH}"),
                 None,
             )?
             .to_array()?;
@@ -219,7 +253,8 @@ impl DurableObject for ConsumerCounter {
             match serde_json::from_str::<UsageRecord>(&row.record) {
                 Ok(r) => records.push(r),
                 Err(e) => {
-                    worker::console_error!("a usage record in the outbox does not decode: {e}")
+                    worker::console_error!("a usage record in the outbox does not decode: {e}");
+                    set_aside(&sql, row.seq)?;
                 }
             }
         }
@@ -233,13 +268,15 @@ impl DurableObject for ConsumerCounter {
         }
         // Stored in D1 (INSERT OR IGNORE): only now leave the outbox, so a crash in between repeats
         // the insert harmlessly instead of losing the record.
-        for r in &records {
+        if let Some(last) = rows.last() {
             sql.exec(
-                "DELETE FROM usage_outbox WHERE id = ?",
-                vec![SqlStorageValue::String(r.id.clone())],
+                "DELETE FROM usage_outbox WHERE rowid <= ?",
+                vec![SqlStorageValue::Integer(last.seq)],
             )?;
         }
-        let next = if outbox_waiting(&sql)? {
+        let waiting = outbox_waiting(&sql)?;
+        self.outbox_waiting.set(Some(waiting));
+        let next = if waiting {
             Some(now_ms() + 10)
         } else {
             next_expiry

@@ -592,7 +592,7 @@ button { cursor: pointer; }
       if (providerMode() && !(await credentialReady(10_000))) {
         throw Object.assign(new Error("This chat has no credentials: the page has not called Sluice.setConsumerKey() or Sluice.setToken()."), { type: "no-credential" });
       }
-      const { text: answer } = await c.chat.stream({
+      const { text: answer, toolCalls } = await c.chat.stream({
         api: config.api,
         model: config.model,
         messages: state.history.slice(),
@@ -603,7 +603,11 @@ button { cursor: pointer; }
           scrollToEnd(false);
         },
       });
-      reply.textContent = answer;
+      // A reply that is only tool calls has no text: the chat says which tools the model asked for
+      // (the page that embeds the widget runs them, if it wants to).
+      const calls = (toolCalls || []).map((t) => t.function.name).filter(Boolean);
+      reply.textContent = answer || (calls.length ? `The assistant asked to use: ${calls.join(", ")}.` : "");
+      if (!answer && calls.length) reply.dataset.toolCalls = calls.join(",");
       reply.dataset.state = "done";
       state.history.push({ role: "assistant", content: answer });
     } catch (err) {

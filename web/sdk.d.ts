@@ -124,10 +124,21 @@ export interface ChatOptions {
 export interface StreamOptions extends ChatOptions {
   /** Called for each piece of text as it arrives, with the text so far. */
   onToken?: (delta: string, text: string) => void;
+  /** Called once for each tool call the model made, whole, when the reply is complete. */
+  onToolCall?: (call: ToolCall) => void;
+}
+
+/** A tool (function) call the model made, its arguments as the JSON text it wrote. */
+export interface ToolCall {
+  id: string;
+  type: string;
+  function: { name: string; arguments: string };
 }
 
 export interface ChatResult {
   text: string;
+  /** The model's tool calls, in order (empty when it made none). */
+  toolCalls: ToolCall[];
   /** Present when the server sent usage. */
   usage?: Usage;
   finishReason?: string;

@@ -380,7 +380,7 @@ export class SluiceClient {
     throw err;
   }
 
-  _chatBody({ api, messages, onToken, signal, model, stream, ...extra }) {
+  _chatBody({ api, messages, onToken, onToolCall, signal, model, stream, ...extra }) {
     if (!Array.isArray(messages)) throw new TypeError("`messages` must be an array");
     const body = { ...extra, messages };
     if (model) body.model = model;
@@ -388,7 +388,7 @@ export class SluiceClient {
   }
 
   async _stream(options = {}) {
-    const { api, onToken, signal } = options;
+    const { api, onToken, onToolCall, signal } = options;
     const body = this._chatBody(options);
     body.stream = true;
     body.stream_options = { ...(body.stream_options || {}), include_usage: true };
@@ -404,10 +404,15 @@ export class SluiceClient {
       const whole = await res.json();
       const text = messageText(whole);
       if (text && onToken) onToken(text, text);
-      return { text, usage: whole.usage, finishReason: whole.choices && whole.choices[0] && whole.choices[0].finish_reason };
+      const toolCalls = messageToolCalls(whole);
+      if (onToolCall) toolCalls.forEach((call) => onToolCall(call));
+      return { text, toolCalls, usage: whole.usage, finishReason: whole.choices && whole.choices[0] && whole.choices[0].finish_reason };
     }
 
     let text = "";
+    // Tool calls arrive in pieces keyed by `index`: the first names the call, the rest extend its
+    // arguments. Each is handed to `onToolCall` whole, once the reply is complete.
+    const calls = [];
     let usage;
     let finishReason;
     let failure = null;
@@ -445,6 +450,15 @@ export class SluiceClient {
         const choice = Array.isArray(chunk.choices) ? chunk.choices.find((c) => (c.index ?? 0) === 0) : undefined;
         if (!choice) continue;
         if (choice.finish_reason) finishReason = choice.finish_reason;
+        const pieces = choice.delta && Array.isArray(choice.delta.tool_calls) ? choice.delta.tool_calls : [];
+        for (const piece of pieces) {
+          const at = Number.isInteger(piece.index) ? piece.index : 0;
+          const call = (calls[at] ||= { id: "", type: "function", function: { name: "", arguments: "" } });
+          if (piece.id) call.id = piece.id;
+          if (piece.type) call.type = piece.type;
+          if (piece.function && typeof piece.function.name === "string") call.function.name += piece.function.name;
+          if (piece.function && typeof piece.function.arguments === "string") call.function.arguments += piece.function.arguments;
+        }
         const delta = choice.delta && typeof choice.delta.content === "string" ? choice.delta.content : "";
         if (delta) {
           text += delta;
@@ -489,7 +503,9 @@ export class SluiceClient {
         { partialText: text },
       );
     }
-    return { text, usage, finishReason };
+    const toolCalls = calls.filter(Boolean);
+    if (onToolCall) toolCalls.forEach((call) => onToolCall(call));
+    return { text, toolCalls, usage, finishReason };
   }
 
   async _complete(options = {}) {
@@ -503,7 +519,7 @@ export class SluiceClient {
       signal,
     );
     const whole = await res.json();
-    return { text: messageText(whole), usage: whole.usage, finishReason: whole.choices && whole.choices[0] && whole.choices[0].finish_reason, response: whole };
+    return { text: messageText(whole), toolCalls: messageToolCalls(whole), usage: whole.usage, finishReason: whole.choices && whole.choices[0] && whole.choices[0].finish_reason, response: whole };
   }
 }
 
@@ -511,6 +527,13 @@ function messageText(completion) {
   const choice = completion && Array.isArray(completion.choices) ? completion.choices[0] : undefined;
   const content = choice && choice.message ? choice.message.content : undefined;
   return typeof content === "string" ? content : "";
+}
+
+/** The tool calls of a whole completion's first choice (none: an empty list). */
+function messageToolCalls(completion) {
+  const choice = completion && Array.isArray(completion.choices) ? completion.choices[0] : undefined;
+  const calls = choice && choice.message && Array.isArray(choice.message.tool_calls) ? choice.message.tool_calls : [];
+  return calls.map((c) => ({ id: c.id || "", type: c.type || "function", function: { name: (c.function && c.function.name) || "", arguments: (c.function && c.function.arguments) || "" } }));
 }
 
 function withBearer(init, bearer) {

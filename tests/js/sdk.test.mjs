@@ -279,6 +279,46 @@ describe("SluiceClient.chat.stream", () => {
     });
   });
 
+  test("the gateway's unnamed error event (OpenAI's `error` member) rejects with its detail as the message", async () => {
+    reset();
+    const cut = { type: "quota-exceeded", title: "Quota exceeded", status: 429, detail: "The day's tokens are used up.", error: { message: "The day's tokens are used up.", type: "quota-exceeded", code: "quota_exceeded", param: null } };
+    handlers[CHAT] = sse([chunk("so "), chunk("far"), `data: ${JSON.stringify(cut)}\n\n`, "data: [DONE]\n\n"]);
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setConsumerKey("ask_live_test");
+    await assert.rejects(client.chat.stream({ api: "chat", messages: [] }), (e) => {
+      assert.ok(e instanceof SluiceError);
+      assert.equal(e.type, "quota-exceeded");
+      assert.equal(e.message, "The day's tokens are used up.");
+      assert.equal(e.partialText, "so far");
+      return true;
+    });
+  });
+
+  test("streamed tool calls are assembled by index and handed to onToolCall whole", async () => {
+    reset();
+    const call = (piece, finish = null) =>
+      `data: ${JSON.stringify({ id: "c1", object: "chat.completion.chunk", choices: [{ index: 0, delta: { tool_calls: piece }, finish_reason: finish }] })}\n\n`;
+    handlers[CHAT] = sse([
+      call([{ index: 0, id: "call_a", type: "function", function: { name: "get_weather", arguments: "" } }]),
+      call([{ index: 0, function: { arguments: '{"city":' } }]),
+      call([{ index: 1, id: "call_b", type: "function", function: { name: "get_time", arguments: "{}" } }]),
+      call([{ index: 0, function: { arguments: '"Oslo"}' } }], "tool_calls"),
+      "data: [DONE]\n\n",
+    ]);
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage: memoryStorage() });
+    client.setConsumerKey("ask_live_test");
+    const seen = [];
+    const result = await client.chat.stream({ api: "chat", messages: [], onToolCall: (c) => seen.push(c) });
+    const expected = [
+      { id: "call_a", type: "function", function: { name: "get_weather", arguments: '{"city":"Oslo"}' } },
+      { id: "call_b", type: "function", function: { name: "get_time", arguments: "{}" } },
+    ];
+    assert.deepEqual(result.toolCalls, expected);
+    assert.deepEqual(seen, expected);
+    assert.equal(result.text, "");
+    assert.equal(result.finishReason, "tool_calls");
+  });
+
   test("a stream that closes without [DONE] or a finish reason is an error, not a short reply", async () => {
     reset();
     handlers[CHAT] = sse([chunk("half")]);

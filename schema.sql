@@ -122,7 +122,9 @@ CREATE TABLE usage_records (
   max_tokens         INTEGER,                           -- the completion cap per choice sent upstream
   prompt_bound       INTEGER NOT NULL DEFAULT 0,        -- the prompt's upper bound reserved before the call
   cost_micro         INTEGER NOT NULL DEFAULT 0,
-  overrun            INTEGER NOT NULL DEFAULT 0         -- the upstream used more than was reserved
+  overrun            INTEGER NOT NULL DEFAULT 0,        -- the upstream used more than was reserved
+  endpoint           TEXT NOT NULL DEFAULT 'chat',      -- chat, responses, embeddings, messages
+  upstream_request_id TEXT                              -- the upstream's x-request-id, when it sent one
 );
 CREATE INDEX usage_by_api_time ON usage_records (api_id, created_at);
 

@@ -51,6 +51,15 @@ if ! node_ok; then
   exit 1
 fi
 
+# The official Python SDK for the e2e SDK case, exactly as locked (tests/sdk/requirements.lock),
+# into target/sdk-python; reinstalled only when the lock changed.
+if ! cmp -s tests/sdk/requirements.lock target/sdk-python/.sluice-lock 2>/dev/null; then
+  log "installing the Python SDK from tests/sdk/requirements.lock"
+  rm -rf target/sdk-python
+  python3 -m pip install --quiet --disable-pip-version-check --no-input --target target/sdk-python -r tests/sdk/requirements.lock
+  cp tests/sdk/requirements.lock target/sdk-python/.sluice-lock
+fi
+
 # npm packages exactly as locked; reinstalled only when the lockfile changed.
 if [ ! -f node_modules/.package-lock.json ] || ! cmp -s package-lock.json node_modules/.sluice-lock; then
   log "installing npm packages from package-lock.json"

@@ -63,6 +63,8 @@ pub struct Lease {
     /// Renewals come three times per lease lifetime.
     renew_every_ms: i64,
     pub progress: Progress,
+    /// The upstream's own request id, once its answer said one.
+    pub upstream_request_id: Option<String>,
     settle: Option<oneshot::Sender<SettleMsg>>,
 }
 
@@ -155,6 +157,7 @@ pub async fn admit(
         n,
         renew_every_ms: ttl / 3,
         progress: Progress::default(),
+        upstream_request_id: None,
         settle: Some(tx),
     })
 }
@@ -197,6 +200,7 @@ impl Lease {
             estimated: self.progress.sent_upstream,
             latency_ms: self.elapsed(),
             ttft_ms: self.progress.ttft_ms,
+            upstream_request_id: self.upstream_request_id.clone(),
             ..Outcome::default()
         }
     }

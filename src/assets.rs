@@ -1,5 +1,5 @@
-//! The browser files the gateway serves itself (SDK, chat widget, types, dev demo page), each with a
-//! content-hash version for its ETag and cache-busting URL.
+//! The files the gateway serves itself (SDK, chat widget, types, the OpenAPI document, the dev
+//! demo page), each with a content-hash version for its ETag and cache-busting URL.
 
 use sha2::{Digest, Sha256};
 
@@ -27,6 +27,11 @@ pub fn asset(path: &str) -> Option<Asset> {
         "/sdk.d.ts" => (
             include_str!("../web/sdk.d.ts"),
             "application/typescript; charset=utf-8",
+            false,
+        ),
+        "/openapi.json" => (
+            include_str!("../web/openapi.json"),
+            "application/json; charset=utf-8",
             false,
         ),
         "/" | "/index.html" => (

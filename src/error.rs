@@ -29,6 +29,19 @@ macro_rules! catalogue {
                 }
             }
 
+            /// The problem type with this slug.
+            pub fn from_slug(slug: &str) -> Option<Problem> {
+                match slug {
+                    $($slug => Some(Problem::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// A stable snake_case code for OpenAI-style clients (the slug, `-` as `_`).
+            pub fn code(self) -> String {
+                self.slug().replace('-', "_")
+            }
+
             /// A short summary of the problem type, the same for every occurrence.
             pub fn title(self) -> &'static str {
                 match self {
@@ -87,9 +100,35 @@ pub struct Error {
     pub status: u16,
     pub detail: String,
     /// Extension members of the problem object (e.g. `scope`, `limit`).
-    pub extra: Map<String, Value>,
+    pub extra: Box<Map<String, Value>>,
     /// Response headers the error requires (e.g. `WWW-Authenticate`, `Retry-After`).
     pub headers: Vec<(String, String)>,
+    /// How the body is written: problem+json, or Anthropic's error shape on the Messages routes.
+    pub shape: Shape,
+}
+
+/// The body an error is answered with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Shape {
+    /// RFC 9457 problem+json, with OpenAI's `error` member.
+    #[default]
+    Problem,
+    /// `{"type": "error", "error": {"type", "message"}}`, as Anthropic's clients read it.
+    Anthropic,
+}
+
+/// Anthropic's error type for a status.
+pub fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        400 | 405 | 409 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -106,7 +145,8 @@ impl Error {
             problem,
             status: problem.status(),
             detail: detail.into(),
-            extra: Map::new(),
+            extra: Box::default(),
+            shape: Shape::Problem,
             headers: Vec::new(),
         }
     }
@@ -205,16 +245,57 @@ impl Error {
     }
 
     /// The problem+json body.
+    /// The RFC 9457 problem object, which also carries OpenAI's `error` member (unless the error
+    /// already has an OAuth `error` code), so OpenAI-style clients show `detail` as their
+    /// exception's message:
+    /// `{"type", "title", "status", "detail", <extensions>, "error": {"message", "type", "code", "param"}}`.
     pub fn to_problem(&self) -> Value {
         let mut body = Map::new();
         body.insert("type".into(), Value::from(self.kind()));
         body.insert("title".into(), Value::from(self.title()));
         body.insert("status".into(), Value::from(self.status));
         body.insert("detail".into(), Value::from(self.detail.clone()));
-        for (k, v) in &self.extra {
+        for (k, v) in self.extra.iter() {
             body.insert(k.clone(), v.clone());
         }
+        // An OAuth endpoint's `error` (RFC 6749: a code string) is kept as it is.
+        body.entry("error").or_insert_with(|| self.openai_error());
         Value::Object(body)
+    }
+
+    /// The same error in Anthropic's shape (for the Messages routes).
+    pub fn in_anthropic_shape(mut self) -> Self {
+        self.shape = Shape::Anthropic;
+        self
+    }
+
+    /// Anthropic's error body: `{"type": "error", "error": {"type", "message"}}`.
+    pub fn to_anthropic(&self) -> Value {
+        serde_json::json!({"type": "error", "error": {
+            "type": anthropic_type(self.status), "message": self.detail}})
+    }
+
+    /// The body and its media type, in the error's shape.
+    pub fn body(&self) -> (&'static str, Value) {
+        match self.shape {
+            Shape::Problem => ("application/problem+json", self.to_problem()),
+            Shape::Anthropic => ("application/json", self.to_anthropic()),
+        }
+    }
+
+    /// OpenAI's error object: the detail as `message`, the problem type as `type`, a stable
+    /// snake_case `code`, and the offending field as `param` when there is one.
+    pub fn openai_error(&self) -> Value {
+        let param = match self.extra.get("param") {
+            Some(Value::String(p)) => Value::from(p.clone()),
+            _ => Value::Null,
+        };
+        serde_json::json!({
+            "message": self.detail,
+            "type": self.kind(),
+            "code": self.problem.code(),
+            "param": param,
+        })
     }
 }
 
@@ -231,6 +312,29 @@ mod tests {
         assert_eq!(p["title"], "Quota exceeded");
         assert_eq!(p["detail"], "wait");
         assert_eq!(p["limit"], 10);
+        assert_eq!(
+            p["error"],
+            serde_json::json!({"message": "wait", "type": "quota-exceeded", "code": "quota_exceeded", "param": null}),
+            "OpenAI's member, for the SDKs' messages"
+        );
+        let bad = Error::invalid_request("`n` must be at least 1").with_field("param", "n");
+        assert_eq!(bad.to_problem()["error"]["param"], "n");
+    }
+
+    #[test]
+    fn the_messages_routes_answer_in_anthropics_shape() {
+        let e = Error::new(Problem::RateLimited, "slow down").in_anthropic_shape();
+        let (media, body) = e.body();
+        assert_eq!(media, "application/json");
+        assert_eq!(
+            body,
+            serde_json::json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}})
+        );
+        assert_eq!(
+            Problem::from_slug("rate-limited"),
+            Some(Problem::RateLimited)
+        );
+        assert_eq!(anthropic_type(401), "authentication_error");
     }
 
     #[test]

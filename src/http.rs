@@ -18,17 +18,16 @@ impl From<worker::Error> for Error {
 
 /// Turns any gateway error into its problem+json response. Every error leaves through here.
 pub fn problem(e: &Error) -> worker::Result<Response> {
+    let (media, body) = e.body();
     let headers = Headers::new();
-    headers.set("content-type", "application/problem+json")?;
+    headers.set("content-type", media)?;
     headers.set("cache-control", "no-store")?;
     for (name, value) in &e.headers {
         headers.set(name, value)?;
     }
-    Ok(
-        Response::from_bytes(e.to_problem().to_string().into_bytes())?
-            .with_status(e.status)
-            .with_headers(headers),
-    )
+    Ok(Response::from_bytes(body.to_string().into_bytes())?
+        .with_status(e.status)
+        .with_headers(headers))
 }
 
 pub fn json(status: u16, body: &Value) -> Result<Response, Error> {

@@ -1,6 +1,7 @@
 //! Sluice, an AI API gateway on Cloudflare Workers: the fetch entry point, which only routes.
 #![forbid(unsafe_code)]
 
+pub mod anthropic;
 pub mod assets;
 pub mod auth;
 pub mod crypto;

@@ -18,6 +18,7 @@ use worker::{
 };
 
 use crate::admission::{self, Claim, Lease, Watch, Woke};
+use crate::anthropic;
 use crate::auth::config::CredentialSource;
 use crate::auth::decide::Caller;
 use crate::authenticate::{passthrough_credential, resolve_and_authenticate};
@@ -27,7 +28,6 @@ use crate::http::{encryption_secret, json, now_ms, read_body, with_random};
 use crate::ids::new_id;
 use crate::limits::counter::{Ask, Outcome, Window};
 use crate::limits::headers::rate_limit_headers;
-use crate::limits::meter::output_bytes;
 use crate::limits::ops::{CounterReply, CounterRequest};
 use crate::limits::spend::micro_to_usd;
 use crate::limits::standing::Presented;
@@ -37,9 +37,10 @@ use crate::store::counter_do as counter;
 use crate::store::kv::ApiEntry;
 use crate::stream::relay::{Next, Relay, Usage};
 use crate::timing::{Binding, Timing};
-use crate::upstream::chat::{prepare_chat, ApiRules, ChatRequest};
+use crate::upstream::asked::Asked;
+use crate::upstream::chat::{ApiRules, ChatRequest};
 use crate::upstream::{self, demo::DemoReply};
-use crate::usage::{Ended, UsageRecord};
+use crate::usage::{Ended, Endpoint, UsageRecord};
 
 /// Chat bodies carry whole conversations; 2 MiB is generous and still bounded.
 const CHAT_BODY_LIMIT: usize = 2 * 1024 * 1024;
@@ -54,30 +55,71 @@ const HEARTBEAT_MS: i64 = 1_000;
 /// The SSE comment a quiet stream sends (clients ignore comment lines).
 const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 
-/// `POST /v1/{project}/{api}/chat/completions`.
-pub async fn chat_completions(
+/// `POST /v1/{project}/{api}/chat/completions`, `…/responses` and `…/embeddings`: one metered path.
+pub async fn metered(
     req: Request,
     env: &Env,
     ctx: &Context,
+    endpoint: Endpoint,
     project: &str,
     api: &str,
 ) -> Result<Response, Error> {
     let timing = Timing::default();
-    let answer = chat(req, env, ctx, &timing, project, api).await;
-    with_timing(&timing, answer)
+    let request_id = with_random(|r| new_id("req", r))?;
+    let place = Place {
+        endpoint,
+        request_id: &request_id,
+        project,
+        api,
+    };
+    let answer = serve(req, env, ctx, &timing, &place).await;
+    let answer = match endpoint {
+        Endpoint::Messages => answer.map_err(Error::in_anthropic_shape),
+        _ => answer,
+    };
+    finish(&timing, &request_id, answer)
 }
 
-/// The `Server-Timing` header on an answer (or its error), when it is shown.
-fn with_timing(timing: &Timing, answer: Result<Response, Error>) -> Result<Response, Error> {
-    let Some(value) = timing.shown_header() else {
-        return answer;
-    };
+/// Where a metered request goes: its endpoint, id, project and API.
+struct Place<'a> {
+    endpoint: Endpoint,
+    request_id: &'a str,
+    project: &'a str,
+    api: &'a str,
+}
+
+/// Every data-plane answer (or its error) names its request (`x-request-id`, unless the upstream's
+/// own id is already there) and, when shown, carries `Server-Timing`.
+fn finish(
+    timing: &Timing,
+    request_id: &str,
+    answer: Result<Response, Error>,
+) -> Result<Response, Error> {
+    let shown = timing.shown_header();
     match answer {
         Ok(mut response) => {
-            response.headers_mut().set("server-timing", &value)?;
+            let headers = response.headers_mut();
+            if !headers.has("x-request-id")? {
+                headers.set("x-request-id", request_id)?;
+            }
+            if let Some(value) = shown {
+                headers.set("server-timing", &value)?;
+            }
             Ok(response)
         }
-        Err(e) => Err(e.with_header("server-timing", value)),
+        Err(mut e) => {
+            if !e
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
+            {
+                e = e.with_header("x-request-id", request_id);
+            }
+            Err(match shown {
+                Some(value) => e.with_header("server-timing", value),
+                None => e,
+            })
+        }
     }
 }
 
@@ -102,32 +144,31 @@ async fn resolve(
     found
 }
 
-async fn chat(
+async fn serve(
     mut req: Request,
     env: &Env,
     ctx: &Context,
     timing: &Timing,
-    project: &str,
-    api: &str,
+    place: &Place<'_>,
 ) -> Result<Response, Error> {
     let started = now_ms();
-    let (entry, caller) = resolve(&req, env, ctx, timing, project, api).await?;
+    let (entry, caller) = resolve(&req, env, ctx, timing, place.project, place.api).await?;
     let api = &entry.api;
-    let mut chat = read_chat(&mut req, api).await?;
+    let mut asked = read_asked(&mut req, api, place.endpoint).await?;
     let passthrough = passthrough_credential(&req, api)?;
     let watch = Watch::new(&req);
     let admitting = now_ms();
-    let mut lease = admit(env, ctx, timing, &entry, &caller, &chat, started).await?;
+    let mut lease = admit(env, ctx, timing, place, &entry, &caller, &asked, started).await?;
     timing.phase("admit", (now_ms() - admitting) as f64);
-    chat.set_cap(lease.cap, api.policy.max_tokens_field);
+    asked.set_cap(lease.cap, api.policy.max_tokens_field);
     let rate_headers = rate_limit_headers(&lease.windows, started);
     let controller = AbortController::default();
-    let upstream: Upstream = match outbound(env, api, &chat, passthrough) {
+    let upstream: Upstream = match outbound(env, api, &asked, place.request_id, passthrough) {
         Ok(Outbound::Demo(answer)) => Box::pin(async move { Ok(answer) }),
         Ok(Outbound::Fetch(request)) => Box::pin(send(
             request,
             api.timeout_ms,
-            chat.stream,
+            asked.stream(),
             controller.signal(),
         )),
         Err(e) => {
@@ -137,14 +178,16 @@ async fn chat(
         }
     };
     lease.progress.sent_upstream = true;
+    let stream = asked.stream();
     let exchange = Exchange {
         lease,
         watch,
         controller,
         rate_headers,
-        strip_usage: !chat.client_wants_usage,
+        asked,
+        anthropic: place.endpoint == Endpoint::Messages,
     };
-    exchange.answer(upstream, chat.stream, timing).await
+    exchange.answer(upstream, stream, timing).await
 }
 
 /// An admitted request on its way to the client: its lease, its client's presence, the switch
@@ -154,8 +197,10 @@ struct Exchange {
     watch: Watch,
     controller: AbortController,
     rate_headers: Vec<(String, String)>,
-    /// The client did not ask for the usage chunk: the gateway's own request for it is hidden.
-    strip_usage: bool,
+    /// What was asked (how its answer's output and usage are read, how its stream is relayed).
+    asked: Asked,
+    /// The client called Anthropic's Messages API: the answer is translated back to it.
+    anthropic: bool,
 }
 
 impl Exchange {
@@ -191,9 +236,21 @@ impl Exchange {
             }
             Some(None) => self.stream(Source::Waiting(upstream)),
             Some(Some(Err(failure))) => self.failed(failure),
-            Some(Some(Ok(Answer::Json(bytes)))) => self.json(bytes),
-            Some(Some(Ok(Answer::Stream(body)))) => self.stream(Source::Body(body)),
+            Some(Some(Ok(Answer::Json(bytes, head)))) => {
+                self.heard(&head);
+                self.json(bytes)
+            }
+            Some(Some(Ok(Answer::Stream(body, head)))) => {
+                self.heard(&head);
+                self.stream(Source::Body(body))
+            }
         }
+    }
+
+    /// The upstream's head reaches the client with the answer, and its request id the usage record.
+    fn heard(&mut self, head: &Head) {
+        self.lease.upstream_request_id = head.request_id.clone();
+        self.rate_headers.extend(head.headers());
     }
 
     /// The upstream failed before answering: what it was sent is booked as the failure says.
@@ -216,27 +273,44 @@ impl Exchange {
     /// A whole answer, returned as sent; settled (its reported usage, else the bounds) after it.
     fn json(mut self, bytes: Vec<u8>) -> Result<Response, Error> {
         let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
-        self.lease.progress.delivered = answer.as_ref().map_or(0, output_bytes);
-        let outcome = match answer.as_ref().and_then(Usage::from_json) {
+        self.lease.progress.delivered = answer.as_ref().map_or(0, |a| self.asked.output_bytes(a));
+        let outcome = match answer.as_ref().and_then(|a| self.asked.usage(a)) {
             Some(usage) => reported(&self.lease, 200, Ended::Complete, usage),
             None => self.lease.estimated(200, Ended::Complete),
         };
         self.lease.settle_later(outcome);
         let headers = response_headers("application/json", &self.rate_headers)?;
+        // Forwarded as the upstream wrote it, unless the client speaks Anthropic's Messages API.
+        let bytes = match (self.anthropic, &answer) {
+            (true, Some(v)) => anthropic::from_completion(v, self.asked.model())
+                .to_string()
+                .into_bytes(),
+            _ => bytes,
+        };
         Ok(Response::from_bytes(bytes)?
             .with_status(200)
             .with_headers(headers))
     }
 
     fn stream(self, source: Source) -> Result<Response, Error> {
-        let out = relay(
-            self.lease,
-            self.watch,
-            self.strip_usage,
-            source,
-            self.controller,
-        );
-        stream_response(out, &self.rate_headers)
+        // The usage chunk reaches Anthropic's translation (it becomes `message_delta.usage`).
+        let strip_usage = self.asked.strip_usage() && !self.anthropic;
+        let relay_of = Relay::of(self.asked.wire(), strip_usage, None);
+        let out = relay(self.lease, self.watch, relay_of, source, self.controller);
+        if !self.anthropic {
+            return stream_response(out, &self.rate_headers);
+        }
+        // Translated event by event; heartbeats pass as they are (they notice a gone client).
+        let mut messages = anthropic::MessagesStream::new(self.asked.model());
+        let translated = out.map(move |chunk| {
+            chunk.map(|bytes| {
+                if bytes.starts_with(b":") {
+                    return bytes;
+                }
+                messages.push(&bytes)
+            })
+        });
+        stream_response(translated, &self.rate_headers)
     }
 }
 
@@ -270,6 +344,7 @@ fn reported(lease: &Lease, status: u16, ended: Ended, usage: Usage) -> Outcome {
         estimated: false,
         latency_ms: lease.elapsed(),
         ttft_ms: lease.progress.ttft_ms,
+        upstream_request_id: lease.upstream_request_id.clone(),
     }
 }
 
@@ -281,17 +356,60 @@ pub async fn list_models(
     project: &str,
     api: &str,
 ) -> Result<Response, Error> {
-    let timing = Timing::default();
-    let answer = async {
-        let (entry, _) = resolve(&req, env, ctx, &timing, project, api).await?;
-        let api = &entry.api;
-        let data: Vec<Value> = api.allowed_models().iter()
-            .map(|m| json!({"id": m, "object": "model", "created": api.created_at / 1000, "owned_by": api.project_slug}))
+    answer_for_caller(&req, env, ctx, project, api, |api| {
+        let data: Vec<Value> = api
+            .allowed_models()
+            .iter()
+            .map(|m| model_object(api, m))
             .collect();
         json(200, &json!({"object": "list", "data": data}))
-    }
-    .await;
-    with_timing(&timing, answer)
+    })
+    .await
+}
+
+/// `GET /v1/{project}/{api}/models/{model}`: one model the API allows (404 for any other).
+pub async fn get_model(
+    req: Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+    api: &str,
+    model: &str,
+) -> Result<Response, Error> {
+    answer_for_caller(&req, env, ctx, project, api, |api| {
+        let any = api.models.is_empty() && api.policy.allow_any_model;
+        if !any && !api.allowed_models().iter().any(|m| m == model) {
+            return Err(Error::not_found(format!(
+                "This API has no model `{model}`; GET …/models lists those it has."
+            ))
+            .with_field("param", "model"));
+        }
+        json(200, &model_object(api, model))
+    })
+    .await
+}
+
+/// Phases 1 and 2, then `answer` from the API alone (no upstream, nothing metered).
+async fn answer_for_caller(
+    req: &Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+    api: &str,
+    answer: impl FnOnce(&Api) -> Result<Response, Error>,
+) -> Result<Response, Error> {
+    let timing = Timing::default();
+    let request_id = with_random(|r| new_id("req", r))?;
+    let answered = match resolve(req, env, ctx, &timing, project, api).await {
+        Ok((entry, _)) => answer(&entry.api),
+        Err(e) => Err(e),
+    };
+    finish(&timing, &request_id, answered)
+}
+
+/// A model in OpenAI's shape.
+fn model_object(api: &Api, model: &str) -> Value {
+    json!({"id": model, "object": "model", "created": api.created_at / 1000, "owned_by": api.project_slug})
 }
 
 /// A window as the consumer sees it: token and request counts as numbers, spend in USD.
@@ -320,8 +438,9 @@ pub async fn consumer_usage(
     api: &str,
 ) -> Result<Response, Error> {
     let timing = Timing::default();
+    let request_id = with_random(|r| new_id("req", r))?;
     let answer = usage_of(&req, env, ctx, &timing, project, api).await;
-    with_timing(&timing, answer)
+    finish(&timing, &request_id, answer)
 }
 
 async fn usage_of(
@@ -387,18 +506,48 @@ fn response_headers(content_type: &str, extra: &[(String, String)]) -> Result<He
     Ok(headers)
 }
 
-/// Phase 3 — read the chat body: bounded (413), valid JSON (400), an OpenAI Chat Completions shape
-/// within the gateway's bounds and the API's rules (allowed models and parameters), with the API's
-/// default model filled in and the prompt's upper bound counted.
-async fn read_chat(req: &mut Request, api: &Api) -> Result<ChatRequest, Error> {
+/// Phase 3 — read the body: bounded (413), valid JSON (400), the endpoint's OpenAI shape within the
+/// gateway's bounds and the API's rules (allowed models and parameters), with the API's default
+/// model filled in and the prompt's upper bound counted.
+async fn read_asked(req: &mut Request, api: &Api, endpoint: Endpoint) -> Result<Asked, Error> {
     let bytes = read_body(req, CHAT_BODY_LIMIT).await?;
     let body: Value = crate::input::parse_body(&bytes)?;
-    let rules = ApiRules {
+    let body = match endpoint {
+        Endpoint::Messages => anthropic::to_chat(body)?,
+        _ => body,
+    };
+    Asked::prepare(endpoint, body, &rules_of(api))
+}
+
+fn rules_of(api: &Api) -> ApiRules<'_> {
+    ApiRules {
         default_model: api.default_model.as_deref(),
         models: &api.models,
         policy: &api.policy,
-    };
-    prepare_chat(body, &rules)
+    }
+}
+
+/// `POST …/messages/count_tokens` (and `…/v1/messages/count_tokens`): the request's input tokens,
+/// as the gateway bounds them (an estimate never below the real count), in Anthropic's shape.
+pub async fn count_tokens(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    project: &str,
+    api: &str,
+) -> Result<Response, Error> {
+    let timing = Timing::default();
+    let request_id = with_random(|r| new_id("req", r))?;
+    let answer = async {
+        let (entry, _) = resolve(&req, env, ctx, &timing, project, api).await?;
+        let bytes = read_body(&mut req, CHAT_BODY_LIMIT).await?;
+        let body = anthropic::count_body(crate::input::parse_body(&bytes)?)?;
+        let asked = Asked::prepare(Endpoint::Chat, body, &rules_of(&entry.api))?;
+        json(200, &json!({"input_tokens": asked.prompt_bound()}))
+    }
+    .await
+    .map_err(Error::in_anthropic_shape);
+    finish(&timing, &request_id, answer)
 }
 
 /// How long an unrenewed lease lives: `LEASE_TTL_MS`, or `SLUICE_LEASE_TTL_MS` (2 s to 10 min) where
@@ -417,29 +566,32 @@ fn lease_ttl_ms(env: &Env) -> i64 {
 /// model list (403) and that a spend-limited plan has the model's price (403), checks every window,
 /// grants the completion cap and holds the worst case (429 if any window refuses; 503 if the
 /// counter cannot be reached: never let through unmetered).
+#[allow(clippy::too_many_arguments)]
 async fn admit(
     env: &Env,
     ctx: &Context,
     timing: &Timing,
+    place: &Place<'_>,
     entry: &ApiEntry,
     caller: &Caller,
-    chat: &ChatRequest,
+    asked: &Asked,
     now: i64,
 ) -> Result<Lease, Error> {
     let api = &entry.api;
-    let price = api.prices.get(&chat.model);
-    let lease_id = with_random(|r| new_id("req", r))?;
+    let model = asked.model();
+    let price = api.prices.get(model);
     let record = UsageRecord {
-        id: lease_id,
+        id: place.request_id.to_string(),
+        endpoint: place.endpoint,
         created_at: now,
         project_id: api.project_id.clone(),
         api_id: api.id.clone(),
         consumer_id: caller.consumer_id.clone(),
         key_id: caller.key_id.clone(),
         session_id: caller.session_id.clone(),
-        model: chat.model.clone(),
-        n: chat.n,
-        prompt_bound: chat.prompt_bound,
+        model: model.to_string(),
+        n: asked.n(),
+        prompt_bound: asked.prompt_bound(),
         ..UsageRecord::default()
     };
     let claim = Claim {
@@ -447,14 +599,14 @@ async fn admit(
         consumer_id: &caller.consumer_id,
         who: presented(caller),
         plans: &entry.plans,
-        model: &chat.model,
+        model,
         priced: price.is_some(),
         ask: Ask {
-            prompt: chat.prompt_bound,
-            n: chat.n,
-            cap: chat.cap,
+            prompt: asked.prompt_bound(),
+            n: asked.n(),
+            cap: asked.cap(),
             price,
-            stream: chat.stream,
+            stream: asked.stream(),
             lease_ttl_ms: lease_ttl_ms(env),
         },
         record,
@@ -466,8 +618,44 @@ type Body = Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>>>>;
 type Upstream = Pin<Box<dyn std::future::Future<Output = Result<Answer, Failure>>>>;
 
 enum Answer {
-    Json(Vec<u8>),
-    Stream(Body),
+    Json(Vec<u8>, Head),
+    Stream(Body, Head),
+}
+
+/// What the upstream's answer head says that the client sees too: its request id and processing
+/// time.
+#[derive(Debug, Clone, Default)]
+struct Head {
+    request_id: Option<String>,
+    processing_ms: Option<String>,
+}
+
+impl Head {
+    fn of(response: &Response) -> Head {
+        let get = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .ok()
+                .flatten()
+                .filter(|v| !v.is_empty() && v.len() <= 200)
+        };
+        Head {
+            request_id: get("x-request-id"),
+            processing_ms: get("openai-processing-ms"),
+        }
+    }
+
+    fn headers(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(id) = &self.request_id {
+            out.push(("x-request-id".to_string(), id.clone()));
+        }
+        if let Some(ms) = &self.processing_ms {
+            out.push(("openai-processing-ms".to_string(), ms.clone()));
+        }
+        out
+    }
 }
 
 /// Where a stream's bytes come from: the upstream's answer still awaited, or its body.
@@ -500,18 +688,27 @@ impl Failure {
 fn outbound(
     env: &Env,
     api: &Api,
-    chat: &ChatRequest,
+    asked: &Asked,
+    request_id: &str,
     passthrough: Option<(CredentialSource, String)>,
 ) -> Result<Outbound, Error> {
     if api.upstream_base_url == "demo" {
-        return Ok(Outbound::Demo(demo_answer(chat)));
+        return match asked {
+            Asked::Chat(chat) => Ok(Outbound::Demo(demo_answer(chat))),
+            _ => Err(Error::invalid_request(format!(
+                "The built-in demo upstream answers chat completions only; give this API a real upstream for /{}.",
+                asked.path()
+            ))),
+        };
     }
+    let stream = asked.stream();
     // The body as checked (with the granted cap), the provider key or the passed-through credential.
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
+    headers.set("x-request-id", request_id)?;
     headers.set(
         "accept",
-        if chat.stream {
+        if stream {
             "text/event-stream"
         } else {
             "application/json"
@@ -523,7 +720,7 @@ fn outbound(
             .ok_or_else(|| Error::misconfigured("The API's provider key cannot be decrypted; was ENCRYPTION_KEY changed? Set the key again."))?;
         headers.set("authorization", &format!("Bearer {key}"))?;
     }
-    let mut url = upstream::chat_url(&api.upstream_base_url);
+    let mut url = upstream::endpoint_url(&api.upstream_base_url, asked.path());
     match passthrough {
         // The provider key, when set, keeps the Authorization header.
         Some((CredentialSource::Authorization, c)) if api.upstream_key_enc.is_none() => {
@@ -538,7 +735,7 @@ fn outbound(
         }
         _ => {}
     }
-    let body = serde_json::to_string(&chat.body)
+    let body = serde_json::to_string(asked.body())
         .map_err(|e| Error::internal(format!("The chat body could not be written: {e}.")))?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
@@ -571,11 +768,12 @@ async fn send(
         }
     };
     let status = response.status_code();
+    let head = Head::of(&response);
     if !(200..300).contains(&status) {
         let retry_after = response.headers().get("retry-after").ok().flatten();
         let body = read_limited(&mut response, ERROR_BODY_LIMIT).await;
         return Err(Failure::new(
-            upstream::upstream_failure(status, &body, retry_after),
+            upstream::upstream_failure(status, &body, retry_after).with_headers(head.headers()),
             Ended::UpstreamError,
         ));
     }
@@ -584,7 +782,7 @@ async fn send(
             .stream()
             .map_err(|e| Failure::new(e.into(), Ended::UpstreamCut))?
             .map(|chunk| chunk.map_err(|e| e.to_string()));
-        Ok(Answer::Stream(Box::pin(body)))
+        Ok(Answer::Stream(Box::pin(body), head))
     } else {
         let bytes = crate::http::response_bytes(&response).await.map_err(|e| {
             Failure::new(
@@ -592,7 +790,7 @@ async fn send(
                 Ended::UpstreamCut,
             )
         })?;
-        Ok(Answer::Json(bytes))
+        Ok(Answer::Json(bytes, head))
     }
 }
 
@@ -618,13 +816,13 @@ fn demo_answer(chat: &ChatRequest) -> Answer {
         now_ms() / 1000,
     );
     if !chat.stream {
-        return Answer::Json(reply.completion().to_string().into_bytes());
+        return Answer::Json(reply.completion().to_string().into_bytes(), Head::default());
     }
     let frames = stream::iter(reply.sse_frames()).then(|frame| async move {
         Delay::from(Duration::from_millis(upstream::demo::TOKEN_DELAY_MS)).await;
         Ok::<Vec<u8>, String>(frame.into_bytes())
     });
-    Answer::Stream(Box::pin(frames))
+    Answer::Stream(Box::pin(frames), Head::default())
 }
 
 /// Phase 6 — relay and meter: the upstream's SSE goes out event by event as it arrives. When a token
@@ -636,7 +834,7 @@ fn demo_answer(chat: &ChatRequest) -> Answer {
 fn relay(
     lease: Lease,
     watch: Watch,
-    strip_usage: bool,
+    relay: Relay,
     source: Source,
     abort: AbortController,
 ) -> impl Stream<Item = Result<Vec<u8>, worker::Error>> {
@@ -646,7 +844,7 @@ fn relay(
         .then(|| lease.cap.unwrap_or(0).saturating_mul(lease.n.max(1)));
     let state = MeteredStream {
         source,
-        relay: Relay::new(strip_usage, budget),
+        relay: relay.with_budget(budget),
         last_sent: now_ms(),
         lease: Some(lease),
         watch,
@@ -724,7 +922,10 @@ impl MeteredStream {
                 }
                 Some(Err(e)) => self.relay.on_error(&Error::new(
                     Problem::UpstreamStreamInterrupted,
-                    format!("The upstream connection failed mid-stream: {e}."),
+                    format!(
+                        "The upstream connection failed mid-stream: {}.",
+                        e.trim_end_matches('.')
+                    ),
                 )),
                 None => self.relay.on_end(),
             };
@@ -758,11 +959,14 @@ impl MeteredStream {
     /// failure as the stream's error event (booked as the failure says).
     async fn answered(&mut self, answer: Result<Answer, Failure>) -> Option<Vec<u8>> {
         let failure = match answer {
-            Ok(Answer::Stream(body)) => {
+            Ok(Answer::Stream(body, head)) => {
+                if let Some(lease) = self.lease.as_mut() {
+                    lease.upstream_request_id = head.request_id;
+                }
                 self.source = Source::Body(body);
                 return None;
             }
-            Ok(Answer::Json(_)) => Failure::new(
+            Ok(Answer::Json(..)) => Failure::new(
                 Error::upstream("The upstream answered a streamed request with a JSON body."),
                 Ended::UpstreamCut,
             ),

@@ -2,6 +2,7 @@
 //! health, a project's end-user routes, the owner's admin API), or a 404/405 problem.
 
 use crate::error::Error;
+use crate::usage::Endpoint;
 
 /// A route, by who calls it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,11 +30,21 @@ pub enum Public {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndUser {
-    ChatCompletions {
+    /// A metered call: chat completions, responses, embeddings, or Anthropic's Messages API
+    /// (`…/messages`, or `…/v1/messages` as Anthropic SDKs append it).
+    Metered {
+        api: String,
+        endpoint: Endpoint,
+    },
+    CountTokens {
         api: String,
     },
     ListModels {
         api: String,
+    },
+    GetModel {
+        api: String,
+        model: String,
     },
     ConsumerUsage {
         api: String,
@@ -84,14 +95,6 @@ impl Route {
     pub fn is_admin(&self) -> bool {
         matches!(self, Route::Admin(_))
     }
-
-    /// The project whose browser origins govern CORS for this route (end-user routes only).
-    pub fn cors_project(&self) -> Option<&str> {
-        match self {
-            Route::EndUser { project, .. } => Some(project),
-            _ => None,
-        }
-    }
 }
 
 /// `(allowed methods, the route if the method is one of them)` for a path.
@@ -109,6 +112,10 @@ fn end_user_arm(method: &str, p: &str, rest: &[&str]) -> Option<Arm> {
     let post = |r: EndUser| ("POST", (method == "POST").then(|| end_user(p, r)));
     let get = |r: EndUser| ("GET", (method == "GET").then(|| end_user(p, r)));
     let api = |a: &str| a.to_string();
+    let metered = |a: &str, endpoint| EndUser::Metered {
+        api: a.to_string(),
+        endpoint,
+    };
     Some(match rest {
         ["auth", "otp", "start"] => post(EndUser::OtpStart),
         ["auth", "otp", "verify"] => post(EndUser::OtpVerify),
@@ -117,8 +124,19 @@ fn end_user_arm(method: &str, p: &str, rest: &[&str]) -> Option<Arm> {
         ["auth", "me"] => get(EndUser::Me),
         ["auth", "token"] => post(EndUser::TokenExchange),
         [".well-known", "jwks.json"] => get(EndUser::Jwks),
-        [a, "chat", "completions"] => post(EndUser::ChatCompletions { api: api(a) }),
+        [a, "chat", "completions"] => post(metered(a, Endpoint::Chat)),
+        [a, "responses"] => post(metered(a, Endpoint::Responses)),
+        [a, "embeddings"] => post(metered(a, Endpoint::Embeddings)),
+        [a, "messages"] | [a, "v1", "messages"] => post(metered(a, Endpoint::Messages)),
+        [a, "messages", "count_tokens"] | [a, "v1", "messages", "count_tokens"] => {
+            post(EndUser::CountTokens { api: api(a) })
+        }
         [a, "models"] => get(EndUser::ListModels { api: api(a) }),
+        // Model ids may hold slashes (`org/model`) and escapes.
+        [a, "models", model @ ..] => get(EndUser::GetModel {
+            api: api(a),
+            model: percent_decode(&model.join("/")),
+        }),
         [a, "usage"] => get(EndUser::ConsumerUsage { api: api(a) }),
         _ => return None,
     })
@@ -263,7 +281,7 @@ fn public_arm(method: &str, segs: &[&str]) -> Option<Arm> {
             "GET",
             (method == "GET").then_some(Route::Public(Public::DevMailbox)),
         ),
-        [] | ["index.html"] | ["chat.js"] | ["sdk.js"] | ["sdk.d.ts"] => (
+        [] | ["index.html"] | ["chat.js"] | ["sdk.js"] | ["sdk.d.ts"] | ["openapi.json"] => (
             "GET, HEAD",
             matches!(method, "GET" | "HEAD").then(|| {
                 Route::Public(Public::Asset {
@@ -299,6 +317,37 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
     }
 }
 
+/// `%XX` escapes decoded (a path's, so `+` stays `+`); invalid escapes and non-UTF-8 are kept as
+/// written.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+}
+
+/// The project whose CORS policy applies to `path`: that of every end-user route `/v1/{project}/…`,
+/// whether or not the rest of the path is a route (a browser must be able to read a 404 or 405).
+pub fn cors_project(path: &str) -> Option<&str> {
+    let mut segs = path.trim_matches('/').split('/').filter(|s| !s.is_empty());
+    match (segs.next(), segs.next()) {
+        (Some("v1"), Some(project)) => Some(project),
+        _ => None,
+    }
+}
+
 /// A request URL (`scheme://authority/path?query#fragment`, as the runtime normalised it) split into
 /// its path (at least `/`) and its raw query.
 pub fn path_and_query(url: &str) -> (&str, &str) {
@@ -313,6 +362,69 @@ pub fn path_and_query(url: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openai_and_anthropic_surfaces_route() {
+        let ok = |m: &str, p: &str| route(m, p).unwrap();
+        assert_eq!(
+            ok("POST", "/v1/p/a/responses"),
+            eu(
+                "p",
+                EndUser::Metered {
+                    api: "a".into(),
+                    endpoint: Endpoint::Responses
+                }
+            )
+        );
+        assert_eq!(
+            ok("POST", "/v1/p/a/embeddings"),
+            eu(
+                "p",
+                EndUser::Metered {
+                    api: "a".into(),
+                    endpoint: Endpoint::Embeddings
+                }
+            )
+        );
+        for path in ["/v1/p/a/messages", "/v1/p/a/v1/messages"] {
+            assert_eq!(
+                ok("POST", path),
+                eu(
+                    "p",
+                    EndUser::Metered {
+                        api: "a".into(),
+                        endpoint: Endpoint::Messages
+                    }
+                )
+            );
+        }
+        assert_eq!(
+            ok("POST", "/v1/p/a/v1/messages/count_tokens"),
+            eu("p", EndUser::CountTokens { api: "a".into() })
+        );
+        assert_eq!(
+            ok("GET", "/v1/p/a/models/org/model%2Dx"),
+            eu(
+                "p",
+                EndUser::GetModel {
+                    api: "a".into(),
+                    model: "org/model-x".into()
+                }
+            )
+        );
+        assert_eq!(route("GET", "/v1/p/a/responses").unwrap_err().status, 405);
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%ff"), "%ff", "not UTF-8: as written");
+    }
+
+    #[test]
+    fn every_end_user_path_names_its_project_for_cors() {
+        assert_eq!(cors_project("/v1/demo/chat/chat/completions"), Some("demo"));
+        assert_eq!(cors_project("/v1/demo/nope/nope/nope"), Some("demo"));
+        assert_eq!(cors_project("/v1/demo"), Some("demo"));
+        assert_eq!(cors_project("/api/v1/projects"), None);
+        assert_eq!(cors_project("/v1"), None);
+    }
 
     #[test]
     fn urls_split_into_path_and_query() {
@@ -336,7 +448,13 @@ mod tests {
     fn data_plane_routes() {
         assert_eq!(
             route("POST", "/v1/demo/chat/chat/completions"),
-            Ok(eu("demo", EndUser::ChatCompletions { api: "chat".into() }))
+            Ok(eu(
+                "demo",
+                EndUser::Metered {
+                    api: "chat".into(),
+                    endpoint: Endpoint::Chat
+                }
+            ))
         );
         assert_eq!(
             route("GET", "/v1/demo/chat/models"),
@@ -454,8 +572,6 @@ mod tests {
             project: "p".into()
         })
         .is_admin());
-        assert_eq!(eu("p", EndUser::Me).cors_project(), Some("p"));
-        assert_eq!(Route::Admin(Admin::CreateProject).cors_project(), None);
     }
 
     #[test]

@@ -96,6 +96,45 @@ pub struct UsageRecord {
     /// The upstream used more than was reserved (it ignored the cap): booked all the same.
     #[serde(default)]
     pub overrun: bool,
+    /// Which endpoint was called.
+    #[serde(default)]
+    pub endpoint: Endpoint,
+    /// The upstream's own request id (`x-request-id`), when it sent one.
+    #[serde(default)]
+    pub upstream_request_id: Option<String>,
+}
+
+/// The data-plane endpoints that are metered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    #[default]
+    Chat,
+    Responses,
+    Embeddings,
+    Messages,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Responses => "responses",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Endpoint> {
+        [
+            Endpoint::Chat,
+            Endpoint::Responses,
+            Endpoint::Embeddings,
+            Endpoint::Messages,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == s)
+    }
 }
 
 fn one() -> u64 {
@@ -112,6 +151,7 @@ impl UsageRecord {
             "ended": self.ended.as_str(), "cached_tokens": self.cached_tokens, "reasoning_tokens": self.reasoning_tokens,
             "n": self.n, "max_tokens": self.max_tokens, "prompt_bound": self.prompt_bound,
             "cost_usd": crate::limits::spend::micro_to_usd(self.cost_micro), "overrun": self.overrun,
+            "endpoint": self.endpoint.as_str(), "upstream_request_id": self.upstream_request_id,
         })
     }
 }

@@ -286,6 +286,9 @@ pub struct Outcome {
     pub estimated: bool,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
+    /// The upstream's own request id, when it sent one.
+    #[serde(default)]
+    pub upstream_request_id: Option<String>,
 }
 
 impl CounterState {
@@ -609,6 +612,7 @@ impl CounterState {
             record.overrun = tokens > lease.reserved || cost > lease.spend;
             record.latency_ms = outcome.latency_ms;
             record.ttft_ms = outcome.ttft_ms;
+            record.upstream_request_id = outcome.upstream_request_id.clone();
             self.filed.push(record);
         }
         true

@@ -9,12 +9,13 @@ use worker::{Context, Env, Headers, Request, Response};
 use crate::assets;
 use crate::auth::constant_time_eq;
 use crate::error::Error;
-use crate::http::{boxed, header, json, problem, secret};
+use crate::http::{boxed, header, json, problem, secret, with_random};
+use crate::ids::new_id;
 use crate::pipeline;
 use crate::router::{route, EndUser, Public, Route};
 
 /// Headers a browser client may read from our responses (rate limits, retry hints).
-const EXPOSED: &str = "Retry-After, RateLimit, RateLimit-Policy, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, \
+const EXPOSED: &str = "Retry-After, x-should-retry, x-request-id, openai-processing-ms, RateLimit, RateLimit-Policy, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, \
     x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, WWW-Authenticate";
 
 pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Response> {
@@ -22,16 +23,21 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Re
     let path = crate::http::Target::of(&req).path;
     let origin = header(&req, "origin");
     let requested_headers = header(&req, "access-control-request-headers");
-    let route = match route(&method, &path) {
-        Ok(r) => r,
-        Err(e) => return problem(&e),
+    let cors_project = crate::router::cors_project(&path).map(str::to_string);
+    let result = match route(&method, &path) {
+        Ok(route) => dispatch(route, req, env, ctx).await,
+        Err(e) => Err(e),
     };
-    let cors_project = route.cors_project().map(str::to_string);
-    let result = dispatch(route, req, env, ctx).await;
     let mut response = match result {
         Ok(r) => r,
         Err(e) => problem(&e)?,
     };
+    // Every answer names its request (the data plane sets its own, or the upstream's, first).
+    if !response.headers().has("x-request-id")? {
+        if let Ok(id) = with_random(|r| new_id("req", r)) {
+            response.headers_mut().set("x-request-id", &id)?;
+        }
+    }
     if let (Some(project), Some(origin)) = (cors_project, origin) {
         if let Ok(true) = origin_allowed(env, &project, &origin).await {
             allow_origin(
@@ -70,8 +76,14 @@ async fn end_user(
     project: &str,
 ) -> Result<Response, Error> {
     match route {
-        EndUser::ChatCompletions { api } => {
-            boxed(pipeline::chat_completions(req, env, ctx, project, &api)).await
+        EndUser::Metered { api, endpoint } => {
+            boxed(pipeline::metered(req, env, ctx, endpoint, project, &api)).await
+        }
+        EndUser::CountTokens { api } => {
+            boxed(pipeline::count_tokens(req, env, ctx, project, &api)).await
+        }
+        EndUser::GetModel { api, model } => {
+            boxed(pipeline::get_model(req, env, ctx, project, &api, &model)).await
         }
         EndUser::ListModels { api } => {
             boxed(pipeline::list_models(req, env, ctx, project, &api)).await

@@ -60,8 +60,57 @@ pub enum Next {
     NeedBudget,
 }
 
+/// Which stream format is relayed: Chat Completions chunks ending in `[DONE]`, or Responses events
+/// ending in `response.completed` (or `.incomplete`, `.failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Chat,
+    Responses,
+}
+
+impl Wire {
+    fn output_bytes(self, v: &Value) -> u64 {
+        match self {
+            Wire::Chat => output_bytes(v),
+            Wire::Responses => crate::upstream::responses::output_bytes(v),
+        }
+    }
+
+    fn usage(self, v: &Value) -> Option<Usage> {
+        match self {
+            Wire::Chat => Usage::from_json(v),
+            Wire::Responses => crate::upstream::responses::usage(v),
+        }
+    }
+
+    /// The error that ends a stream, as this format's clients raise it: for chat an unnamed event
+    /// with OpenAI's `error` member, then `[DONE]`; for Responses an `error` event (its `type`,
+    /// `code`, `message`, `param`, and the same `error` member).
+    fn error_event(self, error: &Error) -> String {
+        let mut problem = error.to_problem();
+        match self {
+            Wire::Chat => {
+                let mut out = format_event(None, &problem.to_string());
+                out.push_str(&format_event(None, "[DONE]"));
+                out
+            }
+            Wire::Responses => {
+                if let Value::Object(o) = &mut problem {
+                    o.insert("problem_type".into(), o["type"].clone());
+                    o.insert("type".into(), Value::from("error"));
+                    o.insert("code".into(), Value::from(error.problem.code()));
+                    o.insert("message".into(), Value::from(error.detail.clone()));
+                    o.insert("param".into(), Value::Null);
+                }
+                format_event(Some("error"), &problem.to_string())
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Relay {
+    wire: Wire,
     parser: Parser,
     pending: VecDeque<Event>,
     saw_done: bool,
@@ -77,7 +126,12 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(strip_usage: bool, budget: Option<u64>) -> Self {
+        Self::of(Wire::Chat, strip_usage, budget)
+    }
+
+    pub fn of(wire: Wire, strip_usage: bool, budget: Option<u64>) -> Self {
         Relay {
+            wire,
             parser: Parser::new(),
             pending: VecDeque::new(),
             saw_done: false,
@@ -87,6 +141,12 @@ impl Relay {
             delivered: 0,
             usage: None,
         }
+    }
+
+    /// The same relay with `budget` granted (`None`: unmetered).
+    pub fn with_budget(mut self, budget: Option<u64>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The most completion tokens delivered so far (their bytes).
@@ -113,7 +173,7 @@ impl Relay {
             .pending
             .front()
             .and_then(|e| serde_json::from_str::<Value>(&e.data).ok())
-            .map_or(0, |v| output_bytes(&v));
+            .map_or(0, |v| self.wire.output_bytes(&v));
         self.delivered.saturating_add(next).saturating_sub(budget)
     }
 
@@ -148,7 +208,7 @@ impl Relay {
                 continue;
             }
             let parsed: Option<Value> = serde_json::from_str(&event.data).ok();
-            let added = parsed.as_ref().map_or(0, output_bytes);
+            let added = parsed.as_ref().map_or(0, |v| self.wire.output_bytes(v));
             if let Some(budget) = self.budget {
                 if added > 0 && self.delivered.saturating_add(added) > budget {
                     return (out.into_bytes(), Next::NeedBudget);
@@ -160,9 +220,12 @@ impl Relay {
             self.delivered = self.delivered.saturating_add(added);
             let mut data = event.data;
             if let Some(mut v) = parsed {
-                if let Some(u) = Usage::from_json(&v) {
+                if self.wire == Wire::Responses && crate::upstream::responses::is_final(&v) {
+                    self.saw_done = true;
+                }
+                if let Some(u) = self.wire.usage(&v) {
                     self.usage = Some(u);
-                    if self.strip_usage {
+                    if self.strip_usage && self.wire == Wire::Chat {
                         let no_choices = v
                             .get("choices")
                             .and_then(Value::as_array)
@@ -190,9 +253,7 @@ impl Relay {
         }
         self.finished = true;
         self.pending.clear();
-        let mut out = format_event(Some("error"), &error.to_problem().to_string());
-        out.push_str(&format_event(None, "[DONE]"));
-        out.into_bytes()
+        self.wire.error_event(error).into_bytes()
     }
 
     /// The upstream ended. A stream that stopped inside an event or before `[DONE]` was cut short.
@@ -247,9 +308,16 @@ mod tests {
         r.on_chunk(b"data: {\"a\":1}\n\ndata: {\"half");
         let tail = events(&r.on_end());
         assert_eq!(tail.len(), 2);
-        assert_eq!(tail[0].event.as_deref(), Some("error"));
+        assert_eq!(
+            tail[0].event, None,
+            "unnamed, as OpenAI streams send errors"
+        );
         let problem: Value = serde_json::from_str(&tail[0].data).unwrap();
         assert_eq!(problem["type"], "upstream-stream-interrupted");
+        assert!(
+            problem["error"]["message"].is_string(),
+            "OpenAI's error member"
+        );
         assert_eq!(tail[1].data, "[DONE]");
         assert!(r.on_chunk(b"data: late\n\n").0.is_empty());
         assert!(r.is_finished());
@@ -259,14 +327,14 @@ mod tests {
     fn clean_end_without_done_is_a_cut() {
         let mut r = Relay::new(false, None);
         r.on_chunk(b"data: {}\n\n");
-        assert_eq!(events(&r.on_end())[0].event.as_deref(), Some("error"));
+        assert!(events(&r.on_end())[0].data.contains("\"error\":{"));
     }
 
     #[test]
     fn transport_error_emits_one_error() {
         let mut r = Relay::new(false, None);
         let out = r.on_error(&Error::upstream("reset"));
-        assert_eq!(events(&out)[0].event.as_deref(), Some("error"));
+        assert!(events(&out)[0].data.contains("upstream-error"));
         assert!(r.on_end().is_empty());
     }
 
@@ -338,7 +406,7 @@ mod tests {
         let ev = events(&all);
         assert_eq!(ev.len(), 3);
         assert!(ev[0].data.contains("12345678"));
-        assert_eq!(ev[1].event.as_deref(), Some("error"));
+        assert!(ev[1].data.contains("\"error\":{"));
         assert!(ev[1].data.contains("quota-exceeded"));
         assert_eq!(ev[2].data, "[DONE]");
     }
@@ -367,5 +435,46 @@ mod tests {
             (u.total_tokens, u.cached_tokens, u.reasoning_tokens),
             (15, 4, 3)
         );
+    }
+
+    #[test]
+    fn responses_events_are_metered_and_end_with_their_final_event() {
+        let delta = |t: &str| {
+            format!(
+                "event: response.output_text.delta\ndata: {}\n\n",
+                serde_json::json!({"type": "response.output_text.delta", "delta": t})
+            )
+        };
+        let mut r = Relay::of(Wire::Responses, false, Some(5));
+        let (out, next) = r.on_chunk(format!("{}{}", delta("abc"), delta("defg")).as_bytes());
+        assert_eq!(events(&out).len(), 1, "the second delta passes the budget");
+        assert_eq!(
+            events(&out)[0].event.as_deref(),
+            Some("response.output_text.delta")
+        );
+        assert_eq!(next, Next::NeedBudget);
+        let (out, _) = r.grant(10);
+        assert_eq!(events(&out).len(), 1);
+        let done = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":2}}}\n\n";
+        let (out, _) = r.on_chunk(done.as_bytes());
+        assert_eq!(events(&out).len(), 1);
+        assert_eq!(r.usage().map(|u| u.completion_tokens), Some(2));
+        assert!(
+            r.on_end().is_empty(),
+            "the final event ends a Responses stream cleanly"
+        );
+    }
+
+    #[test]
+    fn a_cut_responses_stream_ends_with_an_error_event_the_sdks_raise() {
+        let mut r = Relay::of(Wire::Responses, false, None);
+        r.on_chunk(b"event: response.created\ndata: {\"type\":\"response.created\"}\n\n");
+        let tail = events(&r.on_end());
+        assert_eq!(tail.len(), 1, "no [DONE] in a Responses stream");
+        assert_eq!(tail[0].event.as_deref(), Some("error"));
+        let v: Value = serde_json::from_str(&tail[0].data).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["problem_type"], "upstream-stream-interrupted");
+        assert!(v["message"].is_string() && v["error"]["message"] == v["message"]);
     }
 }

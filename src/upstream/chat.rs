@@ -60,12 +60,16 @@ impl ApiRules<'_> {
     }
 }
 
-fn invalid(param: &str, detail: impl Into<String>) -> Error {
+pub(crate) fn invalid(param: &str, detail: impl Into<String>) -> Error {
     Error::invalid_request(detail).with_field("param", param)
 }
 
 /// A positive whole number up to `max`, `None` when absent or null; anything else names the field.
-fn whole(body: &Map<String, Value>, field: &str, max: u64) -> Result<Option<u64>, Error> {
+pub(crate) fn whole(
+    body: &Map<String, Value>,
+    field: &str,
+    max: u64,
+) -> Result<Option<u64>, Error> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
@@ -98,14 +102,10 @@ pub fn prepare_chat(body: Value, rules: &ApiRules<'_>) -> Result<ChatRequest, Er
     check_messages(&body)?;
     check_tools(&body)?;
     let model = model_of(&mut body, rules.default_model)?;
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid("stream", "`stream` must be true or false.")),
-    };
+    let stream = stream_flag(&body)?;
     let n = whole(&body, "n", rules.policy.max_n)?.unwrap_or(1);
     let (cap, cap_field) = client_cap(&body)?;
-    check_cost_params(&body, &rules.policy.allowed_params)?;
+    check_cost_params(&body, &rules.policy.allowed_params, &[])?;
     check_model_allowed(&model, rules)?;
     let client_wants_usage = match stream {
         true => ask_for_usage(&mut body)?,
@@ -122,6 +122,15 @@ pub fn prepare_chat(body: Value, rules: &ApiRules<'_>) -> Result<ChatRequest, Er
         prompt_bound,
         client_wants_usage,
     })
+}
+
+/// `stream`: true or false (absent or null: false).
+pub(crate) fn stream_flag(body: &Map<String, Value>) -> Result<bool, Error> {
+    match body.get("stream") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(invalid("stream", "`stream` must be true or false.")),
+    }
 }
 
 /// `messages`: a non-empty array of at most `MAX_MESSAGES` objects.
@@ -163,7 +172,10 @@ fn check_tools(body: &Map<String, Value>) -> Result<(), Error> {
 }
 
 /// The model named (at most `MAX_MODEL_LEN` characters), or the API's default, written in.
-fn model_of(body: &mut Map<String, Value>, default_model: Option<&str>) -> Result<String, Error> {
+pub(crate) fn model_of(
+    body: &mut Map<String, Value>,
+    default_model: Option<&str>,
+) -> Result<String, Error> {
     match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() && m.chars().count() <= MAX_MODEL_LEN => {
             Ok(m.clone())
@@ -198,9 +210,14 @@ fn client_cap(body: &Map<String, Value>) -> Result<(Option<u64>, Option<&'static
     Ok((cap, cap_field))
 }
 
-/// A cost-changing parameter is refused unless the API allows it (or it is at its default).
-fn check_cost_params(body: &Map<String, Value>, allowed: &[String]) -> Result<(), Error> {
-    for param in COST_PARAMS {
+/// A cost-changing parameter is refused unless the API allows it (or it is at its default); `skip`
+/// names those that change nothing on this endpoint.
+pub(crate) fn check_cost_params(
+    body: &Map<String, Value>,
+    allowed: &[String],
+    skip: &[&str],
+) -> Result<(), Error> {
+    for param in COST_PARAMS.iter().copied().filter(|p| !skip.contains(p)) {
         let Some(v) = body.get(param) else { continue };
         if !is_default_value(param, v) && !allowed.iter().any(|p| p == param) {
             return Err(Error::new(
@@ -213,7 +230,7 @@ fn check_cost_params(body: &Map<String, Value>, allowed: &[String]) -> Result<()
     Ok(())
 }
 
-fn check_model_allowed(model: &str, rules: &ApiRules<'_>) -> Result<(), Error> {
+pub(crate) fn check_model_allowed(model: &str, rules: &ApiRules<'_>) -> Result<(), Error> {
     match rules.allowed_models() {
         Some(allowed) if !allowed.iter().any(|m| m == model) => Err(Error::new(
             Problem::ModelNotAllowed,
@@ -289,6 +306,22 @@ mod tests {
         assert_eq!(r.body["stream_options"]["include_usage"], true);
         assert!(!r.client_wants_usage);
         assert!(r.prompt_bound > 2);
+    }
+
+    #[test]
+    fn bodies_keep_their_key_order_and_number_spelling() {
+        let text = r#"{"model":"m1","messages":[{"role":"user","content":"hi"}],"temperature":0.70,"top_p":1.50,"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{"type":"object","properties":{"reasoning":{"type":"string"},"answer":{"type":"string"}},"required":["reasoning","answer"]}}}}"#;
+        let body: Value = serde_json::from_str(text).unwrap();
+        let mut r = prep(body).unwrap();
+        r.set_cap(Some(50), crate::upstream::policy::CapField::Auto);
+        let sent = serde_json::to_string(&r.body).unwrap();
+        let schema = r#"{"type":"object","properties":{"reasoning":{"type":"string"},"answer":{"type":"string"}},"required":["reasoning","answer"]}"#;
+        assert!(sent.contains(schema), "the schema as written: {sent}");
+        assert!(sent.starts_with(r#"{"model":"m1","messages""#), "{sent}");
+        assert!(
+            sent.contains(r#""temperature":0.70,"top_p":1.50"#),
+            "numbers as written: {sent}"
+        );
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Pure upstream logic: the upstream URL, and turning upstream failures into the gateway's errors.
 //! The chat body's checks live in `chat`, the API's upstream rules in `policy`.
 
+pub mod asked;
 pub mod chat;
 pub mod demo;
+pub mod embeddings;
 pub mod policy;
+pub mod responses;
 
 use serde_json::Value;
 
@@ -11,7 +14,12 @@ use crate::error::{Error, Problem};
 
 /// `{base_url}/chat/completions`, whatever the trailing slashes.
 pub fn chat_url(base_url: &str) -> String {
-    format!("{}/chat/completions", base_url.trim_end_matches('/'))
+    endpoint_url(base_url, "chat/completions")
+}
+
+/// `{base_url}/{path}` (`responses`, `embeddings`, …), whatever the trailing slashes.
+pub fn endpoint_url(base_url: &str, path: &str) -> String {
+    format!("{}/{path}", base_url.trim_end_matches('/'))
 }
 
 /// The human part of an upstream error body: OpenAI's `error.message`, else the start of the text.
@@ -30,26 +38,30 @@ pub fn upstream_message(body: &[u8]) -> String {
 
 /// Maps a non-2xx upstream answer. Client-side mistakes the upstream caught (400, 404, 413, 422) keep
 /// their status; the provider's rate limit stays 429; anything else (bad provider key, 5xx) is a 502.
+/// The upstream's `Retry-After` is passed on for 429 and 5xx when it is a number of seconds.
 pub fn upstream_failure(status: u16, body: &[u8], retry_after: Option<String>) -> Error {
     let message = upstream_message(body);
-    match status {
-        400 | 404 | 413 | 422 => Error::new(
-            Problem::UpstreamRejected,
-            format!("The upstream answered {status}: {message}"),
-        )
-        .with_status(status),
-        429 => {
-            let e = Error::new(
-                Problem::UpstreamRateLimited,
-                format!("The upstream answered 429: {message}"),
-            );
-            match retry_after {
-                Some(r) => e.with_header("Retry-After", r),
-                None => e,
-            }
+    let retry_after = retry_after
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty() && r.len() <= 6 && r.bytes().all(|b| b.is_ascii_digit()));
+    let e = match status {
+        400 | 404 | 413 | 422 => {
+            return Error::new(
+                Problem::UpstreamRejected,
+                format!("The upstream answered {status}: {message}"),
+            )
+            .with_status(status)
         }
+        429 => Error::new(
+            Problem::UpstreamRateLimited,
+            format!("The upstream answered 429: {message}"),
+        ),
         _ => Error::upstream(format!("The upstream answered {status}: {message}"))
             .with_field("upstream_status", status),
+    };
+    match retry_after {
+        Some(r) if status == 429 || status >= 500 => e.with_header("Retry-After", r),
+        _ => e,
     }
 }
 
@@ -74,5 +86,21 @@ mod tests {
         let e = upstream_failure(429, b"slow down", Some("3".into()));
         assert_eq!(e.status, 429);
         assert!(e.headers.contains(&("Retry-After".into(), "3".into())));
+        let e = upstream_failure(503, b"busy", Some(" 7 ".into()));
+        assert_eq!(e.status, 502);
+        assert!(e.headers.contains(&("Retry-After".into(), "7".into())));
+        for odd in [
+            "soon",
+            "1e9",
+            "-1",
+            "",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "99999999",
+        ] {
+            let e = upstream_failure(429, b"x", Some(odd.into()));
+            assert!(e.headers.iter().all(|(k, _)| k != "Retry-After"), "{odd}");
+        }
+        let e = upstream_failure(400, b"bad", Some("3".into()));
+        assert!(e.headers.iter().all(|(k, _)| k != "Retry-After"));
     }
 }

@@ -8,13 +8,16 @@ use crate::error::Error;
 use crate::limits::meter::DEFAULT_IMAGE_TOKENS;
 
 /// Parameters that change what a request costs; refused unless the API lists them.
-pub const COST_PARAMS: [&str; 6] = [
+pub const COST_PARAMS: [&str; 8] = [
     "service_tier",
     "store",
     "modalities",
     "audio",
     "web_search_options",
     "prediction",
+    // Responses: the upstream reads a stored history the gateway cannot bound.
+    "previous_response_id",
+    "conversation",
 ];
 
 /// The name the upstream reads the completion cap from.

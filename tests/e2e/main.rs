@@ -17,10 +17,14 @@ macro_rules! cases {
 
 mod admin;
 mod auth;
+mod compat;
 mod data_plane;
 mod hot_path;
+mod openapi;
 mod quotas;
+mod sdks;
 mod spend;
+mod surface;
 
 use std::future::Future;
 use std::io::Write;
@@ -93,6 +97,10 @@ async fn run() -> ExitCode {
     let all = [
         data_plane::cases(),
         hot_path::cases(),
+        compat::cases(),
+        surface::cases(),
+        sdks::cases(),
+        openapi::cases(),
         admin::cases(),
         quotas::cases(),
         spend::cases(),

@@ -69,6 +69,14 @@ impl SseEvent {
     pub fn is_done(&self) -> bool {
         self.event.is_none() && self.data == "[DONE]"
     }
+    /// A stream's error event as the OpenAI SDKs raise it: an unnamed event whose data has an
+    /// `error` object with a `message` (and, for Sluice, the problem's members beside it).
+    pub fn is_error(&self) -> bool {
+        self.event.is_none()
+            && self
+                .json()
+                .is_some_and(|v| v.pointer("/error/message").is_some_and(Value::is_string))
+    }
 }
 
 /// A streamed response read to its end, every chunk and event timestamped.

@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// What the mock answers, chosen by the URL path `/s/<scenario>[/<key>/<value>]*/chat/completions`:
+/// What the mock answers, chosen by the URL path `/s/<scenario>[/<key>/<value>]*/chat/completions`
+/// (or `/responses`, `/embeddings`: `ok` then answers in that API's shape):
 ///
 /// - `ok` — a chat.completion (or, for `"stream":true`, `chunks` content chunks `delay` ms apart, a
 ///   usage chunk with `"choices":[]`, then `data: [DONE]`). Default 3 chunks, no delay.
@@ -18,6 +19,7 @@ use super::*;
 ///   `function` (a legacy function call), `refusal`, `audio` (a transcript) or `cjk` (CJK text).
 /// - `prompt/<n>` — the prompt tokens it reports (default 7); `nousage/1` — no usage at all.
 /// - `stall/<ms>` — a stream pauses that long after its first chunk.
+/// - `reqid/<id>` — every answer head carries `x-request-id: <id>` and `openai-processing-ms: 42`.
 ///
 /// Any other `key/value` pair (e.g. `tag/<name>`) is ignored, so a test can mark its requests.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +231,7 @@ async fn serve_connection(mut sock: TcpStream, log: Log) -> io::Result<()> {
             sock: &mut sock,
             log: &log,
             seq,
+            extra: String::new(),
         };
         let keep_open = respond(&mut out, &req).await?;
         if !keep_open || wants_close {
@@ -243,6 +246,8 @@ struct Responder<'a> {
     sock: &'a mut TcpStream,
     log: &'a Log,
     seq: usize,
+    /// Header lines (each ending in CRLF) every answer head carries.
+    extra: String,
 }
 
 impl Responder<'_> {
@@ -266,9 +271,10 @@ impl Responder<'_> {
         body: &[u8],
     ) -> io::Result<()> {
         let mut out = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{extra}\r\n",
+            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{extra}{}\r\n",
             reason(status),
-            body.len()
+            body.len(),
+            self.extra
         )
         .into_bytes();
         out.extend_from_slice(body);
@@ -284,8 +290,9 @@ impl Responder<'_> {
         first: &[u8],
     ) -> io::Result<()> {
         let mut out = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n",
-            reason(status)
+            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n{}\r\n",
+            reason(status),
+            self.extra
         )
         .into_bytes();
         out.extend_from_slice(&frame_chunk(first));
@@ -366,7 +373,7 @@ fn usage(prompt: u64, n: usize) -> Value {
 
 /// The completion cap the request carries (the smaller name wins), if any.
 fn request_cap(body: &Value) -> Option<usize> {
-    ["max_tokens", "max_completion_tokens"]
+    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
         .iter()
         .filter_map(|k| body.get(*k).and_then(Value::as_u64))
         .min()
@@ -376,10 +383,15 @@ fn request_cap(body: &Value) -> Option<usize> {
 /// Answers one request; returns whether the connection may carry another.
 async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
     let path = req.path.split('?').next().unwrap_or("");
-    let scenario = path
-        .strip_prefix("/s/")
-        .and_then(|p| p.strip_suffix("/chat/completions"))
-        .and_then(Scenario::parse);
+    let (spec, endpoint) = ["/chat/completions", "/responses", "/embeddings"]
+        .iter()
+        .find_map(|suffix| {
+            path.strip_prefix("/s/")
+                .and_then(|p| p.strip_suffix(suffix))
+                .map(|spec| (spec, *suffix))
+        })
+        .unwrap_or(("", ""));
+    let scenario = Scenario::parse(spec);
     let Some(scenario) = scenario else {
         let body = openai_error(404, &format!("mock upstream: no scenario for {path}"));
         out.whole(404, "application/json", "", &body).await?;
@@ -398,12 +410,38 @@ async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
         .to_string();
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let id = format!("chatcmpl-mock{}", out.seq);
+    if let Some(rid) = scenario.params.get("reqid") {
+        out.extra = format!("x-request-id: {rid}\r\nopenai-processing-ms: 42\r\n");
+    }
     let delay = Duration::from_millis(scenario.delay_ms);
     let mut n = scenario.chunks;
     if scenario.flag("honour") {
         if let Some(cap) = request_cap(&body) {
             n = n.min(cap);
         }
+    }
+    if scenario.kind == ScenarioKind::Ok && endpoint == "/embeddings" {
+        let prompt = scenario.number("prompt").unwrap_or(7);
+        let vector = [0.25f32, -0.5, 0.125];
+        // As OpenAI does: floats, or (as the Node SDK asks by default) little-endian f32 in base64.
+        let embedding = match body.get("encoding_format").and_then(Value::as_str) {
+            Some("base64") => {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+            _ => json!(vector),
+        };
+        let answer = json!({"object": "list", "model": model, "data": [
+            {"object": "embedding", "index": 0, "embedding": embedding}],
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt}});
+        out.whole(200, "application/json", "", answer.to_string().as_bytes())
+            .await?;
+        return Ok(true);
+    }
+    if scenario.kind == ScenarioKind::Ok && endpoint == "/responses" {
+        let prompt = scenario.number("prompt").unwrap_or(7);
+        return answer_responses(out, &model, stream, n, delay, prompt).await;
     }
     let choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1) as usize;
     let shape = Shape {
@@ -476,6 +514,71 @@ async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
             Ok(false)
         }
     }
+}
+
+/// A Responses API answer of `n` text deltas: a `response` object, or its stream of typed events
+/// ending in `response.completed` (no `[DONE]`).
+async fn answer_responses(
+    out: &mut Responder<'_>,
+    model: &str,
+    stream: bool,
+    n: usize,
+    delay: Duration,
+    prompt: u64,
+) -> io::Result<bool> {
+    let text = mock_text(n);
+    let usage =
+        json!({"input_tokens": prompt, "output_tokens": n, "total_tokens": prompt + n as u64});
+    let message = |text: &str, status: &str| {
+        json!({"type": "message", "id": "msg_mock", "status": status,
+        "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]})
+    };
+    let response = |status: &str, output: Vec<Value>, usage: Value| {
+        json!({"id": "resp_mock", "object": "response",
+        "created_at": 1_700_000_000, "status": status, "model": model, "output": output, "usage": usage})
+    };
+    if !stream {
+        let answer = response("completed", vec![message(&text, "completed")], usage);
+        out.whole(200, "application/json", "", answer.to_string().as_bytes())
+            .await?;
+        return Ok(true);
+    }
+    let mut events = vec![
+        json!({"type": "response.created", "response": response("in_progress", vec![], Value::Null)}),
+        json!({"type": "response.output_item.added", "output_index": 0, "item": message("", "in_progress")}),
+        json!({"type": "response.content_part.added", "item_id": "msg_mock", "output_index": 0, "content_index": 0,
+               "part": {"type": "output_text", "text": "", "annotations": []}}),
+    ];
+    let first_delta = events.len();
+    for i in 0..n {
+        events.push(
+            json!({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0,
+            "content_index": 0, "delta": mock_chunk_text(i)}),
+        );
+    }
+    let after = events.len();
+    events.push(json!({"type": "response.output_text.done", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": text}));
+    events.push(json!({"type": "response.output_item.done", "output_index": 0, "item": message(&text, "completed")}));
+    events.push(json!({"type": "response.completed", "response": response("completed", vec![message(&text, "completed")], usage)}));
+    let frames: Vec<Vec<u8>> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e["sequence_number"] = json!(i);
+            let kind = e["type"].as_str().unwrap_or("").to_string();
+            format!("event: {kind}\ndata: {e}\n\n").into_bytes()
+        })
+        .collect();
+    out.chunked_head(200, "text/event-stream", &frames[0])
+        .await?;
+    for (i, f) in frames.iter().enumerate().skip(1) {
+        if i > first_delta && i < after {
+            tokio::time::sleep(delay).await;
+        }
+        out.chunk(f).await?;
+    }
+    out.end_chunks().await?;
+    Ok(true)
 }
 
 /// How an answer looks, beyond its length.

@@ -7,7 +7,7 @@ use worker::D1Database;
 
 use super::{count, insert_or_ignore_stmt, int, opt_count, opt_text, stmt, text, Columns, Rows};
 use crate::error::Error;
-use crate::usage::{Ended, UsageQuery, UsageRecord};
+use crate::usage::{Ended, Endpoint, UsageQuery, UsageRecord};
 
 /// Inserts flushed usage records; a record already stored (same id) is skipped, never counted twice.
 pub async fn insert_usage(db: &D1Database, records: &[UsageRecord]) -> Result<(), Error> {
@@ -48,6 +48,11 @@ fn columns(r: &UsageRecord) -> Columns {
         ("prompt_bound", count(r.prompt_bound)),
         ("cost_micro", count(r.cost_micro)),
         ("overrun", count(u64::from(r.overrun))),
+        ("endpoint", text(r.endpoint.as_str())),
+        (
+            "upstream_request_id",
+            opt_text(r.upstream_request_id.as_deref()),
+        ),
     ])
 }
 
@@ -76,6 +81,8 @@ pub struct UsageRow {
     pub prompt_bound: f64,
     pub cost_micro: f64,
     pub overrun: f64,
+    pub endpoint: String,
+    pub upstream_request_id: Option<String>,
 }
 
 impl UsageRow {
@@ -87,6 +94,10 @@ impl UsageRow {
                 self.id,
                 self.ended
             );
+            Error::internal("A stored usage record could not be read; it was logged.")
+        })?;
+        let endpoint = Endpoint::parse(&self.endpoint).ok_or_else(|| {
+            worker::console_error!("usage record {} has an unknown `endpoint`", self.id);
             Error::internal("A stored usage record could not be read; it was logged.")
         })?;
         Ok(UsageRecord {
@@ -114,6 +125,8 @@ impl UsageRow {
             prompt_bound: self.prompt_bound as u64,
             cost_micro: self.cost_micro as u64,
             overrun: self.overrun != 0.0,
+            endpoint,
+            upstream_request_id: self.upstream_request_id.clone(),
         })
     }
 }
@@ -172,7 +185,7 @@ pub async fn usage_records(
     let sql = format!(
         "SELECT id, created_at, api_id, consumer_id, key_id, session_id, model, plan, prompt_tokens, completion_tokens, \
          total_tokens, estimated, status, latency_ms, ttft_ms, ended, cached_tokens, reasoning_tokens, n, max_tokens, \
-         prompt_bound, cost_micro, overrun FROM usage_records WHERE {USAGE_FILTER} \
+         prompt_bound, cost_micro, overrun, endpoint, upstream_request_id FROM usage_records WHERE {USAGE_FILTER} \
          ORDER BY created_at DESC, id LIMIT {limit}");
     stmt(db, &sql, &usage_args(api_id, q))?.rows().await
 }

@@ -1,0 +1,701 @@
+//! Anthropic's Messages API, inbound: a Messages request translated into a Chat Completions body for
+//! the API's upstream, and the upstream's answer translated back, whole or as Anthropic's SSE events
+//! (`message_start`, `content_block_*`, `message_delta`, `message_stop`, `error`). Fields a chat
+//! upstream cannot take are mapped where a mapping exists and otherwise dropped, never refused.
+
+use serde_json::{json, Map, Value};
+
+use crate::error::Error;
+use crate::stream::sse::{format_event, Parser};
+
+fn invalid(param: &str, detail: impl Into<String>) -> Error {
+    Error::invalid_request(detail).with_field("param", param)
+}
+
+/// The text of a `system` value or a `tool_result`'s content: a string, or the text blocks of an
+/// array (other blocks have no text form).
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// An image block as a chat `image_url` part (base64 sources become data URLs).
+fn image_part(block: &Value) -> Option<Value> {
+    let source = block.get("source")?;
+    let url = match source.get("type").and_then(Value::as_str) {
+        Some("base64") => format!(
+            "data:{};base64,{}",
+            source
+                .get("media_type")
+                .and_then(Value::as_str)
+                .unwrap_or("image/png"),
+            source.get("data").and_then(Value::as_str)?
+        ),
+        Some("url") => source.get("url").and_then(Value::as_str)?.to_string(),
+        _ => return None,
+    };
+    Some(json!({"type": "image_url", "image_url": {"url": url}}))
+}
+
+/// One Anthropic message as chat messages: a user turn's `tool_result` blocks become `tool`
+/// messages (first, as chat upstreams expect them right after the calls), an assistant turn's
+/// `tool_use` blocks its `tool_calls`; `thinking` blocks and cache markers are dropped.
+fn translate_message(message: &Value, index: usize) -> Result<Vec<Value>, Error> {
+    let param = format!("messages[{index}]");
+    let role = match message.get("role").and_then(Value::as_str) {
+        Some(r @ ("user" | "assistant")) => r,
+        _ => {
+            return Err(invalid(
+                &param,
+                format!("`{param}.role` must be `user` or `assistant`."),
+            ))
+        }
+    };
+    let blocks = match message.get("content") {
+        Some(Value::String(s)) => return Ok(vec![json!({"role": role, "content": s})]),
+        Some(Value::Array(blocks)) => blocks,
+        _ => {
+            return Err(invalid(
+                &param,
+                format!("`{param}.content` must be a string or an array of content blocks."),
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    let mut parts = Vec::new();
+    let mut calls = Vec::new();
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                let text = block.get("text").and_then(Value::as_str).unwrap_or("");
+                parts.push(json!({"type": "text", "text": text}));
+            }
+            Some("image") => parts.extend(image_part(block)),
+            Some("tool_use") if role == "assistant" => calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": block.get("input").map_or("{}".to_string(), Value::to_string),
+                },
+            })),
+            Some("tool_result") => {
+                let mut content = block.get("content").map(text_of).unwrap_or_default();
+                if block.get("is_error").and_then(Value::as_bool) == Some(true) {
+                    content = format!("Error: {content}");
+                }
+                out.push(json!({
+                    "role": "tool",
+                    "tool_call_id": block.get("tool_use_id").cloned().unwrap_or(Value::Null),
+                    "content": content,
+                }));
+            }
+            Some("document") => {
+                if let Some(data) = block.pointer("/source/data").and_then(Value::as_str) {
+                    if block.pointer("/source/type").and_then(Value::as_str) == Some("text") {
+                        parts.push(json!({"type": "text", "text": data}));
+                    }
+                }
+            }
+            // thinking, redacted_thinking, server tool blocks: nothing a chat upstream reads.
+            _ => {}
+        }
+    }
+    if !parts.is_empty() || !calls.is_empty() {
+        let only_text = parts.iter().all(|p| p["type"] == "text");
+        let content = if role == "assistant" || only_text {
+            let text: Vec<&str> = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+            if text.is_empty() {
+                Value::Null
+            } else {
+                Value::from(text.join(""))
+            }
+        } else {
+            Value::Array(parts)
+        };
+        let mut m = json!({"role": role, "content": content});
+        if !calls.is_empty() {
+            m["tool_calls"] = Value::Array(calls);
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// A Messages request as a Chat Completions body. `max_tokens` is required, as Anthropic requires.
+pub fn to_chat(body: Value) -> Result<Value, Error> {
+    let Value::Object(body) = body else {
+        return Err(Error::invalid_request(
+            "The body must be a JSON object (an Anthropic Messages request).",
+        ));
+    };
+    match body.get("max_tokens") {
+        Some(v) if v.as_u64().is_some_and(|n| n >= 1) => {}
+        _ => {
+            return Err(invalid(
+                "max_tokens",
+                "`max_tokens` is required: a whole number of at least 1.",
+            ))
+        }
+    }
+    let mut chat = chat_without_cap(&body)?;
+    chat.insert("max_tokens".into(), body["max_tokens"].clone());
+    Ok(Value::Object(chat))
+}
+
+/// The translation without `max_tokens` (token counting needs none).
+fn chat_without_cap(body: &Map<String, Value>) -> Result<Map<String, Value>, Error> {
+    let mut messages = Vec::new();
+    if let Some(system) = body.get("system").filter(|s| !s.is_null()) {
+        messages.push(json!({"role": "system", "content": text_of(system)}));
+    }
+    let Some(list) = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+    else {
+        return Err(invalid(
+            "messages",
+            "`messages` must be a non-empty array of messages.",
+        ));
+    };
+    for (i, m) in list.iter().enumerate() {
+        messages.extend(translate_message(m, i)?);
+    }
+    let mut chat = Map::new();
+    if let Some(model) = body.get("model") {
+        chat.insert("model".into(), model.clone());
+    }
+    chat.insert("messages".into(), Value::Array(messages));
+    for field in ["temperature", "top_p", "stream"] {
+        if let Some(v) = body.get(field) {
+            chat.insert(field.into(), v.clone());
+        }
+    }
+    if let Some(stop) = body.get("stop_sequences").and_then(Value::as_array) {
+        chat.insert(
+            "stop".into(),
+            Value::Array(stop.iter().take(4).cloned().collect()),
+        );
+    }
+    if let Some(user) = body.get("metadata").and_then(|m| m.get("user_id")) {
+        chat.insert("user".into(), user.clone());
+    }
+    let tools: Vec<Value> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(|tools| {
+            tools
+                .iter()
+                // A custom tool has an input schema; Anthropic's server tools have none to offer.
+                .filter(|t| t.get("input_schema").is_some())
+                .map(|t| {
+                    json!({"type": "function", "function": {
+                        "name": t.get("name").cloned().unwrap_or(Value::Null),
+                        "description": t.get("description").cloned().unwrap_or(Value::from("")),
+                        "parameters": t.get("input_schema").cloned().unwrap_or(json!({})),
+                    }})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !tools.is_empty() {
+        chat.insert("tools".into(), Value::Array(tools));
+        if let Some(choice) = body.get("tool_choice") {
+            let mapped = match choice.get("type").and_then(Value::as_str) {
+                Some("any") => Some(json!("required")),
+                Some("none") => Some(json!("none")),
+                Some("tool") => {
+                    Some(json!({"type": "function", "function": {"name": choice.get("name")}}))
+                }
+                Some("auto") => Some(json!("auto")),
+                _ => None,
+            };
+            if let Some(m) = mapped {
+                chat.insert("tool_choice".into(), m);
+            }
+            if choice
+                .get("disable_parallel_tool_use")
+                .and_then(Value::as_bool)
+                == Some(true)
+            {
+                chat.insert("parallel_tool_calls".into(), Value::Bool(false));
+            }
+        }
+    }
+    Ok(chat)
+}
+
+/// `count_tokens`: the request as a chat body, to be bounded like one (`max_tokens` not needed).
+pub fn count_body(body: Value) -> Result<Value, Error> {
+    let Value::Object(body) = body else {
+        return Err(Error::invalid_request(
+            "The body must be a JSON object (an Anthropic Messages request).",
+        ));
+    };
+    chat_without_cap(&body).map(Value::Object)
+}
+
+fn stop_reason(finish: Option<&str>) -> &'static str {
+    match finish {
+        Some("length") => "max_tokens",
+        Some("tool_calls" | "function_call") => "tool_use",
+        Some("content_filter") => "refusal",
+        _ => "end_turn",
+    }
+}
+
+fn message_id(chat_id: Option<&str>) -> String {
+    match chat_id {
+        Some(id) => format!("msg_{}", id.trim_start_matches("chatcmpl-")),
+        None => "msg_sluice".to_string(),
+    }
+}
+
+fn usage_of(v: &Value) -> Value {
+    let n = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    json!({
+        "input_tokens": n("/usage/prompt_tokens"),
+        "output_tokens": n("/usage/completion_tokens"),
+        "cache_read_input_tokens": n("/usage/prompt_tokens_details/cached_tokens"),
+        "cache_creation_input_tokens": 0,
+    })
+}
+
+/// A whole chat completion as an Anthropic message.
+pub fn from_completion(v: &Value, model: &str) -> Value {
+    let message = v
+        .pointer("/choices/0/message")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut content = Vec::new();
+    if let Some(text) = message
+        .get("content")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+    {
+        content.push(json!({"type": "text", "text": text}));
+    }
+    if let Some(refusal) = message.get("refusal").and_then(Value::as_str) {
+        content.push(json!({"type": "text", "text": refusal}));
+    }
+    for call in message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let args = call
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("{}");
+        content.push(json!({
+            "type": "tool_use",
+            "id": call.get("id").cloned().unwrap_or(Value::Null),
+            "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
+            "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({})),
+        }));
+    }
+    json!({
+        "id": message_id(v.get("id").and_then(Value::as_str)),
+        "type": "message",
+        "role": "assistant",
+        "model": v.get("model").and_then(Value::as_str).unwrap_or(model),
+        "content": content,
+        "stop_reason": stop_reason(v.pointer("/choices/0/finish_reason").and_then(Value::as_str)),
+        "stop_sequence": null,
+        "usage": usage_of(v),
+    })
+}
+
+/// The open content block of a stream being translated.
+#[derive(Debug, Clone, PartialEq)]
+enum Block {
+    Text,
+    /// A tool call, by its chat index.
+    Tool(u64),
+}
+
+/// Translates a chat SSE stream (as the gateway relays it) into Anthropic's SSE events, chunk by
+/// chunk; nothing is held back but an incomplete event.
+#[derive(Debug)]
+pub struct MessagesStream {
+    parser: Parser,
+    model: String,
+    started: bool,
+    ended: bool,
+    /// Index of the next content block.
+    next_index: u64,
+    open: Option<Block>,
+    stop_reason: &'static str,
+    usage: Value,
+}
+
+impl MessagesStream {
+    pub fn new(model: &str) -> MessagesStream {
+        MessagesStream {
+            parser: Parser::new(),
+            model: model.to_string(),
+            started: false,
+            ended: false,
+            next_index: 0,
+            open: None,
+            stop_reason: "end_turn",
+            usage: json!({"input_tokens": 0, "output_tokens": 0}),
+        }
+    }
+
+    fn event(out: &mut String, name: &str, data: Value) {
+        out.push_str(&format_event(Some(name), &data.to_string()));
+    }
+
+    fn start(&mut self, out: &mut String, chunk: &Value) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        Self::event(
+            out,
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": message_id(chunk.get("id").and_then(Value::as_str)),
+                "type": "message", "role": "assistant",
+                "model": chunk.get("model").and_then(Value::as_str).unwrap_or(&self.model),
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            }}),
+        );
+    }
+
+    fn close(&mut self, out: &mut String) {
+        if self.open.take().is_some() {
+            Self::event(
+                out,
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": self.next_index - 1}),
+            );
+        }
+    }
+
+    fn open_block(&mut self, out: &mut String, block: Block, content_block: Value) {
+        self.close(out);
+        Self::event(
+            out,
+            "content_block_start",
+            json!({"type": "content_block_start", "index": self.next_index, "content_block": content_block}),
+        );
+        self.next_index += 1;
+        self.open = Some(block);
+    }
+
+    fn delta(&self, out: &mut String, delta: Value) {
+        Self::event(
+            out,
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": self.next_index - 1, "delta": delta}),
+        );
+    }
+
+    fn on_chunk_json(&mut self, out: &mut String, v: &Value) {
+        if let Some(error) = v.get("error").filter(|_| v.get("choices").is_none()) {
+            self.fail(out, error);
+            return;
+        }
+        self.start(out, v);
+        if v.get("usage").is_some_and(Value::is_object) {
+            self.usage = usage_of(v);
+        }
+        let Some(choice) = v.pointer("/choices/0") else {
+            return;
+        };
+        let delta = choice.get("delta").cloned().unwrap_or(Value::Null);
+        for text in [delta.get("content"), delta.get("refusal")]
+            .into_iter()
+            .flatten()
+        {
+            let Some(text) = text.as_str().filter(|t| !t.is_empty()) else {
+                continue;
+            };
+            if self.open != Some(Block::Text) {
+                self.open_block(out, Block::Text, json!({"type": "text", "text": ""}));
+            }
+            self.delta(out, json!({"type": "text_delta", "text": text}));
+        }
+        for call in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            if self.open != Some(Block::Tool(index)) {
+                self.open_block(out, Block::Tool(index), json!({
+                    "type": "tool_use",
+                    "id": call.get("id").cloned().unwrap_or_else(|| Value::from(format!("toolu_{index}"))),
+                    "name": call.pointer("/function/name").cloned().unwrap_or(Value::from("")),
+                    "input": {},
+                }));
+            }
+            if let Some(args) = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .filter(|a| !a.is_empty())
+            {
+                self.delta(
+                    out,
+                    json!({"type": "input_json_delta", "partial_json": args}),
+                );
+            }
+        }
+        if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.stop_reason = stop_reason(Some(finish));
+        }
+    }
+
+    fn finish(&mut self, out: &mut String) {
+        if self.ended {
+            return;
+        }
+        self.start(out, &Value::Null);
+        self.close(out);
+        self.ended = true;
+        Self::event(
+            out,
+            "message_delta",
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": self.stop_reason, "stop_sequence": null}, "usage": self.usage}),
+        );
+        Self::event(out, "message_stop", json!({"type": "message_stop"}));
+    }
+
+    /// The stream's error (OpenAI's `error` member, as the gateway sends it) as Anthropic's.
+    fn fail(&mut self, out: &mut String, error: &Value) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let status = error
+            .get("type")
+            .and_then(Value::as_str)
+            .and_then(crate::error::Problem::from_slug)
+            .map_or(500, crate::error::Problem::status);
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("The stream failed.");
+        Self::event(
+            out,
+            "error",
+            json!({"type": "error", "error": {
+            "type": crate::error::anthropic_type(status), "message": message}}),
+        );
+    }
+
+    /// Anthropic events for the next bytes of the chat stream.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = String::new();
+        for event in self.parser.push(bytes) {
+            if self.ended {
+                break;
+            }
+            if event.data == "[DONE]" {
+                self.finish(&mut out);
+                continue;
+            }
+            if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
+                self.on_chunk_json(&mut out, &v);
+            }
+        }
+        out.into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::sse::Event;
+
+    fn events(bytes: &[u8]) -> Vec<Event> {
+        Parser::new().push(bytes)
+    }
+
+    #[test]
+    fn a_request_with_system_images_tools_and_results_becomes_chat() {
+        let body = json!({
+        "model": "claude-x", "max_tokens": 100, "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+        "thinking": {"type": "enabled", "budget_tokens": 1024}, "top_k": 5, "metadata": {"user_id": "u1"},
+        "stop_sequences": ["END"], "temperature": 0.5,
+        "tools": [{"name": "get_weather", "description": "w", "input_schema": {"type": "object"}},
+                  {"type": "web_search_20250305", "name": "web_search"}],
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "look"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm"}, {"type": "text", "text": "calling"},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "cold"}]},
+                {"type": "text", "text": "and?"}]}
+        ]});
+        let chat = to_chat(body).unwrap();
+        let m = chat["messages"].as_array().unwrap();
+        assert_eq!(m[0], json!({"role": "system", "content": "be brief"}));
+        assert_eq!(
+            m[1]["content"][1],
+            json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}})
+        );
+        assert_eq!(m[2]["content"], "calling");
+        assert_eq!(
+            m[2]["tool_calls"][0]["function"],
+            json!({"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"})
+        );
+        assert_eq!(
+            m[3],
+            json!({"role": "tool", "tool_call_id": "toolu_1", "content": "cold"})
+        );
+        assert_eq!(m[4], json!({"role": "user", "content": "and?"}));
+        assert_eq!(
+            chat["tools"].as_array().unwrap().len(),
+            1,
+            "server tools dropped"
+        );
+        assert_eq!(
+            (
+                chat["tool_choice"].clone(),
+                chat["parallel_tool_calls"].clone()
+            ),
+            (json!("required"), json!(false))
+        );
+        assert_eq!(
+            (
+                chat["max_tokens"].clone(),
+                chat["stop"].clone(),
+                chat["user"].clone()
+            ),
+            (json!(100), json!(["END"]), json!("u1"))
+        );
+        for dropped in ["thinking", "top_k", "metadata", "system"] {
+            assert!(chat.get(dropped).is_none(), "{dropped}");
+        }
+    }
+
+    #[test]
+    fn max_tokens_and_messages_are_required() {
+        let e = to_chat(json!({"messages": [{"role": "user", "content": "x"}]})).unwrap_err();
+        assert_eq!(e.extra["param"], "max_tokens");
+        let e = to_chat(json!({"max_tokens": 5, "messages": []})).unwrap_err();
+        assert_eq!(e.extra["param"], "messages");
+        let e = to_chat(json!({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}))
+            .unwrap_err();
+        assert_eq!(e.extra["param"], "messages[0]");
+        assert!(count_body(json!({"messages": [{"role": "user", "content": "x"}]})).is_ok());
+    }
+
+    #[test]
+    fn a_whole_completion_becomes_a_message() {
+        let v = json!({"id": "chatcmpl-9", "model": "m", "choices": [{"message": {"content": "hi",
+            "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4}});
+        let m = from_completion(&v, "m");
+        assert_eq!(m["id"], "msg_9");
+        assert_eq!(
+            m["content"],
+            json!([{"type": "text", "text": "hi"}, {"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}}])
+        );
+        assert_eq!(
+            (
+                m["stop_reason"].clone(),
+                m["usage"]["output_tokens"].clone()
+            ),
+            (json!("tool_use"), json!(4))
+        );
+    }
+
+    #[test]
+    fn a_chat_stream_becomes_anthropic_events_split_anywhere() {
+        let chunk = |delta: Value, finish: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-1", "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            )
+        };
+        let text = [
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(json!({"content": "Hel"}), Value::Null),
+            chunk(json!({"content": "lo"}), Value::Null),
+            chunk(json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": ""}}]}), Value::Null),
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":"}}]}), Value::Null),
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}), json!("tool_calls")),
+            format!("data: {}\n\n", json!({"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 6}})),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        for split in [1, 7, text.len()] {
+            let mut s = MessagesStream::new("m");
+            let mut out = Vec::new();
+            for piece in text.as_bytes().chunks(split) {
+                out.extend(s.push(piece));
+            }
+            let names: Vec<String> = events(&out)
+                .iter()
+                .map(|e| e.event.clone().unwrap_or_default())
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    "message_start",
+                    "content_block_start",
+                    "content_block_delta",
+                    "content_block_delta",
+                    "content_block_stop",
+                    "content_block_start",
+                    "content_block_delta",
+                    "content_block_delta",
+                    "content_block_stop",
+                    "message_delta",
+                    "message_stop"
+                ],
+                "split {split}"
+            );
+            let all = events(&out);
+            let data = |i: usize| serde_json::from_str::<Value>(&all[i].data).unwrap();
+            assert_eq!(
+                data(2)["delta"],
+                json!({"type": "text_delta", "text": "Hel"})
+            );
+            assert_eq!(data(5)["content_block"]["type"], "tool_use");
+            assert_eq!(
+                data(7)["delta"],
+                json!({"type": "input_json_delta", "partial_json": "1}"})
+            );
+            assert_eq!(data(9)["delta"]["stop_reason"], "tool_use");
+            assert_eq!(data(9)["usage"]["output_tokens"], 6);
+        }
+    }
+
+    #[test]
+    fn a_stream_error_becomes_anthropics_error_event() {
+        let mut s = MessagesStream::new("m");
+        let problem = Error::new(crate::error::Problem::QuotaExceeded, "spent").to_problem();
+        let out = s.push(format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"a\"}}}}]}}\n\ndata: {problem}\n\ndata: [DONE]\n\n").as_bytes());
+        let all = events(&out);
+        let last = all.last().unwrap();
+        assert_eq!(last.event.as_deref(), Some("error"));
+        let v: Value = serde_json::from_str(&last.data).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "error", "error": {"type": "rate_limit_error", "message": "spent"}})
+        );
+        assert!(
+            all.iter()
+                .all(|e| e.event.as_deref() != Some("message_stop")),
+            "no clean end after an error"
+        );
+    }
+}

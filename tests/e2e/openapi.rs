@@ -1,0 +1,310 @@
+//! The OpenAPI document at `GET /openapi.json` is true: real answers of every part of the surface
+//! (data plane, sign-in, admin; successes and errors) are validated against the schema the
+//! document gives for their path, method, status and media type, with a JSON Schema validator.
+
+use std::sync::Arc;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::{CaseFn, CaseResult, Ctx};
+use crate::support::*;
+
+pub fn cases() -> Vec<(&'static str, CaseFn)> {
+    cases![answers_match_the_openapi_document]
+}
+
+/// The document's operation for a concrete path: `{param}` segments match any one segment (the
+/// most literal template wins, so `/models/{model}` is not taken for `/models`).
+fn operation<'a>(doc: &'a Value, method: &str, path: &str) -> Option<(&'a str, &'a Value)> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mut best: Option<(usize, &str, &Value)> = None;
+    for (template, item) in doc["paths"].as_object()? {
+        let t: Vec<&str> = template.trim_matches('/').split('/').collect();
+        let fits = t.len() == segs.len()
+            && t.iter()
+                .zip(&segs)
+                .all(|(a, b)| a == b || (a.starts_with('{') && a.ends_with('}')));
+        let literal = t.iter().filter(|s| !s.starts_with('{')).count();
+        if let (true, Some(op)) = (fits, item.get(method.to_ascii_lowercase())) {
+            if best.is_none_or(|(l, _, _)| literal > l) {
+                best = Some((literal, template, op));
+            }
+        }
+    }
+    best.map(|(_, t, op)| (t, op))
+}
+
+/// Checks one answer against the document: its status is documented (or `default`), its media type
+/// is one the response lists, and its body validates against that media type's schema.
+fn check(doc: &Value, method: &str, path: &str, reply: &Reply) -> Result<String> {
+    let (template, op) = operation(doc, method, path)
+        .ok_or_else(|| format!("{method} {path}: not in the document"))?;
+    let responses = &op["responses"];
+    let response = responses
+        .get(reply.status.to_string())
+        .or_else(|| responses.get("default"))
+        .ok_or_else(|| {
+            format!(
+                "{method} {template}: status {} not documented",
+                reply.status
+            )
+        })?;
+    let Some(content) = response.get("content").and_then(Value::as_object) else {
+        if reply.text.is_empty() {
+            return Ok(format!("{method} {template} {}", reply.status));
+        }
+        return Err(format!(
+            "{method} {template} {}: a body, and none documented",
+            reply.status
+        )
+        .into());
+    };
+    let media = reply
+        .content_type()
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let schema = content
+        .get(&media)
+        .map(|m| m["schema"].clone())
+        .ok_or_else(|| {
+            format!(
+                "{method} {template} {}: media type {media} not documented",
+                reply.status
+            )
+        })?;
+    // The response schema with the document's components beside it, so `#/components/…` resolves.
+    let root = json!({"components": doc["components"], "allOf": [schema]});
+    let validator =
+        jsonschema::validator_for(&root).map_err(|e| format!("{template}: schema: {e}"))?;
+    let body: Value = serde_json::from_str(&reply.text)?;
+    let errors: Vec<String> = validator
+        .iter_errors(&body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    if !errors.is_empty() {
+        return Err(format!(
+            "{method} {path} {}: {}\n{}",
+            reply.status,
+            errors.join("; "),
+            reply.text
+        )
+        .into());
+    }
+    Ok(format!("{method} {template} {} {media}", reply.status))
+}
+
+async fn answers_match_the_openapi_document(c: Arc<Ctx>) -> CaseResult {
+    let served = Reply::read(
+        c.http
+            .get(format!("{}/openapi.json", c.base))
+            .send()
+            .await?,
+    )
+    .await?;
+    assert_eq!(served.status, 200, "{}", served.describe());
+    let doc = served.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    jsonschema::validator_for(
+        &json!({"components": doc["components"], "$ref": "#/components/schemas/Problem"}),
+    )
+    .map_err(|e| format!("the document's schemas: {e}"))?;
+
+    let slug = "openapi-check";
+    let t = c
+        .tenant_on_mock(slug, "ok", json!({"models": ["mock-1"]}))
+        .await?;
+    let api_id = t.api_id.clone();
+    let p = |path: &str| format!("/v1/{slug}/chat{path}");
+    let data = |method: Method, path: String, body: Option<Value>, key: Option<&str>| {
+        let mut req = c.http.request(method, format!("{}{path}", c.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move { Reply::read(req.send().await?).await }
+    };
+    let key = Some(t.secret.as_str());
+    let msg = json!([{"role": "user", "content": "hi"}]);
+    let mut calls: Vec<(Method, String, Reply)> = Vec::new();
+    macro_rules! call {
+        ($method:expr, $path:expr, $body:expr, $key:expr) => {{
+            let path: String = $path;
+            let reply = data($method, path.clone(), $body, $key).await?;
+            calls.push(($method, path, reply));
+        }};
+    }
+    call!(
+        Method::POST,
+        p("/chat/completions"),
+        Some(json!({"model": "mock-1", "messages": msg})),
+        key
+    );
+    call!(
+        Method::POST,
+        p("/chat/completions"),
+        Some(json!({"model": "mock-1", "messages": msg})),
+        Some("ask_live_nope")
+    );
+    call!(
+        Method::POST,
+        p("/chat/completions"),
+        Some(json!({"model": "nope", "messages": msg})),
+        key
+    );
+    call!(
+        Method::POST,
+        p("/chat/completions"),
+        Some(json!({"messages": 1})),
+        key
+    );
+    call!(
+        Method::POST,
+        p("/responses"),
+        Some(json!({"model": "mock-1", "input": "hi"})),
+        key
+    );
+    call!(
+        Method::POST,
+        p("/embeddings"),
+        Some(json!({"model": "mock-1", "input": "hi"})),
+        key
+    );
+    call!(
+        Method::POST,
+        p("/v1/messages"),
+        Some(json!({"model": "mock-1", "max_tokens": 10, "messages": msg})),
+        key
+    );
+    call!(
+        Method::POST,
+        p("/messages"),
+        Some(json!({"model": "mock-1", "messages": msg})),
+        key
+    );
+    call!(
+        Method::POST,
+        p("/v1/messages/count_tokens"),
+        Some(json!({"model": "mock-1", "messages": msg})),
+        key
+    );
+    call!(Method::GET, p("/models"), None, key);
+    call!(Method::GET, p("/models/mock-1"), None, key);
+    call!(Method::GET, p("/models/none"), None, key);
+    call!(Method::GET, p("/usage"), None, key);
+    call!(
+        Method::POST,
+        format!("/v1/{slug}/auth/otp/start"),
+        Some(json!({"email": "a@example.com"})),
+        None
+    );
+    call!(
+        Method::POST,
+        format!("/v1/{slug}/auth/otp/verify"),
+        Some(json!({"email": "a@example.com", "code": "000000"})),
+        None
+    );
+    call!(
+        Method::POST,
+        format!("/v1/{slug}/auth/token"),
+        Some(json!({"grant_type": "client_credentials"})),
+        key
+    );
+    call!(
+        Method::GET,
+        format!("/v1/{slug}/.well-known/jwks.json"),
+        None,
+        None
+    );
+    call!(Method::GET, "/health".to_string(), None, None);
+    let admin = Some(c.admin.token.as_str());
+    call!(Method::GET, "/api/v1/projects".to_string(), None, admin);
+    call!(Method::GET, format!("/api/v1/projects/{slug}"), None, admin);
+    call!(
+        Method::GET,
+        format!("/api/v1/projects/{slug}/consumers"),
+        None,
+        admin
+    );
+    call!(
+        Method::POST,
+        format!("/api/v1/projects/{slug}/consumers"),
+        Some(json!({"name": "another"})),
+        admin
+    );
+    call!(
+        Method::GET,
+        format!("/api/v1/projects/{slug}/consumers/{}", t.consumer_id),
+        None,
+        admin
+    );
+    call!(
+        Method::POST,
+        format!("/api/v1/projects/{slug}/consumers/{}/keys", t.consumer_id),
+        Some(json!({"name": "k2"})),
+        admin
+    );
+    call!(
+        Method::GET,
+        format!("/api/v1/projects/{slug}/keys"),
+        None,
+        admin
+    );
+    call!(
+        Method::GET,
+        format!("/api/v1/projects/{slug}/auth-events"),
+        None,
+        admin
+    );
+    call!(Method::GET, "/api/v1/gateway/apis".to_string(), None, admin);
+    call!(
+        Method::GET,
+        format!("/api/v1/gateway/apis/{api_id}"),
+        None,
+        admin
+    );
+    call!(
+        Method::GET,
+        format!("/api/v1/gateway/apis/{api_id}/plans"),
+        None,
+        admin
+    );
+    call!(
+        Method::GET,
+        format!("/api/v1/gateway/apis/{api_id}/usage"),
+        None,
+        admin
+    );
+    call!(
+        Method::GET,
+        "/api/v1/projects".to_string(),
+        None,
+        Some("wrong-admin-token")
+    );
+    call!(
+        Method::POST,
+        "/api/v1/projects".to_string(),
+        Some(json!({"slug": "Bad Slug"})),
+        admin
+    );
+
+    let mut seen = Vec::new();
+    for (method, path, reply) in &calls {
+        let path = path.split('?').next().unwrap_or(path);
+        seen.push(check(&doc, method.as_str(), path, reply)?);
+    }
+    println!(
+        "    measured: {} answers validated against /openapi.json",
+        seen.len()
+    );
+    assert!(
+        seen.iter().any(|s| s.contains("application/problem+json")),
+        "errors were checked too"
+    );
+    Ok(())
+}

@@ -124,7 +124,8 @@ CREATE TABLE usage_records (
   cost_micro         INTEGER NOT NULL DEFAULT 0,
   overrun            INTEGER NOT NULL DEFAULT 0,        -- the upstream used more than was reserved
   endpoint           TEXT NOT NULL DEFAULT 'chat',      -- chat, responses, embeddings, messages
-  upstream_request_id TEXT                              -- the upstream's x-request-id, when it sent one
+  upstream_request_id TEXT,                             -- the upstream's x-request-id, when it sent one
+  upstream_error     TEXT                               -- what the upstream said when it failed (owner only)
 );
 CREATE INDEX usage_by_api_time ON usage_records (api_id, created_at);
 

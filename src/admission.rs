@@ -65,6 +65,8 @@ pub struct Lease {
     pub progress: Progress,
     /// The upstream's own request id, once its answer said one.
     pub upstream_request_id: Option<String>,
+    /// What the upstream said when it failed, for the usage record.
+    pub upstream_error: Option<String>,
     settle: Option<oneshot::Sender<SettleMsg>>,
 }
 
@@ -158,6 +160,7 @@ pub async fn admit(
         renew_every_ms: ttl / 3,
         progress: Progress::default(),
         upstream_request_id: None,
+        upstream_error: None,
         settle: Some(tx),
     })
 }
@@ -201,6 +204,7 @@ impl Lease {
             latency_ms: self.elapsed(),
             ttft_ms: self.progress.ttft_ms,
             upstream_request_id: self.upstream_request_id.clone(),
+            upstream_error: self.upstream_error.clone(),
             ..Outcome::default()
         }
     }

@@ -4,7 +4,7 @@
 use wasm_bindgen::JsValue;
 use worker::{Env, Headers, Method, Request, RequestInit};
 
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::http::secret;
 use crate::outbound::{self, Fetched};
 use crate::records::Project;
@@ -15,9 +15,10 @@ pub const MAILBOX_KEY: &str = "all";
 /// How long the mail provider may take to accept a sign-in mail.
 const EMAIL_TIMEOUT_MS: u64 = 10_000;
 
-/// Whether the gateway runs as a local dev server (`make dev` sets SLUICE_DEV).
+/// Whether the gateway runs as a local dev server (`make dev` sets SLUICE_DEV): only when it is
+/// exactly `1` or `true`, so a typo or `off` never opens the dev mailbox.
 pub fn dev_mode(env: &Env) -> bool {
-    secret(env, "SLUICE_DEV").is_some_and(|v| v != "0" && v != "false")
+    secret(env, "SLUICE_DEV").is_some_and(|v| v == "1" || v == "true")
 }
 
 pub struct Mail {
@@ -108,8 +109,9 @@ pub async fn send(env: &Env, project: &Project, mail: Mail, now: i64) -> Result<
             mails.drain(..keep);
             kv::put::<MailboxRecord>(&store, MAILBOX_KEY, &mails).await
         }
-        None => Err(Error::misconfigured(
-            "Sign-in mail is not configured: set EMAIL_API_URL and EMAIL_API_KEY.",
+        None => Err(Error::new(
+            Problem::EmailNotConfigured,
+            "Sign-in mail is not configured: the operator must set EMAIL_API_URL and EMAIL_API_KEY.",
         )),
     }
 }

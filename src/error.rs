@@ -86,6 +86,7 @@ catalogue! {
     UpstreamRejected => "upstream-rejected", 400, "The upstream model API rejected the request";
     UpstreamStreamInterrupted => "upstream-stream-interrupted", 502, "The upstream stream ended early";
     GatewayMisconfigured => "gateway-misconfigured", 503, "The gateway is not configured for this";
+    EmailNotConfigured => "email-not-configured", 503, "Sign-in mail is not configured";
     CounterUnavailable => "counter-unavailable", 503, "Quota counters are unavailable";
     AuthUnavailable => "auth-unavailable", 503, "Sign-in is temporarily unavailable";
     JwksUnavailable => "jwks-unavailable", 503, "The API's key set is unavailable";

@@ -39,6 +39,7 @@ use crate::stream::relay::{Next, Relay, Usage};
 use crate::timing::{Binding, Timing};
 use crate::upstream::asked::Asked;
 use crate::upstream::chat::{ApiRules, ChatRequest};
+use crate::upstream::UPSTREAM_TEXT_CHARS;
 use crate::upstream::{self, demo::DemoReply};
 use crate::usage::{Ended, Endpoint, UsageRecord};
 
@@ -254,14 +255,17 @@ impl Exchange {
     }
 
     /// The upstream failed before answering: what it was sent is booked as the failure says.
-    fn failed(self, failure: Failure) -> Result<Response, Error> {
+    fn failed(mut self, failure: Failure) -> Result<Response, Error> {
         self.controller.abort();
+        self.lease.upstream_error = failure.said.clone();
         let outcome = match failure.ended {
             // An error status means nothing was generated: nothing is booked.
             Ended::UpstreamError => Outcome {
                 status: failure.error.status,
                 ended: Ended::UpstreamError,
                 latency_ms: self.lease.elapsed(),
+                upstream_request_id: self.lease.upstream_request_id.clone(),
+                upstream_error: self.lease.upstream_error.clone(),
                 ..Outcome::default()
             },
             ended => self.lease.estimated(failure.error.status, ended),
@@ -345,6 +349,7 @@ fn reported(lease: &Lease, status: u16, ended: Ended, usage: Usage) -> Outcome {
         latency_ms: lease.elapsed(),
         ttft_ms: lease.progress.ttft_ms,
         upstream_request_id: lease.upstream_request_id.clone(),
+        upstream_error: lease.upstream_error.clone(),
     }
 }
 
@@ -674,11 +679,22 @@ enum Outbound {
 struct Failure {
     error: Error,
     ended: Ended,
+    /// What the upstream (or the runtime) said: for the usage record, never the end user.
+    said: Option<String>,
 }
 
 impl Failure {
     fn new(error: Error, ended: Ended) -> Failure {
-        Failure { error, ended }
+        Failure {
+            error,
+            ended,
+            said: None,
+        }
+    }
+
+    fn saying(mut self, said: impl Into<String>) -> Failure {
+        self.said = Some(said.into());
+        self
     }
 }
 
@@ -756,9 +772,10 @@ async fn send(
         Fetched::Answered(resp) => resp,
         Fetched::Failed(e) => {
             return Err(Failure::new(
-                Error::upstream(format!("The upstream could not be reached: {e}.")),
+                Error::upstream("The upstream model API could not be reached."),
                 Ended::UpstreamUnreachable,
-            ))
+            )
+            .saying(e))
         }
         Fetched::TimedOut => {
             return Err(Failure::new(
@@ -772,10 +789,10 @@ async fn send(
     if !(200..300).contains(&status) {
         let retry_after = response.headers().get("retry-after").ok().flatten();
         let body = read_limited(&mut response, ERROR_BODY_LIMIT).await;
-        return Err(Failure::new(
-            upstream::upstream_failure(status, &body, retry_after).with_headers(head.headers()),
-            Ended::UpstreamError,
-        ));
+        let (error, said) = upstream::upstream_failure(status, &body, retry_after);
+        return Err(
+            Failure::new(error.with_headers(head.headers()), Ended::UpstreamError).saying(said),
+        );
     }
     if stream {
         let body = response
@@ -786,9 +803,10 @@ async fn send(
     } else {
         let bytes = crate::http::response_bytes(&response).await.map_err(|e| {
             Failure::new(
-                Error::upstream(format!("The upstream answer broke off: {e}.")),
+                Error::upstream("The upstream model API's answer broke off."),
                 Ended::UpstreamCut,
             )
+            .saying(e.to_string())
         })?;
         Ok(Answer::Json(bytes, head))
     }
@@ -920,13 +938,15 @@ impl MeteredStream {
                     }
                     bytes
                 }
-                Some(Err(e)) => self.relay.on_error(&Error::new(
-                    Problem::UpstreamStreamInterrupted,
-                    format!(
-                        "The upstream connection failed mid-stream: {}.",
-                        e.trim_end_matches('.')
-                    ),
-                )),
+                Some(Err(e)) => {
+                    if let Some(lease) = self.lease.as_mut() {
+                        lease.upstream_error = Some(e.chars().take(UPSTREAM_TEXT_CHARS).collect());
+                    }
+                    self.relay.on_error(&Error::new(
+                        Problem::UpstreamStreamInterrupted,
+                        "The upstream connection failed mid-stream; the text so far was delivered.",
+                    ))
+                }
                 None => self.relay.on_end(),
             };
             if let Some(lease) = self.lease.as_mut() {
@@ -973,8 +993,9 @@ impl MeteredStream {
             Err(failure) => failure,
         };
         let bytes = self.relay.on_error(&failure.error);
-        if failure.ended == Ended::UpstreamError {
-            if let Some(lease) = self.lease.as_mut() {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.upstream_error = failure.said;
+            if failure.ended == Ended::UpstreamError {
                 lease.progress.sent_upstream = false;
             }
         }

@@ -102,6 +102,9 @@ pub struct UsageRecord {
     /// The upstream's own request id (`x-request-id`), when it sent one.
     #[serde(default)]
     pub upstream_request_id: Option<String>,
+    /// What the upstream (or the connection to it) said when it failed: for the owner only.
+    #[serde(default)]
+    pub upstream_error: Option<String>,
 }
 
 /// The data-plane endpoints that are metered.
@@ -152,6 +155,7 @@ impl UsageRecord {
             "n": self.n, "max_tokens": self.max_tokens, "prompt_bound": self.prompt_bound,
             "cost_usd": crate::limits::spend::micro_to_usd(self.cost_micro), "overrun": self.overrun,
             "endpoint": self.endpoint.as_str(), "upstream_request_id": self.upstream_request_id,
+            "upstream_error": self.upstream_error,
         })
     }
 }

@@ -8,7 +8,9 @@ use serde::Deserialize;
 use crate::auth::config::{Allowlist, Credential, CredentialConfig};
 use crate::auth::mode::AuthMode;
 use crate::error::Error;
-use crate::input::validate::{nullable, validate_base_url, validate_slug, validate_text};
+use crate::input::validate::{
+    nullable, upstream_origin, validate_base_url, validate_slug, validate_text,
+};
 use crate::limits::spend::{PriceInput, PriceTable};
 use crate::records::{Api, Project};
 use crate::upstream::policy::{CapField, PolicyInput};
@@ -141,9 +143,17 @@ impl UpstreamPatch {
         }
     }
 
-    fn apply(self, api: &mut Api, seal: Seal<'_>) -> Result<(), Error> {
+    /// Writes the patch onto `api`; whether a stored provider key was dropped because the base URL
+    /// moved to another host without a key given again.
+    fn apply(self, api: &mut Api, seal: Seal<'_>) -> Result<bool, Error> {
         api.policy = self.policy().apply(&api.policy);
+        let mut key_dropped = false;
         if let Some(base) = self.base_url {
+            let moved = upstream_origin(&base) != upstream_origin(&api.upstream_base_url);
+            if moved && self.api_key.is_none() && api.upstream_key_enc.is_some() {
+                api.upstream_key_enc = None;
+                key_dropped = true;
+            }
             api.upstream_base_url = base;
         }
         match self.api_key {
@@ -160,7 +170,7 @@ impl UpstreamPatch {
         if let Some(t) = self.timeout_ms {
             api.timeout_ms = t;
         }
-        Ok(())
+        Ok(key_dropped)
     }
 }
 
@@ -204,8 +214,10 @@ impl ApiPatch {
         Ok(())
     }
 
-    /// Writes what the patch names onto `api` (call `validate` first).
-    pub fn apply(self, api: &mut Api, now: i64, seal: Seal<'_>) -> Result<(), Error> {
+    /// Writes what the patch names onto `api` (call `validate` first); whether the stored provider
+    /// key was dropped (the base URL moved to another host and no key came with it).
+    pub fn apply(self, api: &mut Api, now: i64, seal: Seal<'_>) -> Result<bool, Error> {
+        let mut key_dropped = false;
         if let Some(name) = self.name {
             api.name = name;
         }
@@ -213,7 +225,7 @@ impl ApiPatch {
             api.mode = AuthMode::parse(&mode)?;
         }
         if let Some(u) = self.upstream {
-            u.apply(api, seal)?;
+            key_dropped = u.apply(api, seal)?;
         }
         if let Some(list) = self.ip_allowlist {
             api.ip_allowlist = Allowlist::try_from(list)?;
@@ -228,7 +240,7 @@ impl ApiPatch {
             api.policy.server_timing = on;
         }
         api.updated_at = now;
-        Ok(())
+        Ok(key_dropped)
     }
 }
 
@@ -300,5 +312,41 @@ mod tests {
         assert!(api.ip_allowlist.allows(Some("10.0.0.1")));
         let bad: ApiPatch = parse_body(br#"{"ip_allowlist":["nope"]}"#).unwrap();
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_provider_key_stays_with_its_host() {
+        let patched = |from: &str, body: &[u8]| {
+            let mut api = Api::new("api_1".into(), &project(), "chat".into(), "Chat".into(), 0);
+            api.upstream_base_url = from.into();
+            api.upstream_key_enc = Some("old".into());
+            let p: ApiPatch = parse_body(body).unwrap();
+            p.validate().unwrap();
+            let dropped = p.apply(&mut api, 1, &seal).unwrap();
+            (dropped, api.upstream_key_enc)
+        };
+        let from = "https://api.openai.com/v1";
+        assert_eq!(
+            patched(
+                from,
+                br#"{"upstream":{"base_url":"https://evil.example/v1"}}"#
+            ),
+            (true, None)
+        );
+        assert_eq!(
+            patched(
+                from,
+                br#"{"upstream":{"base_url":"https://api.openai.com/v2"}}"#
+            ),
+            (false, Some("old".into())),
+            "another path on the same host keeps the key"
+        );
+        assert_eq!(
+            patched(
+                from,
+                br#"{"upstream":{"base_url":"https://other.example/v1","api_key":"sk-new"}}"#
+            ),
+            (false, Some("sealed:sk-new".into()))
+        );
     }
 }

@@ -52,6 +52,20 @@ pub fn validate_text(field: &str, s: &str, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Where a base URL sends requests: its scheme and authority, lower-cased (`demo` for the demo). A
+/// provider key is bound to it: the key was given for that host and goes to no other.
+pub fn upstream_origin(base_url: &str) -> String {
+    let lower = base_url.to_ascii_lowercase();
+    match lower.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            format!("{scheme}://{host}")
+        }
+        None => lower,
+    }
+}
+
 /// The base URL of an OpenAI-compatible server, or `demo` for the built-in demo upstream.
 pub fn validate_base_url(s: &str) -> Result<(), Error> {
     if s == DEMO_UPSTREAM {
@@ -126,6 +140,23 @@ mod tests {
             assert!(validate_slug("slug", bad).is_err(), "{bad}");
         }
         assert!(validate_base_url("demo").is_ok());
+        assert_eq!(
+            upstream_origin("https://API.openai.com/v1"),
+            upstream_origin("https://api.openai.com/v2/")
+        );
+        for other in [
+            "http://api.openai.com/v1",
+            "https://api.openai.com:8443/v1",
+            "https://evil.example/v1",
+            "https://api.openai.com.evil.example/v1",
+            "https://user@evil.example/api.openai.com",
+        ] {
+            assert_ne!(
+                upstream_origin("https://api.openai.com/v1"),
+                upstream_origin(other),
+                "{other}"
+            );
+        }
         assert!(validate_base_url("https://api.openai.com/v1").is_ok());
         assert!(validate_base_url("http://127.0.0.1:9000").is_ok());
         for bad in [

@@ -289,6 +289,9 @@ pub struct Outcome {
     /// The upstream's own request id, when it sent one.
     #[serde(default)]
     pub upstream_request_id: Option<String>,
+    /// What the upstream said when it failed (for the owner's usage record).
+    #[serde(default)]
+    pub upstream_error: Option<String>,
 }
 
 impl CounterState {
@@ -613,6 +616,7 @@ impl CounterState {
             record.latency_ms = outcome.latency_ms;
             record.ttft_ms = outcome.ttft_ms;
             record.upstream_request_id = outcome.upstream_request_id.clone();
+            record.upstream_error = outcome.upstream_error.clone();
             self.filed.push(record);
         }
         true

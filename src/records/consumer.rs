@@ -58,6 +58,15 @@ impl Consumer {
         self.status == ConsumerStatus::Enabled
     }
 
+    /// What a signed-in user sees of themselves (`/auth/me`): their own fields, none of the owner's
+    /// (the name and description are the owner's notes about them).
+    pub fn to_self_json(&self, project_slug: &str) -> Value {
+        json!({
+            "id": self.id, "project": project_slug, "email": self.email, "kind": self.kind.as_str(),
+            "status": self.status.as_str(), "created_at": rfc3339(self.created_at),
+        })
+    }
+
     pub fn to_json(&self, project_slug: &str) -> Value {
         json!({
             "id": self.id, "project": project_slug, "name": self.name, "description": self.description,

@@ -47,6 +47,18 @@ struct RefreshBody {
     refresh_token: String,
 }
 
+/// OTP sign-in exists only on a project with an API in `managed` mode; elsewhere its routes are 404.
+async fn require_managed(db: &D1Database, project: &Project) -> Result<(), Error> {
+    if d1::has_managed_api(db, &project.id).await? {
+        Ok(())
+    } else {
+        Err(Error::not_found(format!(
+            "Project `{}` has no API in managed mode, so it has no OTP sign-in.",
+            project.slug
+        )))
+    }
+}
+
 /// The project named in the path and the request's JSON body (bounded): how every sign-in call starts.
 async fn project_and_body<T: DeserializeOwned>(
     req: &mut Request,
@@ -80,7 +92,8 @@ pub async fn otp_start(
     ctx: &Context,
     project: &str,
 ) -> Result<Response, Error> {
-    let (_, project, input): (_, _, OtpStart) = project_and_body(&mut req, env, project).await?;
+    let (db, project, input): (_, _, OtpStart) = project_and_body(&mut req, env, project).await?;
+    require_managed(&db, &project).await?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     let now = now_ms();
     let ip = client_ip(&req);
@@ -127,7 +140,7 @@ pub async fn otp_start(
     let mail = email::sign_in_mail(&project, &email, &code);
     match email::send(env, &project, mail, now).await {
         Ok(()) => {}
-        Err(e) if e.problem == Problem::GatewayMisconfigured => return Err(e),
+        Err(e) if e.problem == Problem::EmailNotConfigured => return Err(e),
         // A provider failure is logged, not shown: the answer must not depend on the address.
         Err(e) => worker::console_error!("sign-in mail not delivered: {}", e.detail),
     }
@@ -155,6 +168,7 @@ pub async fn otp_verify(
     project: &str,
 ) -> Result<Response, Error> {
     let (db, project, input): (_, _, OtpVerify) = project_and_body(&mut req, env, project).await?;
+    require_managed(&db, &project).await?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     let code = normalize_code(&input.code)
         .ok_or_else(|| Error::invalid_request("`code` is the 6-digit code from the mail."))?;
@@ -476,7 +490,7 @@ pub async fn me(req: Request, env: &Env, project: &str) -> Result<Response, Erro
     let consumer = d1::find_consumer(&db, &project.id, &consumer_id)
         .await?
         .ok_or_else(|| Error::invalid_credential("The signed-in user no longer exists."))?;
-    json(200, &consumer.to_json(&project.slug))
+    json(200, &consumer.to_self_json(&project.slug))
 }
 
 fn oauth_error(status: u16, error: &'static str, description: &str) -> Error {

@@ -23,6 +23,8 @@ pub fn endpoint_url(base_url: &str, path: &str) -> String {
 }
 
 /// The human part of an upstream error body: OpenAI's `error.message`, else the start of the text.
+/// It is for the owner (the usage record), never for the end user: it can name the provider key's
+/// tail, the provider's org id or internal URLs.
 pub fn upstream_message(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         let msg = v
@@ -30,39 +32,101 @@ pub fn upstream_message(body: &[u8]) -> String {
             .or_else(|| v.get("message"))
             .or_else(|| v.get("detail"));
         if let Some(Value::String(m)) = msg {
-            return m.chars().take(300).collect();
+            return m.chars().take(UPSTREAM_TEXT_CHARS).collect();
         }
     }
-    String::from_utf8_lossy(body).chars().take(300).collect()
+    String::from_utf8_lossy(body)
+        .chars()
+        .take(UPSTREAM_TEXT_CHARS)
+        .collect()
 }
 
-/// Maps a non-2xx upstream answer. Client-side mistakes the upstream caught (400, 404, 413, 422) keep
-/// their status; the provider's rate limit stays 429; anything else (bad provider key, 5xx) is a 502.
-/// The upstream's `Retry-After` is passed on for 429 and 5xx when it is a number of seconds.
-pub fn upstream_failure(status: u16, body: &[u8], retry_after: Option<String>) -> Error {
-    let message = upstream_message(body);
+/// How much of an upstream's error text the usage record keeps.
+pub const UPSTREAM_TEXT_CHARS: usize = 1000;
+
+/// Upstream error `type`s and `code`s that say what went wrong with the request and nothing about
+/// the owner's provider account (no key, quota, billing or organisation codes).
+const SAFE_UPSTREAM_KINDS: &[&str] = &[
+    "invalid_request_error",
+    "rate_limit_error",
+    "server_error",
+    "api_error",
+    "overloaded_error",
+    "not_found_error",
+    "request_too_large",
+    "context_length_exceeded",
+    "rate_limit_exceeded",
+    "content_policy_violation",
+    "content_filter",
+    "invalid_prompt",
+    "string_above_max_length",
+    "model_not_found",
+    "unsupported_parameter",
+    "unsupported_value",
+    "invalid_value",
+    "invalid_type",
+    "missing_required_parameter",
+];
+
+/// The upstream's error `type` and `code`, each kept only when it is one of the safe set.
+fn safe_kinds(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return (None, None);
+    };
+    let pick = |pointer: &str| {
+        v.pointer(pointer)
+            .and_then(Value::as_str)
+            .filter(|k| SAFE_UPSTREAM_KINDS.contains(k))
+            .map(str::to_string)
+    };
+    (pick("/error/type"), pick("/error/code"))
+}
+
+/// Maps a non-2xx upstream answer to what the end user gets, and the upstream's own text, which
+/// goes to the usage record only. Client-side mistakes the upstream caught (400, 404, 413, 422) keep
+/// their status; the provider's rate limit stays 429; anything else (bad provider key, 5xx) is a
+/// 502. The end user sees the status, a generic detail and the upstream's error `type`/`code` when
+/// they are in the safe set. The upstream's `Retry-After` is passed on for 429 and 5xx when it is a
+/// number of seconds.
+pub fn upstream_failure(status: u16, body: &[u8], retry_after: Option<String>) -> (Error, String) {
+    let text = upstream_message(body);
+    let (kind, code) = safe_kinds(body);
+    let said = match (&kind, &code) {
+        (_, Some(c)) => format!(" ({c})"),
+        (Some(k), None) => format!(" ({k})"),
+        _ => String::new(),
+    };
     let retry_after = retry_after
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty() && r.len() <= 6 && r.bytes().all(|b| b.is_ascii_digit()));
-    let e = match status {
-        400 | 404 | 413 | 422 => {
-            return Error::new(
-                Problem::UpstreamRejected,
-                format!("The upstream answered {status}: {message}"),
-            )
-            .with_status(status)
-        }
+    let mut e = match status {
+        400 | 404 | 413 | 422 => Error::new(
+            Problem::UpstreamRejected,
+            format!("The upstream model API rejected the request with {status}{said}."),
+        )
+        .with_status(status),
         429 => Error::new(
             Problem::UpstreamRateLimited,
-            format!("The upstream answered 429: {message}"),
+            format!(
+                "The upstream model API is rate limiting the gateway (429{said}); try again later."
+            ),
         ),
-        _ => Error::upstream(format!("The upstream answered {status}: {message}"))
-            .with_field("upstream_status", status),
+        _ => Error::upstream(format!(
+            "The upstream model API failed with {status}{said}."
+        ))
+        .with_field("upstream_status", status),
     };
-    match retry_after {
+    if let Some(k) = kind {
+        e = e.with_field("upstream_type", k);
+    }
+    if let Some(c) = code {
+        e = e.with_field("upstream_code", c);
+    }
+    let e = match retry_after {
         Some(r) if status == 429 || status >= 500 => e.with_header("Retry-After", r),
         _ => e,
-    }
+    };
+    (e, text)
 }
 
 #[cfg(test)]
@@ -77,16 +141,16 @@ mod tests {
             "bad model"
         );
         assert_eq!(upstream_message(b"plain text"), "plain text");
-        assert_eq!(upstream_failure(500, b"boom", None).status, 502);
-        assert_eq!(upstream_failure(401, b"bad key", None).status, 502);
+        assert_eq!(upstream_failure(500, b"boom", None).0.status, 502);
+        assert_eq!(upstream_failure(401, b"bad key", None).0.status, 502);
         assert_eq!(
-            upstream_failure(400, b"bad", None).kind(),
+            upstream_failure(400, b"bad", None).0.kind(),
             "upstream-rejected"
         );
-        let e = upstream_failure(429, b"slow down", Some("3".into()));
+        let (e, _) = upstream_failure(429, b"slow down", Some("3".into()));
         assert_eq!(e.status, 429);
         assert!(e.headers.contains(&("Retry-After".into(), "3".into())));
-        let e = upstream_failure(503, b"busy", Some(" 7 ".into()));
+        let (e, _) = upstream_failure(503, b"busy", Some(" 7 ".into()));
         assert_eq!(e.status, 502);
         assert!(e.headers.contains(&("Retry-After".into(), "7".into())));
         for odd in [
@@ -97,10 +161,47 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT",
             "99999999",
         ] {
-            let e = upstream_failure(429, b"x", Some(odd.into()));
+            let (e, _) = upstream_failure(429, b"x", Some(odd.into()));
             assert!(e.headers.iter().all(|(k, _)| k != "Retry-After"), "{odd}");
         }
-        let e = upstream_failure(400, b"bad", Some("3".into()));
+        let (e, _) = upstream_failure(400, b"bad", Some("3".into()));
         assert!(e.headers.iter().all(|(k, _)| k != "Retry-After"));
+    }
+
+    #[test]
+    fn upstream_text_reaches_the_record_not_the_end_user() {
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-proj-****wxyz. See https://internal.example/keys (org-123)","type":"invalid_request_error","code":"invalid_api_key"}}"#;
+        let (e, text) = upstream_failure(401, body, None);
+        let shown = serde_json::to_string(&e.to_problem()).unwrap();
+        for secret in [
+            "wxyz",
+            "org-123",
+            "internal.example",
+            "invalid_api_key",
+            "Incorrect",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(text.contains("sk-proj-****wxyz"), "{text}");
+        assert_eq!(e.status, 502);
+        assert_eq!(
+            e.detail,
+            "The upstream model API failed with 401 (invalid_request_error)."
+        );
+        let (e, _) = upstream_failure(
+            400,
+            br#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+            None,
+        );
+        assert_eq!(e.status, 400);
+        assert!(e.detail.contains("context_length_exceeded"), "{}", e.detail);
+        let quota = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        let (e, text) = upstream_failure(429, quota, None);
+        assert!(!serde_json::to_string(&e.to_problem())
+            .unwrap()
+            .contains("quota"));
+        assert!(text.contains("exceeded your current quota"));
+        let (_, long) = upstream_failure(500, "x".repeat(5000).as_bytes(), None);
+        assert_eq!(long.len(), UPSTREAM_TEXT_CHARS);
     }
 }

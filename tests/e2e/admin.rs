@@ -229,6 +229,42 @@ async fn admin_conflicts_unknown_ids_and_hidden_provider_key(c: Arc<Ctx>) -> Cas
         "a rename keeps the key"
     );
 
+    // The key was given for 127.0.0.1:port; moving the upstream to another host without a new key
+    // drops it (and says so), so the old key never reaches the new host.
+    let same_host = c
+        .admin
+        .patch_api(
+            &id,
+            json!({"upstream": {"base_url": c.mock.base_url(&format!("ok/tag/{slug}-v2"))}}),
+        )
+        .await?;
+    assert_eq!(same_host["upstream"]["has_api_key"], true, "{same_host}");
+    assert!(
+        same_host.get("upstream_key_dropped").is_none(),
+        "{same_host}"
+    );
+    let moved_url = format!(
+        "http://localhost:{}/s/ok/tag/{slug}-moved",
+        c.mock.addr.port()
+    );
+    let moved = c
+        .admin
+        .patch_api(&id, json!({"upstream": {"base_url": moved_url}}))
+        .await?;
+    assert_eq!(moved["upstream_key_dropped"], true, "{moved}");
+    assert_eq!(moved["upstream"]["has_api_key"], false, "{moved}");
+    assert!(
+        moved["notice"].as_str().unwrap_or("").contains("api_key"),
+        "{moved}"
+    );
+    let again = c.admin.get_api(&id).await?;
+    assert_eq!(
+        again.json()["upstream"]["has_api_key"],
+        false,
+        "{}",
+        again.text
+    );
+
     let unknown_patch = c
         .admin
         .call(

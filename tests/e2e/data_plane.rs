@@ -21,6 +21,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         unknown_project_and_api_are_404,
         malformed_and_oversized_bodies_are_rejected,
         upstream_500_becomes_502,
+        upstream_401_body_stays_with_the_owner,
         upstream_429_keeps_429_and_retry_after,
         upstream_hang_becomes_504,
         upstream_cut_mid_stream_ends_with_error_event,
@@ -560,11 +561,8 @@ async fn upstream_500_becomes_502(c: Arc<Ctx>) -> CaseResult {
     assert_problem(&r, 502, "upstream-error");
     assert_eq!(r.json()["upstream_status"], 500, "{}", r.describe());
     assert!(
-        r.json()["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("mock upstream failure 500"),
-        "the upstream's message is passed on: {}",
+        !r.text.contains("mock upstream failure"),
+        "the upstream's text stays with the owner: {}",
         r.describe()
     );
     // A streamed request fails the same way, before any event.
@@ -576,6 +574,55 @@ async fn upstream_500_becomes_502(c: Arc<Ctx>) -> CaseResult {
     .await?;
     assert_eq!(s.status, 502, "{}", stream_summary(&s));
     assert_eq!(c.upstream_requests(slug).len(), 2);
+    Ok(())
+}
+
+/// An upstream 401 names the provider key's tail and the provider org: the end user gets the status
+/// and a generic detail, streamed or not; the owner's usage record keeps what the upstream said.
+async fn upstream_401_body_stays_with_the_owner(c: Arc<Ctx>) -> CaseResult {
+    let slug = "upstream-401";
+    let t = c.tenant_on_mock(slug, "status/401", json!({})).await?;
+    let r = c.chat_ok(&t).await?;
+    assert_problem(&r, 502, "upstream-error");
+    let s = send_and_stream(
+        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+            .json(&chat_body(None, "hi", true)),
+        STREAM_LIMIT,
+    )
+    .await?;
+    assert_eq!(s.status, 502, "{}", stream_summary(&s));
+    let streamed: String = s
+        .chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.bytes).into_owned())
+        .collect();
+    for leak in [
+        "wxyz",
+        "org-4242",
+        "internal.mock",
+        "invalid_api_key",
+        "Incorrect",
+    ] {
+        assert!(
+            !r.text.contains(leak),
+            "{leak} reached the end user: {}",
+            r.describe()
+        );
+        assert!(
+            !streamed.contains(leak),
+            "{leak} reached the end user: {streamed}"
+        );
+    }
+    let usage =
+        crate::quotas::usage_until(&c, &t, "", |v| crate::quotas::records(v).len() >= 2).await?;
+    for record in crate::quotas::records(&usage) {
+        let said = record["upstream_error"].as_str().unwrap_or("");
+        assert!(
+            said.contains("sk-mock-****wxyz"),
+            "the owner sees it: {record}"
+        );
+        assert_eq!(record["status"], 502, "{record}");
+    }
     Ok(())
 }
 

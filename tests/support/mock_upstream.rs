@@ -459,7 +459,12 @@ async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
             } else {
                 ""
             };
-            let body = openai_error(code, &format!("mock upstream failure {code}"));
+            // A 401 says what OpenAI says of a bad key: its tail, and where keys are managed.
+            let body = if code == 401 {
+                json!({"error": {"message": "Incorrect API key provided: sk-mock-****wxyz. You can find your API key at https://internal.mock/org-4242/keys.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}).to_string().into_bytes()
+            } else {
+                openai_error(code, &format!("mock upstream failure {code}"))
+            };
             out.whole(code, "application/json", extra, &body).await?;
             Ok(true)
         }

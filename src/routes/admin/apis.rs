@@ -54,10 +54,16 @@ pub async fn patch(c: &mut Call<'_>, id: &str) -> Result<Reply, Error> {
     let patch: ApiPatch = c.body().await?;
     patch.validate()?;
     let mut api = d1::api_by_id(&c.db, id).await?;
-    patch.apply(&mut api, c.now, &|k| c.seal(k))?;
+    let key_dropped = patch.apply(&mut api, c.now, &|k| c.seal(k))?;
     d1::update_api(&c.db, &api).await?;
     cache::store_api(c.env, &c.db, &api.id).await?;
-    Reply::ok(api.to_json())
+    let mut view = api.to_json();
+    if key_dropped {
+        // The key was given for the old host; it is never sent to the new one.
+        view["upstream_key_dropped"] = Value::Bool(true);
+        view["notice"] = Value::from("The upstream moved to another host, so the stored provider key was dropped: send `upstream.api_key` for the new host.");
+    }
+    Reply::ok(view)
 }
 
 /// `PUT .../auth-mode`: byo-jwt takes its `byo_jwt_config` here.

@@ -87,6 +87,23 @@ pub async fn update_api(db: &D1Database, a: &Api) -> Result<(), Error> {
     .await
 }
 
+/// Whether any of the project's APIs signs its users in with Sluice's own OTP (`managed`).
+pub async fn has_managed_api(db: &D1Database, project_id: &str) -> Result<bool, Error> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        #[allow(dead_code)]
+        id: String,
+    }
+    let rows: Vec<Row> = stmt(
+        db,
+        "SELECT id FROM apis WHERE project_id = ?1 AND auth_mode = 'managed' LIMIT 1",
+        &[text(project_id)],
+    )?
+    .rows()
+    .await?;
+    Ok(!rows.is_empty())
+}
+
 /// The ids of the project's APIs (where a consumer's counters may live).
 pub async fn api_ids(db: &D1Database, project_id: &str) -> Result<Vec<String>, Error> {
     #[derive(serde::Deserialize)]

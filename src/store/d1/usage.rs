@@ -53,6 +53,7 @@ fn columns(r: &UsageRecord) -> Columns {
             "upstream_request_id",
             opt_text(r.upstream_request_id.as_deref()),
         ),
+        ("upstream_error", opt_text(r.upstream_error.as_deref())),
     ])
 }
 
@@ -83,6 +84,7 @@ pub struct UsageRow {
     pub overrun: f64,
     pub endpoint: String,
     pub upstream_request_id: Option<String>,
+    pub upstream_error: Option<String>,
 }
 
 impl UsageRow {
@@ -127,6 +129,7 @@ impl UsageRow {
             overrun: self.overrun != 0.0,
             endpoint,
             upstream_request_id: self.upstream_request_id.clone(),
+            upstream_error: self.upstream_error.clone(),
         })
     }
 }
@@ -185,7 +188,7 @@ pub async fn usage_records(
     let sql = format!(
         "SELECT id, created_at, api_id, consumer_id, key_id, session_id, model, plan, prompt_tokens, completion_tokens, \
          total_tokens, estimated, status, latency_ms, ttft_ms, ended, cached_tokens, reasoning_tokens, n, max_tokens, \
-         prompt_bound, cost_micro, overrun, endpoint, upstream_request_id FROM usage_records WHERE {USAGE_FILTER} \
+         prompt_bound, cost_micro, overrun, endpoint, upstream_request_id, upstream_error FROM usage_records WHERE {USAGE_FILTER} \
          ORDER BY created_at DESC, id LIMIT {limit}");
     stmt(db, &sql, &usage_args(api_id, q))?.rows().await
 }

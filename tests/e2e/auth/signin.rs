@@ -9,6 +9,8 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         racing_refreshes_with_one_token_do_not_both_succeed,
         otp_codes_lock_after_five_wrong_tries_and_are_throttled,
         auth_events_record_sign_ins_refreshes_keys_and_mode_switches,
+        otp_exists_only_for_managed_apis,
+        dev_mode_only_when_asked,
     ]
 }
 
@@ -120,6 +122,21 @@ pub async fn managed_sign_in_with_an_emailed_code(c: Arc<Ctx>) -> CaseResult {
     assert_eq!(user["kind"], "user", "{user}");
     assert_eq!(user["email"], email, "{user}");
     assert_eq!(user["status"], "enabled", "{user}");
+    // The owner's notes about the user are the owner's.
+    let noted = c
+        .admin
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/projects/{slug}/consumers/{sub}"),
+            Some(json!({"name": "VIP (churn risk)", "description": "asked for a refund twice"})),
+        )
+        .await?;
+    expect_status(&noted, 200, "owner notes on the user")?;
+    let who = me(&c, slug, &tokens.access).await?;
+    for private in ["churn", "refund", "description", "name"] {
+        assert!(!who.text.contains(private), "/auth/me shows `{private}`: {}", who.text);
+    }
+    assert_eq!(who.json()["email"], email, "{}", who.text);
     let anonymous = Reply::read(
         c.http
             .get(format!("{}/v1/{slug}/auth/me", c.base))
@@ -514,5 +531,69 @@ pub async fn auth_events_record_sign_ins_refreshes_keys_and_mode_switches(
             .all(|e| e["subject"] != email && e["detail"] != extra_id.as_str()),
         "{theirs:?}"
     );
+    Ok(())
+}
+
+/// A project whose APIs take only consumer keys (or BYO JWTs) has no OTP sign-in: its routes are 404.
+async fn otp_exists_only_for_managed_apis(c: Arc<Ctx>) -> CaseResult {
+    let slug = "otp-unmanaged";
+    let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
+    let start = otp_start(&c, slug, "a@example.com").await?;
+    assert_problem(&start, 404, "not-found");
+    let verify = otp_verify(&c, slug, "a@example.com", "123456").await?;
+    assert_problem(&verify, 404, "not-found");
+    assert!(c.mail.mails_to("a@example.com").is_empty());
+    let switched = put_auth_mode(&c, &t.api_id, json!({"auth_mode": "managed"})).await?;
+    expect_status(&switched, 200, "auth-mode managed")?;
+    let start = otp_start(&c, slug, "a@example.com").await?;
+    expect_status(&start, 202, "otp/start once an API is managed")?;
+    Ok(())
+}
+
+/// Dev mode needs `SLUICE_DEV` to be exactly `1` or `true`: with `off`, `/dev/mailbox` does not exist
+/// and, with no mail provider configured, a sign-in code cannot be sent (503), never shown.
+async fn dev_mode_only_when_asked(c: Arc<Ctx>) -> CaseResult {
+    let gateway =
+        Gateway::start_with(vec![("SLUICE_DEV".to_string(), "off".to_string())]).await?;
+    let admin = gateway.admin();
+    let slug = "dev-off";
+    let t = admin
+        .tenant(
+            slug,
+            "chat",
+            json!({"base_url": c.mock.base_url(&format!("ok/tag/{slug}")), "default_model": "m"}),
+        )
+        .await?;
+    let switched = admin
+        .call(
+            Method::PUT,
+            &format!("/api/v1/gateway/apis/{}/auth-mode", t.api_id),
+            Some(json!({"auth_mode": "managed"})),
+        )
+        .await?;
+    expect_status(&switched, 200, "auth-mode managed")?;
+    let http = http_client();
+    let mailbox = Reply::read(
+        http.get(format!("{}/dev/mailbox", gateway.base_url))
+            .send()
+            .await?,
+    )
+    .await?;
+    assert_problem(&mailbox, 404, "not-found");
+    let start = Reply::read(
+        http.post(format!("{}/v1/{slug}/auth/otp/start", gateway.base_url))
+            .json(&json!({"email": "someone@example.com"}))
+            .send()
+            .await?,
+    )
+    .await?;
+    assert_problem(&start, 503, "email-not-configured");
+    let mailbox = Reply::read(
+        http.get(format!("{}/dev/mailbox", gateway.base_url))
+            .send()
+            .await?,
+    )
+    .await?;
+    assert!(!mailbox.text.contains("someone@example.com"), "{}", mailbox.text);
     Ok(())
 }

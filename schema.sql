@@ -14,7 +14,8 @@ CREATE TABLE projects (
   email_subject            TEXT,
   allowed_origins_json     TEXT NOT NULL DEFAULT '[]',
   signing_generation       INTEGER NOT NULL DEFAULT 1,
-  previous_key_retired_at  INTEGER
+  previous_key_retired_at  INTEGER,
+  sign_in_json             TEXT NOT NULL DEFAULT '{}'  -- OTP limits, sign-up policy, event retention
 );
 
 -- A chat API behind the gateway. upstream_key_enc is the provider key, AES-256-GCM encrypted.

@@ -19,7 +19,7 @@ use crate::crypto;
 use crate::error::Error;
 use crate::http::{encryption_secret, header, now_ms};
 use crate::identity::{client_ip, verify_byo, verify_sluice_token};
-use crate::records::{Api, Project};
+use crate::records::{Api, Consumer, ConsumerKind, ConsumerStatus, Project};
 use crate::store::d1;
 use crate::store::kv::ApiEntry;
 use crate::timing::Timing;
@@ -73,7 +73,7 @@ pub async fn authenticate(
         }
         Presented::SluiceToken => {
             let project = cache::project(env, timing, &api.project_slug).await?;
-            sluice_token(env, api, &project, &credential)
+            sluice_token(req, env, api, &project, &credential)
         }
         Presented::OtherJwt => {
             let project = cache::project(env, timing, &api.project_slug).await?;
@@ -113,7 +113,13 @@ fn note_key_use(env: &Env, ctx: &Context, key_id: Option<String>) {
 }
 
 /// A token this gateway signed: verified with the project's keys, and read by its kind.
-fn sluice_token(env: &Env, api: &Api, project: &Project, token: &str) -> Result<Caller, Error> {
+fn sluice_token(
+    req: &Request,
+    env: &Env,
+    api: &Api,
+    project: &Project,
+    token: &str,
+) -> Result<Caller, Error> {
     let claims = verify_sluice_token(env, project, token, now_ms())?;
     match classify(&claims) {
         Some(SluiceToken::Exchange {
@@ -123,8 +129,10 @@ fn sluice_token(env: &Env, api: &Api, project: &Project, token: &str) -> Result<
         Some(SluiceToken::Access {
             consumer_id,
             session_id,
+            jkt,
         }) => {
             decide::access_token_allowed(api.mode, &api.slug)?;
+            crate::identity::check_token_binding(req, token, jkt.as_deref())?;
             Ok(decide::by_access_token(consumer_id, session_id))
         }
         None => Err(Error::invalid_credential(
@@ -152,7 +160,19 @@ async fn other_jwt(
         ));
     };
     let user_id = verify_byo(env, timing, &api.id, config, token, now).await?;
-    Ok(decide::by_owner_jwt(user_id))
+    let user = Consumer {
+        id: decide::byo_consumer_id(&project.id, config, &user_id),
+        project_id: project.id.clone(),
+        // The IdP's id for the user, as the owner knows them.
+        name: user_id.chars().take(200).collect(),
+        description: None,
+        kind: ConsumerKind::JwtUser,
+        status: ConsumerStatus::Enabled,
+        created_at: now,
+        email: None,
+    };
+    cache::jwt_user(env, timing, &user).await?;
+    Ok(decide::by_owner_jwt(user.id))
 }
 
 /// The client's credential, when the API passes it on to the upstream (off by default: otherwise no

@@ -14,11 +14,12 @@ use worker::{D1Database, Env};
 
 use crate::error::Error;
 use crate::http::now_ms;
-use crate::records::{KeyHolder, Project};
+use crate::records::{Consumer, KeyHolder, Project};
 use crate::store::d1;
 use crate::store::d1::JwtCredentialRow;
 use crate::store::kv::{
-    self, ApiEntry, ApiRecord, JwtCredentialsRecord, KeyRecord, KvRecord, ProjectRecord,
+    self, ApiEntry, ApiRecord, JwtCredentialsRecord, JwtUserRecord, KeyRecord, KvRecord,
+    ProjectRecord,
 };
 use crate::timing::{Binding, Timing};
 
@@ -97,6 +98,17 @@ where
     let v = Rc::new(v);
     remember::<R>(key, v.clone(), now);
     Ok(Some(v))
+}
+
+/// Makes sure a BYO-JWT user has its consumer record (kind `jwt-user`), so the owner can list and
+/// disable it: once per user (memory, then KV, then an idempotent D1 insert).
+pub async fn jwt_user(env: &Env, timing: &Timing, user: &Consumer) -> Result<(), Error> {
+    read_through::<JwtUserRecord, _>(env, timing, &user.id, async {
+        d1::record_jwt_user(&d1::db(env)?, user).await?;
+        Ok(Some(true))
+    })
+    .await?;
+    Ok(())
 }
 
 fn api_key(project: &str, api: &str) -> String {

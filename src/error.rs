@@ -66,12 +66,14 @@ catalogue! {
     CodeExpired => "code-expired", 401, "The code was not accepted";
     InvalidRefreshToken => "invalid-refresh-token", 401, "The refresh token was not accepted";
     RefreshTokenReused => "refresh-token-reused", 401, "The refresh token was not accepted";
+    InvalidDpopProof => "invalid-dpop-proof", 401, "The DPoP proof was not accepted";
     AdminUnauthorized => "admin-unauthorized", 401, "Admin token missing or wrong";
     ConsumerDisabled => "consumer-disabled", 403, "The consumer is disabled";
     IpNotAllowed => "ip-not-allowed", 403, "Your IP address is not allowed";
     AuthModeMismatch => "auth-mode-mismatch", 403, "This credential is not accepted in this API's auth mode";
     ModelNotAllowed => "model-not-allowed", 403, "The model is not allowed";
     ModelNotPriced => "model-not-priced", 403, "The model has no price";
+    SignupNotAllowed => "signup-not-allowed", 403, "Sign-up is not open to this address";
     NotFound => "not-found", 404, "Not found";
     MethodNotAllowed => "method-not-allowed", 405, "Method not allowed";
     Conflict => "conflict", 409, "Already exists";

@@ -127,6 +127,13 @@ async fn byo_keys(
     now: i64,
     unknown_kid: bool,
 ) -> Result<Vec<VerifyingKey>, Error> {
+    // Keys are cached per (API, JWKS URL): pointing the API at another IdP never reuses the old
+    // IdP's keys, not even for a moment.
+    let cache_key = format!(
+        "{api_id}:{}",
+        &crate::encoding::hex(&<sha2::Sha256 as sha2::Digest>::digest(url.as_bytes()))[..16]
+    );
+    let api_id = cache_key.as_str();
     let mut cached = JWKS_MEMORY.with(|m| m.borrow().get(api_id).cloned());
     let store = kv::kv(env)?;
     if cached
@@ -247,13 +254,18 @@ pub fn event(project_id: &str, kind: &'static str) -> EventDraft {
     }
 }
 
-/// A managed-mode session must still stand (its status is mirrored to KV on logout and on reuse).
+/// A managed-mode session must still stand: asked of its Durable Object, so a sign-out or a reuse
+/// revocation holds on the very next request everywhere (KV only mirrors it).
 pub async fn ensure_session_live(env: &Env, session_id: &str) -> Result<(), Error> {
-    let store = kv::kv(env)?;
-    if kv::get::<crate::store::kv::SessionRecord>(&store, session_id)
-        .await?
-        .is_some_and(|s| s.revoked)
-    {
+    use crate::auth::guard::{GuardReply, GuardRequest};
+    use crate::store::objects::{self, Guard};
+    // Asked of the session's own object, where sign-out and reuse revocation are exact.
+    let op = GuardRequest::SessionLive { now: now_ms() };
+    let live = matches!(
+        objects::call(env, &Guard::Session { id: session_id }, &op).await?,
+        GuardReply::Live { live: true }
+    );
+    if !live {
         return Err(Error::new(
             Problem::SessionRevoked,
             "This session was signed out or revoked: sign in again.",
@@ -261,4 +273,47 @@ pub async fn ensure_session_live(env: &Env, session_id: &str) -> Result<(), Erro
         .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\""));
     }
     Ok(())
+}
+
+/// The request's DPoP proof (the `DPoP` header), checked against its method and URL (and, at a
+/// resource, the access token it comes with): its key's thumbprint, `None` without a header.
+pub fn dpop_proof(
+    req: &Request,
+    access_token: Option<&str>,
+) -> Result<Option<crate::auth::dpop::Proof>, Error> {
+    let Some(proof) = header(req, "dpop") else {
+        return Ok(None);
+    };
+    let method = req.inner().method();
+    let url = req.inner().url();
+    let expected = crate::auth::dpop::Expected {
+        method: &method,
+        url: &url,
+        access_token,
+        now_s: now_ms() / 1000,
+    };
+    crate::auth::dpop::verify_proof(proof.trim(), &expected)
+        .map(Some)
+        .map_err(|why| invalid_dpop(format!("The DPoP proof was refused: {why}.")))
+}
+
+pub fn invalid_dpop(detail: impl Into<String>) -> Error {
+    Error::new(Problem::InvalidDpopProof, detail)
+        .with_header("WWW-Authenticate", "DPoP error=\"invalid_dpop_proof\"")
+}
+
+/// A DPoP-bound access token (`cnf.jkt`) is accepted only with a proof by its key.
+pub fn check_token_binding(req: &Request, token: &str, jkt: Option<&str>) -> Result<(), Error> {
+    let Some(bound) = jkt else {
+        return Ok(());
+    };
+    match dpop_proof(req, Some(token))? {
+        Some(p) if crate::auth::constant_time_eq(p.jkt.as_bytes(), bound.as_bytes()) => Ok(()),
+        Some(_) => Err(invalid_dpop(
+            "The DPoP proof is signed by another key than the one this token is bound to.",
+        )),
+        None => Err(invalid_dpop(
+            "This access token is bound to a DPoP key: send it as `Authorization: DPoP <token>` with a `DPoP` proof.",
+        )),
+    }
 }

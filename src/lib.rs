@@ -40,10 +40,17 @@ mod routes;
 mod store;
 
 #[cfg(target_arch = "wasm32")]
-use worker::{event, Context, Env, Request, Response};
+use worker::{event, Context, Env, Request, Response, ScheduleContext, ScheduledEvent};
 
 #[cfg(target_arch = "wasm32")]
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     routes::handle(req, &env, &ctx).await
+}
+
+/// The Cron Trigger (`wrangler.toml`): housekeeping that no request does.
+#[cfg(target_arch = "wasm32")]
+#[event(scheduled)]
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    routes::housekeeping::run(&env).await;
 }

@@ -109,6 +109,26 @@ export interface SluiceClientOptions {
   storageKey?: string;
   /** A fetch implementation; default the global fetch. */
   fetch?: typeof fetch;
+  /**
+   * Sender-constrained sessions (DPoP, RFC 9449). Default: a non-extractable P-256 key in IndexedDB
+   * where the browser has one (elsewhere sessions are bearer); `false` turns it off.
+   */
+  dpop?: DpopKey | false;
+}
+
+/** A DPoP key: its private half never leaves WebCrypto. `load`/`save`/`remove` keep the key pair. */
+export class DpopKey {
+  constructor(store?: {
+    load?: () => Promise<{ privateKey: CryptoKey; publicKey: CryptoKey; jwk: JsonWebKey } | null>;
+    save?: (pair: { privateKey: CryptoKey; publicKey: CryptoKey; jwk: JsonWebKey }) => Promise<void>;
+    remove?: () => Promise<void>;
+  });
+  /** A key in this browser's IndexedDB under `name`, or null without IndexedDB or WebCrypto. */
+  static forBrowser(name: string): DpopKey | null;
+  /** A proof (`DPoP` header) for `method` `url`, covering `accessToken` when given. */
+  proof(method: string, url: string, accessToken?: string): Promise<string | null>;
+  /** Drops the key; the next session gets a new one. */
+  forget(): Promise<void>;
 }
 
 export interface ChatOptions {
@@ -175,9 +195,9 @@ export interface ConsumerUsage {
 
 export class SluiceAuth {
   /** Emails a one-time sign-in code (the gateway answers 202 whatever the address). */
-  startOtp(email: string, options?: { signal?: AbortSignal }): Promise<void>;
-  /** Exchanges the code for tokens and stores them. */
-  verifyOtp(email: string, code: string, options?: { signal?: AbortSignal }): Promise<Session>;
+  startOtp(email: string, options?: { signal?: AbortSignal }): Promise<{ challengeId: string | null }>;
+  /** Exchanges the code for tokens and stores them (the challenge of the last `startOtp` for this email, or `challengeId`). */
+  verifyOtp(email: string, code: string, options?: { signal?: AbortSignal; challengeId?: string }): Promise<Session>;
   /** Rotates the token pair now (normally automatic). */
   refresh(options?: { signal?: AbortSignal }): Promise<Session>;
   /** Revokes the session on the gateway (best effort) and forgets it locally. */

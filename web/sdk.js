@@ -268,6 +268,108 @@ function defaultStorage() {
 }
 
 // ------------------------------------------------------------------------------------------------
+// DPoP (RFC 9449): proofs of possession of a key that cannot leave the browser
+
+const DPOP_DB = "sluice-dpop";
+const DPOP_STORE = "keys";
+
+function b64url(bytes) {
+  let s = "";
+  for (const b of new Uint8Array(bytes)) s += String.fromCharCode(b);
+  return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function b64urlText(text) {
+  return b64url(new TextEncoder().encode(text));
+}
+
+function idbRequest(req) {
+  return new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+/**
+ * One client's DPoP key: an ECDSA P-256 pair generated with a non-extractable private key and kept
+ * in IndexedDB (as a CryptoKey, which scripts can use but never read out), so a copied refresh token
+ * is useless without this browser profile. `load`/`save`/`remove` can be replaced (tests, other
+ * runtimes); without WebCrypto there is no key and sessions stay bearer.
+ */
+export class DpopKey {
+  constructor({ load, save, remove } = {}) {
+    this._load = load || (async () => null);
+    this._save = save || (async () => {});
+    this._remove = remove || (async () => {});
+    this._pair = null;
+  }
+
+  /** A key kept in this browser's IndexedDB under `name`; null where there is no IndexedDB or WebCrypto. */
+  static forBrowser(name) {
+    const idb = globalThis.indexedDB;
+    if (!idb || !(globalThis.crypto && globalThis.crypto.subtle)) return null;
+    const open = async () => {
+      const req = idb.open(DPOP_DB, 1);
+      req.onupgradeneeded = () => req.result.createObjectStore(DPOP_STORE);
+      return idbRequest(req);
+    };
+    const run = async (mode, f) => {
+      const db = await open();
+      try {
+        return await idbRequest(f(db.transaction(DPOP_STORE, mode).objectStore(DPOP_STORE)));
+      } finally {
+        db.close();
+      }
+    };
+    return new DpopKey({
+      load: () => run("readonly", (s) => s.get(name)),
+      save: (pair) => run("readwrite", (s) => s.put(pair, name)),
+      remove: () => run("readwrite", (s) => s.delete(name)),
+    });
+  }
+
+  async _keys() {
+    if (this._pair) return this._pair;
+    let pair = await this._load().catch(() => null);
+    if (!pair || !pair.privateKey || !pair.publicKey) {
+      const generated = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]);
+      const jwk = await crypto.subtle.exportKey("jwk", generated.publicKey);
+      pair = { privateKey: generated.privateKey, publicKey: generated.publicKey, jwk: { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y } };
+      await this._save(pair).catch(() => {});
+    }
+    this._pair = pair;
+    return pair;
+  }
+
+  /** A proof for `method` `url` (query and fragment dropped), covering `accessToken` when given. */
+  async proof(method, url, accessToken) {
+    let keys;
+    try {
+      keys = await this._keys();
+    } catch {
+      return null; // no usable WebCrypto here: the request goes without a proof
+    }
+    const header = { typ: "dpop+jwt", alg: "ES256", jwk: keys.jwk };
+    const payload = {
+      jti: b64url(crypto.getRandomValues(new Uint8Array(16))),
+      htm: method.toUpperCase(),
+      htu: String(url).split(/[?#]/)[0],
+      iat: Math.floor(Date.now() / 1000),
+    };
+    if (accessToken) payload.ath = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(accessToken)));
+    const signingInput = `${b64urlText(JSON.stringify(header))}.${b64urlText(JSON.stringify(payload))}`;
+    const signature = await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, keys.privateKey, new TextEncoder().encode(signingInput));
+    return `${signingInput}.${b64url(signature)}`;
+  }
+
+  /** Drops the key (after sign-out): the next session is bound to a new one. */
+  async forget() {
+    this._pair = null;
+    await this._remove();
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
 // The client
 
 /**
@@ -276,7 +378,7 @@ function defaultStorage() {
  * session from `client.auth` (kept in `storage` under `sluice:<project>:session`).
  */
 export class SluiceClient {
-  constructor({ baseUrl, project, storage, fetch: fetchImpl, storageKey } = {}) {
+  constructor({ baseUrl, project, storage, fetch: fetchImpl, storageKey, dpop } = {}) {
     if (!baseUrl) throw new TypeError("SluiceClient needs a baseUrl");
     if (!project) throw new TypeError("SluiceClient needs a project");
     this.baseUrl = String(baseUrl).replace(/\/+$/, "");
@@ -288,6 +390,8 @@ export class SluiceClient {
     // Called unbound: some browsers refuse `fetch` with a `this` that is not the window.
     this._fetch = (...args) => f(...args);
     this._credential = null; // { kind: "token" | "consumer-key", value: string | function }
+    // Sender-constrained sessions (RFC 9449): a non-extractable key in IndexedDB, where there is one.
+    this._dpop = dpop === false ? null : dpop || DpopKey.forBrowser(this.storageKey);
     this.auth = new SluiceAuth(this);
     this.chat = {
       stream: (options) => this._stream(options),
@@ -353,7 +457,7 @@ export class SluiceClient {
   async _authed(makeInit, url, signal, { managed = false } = {}) {
     const provider = managed ? null : this._credential;
     const bearer = await this._bearer(provider, false);
-    const res = await this._send(url, withBearer(makeInit(), bearer), signal);
+    const res = await this._send(url, await this._withCredential(makeInit(), bearer, url, provider), signal);
     if (res.status !== 401) {
       if (!res.ok) throw await errorFromResponse(res);
       return res;
@@ -373,11 +477,29 @@ export class SluiceClient {
       next = session ? session.access_token : null;
     }
     if (!next) throw first;
-    const again = await this._send(url, withBearer(makeInit(), next), signal);
+    const again = await this._send(url, await this._withCredential(makeInit(), next, url, provider), signal);
     if (again.ok) return again;
     const err = await errorFromResponse(again);
     if (again.status === 401 && !provider) await this.auth._clear("expired");
     throw err;
+  }
+
+  /**
+   * The request with its credential: `Authorization: DPoP` and a proof when it is the managed
+   * session's access token and that session is bound to this client's DPoP key, else Bearer.
+   */
+  async _withCredential(init, token, url, provider) {
+    if (!provider && token && this._dpop) {
+      const session = await this.auth.getSession();
+      if (session && session.token_type === "DPoP" && session.access_token === token) {
+        const proof = await this._dpop.proof(init.method || "GET", url, token);
+        if (proof) {
+          const headers = { ...(init.headers || {}), authorization: `DPoP ${token}`, dpop: proof };
+          return { credentials: "omit", ...init, headers };
+        }
+      }
+    }
+    return withBearer(init, token);
   }
 
   _chatBody({ api, messages, onToken, onToolCall, signal, model, stream, ...extra }) {
@@ -546,22 +668,44 @@ function withBearer(init, bearer) {
 // ------------------------------------------------------------------------------------------------
 // Managed-mode auth (email + one-time code)
 
+/** An address as the gateway compares it (trimmed, lower case). */
+function normalEmail(email) {
+  return String(email).trim().toLowerCase();
+}
+
 /** `client.auth`: the managed session (OTP sign-in, refresh with rotation, sign-out). */
 export class SluiceAuth {
   constructor(client) {
     this._client = client;
     this._refreshing = null;
     this._listeners = new Set();
+    // The challenge id of the last code asked for, per email: verify sends it back.
+    this._challenges = new Map();
   }
 
-  /** Emails a sign-in code. The gateway answers 202 whether or not the address is known. */
+  /**
+   * Emails a sign-in code. The gateway answers 202 whether or not the address is known, with the
+   * challenge's id, which `verifyOtp` sends back (resolves with `{ challengeId }`).
+   */
   async startOtp(email, { signal } = {}) {
-    await this._post("auth/otp/start", { email }, signal);
+    const res = await this._post("auth/otp/start", { email }, signal);
+    const body = await res.json().catch(() => ({}));
+    const challengeId = typeof body.challenge_id === "string" ? body.challenge_id : null;
+    if (challengeId) this._challenges.set(normalEmail(email), challengeId);
+    return { challengeId };
   }
 
-  /** Exchanges the emailed code for tokens and stores them. Resolves with the session. */
-  async verifyOtp(email, code, { signal } = {}) {
-    const res = await this._post("auth/otp/verify", { email, code: String(code).trim() }, signal);
+  /**
+   * Exchanges the emailed code for tokens and stores them. Resolves with the session. The
+   * challenge is the one of the last `startOtp` for this email, or `options.challengeId`.
+   */
+  async verifyOtp(email, code, { signal, challengeId } = {}) {
+    const challenge_id = challengeId || this._challenges.get(normalEmail(email));
+    if (!challenge_id) {
+      throw new SluiceError({ type: "no-challenge", title: "No code was asked for", status: 0, detail: "Call startOtp for this address first." });
+    }
+    const res = await this._post("auth/otp/verify", { email, code: String(code).trim(), challenge_id }, signal, await this._proofFor("auth/otp/verify"));
+    this._challenges.delete(normalEmail(email));
     const session = await this._save(await res.json(), { email });
     this._emit("signedin");
     return session;
@@ -594,19 +738,17 @@ export class SluiceAuth {
     await this._clear("signedout");
   }
 
-  _logout(session, signal) {
+  async _logout(session, signal) {
     const c = this._client;
-    return c._send(
-      c._url("auth/logout"),
-      {
-        method: "POST",
-        credentials: "omit",
-        headers: { "content-type": "application/json", authorization: `Bearer ${session.access_token}` },
-        body: JSON.stringify({ refresh_token: session.refresh_token }),
-        signal,
-      },
+    const url = c._url("auth/logout");
+    const init = {
+      method: "POST",
+      credentials: "omit",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ refresh_token: session.refresh_token }),
       signal,
-    );
+    };
+    return c._send(url, await c._withCredential(init, session.access_token, url, null), signal);
   }
 
   /** `GET /auth/me`: the signed-in user (`{ id, email, ... }`), refreshing the session if needed. */
@@ -655,6 +797,13 @@ export class SluiceAuth {
     }
   }
 
+  /** A `DPoP` header for a POST to `path` (none without a key). */
+  async _proofFor(path) {
+    const c = this._client;
+    const proof = c._dpop ? await c._dpop.proof("POST", c._url(path)) : null;
+    return proof ? { dpop: proof } : {};
+  }
+
   async _post(path, body, signal, headers = {}) {
     const c = this._client;
     const res = await c._send(
@@ -688,6 +837,8 @@ export class SluiceAuth {
     } catch {
       /* nothing to remove */
     }
+    // The next session gets a key of its own.
+    if (this._client._dpop) await this._client._dpop.forget().catch(() => {});
     this._emit(event);
   }
 
@@ -735,7 +886,7 @@ export class SluiceAuth {
     if (!force && current.access_token !== stale) return current; // refreshed elsewhere meanwhile
     let res;
     try {
-      res = await this._post("auth/refresh", { refresh_token: current.refresh_token });
+      res = await this._post("auth/refresh", { refresh_token: current.refresh_token }, undefined, await this._proofFor("auth/refresh"));
     } catch (err) {
       // Refused (expired, revoked, reused): the session is over. A network failure keeps it for later.
       if (err instanceof SluiceError && err.status >= 400 && err.status < 500) await this._clear("expired");

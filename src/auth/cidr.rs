@@ -3,6 +3,23 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// The client network a sign-in limit counts against: an IPv4 address, or the /64 of an IPv6 address
+/// (one subscriber's allocation). IPv4-mapped IPv6 counts as the IPv4 address. A request without a
+/// readable client address counts against one shared `unknown` network, so it is never unlimited.
+pub fn client_network(ip: Option<&str>) -> String {
+    let parsed = ip
+        .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
+        .map(canonical);
+    match parsed {
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => {
+            let prefix = u128::from(v6) & mask_v6(64);
+            format!("{}/64", Ipv6Addr::from(prefix))
+        }
+        None => "unknown".to_string(),
+    }
+}
+
 /// A network block such as `10.0.0.0/8` or `2001:db8::/32`, with host bits cleared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
@@ -227,5 +244,23 @@ mod tests {
         assert!(!allowed(&list, None));
         assert!(!allowed(&list, Some("")));
         assert!(!allowed(&list, Some("not-an-ip")));
+    }
+
+    #[test]
+    fn client_networks_group_an_ipv6_64() {
+        assert_eq!(client_network(Some("203.0.113.7")), "203.0.113.7");
+        assert_eq!(client_network(Some("::ffff:203.0.113.7")), "203.0.113.7");
+        assert_eq!(
+            client_network(Some("2001:db8:1:2:aaaa::1")),
+            client_network(Some("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+        );
+        assert_eq!(client_network(Some("2001:db8:1:2::9")), "2001:db8:1:2::/64");
+        assert_ne!(
+            client_network(Some("2001:db8:1:2::1")),
+            client_network(Some("2001:db8:1:3::1"))
+        );
+        for odd in [None, Some(""), Some("not-an-ip"), Some("1.2.3.4, 5.6.7.8")] {
+            assert_eq!(client_network(odd), "unknown");
+        }
     }
 }

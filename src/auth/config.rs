@@ -21,6 +21,10 @@ pub struct ByoJwtConfig {
     /// Allowed algorithms; default RS256, ES256, EdDSA. HS256 is never allowed with a JWKS.
     #[serde(default)]
     pub algorithms: Option<Vec<String>>,
+    /// The owner's explicit choice to accept tokens without checking `iss` and `aud` (a JWKS of
+    /// their own, not a shared IdP); the API view flags it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_any_audience: bool,
 }
 
 fn default_claim() -> String {
@@ -47,7 +51,29 @@ impl ByoJwtConfig {
             return Err(Error::invalid_request("`byo_jwt_config.user_id_claim` must be a claim name or dot path such as `sub` or `user.id`"));
         }
         self.algs()?;
+        if !self.allow_any_audience {
+            for (field, value) in [("issuer", &self.issuer), ("audience", &self.audience)] {
+                if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                    return Err(Error::invalid_request(format!(
+                        "`byo_jwt_config.{field}` is required: without it, any token the IdP signs for another application is accepted. Set `allow_any_audience: true` only for a JWKS that signs for this API alone."
+                    ))
+                    .with_field("param", format!("byo_jwt_config.{field}")));
+                }
+            }
+        }
+        for value in [&self.issuer, &self.audience].into_iter().flatten() {
+            if value.len() > 2048 {
+                return Err(Error::invalid_request(
+                    "`byo_jwt_config.issuer` and `audience` are at most 2048 characters",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether tokens are checked for this API's issuer and audience.
+    pub fn is_scoped(&self) -> bool {
+        self.issuer.is_some() && self.audience.is_some()
     }
 
     pub fn algs(&self) -> Result<Vec<Alg>, Error> {
@@ -234,10 +260,36 @@ mod tests {
         ByoJwtConfig {
             jwks_url: url.into(),
             user_id_claim: "sub".into(),
-            issuer: None,
-            audience: None,
+            issuer: Some("https://idp.example/".into()),
+            audience: Some("my-api".into()),
             algorithms: None,
+            allow_any_audience: false,
         }
+    }
+
+    #[test]
+    fn issuer_and_audience_are_required_unless_the_owner_opts_out() {
+        for (field, param) in [
+            ("issuer", "byo_jwt_config.issuer"),
+            ("audience", "byo_jwt_config.audience"),
+        ] {
+            let mut c = byo("https://idp.example/jwks");
+            match field {
+                "issuer" => c.issuer = None,
+                _ => c.audience = Some("  ".into()),
+            }
+            let e = c.validate(false).unwrap_err();
+            assert_eq!((e.status, e.extra["param"].as_str()), (400, Some(param)));
+            assert!(!c.is_scoped() || field == "audience");
+            c.allow_any_audience = true;
+            assert!(c.validate(false).is_ok());
+        }
+        let stored = r#"{"jwks_url":"https://a/b","user_id_claim":"sub","issuer":null,"audience":null,"algorithms":null}"#;
+        let old: ByoJwtConfig = serde_json::from_str(stored).unwrap();
+        assert!(
+            !old.is_scoped(),
+            "a config stored before the rule still decodes, and is flagged"
+        );
     }
 
     #[test]
@@ -271,7 +323,7 @@ mod tests {
         assert_eq!(change.validate(true).unwrap_err().status, 400);
         let change: AuthModeChange = serde_json::from_str(r#"{"auth_mode":"aerostack"}"#).unwrap();
         assert_eq!(change.validate(false).unwrap().0, AuthMode::Managed);
-        let change: AuthModeChange = serde_json::from_str(r#"{"auth_mode":"byo-jwt","byo_jwt_config":{"jwks_url":"https://a/b","user_id_claim":"uid"}}"#).unwrap();
+        let change: AuthModeChange = serde_json::from_str(r#"{"auth_mode":"byo-jwt","byo_jwt_config":{"jwks_url":"https://a/b","user_id_claim":"uid","issuer":"https://a/","audience":"x"}}"#).unwrap();
         assert_eq!(
             change.validate(false).unwrap().1.unwrap().user_id_claim,
             "uid"

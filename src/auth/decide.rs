@@ -3,6 +3,7 @@
 //! (`authenticate`) performs the lookups each step names and nothing else, so every rule of
 //! authentication lives here, once, and is unit-tested.
 
+use crate::auth::config::ByoJwtConfig;
 use crate::auth::jwks_cache::{looks_like_jwt, peek_kid};
 use crate::auth::key::{self, ConsumerKey};
 use crate::auth::mode::AuthMode;
@@ -124,10 +125,24 @@ pub fn other_jwt(mode: AuthMode, has_jwks: bool, project_slug: &str) -> Result<(
     }
 }
 
-/// A BYO-JWT user: the verified token's configured claim names the consumer.
-pub fn by_owner_jwt(user_id: String) -> Caller {
+/// A BYO-JWT user as a consumer: the verified token's configured claim names a user of the owner's
+/// IdP, whose consumer id (`jwu_…`) is derived from the project, the IdP and the user id. BYO users
+/// live in their own namespace: no token can name a consumer the owner made, or a managed user.
+pub fn byo_consumer_id(project_id: &str, config: &ByoJwtConfig, user_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let idp = config.issuer.as_deref().unwrap_or(&config.jwks_url);
+    let mut h = Sha256::new();
+    for field in ["sluice byo user v1", project_id, idp, user_id] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    format!("jwu_{}", &crate::encoding::hex(&h.finalize())[..24])
+}
+
+/// A BYO-JWT user, by its derived consumer id.
+pub fn by_owner_jwt(consumer_id: String) -> Caller {
     Caller {
-        consumer_id: user_id,
+        consumer_id,
         key_id: None,
         session_id: None,
     }
@@ -255,5 +270,22 @@ mod tests {
             Some("j"),
             "the credential is checked like a key"
         );
+    }
+
+    #[test]
+    fn byo_users_have_their_own_namespace() {
+        let config: ByoJwtConfig = serde_json::from_str(
+            r#"{"jwks_url":"https://idp.example/jwks","issuer":"https://idp.example/","audience":"a"}"#,
+        )
+        .unwrap();
+        let id = byo_consumer_id("prj_1", &config, "con_victim");
+        assert!(id.starts_with("jwu_") && id.len() == 28, "{id}");
+        assert_ne!(id, "con_victim");
+        assert_eq!(id, byo_consumer_id("prj_1", &config, "con_victim"));
+        assert_ne!(id, byo_consumer_id("prj_2", &config, "con_victim"));
+        let mut other_idp = config.clone();
+        other_idp.issuer = Some("https://other.example/".into());
+        assert_ne!(id, byo_consumer_id("prj_1", &other_idp, "con_victim"));
+        assert_eq!(by_owner_jwt(id.clone()).consumer_id, id);
     }
 }

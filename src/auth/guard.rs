@@ -4,36 +4,90 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::otp::{Challenge, SendThrottle, Verdict};
+use crate::auth::otp::Challenge;
+use crate::auth::otp_limits::{Checked, EmailGuard, GuessLimits, NetworkGuard};
 use crate::auth::session::{Rotation, Session};
 
-/// Everything one auth-state object holds.
+/// Everything one auth-state object holds: an email's challenges and limits, a network's limits,
+/// or a session (one of the three per object). Older stored states (one `challenge` and a
+/// `throttle`) decode with those fields ignored: their pending codes simply need asking again.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GuardState {
     #[serde(default)]
-    pub throttle: SendThrottle,
+    pub email: EmailGuard,
     #[serde(default)]
-    pub challenge: Option<Challenge>,
+    pub network: NetworkGuard,
     #[serde(default)]
     pub session: Option<Session>,
 }
 
+impl GuardState {
+    /// Nothing left to remember: the object's storage can be deleted.
+    pub fn is_empty(&self) -> bool {
+        self.email.is_empty() && self.network.is_empty() && self.session.is_none()
+    }
+
+    /// When everything it holds will have expired (a session at its own expiry).
+    pub fn expires_at(&self) -> Option<i64> {
+        [
+            self.email.expires_at(),
+            self.network.expires_at(),
+            self.session.as_ref().map(|s| s.expires_at),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
+
+    /// Drops what has expired.
+    pub fn prune(&mut self, now: i64) {
+        self.email.prune_at(now);
+        self.network.prune_at(now);
+        if self.session.as_ref().is_some_and(|s| now >= s.expires_at) {
+            self.session = None;
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-// Externally tagged (`{"admit": {...}}`): decoded in one pass, with no buffering of the whole value.
+// Externally tagged (`{"send": {...}}`): decoded in one pass, with no buffering of the whole value.
 #[serde(rename_all = "snake_case")]
 pub enum GuardRequest {
-    /// Records a send against the throttle (gap and hourly cap); with `code_hash`, also replaces the
-    /// challenge with a fresh one (a new code revives a locked-out email).
+    /// Sends a code for a new challenge of this email, if its send limits allow.
     Send {
         now: i64,
-        min_gap_ms: i64,
-        max_per_hour: usize,
-        code_hash: Option<String>,
+        challenge: Challenge,
     },
-    /// Checks a code; the right one consumes the challenge (single use).
+    /// Checks a code against one challenge of this email; the right one consumes it (single use).
     Check {
         now: i64,
+        challenge_id: String,
         code_hash: String,
+        network: String,
+        limits: GuessLimits,
+    },
+    /// A code request from this network (at most `max_per_hour`).
+    NetworkStart {
+        now: i64,
+        max_per_hour: usize,
+    },
+    /// Whether this network may try a code (fewer than `max_failures_per_hour` failed verifies).
+    NetworkMayVerify {
+        now: i64,
+        max_failures_per_hour: usize,
+    },
+    /// A failed verify from this network.
+    NetworkFailed {
+        now: i64,
+    },
+    /// A new account from this network (at most `max_per_day`).
+    NetworkSignUp {
+        now: i64,
+        max_per_day: usize,
+    },
+    /// Drops what has expired (the alarm).
+    Prune {
+        now: i64,
     },
     CreateSession {
         session: Session,
@@ -45,15 +99,24 @@ pub enum GuardRequest {
         project: String,
         secret: String,
         new_hash: String,
+        /// The DPoP key that signed the request's proof, if any: a bound session needs its own.
+        #[serde(default)]
+        jkt: Option<String>,
     },
     Revoke,
+    /// Whether the session is live (exists, not revoked, not expired): read where it is exact.
+    SessionLive {
+        now: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-// Externally tagged (`{"admit": {...}}`): decoded in one pass, with no buffering of the whole value.
+// Externally tagged (`{"sent": null}`): decoded in one pass, with no buffering of the whole value.
 #[serde(rename_all = "snake_case")]
 pub enum GuardReply {
     Sent,
+    Allowed,
+    Recorded,
     Throttled { retry_after_s: u64 },
     Verified,
     WrongCode { attempts_left: u32 },
@@ -65,42 +128,60 @@ pub enum GuardReply {
     Reused { session: Session },
     Refused { reason: String },
     Revoked { session: Option<Session> },
+    Live { live: bool },
+}
+
+fn allowed(r: Result<(), u64>, yes: GuardReply) -> GuardReply {
+    match r {
+        Ok(()) => yes,
+        Err(retry_after_s) => GuardReply::Throttled { retry_after_s },
+    }
 }
 
 pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
     match request {
-        GuardRequest::Send {
-            now,
-            min_gap_ms,
-            max_per_hour,
-            code_hash,
-        } => {
-            match state
-                .throttle
-                .check_and_record(*now, *min_gap_ms, *max_per_hour)
-            {
-                Err(retry_after_s) => GuardReply::Throttled { retry_after_s },
-                Ok(()) => {
-                    if let Some(hash) = code_hash {
-                        state.challenge = Some(Challenge::new(hash.clone(), *now));
-                    }
-                    GuardReply::Sent
-                }
-            }
+        GuardRequest::Send { now, challenge } => {
+            allowed(state.email.send(*now, challenge.clone()), GuardReply::Sent)
         }
-        GuardRequest::Check { now, code_hash } => {
-            let Some(challenge) = state.challenge.as_mut() else {
-                return GuardReply::NoChallenge;
-            };
-            match challenge.check(*now, code_hash) {
-                Verdict::Ok => {
-                    state.challenge = None;
-                    GuardReply::Verified
-                }
-                Verdict::Wrong { attempts_left } => GuardReply::WrongCode { attempts_left },
-                Verdict::Expired => GuardReply::CodeExpired,
-                Verdict::Locked => GuardReply::Locked,
-            }
+        GuardRequest::Check {
+            now,
+            challenge_id,
+            code_hash,
+            network,
+            limits,
+        } => match state
+            .email
+            .check(*now, challenge_id, code_hash, network, *limits)
+        {
+            Checked::Verified => GuardReply::Verified,
+            Checked::Wrong { attempts_left } => GuardReply::WrongCode { attempts_left },
+            Checked::Expired => GuardReply::CodeExpired,
+            Checked::Locked => GuardReply::Locked,
+            Checked::NoChallenge => GuardReply::NoChallenge,
+            Checked::Throttled { retry_after_s } => GuardReply::Throttled { retry_after_s },
+        },
+        GuardRequest::NetworkStart { now, max_per_hour } => allowed(
+            state.network.start(*now, *max_per_hour),
+            GuardReply::Allowed,
+        ),
+        GuardRequest::NetworkMayVerify {
+            now,
+            max_failures_per_hour,
+        } => allowed(
+            state.network.may_verify(*now, *max_failures_per_hour),
+            GuardReply::Allowed,
+        ),
+        GuardRequest::NetworkFailed { now } => {
+            state.network.failed(*now);
+            GuardReply::Recorded
+        }
+        GuardRequest::NetworkSignUp { now, max_per_day } => allowed(
+            state.network.sign_up(*now, *max_per_day),
+            GuardReply::Allowed,
+        ),
+        GuardRequest::Prune { now } => {
+            state.prune(*now);
+            GuardReply::Recorded
         }
         GuardRequest::CreateSession { session } => {
             state.session = Some(session.clone());
@@ -111,35 +192,14 @@ pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
             project,
             secret,
             new_hash,
-        } => {
-            let Some(session) = state.session.as_mut() else {
-                return GuardReply::Refused {
-                    reason: "unknown session".into(),
-                };
-            };
-            if session.project != *project {
-                return GuardReply::Refused {
-                    reason: "the session belongs to another project".into(),
-                };
-            }
-            match session.rotate(*now, secret, new_hash.clone()) {
-                Rotation::Rotated => GuardReply::Rotated {
-                    session: session.clone(),
-                },
-                Rotation::Reused => GuardReply::Reused {
-                    session: session.clone(),
-                },
-                Rotation::Invalid => GuardReply::Refused {
-                    reason: "invalid refresh token".into(),
-                },
-                Rotation::Expired => GuardReply::Refused {
-                    reason: "the session has expired".into(),
-                },
-                Rotation::Revoked => GuardReply::Refused {
-                    reason: "the session was revoked".into(),
-                },
-            }
-        }
+            jkt,
+        } => rotate(state, *now, project, secret, new_hash, jkt.as_deref()),
+        GuardRequest::SessionLive { now } => GuardReply::Live {
+            live: state
+                .session
+                .as_ref()
+                .is_some_and(|s| !s.revoked && *now < s.expires_at),
+        },
         GuardRequest::Revoke => {
             if let Some(s) = state.session.as_mut() {
                 s.revoke();
@@ -151,89 +211,124 @@ pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
     }
 }
 
+fn rotate(
+    state: &mut GuardState,
+    now: i64,
+    project: &str,
+    secret: &str,
+    new_hash: &str,
+    jkt: Option<&str>,
+) -> GuardReply {
+    let Some(session) = state.session.as_mut() else {
+        return GuardReply::Refused {
+            reason: "unknown session".into(),
+        };
+    };
+    if session.project != project {
+        return GuardReply::Refused {
+            reason: "the session belongs to another project".into(),
+        };
+    }
+    // Checked before the secret: a copied token without its key can neither rotate the session
+    // nor, as a "reuse", revoke it.
+    if let Some(bound) = session.jkt.as_deref() {
+        if jkt.is_none_or(|presented| {
+            !crate::auth::constant_time_eq(bound.as_bytes(), presented.as_bytes())
+        }) {
+            return GuardReply::Refused {
+                reason:
+                    "the refresh token is bound to a DPoP key; send a proof signed with that key"
+                        .into(),
+            };
+        }
+    }
+    match session.rotate(now, secret, new_hash.to_string()) {
+        Rotation::Rotated => GuardReply::Rotated {
+            session: session.clone(),
+        },
+        Rotation::Reused => GuardReply::Reused {
+            session: session.clone(),
+        },
+        Rotation::Invalid => GuardReply::Refused {
+            reason: "invalid refresh token".into(),
+        },
+        Rotation::Expired => GuardReply::Refused {
+            reason: "the session has expired".into(),
+        },
+        Rotation::Revoked => GuardReply::Refused {
+            reason: "the session was revoked".into(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::session::new_refresh;
 
-    fn send(now: i64, hash: &str) -> GuardRequest {
+    fn send(now: i64, id: &str, hash: &str) -> GuardRequest {
         GuardRequest::Send {
             now,
-            min_gap_ms: 30_000,
-            max_per_hour: 5,
-            code_hash: Some(hash.into()),
+            challenge: Challenge::new(id.into(), hash.into(), now, "198.51.100.7".into()),
+        }
+    }
+
+    fn check(now: i64, id: &str, hash: &str) -> GuardRequest {
+        GuardRequest::Check {
+            now,
+            challenge_id: id.into(),
+            code_hash: hash.into(),
+            network: "198.51.100.7".into(),
+            limits: GuessLimits {
+                per_network_per_hour: 10,
+                per_email_per_day: 30,
+            },
         }
     }
 
     #[test]
     fn otp_flow_is_single_use_and_locks_after_five() {
         let mut s = GuardState::default();
-        assert_eq!(apply(&mut s, &send(0, "h1")), GuardReply::Sent);
+        assert_eq!(apply(&mut s, &send(0, "c1", "h1")), GuardReply::Sent);
         assert!(matches!(
-            apply(&mut s, &send(1_000, "h2")),
+            apply(&mut s, &send(1_000, "c2", "h2")),
             GuardReply::Throttled { .. }
         ));
+        assert_eq!(apply(&mut s, &check(1, "c1", "h1")), GuardReply::Verified);
         assert_eq!(
-            apply(
-                &mut s,
-                &GuardRequest::Check {
-                    now: 1,
-                    code_hash: "h1".into()
-                }
-            ),
-            GuardReply::Verified
-        );
-        assert_eq!(
-            apply(
-                &mut s,
-                &GuardRequest::Check {
-                    now: 2,
-                    code_hash: "h1".into()
-                }
-            ),
+            apply(&mut s, &check(2, "c1", "h1")),
             GuardReply::NoChallenge
         );
-
-        assert_eq!(apply(&mut s, &send(60_000, "h3")), GuardReply::Sent);
+        assert_eq!(apply(&mut s, &send(60_000, "c3", "h3")), GuardReply::Sent);
         for left in (0..5).rev() {
             assert_eq!(
-                apply(
-                    &mut s,
-                    &GuardRequest::Check {
-                        now: 60_001,
-                        code_hash: "bad".into()
-                    }
-                ),
+                apply(&mut s, &check(60_001, "c3", "bad")),
                 GuardReply::WrongCode {
                     attempts_left: left
                 }
             );
         }
         assert_eq!(
-            apply(
-                &mut s,
-                &GuardRequest::Check {
-                    now: 60_002,
-                    code_hash: "h3".into()
-                }
-            ),
+            apply(&mut s, &check(60_002, "c3", "h3")),
             GuardReply::Locked
         );
+        assert_eq!(apply(&mut s, &send(120_000, "c4", "h4")), GuardReply::Sent);
         assert_eq!(
-            apply(&mut s, &send(120_000, "h4")),
-            GuardReply::Sent,
-            "a new code revives the email"
-        );
-        assert_eq!(
-            apply(
-                &mut s,
-                &GuardRequest::Check {
-                    now: 120_001,
-                    code_hash: "h4".into()
-                }
-            ),
+            apply(&mut s, &check(120_001, "c4", "h4")),
             GuardReply::Verified
         );
+        assert!(!s.is_empty());
+        let until = s.expires_at().unwrap();
+        apply(&mut s, &GuardRequest::Prune { now: until });
+        assert!(s.is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn older_stored_states_decode() {
+        let old = r#"{"throttle":{"sent":[1,2]},"challenge":{"code_hash":"h","expires_at":5,"attempts_left":5},"session":null}"#;
+        let s: GuardState = serde_json::from_str(old).unwrap();
+        assert!(s.is_empty());
+        assert!(serde_json::from_str::<GuardState>(r#"{"email":{"challenges":7}}"#).is_err());
     }
 
     #[test]
@@ -245,7 +340,7 @@ mod tests {
                 *x = n % 200;
             })
         };
-        let sid = crate::auth::session::new_session_id(&mut rng);
+        let sid = crate::auth::session::new_session_id(b"pepper", &mut rng);
         let (t1, h1) = new_refresh(&sid, &mut rng);
         let (_t2, h2) = new_refresh(&sid, &mut rng);
         let session = Session {
@@ -259,6 +354,7 @@ mod tests {
             created_at: 0,
             expires_at: 1_000_000,
             revoked: false,
+            jkt: None,
         };
         let mut s = GuardState::default();
         apply(&mut s, &GuardRequest::CreateSession { session });
@@ -268,6 +364,7 @@ mod tests {
             project: "other".into(),
             secret: secret1.clone(),
             new_hash: "h".into(),
+            jkt: None,
         };
         assert!(matches!(
             apply(&mut s, &elsewhere),
@@ -285,7 +382,8 @@ mod tests {
                     now: 1,
                     project: "p".into(),
                     secret: secret1.clone(),
-                    new_hash: h2.clone()
+                    new_hash: h2.clone(),
+                    jkt: None,
                 }
             ),
             GuardReply::Rotated { .. }
@@ -297,7 +395,8 @@ mod tests {
                     now: 2,
                     project: "p".into(),
                     secret: secret1,
-                    new_hash: "x".into()
+                    new_hash: "x".into(),
+                    jkt: None,
                 }
             ),
             GuardReply::Reused { .. }
@@ -307,6 +406,18 @@ mod tests {
             apply(&mut s, &GuardRequest::Revoke),
             GuardReply::Revoked { session: Some(_) }
         ));
+        assert_eq!(
+            apply(&mut s, &GuardRequest::SessionLive { now: 3 }),
+            GuardReply::Live { live: false }
+        );
+        assert_eq!(
+            apply(
+                &mut GuardState::default(),
+                &GuardRequest::SessionLive { now: 3 }
+            ),
+            GuardReply::Live { live: false },
+            "an unknown session is not live"
+        );
         let mut empty = GuardState::default();
         assert!(matches!(
             apply(
@@ -315,10 +426,46 @@ mod tests {
                     now: 0,
                     project: "p".into(),
                     secret: "s".into(),
-                    new_hash: "h".into()
+                    new_hash: "h".into(),
+                    jkt: None,
                 }
             ),
             GuardReply::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn a_bound_session_rotates_only_with_its_key() {
+        let mut rng = crate::ids::test_rng(4);
+        let sid = crate::auth::session::new_session_id(b"pepper", &mut rng);
+        let (t1, h1) = new_refresh(&sid, &mut rng);
+        let mut session = Session::new(sid, "p".into(), "c".into(), None, h1, 0);
+        session.jkt = Some("key-a".into());
+        let mut s = GuardState::default();
+        apply(&mut s, &GuardRequest::CreateSession { session });
+        let secret = crate::auth::session::parse_refresh(&t1).unwrap().1;
+        let rotate = |jkt: Option<&str>| GuardRequest::Rotate {
+            now: 1,
+            project: "p".into(),
+            secret: secret.clone(),
+            new_hash: "h2".into(),
+            jkt: jkt.map(str::to_string),
+        };
+        for wrong in [None, Some("key-b")] {
+            assert!(matches!(
+                apply(&mut s, &rotate(wrong)),
+                GuardReply::Refused { .. }
+            ));
+        }
+        let after = s.session.clone().unwrap();
+        assert_eq!(
+            (after.generation, after.revoked),
+            (0, false),
+            "nothing moved, nothing revoked"
+        );
+        assert!(matches!(
+            apply(&mut s, &rotate(Some("key-a"))),
+            GuardReply::Rotated { .. }
         ));
     }
 }

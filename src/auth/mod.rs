@@ -4,12 +4,14 @@ pub mod cidr;
 pub mod config;
 pub mod consumer_jwt;
 pub mod decide;
+pub mod dpop;
 pub mod guard;
 pub mod jwks_cache;
 pub mod jwt;
 pub mod key;
 pub mod mode;
 pub mod otp;
+pub mod otp_limits;
 pub mod session;
 pub mod tokens;
 
@@ -31,8 +33,9 @@ pub fn extract_credential(
 ) -> Result<Option<String>, &'static str> {
     if let Some(value) = authorization.map(str::trim).filter(|v| !v.is_empty()) {
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err("the Authorization header must use the Bearer scheme");
+        // `DPoP` (RFC 9449) carries a sender-constrained access token; its proof is checked apart.
+        if !scheme.eq_ignore_ascii_case("bearer") && !scheme.eq_ignore_ascii_case("dpop") {
+            return Err("the Authorization header must use the Bearer (or DPoP) scheme");
         }
         let token = rest.trim();
         if token.is_empty() {
@@ -76,6 +79,10 @@ mod tests {
         assert_eq!(extract_credential(None, None), Ok(None));
         assert_eq!(extract_credential(Some(""), Some(" ")), Ok(None));
         assert!(extract_credential(Some("Basic Zm9v"), None).is_err());
+        assert_eq!(
+            extract_credential(Some("DPoP tok"), None),
+            Ok(Some("tok".into()))
+        );
         assert!(extract_credential(Some("Bearer"), None).is_err());
     }
 }

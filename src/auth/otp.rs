@@ -12,7 +12,6 @@ pub const CODE_LEN: usize = 6;
 pub const CODE_TTL_MS: i64 = 10 * 60 * 1000;
 /// Wrong guesses before a challenge locks for good.
 pub const MAX_ATTEMPTS: u32 = 5;
-const HOUR_MS: i64 = 60 * 60 * 1000;
 /// 4,294 × 10^6: the largest multiple of 10^6 that fits in a u32; draws at or above it would bias.
 const UNBIASED_LIMIT: u32 = 4_294_000_000;
 
@@ -56,6 +55,49 @@ pub fn hash_code(pepper: &[u8], project: &str, email: &str, code: &str) -> Strin
     hex(&mac.finalize().into_bytes())
 }
 
+/// Random characters of a challenge id, before its tag.
+const CHALLENGE_RANDOM_LEN: usize = 20;
+const CHALLENGE_PREFIX: &str = "chl_";
+
+fn challenge_tag(pepper: &[u8], project: &str, email: &str, random: &str) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(pepper) else {
+        return String::new();
+    };
+    mac.update(b"sluice otp challenge v1");
+    for field in [project, email, random] {
+        mac.update(&(field.len() as u64).to_be_bytes());
+        mac.update(field.as_bytes());
+    }
+    hex(&mac.finalize().into_bytes()[..8])
+}
+
+/// A new challenge id, `chl_` + 20 random base62 + a 16-hex tag binding it to the project and email,
+/// so a made-up or another address's id is refused without touching any stored state.
+pub fn new_challenge_id(
+    pepper: &[u8],
+    project: &str,
+    email: &str,
+    fill_random: &mut dyn FnMut(&mut [u8]),
+) -> String {
+    let random = crate::ids::base62(CHALLENGE_RANDOM_LEN, fill_random);
+    let tag = challenge_tag(pepper, project, email, &random);
+    format!("{CHALLENGE_PREFIX}{random}{tag}")
+}
+
+/// Whether `id` is a challenge id this gateway issued for `email` in `project` (checked in constant
+/// time).
+pub fn challenge_id_is_ours(pepper: &[u8], project: &str, email: &str, id: &str) -> bool {
+    let Some(rest) = id.strip_prefix(CHALLENGE_PREFIX) else {
+        return false;
+    };
+    if rest.len() != CHALLENGE_RANDOM_LEN + 16 || !rest.is_ascii() {
+        return false;
+    }
+    let (random, tag) = rest.split_at(CHALLENGE_RANDOM_LEN);
+    let expected = challenge_tag(pepper, project, email, random);
+    crate::auth::constant_time_eq(expected.as_bytes(), tag.as_bytes())
+}
+
 /// Trims and lowercases an address and checks its basic shape (one `@`, a non-empty local part,
 /// a dotted domain, at most 254 bytes, no whitespace or control characters).
 #[allow(clippy::result_unit_err)]
@@ -95,22 +137,27 @@ pub enum Verdict {
     Locked,
 }
 
-/// A pending code, stored only as its hash.
+/// A pending code, stored only as its hash, with the id `otp/start` answered and the client network
+/// that asked for it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Challenge {
+    pub id: String,
     pub code_hash: String,
     /// Epoch ms after which the code is refused.
     pub expires_at: i64,
     pub attempts_left: u32,
+    pub network: String,
 }
 
 impl Challenge {
     /// A challenge valid for 10 minutes from `now_ms`, with 5 attempts.
-    pub fn new(code_hash: String, now_ms: i64) -> Challenge {
+    pub fn new(id: String, code_hash: String, now_ms: i64, network: String) -> Challenge {
         Challenge {
+            id,
             code_hash,
             expires_at: now_ms.saturating_add(CODE_TTL_MS),
             attempts_left: MAX_ATTEMPTS,
+            network,
         }
     }
 
@@ -130,45 +177,6 @@ impl Challenge {
         Verdict::Wrong {
             attempts_left: self.attempts_left,
         }
-    }
-}
-
-/// Recent sends for one email or one client IP (epoch ms), to throttle code emails.
-#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
-pub struct SendThrottle {
-    pub sent: Vec<i64>,
-}
-
-fn ceil_seconds(ms: i64) -> u64 {
-    let s = ms.saturating_add(999).div_euclid(1000);
-    u64::try_from(s).unwrap_or(0).max(1)
-}
-
-impl SendThrottle {
-    /// Records a send at `now_ms` if at least `min_gap_ms` passed since the last one and fewer than
-    /// `max_per_hour` happened in the past hour; otherwise `Err(seconds until a send is allowed)`, ≥ 1.
-    pub fn check_and_record(
-        &mut self,
-        now_ms: i64,
-        min_gap_ms: i64,
-        max_per_hour: usize,
-    ) -> Result<(), u64> {
-        self.sent.retain(|&t| now_ms.saturating_sub(t) < HOUR_MS);
-        if let Some(&last) = self.sent.iter().max() {
-            let wait = last.saturating_add(min_gap_ms).saturating_sub(now_ms);
-            if wait > 0 {
-                return Err(ceil_seconds(wait));
-            }
-        }
-        if self.sent.len() >= max_per_hour {
-            let wait = match self.sent.iter().min() {
-                Some(&oldest) => oldest.saturating_add(HOUR_MS).saturating_sub(now_ms),
-                None => HOUR_MS,
-            };
-            return Err(ceil_seconds(wait));
-        }
-        self.sent.push(now_ms);
-        Ok(())
     }
 }
 
@@ -294,7 +302,7 @@ mod tests {
     #[test]
     fn right_code_passes_until_expiry_at_exactly_ten_minutes() {
         let hash = hash_code(b"p", "prj", "a@b.co", "111111");
-        let mut c = Challenge::new(hash.clone(), T0);
+        let mut c = Challenge::new("c".into(), hash.clone(), T0, "n".into());
         assert_eq!(c.expires_at, T0 + 600_000);
         assert_eq!(c.attempts_left, 5);
         assert_eq!(c.check(T0 + 599_999, &hash), Verdict::Ok);
@@ -308,7 +316,7 @@ mod tests {
     fn five_wrong_codes_lock_for_good() {
         let right = hash_code(b"p", "prj", "a@b.co", "111111");
         let wrong = hash_code(b"p", "prj", "a@b.co", "222222");
-        let mut c = Challenge::new(right.clone(), T0);
+        let mut c = Challenge::new("c".into(), right.clone(), T0, "n".into());
         for left in (0..5).rev() {
             assert_eq!(
                 c.check(T0 + 1, &wrong),
@@ -330,7 +338,7 @@ mod tests {
     #[test]
     fn a_wrong_try_then_the_right_code_succeeds() {
         let right = hash_code(b"p", "prj", "a@b.co", "111111");
-        let mut c = Challenge::new(right.clone(), T0);
+        let mut c = Challenge::new("c".into(), right.clone(), T0, "n".into());
         assert_eq!(
             c.check(T0, "not-a-hash"),
             Verdict::Wrong { attempts_left: 4 }
@@ -340,44 +348,28 @@ mod tests {
     }
 
     #[test]
-    fn throttle_enforces_the_gap_with_retry_after() {
-        let mut t = SendThrottle::default();
-        assert_eq!(t.check_and_record(T0, 30_000, 5), Ok(()));
-        assert_eq!(t.check_and_record(T0, 30_000, 5), Err(30));
-        assert_eq!(t.check_and_record(T0 + 1, 30_000, 5), Err(30));
-        assert_eq!(t.check_and_record(T0 + 29_001, 30_000, 5), Err(1));
-        assert_eq!(t.check_and_record(T0 + 29_999, 30_000, 5), Err(1));
-        assert_eq!(t.check_and_record(T0 + 30_000, 30_000, 5), Ok(()));
-        assert_eq!(t.sent, vec![T0, T0 + 30_000]);
-    }
-
-    #[test]
-    fn throttle_enforces_the_hourly_cap_and_prunes() {
-        let mut t = SendThrottle::default();
-        for i in 0..5 {
-            assert_eq!(t.check_and_record(T0 + i * 60_000, 30_000, 5), Ok(()));
+    fn challenge_ids_are_bound_to_project_and_email() {
+        let mut rng = counter_rng(3);
+        let id = new_challenge_id(b"pepper", "prj_1", "a@b.co", &mut rng);
+        assert!(id.starts_with("chl_") && id.len() == 40, "{id}");
+        assert!(challenge_id_is_ours(b"pepper", "prj_1", "a@b.co", &id));
+        assert!(!challenge_id_is_ours(b"pepper", "prj_1", "x@b.co", &id));
+        assert!(!challenge_id_is_ours(b"pepper", "prj_2", "a@b.co", &id));
+        assert!(!challenge_id_is_ours(b"other", "prj_1", "a@b.co", &id));
+        let mut forged = id.clone();
+        forged.replace_range(10..11, if &id[10..11] == "a" { "b" } else { "a" });
+        assert!(!challenge_id_is_ours(b"pepper", "prj_1", "a@b.co", &forged));
+        for odd in [
+            "",
+            "chl_",
+            "chl_x",
+            &id[..39],
+            "chl_ééééééééééééééééééééééééééééééééééé",
+        ] {
+            assert!(
+                !challenge_id_is_ours(b"pepper", "prj_1", "a@b.co", odd),
+                "{odd}"
+            );
         }
-        // Sixth send 10 minutes in: allowed again when the first leaves the hour window (50 min).
-        assert_eq!(t.check_and_record(T0 + 600_000, 30_000, 5), Err(3000));
-        assert_eq!(t.check_and_record(T0 + HOUR_MS - 1, 30_000, 5), Err(1));
-        assert_eq!(t.check_and_record(T0 + HOUR_MS, 30_000, 5), Ok(()));
-        assert_eq!(t.sent.len(), 5);
-        assert!(!t.sent.contains(&T0));
-        // Much later, everything old is pruned.
-        assert_eq!(t.check_and_record(T0 + 10 * HOUR_MS, 30_000, 5), Ok(()));
-        assert_eq!(t.sent, vec![T0 + 10 * HOUR_MS]);
-    }
-
-    #[test]
-    fn per_ip_throttle_has_no_gap() {
-        let mut t = SendThrottle::default();
-        for _ in 0..20 {
-            assert_eq!(t.check_and_record(T0, 0, 20), Ok(()));
-        }
-        assert_eq!(t.check_and_record(T0, 0, 20), Err(3600));
-        assert_eq!(
-            SendThrottle::default().check_and_record(T0, 0, 0),
-            Err(3600)
-        );
     }
 }

@@ -8,16 +8,62 @@ use crate::ids::{base62, new_id};
 
 pub const REFRESH_PREFIX: &str = "srt_";
 pub const SESSION_PREFIX: &str = "ses";
-const SESSION_ID_LEN: usize = 4 + 20; // `ses_` + 20 base62
+/// A session id before ids carried a tag: `ses_` + 20 base62.
+const LEGACY_SESSION_ID_LEN: usize = 4 + 20;
+/// `ses_` + 20 base62 + a 12-hex tag.
+const SESSION_ID_LEN: usize = LEGACY_SESSION_ID_LEN + 12;
 const SECRET_LEN: usize = 43; // ~256 bits of base62
 /// How long a session lives from its creation; rotation does not extend it.
 pub const SESSION_TTL_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 /// Rotated-out hashes remembered for reuse detection.
 pub const MAX_PREVIOUS: usize = 20;
 
-/// A new session id, `ses_` + 20 base62 characters.
-pub fn new_session_id(fill_random: &mut dyn FnMut(&mut [u8])) -> String {
-    new_id(SESSION_PREFIX, fill_random)
+fn session_tag(pepper: &[u8], untagged: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(pepper) else {
+        return String::new();
+    };
+    mac.update(b"sluice session id v1");
+    mac.update(untagged.as_bytes());
+    hex(&mac.finalize().into_bytes()[..6])
+}
+
+/// A new session id, `ses_` + 20 base62 characters + a tag from the server secret, so a made-up
+/// refresh token is refused without creating or reading any stored session.
+pub fn new_session_id(pepper: &[u8], fill_random: &mut dyn FnMut(&mut [u8])) -> String {
+    let untagged = new_id(SESSION_PREFIX, fill_random);
+    let tag = session_tag(pepper, &untagged);
+    format!("{untagged}{tag}")
+}
+
+/// Where a session id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionIdKind {
+    /// Issued by this gateway with its tag.
+    Tagged,
+    /// Issued before ids were tagged: only a stored record says whether it exists.
+    Legacy,
+    /// Neither: nobody issued it.
+    Forged,
+}
+
+pub fn session_id_kind(pepper: &[u8], id: &str) -> SessionIdKind {
+    if !id.is_ascii() || !id.starts_with("ses_") {
+        return SessionIdKind::Forged;
+    }
+    match id.len() {
+        LEGACY_SESSION_ID_LEN => SessionIdKind::Legacy,
+        SESSION_ID_LEN => {
+            let (untagged, tag) = id.split_at(LEGACY_SESSION_ID_LEN);
+            let expected = session_tag(pepper, untagged);
+            if crate::auth::constant_time_eq(expected.as_bytes(), tag.as_bytes()) {
+                SessionIdKind::Tagged
+            } else {
+                SessionIdKind::Forged
+            }
+        }
+        _ => SessionIdKind::Forged,
+    }
 }
 
 /// The lowercase hex SHA-256 of a refresh secret: the only form stored.
@@ -34,7 +80,7 @@ pub fn parse_refresh(token: &str) -> Option<(String, String)> {
     let rest = token.strip_prefix(REFRESH_PREFIX)?;
     let (session_id, secret) = rest.split_once('.')?;
     let id_body = session_id.strip_prefix("ses_")?;
-    let shaped = session_id.len() == SESSION_ID_LEN
+    let shaped = matches!(session_id.len(), LEGACY_SESSION_ID_LEN | SESSION_ID_LEN)
         && is_base62(id_body)
         && secret.len() == SECRET_LEN
         && is_base62(secret);
@@ -76,6 +122,9 @@ pub struct Session {
     pub created_at: i64,
     pub expires_at: i64,
     pub revoked: bool,
+    /// The DPoP key (its thumbprint) the session's refresh tokens are bound to, if the client had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
 }
 
 impl Session {
@@ -99,6 +148,7 @@ impl Session {
             created_at: now_ms,
             expires_at: now_ms.saturating_add(SESSION_TTL_MS),
             revoked: false,
+            jkt: None,
         }
     }
 
@@ -157,7 +207,7 @@ mod tests {
 
     /// A new session and its first refresh token.
     fn start(rng: &mut dyn FnMut(&mut [u8])) -> (Session, String) {
-        let id = new_session_id(rng);
+        let id = new_session_id(b"pepper", rng);
         let (token, hash) = new_refresh(&id, rng);
         let s = Session::new(
             id,
@@ -177,10 +227,10 @@ mod tests {
     #[test]
     fn tokens_have_the_documented_shape_and_parse() {
         let mut rng = counter_rng(1);
-        let id = new_session_id(&mut rng);
-        assert!(id.starts_with("ses_") && id.len() == 24, "{id}");
+        let id = new_session_id(b"pepper", &mut rng);
+        assert!(id.starts_with("ses_") && id.len() == 36, "{id}");
         let (token, hash) = new_refresh(&id, &mut rng);
-        assert_eq!(token.len(), 4 + 24 + 1 + 43);
+        assert_eq!(token.len(), 4 + 36 + 1 + 43);
         let (sid, secret) = parse_refresh(&token).unwrap();
         assert_eq!(sid, id);
         assert_eq!(secret.len(), 43);
@@ -193,7 +243,7 @@ mod tests {
     #[test]
     fn garbage_tokens_do_not_parse() {
         let mut rng = counter_rng(2);
-        let id = new_session_id(&mut rng);
+        let id = new_session_id(b"pepper", &mut rng);
         let (good, _) = new_refresh(&id, &mut rng);
         let cases = [
             String::new(),
@@ -318,5 +368,33 @@ mod tests {
             back.rotate(T0 + 1, &secret_of(&t0), String::new()),
             Rotation::Revoked
         );
+    }
+
+    #[test]
+    fn session_ids_carry_a_tag() {
+        let mut rng = crate::ids::test_rng(9);
+        let id = new_session_id(b"pepper", &mut rng);
+        assert_eq!(id.len(), SESSION_ID_LEN);
+        assert_eq!(session_id_kind(b"pepper", &id), SessionIdKind::Tagged);
+        assert_eq!(session_id_kind(b"other", &id), SessionIdKind::Forged);
+        assert_eq!(
+            session_id_kind(b"pepper", &format!("{}000000000000", &id[..24])),
+            SessionIdKind::Forged
+        );
+        assert_eq!(session_id_kind(b"pepper", &id[..24]), SessionIdKind::Legacy);
+        for odd in [
+            "",
+            "ses_",
+            "ses_ééééééééééééééééééééé",
+            "xyz_aaaaaaaaaaaaaaaaaaaa",
+        ] {
+            assert_eq!(
+                session_id_kind(b"pepper", odd),
+                SessionIdKind::Forged,
+                "{odd}"
+            );
+        }
+        let (token, _) = new_refresh(&id, &mut rng);
+        assert_eq!(parse_refresh(&token).map(|t| t.0), Some(id));
     }
 }

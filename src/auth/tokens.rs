@@ -42,11 +42,14 @@ pub enum SluiceToken {
     Access {
         consumer_id: String,
         session_id: String,
+        /// The DPoP key the token is bound to (`cnf.jkt`): it is only accepted with a proof by it.
+        jkt: Option<String>,
     },
     /// A consumer key exchanged for a short-lived token: valid while the key is.
     Exchange { consumer_id: String, key_id: String },
 }
 
+/// A signed-in user's access token; `jkt` (a DPoP key's thumbprint) binds it to that key (`cnf`).
 pub fn access_claims(
     project_slug: &str,
     consumer_id: &str,
@@ -54,13 +57,17 @@ pub fn access_claims(
     session_id: &str,
     now_s: i64,
     ttl_s: i64,
+    jkt: Option<&str>,
 ) -> Map<String, Value> {
-    let Value::Object(claims) = json!({
+    let Value::Object(mut claims) = json!({
         "iss": issuer(project_slug), "aud": project_slug, "sub": consumer_id, "email": email,
         "sid": session_id, "typ": "access", "iat": now_s, "exp": now_s + ttl_s,
     }) else {
         return Map::new();
     };
+    if let Some(jkt) = jkt {
+        claims.insert("cnf".into(), json!({ "jkt": jkt }));
+    }
     claims
 }
 
@@ -86,6 +93,11 @@ pub fn classify(claims: &Map<String, Value>) -> Option<SluiceToken> {
         "access" => Some(SluiceToken::Access {
             consumer_id: s("sub")?,
             session_id: s("sid")?,
+            jkt: claims
+                .get("cnf")
+                .and_then(|c| c.get("jkt"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         }),
         "exchange" => Some(SluiceToken::Exchange {
             consumer_id: s("sub")?,
@@ -131,7 +143,7 @@ mod tests {
     fn access_token_round_trip() {
         let key = signing_key("secret-secret-123", "prj_1", "demo", 1);
         let token = key.sign(&access_claims(
-            "demo", "con_1", "a@b.co", "ses_1", 1_000, 900,
+            "demo", "con_1", "a@b.co", "ses_1", 1_000, 900, None,
         ));
         let mut policy = Policy::default_asymmetric();
         policy.issuer = Some(issuer("demo"));
@@ -141,9 +153,24 @@ mod tests {
             classify(&claims),
             Some(SluiceToken::Access {
                 consumer_id: "con_1".into(),
-                session_id: "ses_1".into()
+                session_id: "ses_1".into(),
+                jkt: None,
             })
         );
+        let bound = access_claims(
+            "demo",
+            "con_1",
+            "a@b.co",
+            "ses_1",
+            1_000,
+            900,
+            Some("thumb"),
+        );
+        assert_eq!(bound["cnf"]["jkt"], "thumb");
+        assert!(matches!(
+            classify(&bound),
+            Some(SluiceToken::Access { jkt: Some(j), .. }) if j == "thumb"
+        ));
         assert!(verify(&token, &[key.to_verifying_key()], &policy, 1_000 + 900 + 61).is_err());
         let ex = exchange_claims("demo", "con_2", "key_9", 0);
         assert_eq!(

@@ -1,9 +1,11 @@
 //! Admin input for projects: creating one, and changing its settings.
 
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::error::Error;
 use crate::input::validate::{nullable, validate_origin, validate_slug, validate_text};
+use crate::records::sign_in::FIELDS;
 use crate::records::Project;
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +33,16 @@ pub struct ProjectPatch {
     pub email_from: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     pub email_subject: Option<Option<String>>,
+    // The sign-in policy (`records::sign_in`), each checked when merged with the stored one.
+    pub otp_wrong_codes_per_network_per_hour: Option<Value>,
+    pub otp_wrong_codes_per_email_per_day: Option<Value>,
+    pub otp_failed_verifies_per_network_per_hour: Option<Value>,
+    pub otp_starts_per_network_per_hour: Option<Value>,
+    pub auth_event_retention_days: Option<Value>,
+    pub signup: Option<Value>,
+    pub signup_domains: Option<Value>,
+    pub signups_per_network_per_day: Option<Value>,
+    pub require_dpop: Option<Value>,
 }
 
 impl ProjectPatch {
@@ -62,8 +74,33 @@ impl ProjectPatch {
         Ok(())
     }
 
-    /// Writes what the patch names onto `project` (absent fields keep their value; `null` clears).
-    pub fn apply(self, project: &mut Project) {
+    /// The sign-in settings the patch names, by their names.
+    fn sign_in_changes(&self) -> Map<String, Value> {
+        let fields = [
+            &self.otp_wrong_codes_per_network_per_hour,
+            &self.otp_wrong_codes_per_email_per_day,
+            &self.otp_failed_verifies_per_network_per_hour,
+            &self.otp_starts_per_network_per_hour,
+            &self.auth_event_retention_days,
+            &self.signup,
+            &self.signup_domains,
+            &self.signups_per_network_per_day,
+            &self.require_dpop,
+        ];
+        FIELDS
+            .iter()
+            .zip(fields)
+            .filter_map(|(name, v)| v.clone().map(|v| (name.to_string(), v)))
+            .collect()
+    }
+
+    /// Writes what the patch names onto `project` (absent fields keep their value; `null` clears);
+    /// sign-in settings that do not fit together (or out of bounds) are a 400 naming the field.
+    pub fn apply(self, project: &mut Project) -> Result<(), Error> {
+        let changes = self.sign_in_changes();
+        if !changes.is_empty() {
+            project.sign_in = project.sign_in.with_changes(&changes)?;
+        }
         if let Some(n) = self.name {
             project.name = n;
         }
@@ -79,5 +116,6 @@ impl ProjectPatch {
         if let Some(s) = self.email_subject {
             project.email_subject = s;
         }
+        Ok(())
     }
 }

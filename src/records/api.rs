@@ -146,6 +146,8 @@ impl Api {
             "prices": self.prices.to_json(),
             "unpriced_models": unpriced,
             "byo_jwt_config": self.byo_jwt,
+            // Tokens accepted without an issuer and audience check: any app of a shared IdP.
+            "byo_jwt_unscoped": self.byo_jwt.as_ref().map(|c| !c.is_scoped()),
             "ip_allowlist": self.ip_allowlist.entries(),
             "credential": self.credential.config(),
             "server_timing": self.policy.server_timing,

@@ -13,6 +13,9 @@ pub enum ConsumerKind {
     Key,
     /// Signed in through managed mode.
     User,
+    /// A user of the owner's IdP (byo-jwt), recorded on first use.
+    #[serde(rename = "jwt-user")]
+    JwtUser,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +39,7 @@ impl ConsumerKind {
         match self {
             ConsumerKind::Key => "key",
             ConsumerKind::User => "user",
+            ConsumerKind::JwtUser => "jwt-user",
         }
     }
 }

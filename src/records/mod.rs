@@ -5,6 +5,7 @@
 pub mod api;
 pub mod consumer;
 pub mod project;
+pub mod sign_in;
 
 pub use api::Api;
 pub use consumer::{Consumer, ConsumerKind, ConsumerStatus, KeyHolder, KeyListing, KeyOwner};

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::records::json_text;
+use crate::records::sign_in::SignInPolicy;
 use crate::time::rfc3339;
 
 pub const DEFAULT_TOKEN_TTL_S: i64 = 900;
@@ -28,6 +29,15 @@ pub struct Project {
     /// The generation of the token-signing key (derived from ENCRYPTION_KEY, never stored).
     pub signing_generation: i64,
     pub previous_key_retired_at: Option<i64>,
+    /// OTP limits, sign-up policy and auth-event retention (a record cached before the column
+    /// existed has the defaults, as the column's own default does).
+    #[serde(
+        rename = "sign_in_json",
+        default,
+        deserialize_with = "json_text::required",
+        serialize_with = "json_text::write"
+    )]
+    pub sign_in: SignInPolicy,
 }
 
 impl Project {
@@ -43,6 +53,7 @@ impl Project {
             allowed_origins: Vec::new(),
             signing_generation: 1,
             previous_key_retired_at: None,
+            sign_in: SignInPolicy::default(),
         }
     }
 
@@ -55,11 +66,17 @@ impl Project {
 
     /// The owner's view.
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut view = json!({
             "id": self.id, "slug": self.slug, "name": self.name, "created_at": rfc3339(self.created_at),
             "access_token_ttl_s": self.access_token_ttl_s, "email_from": self.email_from, "email_subject": self.email_subject,
             "allowed_origins": self.allowed_origins,
-        })
+        });
+        if let (Some(view), Ok(Value::Object(policy))) =
+            (view.as_object_mut(), serde_json::to_value(&self.sign_in))
+        {
+            view.extend(policy);
+        }
+        view
     }
 }
 
@@ -71,9 +88,21 @@ mod tests {
     fn a_row_decodes_once_and_bad_json_fails_it() {
         let row = json!({"id": "prj_1", "slug": "demo", "name": "Demo", "created_at": 1, "access_token_ttl_s": 900,
             "email_from": null, "email_subject": null, "allowed_origins_json": "[\"https://a.example\"]",
-            "signing_generation": 1, "previous_key_retired_at": null});
+            "signing_generation": 1, "previous_key_retired_at": null, "sign_in_json": "{\"signup\":\"invite_only\"}"});
         let p: Project = serde_json::from_value(row.clone()).unwrap();
         assert!(p.allows_origin("https://A.example") && !p.allows_origin("https://b.example"));
+        assert_eq!(
+            p.sign_in.signup,
+            crate::records::sign_in::Signup::InviteOnly
+        );
+        assert_eq!(p.sign_in.signups_per_network_per_day, 5);
+        let mut older = row.clone();
+        older.as_object_mut().unwrap().remove("sign_in_json");
+        let cached: Project = serde_json::from_value(older).unwrap();
+        assert_eq!(cached.sign_in, SignInPolicy::default());
+        let mut corrupt = row.clone();
+        corrupt["sign_in_json"] = json!("{\"signup\":\"sometimes\"}");
+        assert!(serde_json::from_value::<Project>(corrupt).is_err());
         let mut bad = row;
         bad["allowed_origins_json"] = json!("[\"https://a.example\"");
         assert!(serde_json::from_value::<Project>(bad).is_err());

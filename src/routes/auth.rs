@@ -5,10 +5,17 @@ use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::{json, Value};
 use worker::{Context, D1Database, Env, Request, Response};
 
+use crate::auth::cidr::client_network;
 use crate::auth::guard::{GuardReply, GuardRequest};
 use crate::auth::key::ConsumerKey;
-use crate::auth::otp::{generate_code, hash_code, normalize_code, normalize_email};
-use crate::auth::session::{new_refresh, new_session_id, parse_refresh, Session};
+use crate::auth::otp::{
+    challenge_id_is_ours, generate_code, hash_code, new_challenge_id, normalize_code,
+    normalize_email, Challenge,
+};
+use crate::auth::otp_limits::{GuessLimits, CODE_TTL_S};
+use crate::auth::session::{
+    new_refresh, new_session_id, parse_refresh, session_id_kind, Session, SessionIdKind,
+};
 use crate::auth::tokens::{access_claims, classify, exchange_claims, SluiceToken, EXCHANGE_TTL_S};
 use crate::email::{self, dev_mode};
 use crate::error::{Error, Problem};
@@ -17,6 +24,7 @@ use crate::identity::{self, client_ip, current_key, event, record_event, verify_
 use crate::ids::new_id;
 use crate::input::parse_body;
 use crate::limits::standing::Change;
+use crate::records::sign_in::Signup;
 use crate::records::{Consumer, ConsumerKind, ConsumerStatus, Project};
 use crate::store::counter_do::change_in_project;
 use crate::store::d1;
@@ -24,9 +32,6 @@ use crate::store::kv::{self, MailboxRecord, SessionRecord, SessionStatus};
 use crate::store::objects::{self, Guard};
 
 const AUTH_BODY_LIMIT: usize = 16 * 1024;
-const EMAIL_GAP_MS: i64 = 30_000;
-const EMAIL_PER_HOUR: usize = 5;
-const IP_PER_HOUR: usize = 30;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +44,8 @@ struct OtpStart {
 struct OtpVerify {
     email: String,
     code: String,
+    /// The id `otp/start` answered: wrong codes count against that challenge.
+    challenge_id: String,
 }
 
 #[derive(Deserialize)]
@@ -84,8 +91,9 @@ fn throttled(retry_after_s: u64) -> Error {
     .with_header("Retry-After", retry_after_s.to_string())
 }
 
-/// `POST /v1/{project}/auth/otp/start`: 202 whatever the email (nobody learns which have accounts);
-/// throttled per email and per client IP.
+/// `POST /v1/{project}/auth/otp/start`: 202 with a `challenge_id` whatever the email (nobody learns
+/// which addresses have accounts). Limited per client network (starts per hour, across emails) and
+/// per email (a gap and an hourly cap per network, and a cap from all networks).
 pub async fn otp_start(
     mut req: Request,
     env: &Env,
@@ -97,41 +105,42 @@ pub async fn otp_start(
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     let now = now_ms();
     let ip = client_ip(&req);
-    if let Some(ip) = &ip {
-        let op = GuardRequest::Send {
-            now,
-            min_gap_ms: 0,
-            max_per_hour: IP_PER_HOUR,
-            code_hash: None,
-        };
-        if let GuardReply::Throttled { retry_after_s } = objects::call(
-            env,
-            &Guard::Ip {
-                project_id: &project.id,
-                ip,
-            },
-            &op,
-        )
-        .await?
-        {
-            return Err(throttled(retry_after_s));
+    let network = client_network(ip.as_deref());
+    let policy = &project.sign_in;
+    let op = GuardRequest::NetworkStart {
+        now,
+        max_per_hour: policy.otp_starts_per_network_per_hour as usize,
+    };
+    if let GuardReply::Throttled { retry_after_s } =
+        on_network(env, &project, &network, &op).await?
+    {
+        return Err(throttled(retry_after_s));
+    }
+    let pepper = encryption_secret(env)?;
+    let challenge_id =
+        with_random(|r| new_challenge_id(pepper.as_bytes(), &project.id, &email, r))?;
+    if !policy.lets_sign_up(&email) && d1::user_by_email(&db, &project.id, &email).await?.is_none()
+    {
+        if policy.signup == Signup::Domains {
+            return Err(signup_not_allowed(&project));
         }
+        // Invite only: answered as if sent, so nobody learns which addresses were invited.
+        return started(challenge_id);
     }
     let code = with_random(generate_code)?;
-    let pepper = encryption_secret(env)?;
-    let op = GuardRequest::Send {
+    let challenge = Challenge::new(
+        challenge_id.clone(),
+        hash_code(pepper.as_bytes(), &project.id, &email, &code),
         now,
-        min_gap_ms: EMAIL_GAP_MS,
-        max_per_hour: EMAIL_PER_HOUR,
-        code_hash: Some(hash_code(pepper.as_bytes(), &project.id, &email, &code)),
-    };
+        network,
+    );
     if let GuardReply::Throttled { retry_after_s } = objects::call(
         env,
         &Guard::Email {
             project_id: &project.id,
             email: &email,
         },
-        &op,
+        &GuardRequest::Send { now, challenge },
     )
     .await?
     {
@@ -153,14 +162,96 @@ pub async fn otp_start(
             ..event(&project.id, "otp_sent")
         },
     );
+    started(challenge_id)
+}
+
+fn started(challenge_id: String) -> Result<Response, Error> {
     json(
         202,
-        &json!({"status": "sent", "detail": "If the address can receive mail, a 6-digit code is on its way. It expires in 10 minutes."}),
+        &json!({"status": "sent", "challenge_id": challenge_id, "expires_in": CODE_TTL_S,
+            "detail": "If the address can receive mail, a 6-digit code is on its way. It expires in 10 minutes. Send it to otp/verify with this challenge_id."}),
     )
 }
 
-/// `POST /v1/{project}/auth/otp/verify`: a right code (single use, 10 minutes, 5 tries) signs the user
-/// in; the end user (consumer of kind `user`) is created on first sign-in.
+fn signup_not_allowed(project: &Project) -> Error {
+    Error::new(
+        Problem::SignupNotAllowed,
+        format!(
+            "Project `{}` only lets addresses at its sign-up domains create an account.",
+            project.slug
+        ),
+    )
+    .with_field("param", "email")
+}
+
+/// One operation on the sign-in object of a client network.
+async fn on_network(
+    env: &Env,
+    project: &Project,
+    network: &str,
+    op: &GuardRequest,
+) -> Result<GuardReply, Error> {
+    objects::call(
+        env,
+        &Guard::Network {
+            project_id: &project.id,
+            network,
+        },
+        op,
+    )
+    .await
+}
+
+/// The refusal for a verify that was not evaluated or did not pass; whether a code was evaluated
+/// (and wrong), which is what the event log records.
+fn verify_failure(reply: GuardReply) -> Option<(Error, bool)> {
+    match reply {
+        GuardReply::Verified => None,
+        GuardReply::WrongCode { attempts_left } => Some((
+            Error::new(Problem::InvalidCode, "The code is wrong.")
+                .with_field("attempts_left", attempts_left),
+            true,
+        )),
+        GuardReply::Locked => Some((
+            Error::new(
+                Problem::CodeLocked,
+                "Too many wrong codes for this challenge: ask for a new code.",
+            ),
+            false,
+        )),
+        GuardReply::CodeExpired => Some((
+            Error::new(
+                Problem::CodeExpired,
+                "The code has expired: ask for a new one.",
+            ),
+            false,
+        )),
+        GuardReply::Throttled { retry_after_s } => Some((
+            Error::new(
+                Problem::RateLimited,
+                format!("Too many wrong codes for this address; try again in {retry_after_s} s."),
+            )
+            .with_field("retry_after", retry_after_s)
+            .with_header("Retry-After", retry_after_s.to_string()),
+            false,
+        )),
+        _ => Some((no_challenge(), false)),
+    }
+}
+
+fn no_challenge() -> Error {
+    Error::new(
+        Problem::InvalidCode,
+        "There is no such challenge for this address: ask for a code first and send its `challenge_id`.",
+    )
+    .with_field("param", "challenge_id")
+}
+
+/// `POST /v1/{project}/auth/otp/verify`: a right code for the challenge (single use, 10 minutes, 5
+/// tries) signs the user in; the end user (consumer of kind `user`) is created on first sign-in if
+/// the project's sign-up policy lets the address in. A network with too many failed verifies, and an
+/// email with too many wrong codes (per network per hour, from all networks per day), get 429
+/// without the code being evaluated. A made-up challenge id touches no email's state.
 pub async fn otp_verify(
     mut req: Request,
     env: &Env,
@@ -174,58 +265,82 @@ pub async fn otp_verify(
         .ok_or_else(|| Error::invalid_request("`code` is the 6-digit code from the mail."))?;
     let now = now_ms();
     let ip = client_ip(&req);
-    let pepper = encryption_secret(env)?;
-    let op = GuardRequest::Check {
+    let network = client_network(ip.as_deref());
+    let policy = &project.sign_in;
+    // A client with a DPoP key binds the session to it; a project may require one.
+    let jkt = crate::identity::dpop_proof(&req, None)?.map(|p| p.jkt);
+    if jkt.is_none() && policy.require_dpop {
+        return Err(crate::identity::invalid_dpop(
+            "This project signs in only clients with a DPoP key: send a `DPoP` proof (RFC 9449).",
+        ));
+    }
+    let may = GuardRequest::NetworkMayVerify {
         now,
-        code_hash: hash_code(pepper.as_bytes(), &project.id, &email, &code),
+        max_failures_per_hour: policy.otp_failed_verifies_per_network_per_hour as usize,
     };
-    let failure = match objects::call(
-        env,
-        &Guard::Email {
-            project_id: &project.id,
-            email: &email,
-        },
-        &op,
-    )
-    .await?
+    if let GuardReply::Throttled { retry_after_s } =
+        on_network(env, &project, &network, &may).await?
     {
-        GuardReply::Verified => None,
-        GuardReply::WrongCode { attempts_left } => Some(
-            Error::new(Problem::InvalidCode, "The code is wrong.")
-                .with_field("attempts_left", attempts_left),
-        ),
-        GuardReply::Locked => Some(Error::new(
-            Problem::CodeLocked,
-            "Too many wrong codes: ask for a new code.",
-        )),
-        GuardReply::CodeExpired => Some(Error::new(
-            Problem::CodeExpired,
-            "The code has expired: ask for a new one.",
-        )),
-        _ => Some(Error::new(
-            Problem::InvalidCode,
-            "There is no code for this address: ask for one first.",
-        )),
-    };
-    if let Some(e) = failure {
-        record_event(
-            ctx,
+        return Err(Error::new(
+            Problem::RateLimited,
+            format!("Too many failed sign-in attempts from this network; try again in {retry_after_s} s."),
+        )
+        .with_field("retry_after", retry_after_s)
+        .with_header("Retry-After", retry_after_s.to_string()));
+    }
+    let pepper = encryption_secret(env)?;
+    let failure =
+        if challenge_id_is_ours(pepper.as_bytes(), &project.id, &email, &input.challenge_id) {
+            let op = GuardRequest::Check {
+                now,
+                challenge_id: input.challenge_id.clone(),
+                code_hash: hash_code(pepper.as_bytes(), &project.id, &email, &code),
+                network: network.clone(),
+                limits: GuessLimits {
+                    per_network_per_hour: policy.otp_wrong_codes_per_network_per_hour as usize,
+                    per_email_per_day: policy.otp_wrong_codes_per_email_per_day as usize,
+                },
+            };
+            let guard = Guard::Email {
+                project_id: &project.id,
+                email: &email,
+            };
+            verify_failure(objects::call(env, &guard, &op).await?)
+        } else {
+            Some((no_challenge(), false))
+        };
+    if let Some((e, evaluated)) = failure {
+        on_network(
             env,
-            identity::EventDraft {
-                subject: Some(email),
-                ip,
-                detail: Some(e.kind().into()),
-                ..event(&project.id, "otp_failed")
-            },
-        );
+            &project,
+            &network,
+            &GuardRequest::NetworkFailed { now },
+        )
+        .await?;
+        // Only codes evaluated against a real challenge are logged: bounded by the codes sent.
+        if evaluated {
+            record_event(
+                ctx,
+                env,
+                identity::EventDraft {
+                    subject: Some(email),
+                    ip,
+                    detail: Some(e.kind().into()),
+                    ..event(&project.id, "otp_failed")
+                },
+            );
+        }
         return Err(e);
     }
-    let consumer = user_for_email(&db, &project, &email, now).await?;
+    let consumer = match d1::user_by_email(&db, &project.id, &email).await? {
+        Some(c) => c,
+        None => sign_up(env, &db, &project, &email, &network, now).await?,
+    };
     if !consumer.is_enabled() {
         return Err(Error::consumer_disabled());
     }
-    let (access_token, refresh_token) =
-        start_session(env, &project, &consumer, &email, now).await?;
+    let (access_token, refresh_token, bound) =
+        start_session(env, &project, &consumer, &email, now, jkt).await?;
     record_event(
         ctx,
         env,
@@ -236,17 +351,35 @@ pub async fn otp_verify(
             ..event(&project.id, "sign_in")
         },
     );
-    token_pair(&project, access_token, refresh_token)
+    token_pair(&project, access_token, refresh_token, bound)
 }
 
-async fn user_for_email(
-    db: &worker::D1Database,
+/// A first sign-in: the end user is created if the sign-up policy lets the address in and the
+/// client network has not made its day's new accounts.
+async fn sign_up(
+    env: &Env,
+    db: &D1Database,
     project: &Project,
     email: &str,
+    network: &str,
     now: i64,
 ) -> Result<Consumer, Error> {
-    if let Some(c) = d1::user_by_email(db, &project.id, email).await? {
-        return Ok(c);
+    if !project.sign_in.lets_sign_up(email) {
+        return Err(signup_not_allowed(project));
+    }
+    let op = GuardRequest::NetworkSignUp {
+        now,
+        max_per_day: project.sign_in.signups_per_network_per_day as usize,
+    };
+    if let GuardReply::Throttled { retry_after_s } = on_network(env, project, network, &op).await? {
+        return Err(Error::new(
+            Problem::RateLimited,
+            format!(
+                "Too many new accounts from this network today; try again in {retry_after_s} s."
+            ),
+        )
+        .with_field("retry_after", retry_after_s)
+        .with_header("Retry-After", retry_after_s.to_string()));
     }
     let consumer = Consumer {
         id: with_random(|r| new_id("con", r))?,
@@ -274,10 +407,12 @@ async fn start_session(
     consumer: &Consumer,
     email: &str,
     now: i64,
-) -> Result<(String, String), Error> {
-    let session_id = with_random(new_session_id)?;
+    jkt: Option<String>,
+) -> Result<(String, String, bool), Error> {
+    let pepper = encryption_secret(env)?;
+    let session_id = with_random(|r| new_session_id(pepper.as_bytes(), r))?;
     let (refresh_token, hash) = with_random(|r| new_refresh(&session_id, r))?;
-    let session = Session::new(
+    let mut session = Session::new(
         session_id.clone(),
         project.id.clone(),
         consumer.id.clone(),
@@ -285,6 +420,9 @@ async fn start_session(
         hash,
         now,
     );
+    session.jkt = jkt;
+    let access = sign_access(env, project, &session, now)?;
+    let bound = session.jkt.is_some();
     objects::call(
         env,
         &Guard::Session { id: &session_id },
@@ -301,38 +439,35 @@ async fn start_session(
         },
     )
     .await?;
-    let access = sign_access(env, project, &consumer.id, email, &session_id, now)?;
-    Ok((access, refresh_token))
+    Ok((access, refresh_token, bound))
 }
 
-fn sign_access(
-    env: &Env,
-    project: &Project,
-    consumer_id: &str,
-    email: &str,
-    session_id: &str,
-    now: i64,
-) -> Result<String, Error> {
+/// The session's access token, bound to its DPoP key when it has one.
+fn sign_access(env: &Env, project: &Project, session: &Session, now: i64) -> Result<String, Error> {
     let key = current_key(env, project)?;
     Ok(key.sign(&access_claims(
         &project.slug,
-        consumer_id,
-        email,
-        session_id,
+        &session.consumer_id,
+        session.email.as_deref().unwrap_or_default(),
+        &session.id,
         now / 1000,
         project.access_token_ttl_s,
+        session.jkt.as_deref(),
     )))
 }
 
+/// The token answer; `token_type` is `DPoP` for a session bound to the client's key (RFC 9449).
 fn token_pair(
     project: &Project,
     access_token: String,
     refresh_token: String,
+    bound: bool,
 ) -> Result<Response, Error> {
+    let token_type = if bound { "DPoP" } else { "Bearer" };
     let mut r = json(
         200,
         &json!({
-            "access_token": access_token, "refresh_token": refresh_token, "token_type": "Bearer", "expires_in": project.access_token_ttl_s,
+            "access_token": access_token, "refresh_token": refresh_token, "token_type": token_type, "expires_in": project.access_token_ttl_s,
         }),
     )?;
     r.headers_mut().set("cache-control", "no-store")?;
@@ -352,14 +487,35 @@ pub async fn refresh(
         project_and_body(&mut req, env, project).await?;
     let (session_id, secret) = parse_refresh(&input.refresh_token)
         .ok_or_else(|| Error::new(Problem::InvalidRefreshToken, "This is not a refresh token."))?;
+    // A token nobody issued is refused before any session object is created or read.
+    let unknown = || {
+        Error::new(
+            Problem::InvalidRefreshToken,
+            "The refresh token was refused: unknown session.",
+        )
+    };
+    match session_id_kind(encryption_secret(env)?.as_bytes(), &session_id) {
+        SessionIdKind::Tagged => {}
+        SessionIdKind::Legacy => {
+            if kv::get::<SessionRecord>(&kv::kv(env)?, &session_id)
+                .await?
+                .is_none()
+            {
+                return Err(unknown());
+            }
+        }
+        SessionIdKind::Forged => return Err(unknown()),
+    }
     let now = now_ms();
     let ip = client_ip(&req);
     let (new_token, new_hash) = with_random(|r| new_refresh(&session_id, r))?;
+    let jkt = crate::identity::dpop_proof(&req, None)?.map(|p| p.jkt);
     let op = GuardRequest::Rotate {
         now,
         project: project.id.clone(),
         secret,
         new_hash,
+        jkt,
     };
     match objects::call(env, &Guard::Session { id: &session_id }, &op).await? {
         GuardReply::Rotated { session } if session.project == project.id => {
@@ -374,8 +530,8 @@ pub async fn refresh(
             if !consumer.is_enabled() {
                 return Err(Error::consumer_disabled());
             }
-            let email = session.email.clone().unwrap_or_default();
-            let access = sign_access(env, &project, &consumer.id, &email, &session_id, now)?;
+            let access = sign_access(env, &project, &session, now)?;
+            let bound = session.jkt.is_some();
             record_event(
                 ctx,
                 env,
@@ -385,7 +541,7 @@ pub async fn refresh(
                     ..event(&project.id, "refresh")
                 },
             );
-            token_pair(&project, access, new_token)
+            token_pair(&project, access, new_token, bound)
         }
         GuardReply::Reused { session } => {
             end_session(env, &project, &session.consumer_id, &session_id).await?;
@@ -443,12 +599,14 @@ async fn signed_in(req: &Request, env: &Env, project: &Project) -> Result<(Strin
     let Some(SluiceToken::Access {
         consumer_id,
         session_id,
+        jkt,
     }) = classify(&claims)
     else {
         return Err(Error::invalid_credential(
             "This endpoint takes a signed-in user's access token.",
         ));
     };
+    crate::identity::check_token_binding(req, &credential, jkt.as_deref())?;
     crate::identity::ensure_session_live(env, &session_id).await?;
     Ok((consumer_id, session_id))
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+pub mod housekeeping;
 
 use worker::{Context, Env, Headers, Request, Response};
 

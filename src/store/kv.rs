@@ -104,6 +104,14 @@ impl KvRecord for JwtCredentialsRecord {
     type Value = Vec<JwtCredentialRow>;
 }
 
+/// That a BYO-JWT user's consumer record exists (made on its first request).
+pub struct JwtUserRecord;
+impl KvRecord for JwtUserRecord {
+    const PREFIX: &'static str = "jwtuser:";
+    const TTL_S: u64 = CACHE_TTL_S;
+    type Value = bool;
+}
+
 pub fn kv(env: &Env) -> Result<KvStore, Error> {
     env.kv("KV")
         .map_err(|_| Error::misconfigured("The KV binding `KV` is missing from wrangler.toml."))

@@ -44,11 +44,19 @@ impl Object for Counter<'_> {
     }
 }
 
-/// Sign-in state: one per (project, email), per (project, client IP), or per refresh session.
+/// Sign-in state: one per (project, email), per (project, client network), or per refresh session.
 pub enum Guard<'a> {
-    Email { project_id: &'a str, email: &'a str },
-    Ip { project_id: &'a str, ip: &'a str },
-    Session { id: &'a str },
+    Email {
+        project_id: &'a str,
+        email: &'a str,
+    },
+    Network {
+        project_id: &'a str,
+        network: &'a str,
+    },
+    Session {
+        id: &'a str,
+    },
 }
 
 impl Object for Guard<'_> {
@@ -58,7 +66,10 @@ impl Object for Guard<'_> {
     fn name(&self) -> String {
         match self {
             Guard::Email { project_id, email } => format!("otp:{project_id}:{email}"),
-            Guard::Ip { project_id, ip } => format!("ip:{project_id}:{ip}"),
+            Guard::Network {
+                project_id,
+                network,
+            } => format!("net:{project_id}:{network}"),
             Guard::Session { id } => format!("session:{id}"),
         }
     }
@@ -167,6 +178,11 @@ impl<S: Serialize + DeserializeOwned + Default> Stored<S> {
         )?;
         *self.memory.borrow_mut() = Some(state);
         Ok(reply)
+    }
+
+    /// Drops the state kept in memory (the storage was deleted): the next operation starts empty.
+    pub fn forget(&self) {
+        *self.memory.borrow_mut() = None;
     }
 
     /// Reads the state without changing it.

@@ -450,7 +450,7 @@ add("managed: an expired access token is refreshed silently", widget("managed-au
   assert.notEqual(after.refresh_token, before.refresh_token, "the refresh token rotated");
 });
 
-add("managed: a revoked session (logout, refresh reuse) returns to sign-in", widget("managed-auth"), async (ctx) => {
+add("managed: a copied refresh token is useless without the page's DPoP key; a revoked session returns to sign-in", widget("managed-auth"), async (ctx) => {
   const { slug } = await widgetProject(ctx, { mode: "managed" });
   const { page } = await newPage(ctx);
   const email = `revoke-${slug}@example.com`;
@@ -458,31 +458,52 @@ add("managed: a revoked session (logout, refresh reuse) returns to sign-in", wid
   await signIn(ctx, page, email);
   const g = ctx.gateway.base;
 
-  // 1. Logged out elsewhere (through the API): the next message finds the session gone.
+  // 1. The session is bound to a key the page holds but cannot read out (non-extractable, in IndexedDB).
   let s = await storedSession(page, slug);
-  const out = await fetch(`${g}/v1/${slug}/auth/logout`, { method: "POST", headers: { authorization: `Bearer ${s.access_token}`, "content-type": "application/json" }, body: JSON.stringify({ refresh_token: s.refresh_token }) });
-  assert.equal(out.status, 204);
-  let state = await send(page, "am I still in?");
+  assert.equal(s.token_type, "DPoP", "the widget's session is sender-constrained");
+  const key = await page.evaluate(async (name) => {
+    const db = await new Promise((ok, no) => {
+      const r = indexedDB.open("sluice-dpop", 1);
+      r.onsuccess = () => ok(r.result);
+      r.onerror = () => no(r.error);
+    });
+    const pair = await new Promise((ok, no) => {
+      const r = db.transaction("keys").objectStore("keys").get(name);
+      r.onsuccess = () => ok(r.result);
+      r.onerror = () => no(r.error);
+    });
+    let exported = true;
+    await crypto.subtle.exportKey("jwk", pair.privateKey).catch(() => (exported = false));
+    return { extractable: pair.privateKey.extractable, exported, alg: pair.privateKey.algorithm.name };
+  }, `sluice:${slug}:session`);
+  assert.deepEqual(key, { extractable: false, exported: false, alg: "ECDSA" });
+
+  // 2. Tokens copied out of the page: the refresh token does not refresh, the access token does not
+  // call, without a proof by the page's key; and the attempt revokes nothing.
+  const thief = await fetch(`${g}/v1/${slug}/auth/refresh`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ refresh_token: s.refresh_token }) });
+  assert.equal(thief.status, 401, "a refresh token replayed without its DPoP key");
+  const thiefMe = await fetch(`${g}/v1/${slug}/auth/me`, { headers: { authorization: `Bearer ${s.access_token}` } });
+  assert.equal(thiefMe.status, 401, "an access token replayed without its DPoP key");
+  assert.equal((await thiefMe.json()).type.endsWith("invalid-dpop-proof"), true);
+  await page.evaluate(([key]) => {
+    const v = JSON.parse(localStorage.getItem(key));
+    v.expires_at = Date.now() - 1000; // the page refreshes with the same refresh token, and its key
+    localStorage.setItem(key, JSON.stringify(v));
+  }, [`sluice:${slug}:session`]);
+  expectDemoReply(await send(page, "still mine"), "still mine");
+  const after = await storedSession(page, slug);
+  assert.notEqual(after.refresh_token, s.refresh_token, "the page's own refresh rotated");
+
+  // 3. Signed out elsewhere (the page's own client, without forgetting locally): the next message
+  // finds the session gone.
+  await page.evaluate(async (key) => {
+    const c = await window.Sluice.ready;
+    await c.auth._logout(JSON.parse(localStorage.getItem(key)));
+  }, `sluice:${slug}:session`);
+  const state = await send(page, "am I still in?");
   assert.equal(state.view, "signin-email", `back to sign-in (notice: ${state.notice})`);
   assert.match(state.notice || "", /session has ended/);
   assert.equal(await storedSession(page, slug), null);
-
-  // 2. A stolen refresh token used first: the page's own refresh is a reuse, which revokes the session.
-  // (Another address: the gateway spaces out codes to one address.)
-  await signIn(ctx, page, `reuse-${slug}@example.com`);
-  s = await storedSession(page, slug);
-  const thief = await fetch(`${g}/v1/${slug}/auth/refresh`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ refresh_token: s.refresh_token }) });
-  assert.equal(thief.status, 200);
-  await page.evaluate(([key]) => {
-    const v = JSON.parse(localStorage.getItem(key));
-    v.expires_at = Date.now() - 1000; // make the page refresh with its (now reused) refresh token
-    localStorage.setItem(key, JSON.stringify(v));
-  }, [`sluice:${slug}:session`]);
-  state = await send(page, "and now?");
-  assert.equal(state.view, "signin-email", `back to sign-in after reuse (notice: ${state.notice})`);
-  const stolen = await thief.json();
-  const me = await fetch(`${g}/v1/${slug}/auth/me`, { headers: { authorization: `Bearer ${stolen.access_token}` } });
-  assert.equal(me.status, 401, "reuse revoked the whole session, the thief's tokens too");
 });
 
 add("CORS: embedding works only from an allowed origin", () => ["assets", "cors"], async (ctx) => {

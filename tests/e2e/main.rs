@@ -51,6 +51,8 @@ struct Ctx {
     /// The mail provider the gateway sends sign-in codes to.
     mail: MockMail,
     http: reqwest::Client,
+    /// The gateway's local state (`--persist-to`), for cases that count what is stored.
+    persist_dir: std::path::PathBuf,
 }
 
 type CaseResult = Result<()>;
@@ -62,9 +64,10 @@ pub(crate) fn last_segment(path: &'static str) -> &'static str {
 }
 
 /// Cases that start a gateway of their own (slower: up to two wrangler start-ups).
-const OWN_GATEWAY_CASES: [&str; 2] = [
+const OWN_GATEWAY_CASES: [&str; 3] = [
     "chunked_oversized_body_is_413",
     "restart_keeps_counters_and_unflushed_usage",
+    "dev_mode_only_when_asked",
 ];
 
 /// The last panic's message and location, kept by the panic hook for the failure report.
@@ -168,6 +171,7 @@ async fn run() -> ExitCode {
         mock,
         mail,
         http: http_client(),
+        persist_dir: gateway.persist_dir.clone(),
     });
 
     let (mut passed, mut failed) = (0usize, 0usize);

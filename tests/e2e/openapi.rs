@@ -118,6 +118,15 @@ async fn answers_match_the_openapi_document(c: Arc<Ctx>) -> CaseResult {
         .tenant_on_mock(slug, "ok", json!({"models": ["mock-1"]}))
         .await?;
     let api_id = t.api_id.clone();
+    let managed = c
+        .admin
+        .call(
+            Method::PUT,
+            &format!("/api/v1/gateway/apis/{api_id}/auth-mode"),
+            Some(json!({"auth_mode": "managed"})),
+        )
+        .await?;
+    expect_status(&managed, 200, "auth-mode managed")?;
     let p = |path: &str| format!("/v1/{slug}/chat{path}");
     let data = |method: Method, path: String, body: Option<Value>, key: Option<&str>| {
         let mut req = c.http.request(method, format!("{}{path}", c.base));
@@ -206,7 +215,7 @@ async fn answers_match_the_openapi_document(c: Arc<Ctx>) -> CaseResult {
     call!(
         Method::POST,
         format!("/v1/{slug}/auth/otp/verify"),
-        Some(json!({"email": "a@example.com", "code": "000000"})),
+        Some(json!({"email": "a@example.com", "code": "000000", "challenge_id": "chl_made_up"})),
         None
     );
     call!(

@@ -3,7 +3,7 @@ import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 
-import { SluiceClient, SluiceError, createSseParser, readSse, memoryStorage } from "../../web/sdk.js";
+import { DpopKey, SluiceClient, SluiceError, createSseParser, readSse, memoryStorage } from "../../web/sdk.js";
 
 // ------------------------------------------------------------------------------------------------
 // SSE parser
@@ -478,23 +478,22 @@ describe("managed sessions", () => {
 
   test("OTP sign-in stores the tokens; me() and signOut() use them", async () => {
     reset();
-    handlers["POST /v1/p/auth/otp/start"] = (req, res) => {
-      res.writeHead(202);
-      res.end();
-    };
+    handlers["POST /v1/p/auth/otp/start"] = json(202, { status: "sent", challenge_id: "chl_1" });
     handlers["POST /v1/p/auth/otp/verify"] = (req, res, rec) =>
-      rec.body.code === "123456" ? json(200, { access_token: "acc", refresh_token: "ref", token_type: "Bearer", expires_in: 900 })(req, res) : problem(400, { type: "invalid-code", title: "Wrong code", detail: "wrong" })(req, res);
+      rec.body.code === "123456" && rec.body.challenge_id === "chl_1" ? json(200, { access_token: "acc", refresh_token: "ref", token_type: "Bearer", expires_in: 900 })(req, res) : problem(400, { type: "invalid-code", title: "Wrong code", detail: "wrong" })(req, res);
     handlers["GET /v1/p/auth/me"] = (req, res, rec) => json(rec.headers.authorization === "Bearer acc" ? 200 : 401, { id: "usr_1", email: "a@example.com" })(req, res);
     handlers["POST /v1/p/auth/logout"] = (req, res) => {
       res.writeHead(204);
       res.end();
     };
     const { client, storage } = managedClient(null);
-    await client.auth.startOtp("a@example.com");
-    assert.deepEqual(requests[0].body, { email: "a@example.com" });
+    await assert.rejects(client.auth.verifyOtp("a@example.com", "123456"), (e) => e.type === "no-challenge");
+    assert.deepEqual(await client.auth.startOtp("A@example.com "), { challengeId: "chl_1" });
+    assert.deepEqual(requests[0].body, { email: "A@example.com " });
     await assert.rejects(client.auth.verifyOtp("a@example.com", "000000"), (e) => e.type === "invalid-code" && e.status === 400);
     assert.equal(await client.auth.isSignedIn(), false);
     const session = await client.auth.verifyOtp("a@example.com", " 123456 ");
+    assert.equal(requests.find((r) => r.path === "/v1/p/auth/otp/verify").body.challenge_id, "chl_1");
     assert.equal(session.access_token, "acc");
     assert.equal(JSON.parse(storage.get("sluice:p:session")).refresh_token, "ref");
     assert.deepEqual(await client.auth.me(), { id: "usr_1", email: "a@example.com" });
@@ -570,5 +569,57 @@ describe("SluiceClient.chat.complete", () => {
     assert.deepEqual(result.usage, USAGE);
     assert.equal(requests[0].body.stream, false);
     assert.equal(requests[0].body.model, "m1");
+  });
+});
+
+// ------------------------------------------------------------------------------------------------
+// DPoP
+
+function b64urlBytes(s) {
+  return Buffer.from(s.replace(/-/g, "+").replace(/_/g, "/"), "base64");
+}
+
+describe("DPoP", () => {
+  test("a proof is an ES256 JWS over typ, jwk, htm, htu (no query), iat, jti and ath, by a key that does not leave", async () => {
+    let saved = null;
+    const key = new DpopKey({ load: async () => saved, save: async (p) => (saved = p), remove: async () => (saved = null) });
+    const proof = await key.proof("post", "https://gw.example/v1/p/auth/refresh?x=1#y", "the-access-token");
+    const [h, p, sig] = proof.split(".");
+    const header = JSON.parse(b64urlBytes(h));
+    const claims = JSON.parse(b64urlBytes(p));
+    assert.equal(header.typ, "dpop+jwt");
+    assert.equal(header.alg, "ES256");
+    assert.deepEqual(Object.keys(header.jwk).sort(), ["crv", "kty", "x", "y"], "public members only");
+    assert.equal(claims.htm, "POST");
+    assert.equal(claims.htu, "https://gw.example/v1/p/auth/refresh");
+    assert.ok(Math.abs(claims.iat - Date.now() / 1000) < 5);
+    const ath = (await crypto.subtle.digest("SHA-256", new TextEncoder().encode("the-access-token")));
+    assert.equal(claims.ath, Buffer.from(ath).toString("base64url"));
+    const pub = await crypto.subtle.importKey("jwk", header.jwk, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
+    assert.ok(await crypto.subtle.verify({ name: "ECDSA", hash: "SHA-256" }, pub, b64urlBytes(sig), new TextEncoder().encode(`${h}.${p}`)));
+    assert.equal(saved.privateKey.extractable, false, "the private key cannot be exported");
+    const again = JSON.parse(b64urlBytes((await key.proof("GET", "https://gw.example/x")).split(".")[1]));
+    assert.notEqual(again.jti, claims.jti, "every proof has its own jti");
+    await key.forget();
+    assert.equal(saved, null);
+  });
+
+  test("a DPoP session sends proofs at sign-in and refresh, and DPoP credentials on calls", async () => {
+    reset();
+    handlers["POST /v1/p/auth/otp/start"] = json(202, { status: "sent", challenge_id: "chl_1" });
+    handlers["POST /v1/p/auth/otp/verify"] = json(200, { access_token: "acc", refresh_token: "ref", token_type: "DPoP", expires_in: 900 });
+    handlers["GET /v1/p/auth/me"] = (req, res, rec) => json(rec.headers.authorization === "DPoP acc" && rec.headers.dpop ? 200 : 401, { id: "u" })(req, res);
+    const storage = memoryStorage();
+    let saved = null;
+    const dpop = new DpopKey({ load: async () => saved, save: async (p) => (saved = p) });
+    const client = new SluiceClient({ baseUrl: base, project: "p", storage, dpop });
+    await client.auth.startOtp("a@example.com");
+    await client.auth.verifyOtp("a@example.com", "123456");
+    const verify = requests.find((r) => r.path === "/v1/p/auth/otp/verify");
+    assert.ok(verify.headers.dpop, "the sign-in carries a proof");
+    assert.equal(JSON.parse(b64urlBytes(verify.headers.dpop.split(".")[1])).htu, `${base}/v1/p/auth/otp/verify`);
+    assert.deepEqual(await client.auth.me(), { id: "u" });
+    const me = requests.find((r) => r.path === "/v1/p/auth/me");
+    assert.ok(JSON.parse(b64urlBytes(me.headers.dpop.split(".")[1])).ath, "a call's proof covers the token");
   });
 });

@@ -27,7 +27,8 @@ pub struct Gateway {
     pub inspector_port: u16,
     /// wrangler's stdout and stderr.
     pub log_path: PathBuf,
-    persist_dir: PathBuf,
+    /// Where its local KV, D1 and Durable Objects live (`--persist-to`).
+    pub persist_dir: PathBuf,
     child: Option<Child>,
     /// Extra `--var NAME:VALUE` pairs (e.g. the mail provider's URL).
     vars: Vec<(String, String)>,
@@ -139,7 +140,9 @@ impl Gateway {
             .args(["--persist-to", &persist])
             .args(["--var", &format!("ADMIN_TOKEN:{}", self.admin_token)])
             .args(["--var", &format!("ENCRYPTION_KEY:{TEST_ENCRYPTION_KEY}")])
-            .arg("--show-interactive-dev-session=false");
+            .arg("--show-interactive-dev-session=false")
+            // `GET /__scheduled` runs the Cron Trigger's handler (the housekeeping case).
+            .arg("--test-scheduled");
         for (name, value) in &self.vars {
             dev.args(["--var", &format!("{name}:{value}")]);
         }

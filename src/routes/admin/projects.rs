@@ -38,7 +38,7 @@ pub async fn patch(c: &mut Call<'_>, project: &str) -> Result<Reply, Error> {
     let patch: ProjectPatch = c.body().await?;
     patch.validate()?;
     let mut project = d1::project_by_slug(&c.db, project).await?;
-    patch.apply(&mut project);
+    patch.apply(&mut project)?;
     d1::update_project(&c.db, &project).await?;
     cache::store_project(c.env, &project).await?;
     Reply::ok(project.to_json())

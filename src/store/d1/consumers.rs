@@ -31,6 +31,13 @@ pub async fn create_consumer(db: &D1Database, c: &Consumer) -> Result<(), Error>
     write(db, vec![insert], || "That consumer id is taken.".into()).await
 }
 
+/// A BYO-JWT user's record, made on its first request; one already stored (perhaps disabled by the
+/// owner since) is left as it is.
+pub async fn record_jwt_user(db: &D1Database, c: &Consumer) -> Result<(), Error> {
+    let insert = super::insert_or_ignore_stmt(db, "consumers", columns(c))?;
+    write(db, vec![insert], || "That consumer id is taken.".into()).await
+}
+
 pub async fn list_consumers(db: &D1Database, project_id: &str) -> Result<Vec<Consumer>, Error> {
     stmt(db, &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE project_id = ?1 ORDER BY created_at, id"), &[text(project_id)])?
         .rows().await

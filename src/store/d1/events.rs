@@ -47,3 +47,17 @@ pub async fn list_auth_events(
                  WHERE project_id = ?1 AND created_at >= ?2 AND (?3 IS NULL OR type = ?3) ORDER BY created_at DESC, id LIMIT 1000",
         &[text(project_id), int(since), opt_text(kind)])?.rows().await
 }
+
+/// Deletes the project's auth events older than `before` (epoch ms); how many went.
+pub async fn purge_auth_events(
+    db: &D1Database,
+    project_id: &str,
+    before: i64,
+) -> Result<u64, Error> {
+    super::changes(
+        db,
+        "DELETE FROM auth_events WHERE project_id = ?1 AND created_at < ?2",
+        &[text(project_id), int(before)],
+    )
+    .await
+}

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::records::Project;
 
 const PROJECT_COLUMNS: &str = "id, slug, name, created_at, access_token_ttl_s, email_from, email_subject, allowed_origins_json, \
-     signing_generation, previous_key_retired_at";
+     signing_generation, previous_key_retired_at, sign_in_json";
 
 fn columns(p: &Project) -> Result<Columns, Error> {
     Ok(Columns(vec![
@@ -26,6 +26,7 @@ fn columns(p: &Project) -> Result<Columns, Error> {
             "previous_key_retired_at",
             opt_int(p.previous_key_retired_at),
         ),
+        ("sign_in_json", json_text(&p.sign_in)?),
     ]))
 }
 

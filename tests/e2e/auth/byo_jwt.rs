@@ -31,6 +31,41 @@ pub async fn byo_jwt_accepts_rs256_es256_eddsa_and_refuses_bad_tokens(c: Arc<Ctx
         let r = put_auth_mode(&c, &t.api_id, bad.clone()).await?;
         assert_eq!(r.status, 400, "{bad}: {}", r.describe());
     }
+    // Pointed at a shared IdP without an issuer and audience, any other app's tokens would pass.
+    for (config, param) in [
+        (
+            json!({"jwks_url": idp.url(), "issuer": BYO_ISSUER}),
+            "byo_jwt_config.audience",
+        ),
+        (
+            json!({"jwks_url": idp.url(), "audience": BYO_AUDIENCE}),
+            "byo_jwt_config.issuer",
+        ),
+    ] {
+        let r = put_auth_mode(
+            &c,
+            &t.api_id,
+            json!({"auth_mode": "byo-jwt", "byo_jwt_config": config}),
+        )
+        .await?;
+        assert_problem(&r, 400, "invalid-request");
+        assert_eq!(r.json()["param"], param, "{}", r.describe());
+    }
+    let unscoped = put_auth_mode(
+        &c,
+        &t.api_id,
+        json!({"auth_mode": "byo-jwt", "byo_jwt_config": {"jwks_url": idp.url(), "allow_any_audience": true}}),
+    )
+    .await?;
+    expect_status(&unscoped, 200, "an explicit opt-out")?;
+    assert_eq!(
+        unscoped.json()["byo_jwt_unscoped"],
+        true,
+        "{}",
+        unscoped.text
+    );
+    let back = put_auth_mode(&c, &t.api_id, json!({"auth_mode": "consumer-key-only"})).await?;
+    expect_status(&back, 200, "back to keys")?;
     let patch_byo = c
         .admin
         .call(
@@ -77,17 +112,94 @@ pub async fn byo_jwt_accepts_rs256_es256_eddsa_and_refuses_bad_tokens(c: Arc<Ctx
     )
     .await?;
     expect_status(&mine, 200, "consumer usage with a BYO token")?;
-    assert_eq!(mine.json()["consumer_id"], "byo-rs", "{}", mine.text);
+    // BYO users are consumers of kind `jwt-user` in a namespace of their own, named by the claim.
+    let rs_user = str_field(&mine.json(), "consumer_id")?;
+    assert!(rs_user.starts_with("jwu_"), "{}", mine.text);
+    let listed = c
+        .admin
+        .call(
+            Method::GET,
+            &format!("/api/v1/projects/{slug}/consumers"),
+            None,
+        )
+        .await?;
+    let jwt_users: BTreeMap<String, String> = listed.json()["consumers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|u| u["kind"] == "jwt-user")
+        .filter_map(|u| {
+            Some((
+                u["id"].as_str()?.to_string(),
+                u["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        jwt_users.get(&rs_user).map(String::as_str),
+        Some("byo-rs"),
+        "{jwt_users:?}"
+    );
     let records = usage_records_until(&c, &t, |r| r.len() >= 4).await?;
     let users: BTreeSet<String> = records
         .iter()
-        .filter_map(|r| r["consumer_id"].as_str().map(str::to_string))
+        .filter_map(|r| r["consumer_id"].as_str())
+        .filter_map(|id| jwt_users.get(id).cloned())
         .collect();
     let expected: BTreeSet<String> = ["byo-rs", "byo-es", "byo-ed", "4711"]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    assert_eq!(users, expected, "usage is filed under the claim values");
+    assert_eq!(
+        users, expected,
+        "usage is filed under the BYO users, named by the claim"
+    );
+
+    // A token naming an owner-made consumer's id is a BYO user of its own, not that consumer.
+    let victim = c.admin.create_consumer(slug, "victim").await?;
+    let hijack = ed.sign(&obj(byo_claims(&victim.id)));
+    let as_victim = Reply::read(
+        c.http
+            .get(format!("{}/v1/{slug}/chat/usage", c.base))
+            .bearer_auth(&hijack)
+            .send()
+            .await?,
+    )
+    .await?;
+    expect_status(&as_victim, 200, "usage of a token naming a consumer id")?;
+    assert_ne!(
+        as_victim.json()["consumer_id"],
+        victim.id.as_str(),
+        "{}",
+        as_victim.text
+    );
+
+    // The owner disables a BYO user: its next request is 403, other BYO users go on.
+    let disabled = c
+        .admin
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/projects/{slug}/consumers/{rs_user}"),
+            Some(json!({"status": "disabled"})),
+        )
+        .await?;
+    expect_status(&disabled, 200, "disable a jwt-user")?;
+    let refused = Reply::read(
+        c.chat(&t, Some((&rs_token, KeyHeader::Bearer)))
+            .json(&chat_body(None, "hi", false))
+            .send()
+            .await?,
+    )
+    .await?;
+    assert_problem(&refused, 403, "consumer-disabled");
+    chat_200(
+        &c,
+        &t,
+        &es256(&ec, "ec-1", &byo_claims("byo-es")),
+        "another BYO user",
+    )
+    .await?;
     assert!(
         records.iter().all(|r| r["key_id"].is_null()),
         "no key behind a BYO token: {records:?}"
@@ -179,7 +291,7 @@ pub async fn byo_jwt_accepts_rs256_es256_eddsa_and_refuses_bad_tokens(c: Arc<Ctx
     .await?;
 
     // Only the accepted tokens reached the upstream, none of them carried there; one JWKS fetch.
-    assert_eq!(c.upstream_requests(slug).len(), 4);
+    assert_eq!(c.upstream_requests(slug).len(), 5);
     assert_never_upstream(&c, slug, &rs_token, "the BYO token");
     assert_eq!(idp.hits(), 1, "the JWKS was fetched once and then cached");
     Ok(())
@@ -340,5 +452,25 @@ pub async fn byo_jwks_rotation_refetches_at_most_every_30s_and_outlives_an_outag
     )
     .await?;
     assert_eq!(outage.hits(), 2, "a failing endpoint is not hammered");
+
+    // Pointing an API at another IdP drops the old IdP's cached keys at once.
+    let other_idp = JwksServer::start(vec![made_up.public_jwk()]).await?;
+    chat_200(
+        &c,
+        &t,
+        &token(&ed1, "u-1"),
+        "the old IdP, before the switch",
+    )
+    .await?;
+    use_byo_jwt(&c, &t.api_id, &other_idp.url(), "sub").await?;
+    chat_401(
+        &c,
+        &t,
+        &token(&ed1, "u-1"),
+        "invalid-credential",
+        "the old IdP's key after the switch",
+    )
+    .await?;
+    chat_200(&c, &t, &token(&made_up, "u-9"), "the new IdP's key").await?;
     Ok(())
 }

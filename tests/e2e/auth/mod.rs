@@ -2,7 +2,7 @@
 //! sessions, BYO JWT against an owner's JWKS, consumer JWT credentials, the key → token exchange,
 //! where the credential is read from, IP allowlists, CORS and the auth event log.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +22,8 @@ use crate::support::*;
 mod access;
 mod byo_jwt;
 mod consumer_jwt;
+mod dpop;
+mod guessing;
 mod signin;
 
 /// Every auth case, by scenario file.
@@ -31,6 +33,8 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         byo_jwt::cases(),
         access::cases(),
         consumer_jwt::cases(),
+        guessing::cases(),
+        dpop::cases(),
     ]
     .concat()
 }
@@ -167,24 +171,73 @@ async fn post_json(c: &Ctx, path: &str, body: Value, bearer: Option<&str>) -> Re
     Reply::read(req.send().await?).await
 }
 
+/// The challenge id of the last code asked for, per (project, email), as a client keeps it.
+fn challenges() -> &'static std::sync::Mutex<std::collections::HashMap<(String, String), String>> {
+    static CHALLENGES: OnceLock<
+        std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+    > = OnceLock::new();
+    CHALLENGES.get_or_init(Default::default)
+}
+
+fn challenge_key(project: &str, email: &str) -> (String, String) {
+    (project.to_string(), email.trim().to_lowercase())
+}
+
 async fn otp_start(c: &Ctx, project: &str, email: &str) -> Result<Reply> {
-    post_json(
-        c,
-        &format!("/v1/{project}/auth/otp/start"),
-        json!({"email": email}),
-        None,
-    )
-    .await
+    otp_start_from(c, project, email, None).await
+}
+
+/// `otp/start` from a client network (`CF-Connecting-IP`), remembering the challenge id.
+async fn otp_start_from(c: &Ctx, project: &str, email: &str, ip: Option<&str>) -> Result<Reply> {
+    let mut req = c
+        .http
+        .post(format!("{}/v1/{project}/auth/otp/start", c.base))
+        .json(&json!({"email": email}))
+        .timeout(STREAM_LIMIT);
+    if let Some(ip) = ip {
+        req = req.header("cf-connecting-ip", ip);
+    }
+    let r = Reply::read(req.send().await?).await?;
+    if let Some(id) = r.json()["challenge_id"].as_str() {
+        if let Ok(mut map) = challenges().lock() {
+            map.insert(challenge_key(project, email), id.to_string());
+        }
+    }
+    Ok(r)
+}
+
+/// The challenge id the last `otp_start` for this email answered (a made-up one if none).
+fn challenge_of(project: &str, email: &str) -> String {
+    challenges()
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&challenge_key(project, email)).cloned())
+        .unwrap_or_else(|| "chl_none".into())
 }
 
 async fn otp_verify(c: &Ctx, project: &str, email: &str, code: &str) -> Result<Reply> {
-    post_json(
-        c,
-        &format!("/v1/{project}/auth/otp/verify"),
-        json!({"email": email, "code": code}),
-        None,
-    )
-    .await
+    let challenge = challenge_of(project, email);
+    otp_verify_with(c, project, email, code, &challenge, None).await
+}
+
+/// `otp/verify` naming a challenge, from a client network.
+async fn otp_verify_with(
+    c: &Ctx,
+    project: &str,
+    email: &str,
+    code: &str,
+    challenge_id: &str,
+    ip: Option<&str>,
+) -> Result<Reply> {
+    let mut req = c
+        .http
+        .post(format!("{}/v1/{project}/auth/otp/verify", c.base))
+        .json(&json!({"email": email, "code": code, "challenge_id": challenge_id}))
+        .timeout(STREAM_LIMIT);
+    if let Some(ip) = ip {
+        req = req.header("cf-connecting-ip", ip);
+    }
+    Reply::read(req.send().await?).await
 }
 
 async fn refresh(c: &Ctx, project: &str, refresh_token: &str) -> Result<Reply> {

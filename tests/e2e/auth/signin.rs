@@ -134,7 +134,11 @@ pub async fn managed_sign_in_with_an_emailed_code(c: Arc<Ctx>) -> CaseResult {
     expect_status(&noted, 200, "owner notes on the user")?;
     let who = me(&c, slug, &tokens.access).await?;
     for private in ["churn", "refund", "description", "name"] {
-        assert!(!who.text.contains(private), "/auth/me shows `{private}`: {}", who.text);
+        assert!(
+            !who.text.contains(private),
+            "/auth/me shows `{private}`: {}",
+            who.text
+        );
     }
     assert_eq!(who.json()["email"], email, "{}", who.text);
     let anonymous = Reply::read(
@@ -410,13 +414,13 @@ pub async fn auth_events_record_sign_ins_refreshes_keys_and_mode_switches(
         401,
         "invalid-code",
     );
-    let verified = Reply::read(
-        c.http
-            .post(format!("{}/v1/{slug}/auth/otp/verify", c.base))
-            .header("cf-connecting-ip", "203.0.113.7")
-            .json(&json!({"email": email, "code": code}))
-            .send()
-            .await?,
+    let verified = otp_verify_with(
+        &c,
+        slug,
+        email,
+        &code,
+        &challenge_of(slug, email),
+        Some("203.0.113.7"),
     )
     .await?;
     let tokens = Tokens::from_reply(&verified, "sign in")?;
@@ -538,14 +542,14 @@ pub async fn auth_events_record_sign_ins_refreshes_keys_and_mode_switches(
 async fn otp_exists_only_for_managed_apis(c: Arc<Ctx>) -> CaseResult {
     let slug = "otp-unmanaged";
     let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
-    let start = otp_start(&c, slug, "a@example.com").await?;
+    let start = otp_start(&c, slug, "unmanaged@e2e.example").await?;
     assert_problem(&start, 404, "not-found");
-    let verify = otp_verify(&c, slug, "a@example.com", "123456").await?;
+    let verify = otp_verify(&c, slug, "unmanaged@e2e.example", "123456").await?;
     assert_problem(&verify, 404, "not-found");
-    assert!(c.mail.mails_to("a@example.com").is_empty());
+    assert!(c.mail.mails_to("unmanaged@e2e.example").is_empty());
     let switched = put_auth_mode(&c, &t.api_id, json!({"auth_mode": "managed"})).await?;
     expect_status(&switched, 200, "auth-mode managed")?;
-    let start = otp_start(&c, slug, "a@example.com").await?;
+    let start = otp_start(&c, slug, "unmanaged@e2e.example").await?;
     expect_status(&start, 202, "otp/start once an API is managed")?;
     Ok(())
 }
@@ -553,8 +557,7 @@ async fn otp_exists_only_for_managed_apis(c: Arc<Ctx>) -> CaseResult {
 /// Dev mode needs `SLUICE_DEV` to be exactly `1` or `true`: with `off`, `/dev/mailbox` does not exist
 /// and, with no mail provider configured, a sign-in code cannot be sent (503), never shown.
 async fn dev_mode_only_when_asked(c: Arc<Ctx>) -> CaseResult {
-    let gateway =
-        Gateway::start_with(vec![("SLUICE_DEV".to_string(), "off".to_string())]).await?;
+    let gateway = Gateway::start_with(vec![("SLUICE_DEV".to_string(), "off".to_string())]).await?;
     let admin = gateway.admin();
     let slug = "dev-off";
     let t = admin
@@ -594,6 +597,10 @@ async fn dev_mode_only_when_asked(c: Arc<Ctx>) -> CaseResult {
             .await?,
     )
     .await?;
-    assert!(!mailbox.text.contains("someone@example.com"), "{}", mailbox.text);
+    assert!(
+        !mailbox.text.contains("someone@example.com"),
+        "{}",
+        mailbox.text
+    );
     Ok(())
 }

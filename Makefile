@@ -9,7 +9,7 @@ export WASM_BINDGEN_BIN := $(HOME)/.cargo/bin/wasm-bindgen
 export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 
-SOURCES := $(shell find src web -type f) Cargo.toml Cargo.lock
+SOURCES := $(shell find src web packages -type f -not -path "*/node_modules/*") Cargo.toml Cargo.lock
 
 .PHONY: setup build dev test lint unit e2e js browser bench clean
 .DEFAULT_GOAL := dev
@@ -23,7 +23,15 @@ build/index.js: $(SOURCES)
 	worker-build --release
 	@touch build/index.js
 
-build: build/index.js
+build: build/index.js target/site/react/app.js
+
+# The React demo page, bundled with @sluice/react (static assets; a dev gateway serves it at /react/).
+target/site/react/app.js: web/react-demo/main.jsx web/react-demo/index.html packages/react/index.js packages/sdk/index.js
+	@./scripts/setup.sh
+	@mkdir -p target/site/react
+	@cp web/react-demo/index.html target/site/react/index.html
+	node_modules/.bin/esbuild web/react-demo/main.jsx --bundle --minify --format=esm --jsx=automatic \
+	  --define:process.env.NODE_ENV='"production"' --outfile=target/site/react/app.js --log-level=warning
 
 dev: setup build
 	@./scripts/dev.sh

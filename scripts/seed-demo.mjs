@@ -58,6 +58,7 @@ Sluice is running on ${base}
 
 Chat in the browser: open ${base}/ and sign in with any email address;
 the 6-digit code is in the dev mailbox: ${base}/dev/mailbox
+The same with the React hooks (@sluice/react): ${base}/react/?project=demo&api=assistant
 
 Stream a reply (paste this):
 

@@ -20,12 +20,12 @@ pub fn asset(path: &str) -> Option<Asset> {
             false,
         ),
         "/sdk.js" => (
-            include_str!("../web/sdk.js"),
+            include_str!("../packages/sdk/index.js"),
             "text/javascript; charset=utf-8",
             false,
         ),
         "/sdk.d.ts" => (
-            include_str!("../web/sdk.d.ts"),
+            include_str!("../packages/sdk/index.d.ts"),
             "application/typescript; charset=utf-8",
             false,
         ),

@@ -26,6 +26,8 @@ pub enum Public {
         path: String,
     },
     DevMailbox,
+    /// The React demo page and its bundle (dev only; Workers static assets).
+    ReactDemo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,6 +282,10 @@ fn public_arm(method: &str, segs: &[&str]) -> Option<Arm> {
         ["dev", "mailbox"] => (
             "GET",
             (method == "GET").then_some(Route::Public(Public::DevMailbox)),
+        ),
+        ["react"] | ["react", "index.html"] | ["react", "app.js"] => (
+            "GET, HEAD",
+            matches!(method, "GET" | "HEAD").then_some(Route::Public(Public::ReactDemo)),
         ),
         [] | ["index.html"] | ["chat.js"] | ["sdk.js"] | ["sdk.d.ts"] | ["openapi.json"] => (
             "GET, HEAD",

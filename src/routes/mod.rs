@@ -60,6 +60,7 @@ async fn dispatch(route: Route, req: Request, env: &Env, ctx: &Context) -> Resul
         ),
         Route::Public(Public::Asset { path }) => serve_asset(&req, env, &path),
         Route::Public(Public::DevMailbox) => auth::dev_mailbox(env).await,
+        Route::Public(Public::ReactDemo) => react_demo(req, env).await,
         Route::EndUser { project, route } => end_user(route, req, env, ctx, &project).await,
         Route::Admin(route) => {
             check_admin(&req, env)?;
@@ -101,6 +102,32 @@ async fn end_user(
         EndUser::Jwks => boxed(auth::jwks(env, project)).await,
         EndUser::Preflight => Ok(Response::empty()?.with_status(204)),
     }
+}
+
+/// The React demo page (`web/react-demo`, bundled by `make build` into the static assets): only a
+/// dev gateway serves it.
+async fn react_demo(req: Request, env: &Env) -> Result<Response, Error> {
+    if !crate::email::dev_mode(env) {
+        return Err(Error::not_found(
+            "No route for the React demo outside dev mode.",
+        ));
+    }
+    let assets = env
+        .assets("ASSETS")
+        .map_err(|_| Error::misconfigured("The static assets binding `ASSETS` is missing."))?;
+    // The assets' answer has immutable headers; the gateway adds its own, so it is copied.
+    let mut fetched = assets.fetch_request(req).await?;
+    let headers = Headers::new();
+    for name in ["content-type", "etag", "cache-control"] {
+        if let Some(v) = fetched.headers().get(name)? {
+            headers.set(name, &v)?;
+        }
+    }
+    let status = fetched.status_code();
+    let body = fetched.bytes().await?;
+    Ok(Response::from_bytes(body)?
+        .with_status(status)
+        .with_headers(headers))
 }
 
 /// Serves a browser file: ETag revalidation, a year of caching for `?v=<content hash>`, and open CORS

@@ -177,7 +177,7 @@ function testConfig(dir) {
       return !inBuild;
     })
     .join("\n");
-  toml = toml.replace(/^(main|migrations_dir)\s*=\s*"([^"]+)"/gm, (_, k, v) => `${k} = ${JSON.stringify(path.resolve(ROOT, v))}`);
+  toml = toml.replace(/^(main|migrations_dir|directory)\s*=\s*"([^"]+)"/gm, (_, k, v) => `${k} = ${JSON.stringify(path.resolve(ROOT, v))}`);
   const file = path.join(dir, "wrangler.toml");
   fs.writeFileSync(file, toml);
   return file;

@@ -168,7 +168,7 @@ add("gateway serves the widget files", () => ["assets"], async (ctx) => {
   assert.equal(sdk.status, 200);
   assert.match(sdk.headers.get("content-type") || "", /javascript/);
   assert.equal(sdk.headers.get("access-control-allow-origin"), "*", "a cross-origin import() of sdk.js needs CORS");
-  assert.equal(await sdk.text(), fs.readFileSync(path.join(WEB, "sdk.js"), "utf8"));
+  assert.equal(await sdk.text(), fs.readFileSync(path.join(WEB, "../packages/sdk/index.js"), "utf8"));
   assert.equal((await fetch(`${g}/sdk.d.ts`)).status, 200);
   // And a page on another origin can import the SDK module.
   const { page } = await newPage(ctx);
@@ -504,6 +504,46 @@ add("managed: a copied refresh token is useless without the page's DPoP key; a r
   assert.equal(state.view, "signin-email", `back to sign-in (notice: ${state.notice})`);
   assert.match(state.notice || "", /session has ended/);
   assert.equal(await storedSession(page, slug), null);
+});
+
+add("react demo (@sluice/react): sign in, a reply streams, Stop keeps it, a reload keeps the session", () => ["assets", "managed-auth", "demo-page"], async (ctx) => {
+  const { slug } = await ctx.admin.project({ mode: "managed", origins: [ctx.gateway.base] });
+  const { page } = await newPage(ctx);
+  await page.goto(`${ctx.gateway.base}/react/?project=${slug}&api=chat`);
+  const email = `react-${slug}@example.com`;
+  const since = Date.now();
+  await page.getByTestId("email").fill(email);
+  await page.getByRole("button", { name: "Email me a code" }).click();
+  await page.getByTestId("code").waitFor({ state: "visible" });
+  await page.getByTestId("code").fill(await ctx.mail.codeFor(email, { since }));
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByTestId("user").waitFor({ state: "visible" });
+  assert.match(await page.getByTestId("user").textContent(), new RegExp(email.replace(/[.+]/g, "\\$&")));
+
+  await page.getByTestId("input").fill("hello react");
+  await page.getByTestId("send").click();
+  const reply = page.locator('[data-role="assistant"]').last();
+  const seen = [];
+  for (let i = 0; i < 100 && seen.length < 3; i++) {
+    const t = (await reply.textContent()) || "";
+    if (t.length && (!seen.length || t.length > seen.at(-1))) seen.push(t.length);
+    await page.waitForTimeout(20);
+  }
+  assert.ok(seen.length >= 3, `the reply grows token by token (lengths ${seen.join(", ")})`);
+  await page.getByTestId("stop").click();
+  await page.getByTestId("send").waitFor({ state: "visible" });
+  const kept = await reply.textContent();
+  await page.waitForTimeout(400);
+  assert.equal(await reply.textContent(), kept, "nothing arrives after Stop");
+  assert.ok(kept.length > 0, "what arrived is kept");
+  assert.equal(await page.getByTestId("chat-error").count(), 0, "a stop is not an error");
+
+  await page.reload();
+  await page.getByTestId("user").waitFor({ state: "visible" });
+  await page.getByTestId("input").fill("after reload");
+  await page.getByTestId("send").click();
+  await page.getByTestId("send").waitFor({ state: "visible", timeout: 15000 });
+  assert.match(await page.locator('[data-role="assistant"]').last().textContent(), /after reload/);
 });
 
 add("CORS: embedding works only from an allowed origin", () => ["assets", "cors"], async (ctx) => {

@@ -1,9 +1,9 @@
-// Unit tests for web/sdk.js (node --test tests/js/): the SSE parser at every split, and the client against an in-process node:http gateway stand-in.
+// Unit tests for packages/sdk/index.js (node --test tests/js/): the SSE parser at every split, and the client against an in-process node:http gateway stand-in.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 
-import { DpopKey, SluiceClient, SluiceError, createSseParser, readSse, memoryStorage } from "../../web/sdk.js";
+import { DpopKey, SluiceClient, SluiceError, createSseParser, readSse, memoryStorage } from "../../packages/sdk/index.js";
 
 // ------------------------------------------------------------------------------------------------
 // SSE parser

@@ -397,6 +397,14 @@ export class SluiceClient {
       stream: (options) => this._stream(options),
       complete: (options) => this._complete(options),
     };
+    // The universal shape (`ai.gateway.*` in the product documents): `apiSlug` names the API.
+    const named = ({ apiSlug, api, ...rest } = {}) => ({ ...rest, api: api || apiSlug });
+    this.gateway = {
+      setConsumerKey: (key) => this.setConsumerKey(key),
+      setToken: (token) => this.setToken(token),
+      stream: (options) => this._stream(named(options)),
+      complete: (options) => this._complete(named(options)),
+    };
   }
 
   /** Sends your own JWT (byo-jwt): a string, or a (possibly async) function returning one. */

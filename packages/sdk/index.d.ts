@@ -1,4 +1,4 @@
-// TypeScript declarations for the Sluice client SDK (web/sdk.js, served by the gateway as /sdk.js).
+// TypeScript declarations for the Sluice client SDK (@sluice/sdk; the same file the gateway serves as /sdk.js).
 
 /** A chat message in OpenAI's Chat Completions shape. */
 export interface ChatMessage {
@@ -221,6 +221,13 @@ export class SluiceClient {
     /** Streams a reply; rejects with a SluiceError (with `partialText`) if the stream ends in an error. */
     stream(options: StreamOptions): Promise<ChatResult>;
     complete(options: ChatOptions): Promise<CompleteResult>;
+  };
+  /** The universal shape: the same calls, with the API named `apiSlug`. */
+  readonly gateway: {
+    setConsumerKey(key: CredentialSource | null): void;
+    setToken(token: CredentialSource | null): void;
+    stream(options: Omit<StreamOptions, "api"> & { apiSlug: string }): Promise<ChatResult>;
+    complete(options: Omit<ChatOptions, "api"> & { apiSlug: string }): Promise<CompleteResult>;
   };
   /** Your own JWT (byo-jwt mode); null clears it. */
   setToken(token: CredentialSource | null): void;

@@ -1,0 +1,48 @@
+// TypeScript declarations for @sluice/react.
+import type { ReactNode } from "react";
+import type { ChatMessage, ChatResult, DpopKey, Session, SluiceClient, SluiceError, TokenStorage } from "@sluice/sdk";
+
+export interface SluiceProviderProps {
+  baseUrl?: string;
+  project?: string;
+  /** Share a client made elsewhere instead of making one. */
+  client?: SluiceClient;
+  storage?: TokenStorage;
+  fetch?: typeof fetch;
+  dpop?: DpopKey | false;
+  children?: ReactNode;
+}
+export function SluiceProvider(props: SluiceProviderProps): ReactNode;
+export function useSluice(): SluiceClient;
+
+export type AuthStatus = "loading" | "signed-out" | "code-sent" | "verifying" | "signed-in";
+export interface UseAuth {
+  status: AuthStatus;
+  user: { id: string | null; email: string | null } | null;
+  /** The stored session (access and refresh token; refreshed silently). */
+  tokens: Session | null;
+  error: SluiceError | Error | null;
+  startSignIn(email: string): Promise<void>;
+  verify(code: string): Promise<Session>;
+  signOut(): Promise<void>;
+}
+export function useAuth(): UseAuth;
+
+export interface UseGatewayChatOptions {
+  apiSlug: string;
+  /** Your own JWT (byo-jwt) for these calls. */
+  token?: string;
+  /** A consumer key for these calls. */
+  consumerKey?: string;
+  initialMessages?: ChatMessage[];
+  model?: string;
+}
+export interface UseGatewayChat {
+  messages: ChatMessage[];
+  sendMessage(content: string | ChatMessage): Promise<ChatResult | { text: string; aborted: true }>;
+  isStreaming: boolean;
+  error: SluiceError | null;
+  stop(): void;
+  reset(messages?: ChatMessage[]): void;
+}
+export function useGatewayChat(options: UseGatewayChatOptions): UseGatewayChat;

@@ -1,0 +1,216 @@
+// React hooks for a Sluice gateway: <SluiceProvider>, useAuth() (managed OTP sign-in with silent
+// refresh, the challenge id and DPoP handled by @sluice/sdk) and useGatewayChat() (a conversation
+// whose assistant message grows token by token).
+//
+//   <SluiceProvider baseUrl="https://gateway.example.com" project="demo">
+//     const { status, startSignIn, verify } = useAuth();
+//     const { messages, sendMessage, isStreaming, stop } = useGatewayChat({ apiSlug: "chat" });
+
+import { createContext, createElement, useCallback, useContext, useEffect, useMemo, useRef, useState } from "react";
+import { SluiceClient } from "@sluice/sdk";
+
+const SluiceContext = createContext(null);
+
+/** Makes one client for its children (or shares the `client` given). */
+export function SluiceProvider({ baseUrl, project, client, storage, fetch, dpop, children }) {
+  const value = useMemo(
+    () => client || new SluiceClient({ baseUrl, project, storage, fetch, dpop }),
+    // A new client only when where it talks to changes.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+    [client, baseUrl, project],
+  );
+  return createElement(SluiceContext.Provider, { value }, children);
+}
+
+/** The provider's client. */
+export function useSluice() {
+  const client = useContext(SluiceContext);
+  if (!client) throw new Error("useSluice, useAuth and useGatewayChat need a <SluiceProvider> above them");
+  return client;
+}
+
+/** The claims of a JWT, read without verifying (the gateway verifies; this only shows who). */
+function claimsOf(token) {
+  try {
+    const part = String(token).split(".")[1];
+    const binary = atob(part.replace(/-/g, "+").replace(/_/g, "/"));
+    return JSON.parse(new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0))));
+  } catch {
+    return {};
+  }
+}
+
+function userOf(session) {
+  if (!session) return null;
+  const claims = claimsOf(session.access_token);
+  return { id: claims.sub || null, email: claims.email || session.email || null };
+}
+
+/**
+ * Managed sign-in. `status` is `loading`, `signed-out`, `code-sent`, `verifying` or `signed-in`;
+ * `tokens` is the stored session (refreshed silently by the SDK); `error` the last failure.
+ */
+export function useAuth() {
+  const client = useSluice();
+  const [state, setState] = useState({ status: "loading", session: null, error: null });
+  const pending = useRef(null);
+  const mounted = useRef(true);
+  const set = useCallback((next) => {
+    if (mounted.current) setState((s) => ({ ...s, ...next }));
+  }, []);
+
+  const load = useCallback(async () => {
+    const session = await client.auth.getSession();
+    set({ session, status: session ? "signed-in" : pending.current ? "code-sent" : "signed-out" });
+  }, [client, set]);
+
+  useEffect(() => {
+    mounted.current = true;
+    load();
+    const off = client.auth.onChange(() => load());
+    return () => {
+      mounted.current = false;
+      off();
+    };
+  }, [client, load]);
+
+  const startSignIn = useCallback(
+    async (email) => {
+      set({ error: null });
+      try {
+        await client.auth.startOtp(email);
+        pending.current = email;
+        set({ status: "code-sent" });
+      } catch (error) {
+        set({ error });
+        throw error;
+      }
+    },
+    [client, set],
+  );
+
+  const verify = useCallback(
+    async (code) => {
+      if (!pending.current) throw new Error("Call startSignIn(email) first");
+      set({ status: "verifying", error: null });
+      try {
+        const session = await client.auth.verifyOtp(pending.current, code);
+        pending.current = null;
+        set({ session, status: "signed-in" });
+        return session;
+      } catch (error) {
+        set({ status: "code-sent", error });
+        throw error;
+      }
+    },
+    [client, set],
+  );
+
+  const signOut = useCallback(async () => {
+    pending.current = null;
+    await client.auth.signOut();
+    set({ session: null, status: "signed-out" });
+  }, [client, set]);
+
+  return {
+    status: state.status,
+    user: userOf(state.session),
+    tokens: state.session,
+    error: state.error,
+    startSignIn,
+    verify,
+    signOut,
+  };
+}
+
+/**
+ * A conversation with an API. `sendMessage(text or message)` appends the user's message and an
+ * assistant message that grows token by token; `stop()` aborts (keeping what arrived); `error` is
+ * the SluiceError of a failed reply (problem fields and `partialText`). With `token` or
+ * `consumerKey` the calls use that credential; otherwise the provider's (managed session or
+ * whatever was set on the client).
+ */
+export function useGatewayChat({ apiSlug, token, consumerKey, initialMessages = [], model } = {}) {
+  const base = useSluice();
+  const client = useMemo(() => {
+    if (!token && !consumerKey) return base;
+    const own = new SluiceClient({ baseUrl: base.baseUrl, project: base.project, storage: base.storage, fetch: base._fetch, dpop: false });
+    if (consumerKey) own.gateway.setConsumerKey(consumerKey);
+    else own.gateway.setToken(token);
+    return own;
+  }, [base, token, consumerKey]);
+
+  const [messages, setMessagesState] = useState(initialMessages);
+  const [isStreaming, setStreaming] = useState(false);
+  const [error, setError] = useState(null);
+  const current = useRef(initialMessages);
+  const inFlight = useRef(null);
+  const setMessages = useCallback((next) => {
+    current.current = next;
+    setMessagesState(next);
+  }, []);
+
+  useEffect(() => () => inFlight.current && inFlight.current.abort(), []);
+
+  const sendMessage = useCallback(
+    async (content) => {
+      if (inFlight.current) inFlight.current.abort();
+      const asked = typeof content === "string" ? { role: "user", content } : content;
+      const history = [...current.current, asked];
+      let text = "";
+      setMessages([...history, { role: "assistant", content: "" }]);
+      setError(null);
+      setStreaming(true);
+      const controller = new AbortController();
+      inFlight.current = controller;
+      try {
+        const result = await client.gateway.stream({
+          apiSlug,
+          model,
+          messages: history,
+          signal: controller.signal,
+          onToken: (delta) => {
+            text += delta;
+            if (inFlight.current === controller) setMessages([...history, { role: "assistant", content: text }]);
+          },
+        });
+        const reply = { role: "assistant", content: result.text };
+        if (result.toolCalls && result.toolCalls.length) reply.tool_calls = result.toolCalls;
+        if (inFlight.current === controller) setMessages([...history, reply]);
+        return result;
+      } catch (err) {
+        const partial = (err && err.partialText) || text;
+        if (inFlight.current === controller) {
+          setMessages([...history, { role: "assistant", content: partial }]);
+          if (!controller.signal.aborted) setError(err);
+        }
+        if (!controller.signal.aborted) throw err;
+        return { text: partial, aborted: true };
+      } finally {
+        if (inFlight.current === controller) {
+          inFlight.current = null;
+          setStreaming(false);
+        }
+      }
+    },
+    [client, apiSlug, model, setMessages],
+  );
+
+  const stop = useCallback(() => {
+    if (inFlight.current) inFlight.current.abort();
+  }, []);
+
+  const reset = useCallback(
+    (next = initialMessages) => {
+      if (inFlight.current) inFlight.current.abort();
+      inFlight.current = null;
+      setStreaming(false);
+      setError(null);
+      setMessages(next);
+    },
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+    [setMessages],
+  );
+
+  return { messages, sendMessage, isStreaming, error, stop, reset };
+}

@@ -132,8 +132,11 @@ fn sluice_token(
             jkt,
         }) => {
             decide::access_token_allowed(api.mode, &api.slug)?;
-            crate::identity::check_token_binding(req, token, jkt.as_deref())?;
-            Ok(decide::by_access_token(consumer_id, session_id))
+            let dpop_jti = crate::identity::check_token_binding(req, token, jkt.as_deref())?;
+            Ok(Caller {
+                dpop_jti,
+                ..decide::by_access_token(consumer_id, session_id)
+            })
         }
         None => Err(Error::invalid_credential(
             "This token is not an access token.",

@@ -302,13 +302,20 @@ pub fn invalid_dpop(detail: impl Into<String>) -> Error {
         .with_header("WWW-Authenticate", "DPoP error=\"invalid_dpop_proof\"")
 }
 
-/// A DPoP-bound access token (`cnf.jkt`) is accepted only with a proof by its key.
-pub fn check_token_binding(req: &Request, token: &str, jkt: Option<&str>) -> Result<(), Error> {
+/// A DPoP-bound access token (`cnf.jkt`) is accepted only with a proof by its key: the proof's
+/// `jti` (`None` for an unbound token), which the data plane's counter remembers.
+pub fn check_token_binding(
+    req: &Request,
+    token: &str,
+    jkt: Option<&str>,
+) -> Result<Option<String>, Error> {
     let Some(bound) = jkt else {
-        return Ok(());
+        return Ok(None);
     };
     match dpop_proof(req, Some(token))? {
-        Some(p) if crate::auth::constant_time_eq(p.jkt.as_bytes(), bound.as_bytes()) => Ok(()),
+        Some(p) if crate::auth::constant_time_eq(p.jkt.as_bytes(), bound.as_bytes()) => {
+            Ok(Some(p.jti))
+        }
         Some(_) => Err(invalid_dpop(
             "The DPoP proof is signed by another key than the one this token is bound to.",
         )),

@@ -499,6 +499,7 @@ fn presented(caller: &Caller) -> Presented {
     Presented {
         key_id: caller.key_id.clone(),
         session_id: caller.session_id.clone(),
+        dpop_jti: caller.dpop_jti.clone(),
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Caller {
     pub consumer_id: String,
     pub key_id: Option<String>,
     pub session_id: Option<String>,
+    /// The `jti` of the DPoP proof a bound access token came with: its counter refuses a replay.
+    pub dpop_jti: Option<String>,
 }
 
 /// What a request's credential is, before any lookup.
@@ -71,6 +73,7 @@ pub fn by_key(holder: Option<&KeyHolder>) -> Result<Caller, Error> {
         consumer_id: holder.consumer_id.clone(),
         key_id: Some(holder.key_id.clone()),
         session_id: None,
+        dpop_jti: None,
     })
 }
 
@@ -81,6 +84,7 @@ pub fn by_exchange_token(consumer_id: String, key_id: String) -> Caller {
         consumer_id,
         key_id: Some(key_id),
         session_id: None,
+        dpop_jti: None,
     }
 }
 
@@ -99,6 +103,7 @@ pub fn by_access_token(consumer_id: String, session_id: String) -> Caller {
         consumer_id,
         key_id: None,
         session_id: Some(session_id),
+        dpop_jti: None,
     }
 }
 
@@ -108,6 +113,7 @@ pub fn by_consumer_jwt(consumer_id: String, credential_id: String) -> Caller {
         consumer_id,
         key_id: Some(credential_id),
         session_id: None,
+        dpop_jti: None,
     }
 }
 
@@ -145,6 +151,7 @@ pub fn by_owner_jwt(consumer_id: String) -> Caller {
         consumer_id,
         key_id: None,
         session_id: None,
+        dpop_jti: None,
     }
 }
 

@@ -133,6 +133,7 @@ pub fn apply(state: &mut CounterState, request: &CounterRequest) -> CounterReply
             let admitted = state
                 .standing
                 .check(who)
+                .and_then(|()| state.standing.use_proof(*now, who))
                 .and_then(|()| check_model(&plan, model, *priced))
                 .and_then(|()| {
                     let ask = Ask {
@@ -342,6 +343,7 @@ mod tests {
         let key = Presented {
             key_id: Some("key_1".into()),
             session_id: None,
+            dpop_jti: None,
         };
         let mut s = CounterState::default();
         let subscribe = CounterRequest::Change {

@@ -28,7 +28,15 @@ pub struct Standing {
     /// The plan the consumer is subscribed to; `None` is the API's default plan.
     #[serde(default)]
     pub plan_id: Option<String>,
+    /// DPoP proofs (their `jti`) seen here, with when they may be forgotten (past their `iat` window).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proofs: Vec<(String, i64)>,
 }
+
+/// How long a proof's `jti` is remembered: longer than any `iat` the proof check accepts.
+pub const PROOF_MEMORY_MS: i64 = (2 * crate::auth::dpop::IAT_WINDOW_S + 10) * 1000;
+/// Proofs remembered at most (the oldest is forgotten first).
+const MAX_PROOFS: usize = 1024;
 
 /// What D1 says about the consumer, for a counter that has not loaded it yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +64,9 @@ pub struct Presented {
     pub key_id: Option<String>,
     #[serde(default)]
     pub session_id: Option<String>,
+    /// The DPoP proof's `jti`, for a sender-constrained access token: each proof is used once.
+    #[serde(default)]
+    pub dpop_jti: Option<String>,
 }
 
 /// Why the counter refused a request.
@@ -66,6 +77,7 @@ pub enum Denial {
     Disabled,
     KeyRevoked,
     SessionRevoked,
+    ProofReplayed,
     ModelNotAllowed { plan: String, allowed: Vec<String> },
     ModelNotPriced { plan: String },
     Limit { plan: String, refusal: Refusal },
@@ -79,6 +91,11 @@ impl Denial {
             Denial::KeyRevoked => Error::invalid_credential(
                 "This consumer key (or the key this token was issued for) has been revoked.",
             ),
+            Denial::ProofReplayed => Error::new(
+                Problem::InvalidDpopProof,
+                "This DPoP proof was already used: make a new proof for each request.",
+            )
+            .with_header("WWW-Authenticate", "DPoP error=\"invalid_dpop_proof\""),
             Denial::SessionRevoked => Error::new(
                 Problem::SessionRevoked,
                 "This session was signed out or revoked: sign in again.",
@@ -171,6 +188,22 @@ impl Standing {
         Ok(())
     }
 
+    /// Remembers the request's DPoP proof; one seen before (a replay) is refused.
+    pub fn use_proof(&mut self, now: i64, who: &Presented) -> Result<(), Denial> {
+        self.proofs.retain(|(_, until)| *until > now);
+        let Some(jti) = &who.dpop_jti else {
+            return Ok(());
+        };
+        if self.proofs.iter().any(|(seen, _)| seen == jti) {
+            return Err(Denial::ProofReplayed);
+        }
+        if self.proofs.len() >= MAX_PROOFS {
+            self.proofs.remove(0);
+        }
+        self.proofs.push((jti.clone(), now + PROOF_MEMORY_MS));
+        Ok(())
+    }
+
     /// The plan that applies: the subscribed one if the API still has it, else the API's default.
     pub fn plan(&self, plans: &[Plan]) -> Plan {
         let subscribed = self
@@ -224,6 +257,7 @@ mod tests {
         let key = Presented {
             key_id: Some("key_1".into()),
             session_id: None,
+            dpop_jti: None,
         };
         assert!(s.check(&key).is_ok());
         s.apply(
@@ -236,6 +270,7 @@ mod tests {
         let session = Presented {
             key_id: None,
             session_id: Some("ses_1".into()),
+            dpop_jti: None,
         };
         s.apply(
             0,
@@ -321,6 +356,7 @@ mod tests {
             revoked_keys: vec!["k".into()],
             revoked_sessions: vec![("s".into(), 5)],
             plan_id: Some("p".into()),
+            proofs: Vec::new(),
         };
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
@@ -330,5 +366,27 @@ mod tests {
             serde_json::from_str::<Standing>("{}").unwrap(),
             Standing::default()
         );
+    }
+
+    #[test]
+    fn a_dpop_proof_is_used_once() {
+        let mut s = Standing::default();
+        let with = |jti: &str| Presented {
+            key_id: None,
+            session_id: Some("ses_1".into()),
+            dpop_jti: Some(jti.into()),
+        };
+        assert_eq!(s.use_proof(1_000, &with("a")), Ok(()));
+        assert_eq!(s.use_proof(1_001, &with("a")), Err(Denial::ProofReplayed));
+        assert_eq!(s.use_proof(1_002, &with("b")), Ok(()));
+        let unbound = Presented::default();
+        assert_eq!(s.use_proof(1_003, &unbound), Ok(()));
+        // Past the window a proof's iat would be refused anyway, and it is forgotten.
+        assert_eq!(s.use_proof(1_002 + PROOF_MEMORY_MS, &with("c")), Ok(()));
+        assert_eq!(s.proofs.len(), 1);
+        for i in 0..(MAX_PROOFS + 10) {
+            s.use_proof(2_000_000, &with(&format!("j{i}"))).unwrap();
+        }
+        assert_eq!(s.proofs.len(), MAX_PROOFS, "bounded");
     }
 }

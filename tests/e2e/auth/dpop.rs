@@ -132,12 +132,11 @@ async fn dpop_binds_the_session_to_the_clients_key(c: Arc<Ctx>) -> CaseResult {
     )
     .await?;
     assert_problem(&wrong_url, 401, "invalid-dpop-proof");
-    let ok = call(
-        "DPoP",
-        Some(proof(&mine, "POST", &chat_url, Some(&tokens.access))),
-    )
-    .await?;
+    let good = proof(&mine, "POST", &chat_url, Some(&tokens.access));
+    let ok = call("DPoP", Some(good.clone())).await?;
     expect_status(&ok, 200, "a DPoP-bound access token with its proof")?;
+    // A proof is used once: the same proof again (a captured request, replayed) is refused.
+    assert_problem(&call("DPoP", Some(good)).await?, 401, "invalid-dpop-proof");
 
     // A client without DPoP still signs in with bearer tokens, unless the project requires DPoP.
     let plain = "plain@e2e.example";

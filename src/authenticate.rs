@@ -164,7 +164,7 @@ async fn other_jwt(
     };
     let user_id = verify_byo(env, timing, &api.id, config, token, now).await?;
     let user = Consumer {
-        id: decide::byo_consumer_id(&project.id, config, &user_id),
+        id: decide::byo_consumer_id(&project.id, &api.id, &user_id),
         project_id: project.id.clone(),
         // The IdP's id for the user, as the owner knows them.
         name: user_id.chars().take(200).collect(),

@@ -937,6 +937,11 @@ impl MeteredStream {
                         bytes.extend(more);
                         next = after;
                     }
+                    if let (Some(said), Some(lease)) =
+                        (self.relay.take_upstream_said(), self.lease.as_mut())
+                    {
+                        lease.upstream_error = Some(said);
+                    }
                     bytes
                 }
                 Some(Err(e)) => {

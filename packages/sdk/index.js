@@ -328,17 +328,28 @@ export class DpopKey {
     });
   }
 
-  async _keys() {
-    if (this._pair) return this._pair;
-    let pair = await this._load().catch(() => null);
-    if (!pair || !pair.privateKey || !pair.publicKey) {
-      const generated = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]);
-      const jwk = await crypto.subtle.exportKey("jwk", generated.publicKey);
-      pair = { privateKey: generated.privateKey, publicKey: generated.publicKey, jwk: { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y } };
-      await this._save(pair).catch(() => {});
+  /** The key pair: loaded, or generated once (concurrent callers share one load or generation). */
+  _keys() {
+    if (!this._pair) {
+      this._pair = this._loadOrGenerate().catch((err) => {
+        this._pair = null;
+        throw err;
+      });
     }
-    this._pair = pair;
-    return pair;
+    return this._pair;
+  }
+
+  async _loadOrGenerate() {
+    const usable = (p) => p && p.privateKey && p.publicKey && p.jwk && p.jwk.x && p.jwk.y;
+    const stored = await this._load().catch(() => null);
+    if (usable(stored)) return stored;
+    const generated = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]);
+    const jwk = await crypto.subtle.exportKey("jwk", generated.publicKey);
+    const pair = { privateKey: generated.privateKey, publicKey: generated.publicKey, jwk: { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y } };
+    await this._save(pair).catch(() => {});
+    // Another tab may have saved its own key meanwhile: whichever is stored is the one to use.
+    const now = await this._load().catch(() => null);
+    return usable(now) ? now : pair;
   }
 
   /** A proof for `method` `url` (query and fragment dropped), covering `accessToken` when given. */

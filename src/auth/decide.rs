@@ -3,7 +3,6 @@
 //! (`authenticate`) performs the lookups each step names and nothing else, so every rule of
 //! authentication lives here, once, and is unit-tested.
 
-use crate::auth::config::ByoJwtConfig;
 use crate::auth::jwks_cache::{looks_like_jwt, peek_kid};
 use crate::auth::key::{self, ConsumerKey};
 use crate::auth::mode::AuthMode;
@@ -132,13 +131,13 @@ pub fn other_jwt(mode: AuthMode, has_jwks: bool, project_slug: &str) -> Result<(
 }
 
 /// A BYO-JWT user as a consumer: the verified token's configured claim names a user of the owner's
-/// IdP, whose consumer id (`jwu_…`) is derived from the project, the IdP and the user id. BYO users
-/// live in their own namespace: no token can name a consumer the owner made, or a managed user.
-pub fn byo_consumer_id(project_id: &str, config: &ByoJwtConfig, user_id: &str) -> String {
+/// IdP, whose consumer id (`jwu_…`) is derived from the project, the API (whose id never changes,
+/// unlike its IdP settings) and the user id. BYO users live in their own namespace: no token can
+/// name a consumer the owner made, or a managed user.
+pub fn byo_consumer_id(project_id: &str, api_id: &str, user_id: &str) -> String {
     use sha2::{Digest, Sha256};
-    let idp = config.issuer.as_deref().unwrap_or(&config.jwks_url);
     let mut h = Sha256::new();
-    for field in ["sluice byo user v1", project_id, idp, user_id] {
+    for field in ["sluice byo user v1", project_id, api_id, user_id] {
         h.update((field.len() as u64).to_be_bytes());
         h.update(field.as_bytes());
     }
@@ -281,18 +280,16 @@ mod tests {
 
     #[test]
     fn byo_users_have_their_own_namespace() {
-        let config: ByoJwtConfig = serde_json::from_str(
-            r#"{"jwks_url":"https://idp.example/jwks","issuer":"https://idp.example/","audience":"a"}"#,
-        )
-        .unwrap();
-        let id = byo_consumer_id("prj_1", &config, "con_victim");
+        let id = byo_consumer_id("prj_1", "api_1", "con_victim");
         assert!(id.starts_with("jwu_") && id.len() == 28, "{id}");
         assert_ne!(id, "con_victim");
-        assert_eq!(id, byo_consumer_id("prj_1", &config, "con_victim"));
-        assert_ne!(id, byo_consumer_id("prj_2", &config, "con_victim"));
-        let mut other_idp = config.clone();
-        other_idp.issuer = Some("https://other.example/".into());
-        assert_ne!(id, byo_consumer_id("prj_1", &other_idp, "con_victim"));
+        assert_eq!(id, byo_consumer_id("prj_1", "api_1", "con_victim"));
+        assert_ne!(id, byo_consumer_id("prj_2", "api_1", "con_victim"));
+        assert_ne!(id, byo_consumer_id("prj_1", "api_2", "con_victim"));
+        assert_ne!(
+            byo_consumer_id("p", "ab", "c"),
+            byo_consumer_id("p", "a", "bc")
+        );
         assert_eq!(by_owner_jwt(id.clone()).consumer_id, id);
     }
 }

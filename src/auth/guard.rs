@@ -71,14 +71,15 @@ pub enum GuardRequest {
         now: i64,
         max_per_hour: usize,
     },
-    /// Whether this network may try a code (fewer than `max_failures_per_hour` failed verifies).
+    /// Whether this network may try a code (fewer than `max_failures_per_hour` failed verifies); the
+    /// try counts as a failure until `NetworkVerified` takes it back, so racing tries cannot pass.
     NetworkMayVerify {
         now: i64,
         max_failures_per_hour: usize,
     },
-    /// A failed verify from this network.
-    NetworkFailed {
-        now: i64,
+    /// The try counted at `at` by `NetworkMayVerify` signed in: it is taken back.
+    NetworkVerified {
+        at: i64,
     },
     /// A new account from this network (at most `max_per_day`).
     NetworkSignUp {
@@ -171,8 +172,8 @@ pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
             state.network.may_verify(*now, *max_failures_per_hour),
             GuardReply::Allowed,
         ),
-        GuardRequest::NetworkFailed { now } => {
-            state.network.failed(*now);
+        GuardRequest::NetworkVerified { at } => {
+            state.network.verified(*at);
             GuardReply::Recorded
         }
         GuardRequest::NetworkSignUp { now, max_per_day } => allowed(

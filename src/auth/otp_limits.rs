@@ -234,19 +234,17 @@ impl NetworkGuard {
         take(&mut self.starts, now, HOUR_MS, max)
     }
 
-    /// Whether this network may still try codes: fewer than `max` failed verifies in the hour.
+    /// Whether this network may try a code: fewer than `max` failed verifies in the hour. The try
+    /// is counted as a failure at once (so parallel tries cannot all pass the check); a try that
+    /// signs in takes it back with [`NetworkGuard::verified`].
     pub fn may_verify(&mut self, now: i64, max: usize) -> Result<(), u64> {
-        self.prune(now);
-        match wait_for_room(self.failures.iter().copied(), now, HOUR_MS, max) {
-            Some(wait) => Err(wait),
-            None => Ok(()),
-        }
+        take(&mut self.failures, now, HOUR_MS, max)
     }
 
-    pub fn failed(&mut self, now: i64) {
-        self.prune(now);
-        if self.failures.len() < MAX_ENTRIES {
-            self.failures.push(now);
+    /// The try counted at `at` signed in: it was no failure.
+    pub fn verified(&mut self, at: i64) {
+        if let Some(i) = self.failures.iter().rposition(|t| *t == at) {
+            self.failures.remove(i);
         }
     }
 
@@ -415,11 +413,16 @@ mod tests {
             n.start(T0 + i, 30).unwrap();
         }
         assert_eq!(n.start(T0 + 100, 30), Err(3600));
+        n.may_verify(T0, 30).unwrap();
+        n.verified(T0);
+        assert!(n.failures.is_empty(), "a try that signed in is no failure");
         for _ in 0..30 {
             n.may_verify(T0, 30).unwrap();
-            n.failed(T0);
         }
-        assert!(n.may_verify(T0 + 1, 30).is_err());
+        assert!(
+            n.may_verify(T0 + 1, 30).is_err(),
+            "tries count before they are answered"
+        );
         assert!(n.may_verify(T0 + HOUR_MS, 30).is_ok());
         for i in 0..5 {
             n.sign_up(T0 + i, 5).unwrap();

@@ -58,9 +58,10 @@ pub fn upstream_origin(base_url: &str) -> String {
     let lower = base_url.to_ascii_lowercase();
     match lower.split_once("://") {
         Some((scheme, rest)) => {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let host = authority.rsplit('@').next().unwrap_or(authority);
-            format!("{scheme}://{host}")
+            // `\` ends the host for http(s) as fetch parses URLs; a base URL with userinfo or
+            // percent-escapes in its host is refused when stored, and never matches here.
+            let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or("");
+            format!("{scheme}://{authority}")
         }
         None => lower,
     }
@@ -74,9 +75,15 @@ pub fn validate_base_url(s: &str) -> Result<(), Error> {
     let rest = s
         .strip_prefix("https://")
         .or_else(|| s.strip_prefix("http://"));
-    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    let host = rest.map(|r| r.split(['/', '\\', '?', '#']).next().unwrap_or(""));
+    // A plain host[:port]: no userinfo (`@`), escapes, backslashes or other characters that URL
+    // parsers read differently, so the host the key is bound to is the host fetch calls.
+    let plain = |h: &str| {
+        h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    };
     match host {
-        Some(h) if !h.is_empty() && s.len() <= 2048 && !s.contains(char::is_whitespace) && !s.contains(['?', '#']) => Ok(()),
+        Some(h) if !h.is_empty() && plain(h) && s.len() <= 2048 && !s.contains(char::is_whitespace) && !s.contains(['?', '#', '\\']) => Ok(()),
         _ => Err(Error::invalid_request(
             "`upstream.base_url` must be an http(s) URL such as https://api.openai.com/v1, or `demo`",
         )),
@@ -140,6 +147,15 @@ mod tests {
             assert!(validate_slug("slug", bad).is_err(), "{bad}");
         }
         assert!(validate_base_url("demo").is_ok());
+        for bad in [
+            "https://evil.example\\@api.openai.com/v1",
+            "https://user:pass@api.openai.com/v1",
+            "https://api.openai.com%2eevil.example/v1",
+            "https://api.openai.com\\v1",
+        ] {
+            assert!(validate_base_url(bad).is_err(), "{bad}");
+        }
+        assert!(validate_base_url("http://[::1]:8080/v1").is_ok());
         assert_eq!(
             upstream_origin("https://API.openai.com/v1"),
             upstream_origin("https://api.openai.com/v2/")
@@ -150,6 +166,7 @@ mod tests {
             "https://evil.example/v1",
             "https://api.openai.com.evil.example/v1",
             "https://user@evil.example/api.openai.com",
+            "https://evil.example\\@api.openai.com/v1",
         ] {
             assert_ne!(
                 upstream_origin("https://api.openai.com/v1"),

@@ -310,13 +310,6 @@ pub async fn otp_verify(
             Some((no_challenge(), false))
         };
     if let Some((e, evaluated)) = failure {
-        on_network(
-            env,
-            &project,
-            &network,
-            &GuardRequest::NetworkFailed { now },
-        )
-        .await?;
         // Only codes evaluated against a real challenge are logged: bounded by the codes sent.
         if evaluated {
             record_event(
@@ -332,6 +325,14 @@ pub async fn otp_verify(
         }
         return Err(e);
     }
+    // The try was counted as a failure before it was evaluated; it signed in, so it is taken back.
+    on_network(
+        env,
+        &project,
+        &network,
+        &GuardRequest::NetworkVerified { at: now },
+    )
+    .await?;
     let consumer = match d1::user_by_email(&db, &project.id, &email).await? {
         Some(c) => c,
         None => sign_up(env, &db, &project, &email, &network, now).await?,

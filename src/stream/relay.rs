@@ -76,6 +76,21 @@ impl Wire {
         }
     }
 
+    /// Whether an upstream event reports an error (chat: a top-level `error` member; Responses: an
+    /// `error` event or a failed response). Its text is the owner's, never relayed to the end user.
+    fn is_upstream_error(self, name: Option<&str>, v: &Value) -> bool {
+        if name == Some("error") || v.get("object").and_then(Value::as_str) == Some("error") {
+            return true;
+        }
+        match self {
+            Wire::Chat => v.get("error").is_some(),
+            Wire::Responses => matches!(
+                v.get("type").and_then(Value::as_str),
+                Some("error" | "response.failed")
+            ),
+        }
+    }
+
     fn usage(self, v: &Value) -> Option<Usage> {
         match self {
             Wire::Chat => Usage::from_json(v),
@@ -122,6 +137,8 @@ pub struct Relay {
     /// Bytes of generated output delivered: an upper bound of its tokens.
     delivered: u64,
     usage: Option<Usage>,
+    /// What an upstream error event said (for the usage record), once one ended the stream.
+    upstream_said: Option<String>,
 }
 
 impl Relay {
@@ -140,6 +157,7 @@ impl Relay {
             budget,
             delivered: 0,
             usage: None,
+            upstream_said: None,
         }
     }
 
@@ -181,6 +199,11 @@ impl Relay {
         self.finished
     }
 
+    /// What the upstream's error event said, once (for the usage record).
+    pub fn take_upstream_said(&mut self) -> Option<String> {
+        self.upstream_said.take()
+    }
+
     /// Bytes to send for an upstream chunk: every complete event that fits the budget, re-framed.
     pub fn on_chunk(&mut self, chunk: &[u8]) -> (Vec<u8>, Next) {
         if self.finished {
@@ -208,6 +231,26 @@ impl Relay {
                 continue;
             }
             let parsed: Option<Value> = serde_json::from_str(&event.data).ok();
+            // A named `error` event counts whatever its data (plain text too).
+            let fallback;
+            let v = match parsed.as_ref() {
+                Some(v) => v,
+                None => {
+                    fallback = serde_json::json!({ "message": event.data });
+                    &fallback
+                }
+            };
+            {
+                if self.wire.is_upstream_error(event.event.as_deref(), v) {
+                    // The upstream's own words stay with the owner: the client gets the stream's
+                    // error event with a generic detail (and a safe code), and the stream ends.
+                    let (error, said) = crate::upstream::stream_failure(v);
+                    self.upstream_said = Some(said);
+                    self.pending.clear();
+                    out.push_str(&String::from_utf8_lossy(&self.on_error(&error)));
+                    return (out.into_bytes(), Next::Read);
+                }
+            }
             let added = parsed.as_ref().map_or(0, |v| self.wire.output_bytes(v));
             if let Some(budget) = self.budget {
                 if added > 0 && self.delivered.saturating_add(added) > budget {
@@ -476,5 +519,53 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["problem_type"], "upstream-stream-interrupted");
         assert!(v["message"].is_string() && v["error"]["message"] == v["message"]);
+    }
+
+    #[test]
+    fn an_upstream_error_event_is_replaced_and_its_text_kept_for_the_owner() {
+        let mut r = Relay::new(false, None);
+        let upstream = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            "data: {\"error\":{\"message\":\"internal at https://10.0.0.7/shard-3 for org-99\",\"type\":\"server_error\",\"code\":null}}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" never\"}}]}\n\n",
+        );
+        let (out, _) = r.on_chunk(upstream.as_bytes());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Hi") && !text.contains("never"), "{text}");
+        for leak in ["10.0.0.7", "org-99", "shard-3"] {
+            assert!(!text.contains(leak), "{leak} reached the client: {text}");
+        }
+        assert!(
+            text.contains("server_error"),
+            "the safe type is kept: {text}"
+        );
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(r.is_finished());
+        assert!(r.take_upstream_said().unwrap().contains("org-99"));
+        let mut responses = Relay::of(Wire::Responses, false, None);
+        let (out, _) = responses.on_chunk(
+            b"event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"secret text\"}\n\n",
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("secret text") && text.contains("event: error"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn any_named_error_event_or_error_object_is_replaced() {
+        for upstream in [
+            "event: error\ndata: upstream db at 10.9.9.9 is down\n\n",
+            "event: error\ndata: {\"message\":\"10.9.9.9 down\"}\n\n",
+            "data: {\"object\":\"error\",\"message\":\"10.9.9.9 down\",\"type\":\"InternalServerError\"}\n\n",
+        ] {
+            let mut r = Relay::new(false, None);
+            let (out, _) = r.on_chunk(upstream.as_bytes());
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("10.9.9.9"), "{text}");
+            assert!(text.contains("upstream-stream-interrupted") && r.is_finished(), "{text}");
+            assert!(r.take_upstream_said().unwrap().contains("10.9.9.9"));
+        }
     }
 }

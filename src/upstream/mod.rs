@@ -82,6 +82,35 @@ fn safe_kinds(body: &[u8]) -> (Option<String>, Option<String>) {
     (pick("/error/type"), pick("/error/code"))
 }
 
+/// An error event inside an upstream stream (chat's `{"error": {...}}`, or a Responses `error`
+/// event): what the end user gets (a generic detail, the safe `type`/`code`), and the upstream's
+/// text for the usage record.
+pub fn stream_failure(event: &Value) -> (Error, String) {
+    let inner = event
+        .get("error")
+        .filter(|e| e.is_object())
+        .unwrap_or(event);
+    let wrapped = serde_json::json!({ "error": inner }).to_string();
+    let text = upstream_message(wrapped.as_bytes());
+    let (kind, code) = safe_kinds(wrapped.as_bytes());
+    let said = match (&kind, &code) {
+        (_, Some(c)) => format!(" ({c})"),
+        (Some(k), None) => format!(" ({k})"),
+        _ => String::new(),
+    };
+    let mut e = Error::new(
+        Problem::UpstreamStreamInterrupted,
+        format!("The upstream model API reported an error mid-stream{said}; the text so far was delivered."),
+    );
+    if let Some(k) = kind {
+        e = e.with_field("upstream_type", k);
+    }
+    if let Some(c) = code {
+        e = e.with_field("upstream_code", c);
+    }
+    (e, text)
+}
+
 /// Maps a non-2xx upstream answer to what the end user gets, and the upstream's own text, which
 /// goes to the usage record only. Client-side mistakes the upstream caught (400, 404, 413, 422) keep
 /// their status; the provider's rate limit stays 429; anything else (bad provider key, 5xx) is a

@@ -22,6 +22,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         malformed_and_oversized_bodies_are_rejected,
         upstream_500_becomes_502,
         upstream_401_body_stays_with_the_owner,
+        upstream_error_event_mid_stream_stays_with_the_owner,
         upstream_429_keeps_429_and_retry_after,
         upstream_hang_becomes_504,
         upstream_cut_mid_stream_ends_with_error_event,
@@ -623,6 +624,55 @@ async fn upstream_401_body_stays_with_the_owner(c: Arc<Ctx>) -> CaseResult {
         );
         assert_eq!(record["status"], 502, "{record}");
     }
+    Ok(())
+}
+
+/// An upstream's own error event mid-stream (with internal hosts and its org) reaches the client as
+/// the gateway's error event with a generic detail; the owner's record keeps the upstream's words.
+async fn upstream_error_event_mid_stream_stays_with_the_owner(c: Arc<Ctx>) -> CaseResult {
+    let slug = "upstream-errevent";
+    let t = c
+        .tenant_on_mock(slug, "errevent/chunks/3", json!({}))
+        .await?;
+    let s = send_and_stream(
+        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+            .json(&chat_body(None, "hi", true)),
+        STREAM_LIMIT,
+    )
+    .await?;
+    assert_eq!(s.status, 200, "{}", stream_summary(&s));
+    let streamed: String = s
+        .chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.bytes).into_owned())
+        .collect();
+    for leak in ["10.1.2.3", "org-777", "pool-7"] {
+        assert!(
+            !streamed.contains(leak),
+            "{leak} reached the end user: {streamed}"
+        );
+    }
+    let last = s
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.data != "[DONE]")
+        .ok_or("no events")?;
+    assert!(
+        last.data.contains("upstream-stream-interrupted") && last.data.contains("server_error"),
+        "{}",
+        last.data
+    );
+    let usage =
+        crate::quotas::usage_until(&c, &t, "", |v| !crate::quotas::records(v).is_empty()).await?;
+    let record = &crate::quotas::records(&usage)[0];
+    assert!(
+        record["upstream_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("org-777"),
+        "{record}"
+    );
     Ok(())
 }
 

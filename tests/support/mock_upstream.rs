@@ -49,6 +49,8 @@ pub enum ScenarioKind {
     Status(u16),
     Cut,
     Hang(u64),
+    /// A stream of `n` chunks, then OpenAI's mid-stream error event (naming internals), then `[DONE]`.
+    ErrorEvent,
 }
 
 impl Scenario {
@@ -58,6 +60,7 @@ impl Scenario {
         let (kind, rest) = match segs.as_slice() {
             ["ok", rest @ ..] => (ScenarioKind::Ok, rest),
             ["cut", rest @ ..] => (ScenarioKind::Cut, rest),
+            ["errevent", rest @ ..] => (ScenarioKind::ErrorEvent, rest),
             ["status", code, rest @ ..] => (ScenarioKind::Status(code.parse().ok()?), rest),
             ["hang", ms, rest @ ..] => (ScenarioKind::Hang(ms.parse().ok()?), rest),
             _ => return None,
@@ -517,6 +520,21 @@ async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
             Ok(false)
+        }
+        ScenarioKind::ErrorEvent => {
+            let mut frames: Vec<Vec<u8>> = (0..n.max(1))
+                .map(|i| stream_chunk_of(&shape.kind, &id, &model, i, n + 1))
+                .collect();
+            frames.push(sse(r#"{"error":{"message":"The server had an error at https://10.1.2.3/pool-7 for org-777","type":"server_error","param":null,"code":null}}"#));
+            frames.push(sse("[DONE]"));
+            out.chunked_head(200, "text/event-stream", &frames[0])
+                .await?;
+            for f in &frames[1..] {
+                tokio::time::sleep(delay).await;
+                out.chunk(f).await?;
+            }
+            out.end_chunks().await?;
+            Ok(true)
         }
     }
 }

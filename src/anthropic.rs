@@ -185,8 +185,14 @@ fn chat_without_cap(body: &Map<String, Value>) -> Result<Map<String, Value>, Err
             Value::Array(stop.iter().take(4).cloned().collect()),
         );
     }
-    if let Some(user) = body.get("metadata").and_then(|m| m.get("user_id")) {
-        chat.insert("user".into(), user.clone());
+    // Coding agents send long composite ids; an upstream takes a short string only.
+    if let Some(user) = body
+        .get("metadata")
+        .and_then(|m| m.get("user_id"))
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty() && u.len() <= 64)
+    {
+        chat.insert("user".into(), Value::from(user));
     }
     let tools: Vec<Value> = body
         .get("tools")
@@ -259,14 +265,22 @@ fn message_id(chat_id: Option<&str>) -> String {
     }
 }
 
+/// OpenAI usage in Anthropic's terms: Anthropic's `input_tokens` excludes the cached prompt tokens,
+/// which OpenAI's `prompt_tokens` includes.
 fn usage_of(v: &Value) -> Value {
     let n = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    let cached = n("/usage/prompt_tokens_details/cached_tokens");
     json!({
-        "input_tokens": n("/usage/prompt_tokens"),
+        "input_tokens": n("/usage/prompt_tokens").saturating_sub(cached),
         "output_tokens": n("/usage/completion_tokens"),
-        "cache_read_input_tokens": n("/usage/prompt_tokens_details/cached_tokens"),
+        "cache_read_input_tokens": cached,
         "cache_creation_input_tokens": 0,
     })
+}
+
+/// An upstream `error` member that is really there (some upstreams send `"error": null`).
+fn error_of(v: &Value) -> Option<&Value> {
+    v.get("error").filter(|e| !e.is_null())
 }
 
 /// A whole chat completion as an Anthropic message.
@@ -303,13 +317,21 @@ pub fn from_completion(v: &Value, model: &str) -> Value {
             "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({})),
         }));
     }
+    let mut reason = stop_reason(
+        v.pointer("/choices/0/finish_reason")
+            .and_then(Value::as_str),
+    );
+    // Some upstreams end a turn of tool calls with `stop`: the client must still run the tools.
+    if reason == "end_turn" && content.iter().any(|b| b["type"] == "tool_use") {
+        reason = "tool_use";
+    }
     json!({
         "id": message_id(v.get("id").and_then(Value::as_str)),
         "type": "message",
         "role": "assistant",
         "model": v.get("model").and_then(Value::as_str).unwrap_or(model),
         "content": content,
-        "stop_reason": stop_reason(v.pointer("/choices/0/finish_reason").and_then(Value::as_str)),
+        "stop_reason": reason,
         "stop_sequence": null,
         "usage": usage_of(v),
     })
@@ -319,8 +341,9 @@ pub fn from_completion(v: &Value, model: &str) -> Value {
 #[derive(Debug, Clone, PartialEq)]
 enum Block {
     Text,
-    /// A tool call, by its chat index.
-    Tool(u64),
+    /// A tool call, by its chat index and id (upstreams that leave out `index` still send each
+    /// call's `id` with its first piece).
+    Tool(u64, Option<String>),
 }
 
 /// Translates a chat SSE stream (as the gateway relays it) into Anthropic's SSE events, chunk by
@@ -335,6 +358,8 @@ pub struct MessagesStream {
     next_index: u64,
     open: Option<Block>,
     stop_reason: &'static str,
+    /// A `tool_use` block was sent (the stop reason is then `tool_use`).
+    tools_used: bool,
     usage: Value,
 }
 
@@ -348,6 +373,7 @@ impl MessagesStream {
             next_index: 0,
             open: None,
             stop_reason: "end_turn",
+            tools_used: false,
             usage: json!({"input_tokens": 0, "output_tokens": 0}),
         }
     }
@@ -404,7 +430,7 @@ impl MessagesStream {
     }
 
     fn on_chunk_json(&mut self, out: &mut String, v: &Value) {
-        if let Some(error) = v.get("error").filter(|_| v.get("choices").is_none()) {
+        if let Some(error) = error_of(v).filter(|_| v.get("choices").is_none()) {
             self.fail(out, error);
             return;
         }
@@ -435,8 +461,15 @@ impl MessagesStream {
             .flatten()
         {
             let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-            if self.open != Some(Block::Tool(index)) {
-                self.open_block(out, Block::Tool(index), json!({
+            let id = call.get("id").and_then(Value::as_str).map(str::to_string);
+            let same = match &self.open {
+                // A later piece of the open call: same index, and no id or the same id.
+                Some(Block::Tool(i, open_id)) => *i == index && (id.is_none() || id == *open_id),
+                _ => false,
+            };
+            if !same {
+                self.tools_used = true;
+                self.open_block(out, Block::Tool(index, id.clone()), json!({
                     "type": "tool_use",
                     "id": call.get("id").cloned().unwrap_or_else(|| Value::from(format!("toolu_{index}"))),
                     "name": call.pointer("/function/name").cloned().unwrap_or(Value::from("")),
@@ -456,6 +489,9 @@ impl MessagesStream {
         }
         if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
             self.stop_reason = stop_reason(Some(finish));
+            if self.stop_reason == "end_turn" && self.tools_used {
+                self.stop_reason = "tool_use";
+            }
         }
     }
 
@@ -697,5 +733,57 @@ mod tests {
                 .all(|e| e.event.as_deref() != Some("message_stop")),
             "no clean end after an error"
         );
+    }
+
+    #[test]
+    fn tool_calls_without_index_or_with_stop_still_make_tool_use() {
+        let chunk = |delta: Value, finish: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            )
+        };
+        let text = [
+            chunk(json!({"tool_calls": [{"id": "call_a", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}), Value::Null),
+            chunk(json!({"tool_calls": [{"id": "call_b", "function": {"name": "g", "arguments": "{\"b\":2}"}}]}), Value::Null),
+            format!("data: {}\n\n", json!({"id": "c", "error": null, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})),
+            format!("data: {}\n\n", json!({"id": "c", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}}})),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        let mut s = MessagesStream::new("m");
+        let out = s.push(text.as_bytes());
+        let evs = events(&out);
+        let blocks: Vec<Value> = evs
+            .iter()
+            .filter(|e| e.event.as_deref() == Some("content_block_start"))
+            .map(|e| serde_json::from_str::<Value>(&e.data).unwrap()["content_block"].clone())
+            .collect();
+        assert_eq!(blocks.len(), 2, "two calls, two blocks: {blocks:?}");
+        assert_eq!(
+            (blocks[0]["id"].as_str(), blocks[1]["id"].as_str()),
+            (Some("call_a"), Some("call_b"))
+        );
+        let delta = evs
+            .iter()
+            .find(|e| e.event.as_deref() == Some("message_delta"))
+            .unwrap();
+        let d: Value = serde_json::from_str(&delta.data).unwrap();
+        assert_eq!(
+            d["delta"]["stop_reason"], "tool_use",
+            "an `error: null` chunk is no error"
+        );
+        assert_eq!(
+            (
+                d["usage"]["input_tokens"].as_u64(),
+                d["usage"]["cache_read_input_tokens"].as_u64()
+            ),
+            (Some(6), Some(4))
+        );
+        let whole = from_completion(
+            &json!({"choices": [{"message": {"tool_calls": [{"id": "x", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": "stop"}]}),
+            "m",
+        );
+        assert_eq!(whole["stop_reason"], "tool_use");
     }
 }

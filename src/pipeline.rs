@@ -45,6 +45,8 @@ use crate::usage::{Ended, Endpoint, UsageRecord};
 
 /// Chat bodies carry whole conversations; 2 MiB is generous and still bounded.
 const CHAT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Anthropic Messages bodies carry screenshots and documents as base64 (coding agents send several).
+const MESSAGES_BODY_LIMIT: usize = 10 * 1024 * 1024;
 /// Upstream error bodies are read only this far.
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
 /// The least a stream asks for when its grant runs out (it asks for half its grant again if more).
@@ -289,6 +291,12 @@ impl Exchange {
             (true, Some(v)) => anthropic::from_completion(v, self.asked.model())
                 .to_string()
                 .into_bytes(),
+            (true, None) => {
+                return Err(Error::upstream(
+                    "The upstream model API answered with a body that is not JSON.",
+                )
+                .in_anthropic_shape())
+            }
             _ => bytes,
         };
         Ok(Response::from_bytes(bytes)?
@@ -516,7 +524,11 @@ fn response_headers(content_type: &str, extra: &[(String, String)]) -> Result<He
 /// gateway's bounds and the API's rules (allowed models and parameters), with the API's default
 /// model filled in and the prompt's upper bound counted.
 async fn read_asked(req: &mut Request, api: &Api, endpoint: Endpoint) -> Result<Asked, Error> {
-    let bytes = read_body(req, CHAT_BODY_LIMIT).await?;
+    let limit = match endpoint {
+        Endpoint::Messages => MESSAGES_BODY_LIMIT,
+        _ => CHAT_BODY_LIMIT,
+    };
+    let bytes = read_body(req, limit).await?;
     let body: Value = crate::input::parse_body(&bytes)?;
     let body = match endpoint {
         Endpoint::Messages => anthropic::to_chat(body)?,

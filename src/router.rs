@@ -299,6 +299,13 @@ fn public_arm(method: &str, segs: &[&str]) -> Option<Arm> {
     })
 }
 
+/// Whether `path` is one of the Anthropic Messages routes (`…/messages`, `…/messages/count_tokens`),
+/// whose answers, errors included, are in Anthropic's shape.
+pub fn is_messages_path(path: &str) -> bool {
+    let p = path.trim_end_matches('/');
+    p.starts_with("/v1/") && (p.ends_with("/messages") || p.ends_with("/messages/count_tokens"))
+}
+
 /// Resolves a request line. `path` is the URL path without query.
 pub fn route(method: &str, path: &str) -> Result<Route, Error> {
     let segs: Vec<&str> = path
@@ -589,5 +596,25 @@ mod tests {
                 .status,
             404
         );
+    }
+
+    #[test]
+    fn messages_paths_are_known_for_their_error_shape() {
+        for p in [
+            "/v1/p/a/messages",
+            "/v1/p/a/v1/messages/",
+            "/v1/p/a/messages/count_tokens",
+            "/v1/p/a/v1/messages/count_tokens",
+        ] {
+            assert!(is_messages_path(p), "{p}");
+        }
+        for p in [
+            "/v1/p/a/chat/completions",
+            "/messages",
+            "/v1/p/a/messages/x",
+            "/api/v1/messages",
+        ] {
+            assert!(!is_messages_path(p), "{p}");
+        }
     }
 }

@@ -112,9 +112,10 @@ export function useAuth() {
     set({ session: null, status: "signed-out" });
   }, [client, set]);
 
+  const user = useMemo(() => userOf(state.session), [state.session]);
   return {
     status: state.status,
-    user: userOf(state.session),
+    user,
     tokens: state.session,
     error: state.error,
     startSignIn,
@@ -130,15 +131,31 @@ export function useAuth() {
  * `consumerKey` the calls use that credential; otherwise the provider's (managed session or
  * whatever was set on the client).
  */
+/** A list without a trailing assistant message that has neither text nor tool calls. */
+function withoutEmptyReply(list) {
+  const last = list[list.length - 1];
+  const empty = last && last.role === "assistant" && !last.content && !(last.tool_calls && last.tool_calls.length);
+  return empty ? list.slice(0, -1) : list;
+}
+
 export function useGatewayChat({ apiSlug, token, consumerKey, initialMessages = [], model } = {}) {
   const base = useSluice();
+  // A credential given as a function is called through a ref, so an inline arrow does not make a
+  // new client on every render.
+  const credential = useRef(null);
+  credential.current = consumerKey || token || null;
+  const kind = consumerKey ? "consumer-key" : token ? "token" : null;
+  const identity = typeof credential.current === "function" ? "function" : credential.current;
   const client = useMemo(() => {
-    if (!token && !consumerKey) return base;
+    if (!kind) return base;
     const own = new SluiceClient({ baseUrl: base.baseUrl, project: base.project, storage: base.storage, fetch: base._fetch, dpop: false });
-    if (consumerKey) own.gateway.setConsumerKey(consumerKey);
-    else own.gateway.setToken(token);
+    const value = identity === "function" ? (ctx) => credential.current(ctx) : identity;
+    if (kind === "consumer-key") own.gateway.setConsumerKey(value);
+    else own.gateway.setToken(value);
     return own;
-  }, [base, token, consumerKey]);
+  }, [base, kind, identity]);
+  const initial = useRef(initialMessages);
+  initial.current = initialMessages;
 
   const [messages, setMessagesState] = useState(initialMessages);
   const [isStreaming, setStreaming] = useState(false);
@@ -156,7 +173,8 @@ export function useGatewayChat({ apiSlug, token, consumerKey, initialMessages = 
     async (content) => {
       if (inFlight.current) inFlight.current.abort();
       const asked = typeof content === "string" ? { role: "user", content } : content;
-      const history = [...current.current, asked];
+      // A reply that never got a word (stopped or failed at once) is not sent back upstream.
+      const history = [...withoutEmptyReply(current.current), asked];
       let text = "";
       setMessages([...history, { role: "assistant", content: "" }]);
       setError(null);
@@ -181,7 +199,7 @@ export function useGatewayChat({ apiSlug, token, consumerKey, initialMessages = 
       } catch (err) {
         const partial = (err && err.partialText) || text;
         if (inFlight.current === controller) {
-          setMessages([...history, { role: "assistant", content: partial }]);
+          setMessages(partial ? [...history, { role: "assistant", content: partial }] : history);
           if (!controller.signal.aborted) setError(err);
         }
         if (!controller.signal.aborted) throw err;
@@ -201,14 +219,13 @@ export function useGatewayChat({ apiSlug, token, consumerKey, initialMessages = 
   }, []);
 
   const reset = useCallback(
-    (next = initialMessages) => {
+    (next) => {
       if (inFlight.current) inFlight.current.abort();
       inFlight.current = null;
       setStreaming(false);
       setError(null);
-      setMessages(next);
+      setMessages(next === undefined ? initial.current : next);
     },
-    // eslint-disable-next-line react-hooks/exhaustive-deps
     [setMessages],
   );
 

@@ -27,6 +27,8 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Re
     let cors_project = crate::router::cors_project(&path).map(str::to_string);
     let result = match route(&method, &path) {
         Ok(route) => dispatch(route, req, env, ctx).await,
+        // Anthropic clients read errors in Anthropic's shape, a wrong method or path too.
+        Err(e) if crate::router::is_messages_path(&path) => Err(e.in_anthropic_shape()),
         Err(e) => Err(e),
     };
     let mut response = match result {

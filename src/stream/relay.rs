@@ -83,7 +83,7 @@ impl Wire {
             return true;
         }
         match self {
-            Wire::Chat => v.get("error").is_some(),
+            Wire::Chat => v.get("error").is_some_and(|e| !e.is_null()),
             Wire::Responses => matches!(
                 v.get("type").and_then(Value::as_str),
                 Some("error" | "response.failed")
@@ -210,6 +210,14 @@ impl Relay {
             return (Vec::new(), Next::Read);
         }
         self.pending.extend(self.parser.push(chunk));
+        if self.parser.overflowed() {
+            self.pending.clear();
+            let e = Error::new(
+                Problem::UpstreamStreamInterrupted,
+                "The upstream sent an event larger than the gateway relays; the text so far was delivered.",
+            );
+            return (self.on_error(&e), Next::Read);
+        }
         self.drain()
     }
 

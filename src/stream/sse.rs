@@ -15,9 +15,20 @@ pub struct Parser {
     pending_cr: bool,
     event: Option<String>,
     data: Option<String>,
+    /// A line or an event grew past [`MAX_EVENT_BYTES`]: the rest of it was dropped.
+    overflowed: bool,
 }
 
+/// The largest line, and the largest event's data, the parser holds: a stream that never ends a
+/// line cannot grow the isolate's memory without bound.
+pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
 impl Parser {
+    /// Whether a line or event was too large (the stream should be ended as broken).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -37,6 +48,7 @@ impl Parser {
                     self.pending_cr = true;
                     self.end_line(&mut out);
                 }
+                _ if self.line.len() >= MAX_EVENT_BYTES => self.overflowed = true,
                 _ => self.line.push(b),
             }
         }
@@ -70,6 +82,7 @@ impl Parser {
         };
         match field {
             "data" => match &mut self.data {
+                Some(d) if d.len() + value.len() >= MAX_EVENT_BYTES => self.overflowed = true,
                 Some(d) => {
                     d.push('\n');
                     d.push_str(value);
@@ -191,5 +204,16 @@ mod tests {
                 data: "{\"x\":1}\nsecond".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_line_that_never_ends_is_bounded() {
+        let mut p = Parser::new();
+        let chunk = vec![b'a'; 1024 * 1024];
+        for _ in 0..6 {
+            assert!(p.push(&chunk).is_empty());
+        }
+        assert!(p.overflowed());
+        assert!(p.line.len() <= MAX_EVENT_BYTES);
     }
 }

@@ -243,7 +243,8 @@ async fn anthropic_messages_whole_streamed_and_in_its_error_shape(c: Arc<Ctx>) -
             m["role"].clone(),
             m["stop_reason"].clone()
         ),
-        (json!("message"), json!("assistant"), json!("end_turn"))
+        (json!("message"), json!("assistant"), json!("tool_use")),
+        "a reply with tool calls stops for the tools, whatever finish_reason the upstream gave"
     );
     assert_eq!(m["content"][0]["type"], "tool_use", "{m}");
     assert_eq!(m["content"][0]["name"], "lookup");
@@ -345,6 +346,22 @@ async fn anthropic_messages_whole_streamed_and_in_its_error_shape(c: Arc<Ctx>) -
             .is_some_and(|n| n >= 5),
         "{}",
         counted.describe()
+    );
+    // A wrong method on a Messages route is answered in Anthropic's shape too.
+    let wrong = Reply::read(
+        c.http
+            .get(format!("{}/v1/{}/{}/v1/messages", c.base, t.project, t.api))
+            .header("x-api-key", &t.secret)
+            .send()
+            .await?,
+    )
+    .await?;
+    assert_eq!(wrong.status, 405, "{}", wrong.describe());
+    assert_eq!(wrong.json()["type"], "error", "{}", wrong.describe());
+    assert!(
+        wrong.json()["error"]["message"].is_string(),
+        "{}",
+        wrong.describe()
     );
     let records = n_records(&c, &t, 2).await?;
     assert!(

@@ -128,8 +128,10 @@ describe("useGatewayChat", () => {
 
   test("a refused request sets `error` with the problem's fields; a cut stream keeps its partial text", async () => {
     let calls = 0;
-    const fetch = async () => {
+    const bodies = [];
+    const fetch = async (url, init) => {
       calls += 1;
+      bodies.push(init.body);
       if (calls === 1) return problem(429, "https://sluice.dev/problems/quota-exceeded", "Your plan allows 1 request per day.", { remaining: 0 });
       const cut = JSON.stringify({ type: "https://sluice.dev/problems/budget-exceeded", title: "Budget", status: 429, detail: "spent", error: { message: "spent" } });
       const s = steppedStream([chunk("some "), cut, "[DONE]"]);
@@ -151,7 +153,12 @@ describe("useGatewayChat", () => {
     });
     assert.ok(result.current.error.type.endsWith("budget-exceeded"));
     assert.equal(result.current.messages.at(-1).content, "some ");
-    assert.equal(result.current.messages.length, 4, "both turns are kept");
+    assert.deepEqual(
+      result.current.messages.map((m) => m.role),
+      ["user", "user", "assistant"],
+      "a reply that never got a word is not kept, nor sent back upstream",
+    );
+    assert.deepEqual(JSON.parse(bodies[1]).messages.map((m) => m.content), ["one", "two"]);
     await unmount();
   });
 });

@@ -205,6 +205,11 @@ impl Error {
         Self::new(Problem::InvalidCredential, detail)
             .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
     }
+    /// A DPoP proof that is missing, wrong or used before (RFC 9449's `invalid_dpop_proof`).
+    pub fn invalid_dpop(detail: impl Into<String>) -> Self {
+        Self::new(Problem::InvalidDpopProof, detail)
+            .with_header("WWW-Authenticate", "DPoP error=\"invalid_dpop_proof\"")
+    }
     pub fn consumer_disabled() -> Self {
         Self::new(
             Problem::ConsumerDisabled,

@@ -294,12 +294,7 @@ pub fn dpop_proof(
     };
     crate::auth::dpop::verify_proof(proof.trim(), &expected)
         .map(Some)
-        .map_err(|why| invalid_dpop(format!("The DPoP proof was refused: {why}.")))
-}
-
-pub fn invalid_dpop(detail: impl Into<String>) -> Error {
-    Error::new(Problem::InvalidDpopProof, detail)
-        .with_header("WWW-Authenticate", "DPoP error=\"invalid_dpop_proof\"")
+        .map_err(|why| Error::invalid_dpop(format!("The DPoP proof was refused: {why}.")))
 }
 
 /// A DPoP-bound access token (`cnf.jkt`) is accepted only with a proof by its key: the proof's
@@ -316,10 +311,10 @@ pub fn check_token_binding(
         Some(p) if crate::auth::constant_time_eq(p.jkt.as_bytes(), bound.as_bytes()) => {
             Ok(Some(p.jti))
         }
-        Some(_) => Err(invalid_dpop(
+        Some(_) => Err(Error::invalid_dpop(
             "The DPoP proof is signed by another key than the one this token is bound to.",
         )),
-        None => Err(invalid_dpop(
+        None => Err(Error::invalid_dpop(
             "This access token is bound to a DPoP key: send it as `Authorization: DPoP <token>` with a `DPoP` proof.",
         )),
     }

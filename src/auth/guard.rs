@@ -41,8 +41,8 @@ impl GuardState {
 
     /// Drops what has expired.
     pub fn prune(&mut self, now: i64) {
-        self.email.prune_at(now);
-        self.network.prune_at(now);
+        self.email.prune(now);
+        self.network.prune(now);
         if self.session.as_ref().is_some_and(|s| now >= s.expires_at) {
             self.session = None;
         }

@@ -42,17 +42,26 @@ pub fn normalize_code(s: &str) -> Option<String> {
 /// HMAC-SHA256 (hex) of the code, bound to the project and the normalized email. The pepper is a
 /// server secret, so a leaked hash cannot be brute-forced over the 10^6 codes offline.
 pub fn hash_code(pepper: &[u8], project: &str, email: &str, code: &str) -> String {
+    hex(&keyed_hash(
+        pepper,
+        b"sluice otp v1",
+        [project, email, code],
+    ))
+}
+
+/// HMAC-SHA256 under `pepper` of `label` and length-prefixed `fields` (so ("ab","c") and ("a","bc")
+/// never hash alike).
+fn keyed_hash(pepper: &[u8], label: &[u8], fields: [&str; 3]) -> Vec<u8> {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(pepper) else {
         // HMAC accepts keys of any length; this branch cannot run.
-        return String::new();
+        return Vec::new();
     };
-    mac.update(b"sluice otp v1");
-    // Length-prefixed fields: ("ab","c") and ("a","bc") must not hash alike.
-    for field in [project, email, code] {
+    mac.update(label);
+    for field in fields {
         mac.update(&(field.len() as u64).to_be_bytes());
         mac.update(field.as_bytes());
     }
-    hex(&mac.finalize().into_bytes())
+    mac.finalize().into_bytes().to_vec()
 }
 
 /// Random characters of a challenge id, before its tag.
@@ -60,15 +69,8 @@ const CHALLENGE_RANDOM_LEN: usize = 20;
 const CHALLENGE_PREFIX: &str = "chl_";
 
 fn challenge_tag(pepper: &[u8], project: &str, email: &str, random: &str) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(pepper) else {
-        return String::new();
-    };
-    mac.update(b"sluice otp challenge v1");
-    for field in [project, email, random] {
-        mac.update(&(field.len() as u64).to_be_bytes());
-        mac.update(field.as_bytes());
-    }
-    hex(&mac.finalize().into_bytes()[..8])
+    let mac = keyed_hash(pepper, b"sluice otp challenge v1", [project, email, random]);
+    hex(mac.get(..8).unwrap_or_default())
 }
 
 /// A new challenge id, `chl_` + 20 random base62 + a 16-hex tag binding it to the project and email,

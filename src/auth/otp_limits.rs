@@ -81,7 +81,8 @@ fn wait_for_room(times: impl Iterator<Item = i64>, now: i64, span: i64, max: usi
 }
 
 impl EmailGuard {
-    fn prune(&mut self, now: i64) {
+    /// Drops what has expired.
+    pub fn prune(&mut self, now: i64) {
         // A challenge is kept an hour past its expiry, so a late try is told it expired.
         self.challenges
             .retain(|c| now < c.expires_at.saturating_add(HOUR_MS));
@@ -181,10 +182,6 @@ impl EmailGuard {
         }
     }
 
-    pub fn prune_at(&mut self, now: i64) {
-        self.prune(now);
-    }
-
     pub fn is_empty(&self) -> bool {
         self.challenges.is_empty() && self.sends.is_empty() && self.wrong.is_empty()
     }
@@ -223,7 +220,8 @@ fn take(times: &mut Vec<i64>, now: i64, span: i64, max: usize) -> Result<(), u64
 }
 
 impl NetworkGuard {
-    fn prune(&mut self, now: i64) {
+    /// Drops what has expired.
+    pub fn prune(&mut self, now: i64) {
         self.starts.retain(|t| now.saturating_sub(*t) < HOUR_MS);
         self.failures.retain(|t| now.saturating_sub(*t) < HOUR_MS);
         self.signups.retain(|t| now.saturating_sub(*t) < DAY_MS);
@@ -251,10 +249,6 @@ impl NetworkGuard {
     /// A new account from this network, if fewer than `max` were created in the last day.
     pub fn sign_up(&mut self, now: i64, max: usize) -> Result<(), u64> {
         take(&mut self.signups, now, DAY_MS, max)
-    }
-
-    pub fn prune_at(&mut self, now: i64) {
-        self.prune(now);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -402,7 +396,7 @@ mod tests {
             Checked::Expired
         );
         assert_eq!(g.expires_at(), Some(T0 + CODE_TTL_MS + HOUR_MS));
-        g.prune_at(T0 + CODE_TTL_MS + HOUR_MS);
+        g.prune(T0 + CODE_TTL_MS + HOUR_MS);
         assert!(g.is_empty());
     }
 
@@ -429,7 +423,7 @@ mod tests {
         }
         assert!(n.sign_up(T0 + 10, 5).is_err());
         assert_eq!(n.expires_at(), Some(T0 + 4 + DAY_MS));
-        n.prune_at(T0 + 2 * DAY_MS);
+        n.prune(T0 + 2 * DAY_MS);
         assert!(n.is_empty());
     }
 }

@@ -91,11 +91,9 @@ impl Denial {
             Denial::KeyRevoked => Error::invalid_credential(
                 "This consumer key (or the key this token was issued for) has been revoked.",
             ),
-            Denial::ProofReplayed => Error::new(
-                Problem::InvalidDpopProof,
+            Denial::ProofReplayed => Error::invalid_dpop(
                 "This DPoP proof was already used: make a new proof for each request.",
-            )
-            .with_header("WWW-Authenticate", "DPoP error=\"invalid_dpop_proof\""),
+            ),
             Denial::SessionRevoked => Error::new(
                 Problem::SessionRevoked,
                 "This session was signed out or revoked: sign in again.",

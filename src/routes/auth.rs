@@ -83,12 +83,17 @@ fn bad_email() -> Error {
 }
 
 fn throttled(retry_after_s: u64) -> Error {
-    Error::new(
-        Problem::RateLimited,
+    too_many(
         format!("Wait {retry_after_s} s before asking for another code."),
+        retry_after_s,
     )
-    .with_field("retry_after", retry_after_s)
-    .with_header("Retry-After", retry_after_s.to_string())
+}
+
+/// A sign-in limit reached: 429 with when to try again, as a field and as `Retry-After`.
+fn too_many(detail: String, retry_after_s: u64) -> Error {
+    Error::new(Problem::RateLimited, detail)
+        .with_field("retry_after", retry_after_s)
+        .with_header("Retry-After", retry_after_s.to_string())
 }
 
 /// `POST /v1/{project}/auth/otp/start`: 202 with a `challenge_id` whatever the email (nobody learns
@@ -227,12 +232,10 @@ fn verify_failure(reply: GuardReply) -> Option<(Error, bool)> {
             false,
         )),
         GuardReply::Throttled { retry_after_s } => Some((
-            Error::new(
-                Problem::RateLimited,
+            too_many(
                 format!("Too many wrong codes for this address; try again in {retry_after_s} s."),
-            )
-            .with_field("retry_after", retry_after_s)
-            .with_header("Retry-After", retry_after_s.to_string()),
+                retry_after_s,
+            ),
             false,
         )),
         _ => Some((no_challenge(), false)),
@@ -270,7 +273,7 @@ pub async fn otp_verify(
     // A client with a DPoP key binds the session to it; a project may require one.
     let jkt = crate::identity::dpop_proof(&req, None)?.map(|p| p.jkt);
     if jkt.is_none() && policy.require_dpop {
-        return Err(crate::identity::invalid_dpop(
+        return Err(Error::invalid_dpop(
             "This project signs in only clients with a DPoP key: send a `DPoP` proof (RFC 9449).",
         ));
     }
@@ -281,12 +284,10 @@ pub async fn otp_verify(
     if let GuardReply::Throttled { retry_after_s } =
         on_network(env, &project, &network, &may).await?
     {
-        return Err(Error::new(
-            Problem::RateLimited,
+        return Err(too_many(
             format!("Too many failed sign-in attempts from this network; try again in {retry_after_s} s."),
-        )
-        .with_field("retry_after", retry_after_s)
-        .with_header("Retry-After", retry_after_s.to_string()));
+            retry_after_s,
+        ));
     }
     let pepper = encryption_secret(env)?;
     let failure =
@@ -373,14 +374,12 @@ async fn sign_up(
         max_per_day: project.sign_in.signups_per_network_per_day as usize,
     };
     if let GuardReply::Throttled { retry_after_s } = on_network(env, project, network, &op).await? {
-        return Err(Error::new(
-            Problem::RateLimited,
+        return Err(too_many(
             format!(
                 "Too many new accounts from this network today; try again in {retry_after_s} s."
             ),
-        )
-        .with_field("retry_after", retry_after_s)
-        .with_header("Retry-After", retry_after_s.to_string()));
+            retry_after_s,
+        ));
     }
     let consumer = Consumer {
         id: with_random(|r| new_id("con", r))?,

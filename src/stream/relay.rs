@@ -248,16 +248,14 @@ impl Relay {
                     &fallback
                 }
             };
-            {
-                if self.wire.is_upstream_error(event.event.as_deref(), v) {
-                    // The upstream's own words stay with the owner: the client gets the stream's
-                    // error event with a generic detail (and a safe code), and the stream ends.
-                    let (error, said) = crate::upstream::stream_failure(v);
-                    self.upstream_said = Some(said);
-                    self.pending.clear();
-                    out.push_str(&String::from_utf8_lossy(&self.on_error(&error)));
-                    return (out.into_bytes(), Next::Read);
-                }
+            if self.wire.is_upstream_error(event.event.as_deref(), v) {
+                // The upstream's own words stay with the owner: the client gets the stream's
+                // error event with a generic detail (and a safe code), and the stream ends.
+                let (error, said) = crate::upstream::stream_failure(v);
+                self.upstream_said = Some(said);
+                self.pending.clear();
+                out.push_str(&String::from_utf8_lossy(&self.on_error(&error)));
+                return (out.into_bytes(), Next::Read);
             }
             let added = parsed.as_ref().map_or(0, |v| self.wire.output_bytes(v));
             if let Some(budget) = self.budget {

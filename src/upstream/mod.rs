@@ -69,17 +69,50 @@ const SAFE_UPSTREAM_KINDS: &[&str] = &[
 ];
 
 /// The upstream's error `type` and `code`, each kept only when it is one of the safe set.
-fn safe_kinds(body: &[u8]) -> (Option<String>, Option<String>) {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return (None, None);
-    };
-    let pick = |pointer: &str| {
-        v.pointer(pointer)
-            .and_then(Value::as_str)
-            .filter(|k| SAFE_UPSTREAM_KINDS.contains(k))
-            .map(str::to_string)
-    };
-    (pick("/error/type"), pick("/error/code"))
+struct SafeKinds {
+    kind: Option<String>,
+    code: Option<String>,
+}
+
+impl SafeKinds {
+    fn of(body: &[u8]) -> SafeKinds {
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return SafeKinds {
+                kind: None,
+                code: None,
+            };
+        };
+        let pick = |pointer: &str| {
+            v.pointer(pointer)
+                .and_then(Value::as_str)
+                .filter(|k| SAFE_UPSTREAM_KINDS.contains(k))
+                .map(str::to_string)
+        };
+        SafeKinds {
+            kind: pick("/error/type"),
+            code: pick("/error/code"),
+        }
+    }
+
+    /// ` (code)` (or ` (type)`) for a detail, or nothing.
+    fn said(&self) -> String {
+        match (&self.kind, &self.code) {
+            (_, Some(c)) => format!(" ({c})"),
+            (Some(k), None) => format!(" ({k})"),
+            _ => String::new(),
+        }
+    }
+
+    /// The error with `upstream_type` and `upstream_code` where there are safe ones.
+    fn on(self, mut e: Error) -> Error {
+        if let Some(k) = self.kind {
+            e = e.with_field("upstream_type", k);
+        }
+        if let Some(c) = self.code {
+            e = e.with_field("upstream_code", c);
+        }
+        e
+    }
 }
 
 /// An error event inside an upstream stream (chat's `{"error": {...}}`, or a Responses `error`
@@ -92,23 +125,15 @@ pub fn stream_failure(event: &Value) -> (Error, String) {
         .unwrap_or(event);
     let wrapped = serde_json::json!({ "error": inner }).to_string();
     let text = upstream_message(wrapped.as_bytes());
-    let (kind, code) = safe_kinds(wrapped.as_bytes());
-    let said = match (&kind, &code) {
-        (_, Some(c)) => format!(" ({c})"),
-        (Some(k), None) => format!(" ({k})"),
-        _ => String::new(),
-    };
-    let mut e = Error::new(
+    let safe = SafeKinds::of(wrapped.as_bytes());
+    let e = Error::new(
         Problem::UpstreamStreamInterrupted,
-        format!("The upstream model API reported an error mid-stream{said}; the text so far was delivered."),
+        format!(
+            "The upstream model API reported an error mid-stream{}; the text so far was delivered.",
+            safe.said()
+        ),
     );
-    if let Some(k) = kind {
-        e = e.with_field("upstream_type", k);
-    }
-    if let Some(c) = code {
-        e = e.with_field("upstream_code", c);
-    }
-    (e, text)
+    (safe.on(e), text)
 }
 
 /// Maps a non-2xx upstream answer to what the end user gets, and the upstream's own text, which
@@ -119,12 +144,8 @@ pub fn stream_failure(event: &Value) -> (Error, String) {
 /// number of seconds.
 pub fn upstream_failure(status: u16, body: &[u8], retry_after: Option<String>) -> (Error, String) {
     let text = upstream_message(body);
-    let (kind, code) = safe_kinds(body);
-    let said = match (&kind, &code) {
-        (_, Some(c)) => format!(" ({c})"),
-        (Some(k), None) => format!(" ({k})"),
-        _ => String::new(),
-    };
+    let safe = SafeKinds::of(body);
+    let said = safe.said();
     let retry_after = retry_after
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty() && r.len() <= 6 && r.bytes().all(|b| b.is_ascii_digit()));
@@ -145,12 +166,7 @@ pub fn upstream_failure(status: u16, body: &[u8], retry_after: Option<String>) -
         ))
         .with_field("upstream_status", status),
     };
-    if let Some(k) = kind {
-        e = e.with_field("upstream_type", k);
-    }
-    if let Some(c) = code {
-        e = e.with_field("upstream_code", c);
-    }
+    e = safe.on(e);
     let e = match retry_after {
         Some(r) if status == 429 || status >= 500 => e.with_header("Retry-After", r),
         _ => e,

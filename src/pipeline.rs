@@ -558,7 +558,8 @@ pub async fn count_tokens(
     let request_id = with_random(|r| new_id("req", r))?;
     let answer = async {
         let (entry, _) = resolve(&req, env, ctx, &timing, project, api).await?;
-        let bytes = read_body(&mut req, CHAT_BODY_LIMIT).await?;
+        // The same bodies as the Messages route takes (their images and documents in base64).
+        let bytes = read_body(&mut req, MESSAGES_BODY_LIMIT).await?;
         let body = anthropic::count_body(crate::input::parse_body(&bytes)?)?;
         let asked = Asked::prepare(Endpoint::Chat, body, &rules_of(&entry.api))?;
         json(200, &json!({"input_tokens": asked.prompt_bound()}))

@@ -7,6 +7,7 @@ use super::*;
 pub fn cases() -> Vec<(&'static str, CaseFn)> {
     cases![
         forty_networks_guessing_one_email_stop_at_thirty_wrong_codes,
+        the_guessing_limits_are_the_projects_settings,
         an_attackers_wrong_codes_do_not_stop_the_victims_challenge,
         one_ipv6_64_is_one_network,
         failed_verifies_and_unknown_refresh_tokens_leave_bounded_state,
@@ -412,4 +413,54 @@ async fn sign_in_from(c: &Ctx, slug: &str, email: &str, net: &str) -> Result<Rep
     )?;
     let code = c.mail.wait_for_code(email, seen, MAIL_WAIT).await?;
     otp_verify_with(c, slug, email, &code, &challenge_of(slug, email), Some(net)).await
+}
+
+/// The caps are project settings: with 7 wrong codes a day per email and 3 per network an hour,
+/// those are what is evaluated.
+async fn the_guessing_limits_are_the_projects_settings(c: Arc<Ctx>) -> CaseResult {
+    let slug = "otp-settings";
+    managed_tenant(&c, slug).await?;
+    let set = c
+        .admin
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/projects/{slug}"),
+            Some(json!({"otp_wrong_codes_per_email_per_day": 7, "otp_wrong_codes_per_network_per_hour": 3})),
+        )
+        .await?;
+    expect_status(&set, 200, "the guessing limits")?;
+    assert_eq!(
+        set.json()["otp_wrong_codes_per_email_per_day"],
+        7,
+        "{}",
+        set.text
+    );
+    let email = "settings@e2e.example";
+    let mut per_network = Vec::new();
+    for i in 0..4 {
+        let net = network(i);
+        let started = otp_start_from(&c, slug, email, Some(&net)).await?;
+        let challenge = started.json()["challenge_id"]
+            .as_str()
+            .unwrap_or("chl_none")
+            .to_string();
+        let mut evaluated_here = 0;
+        for guess in 0..5 {
+            let r = otp_verify_with(
+                &c,
+                slug,
+                email,
+                &format!("00000{guess}"),
+                &challenge,
+                Some(&net),
+            )
+            .await?;
+            if evaluated(&r) {
+                evaluated_here += 1;
+            }
+        }
+        per_network.push(evaluated_here);
+    }
+    assert_eq!(per_network, [3, 3, 1, 0], "3 per network, 7 in all");
+    Ok(())
 }

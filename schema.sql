@@ -1,6 +1,70 @@
 -- Sluice's D1 schema, whole and readable. The migrations in migrations/ build exactly this.
 -- Times are epoch milliseconds (UTC). Secrets are never stored in the clear.
 
+-- An org: the owners' team. It owns projects, has members with roles, API keys and an audit log. The
+-- default org holds the projects made before orgs existed (and the instance operator's).
+CREATE TABLE orgs (
+  id          TEXT PRIMARY KEY,
+  slug        TEXT NOT NULL UNIQUE,
+  name        TEXT NOT NULL,
+  created_at  INTEGER NOT NULL
+);
+
+-- An owner account (signs in by email code; dev login in dev mode).
+CREATE TABLE owners (
+  id          TEXT PRIMARY KEY,
+  email       TEXT NOT NULL UNIQUE,
+  name        TEXT NOT NULL,
+  created_at  INTEGER NOT NULL
+);
+
+-- An org's members: invited by email (owner_id NULL) until their next sign-in makes them active.
+CREATE TABLE org_members (
+  id          TEXT PRIMARY KEY,
+  org_id      TEXT NOT NULL REFERENCES orgs(id),
+  owner_id    TEXT REFERENCES owners(id),
+  email       TEXT NOT NULL,
+  role        TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'developer', 'viewer')),
+  status      TEXT NOT NULL CHECK (status IN ('invited', 'active')),
+  invited_by  TEXT,
+  created_at  INTEGER NOT NULL,
+  joined_at   INTEGER,
+  UNIQUE (org_id, email)
+);
+CREATE INDEX org_members_by_owner ON org_members (owner_id);
+CREATE INDEX org_members_invited ON org_members (email) WHERE status = 'invited';
+
+-- Org API keys (ask-prod-/ask-dev-...): only the SHA-256 is kept, plus a short display prefix.
+CREATE TABLE org_keys (
+  id            TEXT PRIMARY KEY,
+  org_id        TEXT NOT NULL REFERENCES orgs(id),
+  name          TEXT NOT NULL,
+  prefix        TEXT NOT NULL,
+  key_hash      TEXT NOT NULL UNIQUE,
+  role          TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'developer', 'viewer')),
+  environment   TEXT NOT NULL CHECK (environment IN ('prod', 'dev')),
+  created_by    TEXT NOT NULL,
+  created_at    INTEGER NOT NULL,
+  last_used_at  INTEGER,
+  revoked_at    INTEGER
+);
+CREATE INDEX org_keys_by_org ON org_keys (org_id, created_at);
+
+-- Admin writes: who (actor and credential type), what (the route), on which path, with what status.
+CREATE TABLE audit_events (
+  id          TEXT PRIMARY KEY,
+  org_id      TEXT NOT NULL,
+  created_at  INTEGER NOT NULL,
+  actor_type  TEXT NOT NULL,                       -- owner, org_key, operator
+  actor_id    TEXT,
+  actor       TEXT NOT NULL,                       -- the owner's email, the key's name, or `operator`
+  action      TEXT NOT NULL,                       -- e.g. POST /api/v1/projects/{project}/consumers
+  target      TEXT NOT NULL,                       -- the path as called
+  status      INTEGER NOT NULL,
+  ip          TEXT
+);
+CREATE INDEX audit_events_by_org_time ON audit_events (org_id, created_at);
+
 -- An owner's project: the namespace of its APIs and consumers.
 CREATE TABLE projects (
   id          TEXT PRIMARY KEY,
@@ -15,8 +79,10 @@ CREATE TABLE projects (
   allowed_origins_json     TEXT NOT NULL DEFAULT '[]',
   signing_generation       INTEGER NOT NULL DEFAULT 1,
   previous_key_retired_at  INTEGER,
-  sign_in_json             TEXT NOT NULL DEFAULT '{}'  -- OTP limits, sign-up policy, event retention
+  sign_in_json             TEXT NOT NULL DEFAULT '{}', -- OTP limits, sign-up policy, event retention
+  org_id                   TEXT NOT NULL DEFAULT 'org_default'  -- the org that owns it (orgs.id)
 );
+CREATE INDEX projects_by_org ON projects (org_id, created_at);
 
 -- A chat API behind the gateway. upstream_key_enc is the provider key, AES-256-GCM encrypted.
 CREATE TABLE apis (

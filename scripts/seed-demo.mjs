@@ -37,6 +37,14 @@ const consumers = (await must("GET", "/api/v1/projects/demo/consumers", undefine
 let consumer = consumers.find((c) => c.name === "demo-user");
 if (!consumer) consumer = await must("POST", "/api/v1/projects/demo/consumers", { name: "demo-user", description: "made by make dev" }, 201);
 
+// The demo belongs to the default org; you@example.com is invited as its owner, so the dev login
+// below sees the demo too (beside the personal org it makes).
+const OWNER_EMAIL = "you@example.com";
+const members = (await must("GET", "/api/v1/orgs/default/members", undefined, 200)).members;
+if (!members.some((m) => m.email === OWNER_EMAIL)) {
+  await must("POST", "/api/v1/orgs/default/members", { email: OWNER_EMAIL, role: "owner" }, 201);
+}
+
 // The secret is shown once, so the demo key is kept in a local file; a key that no longer works is replaced.
 let key = existsSync(KEY_FILE) ? readFileSync(KEY_FILE, "utf8").trim() : "";
 if (key) {
@@ -66,6 +74,17 @@ Stream a reply (paste this):
     -H "Authorization: Bearer ${key}" \\
     -H "Content-Type: application/json" \\
     -d '${body}'
+
+Sign in as an owner (dev login makes the account and its personal org on first use; ${OWNER_EMAIL}
+also owns the default org, which holds the demo):
+
+  curl -s ${base}/api/v1/auth/dev/login \\
+    -H "Content-Type: application/json" \\
+    -d '{"email": "${OWNER_EMAIL}", "name": "You"}'
+
+Then call the admin API with its access_token (or make an org key: POST /api/v1/orgs/{org}/keys):
+
+  curl -s ${base}/api/v1/orgs/me -H "Authorization: Bearer <access_token>"
 
 Stop with Ctrl-C.
 `);

@@ -51,11 +51,45 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// An owner's sign-in code for the admin API.
+pub fn owner_sign_in_mail(to: &str, code: &str) -> Mail {
+    Mail {
+        to: to.to_string(),
+        subject: "Your Sluice sign-in code".into(),
+        text: format!("Your code to sign in to Sluice is {code}.\n\nIt expires in 10 minutes. If you did not ask for it, ignore this mail."),
+        html: format!("<p>Your code to sign in to Sluice is <strong style=\"font-size:1.4em;letter-spacing:.1em\">{code}</strong>.</p>\
+                       <p>It expires in 10 minutes. If you did not ask for it, ignore this mail.</p>"),
+    }
+}
+
+/// Whether mail can be delivered at all (a provider, or the dev mailbox); 503 otherwise.
+pub fn ensure_configured(env: &Env) -> Result<(), Error> {
+    if secret(env, "EMAIL_API_URL").is_some() || dev_mode(env) {
+        Ok(())
+    } else {
+        Err(not_configured())
+    }
+}
+
+fn not_configured() -> Error {
+    Error::new(
+        Problem::EmailNotConfigured,
+        "Sign-in mail is not configured: the operator must set EMAIL_API_URL and EMAIL_API_KEY.",
+    )
+}
+
 /// Delivers a mail: to the provider when configured, else to the dev mailbox in dev mode, else 503.
-pub async fn send(env: &Env, project: &Project, mail: Mail, now: i64) -> Result<(), Error> {
-    let from = project
-        .email_from
-        .clone()
+/// `from` is the sender's own address (a project's), `realm` what the dev mailbox files it under
+/// (the project's slug, or `@owners`).
+pub async fn send(
+    env: &Env,
+    from: Option<&str>,
+    realm: &str,
+    mail: Mail,
+    now: i64,
+) -> Result<(), Error> {
+    let from = from
+        .map(str::to_string)
         .or_else(|| secret(env, "EMAIL_FROM"))
         .unwrap_or_else(|| "Sluice <no-reply@sluice.dev>".into());
     match secret(env, "EMAIL_API_URL") {
@@ -98,7 +132,7 @@ pub async fn send(env: &Env, project: &Project, mail: Mail, now: i64) -> Result<
                 .await?
                 .unwrap_or_default();
             mails.push(DevMail {
-                project: project.slug.clone(),
+                project: realm.to_string(),
                 to: mail.to,
                 from,
                 subject: mail.subject,
@@ -109,9 +143,6 @@ pub async fn send(env: &Env, project: &Project, mail: Mail, now: i64) -> Result<
             mails.drain(..keep);
             kv::put::<MailboxRecord>(&store, MAILBOX_KEY, &mails).await
         }
-        None => Err(Error::new(
-            Problem::EmailNotConfigured,
-            "Sign-in mail is not configured: the operator must set EMAIL_API_URL and EMAIL_API_KEY.",
-        )),
+        None => Err(not_configured()),
     }
 }

@@ -67,8 +67,9 @@ catalogue! {
     InvalidRefreshToken => "invalid-refresh-token", 401, "The refresh token was not accepted";
     RefreshTokenReused => "refresh-token-reused", 401, "The refresh token was not accepted";
     InvalidDpopProof => "invalid-dpop-proof", 401, "The DPoP proof was not accepted";
-    AdminUnauthorized => "admin-unauthorized", 401, "Admin token missing or wrong";
+    AdminUnauthorized => "admin-unauthorized", 401, "Admin credential missing or wrong";
     ConsumerDisabled => "consumer-disabled", 403, "The consumer is disabled";
+    Forbidden => "forbidden", 403, "The credential's role does not allow this";
     IpNotAllowed => "ip-not-allowed", 403, "Your IP address is not allowed";
     AuthModeMismatch => "auth-mode-mismatch", 403, "This credential is not accepted in this API's auth mode";
     ModelNotAllowed => "model-not-allowed", 403, "The model is not allowed";
@@ -84,6 +85,7 @@ catalogue! {
     UpstreamRateLimited => "upstream-rate-limited", 429, "The upstream model API is rate limiting";
     ClientClosedRequest => "client-closed-request", 499, "The client closed the request";
     Internal => "internal", 500, "Internal gateway error";
+    NotImplemented => "not-implemented", 501, "Not implemented on this gateway";
     UpstreamError => "upstream-error", 502, "The upstream model API failed";
     UpstreamRejected => "upstream-rejected", 400, "The upstream model API rejected the request";
     UpstreamStreamInterrupted => "upstream-stream-interrupted", 502, "The upstream stream ended early";
@@ -179,6 +181,10 @@ impl Error {
         self
     }
 
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
     pub fn with_field(mut self, name: &str, value: impl Into<Value>) -> Self {
         self.extra.insert(name.to_string(), value.into());
         self
@@ -219,7 +225,7 @@ impl Error {
     pub fn admin_unauthorized() -> Self {
         Self::new(
             Problem::AdminUnauthorized,
-            "Send the gateway's ADMIN_TOKEN as `Authorization: Bearer <token>`.",
+            "Send an owner access token or the gateway's ADMIN_TOKEN as `Authorization: Bearer <token>`, or an org key as `X-API-Key`.",
         )
         .with_header("WWW-Authenticate", "Bearer realm=\"sluice-admin\"")
     }

@@ -77,6 +77,39 @@ pub fn token_error(e: TokenError) -> Error {
         .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
 }
 
+/// The instance's key for owner access tokens.
+pub fn owner_key(env: &Env) -> Result<SigningKey, Error> {
+    Ok(crate::auth::tokens::owner_signing_key(&encryption_secret(
+        env,
+    )?))
+}
+
+/// Verifies an owner access token (the admin API's); returns its owner and session. An end user's
+/// token, or any token this gateway did not sign for owners, is 401.
+pub fn verify_owner_token(env: &Env, token: &str, now: i64) -> Result<(String, String), Error> {
+    use crate::auth::tokens::{owner_of, OWNER_AUDIENCE, OWNER_ISSUER};
+    let mut policy = Policy::default_asymmetric();
+    policy.issuer = Some(OWNER_ISSUER.into());
+    policy.audience = Some(OWNER_AUDIENCE.into());
+    policy.allowed = vec![Alg::EdDsa];
+    let not_ours = || {
+        Error::admin_unauthorized().with_detail(
+            "This is not an owner access token of this gateway (an end user's token is never accepted on the admin API).",
+        )
+    };
+    let claims = jwt::verify(
+        token,
+        &[owner_key(env)?.to_verifying_key()],
+        &policy,
+        now / 1000,
+    )
+    .map_err(|e| match e {
+        TokenError::Expired => token_error(e),
+        _ => not_ours(),
+    })?;
+    owner_of(&claims).ok_or_else(not_ours)
+}
+
 /// Verifies a token Sluice signed for this project; returns its claims.
 pub fn verify_sluice_token(
     env: &Env,

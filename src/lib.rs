@@ -10,6 +10,7 @@ pub mod error;
 pub mod ids;
 pub mod input;
 pub mod limits;
+pub mod org;
 pub mod records;
 pub mod router;
 pub mod stream;

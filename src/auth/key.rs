@@ -6,7 +6,7 @@ use crate::ids::{base62, BASE62 as ALPHABET};
 
 pub const PREFIX: &str = "ask_live_";
 const BODY_LEN: usize = 32;
-const CHECK_LEN: usize = 6;
+pub(crate) const CHECK_LEN: usize = 6;
 pub const KEY_LEN: usize = PREFIX.len() + BODY_LEN + CHECK_LEN;
 /// How much of the key (after the prefix) is shown in listings.
 const SHOWN_LEN: usize = 6;
@@ -47,7 +47,13 @@ impl std::fmt::Debug for ConsumerKey {
 }
 
 fn checksum(body: &str) -> String {
-    let digest = Sha256::digest(format!("{PREFIX}{body}").as_bytes());
+    checksum_of(PREFIX, body)
+}
+
+/// The 6 base62 characters that end a key: from the SHA-256 of its prefix and body, so a mistyped or
+/// truncated key is refused without a lookup (org keys use it too).
+pub(crate) fn checksum_of(prefix: &str, body: &str) -> String {
+    let digest = Sha256::digest(format!("{prefix}{body}").as_bytes());
     let mut n = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) as u64;
     let mut out = [b'0'; CHECK_LEN];
     for slot in out.iter_mut().rev() {

@@ -35,6 +35,50 @@ pub fn signing_key(
     SigningKey::from_seed(seed, format!("{project_slug}-{generation}-{fingerprint}"))
 }
 
+/// Owner access tokens (the admin API's): their own issuer, audience and key, so a project's tokens
+/// are never accepted on the admin API and owner tokens never on a project's routes.
+pub const OWNER_ISSUER: &str = "sluice-admin";
+pub const OWNER_AUDIENCE: &str = "sluice-admin-api";
+/// Lifetime of an owner access token.
+pub const OWNER_TOKEN_TTL_S: i64 = 24 * 60 * 60;
+/// The `kid` prefix of owner-token keys.
+pub const OWNER_KID_PREFIX: &str = "sluice-admin-";
+
+/// The instance's key for owner tokens (generation 1), derived like a project's under its own label.
+pub fn owner_signing_key(secret: &str) -> SigningKey {
+    let mut h = Sha256::new();
+    h.update(b"sluice owner token signing key v1\0");
+    h.update((secret.len() as u64).to_be_bytes());
+    h.update(secret.as_bytes());
+    let seed: [u8; 32] = h.finalize().into();
+    let fingerprint = hex(&Sha256::digest(seed)[..4]);
+    SigningKey::from_seed(seed, format!("{OWNER_KID_PREFIX}1-{fingerprint}"))
+}
+
+/// A signed-in owner's access token.
+pub fn owner_claims(
+    owner_id: &str,
+    email: &str,
+    session_id: &str,
+    now_s: i64,
+    ttl_s: i64,
+) -> Map<String, Value> {
+    let Value::Object(claims) = json!({
+        "iss": OWNER_ISSUER, "aud": OWNER_AUDIENCE, "sub": owner_id, "email": email,
+        "sid": session_id, "typ": "owner", "iat": now_s, "exp": now_s + ttl_s,
+    }) else {
+        return Map::new();
+    };
+    claims
+}
+
+/// A verified owner token's owner and session; `None` if the claims are not an owner token's.
+pub fn owner_of(claims: &Map<String, Value>) -> Option<(String, String)> {
+    let s = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_string);
+    (s("typ")? == "owner").then_some(())?;
+    Some((s("sub")?, s("sid")?))
+}
+
 /// What a verified Sluice token stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SluiceToken {
@@ -137,6 +181,41 @@ mod tests {
             signing_key("other-secret-456", "prj_1", "demo", 1).public_jwk()["x"]
         );
         assert!(a1.kid().starts_with(&kid_prefix("demo")));
+    }
+
+    #[test]
+    fn owner_tokens_are_apart_from_project_tokens() {
+        let owner = owner_signing_key("secret-secret-123");
+        let project = signing_key("secret-secret-123", "prj_1", "demo", 1);
+        assert_ne!(owner.public_jwk()["x"], project.public_jwk()["x"]);
+        assert!(owner.kid().starts_with(OWNER_KID_PREFIX));
+        let token = owner.sign(&owner_claims(
+            "own_1",
+            "a@b.co",
+            "ses_1",
+            1_000,
+            OWNER_TOKEN_TTL_S,
+        ));
+        let mut policy = Policy::default_asymmetric();
+        policy.issuer = Some(OWNER_ISSUER.into());
+        policy.audience = Some(OWNER_AUDIENCE.into());
+        let claims = verify(&token, &[owner.to_verifying_key()], &policy, 1_100).unwrap();
+        assert_eq!(owner_of(&claims), Some(("own_1".into(), "ses_1".into())));
+        assert_eq!(
+            classify(&claims),
+            None,
+            "an owner token is no project token"
+        );
+        assert!(verify(&token, &[project.to_verifying_key()], &policy, 1_100).is_err());
+        let user = project.sign(&access_claims(
+            "demo", "con_1", "a@b.co", "ses_1", 1_000, 900, None,
+        ));
+        assert!(verify(&user, &[owner.to_verifying_key()], &policy, 1_100).is_err());
+        let mut user_claims = access_claims("demo", "con_1", "a@b.co", "ses_1", 1_000, 900, None);
+        assert_eq!(owner_of(&user_claims), None);
+        user_claims.insert("typ".into(), "owner".into());
+        user_claims.remove("sid");
+        assert_eq!(owner_of(&user_claims), None);
     }
 
     #[test]

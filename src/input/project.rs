@@ -13,6 +13,9 @@ use crate::records::Project;
 pub struct NewProject {
     pub slug: String,
     pub name: String,
+    /// The org's slug (authorization reads it; optional when the caller has one org).
+    #[allow(dead_code)]
+    pub org: Option<String>,
 }
 
 impl NewProject {

@@ -35,23 +35,23 @@ const AUTH_BODY_LIMIT: usize = 16 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OtpStart {
-    email: String,
+pub(super) struct OtpStart {
+    pub email: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OtpVerify {
-    email: String,
-    code: String,
+pub(super) struct OtpVerify {
+    pub email: String,
+    pub code: String,
     /// The id `otp/start` answered: wrong codes count against that challenge.
-    challenge_id: String,
+    pub challenge_id: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RefreshBody {
-    refresh_token: String,
+pub(super) struct RefreshBody {
+    pub refresh_token: String,
 }
 
 /// OTP sign-in exists only on a project with an API in `managed` mode; elsewhere its routes are 404.
@@ -78,11 +78,11 @@ async fn project_and_body<T: DeserializeOwned>(
     Ok((db, project, input))
 }
 
-fn bad_email() -> Error {
+pub(super) fn bad_email() -> Error {
     Error::invalid_request("`email` must be an email address.")
 }
 
-fn throttled(retry_after_s: u64) -> Error {
+pub(super) fn throttled(retry_after_s: u64) -> Error {
     too_many(
         format!("Wait {retry_after_s} s before asking for another code."),
         retry_after_s,
@@ -90,7 +90,7 @@ fn throttled(retry_after_s: u64) -> Error {
 }
 
 /// A sign-in limit reached: 429 with when to try again, as a field and as `Retry-After`.
-fn too_many(detail: String, retry_after_s: u64) -> Error {
+pub(super) fn too_many(detail: String, retry_after_s: u64) -> Error {
     Error::new(Problem::RateLimited, detail)
         .with_field("retry_after", retry_after_s)
         .with_header("Retry-After", retry_after_s.to_string())
@@ -152,7 +152,7 @@ pub async fn otp_start(
         return Err(throttled(retry_after_s));
     }
     let mail = email::sign_in_mail(&project, &email, &code);
-    match email::send(env, &project, mail, now).await {
+    match email::send(env, project.email_from.as_deref(), &project.slug, mail, now).await {
         Ok(()) => {}
         Err(e) if e.problem == Problem::EmailNotConfigured => return Err(e),
         // A provider failure is logged, not shown: the answer must not depend on the address.
@@ -209,7 +209,7 @@ async fn on_network(
 
 /// The refusal for a verify that was not evaluated or did not pass; whether a code was evaluated
 /// (and wrong), which is what the event log records.
-fn verify_failure(reply: GuardReply) -> Option<(Error, bool)> {
+pub(super) fn verify_failure(reply: GuardReply) -> Option<(Error, bool)> {
     match reply {
         GuardReply::Verified => None,
         GuardReply::WrongCode { attempts_left } => Some((
@@ -242,7 +242,7 @@ fn verify_failure(reply: GuardReply) -> Option<(Error, bool)> {
     }
 }
 
-fn no_challenge() -> Error {
+pub(super) fn no_challenge() -> Error {
     Error::new(
         Problem::InvalidCode,
         "There is no such challenge for this address: ask for a code first and send its `challenge_id`.",

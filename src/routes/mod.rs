@@ -1,19 +1,19 @@
-//! Edge routing: resolves the route, checks the admin token for owner routes, dispatches, and applies
-//! the project's CORS policy to end-user routes.
+//! Edge routing: resolves the route, dispatches (the admin API authenticates its callers itself), and
+//! applies the project's CORS policy to end-user routes.
 
 mod admin;
 mod auth;
 pub mod housekeeping;
+mod owners;
 
 use worker::{Context, Env, Headers, Request, Response};
 
 use crate::assets;
-use crate::auth::constant_time_eq;
 use crate::error::Error;
-use crate::http::{boxed, header, json, problem, secret, with_random};
+use crate::http::{boxed, header, json, problem, with_random};
 use crate::ids::new_id;
 use crate::pipeline;
-use crate::router::{route, EndUser, Public, Route};
+use crate::router::{route, EndUser, OwnerAuth, Public, Route};
 
 /// Headers a browser client may read from our responses (rate limits, retry hints).
 const EXPOSED: &str = "Retry-After, x-should-retry, x-request-id, openai-processing-ms, RateLimit, RateLimit-Policy, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, \
@@ -64,10 +64,16 @@ async fn dispatch(route: Route, req: Request, env: &Env, ctx: &Context) -> Resul
         Route::Public(Public::DevMailbox) => auth::dev_mailbox(env).await,
         Route::Public(Public::ReactDemo) => react_demo(req, env).await,
         Route::EndUser { project, route } => end_user(route, req, env, ctx, &project).await,
-        Route::Admin(route) => {
-            check_admin(&req, env)?;
-            admin::handle(route, req, env, ctx).await
-        }
+        Route::Admin(call) => boxed(admin::handle(call, req, env, ctx)).await,
+        Route::OwnerAuth(route) => match route {
+            OwnerAuth::DevLogin => boxed(owners::dev_login(req, env)).await,
+            OwnerAuth::OtpStart => boxed(owners::otp_start(req, env)).await,
+            OwnerAuth::OtpVerify => boxed(owners::otp_verify(req, env)).await,
+            OwnerAuth::Refresh => boxed(owners::refresh(req, env)).await,
+            OwnerAuth::Logout => boxed(owners::logout(req, env)).await,
+            OwnerAuth::Jwks => owners::jwks(env),
+            OwnerAuth::Social(provider) => owners::social(&provider),
+        },
     }
 }
 
@@ -183,24 +189,4 @@ fn allow_origin(
         headers.set("access-control-max-age", "600")?;
     }
     Ok(())
-}
-
-/// The owner's routes need `Authorization: Bearer <ADMIN_TOKEN>`, compared in constant time.
-fn check_admin(req: &Request, env: &Env) -> Result<(), Error> {
-    let Some(expected) = secret(env, "ADMIN_TOKEN") else {
-        return Err(Error::admin_unauthorized()
-            .with_field("hint", "ADMIN_TOKEN is not configured on this gateway."));
-    };
-    let sent = header(req, "authorization");
-    let token = sent
-        .as_deref()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match token {
-        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => Err(Error::admin_unauthorized()),
-    }
 }

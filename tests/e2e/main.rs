@@ -21,6 +21,7 @@ mod compat;
 mod data_plane;
 mod hot_path;
 mod openapi;
+mod orgs;
 mod quotas;
 mod sdks;
 mod spend;
@@ -105,6 +106,7 @@ async fn run() -> ExitCode {
         sdks::cases(),
         openapi::cases(),
         admin::cases(),
+        orgs::cases(),
         quotas::cases(),
         spend::cases(),
         auth::cases(),

@@ -301,6 +301,69 @@ async fn answers_match_the_openapi_document(c: Arc<Ctx>) -> CaseResult {
         Some(json!({"slug": "Bad Slug"})),
         admin
     );
+    // Owners and orgs.
+    let login = data(
+        Method::POST,
+        "/api/v1/auth/dev/login".into(),
+        Some(json!({"email": "openapi.owner@example.com"})),
+        None,
+    )
+    .await?;
+    expect_status(&login, 200, "dev login")?;
+    let tokens = login.json();
+    calls.push((Method::POST, "/api/v1/auth/dev/login".into(), login));
+    let owner_token = str_field(&tokens, "access_token")?;
+    let org = str_field(&tokens, "org_slug")?;
+    let owner = Some(owner_token.as_str());
+    call!(
+        Method::POST,
+        "/api/v1/auth/refresh".to_string(),
+        Some(json!({"refresh_token": tokens["refresh_token"]})),
+        None
+    );
+    call!(Method::GET, "/api/v1/orgs/me".to_string(), None, owner);
+    call!(Method::GET, "/api/v1/orgs/me".to_string(), None, admin);
+    call!(Method::GET, "/api/v1/orgs".to_string(), None, owner);
+    call!(Method::GET, format!("/api/v1/orgs/{org}"), None, owner);
+    call!(
+        Method::POST,
+        format!("/api/v1/orgs/{org}/members"),
+        Some(json!({"email": "openapi.dev@example.com", "role": "developer"})),
+        owner
+    );
+    call!(
+        Method::GET,
+        format!("/api/v1/orgs/{org}/members"),
+        None,
+        owner
+    );
+    call!(
+        Method::POST,
+        format!("/api/v1/orgs/{org}/keys"),
+        Some(json!({"name": "openapi"})),
+        owner
+    );
+    call!(Method::GET, format!("/api/v1/orgs/{org}/keys"), None, owner);
+    call!(
+        Method::GET,
+        format!("/api/v1/orgs/{org}/audit"),
+        None,
+        owner
+    );
+    call!(Method::GET, "/api/v1/orgs/default".to_string(), None, owner);
+    call!(Method::GET, "/api/v1/auth/github".to_string(), None, None);
+    call!(
+        Method::GET,
+        "/api/v1/.well-known/jwks.json".to_string(),
+        None,
+        None
+    );
+    call!(
+        Method::POST,
+        "/api/v1/auth/otp/start".to_string(),
+        Some(json!({"email": "openapi.owner@example.com"})),
+        None
+    );
 
     let mut seen = Vec::new();
     for (method, path, reply) in &calls {

@@ -20,7 +20,7 @@ pub async fn list(c: &mut Call<'_>) -> Result<Reply, Error> {
         .iter()
         .find(|(k, _)| k == "project")
         .map(|(_, v)| v.as_str());
-    let apis: Vec<Value> = d1::list_apis(&c.db, project)
+    let apis: Vec<Value> = d1::list_apis(&c.db, project, c.caller.visible_orgs().as_deref())
         .await?
         .iter()
         .map(Api::to_json)

@@ -85,6 +85,19 @@ struct SetPlan {
 pub async fn subscribe(c: &mut Call<'_>, api: &str, consumer: &str) -> Result<Reply, Error> {
     let input: SetPlan = c.body().await?;
     let api = d1::api_by_id(&c.db, api).await?;
+    // A consumer of another project (another org's, perhaps) is not this API's to subscribe. A
+    // BYO-JWT user's id is derived from this API's id and exists once it has called.
+    let byo_user = consumer.starts_with("jwu_");
+    if !byo_user
+        && d1::find_consumer(&c.db, &api.project_id, consumer)
+            .await?
+            .is_none()
+    {
+        return Err(Error::not_found(format!(
+            "There is no consumer `{consumer}` in project `{}`.",
+            api.project_slug
+        )));
+    }
     let plan = d1::plan(&c.db, &api.id, &input.plan).await?;
     d1::subscribe(&c.db, &api.id, consumer, &plan.id, c.now).await?;
     let change = Change::Subscribe {

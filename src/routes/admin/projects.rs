@@ -10,28 +10,48 @@ use crate::identity::EventDraft;
 use crate::ids::new_id;
 use crate::input::project::{NewProject, ProjectPatch};
 use crate::records::Project;
-use crate::store::d1;
+use crate::store::d1::{self, ProjectInOrg};
 
+/// A project with its org.
+fn view(p: &ProjectInOrg) -> Value {
+    let mut v = p.project.to_json();
+    v["org"] = json!(p.org_slug);
+    v["org_id"] = json!(p.org_id);
+    v
+}
+
+/// `GET /api/v1/projects[?org=]`: the projects of the caller's orgs.
 pub async fn list(c: &mut Call<'_>) -> Result<Reply, Error> {
-    let projects: Vec<Value> = d1::list_projects(&c.db)
+    let org = c
+        .query()?
+        .into_iter()
+        .find(|(k, _)| k == "org")
+        .map(|(_, v)| v);
+    let projects: Vec<Value> = d1::list_projects_in(&c.db, c.caller.visible_orgs().as_deref())
         .await?
         .iter()
-        .map(Project::to_json)
+        .filter(|p| org.as_ref().is_none_or(|o| *o == p.org_slug))
+        .map(view)
         .collect();
     Reply::ok(json!({ "projects": projects }))
 }
 
+/// `POST /api/v1/projects` `{slug, name, org?}`: in the org authorization found (the body's `org`).
 pub async fn create(c: &mut Call<'_>) -> Result<Reply, Error> {
     let input: NewProject = c.body().await?;
     input.validate()?;
+    let org_id = c
+        .audit_org
+        .clone()
+        .ok_or_else(|| Error::internal("A project was made without its org."))?;
     let id = with_random(|r| new_id("prj", r))?;
     let project = Project::new(id, input.slug, input.name, c.now);
-    d1::create_project(&c.db, &project).await?;
-    Reply::created(project.to_json())
+    d1::create_project(&c.db, &project, &org_id).await?;
+    Reply::created(view(&d1::project_in_org(&c.db, &project.slug).await?))
 }
 
 pub async fn get(c: &mut Call<'_>, project: &str) -> Result<Reply, Error> {
-    Reply::ok(d1::project_by_slug(&c.db, project).await?.to_json())
+    Reply::ok(view(&d1::project_in_org(&c.db, project).await?))
 }
 
 pub async fn patch(c: &mut Call<'_>, project: &str) -> Result<Reply, Error> {

@@ -58,7 +58,12 @@ pub async fn create_api(db: &D1Database, a: &Api, default_plan: &Plan) -> Result
 pub async fn api_by_id(db: &D1Database, id: &str) -> Result<Api, Error> {
     stmt(db, &format!("SELECT {API_COLUMNS} FROM apis a JOIN projects p ON p.id = a.project_id WHERE a.id = ?1"), &[text(id)])?
         .row::<Api>().await?
-        .ok_or_else(|| Error::not_found(format!("There is no API with id `{id}`.")))
+        .ok_or_else(|| no_api(id))
+}
+
+/// The answer for an API that does not exist, or that the caller may not see.
+pub fn no_api(id: &str) -> Error {
+    Error::not_found(format!("There is no API with id `{id}`."))
 }
 
 pub async fn api_by_slugs(db: &D1Database, project: &str, api: &str) -> Result<Api, Error> {
@@ -68,12 +73,20 @@ pub async fn api_by_slugs(db: &D1Database, project: &str, api: &str) -> Result<A
         .ok_or_else(|| Error::not_found(format!("There is no API `{api}` in project `{project}`.")))
 }
 
-pub async fn list_apis(db: &D1Database, project: Option<&str>) -> Result<Vec<Api>, Error> {
+/// The APIs of one project (by slug) or all, of the orgs in `orgs` (`None`: every org).
+pub async fn list_apis(
+    db: &D1Database,
+    project: Option<&str>,
+    orgs: Option<&[String]>,
+) -> Result<Vec<Api>, Error> {
     let sql = format!(
         "SELECT {API_COLUMNS} FROM apis a JOIN projects p ON p.id = a.project_id \
-                       WHERE (?1 IS NULL OR p.slug = ?1) ORDER BY a.created_at, a.id"
+                       WHERE (?1 IS NULL OR p.slug = ?1) AND {} ORDER BY a.created_at, a.id",
+        super::in_orgs("p.org_id", 2)
     );
-    stmt(db, &sql, &[opt_text(project)])?.rows().await
+    stmt(db, &sql, &[opt_text(project), super::orgs_filter(orgs)?])?
+        .rows()
+        .await
 }
 
 pub async fn update_api(db: &D1Database, a: &Api) -> Result<(), Error> {

@@ -6,6 +6,7 @@ mod apis;
 mod consumers;
 mod events;
 mod jwt_credentials;
+mod orgs;
 mod plans;
 mod projects;
 mod usage;
@@ -14,6 +15,7 @@ pub use apis::*;
 pub use consumers::*;
 pub use events::*;
 pub use jwt_credentials::*;
+pub use orgs::*;
 pub use plans::*;
 pub use projects::*;
 pub use usage::*;
@@ -55,6 +57,19 @@ fn json_text<T: Serialize>(v: &T) -> Result<JsValue, Error> {
     serde_json::to_string(v)
         .map(|s| JsValue::from_str(&s))
         .map_err(|e| Error::internal(format!("A value could not be stored: {e}.")))
+}
+
+/// A list of org ids bound as JSON text for `in_orgs`, or NULL for every org.
+fn orgs_filter(orgs: Option<&[String]>) -> Result<JsValue, Error> {
+    match orgs {
+        None => Ok(JsValue::NULL),
+        Some(ids) => json_text(&ids),
+    }
+}
+
+/// `column` is one of the orgs bound at `?n` by `orgs_filter` (all when NULL).
+fn in_orgs(column: &str, n: usize) -> String {
+    format!("(?{n} IS NULL OR {column} IN (SELECT value FROM json_each(?{n})))")
 }
 
 fn stmt(db: &D1Database, sql: &str, args: &[JsValue]) -> Result<D1PreparedStatement, Error> {

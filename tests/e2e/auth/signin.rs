@@ -602,5 +602,24 @@ async fn dev_mode_only_when_asked(c: Arc<Ctx>) -> CaseResult {
         "{}",
         mailbox.text
     );
+    // Owners: no dev login, and email codes need a mail provider (refused for every address alike).
+    let login = Reply::read(
+        http.post(format!("{}/api/v1/auth/dev/login", gateway.base_url))
+            .json(&json!({"email": "owner@example.com"}))
+            .send()
+            .await?,
+    )
+    .await?;
+    assert_problem(&login, 404, "not-found");
+    for email in ["owner@example.com", "nobody@example.org"] {
+        let start = Reply::read(
+            http.post(format!("{}/api/v1/auth/otp/start", gateway.base_url))
+                .json(&json!({ "email": email }))
+                .send()
+                .await?,
+        )
+        .await?;
+        assert_problem(&start, 503, "email-not-configured");
+    }
     Ok(())
 }

@@ -1,8 +1,13 @@
 //! Pure route table: (method, path) → the route it names, grouped by audience (public files and
 //! health, a project's end-user routes, the owner's admin API), or a 404/405 problem.
 
+mod admin;
+
+pub use admin::{Admin, AdminCall, AdminRoute, OrgFrom, ADMIN_ROUTES};
+
 use crate::error::Error;
 use crate::usage::Endpoint;
+use admin::admin_match;
 
 /// A route, by who calls it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,8 +19,10 @@ pub enum Route {
         project: String,
         route: EndUser,
     },
-    /// The owner's admin API (needs ADMIN_TOKEN).
-    Admin(Admin),
+    /// The owner's admin API: an owner token, an org key or the ADMIN_TOKEN (see `ADMIN_ROUTES`).
+    Admin(AdminCall),
+    /// Owners signing in.
+    OwnerAuth(OwnerAuth),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,38 +69,21 @@ pub enum EndUser {
     Preflight,
 }
 
+/// The owner accounts' sign-in: `/api/v1/auth/…` and the JWKS of owner tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admin {
-    ListProjects,
-    CreateProject,
-    GetProject { project: String },
-    PatchProject { project: String },
-    RotateSigningKey { project: String },
-    AuthEvents { project: String },
-    ListApis,
-    CreateApi,
-    GetApi { id: String },
-    PatchApi { id: String },
-    SetAuthMode { api: String },
-    ListPlans { api: String },
-    CreatePlan { api: String },
-    PatchPlan { api: String, plan: Option<String> },
-    SetConsumerPlan { api: String, consumer: String },
-    ApiUsage { api: String },
-    ListConsumers { project: String },
-    CreateConsumer { project: String },
-    GetConsumer { project: String, id: String },
-    PatchConsumer { project: String, id: String },
-    CreateKey { project: String, consumer: String },
-    ListKeys { project: String },
-    RevokeKey { project: String, id: String },
-    ListJwtCredentials { project: String, consumer: String },
-    CreateJwtCredential { project: String, consumer: String },
-    RevokeJwtCredential { project: String, id: String },
+pub enum OwnerAuth {
+    DevLogin,
+    OtpStart,
+    OtpVerify,
+    Refresh,
+    Logout,
+    Jwks,
+    /// `google` or `github`: social sign-in, not configured.
+    Social(String),
 }
 
 impl Route {
-    /// Whether a route belongs to the owner's admin API (needs ADMIN_TOKEN).
+    /// Whether a route belongs to the owner's admin API (needs an admin credential).
     pub fn is_admin(&self) -> bool {
         matches!(self, Route::Admin(_))
     }
@@ -144,132 +134,34 @@ fn end_user_arm(method: &str, p: &str, rest: &[&str]) -> Option<Arm> {
     })
 }
 
-/// The admin routes: `/api/v1/…`.
-fn admin_arm(method: &str, rest: &[&str]) -> Option<Arm> {
-    let s = |x: &str| x.to_string();
-    let one =
-        |allowed: &'static str, r: Admin| (allowed, (method == allowed).then_some(Route::Admin(r)));
-    let two = |a: Admin, b: Admin, m: (&'static str, &'static str), allowed: &'static str| {
-        let found = if method == m.0 {
-            Some(Route::Admin(a))
-        } else if method == m.1 {
-            Some(Route::Admin(b))
-        } else {
-            None
-        };
-        (allowed, found)
+/// The admin routes: `/api/v1/…`: the owners' sign-in, then the table of `admin`.
+fn admin_arm(method: &str, rest: &[&str]) -> Option<(String, Option<Route>)> {
+    let post = |r: OwnerAuth| {
+        (
+            "POST".to_string(),
+            (method == "POST").then_some(Route::OwnerAuth(r)),
+        )
     };
-    Some(match rest {
-        ["projects"] => two(
-            Admin::ListProjects,
-            Admin::CreateProject,
-            ("GET", "POST"),
-            "GET, POST",
-        ),
-        ["projects", p] => two(
-            Admin::GetProject { project: s(p) },
-            Admin::PatchProject { project: s(p) },
-            ("GET", "PATCH"),
-            "GET, PATCH",
-        ),
-        ["projects", p, "signing-keys", "rotate"] => {
-            one("POST", Admin::RotateSigningKey { project: s(p) })
+    let get = |r: OwnerAuth| {
+        (
+            "GET".to_string(),
+            (method == "GET").then_some(Route::OwnerAuth(r)),
+        )
+    };
+    match rest {
+        ["auth", "dev", "login"] => return Some(post(OwnerAuth::DevLogin)),
+        ["auth", "otp", "start"] => return Some(post(OwnerAuth::OtpStart)),
+        ["auth", "otp", "verify"] => return Some(post(OwnerAuth::OtpVerify)),
+        ["auth", "refresh"] => return Some(post(OwnerAuth::Refresh)),
+        ["auth", "logout"] => return Some(post(OwnerAuth::Logout)),
+        ["auth", provider @ ("google" | "github")] => {
+            return Some(get(OwnerAuth::Social(provider.to_string())))
         }
-        ["projects", p, "auth-events"] => one("GET", Admin::AuthEvents { project: s(p) }),
-        ["projects", p, "consumers"] => two(
-            Admin::ListConsumers { project: s(p) },
-            Admin::CreateConsumer { project: s(p) },
-            ("GET", "POST"),
-            "GET, POST",
-        ),
-        ["projects", p, "consumers", c] => two(
-            Admin::GetConsumer {
-                project: s(p),
-                id: s(c),
-            },
-            Admin::PatchConsumer {
-                project: s(p),
-                id: s(c),
-            },
-            ("GET", "PATCH"),
-            "GET, PATCH",
-        ),
-        ["projects", p, "consumers", c, "keys"] => one(
-            "POST",
-            Admin::CreateKey {
-                project: s(p),
-                consumer: s(c),
-            },
-        ),
-        ["projects", p, "consumers", c, "jwt-credentials"] => two(
-            Admin::ListJwtCredentials {
-                project: s(p),
-                consumer: s(c),
-            },
-            Admin::CreateJwtCredential {
-                project: s(p),
-                consumer: s(c),
-            },
-            ("GET", "POST"),
-            "GET, POST",
-        ),
-        ["projects", p, "jwt-credentials", id] => one(
-            "DELETE",
-            Admin::RevokeJwtCredential {
-                project: s(p),
-                id: s(id),
-            },
-        ),
-        ["projects", p, "keys"] => one("GET", Admin::ListKeys { project: s(p) }),
-        ["projects", p, "keys", id] => one(
-            "DELETE",
-            Admin::RevokeKey {
-                project: s(p),
-                id: s(id),
-            },
-        ),
-        ["gateway", "apis"] => two(
-            Admin::ListApis,
-            Admin::CreateApi,
-            ("GET", "POST"),
-            "GET, POST",
-        ),
-        ["gateway", "apis", a] => two(
-            Admin::GetApi { id: s(a) },
-            Admin::PatchApi { id: s(a) },
-            ("GET", "PATCH"),
-            "GET, PATCH",
-        ),
-        ["gateway", "apis", a, "auth-mode"] => one("PUT", Admin::SetAuthMode { api: s(a) }),
-        ["gateway", "apis", a, "plans"] => {
-            let found = match method {
-                "GET" => Some(Admin::ListPlans { api: s(a) }),
-                "POST" => Some(Admin::CreatePlan { api: s(a) }),
-                "PATCH" => Some(Admin::PatchPlan {
-                    api: s(a),
-                    plan: None,
-                }),
-                _ => None,
-            };
-            ("GET, POST, PATCH", found.map(Route::Admin))
-        }
-        ["gateway", "apis", a, "plans", plan] => one(
-            "PATCH",
-            Admin::PatchPlan {
-                api: s(a),
-                plan: Some(s(plan)),
-            },
-        ),
-        ["gateway", "apis", a, "consumers", c, "plan"] => one(
-            "PUT",
-            Admin::SetConsumerPlan {
-                api: s(a),
-                consumer: s(c),
-            },
-        ),
-        ["gateway", "apis", a, "usage"] => one("GET", Admin::ApiUsage { api: s(a) }),
-        _ => return None,
-    })
+        [".well-known", "jwks.json"] => return Some(get(OwnerAuth::Jwks)),
+        _ => {}
+    }
+    let (allowed, call) = admin_match(method, rest)?;
+    Some((allowed, call.map(Route::Admin)))
 }
 
 /// The public routes: health, the browser files, the dev mailbox.
@@ -306,6 +198,10 @@ pub fn is_messages_path(path: &str) -> bool {
     p.starts_with("/v1/") && (p.ends_with("/messages") || p.ends_with("/messages/count_tokens"))
 }
 
+fn owned(arm: Option<Arm>) -> Option<(String, Option<Route>)> {
+    arm.map(|(allowed, route)| (allowed.to_string(), route))
+}
+
 /// Resolves a request line. `path` is the URL path without query.
 pub fn route(method: &str, path: &str) -> Result<Route, Error> {
     let segs: Vec<&str> = path
@@ -319,13 +215,13 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
         }
     }
     let arm = match segs.as_slice() {
-        ["v1", project, rest @ ..] => end_user_arm(method, project, rest),
+        ["v1", project, rest @ ..] => owned(end_user_arm(method, project, rest)),
         ["api", "v1", rest @ ..] => admin_arm(method, rest),
-        other => public_arm(method, other),
+        other => owned(public_arm(method, other)),
     };
     match arm {
         Some((_, Some(route))) => Ok(route),
-        Some((allowed, None)) => Err(Error::method_not_allowed(allowed)),
+        Some((allowed, None)) => Err(Error::method_not_allowed(&allowed)),
         None => Err(Error::not_found(format!("No route for {path}."))),
     }
 }
@@ -453,6 +349,13 @@ mod tests {
         assert_eq!(path_and_query("https://h.example/a%20b?"), ("/a%20b", ""));
     }
 
+    fn admin_route(method: &str, path: &str) -> Option<Admin> {
+        match route(method, path) {
+            Ok(Route::Admin(call)) => Some(call.route),
+            _ => None,
+        }
+    }
+
     fn eu(project: &str, route: EndUser) -> Route {
         end_user(project, route)
     }
@@ -484,37 +387,37 @@ mod tests {
     #[test]
     fn admin_routes() {
         assert_eq!(
-            route("POST", "/api/v1/projects"),
-            Ok(Route::Admin(Admin::CreateProject))
+            admin_route("POST", "/api/v1/projects"),
+            Some(Admin::CreateProject)
         );
         assert_eq!(
-            route("GET", "/api/v1/projects/"),
-            Ok(Route::Admin(Admin::ListProjects))
+            admin_route("GET", "/api/v1/projects/"),
+            Some(Admin::ListProjects)
         );
         assert_eq!(
-            route("PATCH", "/api/v1/gateway/apis/api_1"),
-            Ok(Route::Admin(Admin::PatchApi { id: "api_1".into() }))
+            admin_route("PATCH", "/api/v1/gateway/apis/api_1"),
+            Some(Admin::PatchApi { id: "api_1".into() })
         );
         assert_eq!(
-            route("POST", "/api/v1/projects/demo/consumers/con_1/keys"),
-            Ok(Route::Admin(Admin::CreateKey {
+            admin_route("POST", "/api/v1/projects/demo/consumers/con_1/keys"),
+            Some(Admin::CreateKey {
                 project: "demo".into(),
                 consumer: "con_1".into()
-            }))
+            })
         );
         assert_eq!(
-            route("DELETE", "/api/v1/projects/demo/keys/key_1"),
-            Ok(Route::Admin(Admin::RevokeKey {
+            admin_route("DELETE", "/api/v1/projects/demo/keys/key_1"),
+            Some(Admin::RevokeKey {
                 project: "demo".into(),
                 id: "key_1".into()
-            }))
+            })
         );
         assert!(route("DELETE", "/api/v1/projects")
             .unwrap_err()
             .headers
             .iter()
             .any(|(k, v)| k == "Allow" && v == "GET, POST"));
-        assert!(Route::Admin(Admin::CreateProject).is_admin());
+        assert!(route("POST", "/api/v1/projects").unwrap().is_admin());
         assert!(!Route::Public(Public::Health).is_admin());
     }
 
@@ -526,29 +429,29 @@ mod tests {
         );
         assert!(!route("GET", "/v1/demo/chat/usage").unwrap().is_admin());
         assert_eq!(
-            route("PATCH", "/api/v1/gateway/apis/a1/plans"),
-            Ok(Route::Admin(Admin::PatchPlan {
+            admin_route("PATCH", "/api/v1/gateway/apis/a1/plans"),
+            Some(Admin::PatchPlan {
                 api: "a1".into(),
                 plan: None
-            }))
+            })
         );
         assert_eq!(
-            route("PATCH", "/api/v1/gateway/apis/a1/plans/pro"),
-            Ok(Route::Admin(Admin::PatchPlan {
+            admin_route("PATCH", "/api/v1/gateway/apis/a1/plans/pro"),
+            Some(Admin::PatchPlan {
                 api: "a1".into(),
                 plan: Some("pro".into())
-            }))
+            })
         );
         assert_eq!(
-            route("PUT", "/api/v1/gateway/apis/a1/consumers/c1/plan"),
-            Ok(Route::Admin(Admin::SetConsumerPlan {
+            admin_route("PUT", "/api/v1/gateway/apis/a1/consumers/c1/plan"),
+            Some(Admin::SetConsumerPlan {
                 api: "a1".into(),
                 consumer: "c1".into()
-            }))
+            })
         );
         assert_eq!(
-            route("GET", "/api/v1/gateway/apis/a1/usage"),
-            Ok(Route::Admin(Admin::ApiUsage { api: "a1".into() }))
+            admin_route("GET", "/api/v1/gateway/apis/a1/usage"),
+            Some(Admin::ApiUsage { api: "a1".into() })
         );
         assert_eq!(
             route("POST", "/api/v1/gateway/apis/a1/usage")
@@ -577,14 +480,23 @@ mod tests {
             405
         );
         assert_eq!(
-            route("PUT", "/api/v1/gateway/apis/a/auth-mode"),
-            Ok(Route::Admin(Admin::SetAuthMode { api: "a".into() }))
+            admin_route("PUT", "/api/v1/gateway/apis/a/auth-mode"),
+            Some(Admin::SetAuthMode { api: "a".into() })
         );
         assert!(!eu("p", EndUser::OtpVerify).is_admin());
-        assert!(Route::Admin(Admin::PatchProject {
-            project: "p".into()
-        })
-        .is_admin());
+        assert!(route("PATCH", "/api/v1/projects/p").unwrap().is_admin());
+        assert_eq!(
+            route("POST", "/api/v1/auth/dev/login"),
+            Ok(Route::OwnerAuth(OwnerAuth::DevLogin))
+        );
+        assert_eq!(
+            route("GET", "/api/v1/auth/github"),
+            Ok(Route::OwnerAuth(OwnerAuth::Social("github".into())))
+        );
+        assert_eq!(
+            route("GET", "/api/v1/auth/refresh").unwrap_err().status,
+            405
+        );
     }
 
     #[test]

@@ -1,0 +1,60 @@
+//! The admin API's one authorization rule: a caller sees an org's resources only as a member (else
+//! they do not exist for it: 404), and acts on them only with at least the route's role (else 403).
+
+use crate::org::Role;
+
+/// Where a route's org comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// An org named by slug in the path.
+    Org(String),
+    /// A project named by slug in the path: its org.
+    Project(String),
+    /// An API named by id in the path: its project's org.
+    Api(String),
+    /// The body's `org` (creating a project).
+    BodyOrg,
+    /// The body's `project` (creating an API).
+    BodyProject,
+    /// No one org: listings show the caller's orgs only; creating an org makes the caller its owner.
+    Caller,
+}
+
+/// Why a caller may not act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// Not a member of the resource's org: answered exactly as a resource that does not exist.
+    Hidden,
+    /// A member whose role is below the route's.
+    Forbidden { need: Role, have: Role },
+}
+
+/// The decision for a caller whose role in the resource's org is `role` (`None`: not a member) on a
+/// route that needs `need`.
+pub fn decide(role: Option<Role>, need: Role) -> Result<Role, Denied> {
+    match role {
+        None => Err(Denied::Hidden),
+        Some(have) if have < need => Err(Denied::Forbidden { need, have }),
+        Some(have) => Ok(have),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_below_the_route_role_are_forbidden_and_strangers_see_nothing() {
+        for need in Role::ALL {
+            assert_eq!(decide(None, need), Err(Denied::Hidden));
+            for have in Role::ALL {
+                let got = decide(Some(have), need);
+                if have >= need {
+                    assert_eq!(got, Ok(have));
+                } else {
+                    assert_eq!(got, Err(Denied::Forbidden { need, have }));
+                }
+            }
+        }
+    }
+}

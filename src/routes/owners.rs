@@ -276,6 +276,15 @@ async fn create_owner(
     ))
 }
 
+/// How long owner access tokens live: `OWNER_TOKEN_TTL_S` (5 minutes to 7 days), 24 h by default
+/// or when it is not a number in that range.
+fn token_ttl_s(env: &Env) -> i64 {
+    secret(env, "OWNER_TOKEN_TTL_S")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|s| (300..=7 * 86_400).contains(s))
+        .unwrap_or(OWNER_TOKEN_TTL_S)
+}
+
 /// A new owner session and the token answer.
 async fn token_answer(
     env: &Env,
@@ -311,16 +320,17 @@ fn tokens(
     org_slug: Option<String>,
     now: i64,
 ) -> Result<Response, Error> {
+    let ttl = token_ttl_s(env);
     let access = owner_key(env)?.sign(&owner_claims(
         &owner.id,
         &owner.email,
         session_id,
         now / 1000,
-        OWNER_TOKEN_TTL_S,
+        ttl,
     ));
     let mut r = json(
         200,
-        &json!({"access_token": access, "token_type": "bearer", "expires_in": OWNER_TOKEN_TTL_S,
+        &json!({"access_token": access, "token_type": "bearer", "expires_in": ttl,
             "refresh_token": refresh_token, "org_slug": org_slug}),
     )?;
     r.headers_mut().set("cache-control", "no-store")?;

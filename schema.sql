@@ -50,6 +50,19 @@ CREATE TABLE org_keys (
 );
 CREATE INDEX org_keys_by_org ON org_keys (org_id, created_at);
 
+-- An org's provider keys (one per provider): AES-256-GCM encrypted (`v2:<key id>:...`), with the
+-- key's last 4 characters for listings and an optional base URL that overrides the provider's.
+CREATE TABLE provider_keys (
+  org_id      TEXT NOT NULL REFERENCES orgs(id),
+  provider    TEXT NOT NULL CHECK (provider IN ('openai', 'anthropic', 'groq', 'mistral', 'cohere', 'ollama')),
+  base_url    TEXT,
+  key_enc     TEXT,
+  key_last4   TEXT,
+  created_at  INTEGER NOT NULL,
+  updated_at  INTEGER NOT NULL,
+  PRIMARY KEY (org_id, provider)
+);
+
 -- Admin writes: who (actor and credential type), what (the route), on which path, with what status.
 CREATE TABLE audit_events (
   id          TEXT PRIMARY KEY,
@@ -103,6 +116,7 @@ CREATE TABLE apis (
   credential_json    TEXT NOT NULL DEFAULT '{}',    -- {location: authorization|header|query, name?, passthrough}
   upstream_policy_json TEXT NOT NULL DEFAULT '{}',  -- {allow_any_model, max_n, allowed_params, image_tokens, max_tokens_field}
   prices_json        TEXT NOT NULL DEFAULT '{}',    -- {model: {input, output, cached_input}} in pico-dollars per token
+  upstream_route_json TEXT,                         -- {kind: provider, provider} | {kind: by_model}; NULL: upstream_base_url
   UNIQUE (project_id, slug)
 );
 

@@ -15,9 +15,8 @@ use crate::auth::decide::{self, Caller, Presented};
 use crate::auth::extract_credential;
 use crate::auth::tokens::{classify, SluiceToken};
 use crate::cache;
-use crate::crypto;
 use crate::error::Error;
-use crate::http::{encryption_secret, header, now_ms};
+use crate::http::{header, now_ms};
 use crate::identity::{client_ip, verify_byo, verify_sluice_token};
 use crate::records::{Api, Consumer, ConsumerKind, ConsumerStatus, Project};
 use crate::store::d1;
@@ -214,7 +213,7 @@ async fn consumer_jwt_caller(
     };
     let keys = match (&credential.secret_enc, &credential.jwks_json) {
         (Some(sealed), _) => {
-            let secret = crypto::open(&encryption_secret(env)?, sealed).ok_or_else(|| {
+            let secret = crate::http::keyring(env)?.open(sealed).ok_or_else(|| {
                 Error::misconfigured(
                     "A consumer's JWT key cannot be decrypted; was ENCRYPTION_KEY changed?",
                 )

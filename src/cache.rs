@@ -14,12 +14,14 @@ use worker::{D1Database, Env};
 
 use crate::error::Error;
 use crate::http::now_ms;
+use crate::providers::Provider;
+use crate::records::provider::ProviderKey;
 use crate::records::{Consumer, KeyHolder, Project};
 use crate::store::d1;
 use crate::store::d1::JwtCredentialRow;
 use crate::store::kv::{
     self, ApiEntry, ApiRecord, JwtCredentialsRecord, JwtUserRecord, KeyRecord, KvRecord,
-    ProjectRecord,
+    ProjectRecord, ProviderKeyRecord,
 };
 use crate::timing::{Binding, Timing};
 
@@ -224,6 +226,47 @@ pub async fn store_api(env: &Env, db: &D1Database, api_id: &str) -> Result<(), E
 pub async fn store_project(env: &Env, project: &Project) -> Result<(), Error> {
     kv::put::<ProjectRecord>(&kv::kv(env)?, &project.slug, project).await?;
     remember::<ProjectRecord>(&project.slug, Rc::new(project.clone()), now_ms());
+    Ok(())
+}
+
+fn provider_cache_key(org_id: &str, provider: Provider) -> String {
+    format!("{org_id}/{}", provider.as_str())
+}
+
+/// The org's key for `provider` (`None`: the org has none).
+pub async fn provider_key(
+    env: &Env,
+    timing: &Timing,
+    org_id: &str,
+    provider: Provider,
+) -> Result<Option<Rc<ProviderKey>>, Error> {
+    let load = async {
+        let db = d1::db(env)?;
+        d1::provider_key(&db, org_id, provider).await
+    };
+    read_through::<ProviderKeyRecord, _>(env, timing, &provider_cache_key(org_id, provider), load)
+        .await
+}
+
+/// After a provider key is written (`Some`) or deleted (`None`): KV and this isolate's memory.
+pub async fn store_provider_key(
+    env: &Env,
+    org_id: &str,
+    provider: Provider,
+    key: Option<&ProviderKey>,
+) -> Result<(), Error> {
+    let cache_key = provider_cache_key(org_id, provider);
+    let store = kv::kv(env)?;
+    match key {
+        Some(k) => {
+            kv::put::<ProviderKeyRecord>(&store, &cache_key, k).await?;
+            remember::<ProviderKeyRecord>(&cache_key, Rc::new(k.clone()), now_ms());
+        }
+        None => {
+            kv::delete::<ProviderKeyRecord>(&store, &cache_key).await?;
+            forget::<ProviderKeyRecord>(&cache_key);
+        }
+    }
     Ok(())
 }
 

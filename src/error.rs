@@ -91,6 +91,7 @@ catalogue! {
     UpstreamStreamInterrupted => "upstream-stream-interrupted", 502, "The upstream stream ended early";
     GatewayMisconfigured => "gateway-misconfigured", 503, "The gateway is not configured for this";
     EmailNotConfigured => "email-not-configured", 503, "Sign-in mail is not configured";
+    ProviderNotConfigured => "provider-not-configured", 503, "No key is configured for this provider";
     CounterUnavailable => "counter-unavailable", 503, "Quota counters are unavailable";
     AuthUnavailable => "auth-unavailable", 503, "Sign-in is temporarily unavailable";
     JwksUnavailable => "jwks-unavailable", 503, "The API's key set is unavailable";

@@ -154,6 +154,14 @@ pub fn secret(env: &Env, name: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The keys that open provider keys: ENCRYPTION_KEY and, after a rotation, ENCRYPTION_KEY_PREVIOUS.
+pub fn keyring(env: &Env) -> Result<crate::crypto::Keyring, Error> {
+    Ok(crate::crypto::Keyring {
+        current: encryption_secret(env)?,
+        previous: secret(env, "ENCRYPTION_KEY_PREVIOUS").filter(|s| s.len() >= 16),
+    })
+}
+
 /// The key provider keys are encrypted under at rest.
 pub fn encryption_secret(env: &Env) -> Result<String, Error> {
     secret(env, "ENCRYPTION_KEY").filter(|s| s.len() >= 16).ok_or_else(|| Error::misconfigured(

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod input;
 pub mod limits;
 pub mod org;
+pub mod providers;
 pub mod records;
 pub mod router;
 pub mod stream;

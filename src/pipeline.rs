@@ -22,9 +22,8 @@ use crate::anthropic;
 use crate::auth::config::CredentialSource;
 use crate::auth::decide::Caller;
 use crate::authenticate::{passthrough_credential, resolve_and_authenticate};
-use crate::crypto;
 use crate::error::{Error, Problem};
-use crate::http::{encryption_secret, json, now_ms, read_body, with_random};
+use crate::http::{json, now_ms, read_body, with_random};
 use crate::ids::new_id;
 use crate::limits::counter::{Ask, Outcome, Window};
 use crate::limits::headers::rate_limit_headers;
@@ -32,6 +31,7 @@ use crate::limits::ops::{CounterReply, CounterRequest};
 use crate::limits::spend::micro_to_usd;
 use crate::limits::standing::Presented;
 use crate::outbound::{self, within, Fetched};
+use crate::providers::{self, Provider, Wire};
 use crate::records::Api;
 use crate::store::counter_do as counter;
 use crate::store::kv::ApiEntry;
@@ -159,6 +159,8 @@ async fn serve(
     let api = &entry.api;
     let mut asked = read_asked(&mut req, api, place.endpoint).await?;
     let passthrough = passthrough_credential(&req, api)?;
+    // Before anything is reserved: a request routed to a provider the org has no key for is 503.
+    let routed = provider_target(env, timing, api, &asked).await?;
     let watch = Watch::new(&req);
     let admitting = now_ms();
     let mut lease = admit(env, ctx, timing, place, &entry, &caller, &asked, started).await?;
@@ -166,13 +168,26 @@ async fn serve(
     asked.set_cap(lease.cap, api.policy.max_tokens_field);
     let rate_headers = rate_limit_headers(&lease.windows, started);
     let controller = AbortController::default();
-    let upstream: Upstream = match outbound(env, api, &asked, place.request_id, passthrough) {
+    let sent = outbound(
+        env,
+        api,
+        &asked,
+        place.request_id,
+        passthrough,
+        routed.as_ref(),
+    );
+    let translate = routed
+        .as_ref()
+        .filter(|t| t.provider.wire() == Wire::Anthropic)
+        .map(|_| asked.model().to_string());
+    let upstream: Upstream = match sent {
         Ok(Outbound::Demo(answer)) => Box::pin(async move { Ok(answer) }),
         Ok(Outbound::Fetch(request)) => Box::pin(send(
             request,
             api.timeout_ms,
             asked.stream(),
             controller.signal(),
+            translate,
         )),
         Err(e) => {
             let outcome = lease.estimated(e.status, Ended::UpstreamError);
@@ -721,7 +736,11 @@ fn outbound(
     asked: &Asked,
     request_id: &str,
     passthrough: Option<(CredentialSource, String)>,
+    routed: Option<&ProviderTarget>,
 ) -> Result<Outbound, Error> {
+    if let Some(target) = routed {
+        return to_provider(asked, request_id, target);
+    }
     if api.upstream_base_url == "demo" {
         return match asked {
             Asked::Chat(chat) => Ok(Outbound::Demo(demo_answer(chat))),
@@ -745,8 +764,8 @@ fn outbound(
         },
     )?;
     if let Some(sealed) = &api.upstream_key_enc {
-        let secret = encryption_secret(env)?;
-        let key = crypto::open(&secret, sealed)
+        let key = crate::http::keyring(env)?
+            .open(sealed)
             .ok_or_else(|| Error::misconfigured("The API's provider key cannot be decrypted; was ENCRYPTION_KEY changed? Set the key again."))?;
         headers.set("authorization", &format!("Bearer {key}"))?;
     }
@@ -774,6 +793,117 @@ fn outbound(
     Ok(Outbound::Fetch(Request::new_with_init(&url, &init)?))
 }
 
+/// A request routed to a provider: its base URL, the org's key (opened), and the model name it is
+/// sent (without the `provider/` prefix).
+struct ProviderTarget {
+    provider: Provider,
+    base_url: String,
+    key: Option<String>,
+    model: String,
+}
+
+/// Phase 5, before admission: the provider an API with a provider route sends this request to, with
+/// the org's key for it (`None` for an API with its own base URL).
+async fn provider_target(
+    env: &Env,
+    timing: &Timing,
+    api: &Api,
+    asked: &Asked,
+) -> Result<Option<ProviderTarget>, Error> {
+    let Some(route) = &api.route else {
+        return Ok(None);
+    };
+    let (provider, model) = providers::pick(route, asked.model()).ok_or_else(|| {
+        Error::invalid_request(format!(
+            "`{}` names no provider: this API routes by `provider/model` names (e.g. `anthropic/claude-3-5-haiku`).",
+            asked.model()
+        ))
+        .with_field("param", "model")
+    })?;
+    if provider.wire() == Wire::Anthropic && !matches!(asked, Asked::Chat(_)) {
+        return Err(Error::invalid_request(format!(
+            "The provider `anthropic` answers chat completions and messages only, not /{}.",
+            asked.path()
+        )));
+    }
+    let stored = crate::cache::provider_key(env, timing, &api.org_id, provider)
+        .await?
+        .ok_or_else(|| {
+            Error::new(
+                Problem::ProviderNotConfigured,
+                format!(
+                    "This API's org has no `{}` key: an admin adds one with POST /api/v1/orgs/{{org}}/providers.",
+                    provider.as_str()
+                ),
+            )
+            .with_field("provider", provider.as_str())
+        })?;
+    let key = match &stored.key_enc {
+        Some(sealed) => Some(crate::http::keyring(env)?.open(sealed).ok_or_else(|| {
+            Error::misconfigured(format!(
+                "The org's `{}` key cannot be decrypted: was ENCRYPTION_KEY changed without ENCRYPTION_KEY_PREVIOUS? Store the key again.",
+                provider.as_str()
+            ))
+        })?),
+        None => None,
+    };
+    Ok(Some(ProviderTarget {
+        provider,
+        base_url: stored.base_url().to_string(),
+        key,
+        model,
+    }))
+}
+
+/// The request to a provider: its wire format, its auth header, the org's key; never a client's
+/// credential.
+fn to_provider(
+    asked: &Asked,
+    request_id: &str,
+    target: &ProviderTarget,
+) -> Result<Outbound, Error> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    headers.set("x-request-id", request_id)?;
+    headers.set(
+        "accept",
+        if asked.stream() {
+            "text/event-stream"
+        } else {
+            "application/json"
+        },
+    )?;
+    if let Some(key) = &target.key {
+        let (name, value) = target.provider.auth_header(key);
+        headers.set(name, &value)?;
+    }
+    let (url, body) = match target.provider.wire() {
+        Wire::Anthropic => {
+            headers.set("anthropic-version", providers::anthropic::VERSION)?;
+            (
+                upstream::endpoint_url(&target.base_url, "v1/messages"),
+                providers::anthropic::request(asked.body(), &target.model)?,
+            )
+        }
+        Wire::OpenAi => {
+            let mut body = asked.body().clone();
+            body.insert("model".into(), Value::from(target.model.as_str()));
+            if !target.provider.takes_stream_options() {
+                body.remove("stream_options");
+            }
+            (
+                upstream::endpoint_url(&target.base_url, asked.path()),
+                Value::Object(body),
+            )
+        }
+    };
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(JsValue::from_str(&body.to_string())));
+    Ok(Outbound::Fetch(Request::new_with_init(&url, &init)?))
+}
+
 /// Phase 5, second half: sends the request. No answer within the API's timeout → 504; unreachable
 /// → 502; an error status → its mapping. Owns everything it needs, so a stream can keep awaiting it.
 async fn send(
@@ -781,6 +911,7 @@ async fn send(
     timeout_ms: u32,
     stream: bool,
     signal: AbortSignal,
+    anthropic_for: Option<String>,
 ) -> Result<Answer, Failure> {
     let mut response = match outbound::fetch(request, u64::from(timeout_ms), Some(signal)).await {
         Fetched::Answered(resp) => resp,
@@ -813,6 +944,12 @@ async fn send(
             .stream()
             .map_err(|e| Failure::new(e.into(), Ended::UpstreamCut))?
             .map(|chunk| chunk.map_err(|e| e.to_string()));
+        if let Some(model) = anthropic_for {
+            // Anthropic's events become chat chunks as each arrives.
+            let mut chunks = providers::anthropic::ChunkStream::new(&model, now_ms() / 1000);
+            let body = body.map(move |chunk| chunk.map(|bytes| chunks.push(&bytes)));
+            return Ok(Answer::Stream(Box::pin(body), head));
+        }
         Ok(Answer::Stream(Box::pin(body), head))
     } else {
         let bytes = crate::http::response_bytes(&response).await.map_err(|e| {
@@ -822,6 +959,20 @@ async fn send(
             )
             .saying(e.to_string())
         })?;
+        if let Some(model) = anthropic_for {
+            let bytes = match serde_json::from_slice::<Value>(&bytes) {
+                Ok(message) => providers::anthropic::completion(&message, &model, now_ms() / 1000)
+                    .to_string()
+                    .into_bytes(),
+                Err(_) => {
+                    return Err(Failure::new(
+                        Error::upstream("The provider answered with a body that is not JSON."),
+                        Ended::UpstreamError,
+                    ))
+                }
+            };
+            return Ok(Answer::Json(bytes, head));
+        }
         Ok(Answer::Json(bytes, head))
     }
 }

@@ -12,6 +12,7 @@ use crate::input::validate::{
     nullable, upstream_origin, validate_base_url, validate_slug, validate_text,
 };
 use crate::limits::spend::{PriceInput, PriceTable};
+use crate::providers::{Provider, Route};
 use crate::records::{Api, Project};
 use crate::upstream::policy::{CapField, PolicyInput};
 
@@ -70,9 +71,12 @@ impl NewApi {
     pub fn validate(&self) -> Result<AuthMode, Error> {
         validate_slug("slug", &self.slug)?;
         validate_text("name", &self.name, 200)?;
-        if self.upstream.base_url.is_none() {
-            return Err(Error::invalid_request("`upstream.base_url` is required")
-                .with_field("param", "upstream.base_url"));
+        let by_model = self.upstream.models.as_ref().is_some_and(|m| !m.is_empty());
+        if self.upstream.base_url.is_none() && self.upstream.provider.is_none() && !by_model {
+            return Err(Error::invalid_request(
+                "`upstream` needs a `base_url`, a `provider`, or `models` named `provider/model`",
+            )
+            .with_field("param", "upstream.base_url"));
         }
         self.upstream.validate()?;
         if let Some(p) = &self.prices {
@@ -91,6 +95,11 @@ impl NewApi {
     ) -> Result<Api, Error> {
         let mut api = Api::new(id, project, self.slug, self.name, now);
         api.mode = AuthMode::parse(&self.auth_mode)?;
+        if self.upstream.base_url.is_none() && self.upstream.provider.is_none() {
+            // Only `provider/model` names: each request goes to the provider its model names.
+            api.route = Some(Route::ByModel);
+            api.upstream_base_url = String::new();
+        }
         if let Some(p) = &self.prices {
             api.prices = PriceTable::from_input(p)?;
         }
@@ -104,6 +113,8 @@ impl NewApi {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamPatch {
     pub base_url: Option<String>,
+    /// One provider, with the org's key for it (instead of `base_url` and `api_key`).
+    pub provider: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     pub api_key: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
@@ -121,6 +132,22 @@ impl UpstreamPatch {
     pub fn validate(&self) -> Result<(), Error> {
         if let Some(b) = &self.base_url {
             validate_base_url(b)?;
+        }
+        if let Some(p) = &self.provider {
+            if Provider::parse(p).is_none() {
+                let known: Vec<&str> = Provider::ALL.iter().map(|p| p.as_str()).collect();
+                return Err(Error::invalid_request(format!(
+                    "`upstream.provider` is one of {}",
+                    known.join(", ")
+                ))
+                .with_field("param", "upstream.provider"));
+            }
+            if self.base_url.is_some() || matches!(self.api_key, Some(Some(_))) {
+                return Err(Error::invalid_request(
+                    "`upstream.provider` uses the org's provider key (POST /api/v1/orgs/{org}/providers): send it without `base_url` and `api_key`",
+                )
+                .with_field("param", "upstream.provider"));
+            }
         }
         if let Some(Some(k)) = &self.api_key {
             validate_text("upstream.api_key", k, 4096)?;
@@ -148,6 +175,14 @@ impl UpstreamPatch {
     fn apply(self, api: &mut Api, seal: Seal<'_>) -> Result<bool, Error> {
         api.policy = self.policy().apply(&api.policy);
         let mut key_dropped = false;
+        if let Some(provider) = self.provider.as_deref().and_then(Provider::parse) {
+            api.route = Some(Route::Provider { provider });
+            api.upstream_base_url = String::new();
+            api.upstream_key_enc = None;
+        }
+        if self.base_url.is_some() {
+            api.route = None;
+        }
         if let Some(base) = self.base_url {
             let moved = upstream_origin(&base) != upstream_origin(&api.upstream_base_url);
             if moved && self.api_key.is_none() && api.upstream_key_enc.is_some() {
@@ -166,6 +201,19 @@ impl UpstreamPatch {
         }
         if let Some(models) = self.models {
             api.models = models;
+        }
+        if api.route == Some(Route::ByModel) {
+            // Every name must say its provider: there is no other to send it to.
+            let plain = api
+                .allowed_models()
+                .into_iter()
+                .find(|m| crate::providers::split_model(m).is_none());
+            if let Some(m) = plain {
+                return Err(Error::invalid_request(format!(
+                    "`{m}` names no provider: with neither `base_url` nor `provider`, every model is `provider/model` (e.g. `anthropic/claude-3-5-haiku`)"
+                ))
+                .with_field("param", "upstream.models"));
+            }
         }
         if let Some(t) = self.timeout_ms {
             api.timeout_ms = t;

@@ -70,6 +70,15 @@ pub struct Api {
         serialize_with = "json_text::write"
     )]
     pub prices: PriceTable,
+    /// The org of the API's project (whose provider keys a provider route uses).
+    pub org_id: String,
+    /// How it reaches its models: `None` is its own base URL and key.
+    #[serde(
+        rename = "upstream_route_json",
+        deserialize_with = "json_text::optional",
+        serialize_with = "json_text::write_optional"
+    )]
+    pub route: Option<crate::providers::Route>,
 }
 
 impl Api {
@@ -100,6 +109,8 @@ impl Api {
             credential: Credential::default(),
             policy: UpstreamPolicy::default(),
             prices: PriceTable::default(),
+            org_id: String::new(),
+            route: None,
         }
     }
 
@@ -132,7 +143,16 @@ impl Api {
             "name": self.name,
             "auth_mode": self.mode.as_str(),
             "upstream": {
-                "base_url": self.upstream_base_url,
+                "base_url": if self.route.is_some() { Value::Null } else { Value::from(self.upstream_base_url.as_str()) },
+                "provider": match &self.route {
+                    Some(crate::providers::Route::Provider { provider }) => Value::from(provider.as_str()),
+                    _ => Value::Null,
+                },
+                "route": match &self.route {
+                    None => "base_url",
+                    Some(crate::providers::Route::Provider { .. }) => "provider",
+                    Some(crate::providers::Route::ByModel) => "by_model",
+                },
                 "has_api_key": self.upstream_key_enc.is_some(),
                 "default_model": self.default_model,
                 "models": self.models,
@@ -167,7 +187,7 @@ mod tests {
             "auth_mode": "consumer-key-only", "upstream_base_url": "demo", "upstream_key_enc": "v1:secretblob",
             "default_model": "m1", "models_json": "[\"m2\"]", "timeout_ms": 1000, "created_at": 0, "updated_at": 0,
             "byo_jwt_json": null, "ip_allowlist_json": "[]", "credential_json": "{}", "upstream_policy_json": "{}",
-            "prices_json": "{}",
+            "prices_json": "{}", "org_id": "org_1", "upstream_route_json": null,
         })
     }
 

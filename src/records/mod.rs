@@ -6,6 +6,7 @@ pub mod api;
 pub mod consumer;
 pub mod org;
 pub mod project;
+pub mod provider;
 pub mod sign_in;
 
 pub use api::Api;

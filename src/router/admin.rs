@@ -47,6 +47,11 @@ pub enum Admin {
     CreateOrgKey { org: String },
     RevokeOrgKey { org: String, id: String },
     OrgAudit { org: String },
+    ListProviderKeys { org: String },
+    CreateProviderKey { org: String },
+    ReplaceProviderKey { org: String, provider: String },
+    DeleteProviderKey { org: String, provider: String },
+    ResealProviderKeys { org: String },
 }
 
 /// Where a route's org comes from.
@@ -169,6 +174,11 @@ table! {
     "POST" "orgs/{org}/keys" Admin Path => |p| Admin::CreateOrgKey { org: p.s("org") };
     "DELETE" "orgs/{org}/keys/{key}" Admin Path => |p| Admin::RevokeOrgKey { org: p.s("org"), id: p.s("key") };
     "GET" "orgs/{org}/audit" Admin Path => |p| Admin::OrgAudit { org: p.s("org") };
+    "GET" "orgs/{org}/providers" Admin Path => |p| Admin::ListProviderKeys { org: p.s("org") };
+    "POST" "orgs/{org}/providers" Admin Path => |p| Admin::CreateProviderKey { org: p.s("org") };
+    "POST" "orgs/{org}/providers/reencrypt" Admin Path => |p| Admin::ResealProviderKeys { org: p.s("org") };
+    "PUT" "orgs/{org}/providers/{provider}" Admin Path => |p| Admin::ReplaceProviderKey { org: p.s("org"), provider: p.s("provider") };
+    "DELETE" "orgs/{org}/providers/{provider}" Admin Path => |p| Admin::DeleteProviderKey { org: p.s("org"), provider: p.s("provider") };
 }
 
 /// The parameters of `segs` under `pattern`, if it matches.
@@ -301,12 +311,15 @@ mod tests {
 
     #[test]
     fn roles_as_a_table() {
-        // Reads are open to viewers, except the org's keys and audit log; writes need a developer;
-        // members, org keys and signing keys an admin; deleting the org an owner.
+        // Reads are open to viewers, except the org's keys, provider keys and audit log; writes
+        // need a developer; members, org keys, provider keys and signing keys an admin; deleting
+        // the org an owner.
         for spec in ADMIN_ROUTES {
             let expected = match (spec.method, spec.path) {
                 (_, "orgs/me") | ("GET", "orgs") | ("POST", "orgs") => Role::Viewer,
-                ("GET", "orgs/{org}/keys") | ("GET", "orgs/{org}/audit") => Role::Admin,
+                ("GET", "orgs/{org}/keys" | "orgs/{org}/audit" | "orgs/{org}/providers") => {
+                    Role::Admin
+                }
                 ("GET", _) => Role::Viewer,
                 ("DELETE", "orgs/{org}") => Role::Owner,
                 (_, p) if p.starts_with("orgs/") => Role::Admin,

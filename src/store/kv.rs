@@ -74,7 +74,8 @@ pub struct ApiEntry {
     pub plans: Vec<Plan>,
 }
 impl KvRecord for ApiRecord {
-    const PREFIX: &'static str = "api:";
+    // `api2:` since APIs carry their org and route: records of the shape before are not read.
+    const PREFIX: &'static str = "api2:";
     const TTL_S: u64 = CACHE_TTL_S;
     type Value = ApiEntry;
 }
@@ -85,6 +86,14 @@ impl KvRecord for ProjectRecord {
     const PREFIX: &'static str = "project:";
     const TTL_S: u64 = CACHE_TTL_S;
     type Value = Project;
+}
+
+/// An org's provider key (still sealed), by `{org id}/{provider}`. Every write rewrites or deletes it.
+pub struct ProviderKeyRecord;
+impl KvRecord for ProviderKeyRecord {
+    const PREFIX: &'static str = "provider:";
+    const TTL_S: u64 = CACHE_TTL_S;
+    type Value = crate::records::provider::ProviderKey;
 }
 
 /// A live consumer key's holder, by the key's hash. Revoking the key deletes the record; the

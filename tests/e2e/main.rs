@@ -22,6 +22,7 @@ mod data_plane;
 mod hot_path;
 mod openapi;
 mod orgs;
+mod providers;
 mod quotas;
 mod sdks;
 mod spend;
@@ -107,6 +108,7 @@ async fn run() -> ExitCode {
         openapi::cases(),
         admin::cases(),
         orgs::cases(),
+        providers::cases(),
         quotas::cases(),
         spend::cases(),
         auth::cases(),

@@ -350,6 +350,18 @@ async fn answers_match_the_openapi_document(c: Arc<Ctx>) -> CaseResult {
         None,
         owner
     );
+    call!(
+        Method::POST,
+        format!("/api/v1/orgs/{org}/providers"),
+        Some(json!({"provider": "groq", "api_key": "gsk-openapi-0001"})),
+        owner
+    );
+    call!(
+        Method::GET,
+        format!("/api/v1/orgs/{org}/providers"),
+        None,
+        owner
+    );
     call!(Method::GET, "/api/v1/orgs/default".to_string(), None, owner);
     call!(Method::GET, "/api/v1/auth/github".to_string(), None, None);
     call!(

@@ -762,6 +762,7 @@ impl Victim {
             .replace("{credential}", &self.credential)
             .replace("{member}", &self.member)
             .replace("{plan}", "default")
+            .replace("{provider}", "anthropic")
             .replace(
                 "{key}",
                 if template.starts_with("orgs/") {
@@ -785,6 +786,8 @@ impl Victim {
                 "upstream": {"base_url": "https://api.openai.com/v1", "api_key": "sk-x"}})
             }
             "orgs/{org}/members" => json!({"email": "intruder@example.com", "role": "owner"}),
+            "orgs/{org}/providers" => json!({"provider": "anthropic", "api_key": "sk-stolen-0000"}),
+            "orgs/{org}/providers/{provider}" => json!({"api_key": "sk-stolen-0000"}),
             "orgs/{org}/members/{member}" => json!({"role": "viewer"}),
             "orgs/{org}/keys" | "projects/{project}/consumers/{consumer}/keys" => {
                 json!({"name": "stolen"})

@@ -3,7 +3,8 @@
 use super::*;
 
 /// What the mock answers, chosen by the URL path `/s/<scenario>[/<key>/<value>]*/chat/completions`
-/// (or `/responses`, `/embeddings`: `ok` then answers in that API's shape):
+/// (or `/responses`, `/embeddings`: `ok` then answers in that API's shape; `/v1/messages`: as
+/// Anthropic's Messages API does, see `answer_anthropic`):
 ///
 /// - `ok` — a chat.completion (or, for `"stream":true`, `chunks` content chunks `delay` ms apart, a
 ///   usage chunk with `"choices":[]`, then `data: [DONE]`). Default 3 chunks, no delay.
@@ -386,14 +387,19 @@ fn request_cap(body: &Value) -> Option<usize> {
 /// Answers one request; returns whether the connection may carry another.
 async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
     let path = req.path.split('?').next().unwrap_or("");
-    let (spec, endpoint) = ["/chat/completions", "/responses", "/embeddings"]
-        .iter()
-        .find_map(|suffix| {
-            path.strip_prefix("/s/")
-                .and_then(|p| p.strip_suffix(suffix))
-                .map(|spec| (spec, *suffix))
-        })
-        .unwrap_or(("", ""));
+    let (spec, endpoint) = [
+        "/chat/completions",
+        "/responses",
+        "/embeddings",
+        "/v1/messages",
+    ]
+    .iter()
+    .find_map(|suffix| {
+        path.strip_prefix("/s/")
+            .and_then(|p| p.strip_suffix(suffix))
+            .map(|spec| (spec, *suffix))
+    })
+    .unwrap_or(("", ""));
     let scenario = Scenario::parse(spec);
     let Some(scenario) = scenario else {
         let body = openai_error(404, &format!("mock upstream: no scenario for {path}"));
@@ -422,6 +428,9 @@ async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
         if let Some(cap) = request_cap(&body) {
             n = n.min(cap);
         }
+    }
+    if endpoint == "/v1/messages" {
+        return answer_anthropic(out, req, &scenario, &body, &model, stream, n, delay).await;
     }
     if scenario.kind == ScenarioKind::Ok && endpoint == "/embeddings" {
         let prompt = scenario.number("prompt").unwrap_or(7);
@@ -687,6 +696,123 @@ async fn answer_ok(
             tokio::time::sleep(delay).await;
         }
         out.chunk(p).await?;
+    }
+    out.end_chunks().await?;
+    Ok(true)
+}
+
+/// Anthropic's Messages API as its documentation shows it: `x-api-key` and `anthropic-version`
+/// required (401 otherwise), `max_tokens` required (400); `ok` answers a message of `chunks` text
+/// pieces (or, with `kind/tools`, a text and a `tool_use` block), streamed as `message_start`,
+/// `ping`, `content_block_*`, `message_delta` (output tokens) and `message_stop`; `status/<code>`
+/// answers Anthropic's error body (529 `overloaded_error`); `errevent` streams an `error` event.
+#[allow(clippy::too_many_arguments)]
+async fn answer_anthropic(
+    out: &mut Responder<'_>,
+    req: &Request,
+    scenario: &Scenario,
+    body: &Value,
+    model: &str,
+    stream: bool,
+    n: usize,
+    delay: Duration,
+) -> io::Result<bool> {
+    let error = |kind: &str, message: &str| {
+        json!({"type": "error", "error": {"type": kind, "message": message}}).to_string()
+    };
+    if req.header("x-api-key").is_none() || req.header("anthropic-version").is_none() {
+        let e = error(
+            "authentication_error",
+            "x-api-key and anthropic-version are required",
+        );
+        out.whole(401, "application/json", "", e.as_bytes()).await?;
+        return Ok(true);
+    }
+    if body.get("max_tokens").and_then(Value::as_u64).is_none() {
+        let e = error("invalid_request_error", "max_tokens: Field required");
+        out.whole(400, "application/json", "", e.as_bytes()).await?;
+        return Ok(true);
+    }
+    if let ScenarioKind::Status(code) = scenario.kind {
+        let kind = match code {
+            529 => "overloaded_error",
+            429 => "rate_limit_error",
+            _ => "api_error",
+        };
+        let e = error(kind, &format!("mock anthropic failure {code}"));
+        out.whole(code, "application/json", "", e.as_bytes())
+            .await?;
+        return Ok(true);
+    }
+    let input = scenario.number("prompt").unwrap_or(11);
+    let tools = scenario.output() == "tools";
+    let id = format!("msg_mock{}", out.seq);
+    let text: Vec<String> = (0..n).map(mock_chunk_text).collect();
+    let stop = if tools { "tool_use" } else { "end_turn" };
+    let output = n as u64 + u64::from(tools) * 4;
+    if !stream {
+        let mut content = vec![json!({"type": "text", "text": text.concat()})];
+        if tools {
+            content.push(json!({"type": "tool_use", "id": "toolu_mock1", "name": "lookup", "input": {"q": "cats"}}));
+        }
+        let answer = json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": stop, "stop_sequence": null,
+            "usage": {"input_tokens": input, "output_tokens": output, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 1}});
+        out.whole(200, "application/json", "", answer.to_string().as_bytes())
+            .await?;
+        return Ok(true);
+    }
+    let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n").into_bytes();
+    let mut events = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant",
+            "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": input, "output_tokens": 1,
+            "cache_read_input_tokens": 2, "cache_creation_input_tokens": 1}}}),
+        ),
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        event("ping", json!({"type": "ping"})),
+    ];
+    for t in &text {
+        events.push(event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}})));
+    }
+    events.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    if scenario.kind == ScenarioKind::ErrorEvent {
+        events.push(event("error", json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})));
+    } else {
+        if tools {
+            events.push(event("content_block_start", json!({"type": "content_block_start", "index": 1,
+                "content_block": {"type": "tool_use", "id": "toolu_mock1", "name": "lookup", "input": {}}})));
+            for part in ["{\"q\": ", "\"cats\"}"] {
+                events.push(event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 1,
+                    "delta": {"type": "input_json_delta", "partial_json": part}}),
+                ));
+            }
+            events.push(event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 1}),
+            ));
+        }
+        events.push(event(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+            "usage": {"output_tokens": output}}),
+        ));
+        events.push(event("message_stop", json!({"type": "message_stop"})));
+    }
+    out.chunked_head(200, "text/event-stream; charset=utf-8", &events[0])
+        .await?;
+    for e in events.iter().skip(1) {
+        tokio::time::sleep(delay).await;
+        out.chunk(e).await?;
     }
     out.end_chunks().await?;
     Ok(true)

@@ -10,6 +10,7 @@ mod events;
 mod orgs;
 mod plans;
 mod projects;
+mod providers;
 mod usage;
 
 pub use access::Caller;
@@ -208,6 +209,15 @@ pub async fn handle(
         Admin::CreateOrgKey { org } => boxed(orgs::create_key(c, &org)).await,
         Admin::RevokeOrgKey { org, id } => boxed(orgs::revoke_key(c, &org, &id)).await,
         Admin::OrgAudit { org } => boxed(orgs::audit(c, &org)).await,
+        Admin::ListProviderKeys { org } => boxed(providers::list(c, &org)).await,
+        Admin::CreateProviderKey { org } => boxed(providers::create(c, &org)).await,
+        Admin::ReplaceProviderKey { org, provider } => {
+            boxed(providers::replace(c, &org, &provider)).await
+        }
+        Admin::DeleteProviderKey { org, provider } => {
+            boxed(providers::delete(c, &org, &provider)).await
+        }
+        Admin::ResealProviderKeys { org } => boxed(providers::reseal(c, &org)).await,
     }?;
     let (status, response) = match reply {
         Reply::Ok(body) => (200, json(200, &body)?),

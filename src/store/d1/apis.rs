@@ -12,7 +12,7 @@ use crate::records::Api;
 
 const API_COLUMNS: &str = "a.id, a.project_id, p.slug AS project_slug, a.slug, a.name, a.auth_mode, a.upstream_base_url, \
      a.upstream_key_enc, a.default_model, a.models_json, a.timeout_ms, a.created_at, a.updated_at, a.byo_jwt_json, \
-     a.ip_allowlist_json, a.credential_json, a.upstream_policy_json, a.prices_json";
+     a.ip_allowlist_json, a.credential_json, a.upstream_policy_json, a.prices_json, p.org_id AS org_id, a.upstream_route_json";
 
 fn columns(a: &Api) -> Result<Columns, Error> {
     Ok(Columns(vec![
@@ -39,6 +39,13 @@ fn columns(a: &Api) -> Result<Columns, Error> {
         ("credential_json", json_text(&a.credential)?),
         ("upstream_policy_json", json_text(&a.policy)?),
         ("prices_json", json_text(&a.prices)?),
+        (
+            "upstream_route_json",
+            match &a.route {
+                Some(r) => json_text(r)?,
+                None => wasm_bindgen::JsValue::NULL,
+            },
+        ),
     ]))
 }
 

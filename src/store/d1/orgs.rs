@@ -6,7 +6,9 @@ use worker::D1Database;
 use super::{changes, insert_stmt, int, opt_int, opt_text, stmt, text, write, Columns, Rows};
 use crate::error::Error;
 use crate::org::Role;
+use crate::providers::Provider;
 use crate::records::org::{AuditEvent, Member, Membership, Org, OrgKeyRecord, Owner};
+use crate::records::provider::ProviderKey;
 
 const ORG_COLUMNS: &str = "id, slug, name, created_at";
 const MEMBER_COLUMNS: &str =
@@ -141,6 +143,11 @@ pub async fn delete_org(db: &D1Database, org_id: &str) -> Result<bool, Error> {
         stmt(
             db,
             &format!("DELETE FROM audit_events WHERE org_id = ?1 AND {empty}"),
+            &[text(org_id)],
+        )?,
+        stmt(
+            db,
+            &format!("DELETE FROM provider_keys WHERE org_id = ?1 AND {empty}"),
             &[text(org_id)],
         )?,
         stmt(
@@ -433,4 +440,103 @@ pub async fn api_org_id(db: &D1Database, api_id: &str) -> Result<Option<String>,
     .row()
     .await?;
     Ok(row.map(|r| r.org_id))
+}
+
+const PROVIDER_COLUMNS: &str =
+    "org_id, provider, base_url, key_enc, key_last4, created_at, updated_at";
+
+fn provider_columns(k: &ProviderKey) -> Columns {
+    Columns(vec![
+        ("org_id", text(&k.org_id)),
+        ("provider", text(k.provider.as_str())),
+        ("base_url", opt_text(k.base_url.as_deref())),
+        ("key_enc", opt_text(k.key_enc.as_deref())),
+        ("key_last4", opt_text(k.key_last4.as_deref())),
+        ("created_at", int(k.created_at)),
+        ("updated_at", int(k.updated_at)),
+    ])
+}
+
+/// A new provider key (one per provider per org: a second is 409).
+pub async fn create_provider_key(db: &D1Database, k: &ProviderKey) -> Result<(), Error> {
+    let insert = insert_stmt(db, "provider_keys", provider_columns(k))?;
+    write(db, vec![insert], || {
+        format!(
+            "The org already has a `{}` key: replace it with PUT /api/v1/orgs/{{org}}/providers/{}.",
+            k.provider.as_str(),
+            k.provider.as_str()
+        )
+    })
+    .await
+}
+
+/// Replaces a stored provider key; whether there was one.
+pub async fn replace_provider_key(db: &D1Database, k: &ProviderKey) -> Result<bool, Error> {
+    let n = changes(
+        db,
+        "UPDATE provider_keys SET base_url = ?3, key_enc = ?4, key_last4 = ?5, updated_at = ?6 WHERE org_id = ?1 AND provider = ?2",
+        &[text(&k.org_id), text(k.provider.as_str()), opt_text(k.base_url.as_deref()),
+          opt_text(k.key_enc.as_deref()), opt_text(k.key_last4.as_deref()), int(k.updated_at)],
+    )
+    .await?;
+    Ok(n > 0)
+}
+
+pub async fn provider_keys(db: &D1Database, org_id: &str) -> Result<Vec<ProviderKey>, Error> {
+    stmt(
+        db,
+        &format!(
+            "SELECT {PROVIDER_COLUMNS} FROM provider_keys WHERE org_id = ?1 ORDER BY provider"
+        ),
+        &[text(org_id)],
+    )?
+    .rows()
+    .await
+}
+
+pub async fn provider_key(
+    db: &D1Database,
+    org_id: &str,
+    provider: Provider,
+) -> Result<Option<ProviderKey>, Error> {
+    stmt(
+        db,
+        &format!(
+            "SELECT {PROVIDER_COLUMNS} FROM provider_keys WHERE org_id = ?1 AND provider = ?2"
+        ),
+        &[text(org_id), text(provider.as_str())],
+    )?
+    .row()
+    .await
+}
+
+/// Deletes a provider key; whether there was one.
+pub async fn delete_provider_key(
+    db: &D1Database,
+    org_id: &str,
+    provider: Provider,
+) -> Result<bool, Error> {
+    let n = changes(
+        db,
+        "DELETE FROM provider_keys WHERE org_id = ?1 AND provider = ?2",
+        &[text(org_id), text(provider.as_str())],
+    )
+    .await?;
+    Ok(n > 0)
+}
+
+/// Writes a re-sealed key back only if it is still the one that was read (a concurrent replace wins).
+pub async fn reseal_provider_key(
+    db: &D1Database,
+    k: &ProviderKey,
+    was: &str,
+    sealed: &str,
+) -> Result<bool, Error> {
+    let n = changes(
+        db,
+        "UPDATE provider_keys SET key_enc = ?4 WHERE org_id = ?1 AND provider = ?2 AND key_enc = ?3",
+        &[text(&k.org_id), text(k.provider.as_str()), text(was), text(sealed)],
+    )
+    .await?;
+    Ok(n > 0)
 }

@@ -206,7 +206,9 @@ CREATE TABLE usage_records (
   overrun            INTEGER NOT NULL DEFAULT 0,        -- the upstream used more than was reserved
   endpoint           TEXT NOT NULL DEFAULT 'chat',      -- chat, responses, embeddings, messages
   upstream_request_id TEXT,                             -- the upstream's x-request-id, when it sent one
-  upstream_error     TEXT                               -- what the upstream said when it failed (owner only)
+  upstream_error     TEXT,                              -- what the upstream said when it failed (owner only)
+  provider           TEXT,                              -- the provider that answered (provider routes)
+  attempts_json      TEXT NOT NULL DEFAULT '[]'         -- every try upstream: [{model, provider?, status, error?, ms}]
 );
 CREATE INDEX usage_by_api_time ON usage_records (api_id, created_at);
 

@@ -67,6 +67,9 @@ pub struct Lease {
     pub upstream_request_id: Option<String>,
     /// What the upstream said when it failed, for the usage record.
     pub upstream_error: Option<String>,
+    /// Who answered (a fallback) and every try upstream, for the usage record and the price.
+    pub answered: Option<crate::limits::counter::Answered>,
+    pub attempts: Vec<crate::usage::Attempt>,
     settle: Option<oneshot::Sender<SettleMsg>>,
 }
 
@@ -161,6 +164,8 @@ pub async fn admit(
         progress: Progress::default(),
         upstream_request_id: None,
         upstream_error: None,
+        answered: None,
+        attempts: Vec::new(),
         settle: Some(tx),
     })
 }
@@ -173,6 +178,7 @@ impl Lease {
     /// Settles once without waiting: the counter books it after the answer is sent (the reservation
     /// already covers the worst case, and an unsettled lease expires into an estimated record).
     pub fn settle_later(mut self, outcome: Outcome) {
+        let outcome = self.with_answer(outcome);
         if let Some(tx) = self.settle.take() {
             let _ = tx.send((outcome, None));
         }
@@ -180,12 +186,20 @@ impl Lease {
 
     /// Settles once, and waits until the counter has booked it and filed the record.
     pub async fn settle(mut self, outcome: Outcome) {
+        let outcome = self.with_answer(outcome);
         let (done, settled) = oneshot::channel();
         if let Some(tx) = self.settle.take() {
             if tx.send((outcome, Some(done))).is_ok() {
                 let _ = settled.await;
             }
         }
+    }
+
+    /// An outcome with who answered and the tries upstream, however it was made.
+    fn with_answer(&mut self, mut outcome: Outcome) -> Outcome {
+        outcome.answered = self.answered.take();
+        outcome.attempts = std::mem::take(&mut self.attempts);
+        outcome
     }
 
     /// The outcome when the request ends with `ended` and no usage report: the prompt is booked at

@@ -25,7 +25,7 @@ use crate::authenticate::{passthrough_credential, resolve_and_authenticate};
 use crate::error::{Error, Problem};
 use crate::http::{json, now_ms, read_body, with_random};
 use crate::ids::new_id;
-use crate::limits::counter::{Ask, Outcome, Window};
+use crate::limits::counter::{Answered, Ask, Outcome, Window};
 use crate::limits::headers::rate_limit_headers;
 use crate::limits::ops::{CounterReply, CounterRequest};
 use crate::limits::spend::micro_to_usd;
@@ -41,7 +41,7 @@ use crate::upstream::asked::Asked;
 use crate::upstream::chat::{ApiRules, ChatRequest};
 use crate::upstream::UPSTREAM_TEXT_CHARS;
 use crate::upstream::{self, demo::DemoReply};
-use crate::usage::{Ended, Endpoint, UsageRecord};
+use crate::usage::{Attempt, Ended, Endpoint, UsageRecord};
 
 /// Chat bodies carry whole conversations; 2 MiB is generous and still bounded.
 const CHAT_BODY_LIMIT: usize = 2 * 1024 * 1024;
@@ -157,37 +157,70 @@ async fn serve(
     let started = now_ms();
     let (entry, caller) = resolve(&req, env, ctx, timing, place.project, place.api).await?;
     let api = &entry.api;
-    let mut asked = read_asked(&mut req, api, place.endpoint).await?;
+    let (mut asked, original) = read_asked(&mut req, api, place.endpoint).await?;
     let passthrough = passthrough_credential(&req, api)?;
     // Before anything is reserved: a request routed to a provider the org has no key for is 503.
-    let routed = provider_target(env, timing, api, &asked).await?;
+    let routed = provider_target(env, timing, api, &asked, asked.model()).await?;
+    let price = api.prices.get(asked.model());
+    let fallbacks = fallback_targets(env, timing, api, &asked, price.is_some()).await?;
+    // The reservation covers the dearest model that may answer; the one that does is booked.
+    let reserve = fallbacks
+        .iter()
+        .filter_map(|(m, _)| api.prices.get(m))
+        .fold(price, |held, p| Some(held.map_or(p, |h| h.dearest(&p))));
     let watch = Watch::new(&req);
     let admitting = now_ms();
-    let mut lease = admit(env, ctx, timing, place, &entry, &caller, &asked, started).await?;
+    let mut lease = admit(
+        env, ctx, timing, place, &entry, &caller, &asked, started, reserve,
+    )
+    .await?;
     timing.phase("admit", (now_ms() - admitting) as f64);
     asked.set_cap(lease.cap, api.policy.max_tokens_field);
     let rate_headers = rate_limit_headers(&lease.windows, started);
     let controller = AbortController::default();
+    let committed = Rc::new(std::cell::Cell::new(false));
     let sent = outbound(
         env,
         api,
         &asked,
         place.request_id,
-        passthrough,
+        passthrough.clone(),
         routed.as_ref(),
-    );
-    let translate = routed
-        .as_ref()
-        .filter(|t| t.provider.wire() == Wire::Anthropic)
-        .map(|_| asked.model().to_string());
+        original.as_ref(),
+    )
+    .and_then(|first| match first {
+        Outbound::Fetch(first) => {
+            let mut candidates = vec![first.priced(price)];
+            for (model, target) in &fallbacks {
+                let to = Route {
+                    passthrough: passthrough.clone(),
+                    routed: target.as_ref(),
+                    original: original.as_ref(),
+                };
+                let c = candidate(env, api, &asked, place.request_id, to, model)?;
+                candidates.push(c.priced(api.prices.get(model)));
+            }
+            Ok(Outbound::Tries(candidates))
+        }
+        demo => Ok(demo),
+    });
     let upstream: Upstream = match sent {
         Ok(Outbound::Demo(answer)) => Box::pin(async move { Ok(answer) }),
-        Ok(Outbound::Fetch(request)) => Box::pin(send(
-            request,
+        Ok(Outbound::Tries(candidates)) => Box::pin(attempts(
+            candidates,
+            api.policy.retries,
             api.timeout_ms,
             asked.stream(),
             controller.signal(),
-            translate,
+            committed.clone(),
+        )),
+        Ok(Outbound::Fetch(one)) => Box::pin(attempts(
+            vec![one.priced(price)],
+            api.policy.retries,
+            api.timeout_ms,
+            asked.stream(),
+            controller.signal(),
+            committed.clone(),
         )),
         Err(e) => {
             let outcome = lease.estimated(e.status, Ended::UpstreamError);
@@ -204,6 +237,7 @@ async fn serve(
         rate_headers,
         asked,
         anthropic: place.endpoint == Endpoint::Messages,
+        committed,
     };
     exchange.answer(upstream, stream, timing).await
 }
@@ -219,6 +253,8 @@ struct Exchange {
     asked: Asked,
     /// The client called Anthropic's Messages API: the answer is translated back to it.
     anthropic: bool,
+    /// Set once the answer's head is on its way to the client: no try upstream may start after.
+    committed: Rc<std::cell::Cell<bool>>,
 }
 
 impl Exchange {
@@ -268,6 +304,8 @@ impl Exchange {
     /// The upstream's head reaches the client with the answer, and its request id the usage record.
     fn heard(&mut self, head: &Head) {
         self.lease.upstream_request_id = head.request_id.clone();
+        self.lease.answered = head.answered.clone();
+        self.lease.attempts = head.attempts.clone();
         self.rate_headers.extend(head.headers());
     }
 
@@ -275,6 +313,7 @@ impl Exchange {
     fn failed(mut self, failure: Failure) -> Result<Response, Error> {
         self.controller.abort();
         self.lease.upstream_error = failure.said.clone();
+        self.lease.attempts = failure.attempts.clone();
         let outcome = match failure.ended {
             // An error status means nothing was generated: nothing is booked.
             Ended::UpstreamError => Outcome {
@@ -320,6 +359,8 @@ impl Exchange {
     }
 
     fn stream(self, source: Source) -> Result<Response, Error> {
+        // The head goes out now: an upstream still being tried gets no further tries.
+        self.committed.set(true);
         // The usage chunk reaches Anthropic's translation (it becomes `message_delta.usage`).
         let strip_usage = self.asked.strip_usage() && !self.anthropic;
         let relay_of = Relay::of(self.asked.wire(), strip_usage, None);
@@ -373,6 +414,7 @@ fn reported(lease: &Lease, status: u16, ended: Ended, usage: Usage) -> Outcome {
         ttft_ms: lease.progress.ttft_ms,
         upstream_request_id: lease.upstream_request_id.clone(),
         upstream_error: lease.upstream_error.clone(),
+        ..Outcome::default()
     }
 }
 
@@ -538,18 +580,23 @@ fn response_headers(content_type: &str, extra: &[(String, String)]) -> Result<He
 /// Phase 3 — read the body: bounded (413), valid JSON (400), the endpoint's OpenAI shape within the
 /// gateway's bounds and the API's rules (allowed models and parameters), with the API's default
 /// model filled in and the prompt's upper bound counted.
-async fn read_asked(req: &mut Request, api: &Api, endpoint: Endpoint) -> Result<Asked, Error> {
+async fn read_asked(
+    req: &mut Request,
+    api: &Api,
+    endpoint: Endpoint,
+) -> Result<(Asked, Option<Value>), Error> {
     let limit = match endpoint {
         Endpoint::Messages => MESSAGES_BODY_LIMIT,
         _ => CHAT_BODY_LIMIT,
     };
     let bytes = read_body(req, limit).await?;
     let body: Value = crate::input::parse_body(&bytes)?;
-    let body = match endpoint {
-        Endpoint::Messages => anthropic::to_chat(body)?,
-        _ => body,
+    // A Messages body is checked and metered as chat; an Anthropic upstream gets it as sent.
+    let (body, original) = match endpoint {
+        Endpoint::Messages => (anthropic::to_chat(body.clone())?, Some(body)),
+        _ => (body, None),
     };
-    Asked::prepare(endpoint, body, &rules_of(api))
+    Ok((Asked::prepare(endpoint, body, &rules_of(api))?, original))
 }
 
 fn rules_of(api: &Api) -> ApiRules<'_> {
@@ -610,10 +657,10 @@ async fn admit(
     caller: &Caller,
     asked: &Asked,
     now: i64,
+    price: Option<crate::limits::spend::Price>,
 ) -> Result<Lease, Error> {
     let api = &entry.api;
     let model = asked.model();
-    let price = api.prices.get(model);
     let record = UsageRecord {
         id: place.request_id.to_string(),
         endpoint: place.endpoint,
@@ -662,6 +709,9 @@ enum Answer {
 struct Head {
     request_id: Option<String>,
     processing_ms: Option<String>,
+    /// Who answered, and the tries it took (set by `attempts`).
+    answered: Option<Answered>,
+    attempts: Vec<Attempt>,
 }
 
 impl Head {
@@ -675,8 +725,9 @@ impl Head {
                 .filter(|v| !v.is_empty() && v.len() <= 200)
         };
         Head {
-            request_id: get("x-request-id"),
+            request_id: get("x-request-id").or_else(|| get("request-id")),
             processing_ms: get("openai-processing-ms"),
+            ..Head::default()
         }
     }
 
@@ -701,7 +752,39 @@ enum Source {
 /// What phase 5 sends: the built-in demo's answer, or a request to the API's upstream.
 enum Outbound {
     Demo(Answer),
-    Fetch(Request),
+    Fetch(Candidate),
+    /// The first candidate, then the fallbacks.
+    Tries(Vec<Candidate>),
+}
+
+/// One way to reach a model: the request's parts (built again for each try), and who answers
+/// through it.
+struct Candidate {
+    url: String,
+    headers: Vec<(String, String)>,
+    body: String,
+    /// Anthropic's answers are translated, for the model the client asked for.
+    translate: Option<String>,
+    answered: Answered,
+}
+
+impl Candidate {
+    fn priced(mut self, price: Option<crate::limits::spend::Price>) -> Candidate {
+        self.answered.price = price;
+        self
+    }
+
+    fn request(&self) -> Result<Request, Error> {
+        let headers = Headers::new();
+        for (name, value) in &self.headers {
+            headers.set(name, value)?;
+        }
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(JsValue::from_str(&self.body)));
+        Ok(Request::new_with_init(&self.url, &init)?)
+    }
 }
 
 /// Why forwarding failed, and what that means for booking.
@@ -710,6 +793,11 @@ struct Failure {
     ended: Ended,
     /// What the upstream (or the runtime) said: for the usage record, never the end user.
     said: Option<String>,
+    /// The upstream's own status and `Retry-After`, when it answered one.
+    status: Option<u16>,
+    retry_after: Option<String>,
+    /// Every try upstream (set by `attempts`).
+    attempts: Vec<Attempt>,
 }
 
 impl Failure {
@@ -718,6 +806,35 @@ impl Failure {
             error,
             ended,
             said: None,
+            status: None,
+            retry_after: None,
+            attempts: Vec::new(),
+        }
+    }
+
+    /// Whether another try may help: a 429 or 5xx, a timeout, a connection that failed or broke.
+    fn retryable(&self) -> bool {
+        match self.ended {
+            Ended::UpstreamError => self.status.is_some_and(|s| s == 429 || s >= 500),
+            Ended::UpstreamTimeout | Ended::UpstreamUnreachable | Ended::UpstreamCut => true,
+            _ => false,
+        }
+    }
+
+    /// How the try went, for the record.
+    fn attempt(&self, answered: &Answered, ms: u64) -> Attempt {
+        let error = match self.ended {
+            Ended::UpstreamTimeout => "timeout",
+            Ended::UpstreamUnreachable => "unreachable",
+            Ended::UpstreamCut => "cut",
+            _ => "status",
+        };
+        Attempt {
+            model: answered.model.clone(),
+            provider: answered.provider.clone(),
+            status: self.status.unwrap_or(0),
+            error: Some(error.into()),
+            ms,
         }
     }
 
@@ -737,11 +854,9 @@ fn outbound(
     request_id: &str,
     passthrough: Option<(CredentialSource, String)>,
     routed: Option<&ProviderTarget>,
+    original: Option<&Value>,
 ) -> Result<Outbound, Error> {
-    if let Some(target) = routed {
-        return to_provider(asked, request_id, target);
-    }
-    if api.upstream_base_url == "demo" {
+    if routed.is_none() && api.upstream_base_url == "demo" {
         return match asked {
             Asked::Chat(chat) => Ok(Outbound::Demo(demo_answer(chat))),
             _ => Err(Error::invalid_request(format!(
@@ -750,32 +865,54 @@ fn outbound(
             ))),
         };
     }
+    let to = Route {
+        passthrough,
+        routed,
+        original,
+    };
+    candidate(env, api, asked, request_id, to, asked.model()).map(Outbound::Fetch)
+}
+
+/// The request for `model` (the one asked for, or a fallback): to its provider, or to the API's
+/// own upstream with its provider key (client credentials never travel upstream unless the API
+/// passes them through).
+fn candidate(
+    env: &Env,
+    api: &Api,
+    asked: &Asked,
+    request_id: &str,
+    to: Route<'_>,
+    model: &str,
+) -> Result<Candidate, Error> {
+    let Route {
+        passthrough,
+        routed,
+        original,
+    } = to;
+    if let Some(target) = routed {
+        return to_provider(asked, request_id, target, model, original);
+    }
+    if api.upstream_base_url == "demo" {
+        return Err(Error::invalid_request(
+            "A fallback on the built-in demo upstream has nowhere to go.",
+        ));
+    }
     let stream = asked.stream();
     // The body as checked (with the granted cap), the provider key or the passed-through credential.
-    let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
-    headers.set("x-request-id", request_id)?;
-    headers.set(
-        "accept",
-        if stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        },
-    )?;
+    let mut headers = base_headers(request_id, stream);
     if let Some(sealed) = &api.upstream_key_enc {
         let key = crate::http::keyring(env)?
             .open(sealed)
             .ok_or_else(|| Error::misconfigured("The API's provider key cannot be decrypted; was ENCRYPTION_KEY changed? Set the key again."))?;
-        headers.set("authorization", &format!("Bearer {key}"))?;
+        headers.push(("authorization".into(), format!("Bearer {key}")));
     }
     let mut url = upstream::endpoint_url(&api.upstream_base_url, asked.path());
     match passthrough {
         // The provider key, when set, keeps the Authorization header.
         Some((CredentialSource::Authorization, c)) if api.upstream_key_enc.is_none() => {
-            headers.set("authorization", &format!("Bearer {c}"))?
+            headers.push(("authorization".into(), format!("Bearer {c}")))
         }
-        Some((CredentialSource::Header(name), c)) => headers.set(&name, &c)?,
+        Some((CredentialSource::Header(name), c)) => headers.push((name, c)),
         Some((CredentialSource::Query(name), c)) => {
             let pair: String = form_urlencoded::Serializer::new(String::new())
                 .append_pair(&name, &c)
@@ -784,13 +921,47 @@ fn outbound(
         }
         _ => {}
     }
-    let body = serde_json::to_string(asked.body())
-        .map_err(|e| Error::internal(format!("The chat body could not be written: {e}.")))?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(JsValue::from_str(&body)));
-    Ok(Outbound::Fetch(Request::new_with_init(&url, &init)?))
+    let body = if model == asked.model() {
+        serde_json::to_string(asked.body())
+    } else {
+        let mut body = asked.body().clone();
+        body.insert("model".into(), Value::from(model));
+        serde_json::to_string(&body)
+    }
+    .map_err(|e| Error::internal(format!("The chat body could not be written: {e}.")))?;
+    Ok(Candidate {
+        url,
+        headers,
+        body,
+        translate: None,
+        answered: Answered {
+            model: model.to_string(),
+            provider: None,
+            price: None,
+        },
+    })
+}
+
+/// How one candidate is reached: the client credential an API passes through, the provider it is
+/// routed to, and the Messages body as the client sent it.
+struct Route<'a> {
+    passthrough: Option<(CredentialSource, String)>,
+    routed: Option<&'a ProviderTarget>,
+    original: Option<&'a Value>,
+}
+
+/// Every upstream request's own headers: its type, the gateway's request id, what it accepts.
+fn base_headers(request_id: &str, stream: bool) -> Vec<(String, String)> {
+    let accept = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    vec![
+        ("content-type".into(), "application/json".into()),
+        ("x-request-id".into(), request_id.into()),
+        ("accept".into(), accept.into()),
+    ]
 }
 
 /// A request routed to a provider: its base URL, the org's key (opened), and the model name it is
@@ -809,14 +980,14 @@ async fn provider_target(
     timing: &Timing,
     api: &Api,
     asked: &Asked,
+    model: &str,
 ) -> Result<Option<ProviderTarget>, Error> {
     let Some(route) = &api.route else {
         return Ok(None);
     };
-    let (provider, model) = providers::pick(route, asked.model()).ok_or_else(|| {
+    let (provider, model) = providers::pick(route, model).ok_or_else(|| {
         Error::invalid_request(format!(
-            "`{}` names no provider: this API routes by `provider/model` names (e.g. `anthropic/claude-3-5-haiku`).",
-            asked.model()
+            "`{model}` names no provider: this API routes by `provider/model` names (e.g. `anthropic/claude-3-5-haiku`)."
         ))
         .with_field("param", "model")
     })?;
@@ -861,28 +1032,29 @@ fn to_provider(
     asked: &Asked,
     request_id: &str,
     target: &ProviderTarget,
-) -> Result<Outbound, Error> {
-    let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
-    headers.set("x-request-id", request_id)?;
-    headers.set(
-        "accept",
-        if asked.stream() {
-            "text/event-stream"
-        } else {
-            "application/json"
-        },
-    )?;
+    model: &str,
+    original: Option<&Value>,
+) -> Result<Candidate, Error> {
+    let mut headers = base_headers(request_id, asked.stream());
     if let Some(key) = &target.key {
         let (name, value) = target.provider.auth_header(key);
-        headers.set(name, &value)?;
+        headers.push((name.into(), value));
     }
     let (url, body) = match target.provider.wire() {
         Wire::Anthropic => {
-            headers.set("anthropic-version", providers::anthropic::VERSION)?;
+            headers.push((
+                "anthropic-version".into(),
+                providers::anthropic::VERSION.into(),
+            ));
+            let body = match original {
+                Some(messages) => {
+                    providers::anthropic::passthrough(messages, asked.body(), &target.model)
+                }
+                None => providers::anthropic::request(asked.body(), &target.model)?,
+            };
             (
                 upstream::endpoint_url(&target.base_url, "v1/messages"),
-                providers::anthropic::request(asked.body(), &target.model)?,
+                body,
             )
         }
         Wire::OpenAi => {
@@ -897,11 +1069,133 @@ fn to_provider(
             )
         }
     };
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(JsValue::from_str(&body.to_string())));
-    Ok(Outbound::Fetch(Request::new_with_init(&url, &init)?))
+    let translate = (target.provider.wire() == Wire::Anthropic).then(|| asked.model().to_string());
+    Ok(Candidate {
+        url,
+        headers,
+        body: body.to_string(),
+        translate,
+        answered: Answered {
+            model: model.to_string(),
+            provider: Some(target.provider.as_str().to_string()),
+            price: None,
+        },
+    })
+}
+
+/// The API's fallbacks this request may use, each with its provider: a `provider/model` name on
+/// an API with its own base URL goes to that provider too. A fallback whose provider has no key in
+/// the org, or (when the model asked for has a price) has no price, is left out: it could neither
+/// answer nor be booked.
+async fn fallback_targets(
+    env: &Env,
+    timing: &Timing,
+    api: &Api,
+    asked: &Asked,
+    priced: bool,
+) -> Result<Vec<(String, Option<ProviderTarget>)>, Error> {
+    let mut out = Vec::new();
+    for model in &api.policy.fallbacks {
+        if model == asked.model() || (priced && api.prices.get(model).is_none()) {
+            continue;
+        }
+        let target = match (&api.route, providers::split_model(model)) {
+            (Some(_), _) => provider_target(env, timing, api, asked, model).await,
+            (None, Some(_)) => {
+                let by_model = Api {
+                    route: Some(providers::Route::ByModel),
+                    ..api.clone()
+                };
+                provider_target(env, timing, &by_model, asked, model).await
+            }
+            (None, None) => Ok(None),
+        };
+        match target {
+            Ok(t) => out.push((model.clone(), t)),
+            Err(e) if e.problem == Problem::ProviderNotConfigured => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Phase 5: the first candidate, again up to `retries` times while it fails in a way another try
+/// may mend, then each fallback in order; never once the answer's head has gone to the client.
+/// The answer (or the last failure) says who answered and every try.
+async fn attempts(
+    candidates: Vec<Candidate>,
+    retries: u32,
+    timeout_ms: u32,
+    stream: bool,
+    signal: AbortSignal,
+    committed: Rc<std::cell::Cell<bool>>,
+) -> Result<Answer, Failure> {
+    let mut log: Vec<Attempt> = Vec::new();
+    let mut last: Option<Failure> = None;
+    'candidates: for (i, c) in candidates.iter().enumerate() {
+        let tries = if i == 0 { 1 + retries } else { 1 };
+        for n in 0..tries {
+            if (i > 0 || n > 0) && (committed.get() || signal.aborted()) {
+                break 'candidates;
+            }
+            let request = match c.request() {
+                Ok(r) => r,
+                Err(e) => return Err(Failure::new(e, Ended::UpstreamError)),
+            };
+            let started = now_ms();
+            match send(
+                request,
+                timeout_ms,
+                stream,
+                signal.clone(),
+                c.translate.clone(),
+            )
+            .await
+            {
+                Ok(mut answer) => {
+                    log.push(Attempt {
+                        model: c.answered.model.clone(),
+                        provider: c.answered.provider.clone(),
+                        status: 200,
+                        error: None,
+                        ms: (now_ms() - started).max(0) as u64,
+                    });
+                    let head = match &mut answer {
+                        Answer::Json(_, head) | Answer::Stream(_, head) => head,
+                    };
+                    head.answered = Some(c.answered.clone());
+                    head.attempts = log;
+                    return Ok(answer);
+                }
+                Err(failure) => {
+                    log.push(failure.attempt(&c.answered, (now_ms() - started).max(0) as u64));
+                    let retryable = failure.retryable();
+                    let mut jitter = [0u8; 2];
+                    let jitter = crate::http::random(&mut jitter)
+                        .map_or(u16::MAX / 2, |_| u16::from_le_bytes(jitter));
+                    let wait = upstream::retry_wait_ms(n, failure.retry_after.as_deref(), jitter);
+                    last = Some(failure);
+                    if !retryable {
+                        break 'candidates;
+                    }
+                    match wait {
+                        Some(ms) if n + 1 < tries => {
+                            Delay::from(Duration::from_millis(ms)).await;
+                        }
+                        _ => continue 'candidates,
+                    }
+                }
+            }
+        }
+    }
+    let mut failure = last.unwrap_or_else(|| {
+        Failure::new(
+            Error::upstream("The upstream model API could not be reached."),
+            Ended::UpstreamUnreachable,
+        )
+    });
+    failure.attempts = log;
+    Err(failure)
 }
 
 /// Phase 5, second half: sends the request. No answer within the API's timeout → 504; unreachable
@@ -934,10 +1228,12 @@ async fn send(
     if !(200..300).contains(&status) {
         let retry_after = response.headers().get("retry-after").ok().flatten();
         let body = read_limited(&mut response, ERROR_BODY_LIMIT).await;
-        let (error, said) = upstream::upstream_failure(status, &body, retry_after);
-        return Err(
-            Failure::new(error.with_headers(head.headers()), Ended::UpstreamError).saying(said),
-        );
+        let (error, said) = upstream::upstream_failure(status, &body, retry_after.clone());
+        let mut failure =
+            Failure::new(error.with_headers(head.headers()), Ended::UpstreamError).saying(said);
+        failure.status = Some(status);
+        failure.retry_after = retry_after;
+        return Err(failure);
     }
     if stream {
         let body = response
@@ -1152,6 +1448,8 @@ impl MeteredStream {
             Ok(Answer::Stream(body, head)) => {
                 if let Some(lease) = self.lease.as_mut() {
                     lease.upstream_request_id = head.request_id;
+                    lease.answered = head.answered;
+                    lease.attempts = head.attempts;
                 }
                 self.source = Source::Body(body);
                 return None;
@@ -1165,6 +1463,7 @@ impl MeteredStream {
         let bytes = self.relay.on_error(&failure.error);
         if let Some(lease) = self.lease.as_mut() {
             lease.upstream_error = failure.said;
+            lease.attempts = failure.attempts;
             if failure.ended == Ended::UpstreamError {
                 lease.progress.sent_upstream = false;
             }

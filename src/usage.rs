@@ -105,6 +105,26 @@ pub struct UsageRecord {
     /// What the upstream (or the connection to it) said when it failed: for the owner only.
     #[serde(default)]
     pub upstream_error: Option<String>,
+    /// The provider that answered, for an API routed to providers.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Every try the request made upstream, in order (retries and fallbacks; records filed before
+    /// attempts were kept have none).
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One try upstream: the model and provider tried, the upstream's status (0: no answer) and what
+/// went wrong (`timeout`, `unreachable`, `cut`, `status`), and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub ms: u64,
 }
 
 /// The data-plane endpoints that are metered.
@@ -155,7 +175,7 @@ impl UsageRecord {
             "n": self.n, "max_tokens": self.max_tokens, "prompt_bound": self.prompt_bound,
             "cost_usd": crate::limits::spend::micro_to_usd(self.cost_micro), "overrun": self.overrun,
             "endpoint": self.endpoint.as_str(), "upstream_request_id": self.upstream_request_id,
-            "upstream_error": self.upstream_error,
+            "upstream_error": self.upstream_error, "provider": self.provider, "attempts": self.attempts,
         })
     }
 }

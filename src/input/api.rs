@@ -126,6 +126,8 @@ pub struct UpstreamPatch {
     pub allowed_params: Option<Vec<String>>,
     pub image_tokens: Option<u64>,
     pub max_tokens_field: Option<CapField>,
+    pub retries: Option<u32>,
+    pub fallbacks: Option<Vec<String>>,
 }
 
 impl UpstreamPatch {
@@ -167,6 +169,8 @@ impl UpstreamPatch {
             allowed_params: self.allowed_params.clone(),
             image_tokens: self.image_tokens,
             max_tokens_field: self.max_tokens_field,
+            retries: self.retries,
+            fallbacks: self.fallbacks.clone(),
         }
     }
 

@@ -292,6 +292,21 @@ pub struct Outcome {
     /// What the upstream said when it failed (for the owner's usage record).
     #[serde(default)]
     pub upstream_error: Option<String>,
+    /// Who answered when it was not the model asked for first (a fallback): the record names it,
+    /// and its price is the one booked.
+    #[serde(default)]
+    pub answered: Option<Answered>,
+    /// Every try upstream, in order.
+    #[serde(default)]
+    pub attempts: Vec<crate::usage::Attempt>,
+}
+
+/// The model and provider that answered, and that model's price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answered {
+    pub model: String,
+    pub provider: Option<String>,
+    pub price: Option<Price>,
 }
 
 impl CounterState {
@@ -594,7 +609,13 @@ impl CounterState {
         let tokens = outcome
             .prompt_tokens
             .saturating_add(outcome.completion_tokens);
-        let cost = lease.price.map_or(0, |p| {
+        // The reservation held the dearest of the models that could answer; what is booked is the
+        // price of the one that did.
+        let price = match &outcome.answered {
+            Some(a) => a.price,
+            None => lease.price,
+        };
+        let cost = price.map_or(0, |p| {
             p.cost_micro(
                 outcome.prompt_tokens,
                 outcome.cached_tokens,
@@ -617,6 +638,11 @@ impl CounterState {
             record.ttft_ms = outcome.ttft_ms;
             record.upstream_request_id = outcome.upstream_request_id.clone();
             record.upstream_error = outcome.upstream_error.clone();
+            if let Some(a) = &outcome.answered {
+                record.model = a.model.clone();
+                record.provider = a.provider.clone();
+            }
+            record.attempts = outcome.attempts.clone();
             self.filed.push(record);
         }
         true

@@ -45,6 +45,16 @@ pub struct Price {
 }
 
 impl Price {
+    /// A price at least each of the two's, per kind of token: what a reservation holds when either
+    /// model may answer.
+    pub fn dearest(&self, other: &Price) -> Price {
+        Price {
+            input: self.input.max(other.input),
+            output: self.output.max(other.output),
+            cached_input: self.cached_input.max(other.cached_input),
+        }
+    }
+
     /// What a prompt may cost at most: cached tokens never cost more than the input price here.
     fn prompt_rate(&self) -> u64 {
         self.input.max(self.cached_input)

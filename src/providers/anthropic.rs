@@ -215,6 +215,23 @@ pub fn request(chat: &Map<String, Value>, model: &str) -> Result<Value, Error> {
     Ok(out)
 }
 
+/// A Messages request as the client sent it, for an Anthropic upstream: unchanged but for the
+/// model's name (without its `anthropic/` prefix) and `max_tokens`, which is the cap the gateway
+/// granted (the checked chat body carries it).
+pub fn passthrough(original: &Value, chat: &Map<String, Value>, model: &str) -> Value {
+    let mut out = original.clone();
+    if let Some(o) = out.as_object_mut() {
+        o.insert("model".into(), Value::from(model));
+        if let Some(cap) = ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|k| chat.get(*k).and_then(Value::as_u64))
+        {
+            o.insert("max_tokens".into(), Value::from(cap));
+        }
+    }
+    out
+}
+
 /// Anthropic's stop reason as a chat finish reason.
 pub fn finish_reason(stop: &str) -> &'static str {
     match stop {
@@ -512,6 +529,18 @@ mod tests {
             json!([{"type": "text", "text": "x"}])
         );
         assert!(r.get("system").is_none());
+    }
+
+    #[test]
+    fn a_messages_body_passes_with_the_granted_cap() {
+        let original = json!({"model": "anthropic/claude-3-5-haiku", "max_tokens": 9000, "thinking": {"type": "enabled", "budget_tokens": 2000},
+            "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}], "messages": [{"role": "user", "content": "x"}]});
+        let chat = body(json!({"max_tokens": 512}));
+        let out = passthrough(&original, &chat, "claude-3-5-haiku");
+        assert_eq!(out["model"], "claude-3-5-haiku");
+        assert_eq!(out["max_tokens"], 512);
+        assert_eq!(out["thinking"], original["thinking"]);
+        assert_eq!(out["system"], original["system"]);
     }
 
     #[test]

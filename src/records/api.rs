@@ -134,6 +134,7 @@ impl Api {
         let unpriced: Vec<String> = self
             .allowed_models()
             .into_iter()
+            .chain(self.policy.fallbacks.iter().cloned())
             .filter(|m| self.prices.get(m).is_none())
             .collect();
         json!({
@@ -162,6 +163,8 @@ impl Api {
                 "allowed_params": self.policy.allowed_params,
                 "image_tokens": self.policy.image_tokens,
                 "max_tokens_field": self.policy.max_tokens_field,
+                "retries": self.policy.retries,
+                "fallbacks": self.policy.fallbacks,
             },
             "prices": self.prices.to_json(),
             "unpriced_models": unpriced,

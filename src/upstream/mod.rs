@@ -41,6 +41,25 @@ pub fn upstream_message(body: &[u8]) -> String {
         .collect()
 }
 
+/// The most a retry waits; a longer `Retry-After` moves on to the next fallback instead.
+pub const RETRY_WAIT_MAX_MS: u64 = 2_000;
+const RETRY_BASE_MS: u64 = 250;
+
+/// How long to wait before trying again after try `n` (0-based): exponential backoff with jitter
+/// (half the ceiling, plus `jitter`/65535 of the other half), or the upstream's `Retry-After`
+/// (seconds) when it asks for longer; `None` when it asks for more than the gateway waits.
+pub fn retry_wait_ms(n: u32, retry_after: Option<&str>, jitter: u16) -> Option<u64> {
+    let ceiling = RETRY_BASE_MS
+        .saturating_mul(1 << n.min(5))
+        .min(RETRY_WAIT_MAX_MS);
+    let backoff = ceiling / 2 + (ceiling / 2) * u64::from(jitter) / u64::from(u16::MAX);
+    match retry_after.and_then(|v| v.trim().parse::<f64>().ok()) {
+        Some(s) if !s.is_finite() || s * 1000.0 > RETRY_WAIT_MAX_MS as f64 => None,
+        Some(s) if s > 0.0 => Some(backoff.max((s * 1000.0) as u64)),
+        _ => Some(backoff),
+    }
+}
+
 /// How much of an upstream's error text the usage record keeps.
 pub const UPSTREAM_TEXT_CHARS: usize = 1000;
 
@@ -161,6 +180,12 @@ pub fn upstream_failure(status: u16, body: &[u8], retry_after: Option<String>) -
                 "The upstream model API is rate limiting the gateway (429{said}); try again later."
             ),
         ),
+        // Anthropic's `overloaded_error`: the provider is there but busy, as 503 says.
+        529 => Error::upstream(format!(
+            "The upstream model API is overloaded (529{said}); try again later."
+        ))
+        .with_status(503)
+        .with_field("upstream_status", status),
         _ => Error::upstream(format!(
             "The upstream model API failed with {status}{said}."
         ))
@@ -177,6 +202,45 @@ pub fn upstream_failure(status: u16, body: &[u8], retry_after: Option<String>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anthropic_errors_keep_their_meaning() {
+        let body = |kind: &str| {
+            serde_json::json!({"type": "error", "error": {"type": kind, "message": "m"}})
+                .to_string()
+                .into_bytes()
+        };
+        let (e, said) = upstream_failure(529, &body("overloaded_error"), None);
+        assert_eq!((e.status, e.kind()), (503, "upstream-error"));
+        assert_eq!(said, "m");
+        let (e, _) = upstream_failure(429, &body("rate_limit_error"), Some("3".into()));
+        assert_eq!((e.status, e.kind()), (429, "upstream-rate-limited"));
+        let (e, _) = upstream_failure(400, &body("invalid_request_error"), None);
+        assert_eq!((e.status, e.kind()), (400, "upstream-rejected"));
+        // The org's key refused: the gateway's failure, not the client's.
+        let (e, _) = upstream_failure(401, &body("authentication_error"), None);
+        assert_eq!((e.status, e.kind()), (502, "upstream-error"));
+    }
+
+    #[test]
+    fn retries_back_off_with_jitter_and_honour_short_retry_afters() {
+        assert_eq!(retry_wait_ms(0, None, 0), Some(125));
+        assert_eq!(retry_wait_ms(0, None, u16::MAX), Some(250));
+        assert_eq!(retry_wait_ms(1, None, u16::MAX), Some(500));
+        assert_eq!(retry_wait_ms(9, None, u16::MAX), Some(RETRY_WAIT_MAX_MS));
+        assert_eq!(retry_wait_ms(0, Some("1"), 0), Some(1_000));
+        assert_eq!(retry_wait_ms(0, Some("0.1"), u16::MAX), Some(250));
+        assert_eq!(
+            retry_wait_ms(0, Some("7"), 0),
+            None,
+            "longer than the gateway waits"
+        );
+        assert_eq!(retry_wait_ms(0, Some("inf"), 0), None);
+        assert_eq!(
+            retry_wait_ms(0, Some("Wed, 21 Oct 2015 07:28:00 GMT"), 0),
+            Some(125)
+        );
+    }
 
     #[test]
     fn urls_and_failures() {

@@ -49,7 +49,23 @@ pub struct UpstreamPolicy {
     /// policy, where the API's other per-request switches are; omitted from storage while off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub server_timing: bool,
+    /// How often a failed first try is repeated (429, 5xx, timeouts, connection errors; before any
+    /// byte reached the client).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Models tried in order once the retries are spent (`provider/model` names, or plain ones for
+    /// the API's own upstream).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
+
+fn default_retries() -> u32 {
+    1
+}
+
+/// The most retries an API may ask for, and the most fallbacks.
+pub const MAX_RETRIES: u32 = 5;
+pub const MAX_FALLBACKS: usize = 5;
 
 fn default_max_n() -> u64 {
     4
@@ -67,6 +83,8 @@ impl Default for UpstreamPolicy {
             image_tokens: default_image_tokens(),
             max_tokens_field: CapField::Auto,
             server_timing: false,
+            retries: default_retries(),
+            fallbacks: Vec::new(),
         }
     }
 }
@@ -79,6 +97,8 @@ pub struct PolicyInput {
     pub allowed_params: Option<Vec<String>>,
     pub image_tokens: Option<u64>,
     pub max_tokens_field: Option<CapField>,
+    pub retries: Option<u32>,
+    pub fallbacks: Option<Vec<String>>,
 }
 
 impl PolicyInput {
@@ -97,6 +117,23 @@ impl PolicyInput {
                     "`upstream.image_tokens` must be between 1 and 1000000",
                 )
                 .with_field("param", "upstream.image_tokens"));
+            }
+        }
+        if self.retries.is_some_and(|r| r > MAX_RETRIES) {
+            return Err(Error::invalid_request(format!(
+                "`upstream.retries` must be between 0 and {MAX_RETRIES}"
+            ))
+            .with_field("param", "upstream.retries"));
+        }
+        if let Some(f) = &self.fallbacks {
+            let bad = f
+                .iter()
+                .any(|m| m.trim().is_empty() || m.len() > crate::limits::spend::MAX_MODEL_LEN);
+            if f.len() > MAX_FALLBACKS || bad {
+                return Err(Error::invalid_request(format!(
+                    "`upstream.fallbacks` lists at most {MAX_FALLBACKS} model names"
+                ))
+                .with_field("param", "upstream.fallbacks"));
             }
         }
         if let Some(params) = &self.allowed_params {
@@ -122,6 +159,11 @@ impl PolicyInput {
             image_tokens: self.image_tokens.unwrap_or(base.image_tokens),
             max_tokens_field: self.max_tokens_field.unwrap_or(base.max_tokens_field),
             server_timing: base.server_timing,
+            retries: self.retries.unwrap_or(base.retries),
+            fallbacks: self
+                .fallbacks
+                .clone()
+                .unwrap_or_else(|| base.fallbacks.clone()),
         }
     }
 }
@@ -134,7 +176,7 @@ mod tests {
     fn stored_policy_format_is_unchanged_and_defaults_fill_in() {
         assert_eq!(
             serde_json::to_string(&UpstreamPolicy::default()).unwrap(),
-            r#"{"allow_any_model":false,"max_n":4,"allowed_params":[],"image_tokens":1000,"max_tokens_field":"auto"}"#
+            r#"{"allow_any_model":false,"max_n":4,"allowed_params":[],"image_tokens":1000,"max_tokens_field":"auto","retries":1}"#
         );
         let old: UpstreamPolicy = serde_json::from_str("{}").unwrap();
         assert_eq!(old, UpstreamPolicy::default());

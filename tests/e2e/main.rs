@@ -66,7 +66,8 @@ pub(crate) fn last_segment(path: &'static str) -> &'static str {
 }
 
 /// Cases that start a gateway of their own (slower: up to two wrangler start-ups).
-const OWN_GATEWAY_CASES: [&str; 3] = [
+const OWN_GATEWAY_CASES: [&str; 4] = [
+    "provider_keys_survive_an_encryption_key_rotation",
     "chunked_oversized_body_is_413",
     "restart_keeps_counters_and_unflushed_usage",
     "dev_mode_only_when_asked",

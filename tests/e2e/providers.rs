@@ -17,6 +17,9 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         provider_keys_are_sealed_and_never_shown,
         openai_sdk_chats_with_an_anthropic_upstream,
         models_route_to_their_provider_and_a_deleted_key_fails_at_once,
+        a_failing_provider_is_retried_then_falls_back,
+        messages_pass_through_to_anthropic,
+        provider_keys_survive_an_encryption_key_rotation,
     ]
 }
 
@@ -212,16 +215,7 @@ async fn anthropic_api(
         "{}",
         api.text
     );
-    let consumer = admin.create_consumer(project, "claude user").await?;
-    let key = admin.create_key(project, &consumer.id, "k").await?;
-    let t = Tenant {
-        project: project.to_string(),
-        api: "chat".into(),
-        api_id: str_field(&api.json(), "id")?,
-        consumer_id: consumer.id,
-        key_id: key.id,
-        secret: key.secret,
-    };
+    let t = consumer_on(&admin, project, &api.json()).await?;
     Ok((admin, org, t))
 }
 
@@ -300,7 +294,9 @@ async fn openai_sdk_chats_with_an_anthropic_upstream(c: Arc<Ctx>) -> CaseResult 
             &chat_body(None, "hi", false),
         )
         .await?;
-    assert!(r.status >= 500, "{}", r.describe());
+    assert_problem(&r, 503, "upstream-error");
+    // Tried twice (`retries` defaults to 1), then answered.
+    assert_eq!(c.upstream_requests("claude-busy").len(), 2);
     let (_, _, broken) = anthropic_api(
         &c,
         "claude.broken@example.com",
@@ -368,17 +364,7 @@ async fn models_route_to_their_provider_and_a_deleted_key_fails_at_once(c: Arc<C
         .await?;
     expect_status(&api, 201, "an API routed by model name")?;
     assert_eq!(api.json()["upstream"]["route"], "by_model", "{}", api.text);
-    let api_id = str_field(&api.json(), "id")?;
-    let consumer = admin.create_consumer(project, "mixed").await?;
-    let key = admin.create_key(project, &consumer.id, "k").await?;
-    let t = Tenant {
-        project: project.into(),
-        api: "chat".into(),
-        api_id: api_id.clone(),
-        consumer_id: consumer.id,
-        key_id: key.id,
-        secret: key.secret,
-    };
+    let t = consumer_on(&admin, project, &api.json()).await?;
     let claude = c
         .send_chat(
             &t,
@@ -478,4 +464,271 @@ async fn models_route_to_their_provider_and_a_deleted_key_fails_at_once(c: Arc<C
         }
     }
     Ok(())
+}
+
+/// A consumer with a key on the API whose creation answered `api`, in `project`.
+async fn consumer_on(admin: &Admin, project: &str, api: &Value) -> Result<Tenant> {
+    let consumer = admin.create_consumer(project, "consumer").await?;
+    let key = admin.create_key(project, &consumer.id, "k").await?;
+    Ok(Tenant {
+        project: project.to_string(),
+        api: str_field(api, "slug")?,
+        api_id: str_field(api, "id")?,
+        consumer_id: consumer.id,
+        key_id: key.id,
+        secret: key.secret,
+    })
+}
+
+/// Stores `provider`'s key in `org`, pointed at the mock's `scenario` tagged `tag`.
+async fn provider_on_mock(
+    c: &Ctx,
+    admin: &Admin,
+    org: &str,
+    provider: &str,
+    scenario: &str,
+    tag: &str,
+) -> Result<()> {
+    let r = admin
+        .call(
+            Method::POST,
+            &format!("/api/v1/orgs/{org}/providers"),
+            Some(
+                json!({"provider": provider, "api_key": format!("key-{tag}"),
+                "base_url": c.mock.base_url(&format!("{scenario}/tag/{tag}"))}),
+            ),
+        )
+        .await?;
+    expect_status(&r, 201, "a provider key")
+}
+
+async fn a_failing_provider_is_retried_then_falls_back(c: Arc<Ctx>) -> CaseResult {
+    let project = "fallbacks";
+    let (admin, org) = owner(&c, "fallbacks.owner@example.com").await?;
+    provider_on_mock(&c, &admin, &org, "anthropic", "status/529", "fb-anthropic").await?;
+    provider_on_mock(&c, &admin, &org, "groq", "ok/chunks/2", "fb-groq").await?;
+    admin.create_project(project).await?;
+    let api = admin
+        .call(
+            Method::POST,
+            "/api/v1/gateway/apis",
+            Some(json!({"project": project, "slug": "chat", "name": "Fallbacks",
+                "upstream": {"provider": "anthropic", "default_model": "claude-3-5-haiku", "retries": 1,
+                    "fallbacks": ["groq/llama-3.1-8b-instant", "mistral/mistral-small"]},
+                "prices": {"claude-3-5-haiku": {"input_per_mtok": 10.0, "output_per_mtok": 50.0},
+                           "groq/llama-3.1-8b-instant": {"input_per_mtok": 2.0, "output_per_mtok": 4.0}}})),
+        )
+        .await?;
+    expect_status(&api, 201, "an API with fallbacks")?;
+    assert_eq!(
+        api.json()["upstream"]["fallbacks"],
+        json!(["groq/llama-3.1-8b-instant", "mistral/mistral-small"])
+    );
+    // The unpriced fallback is listed as such.
+    assert_eq!(
+        api.json()["unpriced_models"],
+        json!(["mistral/mistral-small"]),
+        "{}",
+        api.text
+    );
+    let api_id = str_field(&api.json(), "id")?;
+    let t = consumer_on(&admin, project, &api.json()).await?;
+    let r = c
+        .send_chat(
+            &t,
+            Some((&t.secret, KeyHeader::Bearer)),
+            &chat_body(None, "hi", false),
+        )
+        .await?;
+    expect_status(&r, 200, "answered by the fallback")?;
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "tok0 tok1 ",
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        c.upstream_requests("fb-anthropic").len(),
+        2,
+        "the first try and one retry"
+    );
+    assert_eq!(c.upstream_requests("fb-groq").len(), 1);
+    // Streamed: the same tries, before the first byte.
+    let req = c
+        .chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+        .json(&chat_body(None, "hi", true));
+    let s = send_and_stream(req, STREAM_WAIT).await?;
+    assert_eq!(s.status, 200);
+    assert!(s.text().contains("tok1"), "{}", s.text());
+    assert_eq!(c.upstream_requests("fb-anthropic").len(), 4);
+    assert_eq!(c.upstream_requests("fb-groq").len(), 2);
+    // The record names who answered, lists the tries, and books the fallback's price.
+    let usage = c
+        .admin_get_until(&format!("/api/v1/gateway/apis/{api_id}/usage"), |v| {
+            v["records"].as_array().is_some_and(|r| r.len() == 2)
+        })
+        .await?;
+    for rec in usage["records"].as_array().into_iter().flatten() {
+        assert_eq!(rec["model"], "groq/llama-3.1-8b-instant", "{rec}");
+        assert_eq!(rec["provider"], "groq", "{rec}");
+        let tries: Vec<(String, u64)> = rec["attempts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                (
+                    a["provider"].as_str().unwrap_or("").to_string(),
+                    a["status"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tries,
+            [
+                ("anthropic".to_string(), 529),
+                ("anthropic".into(), 529),
+                ("groq".into(), 200)
+            ],
+            "{rec}"
+        );
+        // 7 prompt and 2 completion tokens at $2 and $4 per million: 22 micro-dollars.
+        let cost = rec["cost_usd"].as_f64().unwrap_or(-1.0);
+        assert!((cost - 0.000022).abs() < 1e-9, "cost {cost}: {rec}");
+    }
+    // A request the upstream refuses (400) is neither retried nor sent elsewhere.
+    let (admin2, org2) = owner(&c, "fallbacks.bad@example.com").await?;
+    provider_on_mock(&c, &admin2, &org2, "anthropic", "status/400", "fb-bad").await?;
+    provider_on_mock(&c, &admin2, &org2, "groq", "ok", "fb-bad-groq").await?;
+    admin2.create_project("fallbacks-bad").await?;
+    let api2 = admin2
+        .call(
+            Method::POST,
+            "/api/v1/gateway/apis",
+            Some(json!({"project": "fallbacks-bad", "slug": "chat", "name": "x",
+                "upstream": {"provider": "anthropic", "default_model": "claude", "fallbacks": ["groq/llama"]}})),
+        )
+        .await?;
+    expect_status(&api2, 201, "api")?;
+    let t2 = consumer_on(&admin2, "fallbacks-bad", &api2.json()).await?;
+    let r = c
+        .send_chat(
+            &t2,
+            Some((&t2.secret, KeyHeader::Bearer)),
+            &chat_body(None, "hi", false),
+        )
+        .await?;
+    assert_eq!(r.status, 400, "{}", r.describe());
+    assert_eq!(c.upstream_requests("fb-bad").len(), 1);
+    assert_eq!(c.upstream_requests("fb-bad-groq").len(), 0);
+    // Bad settings are refused.
+    for upstream in [
+        json!({"retries": 9}),
+        json!({"fallbacks": ["a", "b", "c", "d", "e", "f"]}),
+        json!({"fallbacks": [""]}),
+    ] {
+        let r = admin
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/gateway/apis/{api_id}"),
+                Some(json!({ "upstream": upstream })),
+            )
+            .await?;
+        assert_problem(&r, 400, "invalid-request");
+    }
+    Ok(())
+}
+
+async fn messages_pass_through_to_anthropic(c: Arc<Ctx>) -> CaseResult {
+    let project = "claude-messages";
+    let (_, _, t) =
+        anthropic_api(&c, "claude.messages@example.com", project, "ok/chunks/2").await?;
+    let body = json!({"model": "claude-3-5-haiku", "max_tokens": 64, "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
+    let r = Reply::read(
+        c.http
+            .post(format!("{}/v1/{project}/chat/v1/messages", c.base))
+            .header("x-api-key", &t.secret)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+            .await?,
+    )
+    .await?;
+    expect_status(&r, 200, "Messages through to Anthropic")?;
+    assert_eq!(r.json()["type"], "message", "{}", r.text);
+    assert_eq!(r.json()["content"][0]["text"], "tok0 tok1 ", "{}", r.text);
+    let sent = c.upstream_requests(project);
+    assert_eq!(sent.len(), 1);
+    let upstream = sent[0].json();
+    // As the client wrote it: thinking and cache markers kept, the model and the cap as granted.
+    assert_eq!(upstream["thinking"], body["thinking"]);
+    assert_eq!(upstream["system"], body["system"]);
+    assert_eq!(upstream["messages"], body["messages"]);
+    assert_eq!(upstream["model"], "claude-3-5-haiku");
+    assert_eq!(upstream["max_tokens"], 64);
+    Ok(())
+}
+
+pub async fn provider_keys_survive_an_encryption_key_rotation(c: Arc<Ctx>) -> CaseResult {
+    const START: Duration = Duration::from_secs(60);
+    let mut gw = Gateway::start_with_vars(START, Vec::new()).await?;
+    let admin = gw.admin();
+    let outcome = async {
+        let org = admin.call(Method::POST, "/api/v1/orgs", Some(json!({"slug": "rotating", "name": "Rotating"}))).await?;
+        expect_status(&org, 201, "an org")?;
+        let stored = admin
+            .call(
+                Method::POST,
+                "/api/v1/orgs/rotating/providers",
+                Some(json!({"provider": "groq", "api_key": "gsk-rotation-secret-1",
+                    "base_url": c.mock.base_url("ok/tag/rotation")})),
+            )
+            .await?;
+        expect_status(&stored, 201, "a groq key")?;
+        let project = admin.call(Method::POST, "/api/v1/projects", Some(json!({"slug": "rotation", "name": "R", "org": "rotating"}))).await?;
+        expect_status(&project, 201, "a project in the org")?;
+        let api = admin
+            .call(
+                Method::POST,
+                "/api/v1/gateway/apis",
+                Some(json!({"project": "rotation", "slug": "chat", "name": "R", "upstream": {"provider": "groq", "default_model": "llama"}})),
+            )
+            .await?;
+        expect_status(&api, 201, "an API on groq")?;
+        let consumer = admin.create_consumer("rotation", "r").await?;
+        let key = admin.create_key("rotation", &consumer.id, "k").await?;
+        let chat = |base: String, what: &'static str| {
+            let req = chat_request(&c.http, &base, "rotation", "chat", Some((&key.secret, KeyHeader::Bearer)))
+                .json(&chat_body(None, "hi", false));
+            async move {
+                let r = Reply::read(req.send().await?).await?;
+                expect_status(&r, 200, what)
+            }
+        };
+        chat(gw.base_url.clone(), "before the rotation").await?;
+        // A new ENCRYPTION_KEY, the old one as ENCRYPTION_KEY_PREVIOUS: the key still opens.
+        gw.set_var("ENCRYPTION_KEY", Some("a-brand-new-encryption-key-42"));
+        gw.set_var("ENCRYPTION_KEY_PREVIOUS", Some(TEST_ENCRYPTION_KEY));
+        gw.restart(START).await?;
+        chat(gw.base_url.clone(), "with the previous key").await?;
+        let moved = admin.call(Method::POST, "/api/v1/orgs/rotating/providers/reencrypt", None).await?;
+        expect_status(&moved, 200, "re-encrypt")?;
+        assert_eq!(moved.json()["reencrypted"], 1, "{}", moved.text);
+        let again = admin.call(Method::POST, "/api/v1/orgs/rotating/providers/reencrypt", None).await?;
+        assert_eq!(again.json()["already_current"], 1, "{}", again.text);
+        // The old key gone: what was sealed again opens with the new one alone.
+        gw.set_var("ENCRYPTION_KEY_PREVIOUS", None);
+        gw.restart(START).await?;
+        chat(gw.base_url.clone(), "after the old key is gone").await?;
+        let sent = c.upstream_requests("rotation");
+        assert_eq!(sent.len(), 3);
+        assert!(sent.iter().all(|r| r.header("authorization") == Some("Bearer gsk-rotation-secret-1")));
+        let log = std::fs::read_to_string(&gw.log_path).unwrap_or_default();
+        assert!(!log.contains("gsk-rotation-secret-1"), "the provider key is in the log");
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    gw.stop();
+    outcome
 }

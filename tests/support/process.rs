@@ -139,10 +139,12 @@ impl Gateway {
             .args(["--inspector-port", &self.inspector_port.to_string()])
             .args(["--persist-to", &persist])
             .args(["--var", &format!("ADMIN_TOKEN:{}", self.admin_token)])
-            .args(["--var", &format!("ENCRYPTION_KEY:{TEST_ENCRYPTION_KEY}")])
             .arg("--show-interactive-dev-session=false")
             // `GET /__scheduled` runs the Cron Trigger's handler (the housekeeping case).
             .arg("--test-scheduled");
+        if !self.vars.iter().any(|(n, _)| n == "ENCRYPTION_KEY") {
+            dev.args(["--var", &format!("ENCRYPTION_KEY:{TEST_ENCRYPTION_KEY}")]);
+        }
         for (name, value) in &self.vars {
             dev.args(["--var", &format!("{name}:{value}")]);
         }
@@ -190,6 +192,14 @@ impl Gateway {
     /// An admin client authenticated with this gateway's ADMIN_TOKEN.
     pub fn admin(&self) -> Admin {
         Admin::new(&self.base_url, &self.admin_token)
+    }
+
+    /// Sets (or, with `None`, removes) a `--var` for the next start.
+    pub fn set_var(&mut self, name: &str, value: Option<&str>) {
+        self.vars.retain(|(n, _)| n != name);
+        if let Some(v) = value {
+            self.vars.push((name.to_string(), v.to_string()));
+        }
     }
 
     /// Kills the running gateway outright (SIGKILL, as a crash or eviction would) and starts it again

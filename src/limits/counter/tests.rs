@@ -339,6 +339,48 @@ fn spend_caps_the_completion_and_books_in_micro_dollars() {
 }
 
 #[test]
+fn a_fallback_is_booked_at_its_own_price_and_named_in_the_record() {
+    let limits = Limits {
+        spend_per_day_micro: Some(10_000),
+        ..Default::default()
+    };
+    let (dear, cheap) = (price(10.0, 50.0), price(2.0, 4.0));
+    let mut s = CounterState::default();
+    let now = t(NOW);
+    // The reservation holds the dearer of the two that may answer.
+    let a = Ask {
+        price: Some(dear.dearest(&cheap)),
+        ..ask(10, Some(100), 1)
+    };
+    assert_eq!(s.admit(now, &limits, "a", a, record("a")), Ok(Some(100)));
+    assert_eq!(s.leases[0].spend, 10 * 10 + 100 * 50);
+    let attempt = |provider: &str, status| crate::usage::Attempt {
+        model: "m".into(),
+        provider: Some(provider.into()),
+        status,
+        error: None,
+        ms: 1,
+    };
+    let outcome = Outcome {
+        answered: Some(Answered {
+            model: "groq/llama".into(),
+            provider: Some("groq".into()),
+            price: Some(cheap),
+        }),
+        attempts: vec![attempt("anthropic", 529), attempt("groq", 200)],
+        ..done(10, 20)
+    };
+    assert!(s.settle(now, "a", &outcome));
+    let filed = &s.filed[0];
+    assert_eq!(filed.cost_micro, 10 * 2 + 20 * 4);
+    assert_eq!(s.day_spend, 100);
+    assert_eq!(filed.model, "groq/llama");
+    assert_eq!(filed.provider.as_deref(), Some("groq"));
+    assert_eq!(filed.attempts.len(), 2);
+    assert!(!filed.overrun);
+}
+
+#[test]
 fn twenty_parallel_requests_on_a_cent_book_at_most_a_cent() {
     let limits = Limits {
         spend_per_day_micro: Some(10_000),

@@ -54,6 +54,11 @@ fn columns(r: &UsageRecord) -> Columns {
             opt_text(r.upstream_request_id.as_deref()),
         ),
         ("upstream_error", opt_text(r.upstream_error.as_deref())),
+        ("provider", opt_text(r.provider.as_deref())),
+        (
+            "attempts_json",
+            text(&serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".into())),
+        ),
     ])
 }
 
@@ -85,6 +90,8 @@ pub struct UsageRow {
     pub endpoint: String,
     pub upstream_request_id: Option<String>,
     pub upstream_error: Option<String>,
+    pub provider: Option<String>,
+    pub attempts_json: String,
 }
 
 impl UsageRow {
@@ -100,6 +107,10 @@ impl UsageRow {
         })?;
         let endpoint = Endpoint::parse(&self.endpoint).ok_or_else(|| {
             worker::console_error!("usage record {} has an unknown `endpoint`", self.id);
+            Error::internal("A stored usage record could not be read; it was logged.")
+        })?;
+        let attempts = serde_json::from_str(&self.attempts_json).map_err(|e| {
+            worker::console_error!("usage record {} has unreadable attempts: {e}", self.id);
             Error::internal("A stored usage record could not be read; it was logged.")
         })?;
         Ok(UsageRecord {
@@ -130,6 +141,8 @@ impl UsageRow {
             endpoint,
             upstream_request_id: self.upstream_request_id.clone(),
             upstream_error: self.upstream_error.clone(),
+            provider: self.provider.clone(),
+            attempts,
         })
     }
 }
@@ -188,7 +201,7 @@ pub async fn usage_records(
     let sql = format!(
         "SELECT id, created_at, api_id, consumer_id, key_id, session_id, model, plan, prompt_tokens, completion_tokens, \
          total_tokens, estimated, status, latency_ms, ttft_ms, ended, cached_tokens, reasoning_tokens, n, max_tokens, \
-         prompt_bound, cost_micro, overrun, endpoint, upstream_request_id, upstream_error FROM usage_records WHERE {USAGE_FILTER} \
+         prompt_bound, cost_micro, overrun, endpoint, upstream_request_id, upstream_error, provider, attempts_json FROM usage_records WHERE {USAGE_FILTER} \
          ORDER BY created_at DESC, id LIMIT {limit}");
     stmt(db, &sql, &usage_args(api_id, q))?.rows().await
 }

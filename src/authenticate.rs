@@ -70,6 +70,19 @@ pub async fn authenticate(
             note_key_use(env, ctx, caller.key_id.clone());
             Ok(caller)
         }
+        Presented::Custom(hash) => {
+            // Garbage is remembered as unknown for a while: it costs no storage round trip.
+            if cache::known_unknown(&hash) {
+                return Err(decide::unknown_key());
+            }
+            let holder = cache::key_owner(env, timing, &api.project_id, &hash).await?;
+            if holder.is_none() {
+                cache::note_unknown(&hash);
+            }
+            let caller = decide::by_key(holder.as_deref())?;
+            note_key_use(env, ctx, caller.key_id.clone());
+            Ok(caller)
+        }
         Presented::SluiceToken => {
             let project = cache::project(env, timing, &api.project_slug).await?;
             sluice_token(req, env, api, &project, &credential)

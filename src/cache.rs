@@ -270,6 +270,40 @@ pub async fn store_provider_key(
     Ok(())
 }
 
+/// How long a credential found to be no key is refused without a lookup, and how many are kept.
+const UNKNOWN_MS: i64 = 30_000;
+const UNKNOWN_MAX: usize = 10_000;
+
+thread_local! {
+    /// Custom-key-shaped credentials that matched no key, with when they were looked up.
+    static UNKNOWN_KEYS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
+}
+
+/// Whether this hash was looked up and matched no key within the last `UNKNOWN_MS`.
+pub fn known_unknown(hash: &str) -> bool {
+    let now = now_ms();
+    UNKNOWN_KEYS.with(|m| m.borrow().get(hash).is_some_and(|at| now - at < UNKNOWN_MS))
+}
+
+pub fn note_unknown(hash: &str) {
+    UNKNOWN_KEYS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= UNKNOWN_MAX {
+            let now = now_ms();
+            m.retain(|_, at| now - *at < UNKNOWN_MS);
+            if m.len() >= UNKNOWN_MAX {
+                m.clear();
+            }
+        }
+        m.insert(hash.to_string(), now_ms());
+    });
+}
+
+/// A key was just made with this hash: this isolate no longer takes it for unknown.
+pub fn forget_unknown(hash: &str) {
+    UNKNOWN_KEYS.with(|m| m.borrow_mut().remove(hash));
+}
+
 /// After a key is revoked: its owner is no longer found here (the counter refuses it meanwhile).
 pub async fn forget_key(env: &Env, hash: &str) -> Result<(), Error> {
     kv::delete::<KeyRecord>(&kv::kv(env)?, hash).await?;

@@ -25,6 +25,8 @@ pub struct Caller {
 pub enum Presented {
     /// A well-formed consumer key (`ask_live_…`): found by its hash.
     Key(ConsumerKey),
+    /// Anything else shaped like an owner's custom key: found by its hash (the SHA-256 hex).
+    Custom(String),
     /// A JWT whose key id says this gateway signed it for the project.
     SluiceToken,
     /// Any other JWT: a consumer's own credential, or (byo-jwt mode) the owner's.
@@ -39,6 +41,9 @@ pub fn presented(credential: &str, project_slug: &str, mode: AuthMode) -> Result
             .map_err(|e| {
                 Error::invalid_credential(format!("Not a valid consumer key: {}.", e.describe()))
             });
+    }
+    if !looks_like_jwt(credential) && key::is_custom_shaped(credential) {
+        return Ok(Presented::Custom(key::hash_secret(credential)));
     }
     if !looks_like_jwt(credential) {
         return Err(Error::invalid_credential(match mode {
@@ -62,12 +67,15 @@ pub fn ip_refused() -> Error {
     )
 }
 
+/// No live key has this secret.
+pub fn unknown_key() -> Error {
+    Error::invalid_credential("This consumer key is unknown or has been revoked.")
+}
+
 /// A consumer key: its holder, found by hash (none: unknown or revoked). Whether the holder may
 /// call (enabled, the key not revoked since it was cached) is the counter's to say at admission.
 pub fn by_key(holder: Option<&KeyHolder>) -> Result<Caller, Error> {
-    let holder = holder.ok_or_else(|| {
-        Error::invalid_credential("This consumer key is unknown or has been revoked.")
-    })?;
+    let holder = holder.ok_or_else(unknown_key)?;
     Ok(Caller {
         consumer_id: holder.consumer_id.clone(),
         key_id: Some(holder.key_id.clone()),

@@ -1,4 +1,5 @@
-//! Consumer key format: `ask_live_` + 32 base62 characters (~190 random bits) + a 6-character checksum.
+//! Consumer key format: `ask_live_` + 32 base62 characters (~190 random bits) + a 6-character
+//! checksum; and custom keys, the owner's own secrets (migrated from another system).
 
 use sha2::{Digest, Sha256};
 
@@ -103,6 +104,42 @@ impl ConsumerKey {
     }
 }
 
+/// The shortest custom key: shorter secrets are guessable.
+pub const CUSTOM_MIN_LEN: usize = 24;
+pub const CUSTOM_MAX_LEN: usize = 512;
+
+/// Whether `s` has a custom key's shape: 24 to 512 printable ASCII characters, no whitespace.
+pub fn is_custom_shaped(s: &str) -> bool {
+    (CUSTOM_MIN_LEN..=CUSTOM_MAX_LEN).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Checks an owner's custom key: a custom key's shape, and nothing the gateway would read as
+/// another credential (a generated key, an org key, a JWT).
+pub fn validate_custom(s: &str) -> Result<(), &'static str> {
+    if !is_custom_shaped(s) {
+        return Err("a custom key is 24 to 512 printable ASCII characters without whitespace");
+    }
+    if s.starts_with(PREFIX) || s.starts_with("ask-") {
+        return Err(
+            "a custom key may not start with `ask_live_` or `ask-` (the gateway's own formats)",
+        );
+    }
+    if crate::auth::jwks_cache::looks_like_jwt(s) {
+        return Err("a custom key may not look like a JWT (three dot-separated parts)");
+    }
+    Ok(())
+}
+
+/// The stored form of any key: the lowercase hex SHA-256 of the whole secret.
+pub fn hash_secret(secret: &str) -> String {
+    crate::encoding::hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// How much of a custom key listings show.
+pub fn custom_prefix(secret: &str) -> String {
+    secret.chars().take(SHOWN_LEN).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +156,22 @@ mod tests {
         assert_eq!(key.display_prefix(), s[..15]);
         assert_eq!(key.hash().len(), 64);
         assert!(!format!("{key:?}").contains(&s[15..]));
+    }
+
+    #[test]
+    fn custom_keys_are_long_printable_and_not_another_format() {
+        assert!(validate_custom("legacy_key_0123456789abcdef").is_ok());
+        assert!(validate_custom("short-key-123").is_err());
+        assert!(validate_custom("has a space in it 0123456789").is_err());
+        assert!(validate_custom("tab\there_0123456789012345678").is_err());
+        assert!(validate_custom("ask_live_0123456789012345678901").is_err());
+        assert!(validate_custom("ask-prod-0123456789012345678901").is_err());
+        assert!(validate_custom("eyJhbGciOiJIUzI1NiJ9.e30.abcdefghijk").is_err());
+        assert!(validate_custom(&"x".repeat(513)).is_err());
+        assert!(validate_custom("ünïcode-ключ-0123456789abcdef").is_err());
+        assert_eq!(custom_prefix("legacy_key_0123"), "legacy");
+        let k = ConsumerKey::generate(&mut counter_rng(4));
+        assert_eq!(hash_secret(k.reveal()), k.hash(), "one hash for both kinds");
     }
 
     #[test]

@@ -69,11 +69,19 @@ impl ConsumerPatch {
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub name: String,
+    /// The owner's own secret (a key migrated from another system); generated when absent.
+    pub secret: Option<String>,
 }
 
 impl NewKey {
     pub fn validate(&self) -> Result<(), Error> {
-        validate_text("name", &self.name, 200)
+        validate_text("name", &self.name, 200)?;
+        if let Some(secret) = &self.secret {
+            crate::auth::key::validate_custom(secret).map_err(|why| {
+                Error::invalid_request(format!("`secret`: {why}")).with_field("param", "secret")
+            })?;
+        }
+        Ok(())
     }
 }
 

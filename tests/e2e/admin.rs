@@ -13,6 +13,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         key_listing_never_shows_secrets,
         admin_needs_the_admin_token,
         admin_conflicts_unknown_ids_and_hidden_provider_key,
+        custom_keys_are_hashed_masked_and_revocable,
     ]
 }
 
@@ -285,5 +286,112 @@ async fn admin_conflicts_unknown_ids_and_hidden_provider_key(c: Arc<Ctx>) -> Cas
         )
         .await?;
     assert_problem(&no_project, 404, "not-found");
+    Ok(())
+}
+
+async fn custom_keys_are_hashed_masked_and_revocable(c: Arc<Ctx>) -> CaseResult {
+    let slug = "custom-keys";
+    let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
+    let path = format!("/api/v1/projects/{slug}/consumers/{}/keys", t.consumer_id);
+    let secret = "legacy-system_KEY-0123456789abcdef";
+    let made = c
+        .admin
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(json!({"name": "migrated", "secret": secret})),
+        )
+        .await?;
+    expect_status(&made, 201, "a custom key")?;
+    assert_eq!(made.json()["secret"], secret);
+    assert_eq!(made.json()["prefix"], "legacy");
+    assert_eq!(made.json()["custom"], true);
+    let key_id = str_field(&made.json(), "id")?;
+    // Refused: too short, whitespace, a generated key's or a JWT's shape, a secret already in use.
+    for bad in [
+        "short-secret-123",
+        "has spaces in it 0123456789",
+        "ask_live_0123456789012345678901234",
+        "aaaaaaaaaaaa.bbbbbbbbbbbbbbb.ccccccc",
+        secret,
+    ] {
+        let r = c
+            .admin
+            .call(
+                reqwest::Method::POST,
+                &path,
+                Some(json!({"name": "x", "secret": bad})),
+            )
+            .await?;
+        assert_problem(&r, 400, "invalid-request");
+        assert_eq!(r.json()["param"], "secret", "{}", r.text);
+        assert!(
+            !r.text.contains(&t.key_id),
+            "the colliding key is named: {}",
+            r.text
+        );
+    }
+    // Accepted wherever the API reads its credential: Bearer, X-API-Key, a custom header, a query.
+    let body = chat_body(None, "hi", false);
+    for (what, key) in [
+        ("bearer", KeyHeader::Bearer),
+        ("x-api-key", KeyHeader::XApiKey),
+    ] {
+        let r = c.send_chat(&t, Some((secret, key)), &body).await?;
+        expect_status(&r, 200, what)?;
+    }
+    c.admin
+        .patch_api(
+            &t.api_id,
+            json!({"credential": {"location": "query", "name": "key"}}),
+        )
+        .await?;
+    let url = format!("{}/v1/{slug}/chat/chat/completions?key={secret}", c.base);
+    let r = Reply::read(c.http.post(&url).json(&body).send().await?).await?;
+    expect_status(&r, 200, "in the query")?;
+    c.admin
+        .patch_api(
+            &t.api_id,
+            json!({"credential": {"location": "header", "name": "X-Legacy-Key"}}),
+        )
+        .await?;
+    let r = Reply::read(
+        c.chat(&t, None)
+            .header("X-Legacy-Key", secret)
+            .json(&body)
+            .send()
+            .await?,
+    )
+    .await?;
+    expect_status(&r, 200, "in a custom header")?;
+    // Listed masked like any key; unknown custom-shaped secrets are 401.
+    let listing = c.admin.list_keys(slug).await?;
+    assert!(!listing.text.contains(secret), "{}", listing.text);
+    assert!(listing.text.contains("\"legacy\""), "{}", listing.text);
+    for unknown in [
+        "never-issued-0123456789abcdefgh",
+        "never-issued-0123456789abcdefgh",
+    ] {
+        let r = Reply::read(
+            c.chat(&t, None)
+                .header("X-Legacy-Key", unknown)
+                .json(&body)
+                .send()
+                .await?,
+        )
+        .await?;
+        assert_problem(&r, 401, "invalid-credential");
+    }
+    // Revoked: the next request fails.
+    c.admin.revoke_key(slug, &key_id).await?;
+    let r = Reply::read(
+        c.chat(&t, None)
+            .header("X-Legacy-Key", secret)
+            .json(&body)
+            .send()
+            .await?,
+    )
+    .await?;
+    assert_problem(&r, 401, "invalid-credential");
     Ok(())
 }

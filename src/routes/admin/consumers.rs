@@ -83,34 +83,61 @@ pub async fn create_key(c: &mut Call<'_>, project: &str, consumer: &str) -> Resu
     input.validate()?;
     let project = d1::project_by_slug(&c.db, project).await?;
     let consumer = d1::consumer(&c.db, &project.id, consumer).await?;
-    let key = with_random(ConsumerKey::generate)?;
+    // A custom secret is stored like a generated one: its hash, and its first characters.
+    let (secret, prefix, hash, custom) = match &input.secret {
+        Some(own) => (
+            own.clone(),
+            crate::auth::key::custom_prefix(own),
+            crate::auth::key::hash_secret(own),
+            true,
+        ),
+        None => {
+            let key = with_random(ConsumerKey::generate)?;
+            (
+                key.reveal().to_string(),
+                key.display_prefix(),
+                key.hash(),
+                false,
+            )
+        }
+    };
     let id = with_random(|r| new_id("key", r))?;
-    let prefix = key.display_prefix();
     let row = d1::NewKeyRow {
         id: &id,
         project_id: &project.id,
         consumer_id: &consumer.id,
         name: &input.name,
         prefix: &prefix,
-        key_hash: &key.hash(),
+        key_hash: &hash,
         created_at: c.now,
     };
-    d1::create_key(&c.db, &row).await?;
+    match d1::create_key(&c.db, &row).await {
+        Ok(()) => {}
+        // Saying which other key it is would leak it: only that it cannot be used.
+        Err(e) if e.status == 409 && custom => {
+            return Err(Error::invalid_request(
+                "`secret` cannot be used: it is already a key. Choose another secret.",
+            )
+            .with_field("param", "secret"))
+        }
+        Err(e) => return Err(e),
+    }
+    crate::cache::forget_unknown(&hash);
     // Its first use reads KV, not D1.
     let holder = KeyHolder {
         project_id: project.id.clone(),
         key_id: id.clone(),
         consumer_id: consumer.id.clone(),
     };
-    kv::put::<KeyRecord>(&kv::kv(c.env)?, &key.hash(), &holder).await?;
+    kv::put::<KeyRecord>(&kv::kv(c.env)?, &hash, &holder).await?;
     c.event(EventDraft {
         consumer_id: Some(consumer.id.clone()),
         detail: Some(id.clone()),
         ..event(&project.id, "key_created")
     });
     Reply::created(json!({
-        "id": id, "name": input.name, "secret": key.reveal(), "prefix": prefix,
-        "consumer_id": consumer.id, "created_at": rfc3339(c.now),
+        "id": id, "name": input.name, "secret": secret, "prefix": prefix,
+        "consumer_id": consumer.id, "created_at": rfc3339(c.now), "custom": custom,
     }))
 }
 

@@ -34,6 +34,21 @@ pub fn asset(path: &str) -> Option<Asset> {
             "application/json; charset=utf-8",
             false,
         ),
+        "/console" | "/console/" | "/console/index.html" => (
+            include_str!("../web/console/index.html"),
+            "text/html; charset=utf-8",
+            false,
+        ),
+        "/console/console.js" => (
+            include_str!("../web/console/console.js"),
+            "text/javascript; charset=utf-8",
+            false,
+        ),
+        "/console/console.css" => (
+            include_str!("../web/console/console.css"),
+            "text/css; charset=utf-8",
+            false,
+        ),
         "/" | "/index.html" => (
             include_str!("../web/demo.html"),
             "text/html; charset=utf-8",

@@ -179,7 +179,14 @@ fn public_arm(method: &str, segs: &[&str]) -> Option<Arm> {
             "GET, HEAD",
             matches!(method, "GET" | "HEAD").then_some(Route::Public(Public::ReactDemo)),
         ),
-        [] | ["index.html"] | ["chat.js"] | ["sdk.js"] | ["sdk.d.ts"] | ["openapi.json"] => (
+        []
+        | ["index.html"]
+        | ["chat.js"]
+        | ["sdk.js"]
+        | ["sdk.d.ts"]
+        | ["openapi.json"]
+        | ["console"]
+        | ["console", "index.html" | "console.js" | "console.css"] => (
             "GET, HEAD",
             matches!(method, "GET" | "HEAD").then(|| {
                 Route::Public(Public::Asset {

@@ -152,6 +152,15 @@ fn serve_asset(req: &Request, env: &Env, path: &str) -> Result<Response, Error> 
     headers.set("cache-control", asset.cache_control(version.as_deref()))?;
     headers.set("access-control-allow-origin", "*")?;
     headers.set("x-content-type-options", "nosniff")?;
+    if path.starts_with("/console") {
+        // The console talks to its own origin only, and cannot be framed.
+        headers.set(
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        )?;
+        headers.set("referrer-policy", "no-referrer")?;
+        headers.delete("access-control-allow-origin")?;
+    }
     if asset.not_modified(header(req, "if-none-match").as_deref()) {
         return Ok(Response::empty()?.with_status(304).with_headers(headers));
     }

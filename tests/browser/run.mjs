@@ -591,6 +591,110 @@ function withTimeout(promise, ms, what) {
   return Promise.race([promise, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
 }
 
+add("owner console: sign in, project and API, auth mode, a key shown once and revoked, a plan, usage charts (screenshots)", () => ["assets"], async (ctx) => {
+  const g = ctx.gateway.base;
+  const { page, logs } = await newPage(ctx);
+  page.on("dialog", (d) => d.accept());
+  const inForm = (form, name) => page.locator(`[data-testid="${form}"] [name="${name}"]`);
+  const submit = (form) => page.locator(`[data-testid="${form}-submit"]`).click();
+  const title = () => page.locator('[data-testid="title"]').textContent();
+  const chat = async (key) => (await fetch(`${g}/v1/console-demo/chat/chat/completions`, { method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: JSON.stringify({ messages: [{ role: "user", content: "hi" }] }) })).status;
+
+  await page.goto(`${g}/console`);
+  const csp = (await page.request.get(`${g}/console`)).headers()["content-security-policy"] || "";
+  assert.match(csp, /frame-ancestors 'none'/);
+  await page.screenshot({ path: path.join(ARTIFACTS, "console-sign-in-1280.png") });
+  await page.locator('[data-testid="dev-email"]').fill("console.owner@example.com");
+  await submit("dev-login");
+  await page.waitForFunction(() => document.querySelector('[data-testid="title"]')?.textContent === "Projects");
+  // A project, then an API on the built-in demo upstream.
+  await inForm("create-project", "slug").fill("console-demo");
+  await inForm("create-project", "name").fill("Console demo");
+  await submit("create-project");
+  await page.waitForFunction(() => document.querySelector('[data-testid="title"]')?.textContent === "Console demo");
+  await inForm("create-api", "slug").fill("chat");
+  await inForm("create-api", "name").fill("Console chat");
+  await inForm("create-api", "base_url").fill("demo");
+  await inForm("create-api", "default_model").fill("sluice-demo-1");
+  await submit("create-api");
+  await page.waitForFunction(() => document.querySelector('[data-testid="title"]')?.textContent === "Console chat");
+  const apiId = decodeURIComponent(page.url().split("#/a/")[1].split("/")[0]);
+  // Auth mode: managed, and the data plane sees it (the project gains its OTP sign-in).
+  const otp = () => fetch(`${g}/v1/console-demo/auth/otp/start`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ email: "u@example.com" }) }).then((r) => r.status);
+  assert.equal(await otp(), 404, "no sign-in before managed mode");
+  await page.goto(`${g}/console#/a/${encodeURIComponent(apiId)}/auth`);
+  await page.locator('[data-testid="auth-mode-select"]').selectOption("managed");
+  assert.match(await page.locator('[data-testid="mode-warning"]').textContent(), /email code/);
+  await submit("auth-mode");
+  await page.locator('[data-testid="toast-ok"]', { hasText: "managed" }).waitFor();
+  assert.equal(await otp(), 202, "managed mode took effect on the data plane");
+  // A consumer with a system-generated key: shown once.
+  await page.goto(`${g}/console#/p/console-demo/consumers`);
+  await inForm("create-consumer", "name").fill("Console user");
+  await submit("create-consumer");
+  const secret = (await page.locator('[data-testid="secret-value"]').textContent()).trim();
+  assert.match(secret, /^ask_live_/);
+  assert.match(await page.locator('[data-testid="secret-box"]').textContent(), /You will not see this again/);
+  assert.equal(await chat(secret), 200, "the new key chats");
+  await page.reload();
+  await page.locator('[data-testid="consumers"]').waitFor();
+  assert.equal(await page.locator('[data-testid="secret-value"]').count(), 0, "the secret is gone after a reload");
+  assert.equal(await page.evaluate((s) => JSON.stringify({ ...sessionStorage, ...localStorage }).includes(s), secret), false, "the secret is stored nowhere");
+  // Revoked from the consumer's page: the next chat call fails.
+  await page.locator('[data-testid="consumers"] a', { hasText: "Console user" }).click();
+  await page.locator('[data-testid="keys"]').waitFor();
+  const consumerId = decodeURIComponent(page.url().split("/").pop());
+  await page.screenshot({ path: path.join(ARTIFACTS, "console-consumer-1280.png"), fullPage: true });
+  await page.locator('[data-testid^="revoke-"]').first().click();
+  await page.locator('[data-testid="toast-ok"]', { hasText: "revoked" }).waitFor();
+  assert.equal(await chat(secret), 401, "the revoked key fails");
+  await page.locator('[data-testid="keys-empty"]').waitFor();
+  // A second key for traffic, a plan, and the consumer assigned to it.
+  await inForm("create-key", "name").fill("traffic");
+  await submit("create-key");
+  const second = (await page.locator('[data-testid="secret-value"]').textContent()).trim();
+  await page.goto(`${g}/console#/a/${encodeURIComponent(apiId)}/plans`);
+  await inForm("create-plan", "name").fill("pro");
+  await inForm("create-plan", "requests_per_day").fill("50");
+  await submit("create-plan");
+  await page.locator('[data-testid="plans"]', { hasText: "pro" }).waitFor();
+  await inForm("assign-plan", "consumer").fill(consumerId);
+  await inForm("assign-plan", "plan").selectOption("pro");
+  await submit("assign-plan");
+  await page.locator('[data-testid="toast-ok"]', { hasText: "is on pro" }).waitFor();
+  for (let i = 0; i < 3; i++) assert.equal(await chat(second), 200);
+  const usage = await fetch(`${g}/v1/console-demo/chat/usage`, { headers: { authorization: `Bearer ${second}` } }).then((r) => r.json());
+  assert.equal(usage.plan?.name ?? usage.plan, "pro", JSON.stringify(usage));
+  // Usage: the chart's points are the usage API's numbers.
+  let api = null;
+  for (let i = 0; i < 40; i++) {
+    api = await ctx.admin.call("GET", `/api/v1/gateway/apis/${encodeURIComponent(apiId)}/usage?group_by=day`);
+    if (api.json?.totals?.requests >= 4) break;
+    await sleep(250);
+  }
+  await page.goto(`${g}/console#/a/${encodeURIComponent(apiId)}/usage`);
+  await page.locator('[data-testid="chart-requests"]').waitFor();
+  const points = await page.locator('[data-testid="chart-requests"] circle').evaluateAll((cs) => cs.map((c) => [c.dataset.label, Number(c.dataset.value)]));
+  const expected = api.json.groups.map((gr) => [gr.day, gr.requests]);
+  assert.deepEqual(points, expected, "the chart draws the usage API's days");
+  assert.equal(Number(await page.locator('[data-testid="total-requests"]').textContent()), api.json.totals.requests);
+  const tokens = await page.locator('[data-testid="chart-tokens"] circle').evaluateAll((cs) => cs.map((c) => Number(c.dataset.value)));
+  assert.deepEqual(tokens, api.json.groups.map((gr) => gr.total_tokens));
+  await page.screenshot({ path: path.join(ARTIFACTS, "console-usage-1280.png"), fullPage: true });
+  await page.setViewportSize({ width: 360, height: 740 });
+  await page.screenshot({ path: path.join(ARTIFACTS, "console-usage-360.png"), fullPage: true });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the usage page is ${overflow}px wider than 360`);
+  // The org's audit log shows the console's writes; keyboard: the sign-out button is reachable.
+  await page.goto(`${g}/console#/org/console-owner-example-com/audit`);
+  await page.locator('[data-testid="audit"]').waitFor();
+  assert.match(await page.locator('[data-testid="audit"]').textContent(), /POST \/api\/v1\/gateway\/apis\/\{api\}\/plans/);
+  await page.screenshot({ path: path.join(ARTIFACTS, "console-audit-360.png"), fullPage: true });
+  assert.deepEqual(logs.filter((l) => l.startsWith("pageerror")), []);
+});
+
 async function main() {
   const selected = cases.filter((c) => filters.length === 0 || filters.some((f) => c.name.toLowerCase().includes(f)));
   if (!fs.existsSync(CHROMIUM)) {

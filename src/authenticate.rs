@@ -70,9 +70,13 @@ pub async fn authenticate(
             note_key_use(env, ctx, caller.key_id.clone());
             Ok(caller)
         }
-        Presented::Custom(hash) => {
-            // Garbage is remembered as unknown for a while: it costs no storage round trip.
-            if cache::known_unknown(&hash) {
+        Presented::Custom(secret) => {
+            // A project without custom keys refuses such credentials from memory; garbage is
+            // remembered as unknown for a while: either way it costs no storage round trip.
+            let hash = crate::auth::key::custom_hash(&api.project_id, &secret);
+            if cache::known_unknown(&hash)
+                || !cache::has_custom_keys(env, timing, &api.project_id).await?
+            {
                 return Err(decide::unknown_key());
             }
             let holder = cache::key_owner(env, timing, &api.project_id, &hash).await?;

@@ -20,8 +20,8 @@ use crate::records::{Consumer, KeyHolder, Project};
 use crate::store::d1;
 use crate::store::d1::JwtCredentialRow;
 use crate::store::kv::{
-    self, ApiEntry, ApiRecord, JwtCredentialsRecord, JwtUserRecord, KeyRecord, KvRecord,
-    ProjectRecord, ProviderKeyRecord,
+    self, ApiEntry, ApiRecord, CustomKeysRecord, JwtCredentialsRecord, JwtUserRecord, KeyRecord,
+    KvRecord, ProjectRecord, ProviderKeyRecord,
 };
 use crate::timing::{Binding, Timing};
 
@@ -297,6 +297,26 @@ pub fn note_unknown(hash: &str) {
         }
         m.insert(hash.to_string(), now_ms());
     });
+}
+
+/// Whether the project has custom consumer keys (memory, then KV, then D1 once).
+pub async fn has_custom_keys(env: &Env, timing: &Timing, project_id: &str) -> Result<bool, Error> {
+    let load = async {
+        let db = d1::db(env)?;
+        d1::has_custom_keys(&db, project_id).await.map(Some)
+    };
+    Ok(
+        read_through::<CustomKeysRecord, _>(env, timing, project_id, load)
+            .await?
+            .is_some_and(|has| *has),
+    )
+}
+
+/// After a custom key is made: the project has custom keys (here at once, elsewhere within 30 s).
+pub async fn store_has_custom_keys(env: &Env, project_id: &str) -> Result<(), Error> {
+    kv::put::<CustomKeysRecord>(&kv::kv(env)?, project_id, &true).await?;
+    remember::<CustomKeysRecord>(project_id, Rc::new(true), now_ms());
+    Ok(())
 }
 
 /// A key was just made with this hash: this isolate no longer takes it for unknown.

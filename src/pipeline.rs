@@ -163,6 +163,16 @@ async fn serve(
     let routed = provider_target(env, timing, api, &asked, asked.model()).await?;
     let price = api.prices.get(asked.model());
     let fallbacks = fallback_targets(env, timing, api, &asked, price.is_some()).await?;
+    // A Messages body goes whole to an Anthropic upstream: what it carries beyond what was metered
+    // is bounded into the prompt, or refused.
+    let to_anthropic = routed
+        .iter()
+        .chain(fallbacks.iter().filter_map(|(_, t)| t.as_ref()))
+        .any(|t| t.provider.wire() == Wire::Anthropic);
+    if let (Some(messages), true) = (&original, to_anthropic) {
+        let extra = providers::anthropic::passthrough_extra(messages, &api.policy.allowed_params)?;
+        asked.raise_prompt_bound(extra);
+    }
     // The reservation covers the dearest model that may answer; the one that does is booked.
     let reserve = fallbacks
         .iter()
@@ -171,14 +181,30 @@ async fn serve(
     let watch = Watch::new(&req);
     let admitting = now_ms();
     let mut lease = admit(
-        env, ctx, timing, place, &entry, &caller, &asked, started, reserve,
+        env,
+        ctx,
+        timing,
+        place,
+        &entry,
+        &caller,
+        &asked,
+        started,
+        Prices {
+            asked: price,
+            reserve,
+        },
     )
     .await?;
+    // Until a try says otherwise, what is booked is the model asked for, at its own price.
+    lease.answered = Some(Answered {
+        model: asked.model().to_string(),
+        provider: routed.as_ref().map(|t| t.provider.as_str().to_string()),
+        price,
+    });
     timing.phase("admit", (now_ms() - admitting) as f64);
     asked.set_cap(lease.cap, api.policy.max_tokens_field);
     let rate_headers = rate_limit_headers(&lease.windows, started);
     let controller = AbortController::default();
-    let committed = Rc::new(std::cell::Cell::new(false));
     let sent = outbound(
         env,
         api,
@@ -212,7 +238,6 @@ async fn serve(
             api.timeout_ms,
             asked.stream(),
             controller.signal(),
-            committed.clone(),
         )),
         Ok(Outbound::Fetch(one)) => Box::pin(attempts(
             vec![one.priced(price)],
@@ -220,7 +245,6 @@ async fn serve(
             api.timeout_ms,
             asked.stream(),
             controller.signal(),
-            committed.clone(),
         )),
         Err(e) => {
             let outcome = lease.estimated(e.status, Ended::UpstreamError);
@@ -237,7 +261,6 @@ async fn serve(
         rate_headers,
         asked,
         anthropic: place.endpoint == Endpoint::Messages,
-        committed,
     };
     exchange.answer(upstream, stream, timing).await
 }
@@ -253,8 +276,6 @@ struct Exchange {
     asked: Asked,
     /// The client called Anthropic's Messages API: the answer is translated back to it.
     anthropic: bool,
-    /// Set once the answer's head is on its way to the client: no try upstream may start after.
-    committed: Rc<std::cell::Cell<bool>>,
 }
 
 impl Exchange {
@@ -304,7 +325,9 @@ impl Exchange {
     /// The upstream's head reaches the client with the answer, and its request id the usage record.
     fn heard(&mut self, head: &Head) {
         self.lease.upstream_request_id = head.request_id.clone();
-        self.lease.answered = head.answered.clone();
+        if head.answered.is_some() {
+            self.lease.answered = head.answered.clone();
+        }
         self.lease.attempts = head.attempts.clone();
         self.rate_headers.extend(head.headers());
     }
@@ -314,6 +337,9 @@ impl Exchange {
         self.controller.abort();
         self.lease.upstream_error = failure.said.clone();
         self.lease.attempts = failure.attempts.clone();
+        if failure.tried.is_some() {
+            self.lease.answered = failure.tried.clone();
+        }
         let outcome = match failure.ended {
             // An error status means nothing was generated: nothing is booked.
             Ended::UpstreamError => Outcome {
@@ -359,8 +385,6 @@ impl Exchange {
     }
 
     fn stream(self, source: Source) -> Result<Response, Error> {
-        // The head goes out now: an upstream still being tried gets no further tries.
-        self.committed.set(true);
         // The usage chunk reaches Anthropic's translation (it becomes `message_delta.usage`).
         let strip_usage = self.asked.strip_usage() && !self.anthropic;
         let relay_of = Relay::of(self.asked.wire(), strip_usage, None);
@@ -642,6 +666,13 @@ fn lease_ttl_ms(env: &Env) -> i64 {
         })
 }
 
+/// The price of the model asked for, and what the reservation holds (the dearest of the models
+/// that may answer).
+struct Prices {
+    asked: Option<crate::limits::spend::Price>,
+    reserve: Option<crate::limits::spend::Price>,
+}
+
 /// Phase 4 — admit: one call to the consumer's counter, which checks the consumer's standing (enabled,
 /// its key and session not revoked: 401/403), picks its plan among the API's, checks the plan's
 /// model list (403) and that a spend-limited plan has the model's price (403), checks every window,
@@ -657,7 +688,7 @@ async fn admit(
     caller: &Caller,
     asked: &Asked,
     now: i64,
-    price: Option<crate::limits::spend::Price>,
+    prices: Prices,
 ) -> Result<Lease, Error> {
     let api = &entry.api;
     let model = asked.model();
@@ -681,12 +712,14 @@ async fn admit(
         who: presented(caller),
         plans: &entry.plans,
         model,
-        priced: price.is_some(),
+        // Whether the model asked for has a price (a spend-limited plan refuses one without),
+        // whatever the fallbacks' prices.
+        priced: prices.asked.is_some(),
         ask: Ask {
             prompt: asked.prompt_bound(),
             n: asked.n(),
             cap: asked.cap(),
-            price,
+            price: prices.reserve,
             stream: asked.stream(),
             lease_ttl_ms: lease_ttl_ms(env),
         },
@@ -796,8 +829,9 @@ struct Failure {
     /// The upstream's own status and `Retry-After`, when it answered one.
     status: Option<u16>,
     retry_after: Option<String>,
-    /// Every try upstream (set by `attempts`).
+    /// Every try upstream, and who was tried last (set by `attempts`).
     attempts: Vec<Attempt>,
+    tried: Option<Answered>,
 }
 
 impl Failure {
@@ -809,6 +843,7 @@ impl Failure {
             status: None,
             retry_after: None,
             attempts: Vec::new(),
+            tried: None,
         }
     }
 
@@ -1110,32 +1145,34 @@ async fn fallback_targets(
             }
             (None, None) => Ok(None),
         };
+        // A fallback that cannot take this request (no key, another endpoint, a key that does
+        // not open) is left out; it never fails a request the first model may answer.
         match target {
             Ok(t) => out.push((model.clone(), t)),
-            Err(e) if e.problem == Problem::ProviderNotConfigured => {}
-            Err(e) => return Err(e),
+            Err(e) => worker::console_log!("fallback {model} left out: {}", e.kind()),
         }
     }
     Ok(out)
 }
 
 /// Phase 5: the first candidate, again up to `retries` times while it fails in a way another try
-/// may mend, then each fallback in order; never once the answer's head has gone to the client.
-/// The answer (or the last failure) says who answered and every try.
+/// may mend, then each fallback in order. Tries happen only before any answer: a streamed
+/// request's client has had at most heartbeat comments by then, never a byte of an answer. The
+/// answer (or the last failure) says who answered, or was tried last, and every try.
 async fn attempts(
     candidates: Vec<Candidate>,
     retries: u32,
     timeout_ms: u32,
     stream: bool,
     signal: AbortSignal,
-    committed: Rc<std::cell::Cell<bool>>,
 ) -> Result<Answer, Failure> {
     let mut log: Vec<Attempt> = Vec::new();
     let mut last: Option<Failure> = None;
+    let mut tried: Option<Answered> = None;
     'candidates: for (i, c) in candidates.iter().enumerate() {
         let tries = if i == 0 { 1 + retries } else { 1 };
         for n in 0..tries {
-            if (i > 0 || n > 0) && (committed.get() || signal.aborted()) {
+            if (i > 0 || n > 0) && signal.aborted() {
                 break 'candidates;
             }
             let request = match c.request() {
@@ -1169,6 +1206,7 @@ async fn attempts(
                 }
                 Err(failure) => {
                     log.push(failure.attempt(&c.answered, (now_ms() - started).max(0) as u64));
+                    tried = Some(c.answered.clone());
                     let retryable = failure.retryable();
                     let mut jitter = [0u8; 2];
                     let jitter = crate::http::random(&mut jitter)
@@ -1195,6 +1233,7 @@ async fn attempts(
         )
     });
     failure.attempts = log;
+    failure.tried = tried;
     Err(failure)
 }
 
@@ -1448,7 +1487,9 @@ impl MeteredStream {
             Ok(Answer::Stream(body, head)) => {
                 if let Some(lease) = self.lease.as_mut() {
                     lease.upstream_request_id = head.request_id;
-                    lease.answered = head.answered;
+                    if head.answered.is_some() {
+                        lease.answered = head.answered;
+                    }
                     lease.attempts = head.attempts;
                 }
                 self.source = Source::Body(body);
@@ -1464,6 +1505,9 @@ impl MeteredStream {
         if let Some(lease) = self.lease.as_mut() {
             lease.upstream_error = failure.said;
             lease.attempts = failure.attempts;
+            if failure.tried.is_some() {
+                lease.answered = failure.tried;
+            }
             if failure.ended == Ended::UpstreamError {
                 lease.progress.sent_upstream = false;
             }

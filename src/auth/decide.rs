@@ -25,7 +25,7 @@ pub struct Caller {
 pub enum Presented {
     /// A well-formed consumer key (`ask_live_…`): found by its hash.
     Key(ConsumerKey),
-    /// Anything else shaped like an owner's custom key: found by its hash (the SHA-256 hex).
+    /// Anything else shaped like an owner's custom key: found by its project-bound hash.
     Custom(String),
     /// A JWT whose key id says this gateway signed it for the project.
     SluiceToken,
@@ -43,7 +43,7 @@ pub fn presented(credential: &str, project_slug: &str, mode: AuthMode) -> Result
             });
     }
     if !looks_like_jwt(credential) && key::is_custom_shaped(credential) {
-        return Ok(Presented::Custom(key::hash_secret(credential)));
+        return Ok(Presented::Custom(credential.to_string()));
     }
     if !looks_like_jwt(credential) {
         return Err(Error::invalid_credential(match mode {

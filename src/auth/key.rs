@@ -135,6 +135,17 @@ pub fn hash_secret(secret: &str) -> String {
     crate::encoding::hex(&Sha256::digest(secret.as_bytes()))
 }
 
+/// The stored form of a custom key: bound to its project, so the same secret in two projects is two
+/// keys and a collision says nothing about another tenant.
+pub fn custom_hash(project_id: &str, secret: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"sluice custom key v1\0");
+    h.update(project_id.as_bytes());
+    h.update(b"\0");
+    h.update(secret.as_bytes());
+    crate::encoding::hex(&h.finalize())
+}
+
 /// How much of a custom key listings show.
 pub fn custom_prefix(secret: &str) -> String {
     secret.chars().take(SHOWN_LEN).collect()
@@ -171,7 +182,10 @@ mod tests {
         assert!(validate_custom("ünïcode-ключ-0123456789abcdef").is_err());
         assert_eq!(custom_prefix("legacy_key_0123"), "legacy");
         let k = ConsumerKey::generate(&mut counter_rng(4));
-        assert_eq!(hash_secret(k.reveal()), k.hash(), "one hash for both kinds");
+        assert_eq!(hash_secret(k.reveal()), k.hash());
+        let s = "legacy_key_0123456789abcdef";
+        assert_ne!(custom_hash("prj_1", s), custom_hash("prj_2", s));
+        assert_ne!(custom_hash("prj_1", s), hash_secret(s));
     }
 
     #[test]

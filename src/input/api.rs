@@ -211,10 +211,11 @@ impl UpstreamPatch {
             let plain = api
                 .allowed_models()
                 .into_iter()
+                .chain(api.policy.fallbacks.iter().cloned())
                 .find(|m| crate::providers::split_model(m).is_none());
             if let Some(m) = plain {
                 return Err(Error::invalid_request(format!(
-                    "`{m}` names no provider: with neither `base_url` nor `provider`, every model is `provider/model` (e.g. `anthropic/claude-3-5-haiku`)"
+                    "`{m}` names no provider: with neither `base_url` nor `provider`, every model and fallback is `provider/model` (e.g. `anthropic/claude-3-5-haiku`)"
                 ))
                 .with_field("param", "upstream.models"));
             }

@@ -232,6 +232,75 @@ pub fn passthrough(original: &Value, chat: &Map<String, Value>, model: &str) -> 
     out
 }
 
+/// What a Messages body passed through whole carries beyond its chat translation, which is what the
+/// gateway metered: documents (their base64 bytes, an upper bound of their tokens, added to the
+/// prompt's bound) are allowed; what costs beyond tokens (server tools, MCP servers, containers, a
+/// service tier) or cannot be bounded (documents by URL or file id) is refused unless the API lists
+/// it in `upstream.allowed_params`.
+pub fn passthrough_extra(original: &Value, allowed: &[String]) -> Result<u64, Error> {
+    let refuse = |param: &str, what: &str| {
+        Err(Error::new(
+            Problem::ParameterNotAllowed,
+            format!("{what} cannot be metered by the gateway; the API must list `{param}` in `upstream.allowed_params`."),
+        )
+        .with_field("param", param))
+    };
+    let allows = |p: &str| allowed.iter().any(|a| a == p);
+    for field in ["mcp_servers", "container", "service_tier"] {
+        if original.get(field).is_some() && !allows(field) {
+            return refuse(field, &format!("`{field}`"));
+        }
+    }
+    let server_tool = original
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|t| {
+            t.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|k| k != "custom")
+        });
+    if server_tool && !allows("server_tools") {
+        return refuse(
+            "server_tools",
+            "Server tools (web search, code execution, …)",
+        );
+    }
+    let mut extra: u64 = 0;
+    let blocks = original
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten();
+    for block in blocks {
+        if block.get("type").and_then(Value::as_str) != Some("document") {
+            continue;
+        }
+        match block.pointer("/source/type").and_then(Value::as_str) {
+            Some("base64") => {
+                let data = block
+                    .pointer("/source/data")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                extra = extra.saturating_add(data.len() as u64);
+            }
+            // Text documents are in the chat translation already.
+            Some("text") => {}
+            _ if allows("documents_by_reference") => {}
+            _ => {
+                return refuse(
+                    "documents_by_reference",
+                    "A document by URL or file id (its size is unknown)",
+                )
+            }
+        }
+    }
+    Ok(extra)
+}
+
 /// Anthropic's stop reason as a chat finish reason.
 pub fn finish_reason(stop: &str) -> &'static str {
     match stop {
@@ -541,6 +610,36 @@ mod tests {
         assert_eq!(out["max_tokens"], 512);
         assert_eq!(out["thinking"], original["thinking"]);
         assert_eq!(out["system"], original["system"]);
+    }
+
+    #[test]
+    fn what_a_passed_through_body_adds_is_bounded_or_refused() {
+        let doc = |source: Value| json!({"messages": [{"role": "user", "content": [{"type": "document", "source": source}, {"type": "text", "text": "x"}]}]});
+        assert_eq!(passthrough_extra(&doc(json!({"type": "base64", "media_type": "application/pdf", "data": "QUJD".repeat(100)})), &[]).unwrap(), 400);
+        assert_eq!(
+            passthrough_extra(&doc(json!({"type": "text", "data": "hello"})), &[]).unwrap(),
+            0
+        );
+        let by_url = doc(json!({"type": "url", "url": "https://x/a.pdf"}));
+        assert_eq!(
+            passthrough_extra(&by_url, &[]).unwrap_err().problem,
+            Problem::ParameterNotAllowed
+        );
+        assert!(passthrough_extra(&by_url, &["documents_by_reference".into()]).is_ok());
+        let search = json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}], "messages": []});
+        assert_eq!(
+            passthrough_extra(&search, &[]).unwrap_err().kind(),
+            "parameter-not-allowed"
+        );
+        assert!(passthrough_extra(&search, &["server_tools".into()]).is_ok());
+        let custom = json!({"tools": [{"name": "lookup", "input_schema": {}}, {"type": "custom", "name": "x", "input_schema": {}}], "messages": []});
+        assert_eq!(passthrough_extra(&custom, &[]).unwrap(), 0);
+        for field in ["mcp_servers", "container", "service_tier"] {
+            let mut b = json!({"messages": []});
+            b[field] = json!("x");
+            assert!(passthrough_extra(&b, &[]).is_err(), "{field}");
+            assert!(passthrough_extra(&b, &[field.to_string()]).is_ok());
+        }
     }
 
     #[test]

@@ -96,6 +96,15 @@ impl KvRecord for ProviderKeyRecord {
     type Value = crate::records::provider::ProviderKey;
 }
 
+/// Whether a project has custom (owner-chosen) consumer keys, by project id: without any, a
+/// custom-key-shaped credential is refused without a lookup.
+pub struct CustomKeysRecord;
+impl KvRecord for CustomKeysRecord {
+    const PREFIX: &'static str = "customkeys:";
+    const TTL_S: u64 = CACHE_TTL_S;
+    type Value = bool;
+}
+
 /// A live consumer key's holder, by the key's hash. Revoking the key deletes the record; the
 /// consumer's counter refuses the key at once all the same (the cache may lag elsewhere).
 pub struct KeyRecord;

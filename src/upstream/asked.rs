@@ -81,6 +81,16 @@ impl Asked {
         }
     }
 
+    /// Adds to the prompt's bound what the upstream reads beyond the checked body (a Messages body
+    /// passed through whole).
+    pub fn raise_prompt_bound(&mut self, extra: u64) {
+        match self {
+            Asked::Chat(c) => c.prompt_bound = c.prompt_bound.saturating_add(extra),
+            Asked::Responses(r) => r.prompt_bound = r.prompt_bound.saturating_add(extra),
+            Asked::Embeddings(e) => e.prompt_bound = e.prompt_bound.saturating_add(extra),
+        }
+    }
+
     pub fn prompt_bound(&self) -> u64 {
         match self {
             Asked::Chat(c) => c.prompt_bound,

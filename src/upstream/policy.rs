@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::limits::meter::DEFAULT_IMAGE_TOKENS;
 
 /// Parameters that change what a request costs; refused unless the API lists them.
-pub const COST_PARAMS: [&str; 8] = [
+pub const COST_PARAMS: [&str; 12] = [
     "service_tier",
     "store",
     "modalities",
@@ -18,6 +18,11 @@ pub const COST_PARAMS: [&str; 8] = [
     // Responses: the upstream reads a stored history the gateway cannot bound.
     "previous_response_id",
     "conversation",
+    // Anthropic, when a Messages body passes through whole (`providers::anthropic::passthrough_extra`).
+    "mcp_servers",
+    "container",
+    "server_tools",
+    "documents_by_reference",
 ];
 
 /// The name the upstream reads the completion cap from.

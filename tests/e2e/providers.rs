@@ -620,6 +620,45 @@ async fn a_failing_provider_is_retried_then_falls_back(c: Arc<Ctx>) -> CaseResul
     assert_eq!(r.status, 400, "{}", r.describe());
     assert_eq!(c.upstream_requests("fb-bad").len(), 1);
     assert_eq!(c.upstream_requests("fb-bad-groq").len(), 0);
+    // The model asked for has no price: a spend-limited plan refuses it, however priced its fallbacks.
+    let unpriced = admin
+        .call(
+            Method::POST,
+            "/api/v1/gateway/apis",
+            Some(json!({"project": project, "slug": "unpriced", "name": "Unpriced",
+                "upstream": {"provider": "anthropic", "default_model": "claude-unpriced", "fallbacks": ["groq/llama-3.1-8b-instant"]},
+                "prices": {"groq/llama-3.1-8b-instant": {"input_per_mtok": 2.0, "output_per_mtok": 4.0}}})),
+        )
+        .await?;
+    expect_status(&unpriced, 201, "an API whose model has no price")?;
+    let unpriced_id = str_field(&unpriced.json(), "id")?;
+    let limited = admin
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/gateway/apis/{unpriced_id}/plans/default"),
+            Some(json!({"spend_per_day_usd": 1.0})),
+        )
+        .await?;
+    expect_status(&limited, 200, "a spend limit")?;
+    let u = consumer_on(&admin, project, &unpriced.json()).await?;
+    let r = c
+        .send_chat(
+            &u,
+            Some((&u.secret, KeyHeader::Bearer)),
+            &chat_body(None, "hi", false),
+        )
+        .await?;
+    assert_problem(&r, 403, "model-not-priced");
+    // A by-model API names every fallback's provider.
+    let plain = admin
+        .call(
+            Method::POST,
+            "/api/v1/gateway/apis",
+            Some(json!({"project": project, "slug": "plainfb", "name": "x",
+                "upstream": {"models": ["groq/llama-3.1-8b-instant"], "fallbacks": ["gpt-4o-mini"]}})),
+        )
+        .await?;
+    assert_problem(&plain, 400, "invalid-request");
     // Bad settings are refused.
     for upstream in [
         json!({"retries": 9}),
@@ -667,6 +706,38 @@ async fn messages_pass_through_to_anthropic(c: Arc<Ctx>) -> CaseResult {
     assert_eq!(upstream["messages"], body["messages"]);
     assert_eq!(upstream["model"], "claude-3-5-haiku");
     assert_eq!(upstream["max_tokens"], 64);
+    // What the gateway cannot meter is refused unless the API allows it; a base64 document passes,
+    // its bytes counted into the prompt's bound.
+    let send = |body: Value| {
+        let req = c
+            .http
+            .post(format!("{}/v1/{project}/chat/v1/messages", c.base))
+            .header("x-api-key", &t.secret)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body);
+        async move { Reply::read(req.send().await?).await }
+    };
+    let mut search = body.clone();
+    search["tools"] = json!([{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]);
+    let r = send(search).await?;
+    assert_eq!(r.status, 400, "{}", r.describe());
+    assert_eq!(
+        r.json()["error"]["type"],
+        "invalid_request_error",
+        "{}",
+        r.text
+    );
+    let mut pdf = body.clone();
+    pdf["messages"][0]["content"] = json!([{"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK".repeat(50)}},
+        {"type": "text", "text": "Summarise it."}]);
+    let r = send(pdf).await?;
+    expect_status(&r, 200, "a document passes")?;
+    let sent = c.upstream_requests(project);
+    assert_eq!(sent.len(), 2, "the refused request never went upstream");
+    assert_eq!(
+        sent[1].json()["messages"][0]["content"][0]["type"],
+        "document"
+    );
     Ok(())
 }
 

@@ -88,7 +88,7 @@ pub async fn create_key(c: &mut Call<'_>, project: &str, consumer: &str) -> Resu
         Some(own) => (
             own.clone(),
             crate::auth::key::custom_prefix(own),
-            crate::auth::key::hash_secret(own),
+            crate::auth::key::custom_hash(&project.id, own),
             true,
         ),
         None => {
@@ -123,6 +123,9 @@ pub async fn create_key(c: &mut Call<'_>, project: &str, consumer: &str) -> Resu
         Err(e) => return Err(e),
     }
     crate::cache::forget_unknown(&hash);
+    if custom {
+        crate::cache::store_has_custom_keys(c.env, &project.id).await?;
+    }
     // Its first use reads KV, not D1.
     let holder = KeyHolder {
         project_id: project.id.clone(),

@@ -217,7 +217,7 @@ fn refused(e: Refused, actor: Role) -> Error {
             forbidden(Role::Owner, actor).with_detail("A role above your own cannot be granted.")
         }
         Refused::LastOwner => Error::conflict(
-            "The org would be left without an owner: make another member owner first.",
+            "The org would be left without an owner (or the member's role changed meanwhile): make another member owner first, or look again.",
         ),
     }
 }
@@ -294,7 +294,7 @@ pub async fn patch_member(c: &mut Call<'_>, org: &str, id: &str) -> Result<Reply
         owners,
     )
     .map_err(|e| refused(e, c.role))?;
-    if !d1::set_member_role(&c.db, &org.id, id, role).await? {
+    if !d1::set_member_role(&c.db, &org.id, id, member.role, role).await? {
         return Err(refused(Refused::LastOwner, c.role));
     }
     member.role = role;
@@ -315,7 +315,7 @@ pub async fn remove_member(c: &mut Call<'_>, org: &str, id: &str) -> Result<Repl
         owners,
     )
     .map_err(|e| refused(e, c.role))?;
-    if !d1::remove_member(&c.db, &org.id, id).await? {
+    if !d1::remove_member(&c.db, &org.id, id, member.role).await? {
         return Err(refused(Refused::LastOwner, c.role));
     }
     Ok(Reply::NoContent)

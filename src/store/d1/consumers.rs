@@ -164,6 +164,18 @@ pub async fn key_by_hash(
     .await
 }
 
+/// Whether the project has a live custom key (one whose prefix is not a generated key's).
+pub async fn has_custom_keys(db: &D1Database, project_id: &str) -> Result<bool, Error> {
+    let row: Option<IdRow> = stmt(
+        db,
+        "SELECT id FROM consumer_keys WHERE project_id = ?1 AND revoked_at IS NULL AND prefix NOT LIKE 'ask\\_live\\_%' ESCAPE '\\' LIMIT 1",
+        &[text(project_id)],
+    )?
+    .row()
+    .await?;
+    Ok(row.is_some())
+}
+
 /// Records use of a key at most once a minute, so hot keys do not write on every request.
 pub async fn touch_key(db: &D1Database, key_id: &str, now: i64) -> Result<(), Error> {
     changes(db, "UPDATE consumer_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?3)",

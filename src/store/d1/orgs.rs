@@ -294,25 +294,32 @@ pub async fn set_member_role(
     db: &D1Database,
     org_id: &str,
     id: &str,
+    from: Role,
     role: Role,
 ) -> Result<bool, Error> {
+    // `role = ?4`: the role the change was checked against, so a promotion meanwhile is not undone.
     let n = changes(
         db,
-        "UPDATE org_members SET role = ?3 WHERE org_id = ?1 AND id = ?2 AND (?3 = 'owner' OR NOT (role = 'owner' AND status = 'active') \
+        "UPDATE org_members SET role = ?3 WHERE org_id = ?1 AND id = ?2 AND role = ?4 AND (?3 = 'owner' OR NOT (role = 'owner' AND status = 'active') \
          OR (SELECT COUNT(*) FROM org_members WHERE org_id = ?1 AND role = 'owner' AND status = 'active') > 1)",
-        &[text(org_id), text(id), text(role.as_str())],
+        &[text(org_id), text(id), text(role.as_str()), text(from.as_str())],
     )
     .await?;
     Ok(n > 0)
 }
 
-/// Removes a member under the same last-owner guard; whether it went.
-pub async fn remove_member(db: &D1Database, org_id: &str, id: &str) -> Result<bool, Error> {
+/// Removes a member (still of the role checked) under the same last-owner guard; whether it went.
+pub async fn remove_member(
+    db: &D1Database,
+    org_id: &str,
+    id: &str,
+    role: Role,
+) -> Result<bool, Error> {
     let n = changes(
         db,
-        "DELETE FROM org_members WHERE org_id = ?1 AND id = ?2 AND (NOT (role = 'owner' AND status = 'active') \
+        "DELETE FROM org_members WHERE org_id = ?1 AND id = ?2 AND role = ?3 AND (NOT (role = 'owner' AND status = 'active') \
          OR (SELECT COUNT(*) FROM org_members WHERE org_id = ?1 AND role = 'owner' AND status = 'active') > 1)",
-        &[text(org_id), text(id)],
+        &[text(org_id), text(id), text(role.as_str())],
     )
     .await?;
     Ok(n > 0)

@@ -212,6 +212,15 @@ CREATE TABLE usage_records (
 );
 CREATE INDEX usage_by_api_time ON usage_records (api_id, created_at);
 
+-- Requests refused for a limit (429), per API, consumer and UTC day (each counter's running count).
+CREATE TABLE refusals (
+  api_id       TEXT NOT NULL,
+  consumer_id  TEXT NOT NULL,
+  day          TEXT NOT NULL,
+  count        INTEGER NOT NULL,
+  PRIMARY KEY (api_id, consumer_id, day)
+);
+
 -- Sign-ins, failed codes, refreshes, refresh reuse, keys created/revoked, mode switches.
 CREATE TABLE auth_events (
   id           TEXT PRIMARY KEY,

@@ -82,6 +82,8 @@ also owns the default org, which holds the demo):
     -H "Content-Type: application/json" \\
     -d '{"email": "${OWNER_EMAIL}", "name": "You"}'
 
+Or sign in to the console in the browser: ${base}/console (dev login with the same address).
+
 Then call the admin API with its access_token (or make an org key: POST /api/v1/orgs/{org}/keys):
 
   curl -s ${base}/api/v1/orgs/me -H "Authorization: Bearer <access_token>"

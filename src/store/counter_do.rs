@@ -58,7 +58,57 @@ fn ensure_outbox(sql: &SqlStorage) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS usage_outbox (id TEXT PRIMARY KEY, record TEXT NOT NULL)",
         None,
     )?;
+    // Requests refused for a limit (429), per UTC day: the object's own running count, written to D1
+    // as an absolute number (so a repeated flush cannot count twice).
+    sql.exec(
+        "CREATE TABLE IF NOT EXISTS refusals (day TEXT PRIMARY KEY, api_id TEXT NOT NULL, consumer_id TEXT NOT NULL, \
+         count INTEGER NOT NULL, flushed INTEGER NOT NULL DEFAULT 0)",
+        None,
+    )?;
     Ok(())
+}
+
+/// Counts a refusal of an admission for a limit; whether one was counted.
+fn note_refusal(sql: &SqlStorage, request: &CounterRequest, reply: &CounterReply) -> Result<bool> {
+    let (CounterRequest::Admit { now, record, .. }, CounterReply::Denied { denial, .. }) =
+        (request, reply)
+    else {
+        return Ok(false);
+    };
+    if !matches!(denial, crate::limits::standing::Denial::Limit { .. }) {
+        return Ok(false);
+    }
+    let day = crate::time::rfc3339(*now)
+        .chars()
+        .take(10)
+        .collect::<String>();
+    sql.exec(
+        "INSERT INTO refusals (day, api_id, consumer_id, count, flushed) VALUES (?, ?, ?, 1, 0) \
+         ON CONFLICT(day) DO UPDATE SET count = count + 1, flushed = 0",
+        vec![
+            SqlStorageValue::String(day),
+            SqlStorageValue::String(record.api_id.clone()),
+            SqlStorageValue::String(record.consumer_id.clone()),
+        ],
+    )?;
+    Ok(true)
+}
+
+#[derive(Deserialize)]
+struct RefusalRow {
+    day: String,
+    api_id: String,
+    consumer_id: String,
+    count: i64,
+}
+
+/// Refusal counts not yet in D1.
+fn refusals_waiting(sql: &SqlStorage) -> Result<Vec<RefusalRow>> {
+    sql.exec(
+        "SELECT day, api_id, consumer_id, count FROM refusals WHERE flushed = 0",
+        None,
+    )?
+    .to_array()
 }
 
 fn rust_error(e: impl std::fmt::Display) -> worker::Error {
@@ -89,7 +139,10 @@ fn outbox_waiting(sql: &SqlStorage) -> Result<bool> {
         one: i64,
     }
     let left: Vec<One> = sql
-        .exec("SELECT 1 AS one FROM usage_outbox LIMIT 1", None)?
+        .exec(
+            "SELECT 1 AS one FROM usage_outbox UNION ALL SELECT 1 AS one FROM refusals WHERE flushed = 0 LIMIT 1",
+            None,
+        )?
         .to_array()?;
     Ok(!left.is_empty())
 }
@@ -114,7 +167,7 @@ impl ConsumerCounter {
         self.ensure_outbox(&sql)?;
         self.counter.run(&sql, |state| {
             let reply = apply(state, request);
-            if file_records(&sql, state)? {
+            if file_records(&sql, state)? | note_refusal(&sql, request, &reply)? {
                 self.outbox_waiting.set(Some(true));
             }
             Ok((reply, self.wake_at(&sql, state)?))
@@ -272,6 +325,47 @@ impl DurableObject for ConsumerCounter {
             sql.exec(
                 "DELETE FROM usage_outbox WHERE rowid <= ?",
                 vec![SqlStorageValue::Integer(last.seq)],
+            )?;
+        }
+        // Refusal counts: absolute per day, so writing one again changes nothing.
+        let refusals = refusals_waiting(&sql)?;
+        if !refusals.is_empty() {
+            let counts: Vec<(String, String, String, i64)> = refusals
+                .iter()
+                .map(|r| {
+                    (
+                        r.api_id.clone(),
+                        r.consumer_id.clone(),
+                        r.day.clone(),
+                        r.count,
+                    )
+                })
+                .collect();
+            let stored = match d1::db(&self.env) {
+                Ok(db) => d1::store_refusals(&db, &counts).await.is_ok(),
+                Err(_) => false,
+            };
+            if !stored {
+                self.wake_in(now_ms() + RETRY_DELAY_MS).await?;
+                return Response::ok("retry");
+            }
+            for r in &refusals {
+                sql.exec(
+                    "UPDATE refusals SET flushed = 1 WHERE day = ? AND count = ?",
+                    vec![
+                        SqlStorageValue::String(r.day.clone()),
+                        SqlStorageValue::Integer(r.count),
+                    ],
+                )?;
+            }
+            // Days long past are in D1 for good.
+            let old = crate::time::rfc3339(now_ms() - 3 * 86_400_000)
+                .chars()
+                .take(10)
+                .collect::<String>();
+            sql.exec(
+                "DELETE FROM refusals WHERE flushed = 1 AND day < ?",
+                vec![SqlStorageValue::String(old)],
             )?;
         }
         let waiting = outbox_waiting(&sql)?;

@@ -682,6 +682,9 @@ add("owner console: sign in, project and API, auth mode, a key shown once and re
   assert.equal(Number(await page.locator('[data-testid="total-requests"]').textContent()), api.json.totals.requests);
   const tokens = await page.locator('[data-testid="chart-tokens"] circle').evaluateAll((cs) => cs.map((c) => Number(c.dataset.value)));
   assert.deepEqual(tokens, api.json.groups.map((gr) => gr.total_tokens));
+  assert.equal(Number(await page.locator('[data-testid="total-refused"]').textContent()), api.json.totals.refused);
+  const perConsumer = await page.locator('[data-testid="bars-consumer"] [data-value]').evaluateAll((bs) => bs.map((b) => Number(b.dataset.value)));
+  assert.deepEqual(perConsumer, [api.json.totals.total_tokens], "one consumer: all the tokens");
   await page.screenshot({ path: path.join(ARTIFACTS, "console-usage-1280.png"), fullPage: true });
   await page.setViewportSize({ width: 360, height: 740 });
   await page.screenshot({ path: path.join(ARTIFACTS, "console-usage-360.png"), fullPage: true });
@@ -693,6 +696,20 @@ add("owner console: sign in, project and API, auth mode, a key shown once and re
   assert.match(await page.locator('[data-testid="audit"]').textContent(), /POST \/api\/v1\/gateway\/apis\/\{api\}\/plans/);
   await page.screenshot({ path: path.join(ARTIFACTS, "console-audit-360.png"), fullPage: true });
   assert.deepEqual(logs.filter((l) => l.startsWith("pageerror")), []);
+  // Dark, at 360 px, driven by the keyboard alone: sign in and reach the org's members.
+  const dark = await newPage(ctx, { colorScheme: "dark", viewport: { width: 360, height: 740 } });
+  await dark.page.goto(`${g}/console`);
+  await dark.page.locator('[data-testid="dev-email"]').focus();
+  await dark.page.keyboard.press("Control+A");
+  await dark.page.keyboard.type("console.owner@example.com");
+  await dark.page.keyboard.press("Enter");
+  await dark.page.waitForFunction(() => document.querySelector('[data-testid="title"]')?.textContent === "Projects");
+  const bg = await dark.page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  assert.notEqual(bg, "rgb(250, 250, 250)", "dark mode has a dark background");
+  await dark.page.goto(`${g}/console#/org/console-owner-example-com/members`);
+  await dark.page.locator('[data-testid="members"]').waitFor();
+  await dark.page.screenshot({ path: path.join(ARTIFACTS, "console-members-360-dark.png"), fullPage: true });
+  assert.deepEqual(dark.logs.filter((l) => l.startsWith("pageerror")), []);
 });
 
 async function main() {

@@ -14,6 +14,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         admin_needs_the_admin_token,
         admin_conflicts_unknown_ids_and_hidden_provider_key,
         custom_keys_are_hashed_masked_and_revocable,
+        refusals_are_counted_per_day,
     ]
 }
 
@@ -393,5 +394,50 @@ async fn custom_keys_are_hashed_masked_and_revocable(c: Arc<Ctx>) -> CaseResult 
     )
     .await?;
     assert_problem(&r, 401, "invalid-credential");
+    Ok(())
+}
+
+async fn refusals_are_counted_per_day(c: Arc<Ctx>) -> CaseResult {
+    let slug = "refusal-counts";
+    let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
+    let r = c
+        .admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/gateway/apis/{}/plans/default", t.api_id),
+            Some(json!({"requests_per_day": 2})),
+        )
+        .await?;
+    expect_status(&r, 200, "two a day")?;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(c.chat_ok(&t).await?.status);
+    }
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    let path = format!("/api/v1/gateway/apis/{}/usage?group_by=day", t.api_id);
+    let report = c
+        .admin_get_until(&path, |v| {
+            v["totals"]["refused"] == 3 && v["totals"]["requests"] == 2
+        })
+        .await?;
+    let days = report["groups"].as_array().cloned().unwrap_or_default();
+    assert_eq!(days.len(), 1, "{report}");
+    assert_eq!(days[0]["refused"], 3, "{report}");
+    assert_eq!(days[0]["requests"], 2, "{report}");
+    // Without grouping, the records are the admitted requests only.
+    let records = c
+        .admin
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/gateway/apis/{}/usage", t.api_id),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        records.json()["records"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        records.text
+    );
     Ok(())
 }

@@ -24,16 +24,22 @@ pub async fn report(c: &mut Call<'_>, api: &str) -> Result<Reply, Error> {
         .pop()
         .map(|t| group_json(&t, None))
         .unwrap_or_else(|| json!({}));
+    let refusals = d1::refusals_by_day(&c.db, &api.id, &query).await?;
+    let mut totals = totals;
+    totals["refused"] = json!(refusals.iter().map(|r| r.count as u64).sum::<u64>());
     let mut body = json!({
         "api_id": api.id, "from": rfc3339(query.from), "to": rfc3339(query.to), "consumer": query.consumer, "totals": totals,
     });
     match query.group_by {
         Some(g) => {
-            let groups: Vec<Value> = d1::usage_groups(&c.db, &api.id, &query)
+            let mut groups: Vec<Value> = d1::usage_groups(&c.db, &api.id, &query)
                 .await?
                 .iter()
                 .map(|row| group_json(row, Some(g.as_str())))
                 .collect();
+            if g == crate::usage::GroupBy::Day {
+                with_refusals(&mut groups, &refusals);
+            }
             body["group_by"] = json!(g.as_str());
             body["groups"] = json!(groups);
         }
@@ -47,6 +53,21 @@ pub async fn report(c: &mut Call<'_>, api: &str) -> Result<Reply, Error> {
         }
     }
     Reply::ok(body)
+}
+
+/// Each day's refusals beside its usage; a day with refusals only gets a row of its own.
+fn with_refusals(days: &mut Vec<Value>, refusals: &[d1::RefusalDay]) {
+    for day in days.iter_mut() {
+        day["refused"] = json!(0);
+    }
+    for r in refusals {
+        match days.iter_mut().find(|d| d["day"] == r.day.as_str()) {
+            Some(d) => d["refused"] = json!(r.count as u64),
+            None => days.push(json!({"day": r.day, "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                "estimated_requests": 0, "cost_usd": 0, "overruns": 0, "refused": r.count as u64})),
+        }
+    }
+    days.sort_by(|a, b| a["day"].as_str().cmp(&b["day"].as_str()));
 }
 
 fn group_json(row: &d1::UsageGroup, name: Option<&str>) -> Value {

@@ -205,3 +205,52 @@ pub async fn usage_records(
          ORDER BY created_at DESC, id LIMIT {limit}");
     stmt(db, &sql, &usage_args(api_id, q))?.rows().await
 }
+
+/// Writes refusal counts `(api id, consumer id, UTC day, count)`: each is the counter's running total
+/// for its day, so the larger number wins and writing one twice changes nothing.
+pub async fn store_refusals(
+    db: &D1Database,
+    counts: &[(String, String, String, i64)],
+) -> Result<(), Error> {
+    let mut batch = Vec::with_capacity(counts.len());
+    for (api_id, consumer_id, day, count) in counts {
+        batch.push(stmt(
+            db,
+            "INSERT INTO refusals (api_id, consumer_id, day, count) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (api_id, consumer_id, day) DO UPDATE SET count = MAX(count, excluded.count)",
+            &[text(api_id), text(consumer_id), text(day), int(*count)],
+        )?);
+    }
+    db.batch(batch).await?;
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefusalDay {
+    pub day: String,
+    pub count: f64,
+}
+
+/// Refusals (429 for a limit) per UTC day in the report's window, for one consumer or all.
+pub async fn refusals_by_day(
+    db: &D1Database,
+    api_id: &str,
+    q: &UsageQuery,
+) -> Result<Vec<RefusalDay>, Error> {
+    let from = crate::time::rfc3339(q.from)
+        .chars()
+        .take(10)
+        .collect::<String>();
+    let to = crate::time::rfc3339(q.to)
+        .chars()
+        .take(10)
+        .collect::<String>();
+    stmt(
+        db,
+        "SELECT day, SUM(count) AS count FROM refusals WHERE api_id = ?1 AND day >= ?2 AND day <= ?3 \
+         AND (?4 IS NULL OR consumer_id = ?4) GROUP BY day ORDER BY day",
+        &[text(api_id), text(&from), text(&to), opt_text(q.consumer.as_deref())],
+    )?
+    .rows()
+    .await
+}

@@ -102,7 +102,8 @@ async fn provider_keys_are_sealed_and_never_shown(c: Arc<Ctx>) -> CaseResult {
     assert_eq!(replaced.json()["key_last4"], "0042");
     let listing = admin.call(Method::GET, &path, None).await?;
     expect_status(&listing, 200, "list provider keys")?;
-    let providers: Vec<&str> = listing.json()["providers"]
+    let providers: Vec<&str> = listing
+        .json()
         .as_array()
         .into_iter()
         .flatten()

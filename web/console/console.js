@@ -551,7 +551,7 @@ async function orgKeys(org) {
 }
 
 async function orgProviders(org) {
-  const providers = (await get(`/api/v1/orgs/${enc(org.slug)}/providers`)).providers;
+  const providers = await get(`/api/v1/orgs/${enc(org.slug)}/providers`);
   const create = form("create-provider", [field("Provider", "provider", { type: "select", options: ["openai", "anthropic", "groq", "mistral", "cohere", "ollama"].map((x) => [x, x]) }),
     field("API key (stored encrypted, never shown again)", "api_key", { type: "password" }), field("Base URL (optional override)", "base_url")], async (v) => {
     await call("POST", `/api/v1/orgs/${enc(org.slug)}/providers`, { provider: v.provider, ...(v.api_key ? { api_key: v.api_key } : {}), ...(v.base_url ? { base_url: v.base_url } : {}) });

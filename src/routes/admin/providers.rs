@@ -80,7 +80,8 @@ fn record(
     })
 }
 
-/// `GET /api/v1/orgs/{org}/providers`: `[{provider, base_url, key_last4, created_at, updated_at}]`.
+/// `GET /api/v1/orgs/{org}/providers`: `[{provider, base_url, key_last4, created_at, updated_at}]`
+/// (a bare array, as the provider-key documents show it).
 pub async fn list(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
     let org = d1::org_by_slug(&c.db, org).await?;
     let keys: Vec<Value> = d1::provider_keys(&c.db, &org.id)
@@ -88,7 +89,7 @@ pub async fn list(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
         .iter()
         .map(ProviderKey::to_json)
         .collect();
-    Reply::ok(json!({ "providers": keys }))
+    Reply::ok(Value::Array(keys))
 }
 
 /// `POST /api/v1/orgs/{org}/providers` `{provider, api_key, base_url?}`.

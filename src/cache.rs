@@ -301,15 +301,29 @@ pub fn note_unknown(hash: &str) {
 
 /// Whether the project has custom consumer keys (memory, then KV, then D1 once).
 pub async fn has_custom_keys(env: &Env, timing: &Timing, project_id: &str) -> Result<bool, Error> {
-    let load = async {
-        let db = d1::db(env)?;
-        d1::has_custom_keys(&db, project_id).await.map(Some)
-    };
-    Ok(
-        read_through::<CustomKeysRecord, _>(env, timing, project_id, load)
-            .await?
-            .is_some_and(|has| *has),
-    )
+    // Only `true` is written to KV: a `false` lives in this isolate's memory (30 s), so a custom key
+    // made meanwhile is never hidden by a long-lived negative answer.
+    let now = now_ms();
+    if let Some(v) = remembered::<CustomKeysRecord>(project_id, now) {
+        return Ok(*v);
+    }
+    let store = kv::kv(env)?;
+    let started = now_ms();
+    let cached = kv::get::<CustomKeysRecord>(&store, project_id).await;
+    timing.call(Binding::Kv, (now_ms() - started) as f64);
+    if let Ok(Some(true)) = cached {
+        remember::<CustomKeysRecord>(project_id, Rc::new(true), now);
+        return Ok(true);
+    }
+    let started = now_ms();
+    let has = d1::has_custom_keys(&d1::db(env)?, project_id).await;
+    timing.call(Binding::D1, (now_ms() - started) as f64);
+    let has = has?;
+    if has {
+        kv::put::<CustomKeysRecord>(&store, project_id, &true).await?;
+    }
+    remember::<CustomKeysRecord>(project_id, Rc::new(has), now);
+    Ok(has)
 }
 
 /// After a custom key is made: the project has custom keys (here at once, elsewhere within 30 s).

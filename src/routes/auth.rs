@@ -721,9 +721,17 @@ pub async fn token_exchange(
             "Send the consumer key as Bearer or as client_secret.",
         )
     })?;
-    let key = ConsumerKey::parse(&secret)
-        .map_err(|e| oauth_error(401, "invalid_client", e.describe()))?;
-    let found = d1::key_by_hash(&db, &project.id, &key.hash())
+    // A generated key by its hash; an owner's custom key by its project-bound hash.
+    let hash = if !secret.starts_with(crate::auth::key::PREFIX)
+        && crate::auth::key::is_custom_shaped(&secret)
+    {
+        crate::auth::key::custom_hash(&project.id, &secret)
+    } else {
+        ConsumerKey::parse(&secret)
+            .map_err(|e| oauth_error(401, "invalid_client", e.describe()))?
+            .hash()
+    };
+    let found = d1::key_by_hash(&db, &project.id, &hash)
         .await?
         .ok_or_else(|| {
             oauth_error(

@@ -29,6 +29,8 @@ const FLUSH_BATCH: usize = 50;
 const FLUSH_DELAY_MS: i64 = 500;
 /// The table the counter's state lives in.
 const STATE_TABLE: &str = "counter";
+/// How often refusal counts alone are written to D1.
+const REFUSALS_FLUSH_MS: i64 = 5_000;
 /// Backoff when D1 is unavailable.
 const RETRY_DELAY_MS: i64 = 5_000;
 
@@ -143,6 +145,19 @@ fn outbox_waiting(sql: &SqlStorage) -> Result<bool> {
             "SELECT 1 AS one FROM usage_outbox UNION ALL SELECT 1 AS one FROM refusals WHERE flushed = 0 LIMIT 1",
             None,
         )?
+        .to_array()?;
+    Ok(!left.is_empty())
+}
+
+/// Whether usage records (not only refusal counts) wait.
+fn usage_waiting(sql: &SqlStorage) -> Result<bool> {
+    #[derive(Deserialize)]
+    struct One {
+        #[allow(dead_code)]
+        one: i64,
+    }
+    let left: Vec<One> = sql
+        .exec("SELECT 1 AS one FROM usage_outbox LIMIT 1", None)?
         .to_array()?;
     Ok(!left.is_empty())
 }
@@ -370,8 +385,13 @@ impl DurableObject for ConsumerCounter {
         }
         let waiting = outbox_waiting(&sql)?;
         self.outbox_waiting.set(Some(waiting));
-        let next = if waiting {
+        // More records: at once. Only refusals (a client past its limit keeps asking): in a while,
+        // so a flood of 429s costs one D1 write per interval, not one per refusal.
+        let records_left = usage_waiting(&sql)?;
+        let next = if records_left {
             Some(now_ms() + 10)
+        } else if waiting {
+            Some(now_ms() + REFUSALS_FLUSH_MS)
         } else {
             next_expiry
         };

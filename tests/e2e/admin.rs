@@ -383,6 +383,16 @@ async fn custom_keys_are_hashed_masked_and_revocable(c: Arc<Ctx>) -> CaseResult 
         .await?;
         assert_problem(&r, 401, "invalid-credential");
     }
+    // It is exchanged for a token like a generated key.
+    let exchanged = Reply::read(
+        c.http
+            .post(format!("{}/v1/{slug}/auth/token", c.base))
+            .bearer_auth(secret)
+            .send()
+            .await?,
+    )
+    .await?;
+    expect_status(&exchanged, 200, "a custom key exchanged for a token")?;
     // Revoked: the next request fails.
     c.admin.revoke_key(slug, &key_id).await?;
     let r = Reply::read(

@@ -127,23 +127,38 @@ function signedIn(tokens) {
   sessionStorage.setItem(REFRESH, tokens.refresh_token);
 }
 
-async function refresh() {
-  const token = sessionStorage.getItem(REFRESH);
-  if (!token) return false;
-  try {
-    signedIn(await call("POST", "/api/v1/auth/refresh", { refresh_token: token }, true));
-    return true;
-  } catch {
-    sessionStorage.removeItem(REFRESH);
-    access = null;
-    return false;
+// One refresh at a time: a refresh token is single use, and a second use revokes the session.
+let refreshing = null;
+function refresh() {
+  if (!refreshing) {
+    refreshing = (async () => {
+      const token = sessionStorage.getItem(REFRESH);
+      if (!token) return false;
+      try {
+        signedIn(await call("POST", "/api/v1/auth/refresh", { refresh_token: token }, true));
+        return true;
+      } catch {
+        sessionStorage.removeItem(REFRESH);
+        access = null;
+        return false;
+      }
+    })().finally(() => { refreshing = null; });
   }
+  return refreshing;
 }
 
 async function signOut() {
-  try { await call("POST", "/api/v1/auth/logout", undefined, true); } catch { /* already gone */ }
+  try {
+    await call("POST", "/api/v1/auth/logout", undefined, true);
+  } catch (e) {
+    // An expired access token still ends its session: refreshed once, then signed out.
+    if (e.status === 401 && (await refresh())) {
+      try { await call("POST", "/api/v1/auth/logout", undefined, true); } catch { /* already gone */ }
+    }
+  }
   access = null;
   sessionStorage.removeItem(REFRESH);
+  sessionStorage.removeItem("sluice.console.org");
   location.hash = "#/";
   render();
 }
@@ -152,7 +167,10 @@ async function signOut() {
 // Screens
 
 let me = null;
-const currentOrg = () => sessionStorage.getItem("sluice.console.org") || me?.orgs?.[0]?.slug;
+const currentOrg = () => {
+  const chosen = sessionStorage.getItem("sluice.console.org");
+  return me?.orgs?.some((o) => o.slug === chosen) ? chosen : me?.orgs?.[0]?.slug;
+};
 
 function page(title, trail, ...children) {
   document.title = `${title} · Sluice console`;
@@ -263,16 +281,31 @@ async function projectConsumers(p) {
     field("Custom key (24+ characters)", "secret", { type: "password" }), field("JWT identity claim", "claim", { placeholder: "uid" }),
     field("JWKS (for a pasted public key set)", "jwks", { type: "textarea", placeholder: '{"keys": [...]}' }),
   ], async (v, f) => {
+    // Checked before anything is made, so a bad secret or JWKS leaves no consumer without a credential.
+    if (v.method === "custom" && !/^[\x21-\x7e]{24,512}$/.test(v.secret)) {
+      throw new Error("A custom key is 24 to 512 printable characters without spaces.");
+    }
+    let jwks = null;
+    if (v.method === "jwt-jwks") {
+      try { jwks = JSON.parse(v.jwks); } catch { throw new Error("The JWKS is not valid JSON."); }
+    }
     const consumer = await call("POST", `/api/v1/projects/${enc(p.slug)}/consumers`, { name: v.name, ...(v.description ? { description: v.description } : {}) });
     let shown = null;
-    if (v.method === "key" || v.method === "custom") {
-      const key = await call("POST", `/api/v1/projects/${enc(p.slug)}/consumers/${enc(consumer.id)}/keys`, { name: "default", ...(v.method === "custom" ? { secret: v.secret } : {}) });
-      shown = secretBox("API key", key.secret);
-    } else if (v.method.startsWith("jwt")) {
-      const body = v.method === "jwt-jwks" ? { kind: "asymmetric", jwks: JSON.parse(v.jwks || "null") } : { kind: "symmetric" };
-      if (v.claim) body.claim = v.claim;
-      const cred = await call("POST", `/api/v1/projects/${enc(p.slug)}/consumers/${enc(consumer.id)}/jwt-credentials`, body);
-      shown = cred.secret ? secretBox(`HS256 secret (claim ${cred.claim} = ${cred.value})`, cred.secret) : h("p", {}, `JWT credential made: claim ${cred.claim} = ${cred.value}.`);
+    try {
+      if (v.method === "key" || v.method === "custom") {
+        const key = await call("POST", `/api/v1/projects/${enc(p.slug)}/consumers/${enc(consumer.id)}/keys`, { name: "default", ...(v.method === "custom" ? { secret: v.secret } : {}) });
+        shown = secretBox("API key", key.secret);
+      } else if (v.method.startsWith("jwt")) {
+        const body = v.method === "jwt-jwks" ? { kind: "asymmetric", jwks } : { kind: "symmetric" };
+        if (v.claim) body.claim = v.claim;
+        const cred = await call("POST", `/api/v1/projects/${enc(p.slug)}/consumers/${enc(consumer.id)}/jwt-credentials`, body);
+        shown = cred.secret ? secretBox(`HS256 secret (claim ${cred.claim} = ${cred.value})`, cred.secret) : h("p", {}, `JWT credential made: claim ${cred.claim} = ${cred.value}.`);
+      }
+    } catch (e) {
+      // The consumer exists: its page is where a credential is added.
+      showProblem(e);
+      location.hash = `#/c/${enc(p.slug)}/${enc(consumer.id)}`;
+      return;
     }
     toast(`Consumer ${consumer.name} created.`);
     f.reset();
@@ -368,14 +401,17 @@ async function apiSettings(a) {
     field("Credential source", "location", { type: "select", value: a.credential?.location || "authorization", options: [["authorization", "Authorization: Bearer"], ["header", "A header"], ["query", "A query parameter"]] }),
     field("Header or parameter name", "cred_name", { value: a.credential?.name || "" }),
     field("Pass the credential through to the upstream", "passthrough", { type: "checkbox", checked: a.credential?.passthrough }),
-  ], async (v) => {
+  ], async (v, self) => {
     const list = (s) => s.split(",").map((x) => x.trim()).filter(Boolean);
     const upstream = { default_model: v.default_model || null, models: list(v.models), timeout_ms: Number(v.timeout_ms), retries: Number(v.retries), fallbacks: list(v.fallbacks) };
     if (v.base_url) upstream.base_url = v.base_url;
     if (v.api_key) upstream.api_key = v.api_key;
+    if (v.provider && v.provider !== u.provider) upstream.provider = v.provider;
     const body = { name: v.name, upstream, ip_allowlist: list(v.ip_allowlist), prices: JSON.parse(v.prices || "{}"),
       credential: { location: v.location, ...(v.location !== "authorization" ? { name: v.cred_name } : {}), passthrough: v.passthrough } };
     await call("PATCH", `/api/v1/gateway/apis/${enc(a.id)}`, body);
+    const key = self.querySelector("[name=api_key]");
+    if (key) key.value = "";
     toast("API saved.");
   });
   return [card("Settings", f, a.unpriced_models?.length ? h("p", { class: "warning" }, `No price for: ${a.unpriced_models.join(", ")}`) : null)];
@@ -554,7 +590,9 @@ async function orgProviders(org) {
   const providers = await get(`/api/v1/orgs/${enc(org.slug)}/providers`);
   const create = form("create-provider", [field("Provider", "provider", { type: "select", options: ["openai", "anthropic", "groq", "mistral", "cohere", "ollama"].map((x) => [x, x]) }),
     field("API key (stored encrypted, never shown again)", "api_key", { type: "password" }), field("Base URL (optional override)", "base_url")], async (v) => {
-    await call("POST", `/api/v1/orgs/${enc(org.slug)}/providers`, { provider: v.provider, ...(v.api_key ? { api_key: v.api_key } : {}), ...(v.base_url ? { base_url: v.base_url } : {}) });
+    const body = { ...(v.api_key ? { api_key: v.api_key } : {}), ...(v.base_url ? { base_url: v.base_url } : {}) };
+    if (providers.some((p) => p.provider === v.provider)) await call("PUT", `/api/v1/orgs/${enc(org.slug)}/providers/${enc(v.provider)}`, body);
+    else await call("POST", `/api/v1/orgs/${enc(org.slug)}/providers`, { provider: v.provider, ...body });
     toast(`${v.provider} key stored.`);
     render();
   }, "Store key");
@@ -591,9 +629,9 @@ async function render() {
     throw e;
   }
   who.replaceChildren(h("span", { testid: "signed-in-as" }, me.owner ? me.owner.email : "operator"), h("button", { class: "secondary", testid: "sign-out", onclick: signOut }, "Sign out"));
-  const [path] = location.hash.replace(/^#/, "").split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   try {
+    const [path] = location.hash.replace(/^#/, "").split("?");
+    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
     if (parts[0] === "p" && parts[1]) return await projectScreen(parts[1], parts[2] || "apis");
     if (parts[0] === "c" && parts[2]) return await consumerScreen(parts[1], parts[2]);
     if (parts[0] === "a" && parts[1]) return await apiScreen(parts[1], parts[2] || "settings");

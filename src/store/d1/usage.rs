@@ -241,7 +241,8 @@ pub async fn refusals_by_day(
         .chars()
         .take(10)
         .collect::<String>();
-    let to = crate::time::rfc3339(q.to)
+    // `to` is exclusive, as for usage: the last day is the one its last millisecond is in.
+    let to = crate::time::rfc3339(q.to - 1)
         .chars()
         .take(10)
         .collect::<String>();

@@ -278,7 +278,10 @@ async function projectConsumers(p) {
   const create = form("create-consumer", [
     field("Name", "name", { required: true }), field("Description", "description"),
     field("Authentication", "method", { type: "select", options: [["key", "API key, system-generated"], ["custom", "API key, custom (your own secret)"], ["jwt-symmetric", "JWT, generated symmetric key"], ["jwt-jwks", "JWT, pasted JWKS"], ["none", "Nothing yet"]] }),
-    field("Custom key (24+ characters)", "secret", { type: "password" }), field("JWT identity claim", "claim", { placeholder: "uid" }),
+    field("Enabled", "enabled", { type: "checkbox", checked: true }),
+    field("Custom key (24+ characters)", "secret", { type: "password" }),
+    h("p", { class: "muted" }, "Where clients send a key (Authorization: Bearer, a header or a query parameter) is each API's credential source, on the API's Settings page."),
+    field("JWT identity claim", "claim", { placeholder: "uid" }), field("JWT identity value (default: random)", "value"),
     field("JWKS (for a pasted public key set)", "jwks", { type: "textarea", placeholder: '{"keys": [...]}' }),
   ], async (v, f) => {
     // Checked before anything is made, so a bad secret or JWKS leaves no consumer without a credential.
@@ -298,6 +301,7 @@ async function projectConsumers(p) {
       } else if (v.method.startsWith("jwt")) {
         const body = v.method === "jwt-jwks" ? { kind: "asymmetric", jwks } : { kind: "symmetric" };
         if (v.claim) body.claim = v.claim;
+        if (v.value) body.value = v.value;
         const cred = await call("POST", `/api/v1/projects/${enc(p.slug)}/consumers/${enc(consumer.id)}/jwt-credentials`, body);
         shown = cred.secret ? secretBox(`HS256 secret (claim ${cred.claim} = ${cred.value})`, cred.secret) : h("p", {}, `JWT credential made: claim ${cred.claim} = ${cred.value}.`);
       }
@@ -307,7 +311,8 @@ async function projectConsumers(p) {
       location.hash = `#/c/${enc(p.slug)}/${enc(consumer.id)}`;
       return;
     }
-    toast(`Consumer ${consumer.name} created.`);
+    if (!v.enabled) await call("PATCH", `/api/v1/projects/${enc(p.slug)}/consumers/${enc(consumer.id)}`, { status: "disabled" });
+    toast(`Consumer ${consumer.name} created${v.enabled ? "" : " (disabled)"}.`);
     f.reset();
     if (shown) f.after(shown);
   }, "Create consumer");

@@ -39,9 +39,42 @@ pub fn decide(role: Option<Role>, need: Role) -> Result<Role, Denied> {
     }
 }
 
+/// Who made an org key, as `created_by` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Maker {
+    /// The instance operator (ADMIN_TOKEN): no cap.
+    Operator,
+    /// An owner account: the key acts with at most their current role in the org.
+    Owner(String),
+    /// Another org key: at most that key's (itself capped by its own maker).
+    Key(String),
+}
+
+impl Maker {
+    pub fn of(created_by: &str) -> Option<Maker> {
+        match created_by {
+            "operator" => Some(Maker::Operator),
+            s if s.starts_with("own_") => Some(Maker::Owner(s.to_string())),
+            s if s.starts_with("okey_") => Some(Maker::Key(s.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// How many keys-made-by-keys are followed before a key is refused.
+pub const MAX_KEY_CHAIN: usize = 5;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn makers_are_read_from_created_by() {
+        assert_eq!(Maker::of("operator"), Some(Maker::Operator));
+        assert_eq!(Maker::of("own_1"), Some(Maker::Owner("own_1".into())));
+        assert_eq!(Maker::of("okey_2"), Some(Maker::Key("okey_2".into())));
+        assert_eq!(Maker::of("someone"), None);
+    }
 
     #[test]
     fn members_below_the_route_role_are_forbidden_and_strangers_see_nothing() {

@@ -487,6 +487,60 @@ async fn org_keys_carry_a_role_and_die_on_revocation(c: Arc<Ctx>) -> CaseResult 
         )
         .await?;
     assert_problem(&bad_role, 400, "invalid-request");
+    // A key acts with at most its maker's current role: demoting the maker demotes the key, and a
+    // maker who leaves takes the key's access along.
+    let (_, made) = new_org_key(&admin_member.admin, &org, "admin").await?;
+    let keys_path = format!("/api/v1/orgs/{org}/keys");
+    expect_status(
+        &with_key(&c, &made, Method::GET, &keys_path, None).await?,
+        200,
+        "an admin key lists keys",
+    )?;
+    let members_path = format!("/api/v1/orgs/{org}/members");
+    let member_id = owner
+        .admin
+        .call(Method::GET, &members_path, None)
+        .await?
+        .json()["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["email"] == "keys.admin@example.com")
+        .and_then(|m| m["id"].as_str().map(str::to_string))
+        .ok_or("the admin member is not listed")?;
+    let demote = owner
+        .admin
+        .call(
+            Method::PATCH,
+            &format!("{members_path}/{member_id}"),
+            Some(json!({"role": "developer"})),
+        )
+        .await?;
+    expect_status(&demote, 200, "demote the maker")?;
+    assert_problem(
+        &with_key(&c, &made, Method::GET, &keys_path, None).await?,
+        403,
+        "forbidden",
+    );
+    let write = with_key(
+        &c,
+        &made,
+        Method::POST,
+        "/api/v1/projects/keys-org-project/consumers",
+        Some(json!({"name": "still a developer"})),
+    )
+    .await?;
+    expect_status(&write, 201, "the demoted key writes as a developer")?;
+    let gone = owner
+        .admin
+        .call(Method::DELETE, &format!("{members_path}/{member_id}"), None)
+        .await?;
+    expect_status(&gone, 204, "the maker leaves")?;
+    assert_problem(
+        &with_key(&c, &made, Method::GET, "/api/v1/projects", None).await?,
+        401,
+        "admin-unauthorized",
+    );
 
     // Revoked: the very next request fails.
     let revoke = owner

@@ -7,6 +7,7 @@ use worker::{D1Database, Env, Request};
 use crate::auth::constant_time_eq;
 use crate::error::{Error, Problem};
 use crate::http::{header, secret};
+use crate::org::access::{Maker, MAX_KEY_CHAIN};
 use crate::org::{decide, Denied, OrgKey, Role, Scope, DEFAULT_ORG_ID};
 use crate::records::org::{ActorType, Membership, OrgKeyRecord, Owner};
 use crate::router::AdminRoute;
@@ -108,10 +109,40 @@ async fn org_key_caller(db: &D1Database, sent: &str) -> Result<Caller, Error> {
     let key = OrgKey::parse(sent).ok_or_else(|| {
         unauthorized("`X-API-Key` takes an org key (`ask-prod-…` or `ask-dev-…`); this is not one (mistyped or truncated?).")
     })?;
-    d1::org_key_by_hash(db, &key.hash())
+    let mut found = d1::org_key_by_hash(db, &key.hash())
         .await?
-        .map(Caller::OrgKey)
-        .ok_or_else(|| unauthorized("This org key is unknown or has been revoked."))
+        .ok_or_else(|| unauthorized("This org key is unknown or has been revoked."))?;
+    found.role = acting_role(db, &found).await?;
+    Ok(Caller::OrgKey(found))
+}
+
+/// A key acts with at most its maker's role now: an owner's current role in the org (a key of an
+/// owner who left is refused), or the role of the key that made it, and so on up the chain.
+async fn acting_role(db: &D1Database, key: &OrgKeyRecord) -> Result<Role, Error> {
+    let mut role = key.role;
+    let mut maker = key.created_by.clone();
+    for _ in 0..MAX_KEY_CHAIN {
+        match Maker::of(&maker) {
+            Some(Maker::Operator) => return Ok(role),
+            Some(Maker::Owner(owner)) => {
+                let theirs = d1::member_role(db, &key.org_id, &owner)
+                    .await?
+                    .ok_or_else(|| {
+                        unauthorized("This org key's maker is no longer a member of its org.")
+                    })?;
+                return Ok(role.min(theirs));
+            }
+            Some(Maker::Key(id)) => {
+                let parent = d1::org_key_by_id(db, &key.org_id, &id)
+                    .await?
+                    .ok_or_else(|| unauthorized("The org key that made this key was revoked."))?;
+                role = role.min(parent.role);
+                maker = parent.created_by;
+            }
+            None => break,
+        }
+    }
+    Err(unauthorized("This org key's maker cannot be traced."))
 }
 
 /// The refusal for a member whose role is below the route's.

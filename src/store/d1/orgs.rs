@@ -356,6 +356,41 @@ pub async fn org_keys(db: &D1Database, org_id: &str) -> Result<Vec<OrgKeyRecord>
     .await
 }
 
+/// An owner's role in an org, if they are an active member.
+pub async fn member_role(
+    db: &D1Database,
+    org_id: &str,
+    owner_id: &str,
+) -> Result<Option<Role>, Error> {
+    #[derive(Deserialize)]
+    struct RoleRow {
+        role: Role,
+    }
+    let row: Option<RoleRow> = stmt(
+        db,
+        "SELECT role FROM org_members WHERE org_id = ?1 AND owner_id = ?2 AND status = 'active'",
+        &[text(org_id), text(owner_id)],
+    )?
+    .row()
+    .await?;
+    Ok(row.map(|r| r.role))
+}
+
+/// A live key of the org, by id.
+pub async fn org_key_by_id(
+    db: &D1Database,
+    org_id: &str,
+    id: &str,
+) -> Result<Option<OrgKeyRecord>, Error> {
+    stmt(
+        db,
+        &format!("SELECT {ORG_KEY_COLUMNS} FROM org_keys WHERE org_id = ?1 AND id = ?2 AND revoked_at IS NULL"),
+        &[text(org_id), text(id)],
+    )?
+    .row()
+    .await
+}
+
 /// The live key with this hash.
 pub async fn org_key_by_hash(
     db: &D1Database,

@@ -145,6 +145,15 @@ pub fn with_random<T>(generate: impl FnOnce(&mut dyn FnMut(&mut [u8])) -> T) -> 
     Ok(value)
 }
 
+/// The token of `Authorization: Bearer <token>` (or `bearer`), trimmed.
+pub fn bearer(req: &Request) -> Option<String> {
+    let value = header(req, "authorization")?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_string())
+}
+
 /// A secret (or, locally, a plain var) by name; empty counts as unset.
 pub fn secret(env: &Env, name: &str) -> Option<String> {
     env.secret(name)

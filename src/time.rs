@@ -43,6 +43,11 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// Parses the RFC 3339 forms clients send (`2026-11-22`, `2026-11-22T10:00:00Z`, with optional
 /// fraction and numeric offset) into epoch milliseconds.
+/// The UTC day of `ms` as `YYYY-MM-DD`.
+pub fn utc_day(ms: i64) -> String {
+    rfc3339(ms).chars().take(10).collect()
+}
+
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {

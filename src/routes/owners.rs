@@ -22,9 +22,7 @@ use crate::auth::session::{
 use crate::auth::tokens::{owner_claims, OWNER_TOKEN_TTL_S};
 use crate::email::{self, dev_mode};
 use crate::error::{Error, Problem};
-use crate::http::{
-    encryption_secret, header, json, no_content, now_ms, read_body, secret, with_random,
-};
+use crate::http::{encryption_secret, json, no_content, now_ms, read_body, secret, with_random};
 use crate::identity::{client_ip, owner_key, verify_owner_token};
 use crate::ids::new_id;
 use crate::input::parse_body;
@@ -382,15 +380,9 @@ pub async fn refresh(mut req: Request, env: &Env) -> Result<Response, Error> {
 /// `POST /api/v1/auth/logout`: ends the session of the owner access token (its access tokens stop
 /// working on the very next request).
 pub async fn logout(req: Request, env: &Env) -> Result<Response, Error> {
-    let token = header(&req, "authorization")
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .map(|t| t.trim().to_string())
-        })
-        .ok_or_else(|| {
-            Error::admin_unauthorized().with_detail("Send the owner access token to sign out.")
-        })?;
+    let token = crate::http::bearer(&req).ok_or_else(|| {
+        Error::admin_unauthorized().with_detail("Send the owner access token to sign out.")
+    })?;
     let (_, session_id) = verify_owner_token(env, &token, now_ms())?;
     objects::call(
         env,

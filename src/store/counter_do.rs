@@ -80,10 +80,7 @@ fn note_refusal(sql: &SqlStorage, request: &CounterRequest, reply: &CounterReply
     if !matches!(denial, crate::limits::standing::Denial::Limit { .. }) {
         return Ok(false);
     }
-    let day = crate::time::rfc3339(*now)
-        .chars()
-        .take(10)
-        .collect::<String>();
+    let day = crate::time::utc_day(*now);
     sql.exec(
         "INSERT INTO refusals (day, api_id, consumer_id, count, flushed) VALUES (?, ?, ?, 1, 0) \
          ON CONFLICT(day) DO UPDATE SET count = count + 1, flushed = 0",
@@ -374,10 +371,7 @@ impl DurableObject for ConsumerCounter {
                 )?;
             }
             // Days long past are in D1 for good.
-            let old = crate::time::rfc3339(now_ms() - 3 * 86_400_000)
-                .chars()
-                .take(10)
-                .collect::<String>();
+            let old = crate::time::utc_day(now_ms() - 3 * 86_400_000);
             sql.exec(
                 "DELETE FROM refusals WHERE flushed = 1 AND day < ?",
                 vec![SqlStorageValue::String(old)],

@@ -6,7 +6,7 @@ use worker::{D1Database, Env, Request};
 
 use crate::auth::constant_time_eq;
 use crate::error::{Error, Problem};
-use crate::http::{header, secret};
+use crate::http::{bearer, header, secret};
 use crate::org::access::{Maker, MAX_KEY_CHAIN};
 use crate::org::{decide, Denied, OrgKey, Role, Scope, DEFAULT_ORG_ID};
 use crate::records::org::{ActorType, Membership, OrgKeyRecord, Owner};
@@ -74,15 +74,8 @@ pub async fn caller(req: &Request, env: &Env, db: &D1Database, now: i64) -> Resu
     if let Some(key) = header(req, "x-api-key") {
         return org_key_caller(db, key.trim()).await;
     }
-    let sent = header(req, "authorization");
-    let token = sent
-        .as_deref()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or_else(Error::admin_unauthorized)?;
+    let token = bearer(req).ok_or_else(Error::admin_unauthorized)?;
+    let token = token.as_str();
     if let Some(expected) = secret(env, "ADMIN_TOKEN") {
         if constant_time_eq(token.as_bytes(), expected.as_bytes()) {
             return Ok(Caller::Operator);

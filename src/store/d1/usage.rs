@@ -237,15 +237,9 @@ pub async fn refusals_by_day(
     api_id: &str,
     q: &UsageQuery,
 ) -> Result<Vec<RefusalDay>, Error> {
-    let from = crate::time::rfc3339(q.from)
-        .chars()
-        .take(10)
-        .collect::<String>();
+    let from = crate::time::utc_day(q.from);
     // `to` is exclusive, as for usage: the last day is the one its last millisecond is in.
-    let to = crate::time::rfc3339(q.to - 1)
-        .chars()
-        .take(10)
-        .collect::<String>();
+    let to = crate::time::utc_day(q.to - 1);
     stmt(
         db,
         "SELECT day, SUM(count) AS count FROM refusals WHERE api_id = ?1 AND day >= ?2 AND day <= ?3 \

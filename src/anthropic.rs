@@ -14,7 +14,7 @@ fn invalid(param: &str, detail: impl Into<String>) -> Error {
 
 /// The text of a `system` value or a `tool_result`'s content: a string, or the text blocks of an
 /// array (other blocks have no text form).
-fn text_of(v: &Value) -> String {
+pub(crate) fn text_of(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Array(blocks) => blocks

@@ -160,7 +160,8 @@ async fn serve(
     let (mut asked, original) = read_asked(&mut req, api, place.endpoint).await?;
     let passthrough = passthrough_credential(&req, api)?;
     // Before anything is reserved: a request routed to a provider the org has no key for is 503.
-    let routed = provider_target(env, timing, api, &asked, asked.model()).await?;
+    let routed =
+        provider_target(env, timing, api, api.route.as_ref(), &asked, asked.model()).await?;
     let price = api.prices.get(asked.model());
     let fallbacks = fallback_targets(env, timing, api, &asked, price.is_some()).await?;
     // A Messages body goes whole to an Anthropic upstream: what it carries beyond what was metered
@@ -214,9 +215,12 @@ async fn serve(
         routed.as_ref(),
         original.as_ref(),
     )
-    .and_then(|first| match first {
-        Outbound::Fetch(first) => {
-            let mut candidates = vec![first.priced(price)];
+    .and_then(|sent| match sent {
+        // The fallbacks follow the model asked for, each with its own price.
+        Outbound::Fetch(mut candidates) => {
+            if let Some(first) = candidates.first_mut() {
+                first.answered.price = price;
+            }
             for (model, target) in &fallbacks {
                 let to = Route {
                     passthrough: passthrough.clone(),
@@ -226,21 +230,14 @@ async fn serve(
                 let c = candidate(env, api, &asked, place.request_id, to, model)?;
                 candidates.push(c.priced(api.prices.get(model)));
             }
-            Ok(Outbound::Tries(candidates))
+            Ok(Outbound::Fetch(candidates))
         }
         demo => Ok(demo),
     });
     let upstream: Upstream = match sent {
         Ok(Outbound::Demo(answer)) => Box::pin(async move { Ok(answer) }),
-        Ok(Outbound::Tries(candidates)) => Box::pin(attempts(
+        Ok(Outbound::Fetch(candidates)) => Box::pin(attempts(
             candidates,
-            api.policy.retries,
-            api.timeout_ms,
-            asked.stream(),
-            controller.signal(),
-        )),
-        Ok(Outbound::Fetch(one)) => Box::pin(attempts(
-            vec![one.priced(price)],
             api.policy.retries,
             api.timeout_ms,
             asked.stream(),
@@ -785,9 +782,8 @@ enum Source {
 /// What phase 5 sends: the built-in demo's answer, or a request to the API's upstream.
 enum Outbound {
     Demo(Answer),
-    Fetch(Candidate),
-    /// The first candidate, then the fallbacks.
-    Tries(Vec<Candidate>),
+    /// The model asked for first, then its fallbacks.
+    Fetch(Vec<Candidate>),
 }
 
 /// One way to reach a model: the request's parts (built again for each try), and who answers
@@ -905,7 +901,7 @@ fn outbound(
         routed,
         original,
     };
-    candidate(env, api, asked, request_id, to, asked.model()).map(Outbound::Fetch)
+    candidate(env, api, asked, request_id, to, asked.model()).map(|c| Outbound::Fetch(vec![c]))
 }
 
 /// The request for `model` (the one asked for, or a fallback): to its provider, or to the API's
@@ -1014,10 +1010,11 @@ async fn provider_target(
     env: &Env,
     timing: &Timing,
     api: &Api,
+    route: Option<&providers::Route>,
     asked: &Asked,
     model: &str,
 ) -> Result<Option<ProviderTarget>, Error> {
-    let Some(route) = &api.route else {
+    let Some(route) = route else {
         return Ok(None);
     };
     let (provider, model) = providers::pick(route, model).ok_or_else(|| {
@@ -1134,17 +1131,12 @@ async fn fallback_targets(
         if model == asked.model() || (priced && api.prices.get(model).is_none()) {
             continue;
         }
-        let target = match (&api.route, providers::split_model(model)) {
-            (Some(_), _) => provider_target(env, timing, api, asked, model).await,
-            (None, Some(_)) => {
-                let by_model = Api {
-                    route: Some(providers::Route::ByModel),
-                    ..api.clone()
-                };
-                provider_target(env, timing, &by_model, asked, model).await
-            }
-            (None, None) => Ok(None),
+        let route = match (&api.route, providers::split_model(model)) {
+            (Some(route), _) => Some(route),
+            (None, Some(_)) => Some(&providers::Route::ByModel),
+            (None, None) => None,
         };
+        let target = provider_target(env, timing, api, route, asked, model).await;
         // A fallback that cannot take this request (no key, another endpoint, a key that does
         // not open) is left out; it never fails a request the first model may answer.
         match target {

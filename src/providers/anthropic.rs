@@ -15,17 +15,10 @@ fn unsupported(param: &str, detail: &str) -> Error {
     Error::new(Problem::ParameterNotAllowed, detail.to_string()).with_field("param", param)
 }
 
-/// The text of a chat message's content: a string, or its text parts joined.
+/// The text of a chat message's content: a string, or its text parts joined (as for Anthropic's
+/// own blocks, whose reader this is).
 fn text_of(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
+    content.map(crate::anthropic::text_of).unwrap_or_default()
 }
 
 /// A chat `image_url` part as an image block: a data URL as base64, any other URL by reference.

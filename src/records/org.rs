@@ -44,6 +44,16 @@ pub enum MemberStatus {
     Active,
 }
 
+impl MemberStatus {
+    /// The stored name (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Invited => "invited",
+            MemberStatus::Active => "active",
+        }
+    }
+}
+
 /// A member of an org (or an invitation to it).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Member {
@@ -109,6 +119,17 @@ pub enum ActorType {
     Owner,
     OrgKey,
     Operator,
+}
+
+impl ActorType {
+    /// The stored name (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorType::Owner => "owner",
+            ActorType::OrgKey => "org_key",
+            ActorType::Operator => "operator",
+        }
+    }
 }
 
 /// One admin write.
@@ -178,5 +199,11 @@ mod tests {
         let stored: AuditEvent =
             serde_json::from_value(serde_json::to_value(&event).unwrap()).unwrap();
         assert_eq!(stored, event);
+        for a in [ActorType::Owner, ActorType::OrgKey, ActorType::Operator] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+        }
+        for m in [MemberStatus::Invited, MemberStatus::Active] {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
+        }
     }
 }

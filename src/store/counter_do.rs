@@ -131,32 +131,28 @@ fn file_records(sql: &SqlStorage, state: &mut CounterState) -> Result<bool> {
     Ok(filed)
 }
 
-fn outbox_waiting(sql: &SqlStorage) -> Result<bool> {
+/// Whether a query of the form `SELECT 1 AS one …` finds a row.
+fn has_row(sql: &SqlStorage, query: &str) -> Result<bool> {
     #[derive(Deserialize)]
     struct One {
         #[allow(dead_code)]
         one: i64,
     }
-    let left: Vec<One> = sql
-        .exec(
-            "SELECT 1 AS one FROM usage_outbox UNION ALL SELECT 1 AS one FROM refusals WHERE flushed = 0 LIMIT 1",
-            None,
-        )?
-        .to_array()?;
-    Ok(!left.is_empty())
+    let rows: Vec<One> = sql.exec(query, None)?.to_array()?;
+    Ok(!rows.is_empty())
+}
+
+/// Whether records or refusal counts wait for D1.
+fn outbox_waiting(sql: &SqlStorage) -> Result<bool> {
+    has_row(
+        sql,
+        "SELECT 1 AS one FROM usage_outbox UNION ALL SELECT 1 AS one FROM refusals WHERE flushed = 0 LIMIT 1",
+    )
 }
 
 /// Whether usage records (not only refusal counts) wait.
 fn usage_waiting(sql: &SqlStorage) -> Result<bool> {
-    #[derive(Deserialize)]
-    struct One {
-        #[allow(dead_code)]
-        one: i64,
-    }
-    let left: Vec<One> = sql
-        .exec("SELECT 1 AS one FROM usage_outbox LIMIT 1", None)?
-        .to_array()?;
-    Ok(!left.is_empty())
+    has_row(sql, "SELECT 1 AS one FROM usage_outbox LIMIT 1")
 }
 
 /// Keeps a record that no longer decodes out of the flush (so it cannot stall it) without losing it.

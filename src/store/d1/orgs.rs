@@ -30,13 +30,7 @@ fn member_columns(m: &Member) -> Columns {
         ("owner_id", opt_text(m.owner_id.as_deref())),
         ("email", text(&m.email)),
         ("role", text(m.role.as_str())),
-        (
-            "status",
-            text(match m.status {
-                crate::records::org::MemberStatus::Invited => "invited",
-                crate::records::org::MemberStatus::Active => "active",
-            }),
-        ),
+        ("status", text(m.status.as_str())),
         ("invited_by", opt_text(m.invited_by.as_deref())),
         ("created_at", int(m.created_at)),
         ("joined_at", opt_int(m.joined_at)),
@@ -431,16 +425,11 @@ pub async fn touch_org_key(db: &D1Database, id: &str, now: i64) -> Result<(), Er
 }
 
 pub async fn insert_audit_event(db: &D1Database, e: &AuditEvent) -> Result<(), Error> {
-    let actor_type = match e.actor_type {
-        crate::records::org::ActorType::Owner => "owner",
-        crate::records::org::ActorType::OrgKey => "org_key",
-        crate::records::org::ActorType::Operator => "operator",
-    };
     let cols = Columns(vec![
         ("id", text(&e.id)),
         ("org_id", text(&e.org_id)),
         ("created_at", int(e.created_at)),
-        ("actor_type", text(actor_type)),
+        ("actor_type", text(e.actor_type.as_str())),
         ("actor_id", opt_text(e.actor_id.as_deref())),
         ("actor", text(&e.actor)),
         ("action", text(&e.action)),

@@ -117,6 +117,7 @@ CREATE TABLE apis (
   upstream_policy_json TEXT NOT NULL DEFAULT '{}',  -- {allow_any_model, max_n, allowed_params, image_tokens, max_tokens_field}
   prices_json        TEXT NOT NULL DEFAULT '{}',    -- {model: {input, output, cached_input}} in pico-dollars per token
   upstream_route_json TEXT,                         -- {kind: provider, provider} | {kind: by_model}; NULL: upstream_base_url
+  oauth_json         TEXT NOT NULL DEFAULT '{}',    -- {oauth, required_scopes}: OAuth tokens accepted, scopes required
   UNIQUE (project_id, slug)
 );
 
@@ -251,3 +252,37 @@ CREATE TABLE consumer_jwt_credentials (
   revoked_at     INTEGER
 );
 CREATE UNIQUE INDEX consumer_jwt_by_claim ON consumer_jwt_credentials (project_id, claim_value, claim_name) WHERE revoked_at IS NULL;
+
+-- OAuth 2.1 clients of a project: public (PKCE only) or confidential (a hashed secret, and a consumer
+-- of their own for client_credentials). Redirect URIs are matched exactly.
+CREATE TABLE oauth_clients (
+  id                  TEXT PRIMARY KEY,
+  project_id          TEXT NOT NULL REFERENCES projects(id),
+  name                TEXT NOT NULL,
+  type                TEXT NOT NULL CHECK (type IN ('public', 'confidential')),
+  redirect_uris_json  TEXT NOT NULL,
+  scopes_json         TEXT,
+  secret_hash         TEXT,
+  consumer_id         TEXT,
+  dynamic             INTEGER NOT NULL DEFAULT 0,
+  created_at          INTEGER NOT NULL,
+  updated_at          INTEGER NOT NULL
+);
+CREATE INDEX oauth_clients_by_project ON oauth_clients (project_id, created_at);
+
+-- OAuth grants: one per chain of tokens (its id is the grant's session id, whose Durable Object holds
+-- the exact state: the code, rotation, revocation). Listed and revoked by the end user and the owner.
+CREATE TABLE oauth_grants (
+  id           TEXT PRIMARY KEY,
+  project_id   TEXT NOT NULL,
+  client_id    TEXT NOT NULL,
+  consumer_id  TEXT NOT NULL,
+  grant_type   TEXT NOT NULL,
+  scope        TEXT NOT NULL,
+  resource     TEXT,
+  created_at   INTEGER NOT NULL,
+  expires_at   INTEGER NOT NULL,
+  revoked_at   INTEGER
+);
+CREATE INDEX oauth_grants_by_consumer ON oauth_grants (project_id, consumer_id, created_at);
+CREATE INDEX oauth_grants_by_client ON oauth_grants (client_id, created_at);

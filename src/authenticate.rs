@@ -13,7 +13,7 @@ use crate::auth::config::CredentialSource;
 use crate::auth::consumer_jwt;
 use crate::auth::decide::{self, Caller, Presented};
 use crate::auth::extract_credential;
-use crate::auth::tokens::{classify, SluiceToken};
+use crate::auth::tokens::{classify, oauth_of, SluiceToken};
 use crate::cache;
 use crate::error::Error;
 use crate::http::{header, now_ms};
@@ -37,7 +37,16 @@ pub async fn resolve_and_authenticate(
     api: &str,
 ) -> Result<(Rc<ApiEntry>, Caller), Error> {
     let entry = cache::api(env, timing, project, api).await?;
-    let caller = authenticate(req, env, ctx, timing, &entry.api).await?;
+    let caller = authenticate(req, env, ctx, timing, &entry.api)
+        .await
+        .map_err(|e| {
+            // MCP and other OAuth clients find the authorization server from a 401 (RFC 9728).
+            if entry.api.accepts_oauth() {
+                crate::routes::oauth::with_resource_metadata(e, req, project, api)
+            } else {
+                e
+            }
+        })?;
     Ok((entry, caller))
 }
 
@@ -147,7 +156,17 @@ fn sluice_token(
             session_id,
             jkt,
         }) => {
-            decide::access_token_allowed(api.mode, &api.slug)?;
+            match oauth_of(&claims) {
+                Some(oauth) => decide::oauth_token_allowed(
+                    api.mode,
+                    api.oauth.oauth,
+                    &api.project_slug,
+                    &api.slug,
+                    &api.oauth.required_scopes,
+                    &oauth,
+                )?,
+                None => decide::access_token_allowed(api.mode, &api.slug)?,
+            }
             let dpop_jti = crate::identity::check_token_binding(req, token, jkt.as_deref())?;
             Ok(Caller {
                 dpop_jti,

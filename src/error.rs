@@ -57,6 +57,11 @@ catalogue! {
     InvalidJson => "invalid-json", 400, "The request body is not valid JSON";
     ParameterNotAllowed => "parameter-not-allowed", 400, "This parameter is not allowed on this API";
     UnsupportedGrantType => "unsupported-grant-type", 400, "Unsupported grant type";
+    InvalidGrant => "invalid-grant", 400, "The grant was not accepted";
+    InvalidScope => "invalid-scope", 400, "The scope is not allowed";
+    InvalidClient => "invalid-client", 401, "The OAuth client was not authenticated";
+    UnauthorizedClient => "unauthorized-client", 400, "The client may not use this grant";
+    InsufficientScope => "insufficient-scope", 403, "The token lacks a required scope";
     MissingCredential => "missing-credential", 401, "No credential was sent";
     InvalidCredential => "invalid-credential", 401, "The credential is not valid";
     TokenExpired => "token-expired", 401, "The token has expired";
@@ -121,6 +126,9 @@ pub enum Shape {
     Problem,
     /// `{"type": "error", "error": {"type", "message"}}`, as Anthropic's clients read it.
     Anthropic,
+    /// The problem object as `application/json`, for OAuth endpoints (RFC 6749 §5.2 error responses
+    /// carry `error` and `error_description`, which the problem holds as extensions).
+    OAuth,
 }
 
 /// Anthropic's error type for a status.
@@ -295,6 +303,7 @@ impl Error {
         match self.shape {
             Shape::Problem => ("application/problem+json", self.to_problem()),
             Shape::Anthropic => ("application/json", self.to_anthropic()),
+            Shape::OAuth => ("application/json", self.to_problem()),
         }
     }
 

@@ -103,6 +103,46 @@ pub fn access_token_allowed(mode: AuthMode, api_slug: &str) -> Result<(), Error>
     }
 }
 
+/// An OAuth grant's access token on API `api_slug`: accepted in managed mode, and in every mode
+/// when the API accepts OAuth; its resource (RFC 8707), when it names one, must be the project or
+/// this API; and it must hold every scope the API requires (403 `insufficient_scope`, RFC 6750).
+pub fn oauth_token_allowed(
+    mode: AuthMode,
+    accepts_oauth: bool,
+    project_slug: &str,
+    api_slug: &str,
+    required_scopes: &[String],
+    oauth: &crate::auth::tokens::OAuthClaims,
+) -> Result<(), Error> {
+    if mode != AuthMode::Managed && !accepts_oauth {
+        return Err(mode_mismatch(api_slug, mode, "an OAuth access token"));
+    }
+    if let Some(resource) = &oauth.resource {
+        let project_path = format!("/v1/{project_slug}");
+        if !crate::auth::oauth::resource_allows(resource, &project_path, api_slug) {
+            return Err(Error::invalid_credential(format!(
+                "This token was issued for another resource ({resource})."
+            )));
+        }
+    }
+    if !crate::auth::oauth::has_scopes(&oauth.scope, required_scopes) {
+        let needed = required_scopes.join(" ");
+        return Err(Error::new(
+            crate::error::Problem::InsufficientScope,
+            format!(
+                "This API requires the scopes `{needed}`; the token has `{}`.",
+                oauth.scope
+            ),
+        )
+        .with_field("required_scopes", required_scopes.to_vec())
+        .with_header(
+            "WWW-Authenticate",
+            format!("Bearer error=\"insufficient_scope\", scope=\"{needed}\""),
+        ));
+    }
+    Ok(())
+}
+
 /// A signed-in user's access token: its session and user are checked by the counter (a revoked
 /// session or a disabled user is refused at admission).
 pub fn by_access_token(consumer_id: String, session_id: String) -> Caller {

@@ -4,9 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::oauth::{redeem, Presented, Redemption};
 use crate::auth::otp::Challenge;
 use crate::auth::otp_limits::{Checked, EmailGuard, GuessLimits, NetworkGuard};
-use crate::auth::session::{Rotation, Session};
+use crate::auth::session::{Rotation, Session, SESSION_TTL_MS};
 
 /// Everything one auth-state object holds: an email's challenges and limits, a network's limits,
 /// or a session (one of the three per object). Older stored states (one `challenge` and a
@@ -86,12 +87,17 @@ pub enum GuardRequest {
         now: i64,
         max_per_day: usize,
     },
+    /// An OAuth dynamic client registration from this network (at most `max_per_hour`).
+    NetworkRegister {
+        now: i64,
+        max_per_hour: usize,
+    },
     /// Drops what has expired (the alarm).
     Prune {
         now: i64,
     },
     CreateSession {
-        session: Session,
+        session: Box<Session>,
     },
     /// Rotates the refresh secret of a session of `project` (a session of another project is refused
     /// untouched: presenting a token at the wrong project must not advance or revoke it).
@@ -103,6 +109,33 @@ pub enum GuardRequest {
         /// The DPoP key that signed the request's proof, if any: a bound session needs its own.
         #[serde(default)]
         jkt: Option<String>,
+        /// The OAuth client presenting the token (`None` at the first-party refresh route): an
+        /// OAuth grant rotates only for its own client, a first-party session only without one.
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    /// Redeems the OAuth grant's authorization code (single use; a second use revokes the grant)
+    /// and starts its refresh chain with `new_hash`.
+    RedeemCode {
+        now: i64,
+        project: String,
+        client_id: String,
+        secret: String,
+        redirect_uri: String,
+        verifier_s256: String,
+        new_hash: String,
+    },
+    /// Revokes an OAuth grant for its client (RFC 7009): only when the grant is the client's and,
+    /// for a refresh token, the secret is one the grant issued.
+    RevokeGrant {
+        project: String,
+        client_id: Option<String>,
+        secret: Option<String>,
+    },
+    /// The live session whose current refresh secret is `secret` (token introspection).
+    Describe {
+        now: i64,
+        secret: String,
     },
     Revoke,
     /// Whether the session is live (exists, not revoked, not expired): read where it is exact.
@@ -130,6 +163,7 @@ pub enum GuardReply {
     Refused { reason: String },
     Revoked { session: Option<Session> },
     Live { live: bool },
+    Described { session: Option<Session> },
 }
 
 fn allowed(r: Result<(), u64>, yes: GuardReply) -> GuardReply {
@@ -180,12 +214,16 @@ pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
             state.network.sign_up(*now, *max_per_day),
             GuardReply::Allowed,
         ),
+        GuardRequest::NetworkRegister { now, max_per_hour } => allowed(
+            state.network.register(*now, *max_per_hour),
+            GuardReply::Allowed,
+        ),
         GuardRequest::Prune { now } => {
             state.prune(*now);
             GuardReply::Recorded
         }
         GuardRequest::CreateSession { session } => {
-            state.session = Some(session.clone());
+            state.session = Some(session.as_ref().clone());
             GuardReply::Created
         }
         GuardRequest::Rotate {
@@ -194,7 +232,45 @@ pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
             secret,
             new_hash,
             jkt,
-        } => rotate(state, *now, project, secret, new_hash, jkt.as_deref()),
+            client_id,
+        } => match oauth_client_mismatch(state, client_id.as_deref()) {
+            Some(reason) => GuardReply::Refused {
+                reason: reason.into(),
+            },
+            None => rotate(state, *now, project, secret, new_hash, jkt.as_deref()),
+        },
+        GuardRequest::RedeemCode {
+            now,
+            project,
+            client_id,
+            secret,
+            redirect_uri,
+            verifier_s256,
+            new_hash,
+        } => redeem_code(
+            state,
+            project,
+            new_hash,
+            &Presented {
+                now: *now,
+                secret,
+                client_id,
+                redirect_uri,
+                verifier_s256,
+            },
+        ),
+        GuardRequest::RevokeGrant {
+            project,
+            client_id,
+            secret,
+        } => revoke_grant(state, project, client_id.as_deref(), secret.as_deref()),
+        GuardRequest::Describe { now, secret } => GuardReply::Described {
+            session: state
+                .session
+                .as_ref()
+                .filter(|s| s.is_active(*now) && s.knows_current(secret))
+                .cloned(),
+        },
         GuardRequest::SessionLive { now } => GuardReply::Live {
             live: state
                 .session
@@ -209,6 +285,87 @@ pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
                 session: state.session.clone(),
             }
         }
+    }
+}
+
+/// Why a refresh by `client_id` may not touch this session, if it may not.
+fn oauth_client_mismatch(state: &GuardState, client_id: Option<&str>) -> Option<&'static str> {
+    let grant = state.session.as_ref().map(|s| s.oauth.as_ref());
+    match (grant, client_id) {
+        (None, _) => None,
+        (Some(None), None) => None,
+        (Some(None), Some(_)) => Some("this refresh token was not issued to an OAuth client"),
+        (Some(Some(_)), None) => {
+            Some("this refresh token belongs to an OAuth client: use its token endpoint")
+        }
+        (Some(Some(g)), Some(c)) if g.client_id == c => None,
+        (Some(Some(_)), Some(_)) => Some("the refresh token was issued to another client"),
+    }
+}
+
+fn redeem_code(
+    state: &mut GuardState,
+    project: &str,
+    new_hash: &str,
+    presented: &Presented<'_>,
+) -> GuardReply {
+    let refused = |reason: &str| GuardReply::Refused {
+        reason: reason.into(),
+    };
+    let Some(session) = state.session.as_mut() else {
+        return refused("unknown code");
+    };
+    if session.project != project {
+        return refused("the code belongs to another project");
+    }
+    if session.revoked {
+        return refused("the grant was revoked");
+    }
+    let Some(grant) = session.oauth.as_mut() else {
+        return refused("unknown code");
+    };
+    match redeem(grant, presented) {
+        Redemption::Redeemed => {
+            session.current_hash = new_hash.to_string();
+            session.expires_at = presented.now.saturating_add(SESSION_TTL_MS);
+            GuardReply::Rotated {
+                session: session.clone(),
+            }
+        }
+        Redemption::Reused => {
+            session.revoke();
+            GuardReply::Reused {
+                session: session.clone(),
+            }
+        }
+        Redemption::Refused(reason) => refused(reason),
+    }
+}
+
+fn revoke_grant(
+    state: &mut GuardState,
+    project: &str,
+    client_id: Option<&str>,
+    secret: Option<&str>,
+) -> GuardReply {
+    let refused = GuardReply::Refused {
+        reason: "not a grant of this client".into(),
+    };
+    let Some(session) = state.session.as_mut() else {
+        return refused;
+    };
+    let client_ok = match (&session.oauth, client_id) {
+        (_, None) => true,
+        (Some(g), Some(c)) => g.client_id == c,
+        (None, Some(_)) => false,
+    };
+    if session.project != project || !client_ok || secret.is_some_and(|s| !session.knows_secret(s))
+    {
+        return refused;
+    }
+    session.revoke();
+    GuardReply::Revoked {
+        session: Some(session.clone()),
     }
 }
 
@@ -356,9 +513,15 @@ mod tests {
             expires_at: 1_000_000,
             revoked: false,
             jkt: None,
+            oauth: None,
         };
         let mut s = GuardState::default();
-        apply(&mut s, &GuardRequest::CreateSession { session });
+        apply(
+            &mut s,
+            &GuardRequest::CreateSession {
+                session: Box::new(session),
+            },
+        );
         let secret1 = crate::auth::session::parse_refresh(&t1).unwrap().1;
         let elsewhere = GuardRequest::Rotate {
             now: 1,
@@ -366,6 +529,7 @@ mod tests {
             secret: secret1.clone(),
             new_hash: "h".into(),
             jkt: None,
+            client_id: None,
         };
         assert!(matches!(
             apply(&mut s, &elsewhere),
@@ -385,6 +549,7 @@ mod tests {
                     secret: secret1.clone(),
                     new_hash: h2.clone(),
                     jkt: None,
+                    client_id: None,
                 }
             ),
             GuardReply::Rotated { .. }
@@ -398,6 +563,7 @@ mod tests {
                     secret: secret1,
                     new_hash: "x".into(),
                     jkt: None,
+                    client_id: None,
                 }
             ),
             GuardReply::Reused { .. }
@@ -429,6 +595,7 @@ mod tests {
                     secret: "s".into(),
                     new_hash: "h".into(),
                     jkt: None,
+                    client_id: None,
                 }
             ),
             GuardReply::Refused { .. }
@@ -443,7 +610,12 @@ mod tests {
         let mut session = Session::new(sid, "p".into(), "c".into(), None, h1, 0);
         session.jkt = Some("key-a".into());
         let mut s = GuardState::default();
-        apply(&mut s, &GuardRequest::CreateSession { session });
+        apply(
+            &mut s,
+            &GuardRequest::CreateSession {
+                session: Box::new(session),
+            },
+        );
         let secret = crate::auth::session::parse_refresh(&t1).unwrap().1;
         let rotate = |jkt: Option<&str>| GuardRequest::Rotate {
             now: 1,
@@ -451,6 +623,7 @@ mod tests {
             secret: secret.clone(),
             new_hash: "h2".into(),
             jkt: jkt.map(str::to_string),
+            client_id: None,
         };
         for wrong in [None, Some("key-b")] {
             assert!(matches!(
@@ -468,5 +641,139 @@ mod tests {
             apply(&mut s, &rotate(Some("key-a"))),
             GuardReply::Rotated { .. }
         ));
+    }
+
+    /// An OAuth grant's session: a code waiting for `cli_1`.
+    fn grant_state(sid: &str, code_secret: &str, challenge: &str) -> GuardState {
+        use crate::auth::oauth::{hash_secret, GrantInfo, PendingCode};
+        let mut session = Session::new(
+            sid.into(),
+            "p".into(),
+            "c".into(),
+            None,
+            "unknown".into(),
+            0,
+        );
+        session.expires_at = 60_000;
+        session.oauth = Some(GrantInfo {
+            client_id: "cli_1".into(),
+            scope: "chat".into(),
+            resource: None,
+            code: Some(PendingCode {
+                hash: hash_secret(code_secret),
+                expires_at: 60_000,
+                redirect_uri: "https://app/cb".into(),
+                code_challenge: challenge.into(),
+                used: false,
+            }),
+        });
+        GuardState {
+            session: Some(session),
+            ..GuardState::default()
+        }
+    }
+
+    fn redeem_op(client: &str, secret: &str, new_hash: &str) -> GuardRequest {
+        GuardRequest::RedeemCode {
+            now: 1_000,
+            project: "p".into(),
+            client_id: client.into(),
+            secret: secret.into(),
+            redirect_uri: "https://app/cb".into(),
+            verifier_s256: "chal".into(),
+            new_hash: new_hash.into(),
+        }
+    }
+
+    #[test]
+    fn a_code_starts_the_refresh_chain_once_and_a_second_use_revokes_the_grant() {
+        let mut rng = crate::ids::test_rng(4);
+        let sid = crate::auth::session::new_session_id(b"pepper", &mut rng);
+        let mut s = grant_state(&sid, "code-secret", "chal");
+        let (token, hash) = new_refresh(&sid, &mut rng);
+        let GuardReply::Rotated { session } =
+            apply(&mut s, &redeem_op("cli_1", "code-secret", &hash))
+        else {
+            panic!("redeemed");
+        };
+        assert_eq!(session.current_hash, hash);
+        assert_eq!(
+            session.expires_at,
+            1_000 + crate::auth::session::SESSION_TTL_MS
+        );
+        // The refresh token rotates for its own client only.
+        let secret = crate::auth::session::parse_refresh(&token).unwrap().1;
+        let rotate = |client: Option<&str>| GuardRequest::Rotate {
+            now: 2_000,
+            project: "p".into(),
+            secret: secret.clone(),
+            new_hash: "next".into(),
+            jkt: None,
+            client_id: client.map(str::to_string),
+        };
+        for other in [Some("cli_2"), None] {
+            assert!(
+                matches!(apply(&mut s, &rotate(other)), GuardReply::Refused { .. }),
+                "{other:?}"
+            );
+        }
+        assert!(matches!(
+            apply(&mut s, &rotate(Some("cli_1"))),
+            GuardReply::Rotated { .. }
+        ));
+        // The code again: the grant is revoked.
+        assert!(matches!(
+            apply(&mut s, &redeem_op("cli_1", "code-secret", "h")),
+            GuardReply::Reused { .. }
+        ));
+        assert!(s.session.as_ref().unwrap().revoked);
+        assert_eq!(
+            apply(&mut s, &GuardRequest::SessionLive { now: 3_000 }),
+            GuardReply::Live { live: false }
+        );
+    }
+
+    #[test]
+    fn a_grant_is_revoked_only_for_its_client_and_with_a_secret_it_issued() {
+        let mut rng = crate::ids::test_rng(5);
+        let sid = crate::auth::session::new_session_id(b"pepper", &mut rng);
+        let mut s = grant_state(&sid, "code-secret", "chal");
+        let (token, hash) = new_refresh(&sid, &mut rng);
+        apply(&mut s, &redeem_op("cli_1", "code-secret", &hash));
+        let secret = crate::auth::session::parse_refresh(&token).unwrap().1;
+        let revoke = |client: &str, secret: Option<&str>| GuardRequest::RevokeGrant {
+            project: "p".into(),
+            client_id: Some(client.into()),
+            secret: secret.map(str::to_string),
+        };
+        assert!(matches!(
+            apply(&mut s, &revoke("cli_2", Some(&secret))),
+            GuardReply::Refused { .. }
+        ));
+        assert!(matches!(
+            apply(&mut s, &revoke("cli_1", Some("made-up"))),
+            GuardReply::Refused { .. }
+        ));
+        assert!(!s.session.as_ref().unwrap().revoked);
+        assert_eq!(
+            apply(
+                &mut s,
+                &GuardRequest::Describe {
+                    now: 2_000,
+                    secret: secret.clone()
+                }
+            ),
+            GuardReply::Described {
+                session: s.session.clone()
+            }
+        );
+        assert!(matches!(
+            apply(&mut s, &revoke("cli_1", Some(&secret))),
+            GuardReply::Revoked { session: Some(_) }
+        ));
+        assert_eq!(
+            apply(&mut s, &GuardRequest::Describe { now: 2_000, secret }),
+            GuardReply::Described { session: None }
+        );
     }
 }

@@ -207,6 +207,9 @@ pub struct NetworkGuard {
     pub failures: Vec<i64>,
     #[serde(default)]
     pub signups: Vec<i64>,
+    /// OAuth dynamic client registrations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registrations: Vec<i64>,
 }
 
 /// Records `now` in `times` if fewer than `max` happened in the last `span`.
@@ -225,6 +228,13 @@ impl NetworkGuard {
         self.starts.retain(|t| now.saturating_sub(*t) < HOUR_MS);
         self.failures.retain(|t| now.saturating_sub(*t) < HOUR_MS);
         self.signups.retain(|t| now.saturating_sub(*t) < DAY_MS);
+        self.registrations
+            .retain(|t| now.saturating_sub(*t) < HOUR_MS);
+    }
+
+    /// An OAuth client registration from this network, if fewer than `max` came in the last hour.
+    pub fn register(&mut self, now: i64, max: usize) -> Result<(), u64> {
+        take(&mut self.registrations, now, HOUR_MS, max)
     }
 
     /// A code request from this network, if fewer than `max` came in the last hour.
@@ -252,7 +262,10 @@ impl NetworkGuard {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty() && self.failures.is_empty() && self.signups.is_empty()
+        self.starts.is_empty()
+            && self.failures.is_empty()
+            && self.signups.is_empty()
+            && self.registrations.is_empty()
     }
 
     pub fn expires_at(&self) -> Option<i64> {
@@ -260,6 +273,7 @@ impl NetworkGuard {
             .starts
             .iter()
             .chain(&self.failures)
+            .chain(&self.registrations)
             .map(|t| t + HOUR_MS);
         let daily = self.signups.iter().map(|t| t + DAY_MS);
         hourly.chain(daily).max()

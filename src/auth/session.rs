@@ -125,6 +125,10 @@ pub struct Session {
     /// The DPoP key (its thumbprint) the session's refresh tokens are bound to, if the client had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jkt: Option<String>,
+    /// An OAuth grant's client, scopes and pending authorization code; `None` for a first-party
+    /// sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<crate::auth::oauth::GrantInfo>,
 }
 
 impl Session {
@@ -149,7 +153,24 @@ impl Session {
             expires_at: now_ms.saturating_add(SESSION_TTL_MS),
             revoked: false,
             jkt: None,
+            oauth: None,
         }
+    }
+
+    /// Whether `secret` is the current refresh secret (constant time).
+    pub fn knows_current(&self, secret: &str) -> bool {
+        crate::auth::constant_time_eq(self.current_hash.as_bytes(), hash_secret(secret).as_bytes())
+    }
+
+    /// Whether `secret` is the current or a remembered refresh secret of this session (constant
+    /// time across all of them).
+    pub fn knows_secret(&self, secret: &str) -> bool {
+        let presented = hash_secret(secret);
+        std::iter::once(&self.current_hash)
+            .chain(self.previous_hashes.iter())
+            .fold(false, |hit, h| {
+                crate::auth::constant_time_eq(h.as_bytes(), presented.as_bytes()) | hit
+            })
     }
 
     /// Exchanges the current secret for `new_hash` (from [`new_refresh`]). Presenting any

@@ -115,6 +115,66 @@ pub fn access_claims(
     claims
 }
 
+/// What an OAuth grant adds to an access token: the client, the granted scopes, and the RFC 8707
+/// resource as a second audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthClaims {
+    pub client_id: String,
+    pub scope: String,
+    pub resource: Option<String>,
+}
+
+/// An OAuth grant's access token: a signed-in user's token (`sid` is the grant) with `client_id`,
+/// `scope`, and `aud` listing the project and the resource when the client named one.
+pub fn oauth_access_claims(
+    project_slug: &str,
+    consumer_id: &str,
+    session_id: &str,
+    now_s: i64,
+    ttl_s: i64,
+    oauth: &OAuthClaims,
+) -> Map<String, Value> {
+    let mut claims = access_claims(
+        project_slug,
+        consumer_id,
+        "",
+        session_id,
+        now_s,
+        ttl_s,
+        None,
+    );
+    claims.remove("email");
+    claims.insert("client_id".into(), Value::from(oauth.client_id.clone()));
+    claims.insert("scope".into(), Value::from(oauth.scope.clone()));
+    if let Some(resource) = &oauth.resource {
+        claims.insert("aud".into(), json!([project_slug, resource]));
+    }
+    claims
+}
+
+/// The OAuth part of verified access-token claims, if the token came from an OAuth grant.
+pub fn oauth_of(claims: &Map<String, Value>) -> Option<OAuthClaims> {
+    let client_id = claims.get("client_id")?.as_str()?.to_string();
+    let scope = claims
+        .get("scope")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let resource = match claims.get("aud") {
+        Some(Value::Array(auds)) => auds
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.contains("://"))
+            .map(str::to_string),
+        _ => None,
+    };
+    Some(OAuthClaims {
+        client_id,
+        scope,
+        resource,
+    })
+}
+
 pub fn exchange_claims(
     project_slug: &str,
     consumer_id: &str,

@@ -61,6 +61,26 @@ pub struct NewApi {
     /// Answers carry a `Server-Timing` header.
     #[serde(default)]
     pub server_timing: bool,
+    /// OAuth access tokens accepted in every mode (always in managed mode).
+    #[serde(default)]
+    pub oauth: bool,
+    /// Scopes an OAuth token must hold.
+    pub required_scopes: Option<Vec<String>>,
+}
+
+/// `required_scopes`: at most 20 scope tokens.
+fn validate_required_scopes(scopes: &[String]) -> Result<(), Error> {
+    if scopes.len() > 20 {
+        return Err(
+            Error::invalid_request("`required_scopes` lists at most 20 scopes.")
+                .with_field("param", "required_scopes"),
+        );
+    }
+    for s in scopes {
+        crate::auth::oauth::validate_scope_token(s)
+            .map_err(|e| Error::invalid_request(e).with_field("param", "required_scopes"))?;
+    }
+    Ok(())
 }
 
 fn default_mode() -> String {
@@ -81,6 +101,9 @@ impl NewApi {
         self.upstream.validate()?;
         if let Some(p) = &self.prices {
             PriceTable::from_input(p)?;
+        }
+        if let Some(scopes) = &self.required_scopes {
+            validate_required_scopes(scopes)?;
         }
         AuthMode::parse(&self.auth_mode)
     }
@@ -105,6 +128,8 @@ impl NewApi {
         }
         self.upstream.apply(&mut api, seal)?;
         api.policy.server_timing = self.server_timing;
+        api.oauth.oauth = self.oauth;
+        api.oauth.required_scopes = self.required_scopes.unwrap_or_default();
         Ok(api)
     }
 }
@@ -238,6 +263,8 @@ pub struct ApiPatch {
     /// Replaces the whole price table (`{}` clears it).
     pub prices: Option<BTreeMap<String, PriceInput>>,
     pub server_timing: Option<bool>,
+    pub oauth: Option<bool>,
+    pub required_scopes: Option<Vec<String>>,
 }
 
 impl ApiPatch {
@@ -263,6 +290,9 @@ impl ApiPatch {
         }
         if let Some(p) = &self.prices {
             PriceTable::from_input(p)?;
+        }
+        if let Some(scopes) = &self.required_scopes {
+            validate_required_scopes(scopes)?;
         }
         Ok(())
     }
@@ -291,6 +321,12 @@ impl ApiPatch {
         }
         if let Some(on) = self.server_timing {
             api.policy.server_timing = on;
+        }
+        if let Some(on) = self.oauth {
+            api.oauth.oauth = on;
+        }
+        if let Some(scopes) = self.required_scopes {
+            api.oauth.required_scopes = scopes;
         }
         api.updated_at = now;
         Ok(key_dropped)

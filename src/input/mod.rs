@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod consumer;
+pub mod oauth;
 pub mod plan;
 pub mod project;
 pub mod validate;

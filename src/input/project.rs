@@ -46,6 +46,8 @@ pub struct ProjectPatch {
     pub signup_domains: Option<Value>,
     pub signups_per_network_per_day: Option<Value>,
     pub require_dpop: Option<Value>,
+    pub oauth_dynamic_registration: Option<Value>,
+    pub oauth_registrations_per_network_per_hour: Option<Value>,
 }
 
 impl ProjectPatch {
@@ -89,6 +91,8 @@ impl ProjectPatch {
             &self.signup_domains,
             &self.signups_per_network_per_day,
             &self.require_dpop,
+            &self.oauth_dynamic_registration,
+            &self.oauth_registrations_per_network_per_hour,
         ];
         FIELDS
             .iter()

@@ -79,6 +79,32 @@ pub struct Api {
         serialize_with = "json_text::write_optional"
     )]
     pub route: Option<crate::providers::Route>,
+    /// Whether OAuth access tokens are accepted outside managed mode, and the scopes they need
+    /// (a record cached before the column existed has the column's default, no OAuth).
+    #[serde(
+        rename = "oauth_json",
+        default,
+        deserialize_with = "json_text::required",
+        serialize_with = "json_text::write"
+    )]
+    pub oauth: ApiOAuth,
+}
+
+/// An API's OAuth settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiOAuth {
+    /// OAuth access tokens of the project are accepted in every auth mode (always in managed).
+    pub oauth: bool,
+    /// Scopes an OAuth token must hold to call the API.
+    pub required_scopes: Vec<String>,
+}
+
+impl Api {
+    /// Whether the API takes OAuth access tokens (managed mode, or `oauth: true`).
+    pub fn accepts_oauth(&self) -> bool {
+        self.mode == AuthMode::Managed || self.oauth.oauth
+    }
 }
 
 impl Api {
@@ -111,6 +137,7 @@ impl Api {
             prices: PriceTable::default(),
             org_id: String::new(),
             route: None,
+            oauth: ApiOAuth::default(),
         }
     }
 
@@ -174,6 +201,8 @@ impl Api {
             "ip_allowlist": self.ip_allowlist.entries(),
             "credential": self.credential.config(),
             "server_timing": self.policy.server_timing,
+            "oauth": self.oauth.oauth,
+            "required_scopes": self.oauth.required_scopes,
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
         })
@@ -190,7 +219,7 @@ mod tests {
             "auth_mode": "consumer-key-only", "upstream_base_url": "demo", "upstream_key_enc": "v1:secretblob",
             "default_model": "m1", "models_json": "[\"m2\"]", "timeout_ms": 1000, "created_at": 0, "updated_at": 0,
             "byo_jwt_json": null, "ip_allowlist_json": "[]", "credential_json": "{}", "upstream_policy_json": "{}",
-            "prices_json": "{}", "org_id": "org_1", "upstream_route_json": null,
+            "prices_json": "{}", "org_id": "org_1", "upstream_route_json": null, "oauth_json": "{}",
         })
     }
 
@@ -217,6 +246,7 @@ mod tests {
             ("credential_json", "{\"location\": \"cookie\"}"),
             ("models_json", "oops"),
             ("byo_jwt_json", "{}"),
+            ("oauth_json", "{\"oauth\": \"yes\"}"),
         ] {
             let mut r = row();
             r[column] = json!(bad);

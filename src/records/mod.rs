@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod consumer;
+pub mod oauth;
 pub mod org;
 pub mod project;
 pub mod provider;

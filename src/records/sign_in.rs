@@ -38,6 +38,10 @@ pub struct SignInPolicy {
     pub signups_per_network_per_day: u32,
     /// Sign in only clients with a DPoP key (RFC 9449), so no session has a bearer refresh token.
     pub require_dpop: bool,
+    /// OAuth dynamic client registration (RFC 7591) for public clients: off unless the owner opts in.
+    pub oauth_dynamic_registration: bool,
+    /// Dynamic registrations from one network per hour.
+    pub oauth_registrations_per_network_per_hour: u32,
 }
 
 impl Default for SignInPolicy {
@@ -52,12 +56,15 @@ impl Default for SignInPolicy {
             signup_domains: Vec::new(),
             signups_per_network_per_day: 5,
             require_dpop: false,
+            oauth_dynamic_registration: false,
+            oauth_registrations_per_network_per_hour: 10,
         }
     }
 }
 
 /// The settings an owner may change, with their bounds.
-const LIMITS: [(&str, u32, u32); 6] = [
+const LIMITS: [(&str, u32, u32); 7] = [
+    ("oauth_registrations_per_network_per_hour", 1, 10_000),
     ("otp_wrong_codes_per_network_per_hour", 1, 1000),
     ("otp_wrong_codes_per_email_per_day", 1, 10_000),
     ("otp_failed_verifies_per_network_per_hour", 1, 10_000),
@@ -67,7 +74,7 @@ const LIMITS: [(&str, u32, u32); 6] = [
 ];
 
 /// The names a project PATCH may carry for this policy.
-pub const FIELDS: [&str; 9] = [
+pub const FIELDS: [&str; 11] = [
     "otp_wrong_codes_per_network_per_hour",
     "otp_wrong_codes_per_email_per_day",
     "otp_failed_verifies_per_network_per_hour",
@@ -77,6 +84,8 @@ pub const FIELDS: [&str; 9] = [
     "signup_domains",
     "signups_per_network_per_day",
     "require_dpop",
+    "oauth_dynamic_registration",
+    "oauth_registrations_per_network_per_hour",
 ];
 
 impl SignInPolicy {

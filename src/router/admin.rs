@@ -52,6 +52,13 @@ pub enum Admin {
     ReplaceProviderKey { org: String, provider: String },
     DeleteProviderKey { org: String, provider: String },
     ResealProviderKeys { org: String },
+    ListOAuthClients { project: String },
+    CreateOAuthClient { project: String },
+    GetOAuthClient { project: String, client: String },
+    PatchOAuthClient { project: String, client: String },
+    DeleteOAuthClient { project: String, client: String },
+    ListOAuthGrants { project: String },
+    RevokeOAuthGrant { project: String, grant: String },
 }
 
 /// Where a route's org comes from.
@@ -147,6 +154,13 @@ table! {
     "GET" "projects/{project}/consumers/{consumer}/jwt-credentials" Viewer Path => |p| Admin::ListJwtCredentials { project: p.s("project"), consumer: p.s("consumer") };
     "POST" "projects/{project}/consumers/{consumer}/jwt-credentials" Developer Path => |p| Admin::CreateJwtCredential { project: p.s("project"), consumer: p.s("consumer") };
     "DELETE" "projects/{project}/jwt-credentials/{credential}" Developer Path => |p| Admin::RevokeJwtCredential { project: p.s("project"), id: p.s("credential") };
+    "GET" "projects/{project}/oauth/clients" Viewer Path => |p| Admin::ListOAuthClients { project: p.s("project") };
+    "POST" "projects/{project}/oauth/clients" Developer Path => |p| Admin::CreateOAuthClient { project: p.s("project") };
+    "GET" "projects/{project}/oauth/clients/{client}" Viewer Path => |p| Admin::GetOAuthClient { project: p.s("project"), client: p.s("client") };
+    "PATCH" "projects/{project}/oauth/clients/{client}" Developer Path => |p| Admin::PatchOAuthClient { project: p.s("project"), client: p.s("client") };
+    "DELETE" "projects/{project}/oauth/clients/{client}" Developer Path => |p| Admin::DeleteOAuthClient { project: p.s("project"), client: p.s("client") };
+    "GET" "projects/{project}/oauth/grants" Viewer Path => |p| Admin::ListOAuthGrants { project: p.s("project") };
+    "DELETE" "projects/{project}/oauth/grants/{grant}" Developer Path => |p| Admin::RevokeOAuthGrant { project: p.s("project"), grant: p.s("grant") };
     "GET" "projects/{project}/keys" Viewer Path => |p| Admin::ListKeys { project: p.s("project") };
     "DELETE" "projects/{project}/keys/{key}" Developer Path => |p| Admin::RevokeKey { project: p.s("project"), id: p.s("key") };
     "GET" "gateway/apis" Viewer Caller => |_p| Admin::ListApis;

@@ -33,6 +33,15 @@ pub enum Public {
         path: String,
     },
     DevMailbox,
+    /// RFC 8414 metadata at `/.well-known/oauth-authorization-server/v1/{project}`.
+    OAuthServerMetadata {
+        project: String,
+    },
+    /// RFC 9728 metadata at `/.well-known/oauth-protected-resource/v1/{project}/{api}`.
+    OAuthResourceMetadata {
+        project: String,
+        api: String,
+    },
     /// The React demo page and its bundle (dev only; Workers static assets).
     ReactDemo,
 }
@@ -65,8 +74,26 @@ pub enum EndUser {
     Me,
     TokenExchange,
     Jwks,
+    /// The OAuth authorization server's page and endpoints (`/v1/{project}/oauth/…`).
+    OAuth(OAuthRoute),
+    /// The signed-in user's OAuth grants.
+    ListGrants,
+    RevokeGrant {
+        grant: String,
+    },
     /// A CORS preflight for any end-user route of the project.
     Preflight,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthRoute {
+    Authorize,
+    Token,
+    Revoke,
+    Introspect,
+    Register,
+    /// The metadata at `/v1/{project}/.well-known/oauth-authorization-server` (path appended).
+    Metadata,
 }
 
 /// The owner accounts' sign-in: `/api/v1/auth/…` and the JWKS of owner tokens.
@@ -109,6 +136,28 @@ fn end_user_arm(method: &str, p: &str, rest: &[&str]) -> Option<Arm> {
         endpoint,
     };
     Some(match rest {
+        ["oauth", "authorize"] => (
+            "GET, POST",
+            matches!(method, "GET" | "POST")
+                .then(|| end_user(p, EndUser::OAuth(OAuthRoute::Authorize))),
+        ),
+        ["oauth", "token"] => post(EndUser::OAuth(OAuthRoute::Token)),
+        ["oauth", "revoke"] => post(EndUser::OAuth(OAuthRoute::Revoke)),
+        ["oauth", "introspect"] => post(EndUser::OAuth(OAuthRoute::Introspect)),
+        ["oauth", "register"] => post(EndUser::OAuth(OAuthRoute::Register)),
+        [".well-known", "oauth-authorization-server"] => get(EndUser::OAuth(OAuthRoute::Metadata)),
+        ["auth", "grants"] => get(EndUser::ListGrants),
+        ["auth", "grants", grant] => (
+            "DELETE",
+            (method == "DELETE").then(|| {
+                end_user(
+                    p,
+                    EndUser::RevokeGrant {
+                        grant: grant.to_string(),
+                    },
+                )
+            }),
+        ),
         ["auth", "otp", "start"] => post(EndUser::OtpStart),
         ["auth", "otp", "verify"] => post(EndUser::OtpVerify),
         ["auth", "refresh"] => post(EndUser::Refresh),
@@ -170,6 +219,23 @@ fn public_arm(method: &str, segs: &[&str]) -> Option<Arm> {
         ["health"] => (
             "GET",
             (method == "GET").then_some(Route::Public(Public::Health)),
+        ),
+        [".well-known", "oauth-authorization-server", "v1", project] => (
+            "GET",
+            (method == "GET").then(|| {
+                Route::Public(Public::OAuthServerMetadata {
+                    project: project.to_string(),
+                })
+            }),
+        ),
+        [".well-known", "oauth-protected-resource", "v1", project, api] => (
+            "GET",
+            (method == "GET").then(|| {
+                Route::Public(Public::OAuthResourceMetadata {
+                    project: project.to_string(),
+                    api: api.to_string(),
+                })
+            }),
         ),
         ["dev", "mailbox"] => (
             "GET",

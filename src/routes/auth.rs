@@ -108,34 +108,45 @@ pub async fn otp_start(
     let (db, project, input): (_, _, OtpStart) = project_and_body(&mut req, env, project).await?;
     require_managed(&db, &project).await?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
+    let challenge_id = send_code(env, ctx, &db, &project, &email, client_ip(&req)).await?;
+    started(challenge_id)
+}
+
+/// Sends a sign-in code to `email` if the limits allow (per network, then per address); the id of
+/// its challenge. An address the sign-up policy keeps out gets an id all the same (invite only), so
+/// nobody learns which addresses were invited.
+pub(super) async fn send_code(
+    env: &Env,
+    ctx: &Context,
+    db: &D1Database,
+    project: &Project,
+    email: &str,
+    ip: Option<String>,
+) -> Result<String, Error> {
     let now = now_ms();
-    let ip = client_ip(&req);
     let network = client_network(ip.as_deref());
     let policy = &project.sign_in;
     let op = GuardRequest::NetworkStart {
         now,
         max_per_hour: policy.otp_starts_per_network_per_hour as usize,
     };
-    if let GuardReply::Throttled { retry_after_s } =
-        on_network(env, &project, &network, &op).await?
+    if let GuardReply::Throttled { retry_after_s } = on_network(env, project, &network, &op).await?
     {
         return Err(throttled(retry_after_s));
     }
     let pepper = encryption_secret(env)?;
-    let challenge_id =
-        with_random(|r| new_challenge_id(pepper.as_bytes(), &project.id, &email, r))?;
-    if !policy.lets_sign_up(&email) && d1::user_by_email(&db, &project.id, &email).await?.is_none()
-    {
+    let challenge_id = with_random(|r| new_challenge_id(pepper.as_bytes(), &project.id, email, r))?;
+    if !policy.lets_sign_up(email) && d1::user_by_email(db, &project.id, email).await?.is_none() {
         if policy.signup == Signup::Domains {
-            return Err(signup_not_allowed(&project));
+            return Err(signup_not_allowed(project));
         }
         // Invite only: answered as if sent, so nobody learns which addresses were invited.
-        return started(challenge_id);
+        return Ok(challenge_id);
     }
     let code = with_random(generate_code)?;
     let challenge = Challenge::new(
         challenge_id.clone(),
-        hash_code(pepper.as_bytes(), &project.id, &email, &code),
+        hash_code(pepper.as_bytes(), &project.id, email, &code),
         now,
         network,
     );
@@ -143,7 +154,7 @@ pub async fn otp_start(
         env,
         &Guard::Email {
             project_id: &project.id,
-            email: &email,
+            email,
         },
         &GuardRequest::Send { now, challenge },
     )
@@ -151,7 +162,7 @@ pub async fn otp_start(
     {
         return Err(throttled(retry_after_s));
     }
-    let mail = email::sign_in_mail(&project, &email, &code);
+    let mail = email::sign_in_mail(project, email, &code);
     match email::send(env, project.email_from.as_deref(), &project.slug, mail, now).await {
         Ok(()) => {}
         Err(e) if e.problem == Problem::EmailNotConfigured => return Err(e),
@@ -162,12 +173,12 @@ pub async fn otp_start(
         ctx,
         env,
         identity::EventDraft {
-            subject: Some(email),
+            subject: Some(email.to_string()),
             ip,
             ..event(&project.id, "otp_sent")
         },
     );
-    started(challenge_id)
+    Ok(challenge_id)
 }
 
 fn started(challenge_id: String) -> Result<Response, Error> {
@@ -264,83 +275,22 @@ pub async fn otp_verify(
     let (db, project, input): (_, _, OtpVerify) = project_and_body(&mut req, env, project).await?;
     require_managed(&db, &project).await?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
-    let code = normalize_code(&input.code)
-        .ok_or_else(|| Error::invalid_request("`code` is the 6-digit code from the mail."))?;
-    let now = now_ms();
-    let ip = client_ip(&req);
-    let network = client_network(ip.as_deref());
-    let policy = &project.sign_in;
     // A client with a DPoP key binds the session to it; a project may require one.
     let jkt = crate::identity::dpop_proof(&req, None)?.map(|p| p.jkt);
-    if jkt.is_none() && policy.require_dpop {
+    if jkt.is_none() && project.sign_in.require_dpop {
         return Err(Error::invalid_dpop(
             "This project signs in only clients with a DPoP key: send a `DPoP` proof (RFC 9449).",
         ));
     }
-    let may = GuardRequest::NetworkMayVerify {
-        now,
-        max_failures_per_hour: policy.otp_failed_verifies_per_network_per_hour as usize,
+    let ip = client_ip(&req);
+    let attempt = CodeAttempt {
+        email: &email,
+        code: &input.code,
+        challenge_id: &input.challenge_id,
+        ip: ip.clone(),
     };
-    if let GuardReply::Throttled { retry_after_s } =
-        on_network(env, &project, &network, &may).await?
-    {
-        return Err(too_many(
-            format!("Too many failed sign-in attempts from this network; try again in {retry_after_s} s."),
-            retry_after_s,
-        ));
-    }
-    let pepper = encryption_secret(env)?;
-    let failure =
-        if challenge_id_is_ours(pepper.as_bytes(), &project.id, &email, &input.challenge_id) {
-            let op = GuardRequest::Check {
-                now,
-                challenge_id: input.challenge_id.clone(),
-                code_hash: hash_code(pepper.as_bytes(), &project.id, &email, &code),
-                network: network.clone(),
-                limits: GuessLimits {
-                    per_network_per_hour: policy.otp_wrong_codes_per_network_per_hour as usize,
-                    per_email_per_day: policy.otp_wrong_codes_per_email_per_day as usize,
-                },
-            };
-            let guard = Guard::Email {
-                project_id: &project.id,
-                email: &email,
-            };
-            verify_failure(objects::call(env, &guard, &op).await?)
-        } else {
-            Some((no_challenge(), false))
-        };
-    if let Some((e, evaluated)) = failure {
-        // Only codes evaluated against a real challenge are logged: bounded by the codes sent.
-        if evaluated {
-            record_event(
-                ctx,
-                env,
-                identity::EventDraft {
-                    subject: Some(email),
-                    ip,
-                    detail: Some(e.kind().into()),
-                    ..event(&project.id, "otp_failed")
-                },
-            );
-        }
-        return Err(e);
-    }
-    // The try was counted as a failure before it was evaluated; it signed in, so it is taken back.
-    on_network(
-        env,
-        &project,
-        &network,
-        &GuardRequest::NetworkVerified { at: now },
-    )
-    .await?;
-    let consumer = match d1::user_by_email(&db, &project.id, &email).await? {
-        Some(c) => c,
-        None => sign_up(env, &db, &project, &email, &network, now).await?,
-    };
-    if !consumer.is_enabled() {
-        return Err(Error::consumer_disabled());
-    }
+    let consumer = check_code(env, ctx, &db, &project, attempt).await?;
+    let now = now_ms();
     let (access_token, refresh_token, bound) =
         start_session(env, &project, &consumer, &email, now, jkt).await?;
     record_event(
@@ -354,6 +304,102 @@ pub async fn otp_verify(
         },
     );
     token_pair(&project, access_token, refresh_token, bound)
+}
+
+/// A sign-in code presented for a challenge.
+pub(super) struct CodeAttempt<'a> {
+    pub email: &'a str,
+    pub code: &'a str,
+    pub challenge_id: &'a str,
+    pub ip: Option<String>,
+}
+
+/// Checks a sign-in code (single use, 10 minutes, 5 tries) and answers the end user it signs in,
+/// created on first sign-in if the sign-up policy lets the address in. A network with too many
+/// failed verifies, and an email with too many wrong codes, get 429 without the code being
+/// evaluated; a made-up challenge id touches no email's state.
+pub(super) async fn check_code(
+    env: &Env,
+    ctx: &Context,
+    db: &D1Database,
+    project: &Project,
+    attempt: CodeAttempt<'_>,
+) -> Result<Consumer, Error> {
+    let CodeAttempt {
+        email,
+        code,
+        challenge_id,
+        ip,
+    } = attempt;
+    let code = normalize_code(code)
+        .ok_or_else(|| Error::invalid_request("`code` is the 6-digit code from the mail."))?;
+    let now = now_ms();
+    let network = client_network(ip.as_deref());
+    let policy = &project.sign_in;
+    let may = GuardRequest::NetworkMayVerify {
+        now,
+        max_failures_per_hour: policy.otp_failed_verifies_per_network_per_hour as usize,
+    };
+    if let GuardReply::Throttled { retry_after_s } =
+        on_network(env, project, &network, &may).await?
+    {
+        return Err(too_many(
+            format!("Too many failed sign-in attempts from this network; try again in {retry_after_s} s."),
+            retry_after_s,
+        ));
+    }
+    let pepper = encryption_secret(env)?;
+    let failure = if challenge_id_is_ours(pepper.as_bytes(), &project.id, email, challenge_id) {
+        let op = GuardRequest::Check {
+            now,
+            challenge_id: challenge_id.to_string(),
+            code_hash: hash_code(pepper.as_bytes(), &project.id, email, &code),
+            network: network.clone(),
+            limits: GuessLimits {
+                per_network_per_hour: policy.otp_wrong_codes_per_network_per_hour as usize,
+                per_email_per_day: policy.otp_wrong_codes_per_email_per_day as usize,
+            },
+        };
+        let guard = Guard::Email {
+            project_id: &project.id,
+            email,
+        };
+        verify_failure(objects::call(env, &guard, &op).await?)
+    } else {
+        Some((no_challenge(), false))
+    };
+    if let Some((e, evaluated)) = failure {
+        // Only codes evaluated against a real challenge are logged: bounded by the codes sent.
+        if evaluated {
+            record_event(
+                ctx,
+                env,
+                identity::EventDraft {
+                    subject: Some(email.to_string()),
+                    ip,
+                    detail: Some(e.kind().into()),
+                    ..event(&project.id, "otp_failed")
+                },
+            );
+        }
+        return Err(e);
+    }
+    // The try was counted as a failure before it was evaluated; it signed in, so it is taken back.
+    on_network(
+        env,
+        project,
+        &network,
+        &GuardRequest::NetworkVerified { at: now },
+    )
+    .await?;
+    let consumer = match d1::user_by_email(db, &project.id, email).await? {
+        Some(c) => c,
+        None => sign_up(env, db, project, email, &network, now).await?,
+    };
+    if !consumer.is_enabled() {
+        return Err(Error::consumer_disabled());
+    }
+    Ok(consumer)
 }
 
 /// A first sign-in: the end user is created if the sign-up policy lets the address in and the
@@ -426,7 +472,9 @@ async fn start_session(
     objects::call(
         env,
         &Guard::Session { id: &session_id },
-        &GuardRequest::CreateSession { session },
+        &GuardRequest::CreateSession {
+            session: Box::new(session),
+        },
     )
     .await?;
     let store = kv::kv(env)?;
@@ -516,6 +564,7 @@ pub async fn refresh(
         secret,
         new_hash,
         jkt,
+        client_id: None,
     };
     match objects::call(env, &Guard::Session { id: &session_id }, &op).await? {
         GuardReply::Rotated { session } if session.project == project.id => {
@@ -571,7 +620,7 @@ pub async fn refresh(
 /// A session signed out or revoked: marked in KV (for the sign-in endpoints) and in the user's
 /// counter on every API of the project, so its access tokens fail on the very next request. The
 /// counters remember it until those tokens would have expired anyway.
-async fn end_session(
+pub(super) async fn end_session(
     env: &Env,
     project: &Project,
     consumer_id: &str,
@@ -669,7 +718,7 @@ fn oauth_error(status: u16, error: &'static str, description: &str) -> Error {
 }
 
 /// A token request's fields: form-encoded (RFC 6749), or a JSON object of strings.
-async fn token_form(req: &mut Request) -> Result<Vec<(String, String)>, Error> {
+pub(super) async fn token_form(req: &mut Request) -> Result<Vec<(String, String)>, Error> {
     let body = read_body(req, AUTH_BODY_LIMIT).await?;
     if !header(req, "content-type").is_some_and(|c| c.contains("json")) {
         return Ok(form_urlencoded::parse(&body)

@@ -1,5 +1,5 @@
 //! Scheduled housekeeping (the Cron Trigger): auth events older than each project's
-//! `auth_event_retention_days` are deleted.
+//! `auth_event_retention_days` are deleted, and OAuth grant rows a day after they ended.
 
 use worker::Env;
 
@@ -41,4 +41,8 @@ pub async fn run(env: &Env) {
         "housekeeping: {purged} auth events past retention deleted across {} projects",
         projects.len()
     );
+    match d1::purge_oauth_grants(&db, now.saturating_sub(DAY_MS)).await {
+        Ok(n) => worker::console_log!("housekeeping: {n} ended OAuth grants deleted"),
+        Err(e) => worker::console_error!("housekeeping: OAuth grants not purged: {}", e.detail),
+    }
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 pub mod housekeeping;
+pub(crate) mod oauth;
 mod owners;
 
 use worker::{Context, Env, Headers, Request, Response};
@@ -13,7 +14,7 @@ use crate::error::Error;
 use crate::http::{boxed, header, json, problem, with_random};
 use crate::ids::new_id;
 use crate::pipeline;
-use crate::router::{route, EndUser, OwnerAuth, Public, Route};
+use crate::router::{route, EndUser, OAuthRoute, OwnerAuth, Public, Route};
 
 /// Headers a browser client may read from our responses (rate limits, retry hints).
 const EXPOSED: &str = "Retry-After, x-should-retry, x-request-id, openai-processing-ms, RateLimit, RateLimit-Policy, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, \
@@ -62,6 +63,12 @@ async fn dispatch(route: Route, req: Request, env: &Env, ctx: &Context) -> Resul
         ),
         Route::Public(Public::Asset { path }) => serve_asset(&req, env, &path),
         Route::Public(Public::DevMailbox) => auth::dev_mailbox(env).await,
+        Route::Public(Public::OAuthServerMetadata { project }) => {
+            boxed(oauth::server_metadata(req, env, &project)).await
+        }
+        Route::Public(Public::OAuthResourceMetadata { project, api }) => {
+            boxed(oauth::resource_metadata(req, env, &project, &api)).await
+        }
         Route::Public(Public::ReactDemo) => react_demo(req, env).await,
         Route::EndUser { project, route } => end_user(route, req, env, ctx, &project).await,
         Route::Admin(call) => boxed(admin::handle(call, req, env, ctx)).await,
@@ -108,6 +115,18 @@ async fn end_user(
         EndUser::Me => boxed(auth::me(req, env, project)).await,
         EndUser::TokenExchange => boxed(auth::token_exchange(req, env, ctx, project)).await,
         EndUser::Jwks => boxed(auth::jwks(env, project)).await,
+        EndUser::OAuth(route) => match route {
+            OAuthRoute::Authorize => boxed(oauth::authorize(req, env, ctx, project)).await,
+            OAuthRoute::Token => boxed(oauth::token(req, env, ctx, project)).await,
+            OAuthRoute::Revoke => boxed(oauth::revoke(req, env, ctx, project)).await,
+            OAuthRoute::Introspect => boxed(oauth::introspect(req, env, project)).await,
+            OAuthRoute::Register => boxed(oauth::register(req, env, ctx, project)).await,
+            OAuthRoute::Metadata => boxed(oauth::server_metadata(req, env, project)).await,
+        },
+        EndUser::ListGrants => boxed(oauth::list_grants(req, env, project)).await,
+        EndUser::RevokeGrant { grant } => {
+            boxed(oauth::delete_grant(req, env, ctx, project, &grant)).await
+        }
         EndUser::Preflight => Ok(Response::empty()?.with_status(204)),
     }
 }
@@ -185,7 +204,7 @@ fn allow_origin(
     headers.append("vary", "Origin")?;
     headers.set("access-control-expose-headers", EXPOSED)?;
     if preflight {
-        headers.set("access-control-allow-methods", "GET, POST, OPTIONS")?;
+        headers.set("access-control-allow-methods", "GET, POST, DELETE, OPTIONS")?;
         let asked = requested.filter(|h| {
             h.len() <= 1000
                 && h.bytes()

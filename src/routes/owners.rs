@@ -304,7 +304,9 @@ async fn token_answer(
     objects::call(
         env,
         &Guard::Session { id: &session_id },
-        &GuardRequest::CreateSession { session },
+        &GuardRequest::CreateSession {
+            session: Box::new(session),
+        },
     )
     .await?;
     tokens(env, owner, &session_id, refresh_token, org_slug, now)
@@ -358,6 +360,7 @@ pub async fn refresh(mut req: Request, env: &Env) -> Result<Response, Error> {
         secret,
         new_hash,
         jkt: None,
+        client_id: None,
     };
     match objects::call(env, &Guard::Session { id: &session_id }, &op).await? {
         GuardReply::Rotated { session } if session.project == OWNER_REALM => {

@@ -7,6 +7,7 @@ mod access;
 mod apis;
 mod consumers;
 mod events;
+mod oauth;
 mod orgs;
 mod plans;
 mod projects;
@@ -194,6 +195,19 @@ pub async fn handle(
         }
         Admin::RevokeJwtCredential { project, id } => {
             boxed(consumers::revoke_jwt_credential(c, &project, &id)).await
+        }
+        Admin::ListOAuthClients { project } => boxed(oauth::list(c, &project)).await,
+        Admin::CreateOAuthClient { project } => boxed(oauth::create(c, &project)).await,
+        Admin::GetOAuthClient { project, client } => boxed(oauth::get(c, &project, &client)).await,
+        Admin::PatchOAuthClient { project, client } => {
+            boxed(oauth::patch(c, &project, &client)).await
+        }
+        Admin::DeleteOAuthClient { project, client } => {
+            boxed(oauth::delete(c, &project, &client)).await
+        }
+        Admin::ListOAuthGrants { project } => boxed(oauth::list_grants(c, &project)).await,
+        Admin::RevokeOAuthGrant { project, grant } => {
+            boxed(oauth::revoke_grant(c, &project, &grant)).await
         }
         Admin::OrgsMe => boxed(orgs::me(c)).await,
         Admin::ListOrgs => boxed(orgs::list(c)).await,

@@ -24,6 +24,7 @@ mod byo_jwt;
 mod consumer_jwt;
 mod dpop;
 mod guessing;
+mod oauth;
 mod signin;
 
 /// Every auth case, by scenario file.
@@ -35,6 +36,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         consumer_jwt::cases(),
         guessing::cases(),
         dpop::cases(),
+        oauth::cases(),
     ]
     .concat()
 }

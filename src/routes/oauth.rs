@@ -653,7 +653,7 @@ fn page_with(
 ) -> Result<Response, Error> {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-<meta name=\"referrer\" content=\"no-referrer\"><title>{t}</title><style>{STYLE}</style></head><body><main><h1>{t}</h1>{body}</main></body></html>",
+<meta name=\"referrer\" content=\"same-origin\"><title>{t}</title><style>{STYLE}</style></head><body><main><h1>{t}</h1>{body}</main></body></html>",
         t = esc(title)
     );
     let headers = Headers::new();
@@ -668,7 +668,8 @@ fn page_with(
         &format!("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"),
     )?;
     headers.set("x-frame-options", "DENY")?;
-    headers.set("referrer-policy", "no-referrer")?;
+    // `same-origin`: the page's own forms carry its Origin (CSRF check); nothing leaves for the client.
+    headers.set("referrer-policy", "same-origin")?;
     headers.set("x-content-type-options", "nosniff")?;
     if let Some(c) = cookie {
         headers.append("set-cookie", c)?;

@@ -591,6 +591,68 @@ function withTimeout(promise, ms, what) {
   return Promise.race([promise, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
 }
 
+add("oauth: a public client's authorization-code flow with PKCE in the browser: sign-in page, code, consent, redirect", () => ["assets"], async (ctx) => {
+  const { slug } = await ctx.admin.project({ mode: "managed" });
+  const redirectUri = `${ctx.pages.origin}/oauth/cb`;
+  let landed = null;
+  ctx.pages.handle("/oauth/cb", (req, res) => {
+    landed = new URL(req.url, ctx.pages.origin);
+    res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+    res.end("<!doctype html><title>Signed in</title><p id=done>Back in the app.</p>");
+  });
+  const client = await ctx.admin.must("POST", `/api/v1/projects/${slug}/oauth/clients`, { name: "Browser App", type: "public", redirect_uris: [redirectUri], scopes: ["chat"] });
+  const { createHash, randomBytes } = await import("node:crypto");
+  const verifier = randomBytes(32).toString("base64url");
+  const challenge = createHash("sha256").update(verifier).digest("base64url");
+  const authorize = new URL(`${ctx.gateway.base}/v1/${slug}/oauth/authorize`);
+  for (const [k, v] of Object.entries({ response_type: "code", client_id: client.client_id, redirect_uri: redirectUri, scope: "chat", state: "b-state", code_challenge: challenge, code_challenge_method: "S256" })) authorize.searchParams.set(k, v);
+
+  // JavaScript off: the page is a plain form flow.
+  const { page, logs } = await newPage(ctx, { javaScriptEnabled: false });
+  const first = await page.goto(authorize.href);
+  assert.equal(first.status(), 200);
+  assert.match(first.headers()["content-security-policy"] || "", /frame-ancestors 'none'/);
+  assert.ok((await page.textContent("main")).includes("Browser App"), "the page names the client");
+  const email = `oauth-${Date.now()}@example.com`;
+  const since = Date.now();
+  await page.fill("#email", email);
+  await Promise.all([page.waitForNavigation(), page.click("button[type=submit]")]);
+  const code = await ctx.mail.codeFor(email, { since });
+  await page.fill("#code", code);
+  await Promise.all([page.waitForNavigation(), page.click("button[type=submit]")]);
+  const consent = await page.textContent("main");
+  assert.ok(consent.includes("chat") && consent.includes(email), `the consent screen names the scope and the user: ${consent}`);
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: path.join(ARTIFACTS, "oauth-consent-1280.png") });
+  await Promise.all([page.waitForURL(`${redirectUri}?**`), page.click("button[value=allow]")]);
+  assert.ok(landed, "the browser reached the client's redirect URI");
+  assert.equal(landed.searchParams.get("state"), "b-state");
+  assert.equal(landed.searchParams.get("iss"), `${ctx.gateway.base}/v1/${slug}`);
+  const got = landed.searchParams.get("code");
+  assert.ok(got && got.startsWith("ocd_"), `a code: ${landed}`);
+
+  // The app exchanges the code with its verifier, then chats as the user.
+  const form = new URLSearchParams({ grant_type: "authorization_code", code: got, redirect_uri: redirectUri, code_verifier: verifier, client_id: client.client_id });
+  const tokenRes = await fetch(`${ctx.gateway.base}/v1/${slug}/oauth/token`, { method: "POST", body: form });
+  const tokens = await tokenRes.json();
+  assert.equal(tokenRes.status, 200, JSON.stringify(tokens));
+  assert.equal(tokens.scope, "chat");
+  const chat = await fetch(`${ctx.gateway.base}/v1/${slug}/chat/chat/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${tokens.access_token}`, "content-type": "application/json" },
+    body: JSON.stringify({ messages: [{ role: "user", content: "hi" }] }),
+  });
+  assert.equal(chat.status, 200, await chat.text());
+  // The page cannot be framed by another site.
+  const { page: framer } = await newPage(ctx);
+  await framer.goto(ctx.pages.page(`<!doctype html><iframe id=f src="${authorize.href}"></iframe>`, "framer"));
+  await sleep(500);
+  const framed = framer.frames().find((f) => f.url().includes("/oauth/authorize"));
+  const inside = framed ? await framed.evaluate(() => document.body ? document.body.innerText : "").catch(() => "") : "";
+  assert.ok(!inside.includes("Browser App"), "the authorize page did not render inside a frame");
+  assert.equal(logs.filter((l) => l.startsWith("pageerror")).length, 0, logs.join("\n"));
+});
+
 add("owner console: sign in, project and API, auth mode, a key shown once and revoked, a plan, usage charts (screenshots)", () => ["assets"], async (ctx) => {
   const g = ctx.gateway.base;
   const { page, logs } = await newPage(ctx);

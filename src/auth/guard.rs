@@ -113,6 +113,10 @@ pub enum GuardRequest {
         /// OAuth grant rotates only for its own client, a first-party session only without one.
         #[serde(default)]
         client_id: Option<String>,
+        /// A narrower scope asked for with an OAuth refresh (RFC 6749 §6): refused, without
+        /// rotating, unless the grant holds every scope of it.
+        #[serde(default)]
+        scope: Option<Vec<String>>,
     },
     /// Redeems the OAuth grant's authorization code (single use; a second use revokes the grant)
     /// and starts its refresh chain with `new_hash`.
@@ -121,7 +125,8 @@ pub enum GuardRequest {
         project: String,
         client_id: String,
         secret: String,
-        redirect_uri: String,
+        #[serde(default)]
+        redirect_uri: Option<String>,
         verifier_s256: String,
         new_hash: String,
     },
@@ -233,10 +238,12 @@ pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
             new_hash,
             jkt,
             client_id,
-        } => match oauth_client_mismatch(state, client_id.as_deref()) {
-            Some(reason) => GuardReply::Refused {
-                reason: reason.into(),
-            },
+            scope,
+        } => match oauth_client_mismatch(state, client_id.as_deref())
+            .map(str::to_string)
+            .or_else(|| scope_not_granted(state, scope.as_deref()))
+        {
+            Some(reason) => GuardReply::Refused { reason },
             None => rotate(state, *now, project, secret, new_hash, jkt.as_deref()),
         },
         GuardRequest::RedeemCode {
@@ -255,7 +262,7 @@ pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
                 now: *now,
                 secret,
                 client_id,
-                redirect_uri,
+                redirect_uri: redirect_uri.as_deref(),
                 verifier_s256,
             },
         ),
@@ -301,6 +308,23 @@ fn oauth_client_mismatch(state: &GuardState, client_id: Option<&str>) -> Option<
         (Some(Some(g)), Some(c)) if g.client_id == c => None,
         (Some(Some(_)), Some(_)) => Some("the refresh token was issued to another client"),
     }
+}
+
+/// The prefix of a refusal for a scope the grant does not hold (answered as `invalid_scope`).
+pub const SCOPE_NOT_GRANTED: &str = "invalid_scope";
+
+fn scope_not_granted(state: &GuardState, asked: Option<&[String]>) -> Option<String> {
+    let asked = asked?;
+    let granted = state
+        .session
+        .as_ref()
+        .and_then(|s| s.oauth.as_ref())
+        .map(|g| g.scope.split(' ').collect::<Vec<_>>())
+        .unwrap_or_default();
+    asked
+        .iter()
+        .find(|s| !granted.contains(&s.as_str()))
+        .map(|s| format!("{SCOPE_NOT_GRANTED}: the grant does not hold the scope `{s}`"))
 }
 
 fn redeem_code(
@@ -530,6 +554,7 @@ mod tests {
             new_hash: "h".into(),
             jkt: None,
             client_id: None,
+            scope: None,
         };
         assert!(matches!(
             apply(&mut s, &elsewhere),
@@ -550,6 +575,7 @@ mod tests {
                     new_hash: h2.clone(),
                     jkt: None,
                     client_id: None,
+                    scope: None,
                 }
             ),
             GuardReply::Rotated { .. }
@@ -564,6 +590,7 @@ mod tests {
                     new_hash: "x".into(),
                     jkt: None,
                     client_id: None,
+                    scope: None,
                 }
             ),
             GuardReply::Reused { .. }
@@ -596,6 +623,7 @@ mod tests {
                     new_hash: "h".into(),
                     jkt: None,
                     client_id: None,
+                    scope: None,
                 }
             ),
             GuardReply::Refused { .. }
@@ -624,6 +652,7 @@ mod tests {
             new_hash: "h2".into(),
             jkt: jkt.map(str::to_string),
             client_id: None,
+            scope: None,
         };
         for wrong in [None, Some("key-b")] {
             assert!(matches!(
@@ -664,6 +693,7 @@ mod tests {
                 expires_at: 60_000,
                 redirect_uri: "https://app/cb".into(),
                 code_challenge: challenge.into(),
+                redirect_uri_omitted: false,
                 used: false,
             }),
         });
@@ -679,7 +709,7 @@ mod tests {
             project: "p".into(),
             client_id: client.into(),
             secret: secret.into(),
-            redirect_uri: "https://app/cb".into(),
+            redirect_uri: Some("https://app/cb".into()),
             verifier_s256: "chal".into(),
             new_hash: new_hash.into(),
         }
@@ -710,6 +740,7 @@ mod tests {
             new_hash: "next".into(),
             jkt: None,
             client_id: client.map(str::to_string),
+            scope: None,
         };
         for other in [Some("cli_2"), None] {
             assert!(

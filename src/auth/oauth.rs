@@ -280,6 +280,10 @@ pub struct PendingCode {
     pub expires_at: i64,
     pub redirect_uri: String,
     pub code_challenge: String,
+    /// The authorization request left `redirect_uri` out (the client's only one was used), so the
+    /// token request may too (RFC 6749 §4.1.3).
+    #[serde(default)]
+    pub redirect_uri_omitted: bool,
     /// Set when redeemed: a second presentation revokes the grant.
     #[serde(default)]
     pub used: bool,
@@ -315,7 +319,8 @@ pub struct Presented<'a> {
     pub now: i64,
     pub secret: &'a str,
     pub client_id: &'a str,
-    pub redirect_uri: &'a str,
+    /// `None` when the token request sent none.
+    pub redirect_uri: Option<&'a str>,
     pub verifier_s256: &'a str,
 }
 
@@ -339,8 +344,16 @@ pub fn redeem(grant: &mut GrantInfo, p: &Presented<'_>) -> Redemption {
     if grant.client_id != p.client_id {
         return Redemption::Refused("the code was issued to another client");
     }
-    if code.redirect_uri != p.redirect_uri {
-        return Redemption::Refused("redirect_uri differs from the authorization request's");
+    match p.redirect_uri {
+        Some(uri) if uri != code.redirect_uri => {
+            return Redemption::Refused("redirect_uri differs from the authorization request's")
+        }
+        None if !code.redirect_uri_omitted => {
+            return Redemption::Refused(
+                "redirect_uri is required: the authorization request named one",
+            )
+        }
+        _ => {}
     }
     if !crate::auth::constant_time_eq(code.code_challenge.as_bytes(), p.verifier_s256.as_bytes()) {
         return Redemption::Refused("the code_verifier does not match the code_challenge");
@@ -458,7 +471,8 @@ pub fn resource_allows(resource: &str, project_path: &str, api: &str) -> bool {
         None => return false,
     };
     let path = path.trim_end_matches('/');
-    path == project_path || path == format!("{project_path}/{api}")
+    let api_path = format!("{project_path}/{api}");
+    path == project_path || path == api_path || path.starts_with(&format!("{api_path}/"))
 }
 
 #[cfg(test)]
@@ -588,6 +602,7 @@ mod tests {
                 expires_at: 1_000 + CODE_TTL_MS,
                 redirect_uri: "https://app.example.com/cb".into(),
                 code_challenge: challenge.into(),
+                redirect_uri_omitted: false,
                 used: false,
             }),
         }
@@ -601,7 +616,7 @@ mod tests {
             now,
             secret: "s3cret",
             client_id: "cli_1",
-            redirect_uri: "https://app.example.com/cb",
+            redirect_uri: Some("https://app.example.com/cb"),
             verifier_s256: &challenge,
         };
         let mut g = grant("s3cret", &challenge);
@@ -615,7 +630,11 @@ mod tests {
                 ..ok(2_000)
             },
             Presented {
-                redirect_uri: "https://app.example.com/cb/extra",
+                redirect_uri: Some("https://app.example.com/cb/extra"),
+                ..ok(2_000)
+            },
+            Presented {
+                redirect_uri: None,
                 ..ok(2_000)
             },
             Presented {

@@ -565,6 +565,7 @@ pub async fn refresh(
         new_hash,
         jkt,
         client_id: None,
+        scope: None,
     };
     match objects::call(env, &Guard::Session { id: &session_id }, &op).await? {
         GuardReply::Rotated { session } if session.project == project.id => {
@@ -645,6 +646,13 @@ async fn signed_in(req: &Request, env: &Env, project: &Project) -> Result<(Strin
         .map_err(Error::invalid_credential)?
         .ok_or_else(Error::missing_credential)?;
     let claims = verify_sluice_token(env, project, &credential, now_ms())?;
+    // An OAuth client's token acts on the project's APIs, not on the user's own session.
+    if crate::auth::tokens::oauth_of(&claims).is_some() {
+        return Err(Error::new(
+            Problem::Forbidden,
+            "An OAuth client's token cannot use the user's own sign-in endpoints.",
+        ));
+    }
     let Some(SluiceToken::Access {
         consumer_id,
         session_id,

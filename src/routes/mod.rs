@@ -117,10 +117,18 @@ async fn end_user(
         EndUser::Jwks => boxed(auth::jwks(env, project)).await,
         EndUser::OAuth(route) => match route {
             OAuthRoute::Authorize => boxed(oauth::authorize(req, env, ctx, project)).await,
-            OAuthRoute::Token => boxed(oauth::token(req, env, ctx, project)).await,
-            OAuthRoute::Revoke => boxed(oauth::revoke(req, env, ctx, project)).await,
-            OAuthRoute::Introspect => boxed(oauth::introspect(req, env, project)).await,
-            OAuthRoute::Register => boxed(oauth::register(req, env, ctx, project)).await,
+            OAuthRoute::Token => boxed(oauth::token(req, env, ctx, project))
+                .await
+                .map_err(oauth::in_oauth_shape),
+            OAuthRoute::Revoke => boxed(oauth::revoke(req, env, ctx, project))
+                .await
+                .map_err(oauth::in_oauth_shape),
+            OAuthRoute::Introspect => boxed(oauth::introspect(req, env, project))
+                .await
+                .map_err(oauth::in_oauth_shape),
+            OAuthRoute::Register => boxed(oauth::register(req, env, ctx, project))
+                .await
+                .map_err(oauth::in_oauth_shape),
             OAuthRoute::Metadata => boxed(oauth::server_metadata(req, env, project)).await,
         },
         EndUser::ListGrants => boxed(oauth::list_grants(req, env, project)).await,

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use worker::{Context, D1Database, Env, Headers, Request, Response};
 
 use super::auth::{check_code, end_session, send_code, token_form, CodeAttempt};
-use crate::auth::guard::{GuardReply, GuardRequest};
+use crate::auth::guard::{GuardReply, GuardRequest, SCOPE_NOT_GRANTED};
 use crate::auth::oauth::{
     self, challenge_is_valid, client_secret_matches, grant_scopes, new_client_secret, new_code,
     parse_code, parse_scope, redirect_matches, request_digest, s256, validate_redirect_uri,
@@ -31,6 +31,8 @@ use crate::store::objects::{self, Guard};
 
 const FORM_LIMIT: usize = 16 * 1024;
 const COOKIE: &str = "sluice_oauth";
+/// Self-registered clients a project holds at most (each network is limited per hour besides).
+const MAX_DYNAMIC_CLIENTS: u64 = 1_000;
 
 /// `{origin}` of the request (`scheme://host[:port]`), as the runtime saw its URL.
 fn origin(req: &Request) -> String {
@@ -41,6 +43,26 @@ fn origin(req: &Request) -> String {
 /// The issuer of project `slug` as seen from this request: `{origin}/v1/{slug}`.
 fn issuer(req: &Request, slug: &str) -> String {
     format!("{}/v1/{slug}", origin(req))
+}
+
+/// Any error of an OAuth endpoint in RFC 6749's shape: one that is not already an OAuth error gets
+/// the `error` code its status means, so OAuth clients can read it.
+pub fn in_oauth_shape(e: Error) -> Error {
+    if e.extra.get("error").is_some_and(Value::is_string) {
+        return e;
+    }
+    let code = match e.status {
+        401 => "invalid_client",
+        503 => "temporarily_unavailable",
+        s if s >= 500 => "server_error",
+        _ => "invalid_request",
+    };
+    let detail = e.detail.clone();
+    let mut e = e
+        .with_field("error", code)
+        .with_field("error_description", detail);
+    e.shape = Shape::OAuth;
+    e
 }
 
 /// An RFC 6749 error (`error`, `error_description`) as `application/json`.
@@ -59,6 +81,10 @@ fn invalid_request(description: impl Into<String>) -> Error {
 
 fn invalid_grant(description: impl Into<String>) -> Error {
     oauth_err(Problem::InvalidGrant, "invalid_grant", description)
+}
+
+fn invalid_scope(description: impl Into<String>) -> Error {
+    oauth_err(Problem::InvalidScope, "invalid_scope", description)
 }
 
 fn invalid_client(description: impl Into<String>) -> Error {
@@ -158,6 +184,8 @@ pub fn with_resource_metadata(mut e: Error, req: &Request, project: &str, api: &
 struct AuthorizeRequest {
     client: OAuthClient,
     redirect_uri: String,
+    /// The request named its `redirect_uri` (the token request must then name it too).
+    redirect_uri_given: bool,
     state: Option<String>,
     scope: Vec<String>,
     code_challenge: String,
@@ -242,8 +270,10 @@ async fn check_request(
         }
         Err(e) => return Err(page(e.detail)),
     };
+    let given = one(pairs, "redirect_uri").map_err(|r| (r, None))?;
+    let redirect_uri_given = given.is_some();
     let redirect_uri =
-        match one(pairs, "redirect_uri").map_err(|r| (r, None))? {
+        match given {
             Some(uri) if redirect_matches(&client.redirect_uris, &uri) => uri,
             Some(_) => return Err(page(
                 "The redirect_uri is not one this client registered (they are compared exactly)."
@@ -282,6 +312,7 @@ async fn check_request(
     let mut request = AuthorizeRequest {
         client,
         redirect_uri,
+        redirect_uri_given,
         state,
         scope: Vec::new(),
         code_challenge,
@@ -342,13 +373,15 @@ async fn check_resource(
             short(resource)
         )
     };
+    // `{issuer}/{api}`, or a URL below it (an MCP server's full URL).
     let Some(api) = trimmed
         .strip_prefix(issuer)
         .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.split('/').next())
     else {
         return Err(not_ours());
     };
-    if api.contains('/') || api.is_empty() {
+    if api.is_empty() || resource.contains(['#', ' ', '\\']) {
         return Err(not_ours());
     }
     match d1::api_by_slugs(db, &project.slug, api).await {
@@ -378,6 +411,16 @@ pub async fn authorize(
     let request = match check_request(&db, &project, issuer.clone(), &pairs).await {
         Ok(r) => r,
         Err((Refusal::Page(message), _)) => {
+            return page(
+                400,
+                "This sign-in link is not valid",
+                &error_body(&message),
+                None,
+            )
+        }
+        // A self-registered client's redirect URI is anyone's: no redirect before the user acted,
+        // or the page would bounce visitors anywhere (RFC 9700 §4.11.2).
+        Err((Refusal::Redirect(_, message), Some(r))) if r.client.dynamic => {
             return page(
                 400,
                 "This sign-in link is not valid",
@@ -427,7 +470,9 @@ pub async fn authorize(
     let ip = client_ip(&req);
     if let Some(answer) = field("consent") {
         let token = field("transaction").or_else(|| cookie_value(&req));
-        let Some(t) = token.and_then(|t| oauth::open_transaction(key.as_bytes(), &t, &digest, now))
+        let Some(t) = token
+            .and_then(|t| oauth::open_transaction(key.as_bytes(), &t, &digest, now))
+            .filter(|t| t.project == project.id)
         else {
             return email_page(
                 &request,
@@ -557,6 +602,7 @@ async fn consent(
             expires_at: now + oauth::CODE_TTL_MS,
             redirect_uri: request.redirect_uri.clone(),
             code_challenge: request.code_challenge.clone(),
+            redirect_uri_omitted: !request.redirect_uri_given,
             used: false,
         }),
     });
@@ -865,13 +911,14 @@ pub async fn token(
         client: &client,
         ip,
         now,
+        issuer: issuer(&req, &project.slug),
     };
     let answer = match grant_type.as_str() {
         "authorization_code" => {
             let code = field("code").ok_or_else(|| invalid_request("`code` is required."))?;
-            let redirect_uri = field("redirect_uri").ok_or_else(|| invalid_request("`redirect_uri` is required."))?;
+            let redirect_uri = field("redirect_uri");
             let verifier = field("code_verifier").ok_or_else(|| invalid_request("`code_verifier` is required (PKCE)."))?;
-            redeem_code(&ctx_, &code, &redirect_uri, &verifier).await?
+            redeem_code(&ctx_, &code, redirect_uri.as_deref(), &verifier).await?
         }
         "refresh_token" => {
             let token = field("refresh_token").ok_or_else(|| invalid_request("`refresh_token` is required."))?;
@@ -898,6 +945,8 @@ struct Issue<'a> {
     client: &'a OAuthClient,
     ip: Option<String>,
     now: i64,
+    /// `{origin}/v1/{project}` as this request sees it.
+    issuer: String,
 }
 
 impl Issue<'_> {
@@ -946,11 +995,30 @@ impl Issue<'_> {
     }
 
     /// A grant revoked for a replayed code or refresh token: its tokens fail on the next request.
+    /// Its row is written revoked even if the redemption that made it has not written it yet.
     async fn revoke_replayed(&self, session: &Session, kind: &'static str) -> Result<(), Error> {
         end_session(self.env, self.project, &session.consumer_id, &session.id).await?;
-        d1::revoke_oauth_grant(self.db, &session.id, self.now).await?;
+        d1::record_revoked_grant(self.db, &grant_row(self, session, Some(self.now))).await?;
         self.event(kind, &session.consumer_id, &session.id);
         Ok(())
+    }
+}
+
+/// The listing row of a code grant's session.
+fn grant_row(i: &Issue<'_>, session: &Session, revoked_at: Option<i64>) -> OAuthGrant {
+    let grant = session.oauth.as_ref();
+    OAuthGrant {
+        id: session.id.clone(),
+        project_id: i.project.id.clone(),
+        client_id: grant.map_or_else(|| i.client.id.clone(), |g| g.client_id.clone()),
+        consumer_id: session.consumer_id.clone(),
+        grant_type: "authorization_code".into(),
+        scope: grant.map(|g| g.scope.clone()).unwrap_or_default(),
+        resource: grant.and_then(|g| g.resource.clone()),
+        created_at: i.now,
+        expires_at: session.expires_at,
+        revoked_at,
+        client_name: None,
     }
 }
 
@@ -961,7 +1029,7 @@ fn tagged_session(env: &Env, session_id: &str) -> Result<bool, Error> {
 async fn redeem_code(
     i: &Issue<'_>,
     code: &str,
-    redirect_uri: &str,
+    redirect_uri: Option<&str>,
     verifier: &str,
 ) -> Result<Value, Error> {
     if !verifier_is_valid(verifier) {
@@ -980,7 +1048,7 @@ async fn redeem_code(
         project: i.project.id.clone(),
         client_id: i.client.id.clone(),
         secret,
-        redirect_uri: redirect_uri.to_string(),
+        redirect_uri: redirect_uri.map(str::to_string),
         verifier_s256: s256(verifier),
         new_hash,
     };
@@ -991,20 +1059,7 @@ async fn redeem_code(
                 .clone()
                 .ok_or_else(|| invalid_grant("Unknown authorization code."))?;
             let user = i.user(&session.consumer_id).await?;
-            let row = OAuthGrant {
-                id: session.id.clone(),
-                project_id: i.project.id.clone(),
-                client_id: i.client.id.clone(),
-                consumer_id: user.id.clone(),
-                grant_type: "authorization_code".into(),
-                scope: grant.scope.clone(),
-                resource: grant.resource.clone(),
-                created_at: i.now,
-                expires_at: session.expires_at,
-                revoked_at: None,
-                client_name: None,
-            };
-            d1::create_oauth_grant(i.db, &row).await?;
+            d1::create_oauth_grant(i.db, &grant_row(i, &session, None)).await?;
             let access = i.access_token(
                 &user.id,
                 &session.id,
@@ -1012,12 +1067,9 @@ async fn redeem_code(
                 grant.resource.as_deref(),
             )?;
             i.event("oauth_token_issued", &user.id, &session.id);
-            Ok(token_answer(
-                i.project,
-                access,
-                Some(refresh_token),
-                &grant.scope,
-            ))
+            // A project that requires DPoP hands out no bearer refresh token.
+            let refresh = (!i.project.sign_in.require_dpop).then_some(refresh_token);
+            Ok(token_answer(i.project, access, refresh, &grant.scope))
         }
         GuardReply::Reused { session } => {
             i.revoke_replayed(&session, "oauth_code_reused").await?;
@@ -1036,6 +1088,12 @@ async fn refresh(i: &Issue<'_>, token: &str, scope: Option<String>) -> Result<Va
     else {
         return Err(invalid_grant("Unknown refresh token."));
     };
+    // A narrower scope may be asked for (RFC 6749 §6); checked by the grant's object before it
+    // rotates, so a refused scope does not cost the client its refresh token.
+    let asked = match &scope {
+        Some(s) => Some(parse_scope(s).map_err(invalid_scope)?),
+        None => None,
+    };
     let (new_token, new_hash) = with_random(|r| new_refresh(&session_id, r))?;
     let op = GuardRequest::Rotate {
         now: i.now,
@@ -1044,6 +1102,7 @@ async fn refresh(i: &Issue<'_>, token: &str, scope: Option<String>) -> Result<Va
         new_hash,
         jkt: None,
         client_id: Some(i.client.id.clone()),
+        scope: asked.clone(),
     };
     match objects::call(i.env, &Guard::Session { id: &session_id }, &op).await? {
         GuardReply::Rotated { session } => {
@@ -1052,18 +1111,12 @@ async fn refresh(i: &Issue<'_>, token: &str, scope: Option<String>) -> Result<Va
                 .clone()
                 .ok_or_else(|| invalid_grant("Unknown refresh token."))?;
             let user = i.user(&session.consumer_id).await?;
-            // A narrower scope may be asked for this access token (RFC 6749 §6).
-            let granted = parse_scope(&grant.scope).unwrap_or_default();
-            let scope = match scope {
-                Some(s) => {
-                    let asked = parse_scope(&s)
-                        .map_err(|m| oauth_err(Problem::InvalidScope, "invalid_scope", m))?;
-                    grant_scopes(&asked, Some(&granted))
-                        .map_err(|m| oauth_err(Problem::InvalidScope, "invalid_scope", m))?
-                        .join(" ")
-                }
-                None => grant.scope.clone(),
-            };
+            let mut scopes = asked.unwrap_or_else(|| parse_scope(&grant.scope).unwrap_or_default());
+            // An owner who narrowed the client's scopes since narrows its new tokens too.
+            if let Some(allowed) = &i.client.scopes {
+                scopes.retain(|s| allowed.contains(s));
+            }
+            let scope = scopes.join(" ");
             let access =
                 i.access_token(&user.id, &session.id, &scope, grant.resource.as_deref())?;
             i.event("oauth_refresh", &user.id, &session.id);
@@ -1074,6 +1127,9 @@ async fn refresh(i: &Issue<'_>, token: &str, scope: Option<String>) -> Result<Va
             Err(invalid_grant(
                 "This refresh token was already used: the grant is revoked, sign in again.",
             ))
+        }
+        GuardReply::Refused { reason } if reason.starts_with(SCOPE_NOT_GRANTED) => {
+            Err(invalid_scope(reason))
         }
         GuardReply::Refused { reason } => Err(invalid_grant(format!(
             "The refresh token was refused: {reason}."
@@ -1100,18 +1156,12 @@ async fn client_credentials(
         .clone()
         .ok_or_else(|| Error::internal("This client has no consumer."))?;
     let user = i.user(&consumer_id).await?;
-    let asked = parse_scope(scope.as_deref().unwrap_or_default())
-        .map_err(|m| oauth_err(Problem::InvalidScope, "invalid_scope", m))?;
+    let asked = parse_scope(scope.as_deref().unwrap_or_default()).map_err(invalid_scope)?;
     let scope = grant_scopes(&asked, i.client.scopes.as_deref())
-        .map_err(|m| oauth_err(Problem::InvalidScope, "invalid_scope", m))?
+        .map_err(invalid_scope)?
         .join(" ");
     if let Some(r) = &resource {
-        let issuer = format!(
-            "{}/v1/{}",
-            oauth::origin_of(r).unwrap_or_default(),
-            i.project.slug
-        );
-        check_resource(i.db, i.project, &issuer, r)
+        check_resource(i.db, i.project, &i.issuer, r)
             .await
             .map_err(|m| oauth_err(Problem::InvalidRequest, "invalid_target", m))?;
     }
@@ -1256,7 +1306,8 @@ pub async fn introspect(mut req: Request, env: &Env, project: &str) -> Result<Re
     let Some((sid, secret, claims)) = grant_of_token(env, &project, &token, now) else {
         return no_store(json(200, &inactive)?);
     };
-    let answer = match secret {
+    // A client learns about its own grants only, and only while their user may call.
+    let (grant, sub, exp, iat) = match secret {
         Some(secret) => match objects::call(
             env,
             &Guard::Session { id: &sid },
@@ -1264,33 +1315,56 @@ pub async fn introspect(mut req: Request, env: &Env, project: &str) -> Result<Re
         )
         .await?
         {
-            GuardReply::Described { session: Some(s) } if s.project == project.id => match &s.oauth
-            {
-                Some(g) => {
-                    json!({"active": true, "token_type": "refresh_token", "client_id": g.client_id, "scope": g.scope,
-                    "sub": s.consumer_id, "exp": s.expires_at / 1000, "iat": s.created_at / 1000, "iss": issuer(&req, &project.slug)})
+            GuardReply::Described { session: Some(s) } if s.project == project.id => {
+                match s.oauth {
+                    Some(g) => (g, s.consumer_id, s.expires_at / 1000, s.created_at / 1000),
+                    None => return no_store(json(200, &inactive)?),
                 }
-                None => inactive,
-            },
-            _ => inactive,
+            }
+            _ => return no_store(json(200, &inactive)?),
         },
         None => {
+            let Some(oauth) = oauth_of(&claims) else {
+                return no_store(json(200, &inactive)?);
+            };
             if identity::ensure_session_live(env, &sid).await.is_err() {
-                inactive
-            } else {
-                let mut out = json!({"active": true, "token_type": "Bearer", "iss": issuer(&req, &project.slug)});
-                if let Some(obj) = out.as_object_mut() {
-                    for k in ["sub", "exp", "iat", "aud", "client_id", "scope", "sid"] {
-                        if let Some(v) = claims.get(k) {
-                            obj.insert(k.into(), v.clone());
-                        }
-                    }
-                }
-                out
+                return no_store(json(200, &inactive)?);
             }
+            let num = |k: &str| claims.get(k).and_then(Value::as_i64).unwrap_or_default();
+            let sub = claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let grant = GrantInfo {
+                client_id: oauth.client_id,
+                scope: oauth.scope,
+                resource: oauth.resource,
+                code: None,
+            };
+            (grant, sub, num("exp"), num("iat"))
         }
     };
+    let enabled = d1::find_consumer(&db, &project.id, &sub)
+        .await?
+        .is_some_and(|c| c.status == ConsumerStatus::Enabled);
+    if grant.client_id != client.id || !enabled {
+        return no_store(json(200, &inactive)?);
+    }
+    let mut answer = json!({"active": true, "client_id": grant.client_id, "scope": grant.scope,
+        "sub": sub, "exp": exp, "iat": iat, "iss": issuer(&req, &project.slug)});
+    if let (Some(obj), true) = (answer.as_object_mut(), from_access_token(&claims)) {
+        obj.insert("token_type".into(), Value::from("Bearer"));
+        if let Some(aud) = claims.get("aud") {
+            obj.insert("aud".into(), aud.clone());
+        }
+    }
     no_store(json(200, &answer)?)
+}
+
+/// Whether introspected claims came from an access token (a refresh token has none).
+fn from_access_token(claims: &serde_json::Map<String, Value>) -> bool {
+    !claims.is_empty()
 }
 
 /// `POST /v1/{project}/oauth/register` (RFC 7591): public clients only, when the project allows it,
@@ -1312,6 +1386,13 @@ pub async fn register(
     let ip = client_ip(&req);
     let network = crate::auth::cidr::client_network(ip.as_deref());
     let now = now_ms();
+    if d1::dynamic_client_count(&db, &project.id).await? >= MAX_DYNAMIC_CLIENTS {
+        return Err(oauth_err(
+            Problem::Forbidden,
+            "access_denied",
+            format!("Project `{}` has its {MAX_DYNAMIC_CLIENTS} self-registered clients: its owner can delete unused ones.", project.slug),
+        ));
+    }
     let op = GuardRequest::NetworkRegister {
         now,
         max_per_hour: project.sign_in.oauth_registrations_per_network_per_hour as usize,

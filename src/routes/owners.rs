@@ -361,6 +361,7 @@ pub async fn refresh(mut req: Request, env: &Env) -> Result<Response, Error> {
         new_hash,
         jkt: None,
         client_id: None,
+        scope: None,
     };
     match objects::call(env, &Guard::Session { id: &session_id }, &op).await? {
         GuardReply::Rotated { session } if session.project == OWNER_REALM => {

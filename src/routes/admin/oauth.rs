@@ -111,8 +111,15 @@ pub async fn patch(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, E
 pub async fn delete(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, Error> {
     let project = d1::project_by_slug(&c.db, project).await?;
     let cl = client(c, &project, id).await?;
-    for g in d1::list_oauth_grants(&c.db, &project.id, None, Some(&cl.id), c.now).await? {
-        crate::routes::oauth::revoke_grant(c.env, &c.db, &project, &g, c.now).await?;
+    // Page by page (a listing holds 500) until none is live.
+    loop {
+        let live = d1::list_oauth_grants(&c.db, &project.id, None, Some(&cl.id), c.now).await?;
+        if live.is_empty() {
+            break;
+        }
+        for g in &live {
+            crate::routes::oauth::revoke_grant(c.env, &c.db, &project, g, c.now).await?;
+        }
     }
     d1::delete_oauth_client(&c.db, &project.id, &cl.id).await?;
     c.event(EventDraft {

@@ -3,7 +3,8 @@
 use worker::D1Database;
 
 use super::{
-    changes, insert_stmt, int, json_text, opt_text, stmt, text, update_stmt, write, Columns, Rows,
+    changes, insert_or_ignore_stmt, insert_stmt, int, json_text, opt_int, opt_text, stmt, text,
+    update_stmt, write, Columns, Rows,
 };
 use crate::error::Error;
 use crate::records::oauth::{OAuthClient, OAuthGrant};
@@ -96,8 +97,8 @@ pub async fn delete_oauth_client(
     Ok(n > 0)
 }
 
-pub async fn create_oauth_grant(db: &D1Database, g: &OAuthGrant) -> Result<(), Error> {
-    let cols = Columns(vec![
+fn grant_columns(g: &OAuthGrant) -> Columns {
+    Columns(vec![
         ("id", text(&g.id)),
         ("project_id", text(&g.project_id)),
         ("client_id", text(&g.client_id)),
@@ -107,10 +108,29 @@ pub async fn create_oauth_grant(db: &D1Database, g: &OAuthGrant) -> Result<(), E
         ("resource", opt_text(g.resource.as_deref())),
         ("created_at", int(g.created_at)),
         ("expires_at", int(g.expires_at)),
-    ]);
-    let insert = insert_stmt(db, "oauth_grants", cols)?;
+        ("revoked_at", opt_int(g.revoked_at)),
+    ])
+}
+
+/// Lists a new grant; a row already written for it (revoked by a racing replay) is kept as it is.
+pub async fn create_oauth_grant(db: &D1Database, g: &OAuthGrant) -> Result<(), Error> {
+    let insert = insert_or_ignore_stmt(db, "oauth_grants", grant_columns(g))?;
     write(db, vec![insert], || {
         format!("Grant `{}` exists already.", g.id)
+    })
+    .await
+}
+
+/// Lists a grant as revoked, whether or not its row was written yet.
+pub async fn record_revoked_grant(db: &D1Database, g: &OAuthGrant) -> Result<(), Error> {
+    let insert = insert_or_ignore_stmt(db, "oauth_grants", grant_columns(g))?;
+    let revoke = stmt(
+        db,
+        "UPDATE oauth_grants SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+        &[text(&g.id), opt_int(g.revoked_at)],
+    )?;
+    write(db, vec![insert, revoke], || {
+        format!("Grant `{}` could not be saved.", g.id)
     })
     .await
 }
@@ -173,6 +193,22 @@ pub async fn purge_oauth_grants(db: &D1Database, before: i64) -> Result<u64, Err
         &[int(before)],
     )
     .await
+}
+
+/// How many clients of the project registered themselves (RFC 7591).
+pub async fn dynamic_client_count(db: &D1Database, project_id: &str) -> Result<u64, Error> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        n: u64,
+    }
+    let row: Option<Row> = stmt(
+        db,
+        "SELECT COUNT(*) AS n FROM oauth_clients WHERE project_id = ?1 AND dynamic = 1",
+        &[text(project_id)],
+    )?
+    .row()
+    .await?;
+    Ok(row.map_or(0, |r| r.n))
 }
 
 /// The union of the required scopes of the project's APIs (the metadata's `scopes_supported`).

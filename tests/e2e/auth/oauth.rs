@@ -589,6 +589,36 @@ pub async fn oauth_authorization_code_flow_with_pkce(c: Arc<Ctx>) -> CaseResult 
         "reuse revokes the grant's access token"
     );
 
+    // A request that named its redirect URI needs it at the token endpoint too.
+    let p5 = pkce("five");
+    let ask5 = Ask {
+        challenge: &p5.challenge,
+        state: "state-five",
+        ..ask
+    };
+    let location = authorize(
+        &c,
+        &ask5.url(&c.base),
+        "oauth.flow.five@example.com",
+        "203.0.113.15",
+        "allow",
+    )
+    .await?;
+    let code = query_of(&location).get("code").cloned().ok_or("no code")?;
+    let r = token(
+        &c,
+        slug,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("code_verifier", &p5.verifier),
+            ("client_id", &client_id),
+        ],
+        None,
+    )
+    .await?;
+    assert_oauth_error(&r, 400, "invalid_grant");
+
     // Deny sends access_denied back.
     let p4 = pkce("four");
     let ask = Ask {
@@ -716,6 +746,64 @@ pub async fn oauth_scopes_resources_and_grants(c: Arc<Ctx>) -> CaseResult {
         403,
         "auth-mode-mismatch",
     );
+    // A refresh may narrow the scope, not widen it; a refused widening does not burn the token.
+    let weak_refresh = str_field(&usage_only, "refresh_token")?;
+    let widened = token(
+        &c,
+        slug,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &weak_refresh),
+            ("client_id", &client_id),
+            ("scope", "chat"),
+        ],
+        None,
+    )
+    .await?;
+    assert_oauth_error(&widened, 400, "invalid_scope");
+    let same = refresh_with(&c, slug, &weak_refresh, &client_id).await?;
+    expect_status(&same, 200, "the refresh token after a refused scope")?;
+    assert_eq!(same.json()["scope"], "usage");
+    let weak = str_field(&same.json(), "access_token")?;
+    // An OAuth client's token is not the user's own session.
+    assert_problem(&me(&c, slug, &weak).await?, 403, "forbidden");
+    // The authorization request may leave out the client's only redirect URI; the token request too.
+    let p0 = pkce("omitted");
+    let omitted = Ask {
+        project: slug,
+        client_id: &client_id,
+        redirect_uri: REDIRECT,
+        scope: "chat",
+        state: "o",
+        challenge: &p0.challenge,
+        method: "S256",
+        resource: None,
+    }
+    .url(&c.base)
+    .replace("&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb", "");
+    assert!(!omitted.contains("redirect_uri"), "{omitted}");
+    let location = authorize(
+        &c,
+        &omitted,
+        "oauth.scopes.omitted@example.com",
+        "203.0.113.23",
+        "allow",
+    )
+    .await?;
+    let code = query_of(&location).get("code").cloned().ok_or("no code")?;
+    let r = token(
+        &c,
+        slug,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("code_verifier", &p0.verifier),
+            ("client_id", &client_id),
+        ],
+        None,
+    )
+    .await?;
+    expect_status(&r, 200, "a code exchange without redirect_uri, as asked")?;
 
     // A token for one resource (RFC 8707) is refused at another API.
     let resource = format!("{}/v1/{slug}/chat", c.base);
@@ -825,8 +913,13 @@ pub async fn oauth_scopes_resources_and_grants(c: Arc<Ctx>) -> CaseResult {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert_eq!(grants.len(), 1, "{}", listed.text);
-    let gid = str_field(&grants[0], "id")?;
+    // The resource-bound grant and the one made without a redirect URI.
+    assert_eq!(grants.len(), 2, "{}", listed.text);
+    let bound = grants
+        .iter()
+        .find(|g| g["resource"] == resource.as_str())
+        .ok_or_else(|| format!("no grant for {resource}: {}", listed.text))?;
+    let gid = str_field(bound, "id")?;
     let r = c
         .admin
         .call(
@@ -1027,7 +1120,8 @@ pub async fn oauth_confidential_clients_and_dynamic_registration(c: Arc<Ctx>) ->
         }
     };
     let r = register(json!({"redirect_uris": [REDIRECT]}), "203.0.113.31").await?;
-    assert_problem(&r, 404, "not-found");
+    assert_oauth_error(&r, 404, "invalid_request");
+    assert_eq!(r.json()["type"], "not-found", "{}", r.describe());
     let on = c.admin.call(Method::PATCH, &format!("/api/v1/projects/{slug}"), Some(json!({"oauth_dynamic_registration": true, "oauth_registrations_per_network_per_hour": 2}))).await?;
     expect_status(&on, 200, "turn DCR on")?;
     let meta = Reply::read(
@@ -1055,7 +1149,8 @@ pub async fn oauth_confidential_clients_and_dynamic_registration(c: Arc<Ctx>) ->
     let dyn_id = str_field(&r.json(), "client_id")?;
     assert_eq!(r.json()["token_endpoint_auth_method"], "none");
     let r = register(json!({"redirect_uris": [REDIRECT]}), "203.0.113.31").await?;
-    assert_problem(&r, 429, "rate-limited");
+    assert_oauth_error(&r, 429, "invalid_request");
+    assert_eq!(r.json()["type"], "rate-limited", "{}", r.describe());
     let tokens = code_and_tokens(
         &c,
         slug,
@@ -1066,11 +1161,53 @@ pub async fn oauth_confidential_clients_and_dynamic_registration(c: Arc<Ctx>) ->
         "203.0.113.32",
     )
     .await?;
+    let dyn_access = str_field(&tokens, "access_token")?;
     expect_status(
-        &chat_with(&c, slug, "chat", &str_field(&tokens, "access_token")?).await?,
+        &chat_with(&c, slug, "chat", &dyn_access).await?,
         200,
         "a registered client's token",
     )?;
+    // A self-registered client's errors never redirect before the user acted.
+    let p = pkce("dcr");
+    let ask = Ask {
+        project: slug,
+        client_id: &dyn_id,
+        redirect_uri: REDIRECT,
+        scope: "",
+        state: "s",
+        challenge: &p.challenge,
+        method: "S256",
+        resource: None,
+    };
+    let bad = ask
+        .url(&c.base)
+        .replace("response_type=code", "response_type=token");
+    let r = Reply::read(no_redirects().get(bad).send().await?).await?;
+    assert_eq!(r.status, 400, "{}", r.describe());
+    assert!(
+        r.header("location").is_none(),
+        "no redirect for a dynamic client"
+    );
+    // Another client cannot introspect this client's token.
+    let auditor = new_client(
+        &c,
+        slug,
+        json!({"name": "Auditor", "type": "confidential", "redirect_uris": []}),
+    )
+    .await?;
+    let (aid, asecret) = (
+        str_field(&auditor, "client_id")?,
+        str_field(&auditor, "client_secret")?,
+    );
+    let seen = oauth_post(
+        &c,
+        slug,
+        "introspect",
+        &[("token", &dyn_access)],
+        Some((&aid, &asecret)),
+    )
+    .await?;
+    assert_eq!(seen.json()["active"], false, "{}", seen.text);
     Ok(())
 }
 

@@ -33,6 +33,9 @@ pub enum Admin {
     ListJwtCredentials { project: String, consumer: String },
     CreateJwtCredential { project: String, consumer: String },
     RevokeJwtCredential { project: String, id: String },
+    ListMtlsCredentials { project: String, consumer: String },
+    CreateMtlsCredential { project: String, consumer: String },
+    RevokeMtlsCredential { project: String, id: String },
     OrgsMe,
     ListOrgs,
     CreateOrg,
@@ -147,6 +150,9 @@ table! {
     "GET" "projects/{project}/consumers/{consumer}/jwt-credentials" Viewer Path => |p| Admin::ListJwtCredentials { project: p.s("project"), consumer: p.s("consumer") };
     "POST" "projects/{project}/consumers/{consumer}/jwt-credentials" Developer Path => |p| Admin::CreateJwtCredential { project: p.s("project"), consumer: p.s("consumer") };
     "DELETE" "projects/{project}/jwt-credentials/{credential}" Developer Path => |p| Admin::RevokeJwtCredential { project: p.s("project"), id: p.s("credential") };
+    "GET" "projects/{project}/consumers/{consumer}/mtls-credentials" Viewer Path => |p| Admin::ListMtlsCredentials { project: p.s("project"), consumer: p.s("consumer") };
+    "POST" "projects/{project}/consumers/{consumer}/mtls-credentials" Developer Path => |p| Admin::CreateMtlsCredential { project: p.s("project"), consumer: p.s("consumer") };
+    "DELETE" "projects/{project}/mtls-credentials/{credential}" Developer Path => |p| Admin::RevokeMtlsCredential { project: p.s("project"), id: p.s("credential") };
     "GET" "projects/{project}/keys" Viewer Path => |p| Admin::ListKeys { project: p.s("project") };
     "DELETE" "projects/{project}/keys/{key}" Developer Path => |p| Admin::RevokeKey { project: p.s("project"), id: p.s("key") };
     "GET" "gateway/apis" Viewer Caller => |_p| Admin::ListApis;

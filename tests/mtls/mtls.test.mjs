@@ -259,6 +259,23 @@ test("require: the certificate and the credential, of one consumer", async () =>
   assert.equal(forged.status, 401, forged.text);
 });
 
+test("measured: a certificate costs about what a key does on the request path", async () => {
+  // Interleaved, so drift in the machine's load falls on every kind alike.
+  const kinds = { key: { key: ids.key_a }, certificate: { cf: cert(FP_A) }, both: { cf: cert(FP_A), key: ids.key_a } };
+  const ms = { key: [], certificate: [], both: [] };
+  for (let i = 0; i < 30; i++) {
+    for (const [name, opts] of Object.entries(kinds)) {
+      const started = performance.now();
+      const r = await chat("open", opts);
+      ms[name].push(performance.now() - started);
+      assert.equal(r.status, 200, r.text);
+    }
+  }
+  const p50 = (xs) => xs.sort((x, y) => x - y)[Math.floor(xs.length / 2)].toFixed(1);
+  const line = Object.keys(ms).map((k) => `${k} ${p50(ms[k])} ms`).join(", ");
+  console.log(`    measured: p50 of 30 chat requests each on Miniflare: ${line}`);
+});
+
 test("a disabled consumer's certificate is refused on the next request; a revoked credential too", async () => {
   await admin("PATCH", `/api/v1/projects/mtls/consumers/${ids.c}`, { status: "disabled" }, 200);
   const disabled = await chat("open", { cf: cert(FP_UNKNOWN, { subject: SUBJECT_C }) });

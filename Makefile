@@ -11,7 +11,7 @@ export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 
 SOURCES := $(shell find src web packages -type f -not -path "*/node_modules/*") Cargo.toml Cargo.lock
 
-.PHONY: setup build dev test lint unit e2e js browser bench clean
+.PHONY: setup build dev test lint unit e2e js mtls browser bench clean
 .DEFAULT_GOAL := dev
 
 setup:
@@ -56,6 +56,10 @@ e2e: setup build
 js:
 	node --test tests/js/
 
+# mTLS on the built worker through Miniflare, which takes request.cf per request (wrangler dev cannot).
+mtls: setup build
+	node --test tests/mtls/
+
 # The widget in headless Chromium against its own wrangler dev.
 browser: setup build
 	@./scripts/setup-browser.sh
@@ -64,6 +68,7 @@ browser: setup build
 test: setup lint build
 	cargo test --lib
 	node --test tests/js/
+	node --test tests/mtls/
 	cargo test --test e2e
 	@./scripts/setup-browser.sh
 	node tests/browser/run.mjs

@@ -117,6 +117,7 @@ CREATE TABLE apis (
   upstream_policy_json TEXT NOT NULL DEFAULT '{}',  -- {allow_any_model, max_n, allowed_params, image_tokens, max_tokens_field}
   prices_json        TEXT NOT NULL DEFAULT '{}',    -- {model: {input, output, cached_input}} in pico-dollars per token
   upstream_route_json TEXT,                         -- {kind: provider, provider} | {kind: by_model}; NULL: upstream_base_url
+  mtls               TEXT NOT NULL DEFAULT 'off' CHECK (mtls IN ('off', 'accept', 'require')), -- client certificates (0013)
   oauth_json         TEXT NOT NULL DEFAULT '{}',    -- {oauth, required_scopes}: OAuth tokens accepted, scopes required
   UNIQUE (project_id, slug)
 );
@@ -253,6 +254,21 @@ CREATE TABLE consumer_jwt_credentials (
 );
 CREATE UNIQUE INDEX consumer_jwt_by_claim ON consumer_jwt_credentials (project_id, claim_value, claim_name) WHERE revoked_at IS NULL;
 
+-- Consumers' client certificates (mTLS, 0013): by SHA-256 fingerprint (lowercase hex), or by issuer and
+-- subject DN (compared exactly).
+CREATE TABLE consumer_mtls_credentials (
+  id                  TEXT PRIMARY KEY,
+  project_id          TEXT NOT NULL REFERENCES projects(id),
+  consumer_id         TEXT NOT NULL REFERENCES consumers(id),
+  fingerprint_sha256  TEXT,
+  issuer_dn           TEXT,
+  subject_dn          TEXT,
+  created_at          INTEGER NOT NULL,
+  revoked_at          INTEGER,
+  CHECK ((fingerprint_sha256 IS NOT NULL) OR (issuer_dn IS NOT NULL AND subject_dn IS NOT NULL))
+);
+CREATE UNIQUE INDEX consumer_mtls_by_fingerprint ON consumer_mtls_credentials (project_id, fingerprint_sha256) WHERE revoked_at IS NULL AND fingerprint_sha256 IS NOT NULL;
+CREATE UNIQUE INDEX consumer_mtls_by_dn ON consumer_mtls_credentials (project_id, issuer_dn, subject_dn) WHERE revoked_at IS NULL AND fingerprint_sha256 IS NULL;
 -- OAuth 2.1 clients of a project: public (PKCE only) or confidential (a hashed secret, and a consumer
 -- of their own for client_credentials). Redirect URIs are matched exactly.
 CREATE TABLE oauth_clients (

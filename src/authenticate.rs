@@ -13,6 +13,7 @@ use crate::auth::config::CredentialSource;
 use crate::auth::consumer_jwt;
 use crate::auth::decide::{self, Caller, Presented};
 use crate::auth::extract_credential;
+use crate::auth::mtls::{self, Certificate, ClientAuth, MtlsMode};
 use crate::auth::tokens::{classify, oauth_of, SluiceToken};
 use crate::cache;
 use crate::error::Error;
@@ -61,6 +62,10 @@ pub async fn resolve_and_authenticate(
 /// Whether the consumer may call now (enabled, its key or session not revoked) is checked by its
 /// counter at admission, where it is exact. 401 when the credential is missing, malformed, expired
 /// or unknown; 403 when it is valid but not allowed here (IP, mode).
+///
+/// An API with `mtls` on also reads the client certificate the zone verified (`auth::mtls` decides):
+/// with `accept` a registered certificate is a credential; with `require` it is needed besides the
+/// credential, and both must be one consumer's (403 otherwise).
 pub async fn authenticate(
     req: &Request,
     env: &Env,
@@ -71,8 +76,66 @@ pub async fn authenticate(
     if !api.ip_allowlist.allows(client_ip(req).as_deref()) {
         return Err(decide::ip_refused());
     }
-    let credential = read_credential(req, api)?.ok_or_else(Error::missing_credential)?;
-    match decide::presented(&credential, &api.project_slug, api.mode)? {
+    if api.mtls == MtlsMode::Off {
+        let credential = read_credential(req, api)?.ok_or_else(Error::missing_credential)?;
+        return by_credential(req, env, ctx, timing, api, &credential).await;
+    }
+    // The certificate first: `require` refuses without one before any credential is looked up.
+    let cert = client_auth(req).certificate();
+    let found = match &cert {
+        Certificate::Verified(verified) => {
+            let live = cache::mtls_credentials(env, timing, &api.project_id).await?;
+            mtls::holder(verified, &live).cloned()
+        }
+        _ => None,
+    };
+    let by_cert = mtls::certificate_caller(api.mtls, &cert, found.as_ref())?;
+    let other = match read_credential(req, api) {
+        Ok(Some(credential)) => Some(by_credential(req, env, ctx, timing, api, &credential).await),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    };
+    mtls::combine(api.mtls, &cert, by_cert, other)
+}
+
+/// What `request.cf.tlsClientAuth` says, read field by field from the JavaScript object (never a
+/// header; a missing field is empty, where workers-rs's typed getters would panic).
+fn client_auth(req: &Request) -> ClientAuth {
+    use worker::js_sys::Reflect;
+    use worker::wasm_bindgen::JsValue;
+    let get = |obj: &JsValue, name: &str| {
+        Reflect::get(obj, &JsValue::from_str(name))
+            .ok()
+            .filter(|v| !v.is_undefined() && !v.is_null())
+    };
+    let Some(auth) = get(req.inner().as_ref(), "cf").and_then(|cf| get(&cf, "tlsClientAuth"))
+    else {
+        return ClientAuth::default();
+    };
+    let text = |name: &str| {
+        get(&auth, name)
+            .and_then(|v| v.as_string().or_else(|| v.as_f64().map(|n| n.to_string())))
+            .unwrap_or_default()
+    };
+    ClientAuth {
+        presented: text("certPresented"),
+        verified: text("certVerified"),
+        fingerprint_sha256: text("certFingerprintSHA256"),
+        issuer_dn: text("certIssuerDN"),
+        subject_dn: text("certSubjectDN"),
+    }
+}
+
+/// The request's credential (a key, a token, a JWT), looked up as its kind needs.
+async fn by_credential(
+    req: &Request,
+    env: &Env,
+    ctx: &Context,
+    timing: &Timing,
+    api: &Api,
+    credential: &str,
+) -> Result<Caller, Error> {
+    match decide::presented(credential, &api.project_slug, api.mode)? {
         Presented::Key(key) => {
             let holder = cache::key_owner(env, timing, &api.project_id, &key.hash()).await?;
             let caller = decide::by_key(holder.as_deref())?;
@@ -98,11 +161,11 @@ pub async fn authenticate(
         }
         Presented::SluiceToken => {
             let project = cache::project(env, timing, &api.project_slug).await?;
-            sluice_token(req, env, api, &project, &credential)
+            sluice_token(req, env, api, &project, credential)
         }
         Presented::OtherJwt => {
             let project = cache::project(env, timing, &api.project_slug).await?;
-            other_jwt(env, timing, api, &project, &credential).await
+            other_jwt(env, timing, api, &project, credential).await
         }
     }
 }

@@ -212,6 +212,35 @@ pub async fn store_jwt_credentials(
     Ok(())
 }
 
+/// The project's live mTLS credentials (a verified client certificate is matched against them).
+pub async fn mtls_credentials(
+    env: &Env,
+    timing: &Timing,
+    project_id: &str,
+) -> Result<Rc<Vec<crate::auth::mtls::MtlsCredential>>, Error> {
+    let load = async {
+        let db = d1::db(env)?;
+        Ok(Some(d1::live_mtls_credentials(&db, project_id).await?))
+    };
+    Ok(
+        read_through::<kv::MtlsCredentialsRecord, _>(env, timing, project_id, load)
+            .await?
+            .unwrap_or_default(),
+    )
+}
+
+/// After an mTLS credential is made or revoked: the project's list rebuilt from D1.
+pub async fn store_mtls_credentials(
+    env: &Env,
+    db: &D1Database,
+    project_id: &str,
+) -> Result<(), Error> {
+    let live = d1::live_mtls_credentials(db, project_id).await?;
+    kv::put::<kv::MtlsCredentialsRecord>(&kv::kv(env)?, project_id, &live).await?;
+    remember::<kv::MtlsCredentialsRecord>(project_id, Rc::new(live), now_ms());
+    Ok(())
+}
+
 /// After an admin write to an API or its plans: the entry rebuilt from D1, in KV and memory.
 pub async fn store_api(env: &Env, db: &D1Database, api_id: &str) -> Result<(), Error> {
     let api = d1::api_by_id(db, api_id).await?;

@@ -77,6 +77,7 @@ catalogue! {
     Forbidden => "forbidden", 403, "The credential's role does not allow this";
     IpNotAllowed => "ip-not-allowed", 403, "Your IP address is not allowed";
     AuthModeMismatch => "auth-mode-mismatch", 403, "This credential is not accepted in this API's auth mode";
+    CertificateMismatch => "certificate-mismatch", 403, "The client certificate belongs to another consumer";
     ModelNotAllowed => "model-not-allowed", 403, "The model is not allowed";
     ModelNotPriced => "model-not-priced", 403, "The model has no price";
     SignupNotAllowed => "signup-not-allowed", 403, "Sign-up is not open to this address";

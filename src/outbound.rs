@@ -5,7 +5,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
-use worker::{AbortController, AbortSignal, Delay, Fetch, Request, Response};
+use worker::wasm_bindgen::JsCast;
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{web_sys, AbortController, AbortSignal, Delay, Fetch, Fetcher, Request, Response};
 
 /// How an outbound call ended.
 pub enum Fetched {
@@ -41,4 +43,47 @@ pub async fn fetch(request: Request, timeout_ms: u64, signal: Option<AbortSignal
             Fetched::TimedOut
         }
     }
+}
+
+/// `fetch`, through `via` when given: an `mtls_certificates` binding's fetcher, which presents its
+/// client certificate to the upstream (the request's URL still says where it goes).
+pub async fn fetch_via(
+    via: Option<&Fetcher>,
+    request: Request,
+    timeout_ms: u64,
+    signal: Option<AbortSignal>,
+) -> Fetched {
+    let Some(fetcher) = via else {
+        return fetch(request, timeout_ms, signal).await;
+    };
+    let own = AbortController::default();
+    let signal = signal.unwrap_or_else(|| own.signal());
+    let init = web_sys::RequestInit::new();
+    init.set_signal(Some(&signal));
+    let binding: &worker::worker_sys::Fetcher = fetcher.as_ref().unchecked_ref();
+    let promise = match binding.fetch_with_init(request.inner(), &init) {
+        Ok(p) => p,
+        Err(e) => return Fetched::Failed(js_error(&e)),
+    };
+    let mut sent = Box::pin(JsFuture::from(promise));
+    match within(&mut sent, timeout_ms).await {
+        Some(Ok(answer)) => match answer.dyn_into::<web_sys::Response>() {
+            Ok(response) => Fetched::Answered(Response::from(response)),
+            Err(_) => {
+                Fetched::Failed("The binding answered something other than a Response.".into())
+            }
+        },
+        Some(Err(e)) => Fetched::Failed(js_error(&e)),
+        None => {
+            own.abort();
+            Fetched::TimedOut
+        }
+    }
+}
+
+fn js_error(e: &worker::wasm_bindgen::JsValue) -> String {
+    e.dyn_ref::<worker::js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| "The binding's fetch failed.".into())
 }

@@ -13,8 +13,8 @@ use futures_util::{stream, Stream, StreamExt};
 use serde_json::{json, Value};
 use wasm_bindgen::JsValue;
 use worker::{
-    AbortController, AbortSignal, Context, Delay, Env, Headers, Method, Request, RequestInit,
-    Response,
+    AbortController, AbortSignal, Context, Delay, Env, Fetcher, Headers, Method, Request,
+    RequestInit, Response,
 };
 
 use crate::admission::{self, Claim, Lease, Watch, Woke};
@@ -162,6 +162,8 @@ async fn serve(
     // Before anything is reserved: a request routed to a provider the org has no key for is 503.
     let routed =
         provider_target(env, timing, api, api.route.as_ref(), &asked, asked.model()).await?;
+    // ...and so is one whose upstream certificate binding is missing.
+    let via = upstream_binding(env, api)?;
     let price = api.prices.get(asked.model());
     let fallbacks = fallback_targets(env, timing, api, &asked, price.is_some()).await?;
     // A Messages body goes whole to an Anthropic upstream: what it carries beyond what was metered
@@ -242,6 +244,7 @@ async fn serve(
             api.timeout_ms,
             asked.stream(),
             controller.signal(),
+            via,
         )),
         Err(e) => {
             let outcome = lease.estimated(e.status, Ended::UpstreamError);
@@ -1157,6 +1160,7 @@ async fn attempts(
     timeout_ms: u32,
     stream: bool,
     signal: AbortSignal,
+    via: Option<Fetcher>,
 ) -> Result<Answer, Failure> {
     let mut log: Vec<Attempt> = Vec::new();
     let mut last: Option<Failure> = None;
@@ -1178,6 +1182,7 @@ async fn attempts(
                 stream,
                 signal.clone(),
                 c.translate.clone(),
+                via.as_ref(),
             )
             .await
             {
@@ -1229,6 +1234,19 @@ async fn attempts(
     Err(failure)
 }
 
+/// The `mtls_certificates` binding the API's upstream fetches go through (`upstream.mtls_binding`),
+/// so the provider sees the gateway's client certificate; 503 when wrangler.toml lacks it.
+fn upstream_binding(env: &Env, api: &Api) -> Result<Option<Fetcher>, Error> {
+    let Some(name) = &api.policy.mtls_binding else {
+        return Ok(None);
+    };
+    env.get_binding::<Fetcher>(name).map(Some).map_err(|_| {
+        Error::misconfigured(format!(
+            "This API's upstream presents the client certificate of binding `{name}`, which is not an `[[mtls_certificates]]` binding in wrangler.toml."
+        ))
+    })
+}
+
 /// Phase 5, second half: sends the request. No answer within the API's timeout → 504; unreachable
 /// → 502; an error status → its mapping. Owns everything it needs, so a stream can keep awaiting it.
 async fn send(
@@ -1237,8 +1255,10 @@ async fn send(
     stream: bool,
     signal: AbortSignal,
     anthropic_for: Option<String>,
+    via: Option<&Fetcher>,
 ) -> Result<Answer, Failure> {
-    let mut response = match outbound::fetch(request, u64::from(timeout_ms), Some(signal)).await {
+    let timeout = u64::from(timeout_ms);
+    let mut response = match outbound::fetch_via(via, request, timeout, Some(signal)).await {
         Fetched::Answered(resp) => resp,
         Fetched::Failed(e) => {
             return Err(Failure::new(

@@ -10,6 +10,7 @@ pub mod jwks_cache;
 pub mod jwt;
 pub mod key;
 pub mod mode;
+pub mod mtls;
 pub mod oauth;
 pub mod otp;
 pub mod otp_limits;

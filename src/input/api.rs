@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::auth::config::{Allowlist, Credential, CredentialConfig};
 use crate::auth::mode::AuthMode;
+use crate::auth::mtls::MtlsMode;
 use crate::error::Error;
 use crate::input::validate::{
     nullable, upstream_origin, validate_base_url, validate_slug, validate_text,
@@ -61,6 +62,8 @@ pub struct NewApi {
     /// Answers carry a `Server-Timing` header.
     #[serde(default)]
     pub server_timing: bool,
+    /// Client certificates: `off` (default), `accept` or `require`.
+    pub mtls: Option<String>,
     /// OAuth access tokens accepted in every mode (always in managed mode).
     #[serde(default)]
     pub oauth: bool,
@@ -102,6 +105,9 @@ impl NewApi {
         if let Some(p) = &self.prices {
             PriceTable::from_input(p)?;
         }
+        if let Some(m) = &self.mtls {
+            MtlsMode::parse(m)?;
+        }
         if let Some(scopes) = &self.required_scopes {
             validate_required_scopes(scopes)?;
         }
@@ -128,6 +134,9 @@ impl NewApi {
         }
         self.upstream.apply(&mut api, seal)?;
         api.policy.server_timing = self.server_timing;
+        if let Some(m) = &self.mtls {
+            api.mtls = MtlsMode::parse(m)?;
+        }
         api.oauth.oauth = self.oauth;
         api.oauth.required_scopes = self.required_scopes.unwrap_or_default();
         Ok(api)
@@ -153,6 +162,8 @@ pub struct UpstreamPatch {
     pub max_tokens_field: Option<CapField>,
     pub retries: Option<u32>,
     pub fallbacks: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub mtls_binding: Option<Option<String>>,
 }
 
 impl UpstreamPatch {
@@ -196,6 +207,7 @@ impl UpstreamPatch {
             max_tokens_field: self.max_tokens_field,
             retries: self.retries,
             fallbacks: self.fallbacks.clone(),
+            mtls_binding: self.mtls_binding.clone(),
         }
     }
 
@@ -263,6 +275,7 @@ pub struct ApiPatch {
     /// Replaces the whole price table (`{}` clears it).
     pub prices: Option<BTreeMap<String, PriceInput>>,
     pub server_timing: Option<bool>,
+    pub mtls: Option<String>,
     pub oauth: Option<bool>,
     pub required_scopes: Option<Vec<String>>,
 }
@@ -290,6 +303,9 @@ impl ApiPatch {
         }
         if let Some(p) = &self.prices {
             PriceTable::from_input(p)?;
+        }
+        if let Some(m) = &self.mtls {
+            MtlsMode::parse(m)?;
         }
         if let Some(scopes) = &self.required_scopes {
             validate_required_scopes(scopes)?;
@@ -321,6 +337,9 @@ impl ApiPatch {
         }
         if let Some(on) = self.server_timing {
             api.policy.server_timing = on;
+        }
+        if let Some(m) = &self.mtls {
+            api.mtls = MtlsMode::parse(m)?;
         }
         if let Some(on) = self.oauth {
             api.oauth.oauth = on;
@@ -401,6 +420,12 @@ mod tests {
         assert!(api.ip_allowlist.allows(Some("10.0.0.1")));
         let bad: ApiPatch = parse_body(br#"{"ip_allowlist":["nope"]}"#).unwrap();
         assert!(bad.validate().is_err());
+        let mtls: ApiPatch = parse_body(br#"{"mtls":"require"}"#).unwrap();
+        mtls.validate().unwrap();
+        mtls.apply(&mut api, 10, &seal).unwrap();
+        assert_eq!((api.mtls, api.name.as_str()), (MtlsMode::Require, "New"));
+        let bad: ApiPatch = parse_body(br#"{"mtls":"on"}"#).unwrap();
+        assert_eq!(bad.validate().unwrap_err().extra["param"], "mtls");
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct Api {
         serialize_with = "json_text::write_optional"
     )]
     pub route: Option<crate::providers::Route>,
+    /// Client certificates (`off` in rows and cache entries from before 0013).
+    #[serde(default)]
+    pub mtls: crate::auth::mtls::MtlsMode,
     /// Whether OAuth access tokens are accepted outside managed mode, and the scopes they need
     /// (a record cached before the column existed has the column's default, no OAuth).
     #[serde(
@@ -137,6 +140,7 @@ impl Api {
             prices: PriceTable::default(),
             org_id: String::new(),
             route: None,
+            mtls: Default::default(),
             oauth: ApiOAuth::default(),
         }
     }
@@ -170,6 +174,7 @@ impl Api {
             "slug": self.slug,
             "name": self.name,
             "auth_mode": self.mode.as_str(),
+            "mtls": self.mtls.as_str(),
             "upstream": {
                 "base_url": if self.route.is_some() { Value::Null } else { Value::from(self.upstream_base_url.as_str()) },
                 "provider": match &self.route {
@@ -192,6 +197,7 @@ impl Api {
                 "max_tokens_field": self.policy.max_tokens_field,
                 "retries": self.policy.retries,
                 "fallbacks": self.policy.fallbacks,
+                "mtls_binding": self.policy.mtls_binding,
             },
             "prices": self.prices.to_json(),
             "unpriced_models": unpriced,

@@ -33,6 +33,9 @@ pub enum Admin {
     ListJwtCredentials { project: String, consumer: String },
     CreateJwtCredential { project: String, consumer: String },
     RevokeJwtCredential { project: String, id: String },
+    ListMtlsCredentials { project: String, consumer: String },
+    CreateMtlsCredential { project: String, consumer: String },
+    RevokeMtlsCredential { project: String, id: String },
     OrgsMe,
     ListOrgs,
     CreateOrg,
@@ -161,6 +164,9 @@ table! {
     "DELETE" "projects/{project}/oauth/clients/{client}" Developer Path => |p| Admin::DeleteOAuthClient { project: p.s("project"), client: p.s("client") };
     "GET" "projects/{project}/oauth/grants" Viewer Path => |p| Admin::ListOAuthGrants { project: p.s("project") };
     "DELETE" "projects/{project}/oauth/grants/{grant}" Developer Path => |p| Admin::RevokeOAuthGrant { project: p.s("project"), grant: p.s("grant") };
+    "GET" "projects/{project}/consumers/{consumer}/mtls-credentials" Viewer Path => |p| Admin::ListMtlsCredentials { project: p.s("project"), consumer: p.s("consumer") };
+    "POST" "projects/{project}/consumers/{consumer}/mtls-credentials" Developer Path => |p| Admin::CreateMtlsCredential { project: p.s("project"), consumer: p.s("consumer") };
+    "DELETE" "projects/{project}/mtls-credentials/{credential}" Developer Path => |p| Admin::RevokeMtlsCredential { project: p.s("project"), id: p.s("credential") };
     "GET" "projects/{project}/keys" Viewer Path => |p| Admin::ListKeys { project: p.s("project") };
     "DELETE" "projects/{project}/keys/{key}" Developer Path => |p| Admin::RevokeKey { project: p.s("project"), id: p.s("key") };
     "GET" "gateway/apis" Viewer Caller => |_p| Admin::ListApis;

@@ -122,6 +122,14 @@ impl KvRecord for JwtCredentialsRecord {
     type Value = Vec<JwtCredentialRow>;
 }
 
+/// A project's live mTLS credentials, by project id. Every credential write rewrites it.
+pub struct MtlsCredentialsRecord;
+impl KvRecord for MtlsCredentialsRecord {
+    const PREFIX: &'static str = "mtlscreds:";
+    const TTL_S: u64 = CACHE_TTL_S;
+    type Value = Vec<crate::auth::mtls::MtlsCredential>;
+}
+
 /// That a BYO-JWT user's consumer record exists (made on its first request).
 pub struct JwtUserRecord;
 impl KvRecord for JwtUserRecord {

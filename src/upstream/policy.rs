@@ -62,6 +62,10 @@ pub struct UpstreamPolicy {
     /// the API's own upstream).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<String>,
+    /// An `mtls_certificates` binding the upstream fetch goes through, so the provider sees the
+    /// gateway's client certificate; `None` is the global fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls_binding: Option<String>,
 }
 
 fn default_retries() -> u32 {
@@ -90,6 +94,7 @@ impl Default for UpstreamPolicy {
             server_timing: false,
             retries: default_retries(),
             fallbacks: Vec::new(),
+            mtls_binding: None,
         }
     }
 }
@@ -104,6 +109,20 @@ pub struct PolicyInput {
     pub max_tokens_field: Option<CapField>,
     pub retries: Option<u32>,
     pub fallbacks: Option<Vec<String>>,
+    /// `Some(None)` clears it.
+    #[serde(default, deserialize_with = "crate::input::validate::nullable")]
+    pub mtls_binding: Option<Option<String>>,
+}
+
+/// Whether `name` can be a Worker binding's name (a JavaScript identifier of ASCII letters, digits
+/// and `_`, at most 64 characters).
+pub fn is_binding_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        && name.len() <= 64
 }
 
 impl PolicyInput {
@@ -141,6 +160,14 @@ impl PolicyInput {
                 .with_field("param", "upstream.fallbacks"));
             }
         }
+        if let Some(Some(name)) = &self.mtls_binding {
+            if !is_binding_name(name) {
+                return Err(Error::invalid_request(
+                    "`upstream.mtls_binding` is the name of an `[[mtls_certificates]]` binding in wrangler.toml (letters, digits, `_`; not starting with a digit)",
+                )
+                .with_field("param", "upstream.mtls_binding"));
+            }
+        }
         if let Some(params) = &self.allowed_params {
             if let Some(p) = params.iter().find(|p| !COST_PARAMS.contains(&p.as_str())) {
                 return Err(Error::invalid_request(format!(
@@ -169,6 +196,10 @@ impl PolicyInput {
                 .fallbacks
                 .clone()
                 .unwrap_or_else(|| base.fallbacks.clone()),
+            mtls_binding: match &self.mtls_binding {
+                Some(b) => b.clone(),
+                None => base.mtls_binding.clone(),
+            },
         }
     }
 }
@@ -208,5 +239,47 @@ mod tests {
             (8, 1, CapField::MaxCompletionTokens)
         );
         assert_eq!(p.image_tokens, 1000);
+    }
+
+    #[test]
+    fn an_mtls_binding_is_a_binding_name_and_null_clears_it() {
+        for good in ["PROVIDER_CERT", "cert", "_c1", "$x"] {
+            assert!(is_binding_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "1CERT",
+            "MY-CERT",
+            "my cert",
+            "CERT.X",
+            "ÉCERT",
+            &"A".repeat(65),
+        ] {
+            let input: PolicyInput =
+                serde_json::from_value(serde_json::json!({ "mtls_binding": bad })).unwrap();
+            let e = input.validate().unwrap_err();
+            assert_eq!(
+                (e.status, e.extra["param"].as_str()),
+                (400, Some("upstream.mtls_binding")),
+                "{bad}"
+            );
+        }
+        let set: PolicyInput = serde_json::from_str(r#"{"mtls_binding":"PROVIDER_CERT"}"#).unwrap();
+        set.validate().unwrap();
+        let p = set.apply(&UpstreamPolicy::default());
+        assert_eq!(p.mtls_binding.as_deref(), Some("PROVIDER_CERT"));
+        assert_eq!(
+            serde_json::to_value(&p).unwrap()["mtls_binding"],
+            "PROVIDER_CERT",
+            "stored with the policy"
+        );
+        let kept = PolicyInput::default().apply(&p);
+        assert_eq!(
+            kept.mtls_binding.as_deref(),
+            Some("PROVIDER_CERT"),
+            "absent keeps it"
+        );
+        let cleared: PolicyInput = serde_json::from_str(r#"{"mtls_binding":null}"#).unwrap();
+        assert_eq!(cleared.apply(&p).mtls_binding, None);
     }
 }

@@ -264,6 +264,23 @@ async fn answers_match_the_openapi_document(c: Arc<Ctx>) -> CaseResult {
         None,
         admin
     );
+    let mtls = format!(
+        "/api/v1/projects/{slug}/consumers/{}/mtls-credentials",
+        t.consumer_id
+    );
+    call!(
+        Method::POST,
+        mtls.clone(),
+        Some(json!({"fingerprint_sha256": "ab".repeat(32)})),
+        admin
+    );
+    call!(
+        Method::POST,
+        mtls.clone(),
+        Some(json!({"issuer_dn": "CN=CA"})),
+        admin
+    );
+    call!(Method::GET, mtls, None, admin);
     call!(
         Method::GET,
         format!("/api/v1/projects/{slug}/auth-events"),

@@ -852,6 +852,9 @@ impl Victim {
             "projects/{project}/consumers/{consumer}/jwt-credentials" => {
                 json!({"kind": "symmetric"})
             }
+            "projects/{project}/consumers/{consumer}/mtls-credentials" => {
+                json!({"fingerprint_sha256": "ab".repeat(32)})
+            }
             _ => json!({"name": "stolen"}),
         })
     }

@@ -261,3 +261,75 @@ pub async fn revoke_jwt_credential(
     });
     Ok(Reply::NoContent)
 }
+
+/// A consumer's client certificate (mTLS): by SHA-256 fingerprint, or by issuer and subject DN.
+pub async fn create_mtls_credential(
+    c: &mut Call<'_>,
+    project: &str,
+    consumer: &str,
+) -> Result<Reply, Error> {
+    use crate::auth::mtls::{CertificateName, MtlsCredential, NewMtlsCredential};
+    let input: NewMtlsCredential = c.body().await?;
+    let name = input.validate()?;
+    let project = d1::project_by_slug(&c.db, project).await?;
+    let consumer = d1::consumer(&c.db, &project.id, consumer).await?;
+    let (fingerprint_sha256, issuer_dn, subject_dn) = match name {
+        CertificateName::Fingerprint(f) => (Some(f), None, None),
+        CertificateName::Dn { issuer, subject } => (None, Some(issuer), Some(subject)),
+    };
+    let credential = MtlsCredential {
+        id: with_random(|r| new_id("mtc", r))?,
+        consumer_id: consumer.id.clone(),
+        fingerprint_sha256,
+        issuer_dn,
+        subject_dn,
+        created_at: c.now,
+    };
+    d1::create_mtls_credential(&c.db, &project.id, &credential).await?;
+    cache::store_mtls_credentials(c.env, &c.db, &project.id).await?;
+    c.event(EventDraft {
+        consumer_id: Some(consumer.id.clone()),
+        detail: Some(credential.id.clone()),
+        ..event(&project.id, "mtls_credential_created")
+    });
+    Reply::created(d1::mtls_credential_json(&credential))
+}
+
+pub async fn list_mtls_credentials(
+    c: &mut Call<'_>,
+    project: &str,
+    consumer: &str,
+) -> Result<Reply, Error> {
+    let project = d1::project_by_slug(&c.db, project).await?;
+    let consumer = d1::consumer(&c.db, &project.id, consumer).await?;
+    let list: Vec<Value> = d1::list_mtls_credentials(&c.db, &project.id, &consumer.id)
+        .await?
+        .iter()
+        .map(d1::mtls_credential_json)
+        .collect();
+    Reply::ok(json!({ "mtls_credentials": list }))
+}
+
+pub async fn revoke_mtls_credential(
+    c: &mut Call<'_>,
+    project: &str,
+    id: &str,
+) -> Result<Reply, Error> {
+    let project = d1::project_by_slug(&c.db, project).await?;
+    let Some(consumer_id) = d1::revoke_mtls_credential(&c.db, &project.id, id, c.now).await? else {
+        return Err(Error::not_found(format!(
+            "There is no live mTLS credential `{id}` in project `{}`.",
+            project.slug
+        )));
+    };
+    let change = Change::RevokeKey {
+        key_id: id.to_string(),
+    };
+    change_in_project(c.env, &project.id, &consumer_id, change).await?;
+    cache::store_mtls_credentials(c.env, &c.db, &project.id).await?;
+    c.event(EventDraft {
+        detail: Some(id.to_string()),
+        ..event(&project.id, "mtls_credential_revoked")
+    });
+    Ok(Reply::NoContent)
+}

@@ -209,6 +209,15 @@ pub async fn handle(
         Admin::RevokeOAuthGrant { project, grant } => {
             boxed(oauth::revoke_grant(c, &project, &grant)).await
         }
+        Admin::ListMtlsCredentials { project, consumer } => {
+            boxed(consumers::list_mtls_credentials(c, &project, &consumer)).await
+        }
+        Admin::CreateMtlsCredential { project, consumer } => {
+            boxed(consumers::create_mtls_credential(c, &project, &consumer)).await
+        }
+        Admin::RevokeMtlsCredential { project, id } => {
+            boxed(consumers::revoke_mtls_credential(c, &project, &id)).await
+        }
         Admin::OrgsMe => boxed(orgs::me(c)).await,
         Admin::ListOrgs => boxed(orgs::list(c)).await,
         Admin::CreateOrg => boxed(orgs::create(c)).await,

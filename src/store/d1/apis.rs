@@ -12,7 +12,7 @@ use crate::records::Api;
 
 const API_COLUMNS: &str = "a.id, a.project_id, p.slug AS project_slug, a.slug, a.name, a.auth_mode, a.upstream_base_url, \
      a.upstream_key_enc, a.default_model, a.models_json, a.timeout_ms, a.created_at, a.updated_at, a.byo_jwt_json, \
-     a.ip_allowlist_json, a.credential_json, a.upstream_policy_json, a.prices_json, p.org_id AS org_id, a.upstream_route_json, a.oauth_json";
+     a.ip_allowlist_json, a.credential_json, a.upstream_policy_json, a.prices_json, p.org_id AS org_id, a.upstream_route_json, a.mtls, a.oauth_json";
 
 fn columns(a: &Api) -> Result<Columns, Error> {
     Ok(Columns(vec![
@@ -46,6 +46,7 @@ fn columns(a: &Api) -> Result<Columns, Error> {
                 None => wasm_bindgen::JsValue::NULL,
             },
         ),
+        ("mtls", text(a.mtls.as_str())),
         ("oauth_json", json_text(&a.oauth)?),
     ]))
 }

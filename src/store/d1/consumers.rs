@@ -212,7 +212,8 @@ pub async fn counter_facts(
         &[text(consumer_id)],
     )?;
     let keys = stmt(db, "SELECT id FROM consumer_keys WHERE consumer_id = ?1 AND revoked_at IS NOT NULL \
-                         UNION ALL SELECT id FROM consumer_jwt_credentials WHERE consumer_id = ?1 AND revoked_at IS NOT NULL",
+                         UNION ALL SELECT id FROM consumer_jwt_credentials WHERE consumer_id = ?1 AND revoked_at IS NOT NULL \
+                         UNION ALL SELECT id FROM consumer_mtls_credentials WHERE consumer_id = ?1 AND revoked_at IS NOT NULL",
         &[text(consumer_id)])?;
     let plan = stmt(
         db,

@@ -648,11 +648,22 @@ fn cookie_path(issuer: &str) -> String {
     format!("{path}/oauth/authorize")
 }
 
-fn clear_cookie(issuer: &str) -> String {
+/// The sign-in cookie's attributes: `Secure` on an https issuer (a local http gateway's scripts
+/// and cookie jars would not send it back otherwise).
+fn cookie_attributes(issuer: &str, max_age_s: i64) -> String {
+    let secure = if issuer.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
     format!(
-        "{COOKIE}=; Path={}; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
+        "Path={}; Max-Age={max_age_s}; HttpOnly{secure}; SameSite=Strict",
         cookie_path(issuer)
     )
+}
+
+fn clear_cookie(issuer: &str) -> String {
+    format!("{COOKIE}=; {}", cookie_attributes(issuer, 0))
 }
 
 fn esc(s: &str) -> String {
@@ -809,9 +820,8 @@ fn consent_page(
     );
     let cookie = set_cookie_for.map(|issuer| {
         format!(
-            "{COOKIE}={token}; Path={}; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
-            cookie_path(issuer),
-            oauth::TRANSACTION_TTL_MS / 1000
+            "{COOKIE}={token}; {}",
+            cookie_attributes(issuer, oauth::TRANSACTION_TTL_MS / 1000)
         )
     });
     let to = oauth::origin_of(&request.redirect_uri);

@@ -102,6 +102,19 @@ async fn form(
 /// Drives the authorize page as a script would (no cookies kept): the email form, the code from the
 /// mail, then consent. Returns the `Location` the consent answer redirects to.
 async fn authorize(c: &Ctx, url: &str, email: &str, ip: &str, consent: &str) -> Result<String> {
+    authorize_carrying(c, url, email, ip, consent, false).await
+}
+
+/// The same; with `by_cookie`, the consent form is sent as a cookie-keeping script would send it:
+/// `consent` alone, the signed-in step carried by the cookie the code step set.
+async fn authorize_carrying(
+    c: &Ctx,
+    url: &str,
+    email: &str,
+    ip: &str,
+    consent: &str,
+    by_cookie: bool,
+) -> Result<String> {
     let http = no_redirects();
     let page = Reply::read(http.get(url).send().await?).await?;
     expect_status(&page, 200, "the authorize page")?;
@@ -140,13 +153,30 @@ async fn authorize(c: &Ctx, url: &str, email: &str, ip: &str, consent: &str) -> 
     );
     let transaction =
         hidden(&signed.text, "transaction").ok_or("no transaction on the consent page")?;
-    let answered = form(
-        &http,
-        url,
-        &[("consent", consent), ("transaction", &transaction)],
-        ip,
-    )
-    .await?;
+    let answered = if by_cookie {
+        let cookie = signed
+            .header("set-cookie")
+            .and_then(|c| c.split(';').next())
+            .ok_or("the code step set no cookie")?
+            .to_string();
+        Reply::read(
+            http.post(url)
+                .header("cf-connecting-ip", ip)
+                .header("cookie", cookie)
+                .form(&[("consent", consent)])
+                .send()
+                .await?,
+        )
+        .await?
+    } else {
+        form(
+            &http,
+            url,
+            &[("consent", consent), ("transaction", &transaction)],
+            ip,
+        )
+        .await?
+    };
     expect_status(&answered, 302, "the consent step")?;
     Ok(answered
         .header("location")
@@ -618,6 +648,34 @@ pub async fn oauth_authorization_code_flow_with_pkce(c: Arc<Ctx>) -> CaseResult 
     )
     .await?;
     assert_oauth_error(&r, 400, "invalid_grant");
+
+    // A script that keeps cookies may send `consent` alone.
+    let p6 = pkce("six");
+    let ask6 = Ask {
+        challenge: &p6.challenge,
+        state: "state-six",
+        ..ask
+    };
+    let location = authorize_carrying(
+        &c,
+        &ask6.url(&c.base),
+        "oauth.flow.six@example.com",
+        "203.0.113.16",
+        "allow",
+        true,
+    )
+    .await?;
+    assert!(query_of(&location).contains_key("code"), "{location}");
+    // Without the cookie or the form's transaction, consent is not taken.
+    let bare = form(
+        &no_redirects(),
+        &ask6.url(&c.base),
+        &[("consent", "allow")],
+        "203.0.113.16",
+    )
+    .await?;
+    assert_eq!(bare.status, 400, "{}", bare.describe());
+    assert!(bare.header("location").is_none());
 
     // Deny sends access_denied back.
     let p4 = pkce("four");

@@ -287,6 +287,53 @@ async fn answers_match_the_openapi_document(c: Arc<Ctx>) -> CaseResult {
         None,
         admin
     );
+    // OAuth: clients, grants, the metadata documents and an RFC 6749 error.
+    let clients = format!("/api/v1/projects/{slug}/oauth/clients");
+    call!(
+        Method::POST,
+        clients.clone(),
+        Some(
+            json!({"name": "OpenAPI app", "type": "confidential", "redirect_uris": ["https://app.example/cb"], "scopes": ["chat"]})
+        ),
+        admin
+    );
+    call!(
+        Method::POST,
+        clients.clone(),
+        Some(json!({"name": "Bad", "type": "public", "redirect_uris": ["http://app.example/cb"]})),
+        admin
+    );
+    call!(Method::GET, clients, None, admin);
+    call!(
+        Method::GET,
+        format!("/api/v1/projects/{slug}/oauth/grants"),
+        None,
+        admin
+    );
+    call!(
+        Method::GET,
+        format!("/.well-known/oauth-authorization-server/v1/{slug}"),
+        None,
+        None
+    );
+    call!(
+        Method::GET,
+        format!("/.well-known/oauth-protected-resource/v1/{slug}/chat"),
+        None,
+        None
+    );
+    call!(
+        Method::POST,
+        format!("/v1/{slug}/oauth/token"),
+        Some(json!({"grant_type": "authorization_code", "client_id": "cli_nobody"})),
+        None
+    );
+    call!(
+        Method::POST,
+        format!("/v1/{slug}/oauth/register"),
+        Some(json!({"redirect_uris": ["https://app.example/cb"]})),
+        None
+    );
     call!(Method::GET, "/api/v1/gateway/apis".to_string(), None, admin);
     call!(
         Method::GET,

@@ -25,7 +25,21 @@ build/index.js: $(SOURCES)
 	worker-build --release || { echo "worker-build failed; retrying once"; worker-build --release; }
 	@touch build/index.js
 
-build: build/index.js target/site/react/app.js
+build: build/index.js target/site/react/app.js target/site/static/.copied
+
+# The files the gateway serves itself, as static assets (the worker reads them from the ASSETS
+# binding, so they are not in the WASM): the widget, the SDK and its types, the OpenAPI document,
+# the owner console and the dev demo page.
+STATIC_FILES := web/chat.js packages/sdk/index.js packages/sdk/index.d.ts web/openapi.json \
+  web/console/index.html web/console/console.js web/console/console.css web/demo.html
+target/site/static/.copied: $(STATIC_FILES)
+	@mkdir -p target/site/static/console
+	@cp web/chat.js web/openapi.json web/demo.html target/site/static/
+	@cp packages/sdk/index.js target/site/static/sdk.js
+	@cp packages/sdk/index.d.ts target/site/static/sdk.d.ts
+	@cp web/console/index.html web/console/console.js web/console/console.css target/site/static/console/
+	@printf '.copied\n' > target/site/.assetsignore
+	@touch $@
 
 # The React demo page, bundled with @sluice/react (static assets; a dev gateway serves it at /react/).
 target/site/react/app.js: web/react-demo/main.jsx web/react-demo/index.html packages/react/index.js packages/sdk/index.js

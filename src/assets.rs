@@ -1,83 +1,78 @@
-//! The files the gateway serves itself (SDK, chat widget, types, the OpenAPI document, the dev
-//! demo page), each with a content-hash version for its ETag and cache-busting URL.
+//! The files the gateway serves itself (SDK, chat widget, types, the OpenAPI document, the owner
+//! console, the dev demo page): where each lives in the static assets (`make build` copies them to
+//! `target/site/static/`, outside the WASM), its media type, and the content-hash version that is its
+//! ETag and cache-busting URL.
 
 use sha2::{Digest, Sha256};
 
 use crate::encoding::hex;
 
+/// A file the gateway serves: its name under `static/` in the assets binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Asset {
-    pub body: &'static str,
+    pub file: &'static str,
     pub content_type: &'static str,
     /// Served only by a dev gateway (`make dev`).
     pub dev_only: bool,
 }
 
+/// Where the build puts the served files inside the static assets directory.
+pub const STATIC_DIR: &str = "static";
+
 pub fn asset(path: &str) -> Option<Asset> {
-    let (body, content_type, dev_only) = match path {
-        "/chat.js" => (
-            include_str!("../web/chat.js"),
-            "text/javascript; charset=utf-8",
-            false,
-        ),
-        "/sdk.js" => (
-            include_str!("../packages/sdk/index.js"),
-            "text/javascript; charset=utf-8",
-            false,
-        ),
-        "/sdk.d.ts" => (
-            include_str!("../packages/sdk/index.d.ts"),
-            "application/typescript; charset=utf-8",
-            false,
-        ),
-        "/openapi.json" => (
-            include_str!("../web/openapi.json"),
-            "application/json; charset=utf-8",
-            false,
-        ),
-        "/console" | "/console/" | "/console/index.html" => (
-            include_str!("../web/console/index.html"),
-            "text/html; charset=utf-8",
-            false,
-        ),
-        "/console/console.js" => (
-            include_str!("../web/console/console.js"),
-            "text/javascript; charset=utf-8",
-            false,
-        ),
-        "/console/console.css" => (
-            include_str!("../web/console/console.css"),
-            "text/css; charset=utf-8",
-            false,
-        ),
-        "/" | "/index.html" => (
-            include_str!("../web/demo.html"),
-            "text/html; charset=utf-8",
-            true,
-        ),
+    let js = "text/javascript; charset=utf-8";
+    let (file, content_type, dev_only) = match path {
+        "/chat.js" => ("chat.js", js, false),
+        "/sdk.js" => ("sdk.js", js, false),
+        "/sdk.d.ts" => ("sdk.d.ts", "application/typescript; charset=utf-8", false),
+        "/openapi.json" => ("openapi.json", "application/json; charset=utf-8", false),
+        "/console" | "/console/" | "/console/index.html" => {
+            ("console/index.html", "text/html; charset=utf-8", false)
+        }
+        "/console/console.js" => ("console/console.js", js, false),
+        "/console/console.css" => ("console/console.css", "text/css; charset=utf-8", false),
+        "/" | "/index.html" => ("demo.html", "text/html; charset=utf-8", true),
         _ => return None,
     };
     Some(Asset {
-        body,
+        file,
         content_type,
         dev_only,
     })
 }
 
-impl Asset {
+/// A served file's content with its version, computed once per isolate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub asset: Asset,
+    pub body: Vec<u8>,
+    version: String,
+}
+
+impl Loaded {
+    pub fn new(asset: Asset, body: Vec<u8>) -> Loaded {
+        let version = hex(&Sha256::digest(&body)[..8]);
+        Loaded {
+            asset,
+            body,
+            version,
+        }
+    }
+
     /// A short hash of the content: the ETag, and the `?v=` that makes a URL cacheable forever.
-    pub fn version(&self) -> String {
-        hex(&Sha256::digest(self.body.as_bytes())[..8])
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     pub fn etag(&self) -> String {
-        format!("\"{}\"", self.version())
+        format!("\"{}\"", self.version)
     }
 
     /// `?v=<version>` of this exact content may be cached for a year; other URLs revalidate daily.
     pub fn cache_control(&self, requested_version: Option<&str>) -> &'static str {
         match requested_version {
-            Some(v) if v == self.version() => "public, max-age=31536000, immutable",
-            _ if self.dev_only => "no-cache",
+            Some(v) if v == self.version => "public, max-age=31536000, immutable",
+            _ if self.asset.dev_only => "no-cache",
             _ => "public, max-age=86400",
         }
     }
@@ -96,26 +91,42 @@ impl Asset {
 mod tests {
     use super::*;
 
+    fn loaded(path: &str, body: &str) -> Loaded {
+        Loaded::new(asset(path).unwrap(), body.as_bytes().to_vec())
+    }
+
     #[test]
     fn serves_known_files_with_stable_versions() {
         let chat = asset("/chat.js").unwrap();
         assert!(chat.content_type.starts_with("text/javascript"));
-        assert!(!chat.body.is_empty());
-        assert_eq!(chat.version().len(), 16);
-        assert_eq!(chat.version(), asset("/chat.js").unwrap().version());
-        assert_ne!(chat.version(), asset("/sdk.js").unwrap().version());
+        assert_eq!(chat.file, "chat.js");
+        let a = loaded("/chat.js", include_str!("../web/chat.js"));
+        assert_eq!(a.version().len(), 16);
+        assert_eq!(
+            a.version(),
+            loaded("/chat.js", include_str!("../web/chat.js")).version()
+        );
+        assert_ne!(
+            a.version(),
+            loaded("/sdk.js", include_str!("../packages/sdk/index.js")).version()
+        );
         assert!(asset("/").unwrap().dev_only);
         assert!(asset("/nope.js").is_none());
+        assert_eq!(
+            asset("/console/").unwrap().file,
+            asset("/console").unwrap().file
+        );
     }
 
     #[test]
     fn caching_rules() {
-        let sdk = asset("/sdk.js").unwrap();
+        let sdk = loaded("/sdk.js", "export const x = 1;");
         assert_eq!(
-            sdk.cache_control(Some(&sdk.version())),
+            sdk.cache_control(Some(sdk.version())),
             "public, max-age=31536000, immutable"
         );
         assert_eq!(sdk.cache_control(Some("old")), "public, max-age=86400");
+        assert_eq!(loaded("/", "<p>").cache_control(None), "no-cache");
         assert!(sdk.not_modified(Some(&sdk.etag())));
         assert!(sdk.not_modified(Some(&format!("W/{}, \"x\"", sdk.etag()))));
         assert!(!sdk.not_modified(Some("\"x\"")));

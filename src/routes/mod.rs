@@ -61,7 +61,7 @@ async fn dispatch(route: Route, req: Request, env: &Env, ctx: &Context) -> Resul
             200,
             &serde_json::json!({"status": "ok", "service": "sluice"}),
         ),
-        Route::Public(Public::Asset { path }) => serve_asset(&req, env, &path),
+        Route::Public(Public::Asset { path }) => boxed(serve_asset(&req, env, &path)).await,
         Route::Public(Public::DevMailbox) => auth::dev_mailbox(env).await,
         Route::Public(Public::OAuthServerMetadata { project }) => {
             boxed(oauth::server_metadata(req, env, &project)).await
@@ -167,16 +167,17 @@ async fn react_demo(req: Request, env: &Env) -> Result<Response, Error> {
 
 /// Serves a browser file: ETag revalidation, a year of caching for `?v=<content hash>`, and open CORS
 /// (the widget imports the SDK as a module from pages on other origins).
-fn serve_asset(req: &Request, env: &Env, path: &str) -> Result<Response, Error> {
+async fn serve_asset(req: &Request, env: &Env, path: &str) -> Result<Response, Error> {
     let asset = match assets::asset(path) {
         Some(a) if !a.dev_only || crate::email::dev_mode(env) => a,
         _ => return Err(Error::not_found(format!("No route for {path}."))),
     };
+    let loaded = load_asset(env, asset).await?;
     let version = crate::http::Target::of(req).query("v");
     let headers = Headers::new();
     headers.set("content-type", asset.content_type)?;
-    headers.set("etag", &asset.etag())?;
-    headers.set("cache-control", asset.cache_control(version.as_deref()))?;
+    headers.set("etag", &loaded.etag())?;
+    headers.set("cache-control", loaded.cache_control(version.as_deref()))?;
     headers.set("access-control-allow-origin", "*")?;
     headers.set("x-content-type-options", "nosniff")?;
     if path.starts_with("/console") {
@@ -188,10 +189,47 @@ fn serve_asset(req: &Request, env: &Env, path: &str) -> Result<Response, Error> 
         headers.set("referrer-policy", "no-referrer")?;
         headers.delete("access-control-allow-origin")?;
     }
-    if asset.not_modified(header(req, "if-none-match").as_deref()) {
+    if loaded.not_modified(header(req, "if-none-match").as_deref()) {
         return Ok(Response::empty()?.with_status(304).with_headers(headers));
     }
-    Ok(Response::ok(asset.body)?.with_headers(headers))
+    let body = if req.method() == worker::Method::Head {
+        Vec::new()
+    } else {
+        loaded.body.clone()
+    };
+    Ok(Response::from_bytes(body)?.with_headers(headers))
+}
+
+thread_local! {
+    /// Served files, read from the static assets once per isolate (they change only with a deploy).
+    static ASSET_MEMORY: std::cell::RefCell<std::collections::HashMap<&'static str, std::rc::Rc<assets::Loaded>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// A served file's content and version: from this isolate's memory, else from the assets binding.
+async fn load_asset(env: &Env, asset: assets::Asset) -> Result<std::rc::Rc<assets::Loaded>, Error> {
+    if let Some(hit) = ASSET_MEMORY.with(|m| m.borrow().get(asset.file).cloned()) {
+        return Ok(hit);
+    }
+    let binding = env
+        .assets("ASSETS")
+        .map_err(|_| Error::misconfigured("The static assets binding `ASSETS` is missing."))?;
+    let url = format!(
+        "https://assets.invalid/{}/{}",
+        assets::STATIC_DIR,
+        asset.file
+    );
+    let mut fetched = binding.fetch(url, None).await?;
+    if fetched.status_code() != 200 {
+        return Err(Error::misconfigured(format!(
+            "The static assets have no `{}/{}`: run `make build`.",
+            assets::STATIC_DIR,
+            asset.file
+        )));
+    }
+    let loaded = std::rc::Rc::new(assets::Loaded::new(asset, fetched.bytes().await?));
+    ASSET_MEMORY.with(|m| m.borrow_mut().insert(asset.file, loaded.clone()));
+    Ok(loaded)
 }
 
 /// Whether the project lets pages from `origin` call it (`*` lets every origin).

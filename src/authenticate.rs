@@ -123,6 +123,7 @@ fn client_auth(req: &Request) -> ClientAuth {
         fingerprint_sha256: text("certFingerprintSHA256"),
         issuer_dn: text("certIssuerDN"),
         subject_dn: text("certSubjectDN"),
+        revoked: text("certRevoked"),
     }
 }
 

@@ -589,6 +589,7 @@ fn presented(caller: &Caller) -> Presented {
         key_id: caller.key_id.clone(),
         session_id: caller.session_id.clone(),
         dpop_jti: caller.dpop_jti.clone(),
+        certificate_id: caller.certificate_id.clone(),
     }
 }
 
@@ -1240,6 +1241,16 @@ fn upstream_binding(env: &Env, api: &Api) -> Result<Option<Fetcher>, Error> {
     let Some(name) = &api.policy.mtls_binding else {
         return Ok(None);
     };
+    // Any Fetcher binding would pass the type check (the assets, a service): only the certificate
+    // bindings the operator lists may carry a provider key.
+    if !crate::upstream::policy::binding_allowed(
+        name,
+        crate::http::secret(env, "UPSTREAM_MTLS_BINDINGS").as_deref(),
+    ) {
+        return Err(Error::misconfigured(format!(
+            "Binding `{name}` is not one the operator lists in UPSTREAM_MTLS_BINDINGS for upstream client certificates."
+        )));
+    }
     env.get_binding::<Fetcher>(name).map(Some).map_err(|_| {
         Error::misconfigured(format!(
             "This API's upstream presents the client certificate of binding `{name}`, which is not an `[[mtls_certificates]]` binding in wrangler.toml."

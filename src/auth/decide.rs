@@ -18,6 +18,9 @@ pub struct Caller {
     pub session_id: Option<String>,
     /// The `jti` of the DPoP proof a bound access token came with: its counter refuses a replay.
     pub dpop_jti: Option<String>,
+    /// The mTLS credential of a client certificate that came with another credential (`require`):
+    /// its counter checks that it is not revoked either.
+    pub certificate_id: Option<String>,
 }
 
 /// What a request's credential is, before any lookup.
@@ -81,6 +84,7 @@ pub fn by_key(holder: Option<&KeyHolder>) -> Result<Caller, Error> {
         key_id: Some(holder.key_id.clone()),
         session_id: None,
         dpop_jti: None,
+        certificate_id: None,
     })
 }
 
@@ -92,6 +96,7 @@ pub fn by_exchange_token(consumer_id: String, key_id: String) -> Caller {
         key_id: Some(key_id),
         session_id: None,
         dpop_jti: None,
+        certificate_id: None,
     }
 }
 
@@ -151,6 +156,7 @@ pub fn by_access_token(consumer_id: String, session_id: String) -> Caller {
         key_id: None,
         session_id: Some(session_id),
         dpop_jti: None,
+        certificate_id: None,
     }
 }
 
@@ -161,6 +167,7 @@ pub fn by_consumer_jwt(consumer_id: String, credential_id: String) -> Caller {
         key_id: Some(credential_id),
         session_id: None,
         dpop_jti: None,
+        certificate_id: None,
     }
 }
 
@@ -199,6 +206,7 @@ pub fn by_owner_jwt(consumer_id: String) -> Caller {
         key_id: None,
         session_id: None,
         dpop_jti: None,
+        certificate_id: None,
     }
 }
 

@@ -54,6 +54,8 @@ pub struct ClientAuth {
     pub fingerprint_sha256: String,
     pub issuer_dn: String,
     pub subject_dn: String,
+    /// `"1"` when the certificate was revoked (it still reports `SUCCESS`).
+    pub revoked: String,
 }
 
 /// A certificate the zone verified.
@@ -84,6 +86,10 @@ impl ClientAuth {
         }
         if verified != "SUCCESS" {
             return Certificate::Unverified(verified.chars().take(200).collect());
+        }
+        // A revoked certificate still verifies; Cloudflare flags it apart.
+        if self.revoked.trim() == "1" {
+            return Certificate::Unverified("REVOKED".into());
         }
         Certificate::Verified(VerifiedCertificate {
             fingerprint: normalise_fingerprint(&self.fingerprint_sha256),
@@ -212,6 +218,7 @@ pub fn by_certificate(credential: &MtlsCredential) -> Caller {
         key_id: Some(credential.id.clone()),
         session_id: None,
         dpop_jti: None,
+        certificate_id: None,
     }
 }
 
@@ -272,7 +279,12 @@ pub fn combine(
             Problem::CertificateMismatch,
             "The client certificate and the credential belong to different consumers.",
         )),
-        _ => Ok(other),
+        // The certificate's credential goes to the counter too, so revoking it is exact.
+        Some(c) => Ok(Caller {
+            certificate_id: c.key_id,
+            ..other
+        }),
+        None => Ok(other),
     }
 }
 
@@ -294,6 +306,7 @@ mod tests {
             fingerprint_sha256: fp.into(),
             issuer_dn: "CN=Acme CA,O=Acme".into(),
             subject_dn: "CN=client-1,O=Acme".into(),
+            revoked: "0".into(),
         }
     }
 
@@ -319,6 +332,7 @@ mod tests {
             key_id: Some("key_1".into()),
             session_id: None,
             dpop_jti: None,
+            certificate_id: None,
         }
     }
 
@@ -369,6 +383,15 @@ mod tests {
             auth("1", "success", FP).certificate(),
             Certificate::Unverified(_)
         ));
+        // A revoked certificate still says SUCCESS; its own flag says revoked.
+        let revoked = ClientAuth {
+            revoked: "1".into(),
+            ..auth("1", "SUCCESS", FP)
+        };
+        assert_eq!(
+            revoked.certificate(),
+            Certificate::Unverified("REVOKED".into())
+        );
     }
 
     #[test]
@@ -544,6 +567,11 @@ mod tests {
         assert_eq!(
             (ok.consumer_id.as_str(), ok.key_id.as_deref()),
             ("con_1", Some("key_1"))
+        );
+        assert_eq!(
+            ok.certificate_id.as_deref(),
+            Some("mtc_1"),
+            "the counter also checks the certificate's credential"
         );
     }
 

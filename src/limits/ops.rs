@@ -344,6 +344,7 @@ mod tests {
             key_id: Some("key_1".into()),
             session_id: None,
             dpop_jti: None,
+            certificate_id: None,
         };
         let mut s = CounterState::default();
         let subscribe = CounterRequest::Change {

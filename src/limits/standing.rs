@@ -67,6 +67,9 @@ pub struct Presented {
     /// The DPoP proof's `jti`, for a sender-constrained access token: each proof is used once.
     #[serde(default)]
     pub dpop_jti: Option<String>,
+    /// The mTLS credential of a client certificate that came besides the key (revoked like a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_id: Option<String>,
 }
 
 /// Why the counter refused a request.
@@ -166,10 +169,10 @@ impl Standing {
 
     /// Whether the consumer, and the key and session it came with, may call at all.
     pub fn check(&self, who: &Presented) -> Result<(), Denial> {
-        if who
-            .key_id
-            .as_ref()
-            .is_some_and(|k| self.revoked_keys.contains(k))
+        if [&who.key_id, &who.certificate_id]
+            .into_iter()
+            .flatten()
+            .any(|k| self.revoked_keys.contains(k))
         {
             return Err(Denial::KeyRevoked);
         }
@@ -256,6 +259,7 @@ mod tests {
             key_id: Some("key_1".into()),
             session_id: None,
             dpop_jti: None,
+            certificate_id: None,
         };
         assert!(s.check(&key).is_ok());
         s.apply(
@@ -269,6 +273,7 @@ mod tests {
             key_id: None,
             session_id: Some("ses_1".into()),
             dpop_jti: None,
+            certificate_id: None,
         };
         s.apply(
             0,
@@ -373,6 +378,7 @@ mod tests {
             key_id: None,
             session_id: Some("ses_1".into()),
             dpop_jti: Some(jti.into()),
+            certificate_id: None,
         };
         assert_eq!(s.use_proof(1_000, &with("a")), Ok(()));
         assert_eq!(s.use_proof(1_001, &with("a")), Err(Denial::ProofReplayed));
@@ -386,5 +392,27 @@ mod tests {
             s.use_proof(2_000_000, &with(&format!("j{i}"))).unwrap();
         }
         assert_eq!(s.proofs.len(), MAX_PROOFS, "bounded");
+    }
+
+    #[test]
+    fn a_revoked_certificate_credential_refuses_like_a_revoked_key() {
+        let mut standing = Standing::default();
+        standing.apply(
+            0,
+            &Change::RevokeKey {
+                key_id: "mtc_1".into(),
+            },
+        );
+        let with_cert = Presented {
+            key_id: Some("key_1".into()),
+            certificate_id: Some("mtc_1".into()),
+            ..Presented::default()
+        };
+        assert_eq!(standing.check(&with_cert), Err(Denial::KeyRevoked));
+        let without = Presented {
+            certificate_id: None,
+            ..with_cert
+        };
+        assert_eq!(standing.check(&without), Ok(()));
     }
 }

@@ -192,12 +192,8 @@ async fn serve_asset(req: &Request, env: &Env, path: &str) -> Result<Response, E
     if loaded.not_modified(header(req, "if-none-match").as_deref()) {
         return Ok(Response::empty()?.with_status(304).with_headers(headers));
     }
-    let body = if req.method() == worker::Method::Head {
-        Vec::new()
-    } else {
-        loaded.body.clone()
-    };
-    Ok(Response::from_bytes(body)?.with_headers(headers))
+    // For HEAD the runtime drops the body and keeps its length.
+    Ok(Response::from_bytes(loaded.body.clone())?.with_headers(headers))
 }
 
 thread_local! {
@@ -220,6 +216,17 @@ async fn load_asset(env: &Env, asset: assets::Asset) -> Result<std::rc::Rc<asset
         asset.file
     );
     let mut fetched = binding.fetch(url, None).await?;
+    // An HTML file may be answered with a redirect to its canonical path (`html_handling`).
+    if (300..400).contains(&fetched.status_code()) {
+        if let Some(to) = fetched.headers().get("location")? {
+            let to = if to.starts_with('/') {
+                format!("https://assets.invalid{to}")
+            } else {
+                to
+            };
+            fetched = binding.fetch(to, None).await?;
+        }
+    }
     if fetched.status_code() != 200 {
         return Err(Error::misconfigured(format!(
             "The static assets have no `{}/{}`: run `make build`.",

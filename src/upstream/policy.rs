@@ -125,6 +125,16 @@ pub fn is_binding_name(name: &str) -> bool {
         && name.len() <= 64
 }
 
+/// Whether binding `name` is among the operator's `UPSTREAM_MTLS_BINDINGS` (names separated by
+/// commas or spaces); none listed allows none.
+pub fn binding_allowed(name: &str, listed: Option<&str>) -> bool {
+    listed.is_some_and(|l| {
+        l.split([',', ' '])
+            .map(str::trim)
+            .any(|n| !n.is_empty() && n == name)
+    })
+}
+
 impl PolicyInput {
     pub fn validate(&self) -> Result<(), Error> {
         if let Some(n) = self.max_n {
@@ -281,5 +291,15 @@ mod tests {
         );
         let cleared: PolicyInput = serde_json::from_str(r#"{"mtls_binding":null}"#).unwrap();
         assert_eq!(cleared.apply(&p).mtls_binding, None);
+    }
+
+    #[test]
+    fn only_listed_bindings_carry_upstream_certificates() {
+        assert!(binding_allowed("PROVIDER_CERT", Some("PROVIDER_CERT")));
+        assert!(binding_allowed("B", Some("A, B,C")));
+        assert!(!binding_allowed("ASSETS", Some("PROVIDER_CERT")));
+        assert!(!binding_allowed("PROVIDER", Some("PROVIDER_CERT")));
+        assert!(!binding_allowed("PROVIDER_CERT", None));
+        assert!(!binding_allowed("", Some(",,")));
     }
 }

@@ -20,7 +20,7 @@ const CA = "CN=Sluice Test CA,O=Sluice";
 const SUBJECT_C = "CN=client-c,O=Sluice";
 
 /** A certificate the zone verified (`verified` other than SUCCESS: one it did not). */
-function cert(fingerprint, { verified = "SUCCESS", issuer = CA, subject = "CN=someone,O=Sluice" } = {}) {
+function cert(fingerprint, { verified = "SUCCESS", issuer = CA, subject = "CN=someone,O=Sluice", revoked = "0" } = {}) {
   return {
     tlsClientAuth: {
       certPresented: verified === "NONE" ? "0" : "1",
@@ -39,7 +39,7 @@ function cert(fingerprint, { verified = "SUCCESS", issuer = CA, subject = "CN=so
       certIssuerSerial: "",
       certIssuerSKI: "",
       certSKI: "",
-      certRevoked: "0",
+      certRevoked: revoked,
     },
   };
 }
@@ -106,6 +106,8 @@ before(async () => {
       SLUICE_DEV: "1",
       ADMIN_TOKEN,
       ENCRYPTION_KEY: "0123456789abcdef0123",
+      // The certificate bindings an upstream may name; any other Fetcher binding is refused.
+      UPSTREAM_MTLS_BINDINGS: "PROVIDER_CERT",
     },
     // A service binding is a Fetcher, as an mtls_certificates binding is: it stands in for one
     // (the certificate itself cannot be presented locally).
@@ -218,6 +220,8 @@ test("accept: a certificate that failed, none, or an unknown one is no credentia
     [cert(FP_A, { verified: "FAILED:certificate has expired" }), "invalid-credential"],
     [cert(FP_A, { verified: "NONE" }), "missing-credential"],
     [cert(FP_UNKNOWN), "invalid-credential"],
+    // Revoked at the zone: it still says SUCCESS, with certRevoked "1".
+    [cert(FP_A, { revoked: "1" }), "invalid-credential"],
     [undefined, "missing-credential"],
   ]) {
     const r = await chat("open", { cf });
@@ -237,6 +241,7 @@ test("require: the certificate and the credential, of one consumer", async () =>
     [cert(FP_A, { verified: "NONE" }), "missing-credential"],
     [cert(FP_A, { verified: "FAILED:certificate has expired" }), "invalid-credential"],
     [cert(FP_UNKNOWN), "invalid-credential"],
+    [cert(FP_A, { revoked: "1" }), "invalid-credential"],
   ]) {
     const r = await chat("strict", { cf, key: ids.key_a });
     assert.equal(r.status, 401, `${JSON.stringify(cf?.tlsClientAuth.certVerified)}: ${r.text}`);
@@ -313,6 +318,12 @@ test("outbound: an upstream with mtls_binding is fetched through that binding", 
   const missing = await chat("provider", { key: ids.key_b });
   assert.equal(missing.status, 503, missing.text);
   assert.equal(kind(missing), "gateway-misconfigured");
+  // A Fetcher binding the operator did not list (the static assets, a service) carries no provider key.
+  await admin("PATCH", `/api/v1/gateway/apis/${api.id}`, { upstream: { mtls_binding: "ASSETS" } }, 200);
+  const unlisted = await chat("provider", { key: ids.key_b });
+  assert.equal(unlisted.status, 503, unlisted.text);
+  assert.equal(kind(unlisted), "gateway-misconfigured");
+  assert.equal(viaBinding.length, 1, "nothing went through another binding");
   const cleared = await admin("PATCH", `/api/v1/gateway/apis/${api.id}`, { upstream: { mtls_binding: null } }, 200);
   assert.equal(cleared.upstream.mtls_binding, null);
 });

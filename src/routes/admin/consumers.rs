@@ -325,8 +325,9 @@ pub async fn revoke_mtls_credential(
     let change = Change::RevokeKey {
         key_id: id.to_string(),
     };
-    change_in_project(c.env, &project.id, &consumer_id, change).await?;
+    // The cached list first: were the counter unreachable, the certificate is still refused.
     cache::store_mtls_credentials(c.env, &c.db, &project.id).await?;
+    change_in_project(c.env, &project.id, &consumer_id, change).await?;
     c.event(EventDraft {
         detail: Some(id.to_string()),
         ..event(&project.id, "mtls_credential_revoked")

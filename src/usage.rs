@@ -165,6 +165,46 @@ fn one() -> u64 {
 }
 
 impl UsageRecord {
+    /// The record as its `usage_records` row: (column, value) in one list, so a batch of records
+    /// can travel to D1 as one JSON array bound to one statement.
+    pub fn row(&self) -> Vec<(&'static str, Value)> {
+        let attempts = serde_json::to_string(&self.attempts).unwrap_or_else(|_| "[]".into());
+        vec![
+            ("id", Value::from(self.id.as_str())),
+            ("created_at", Value::from(self.created_at)),
+            ("project_id", Value::from(self.project_id.as_str())),
+            ("api_id", Value::from(self.api_id.as_str())),
+            ("consumer_id", Value::from(self.consumer_id.as_str())),
+            ("key_id", Value::from(self.key_id.clone())),
+            ("session_id", Value::from(self.session_id.clone())),
+            ("model", Value::from(self.model.as_str())),
+            ("plan", Value::from(self.plan.as_str())),
+            ("prompt_tokens", Value::from(self.prompt_tokens)),
+            ("completion_tokens", Value::from(self.completion_tokens)),
+            ("total_tokens", Value::from(self.total_tokens)),
+            ("estimated", Value::from(u8::from(self.estimated))),
+            ("status", Value::from(self.status)),
+            ("latency_ms", Value::from(self.latency_ms)),
+            ("ttft_ms", Value::from(self.ttft_ms)),
+            ("ended", Value::from(self.ended.as_str())),
+            ("cached_tokens", Value::from(self.cached_tokens)),
+            ("reasoning_tokens", Value::from(self.reasoning_tokens)),
+            ("n", Value::from(self.n)),
+            ("max_tokens", Value::from(self.max_tokens)),
+            ("prompt_bound", Value::from(self.prompt_bound)),
+            ("cost_micro", Value::from(self.cost_micro)),
+            ("overrun", Value::from(u8::from(self.overrun))),
+            ("endpoint", Value::from(self.endpoint.as_str())),
+            (
+                "upstream_request_id",
+                Value::from(self.upstream_request_id.clone()),
+            ),
+            ("upstream_error", Value::from(self.upstream_error.clone())),
+            ("provider", Value::from(self.provider.clone())),
+            ("attempts_json", Value::from(attempts)),
+        ]
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "id": self.id, "time": rfc3339(self.created_at), "api_id": self.api_id, "consumer_id": self.consumer_id,
@@ -257,6 +297,37 @@ impl UsageQuery {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_records_row_names_every_usage_column_once() {
+        let schema = include_str!("../schema.sql");
+        let table = schema
+            .split("CREATE TABLE usage_records (")
+            .nth(1)
+            .and_then(|t| t.split(");").next())
+            .expect("usage_records in schema.sql");
+        let mut columns: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        let record = UsageRecord {
+            key_id: Some("key_1".into()),
+            estimated: true,
+            ..UsageRecord::default()
+        };
+        let row = record.row();
+        let mut names: Vec<&str> = row.iter().map(|(n, _)| *n).collect();
+        columns.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(names, columns);
+        let get = |name: &str| row.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+        assert_eq!(get("estimated"), Some(Value::from(1)));
+        assert_eq!(get("key_id"), Some(Value::from("key_1")));
+        assert_eq!(get("session_id"), Some(Value::Null));
+        assert_eq!(get("attempts_json"), Some(Value::from("[]")));
+    }
+
     use super::*;
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -5,61 +5,36 @@ use serde::Deserialize;
 use wasm_bindgen::JsValue;
 use worker::D1Database;
 
-use super::{count, insert_or_ignore_stmt, int, opt_count, opt_text, stmt, text, Columns, Rows};
+use super::{int, opt_text, stmt, text, Rows};
+use serde_json::Value;
+
 use crate::error::Error;
 use crate::usage::{Ended, Endpoint, UsageQuery, UsageRecord};
 
 /// Inserts flushed usage records; a record already stored (same id) is skipped, never counted twice.
+/// The batch is one statement with one bound value, a JSON array of rows that SQLite spreads into
+/// columns: one round of bindings however many records there are.
 pub async fn insert_usage(db: &D1Database, records: &[UsageRecord]) -> Result<(), Error> {
-    if records.is_empty() {
+    let Some(first) = records.first() else {
         return Ok(());
-    }
-    let mut batch = Vec::with_capacity(records.len());
-    for r in records {
-        batch.push(insert_or_ignore_stmt(db, "usage_records", columns(r))?);
-    }
-    db.batch(batch).await?;
+    };
+    let names: Vec<&str> = first.row().iter().map(|(name, _)| *name).collect();
+    let rows: Vec<Value> = records
+        .iter()
+        .map(|r| Value::Array(r.row().into_iter().map(|(_, v)| v).collect()))
+        .collect();
+    let picks: Vec<String> = (0..names.len())
+        .map(|i| format!("json_extract(value, '$[{i}]')"))
+        .collect();
+    let sql = format!(
+        "INSERT OR IGNORE INTO usage_records ({}) SELECT {} FROM json_each(?1)",
+        names.join(", "),
+        picks.join(", ")
+    );
+    stmt(db, &sql, &[text(&Value::Array(rows).to_string())])?
+        .run()
+        .await?;
     Ok(())
-}
-
-fn columns(r: &UsageRecord) -> Columns {
-    Columns(vec![
-        ("id", text(&r.id)),
-        ("created_at", int(r.created_at)),
-        ("project_id", text(&r.project_id)),
-        ("api_id", text(&r.api_id)),
-        ("consumer_id", text(&r.consumer_id)),
-        ("key_id", opt_text(r.key_id.as_deref())),
-        ("session_id", opt_text(r.session_id.as_deref())),
-        ("model", text(&r.model)),
-        ("plan", text(&r.plan)),
-        ("prompt_tokens", count(r.prompt_tokens)),
-        ("completion_tokens", count(r.completion_tokens)),
-        ("total_tokens", count(r.total_tokens)),
-        ("estimated", count(u64::from(r.estimated))),
-        ("status", count(u64::from(r.status))),
-        ("latency_ms", count(r.latency_ms)),
-        ("ttft_ms", opt_count(r.ttft_ms)),
-        ("ended", text(r.ended.as_str())),
-        ("cached_tokens", count(r.cached_tokens)),
-        ("reasoning_tokens", count(r.reasoning_tokens)),
-        ("n", count(r.n)),
-        ("max_tokens", opt_count(r.max_tokens)),
-        ("prompt_bound", count(r.prompt_bound)),
-        ("cost_micro", count(r.cost_micro)),
-        ("overrun", count(u64::from(r.overrun))),
-        ("endpoint", text(r.endpoint.as_str())),
-        (
-            "upstream_request_id",
-            opt_text(r.upstream_request_id.as_deref()),
-        ),
-        ("upstream_error", opt_text(r.upstream_error.as_deref())),
-        ("provider", opt_text(r.provider.as_deref())),
-        (
-            "attempts_json",
-            text(&serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".into())),
-        ),
-    ])
 }
 
 #[derive(Debug, Deserialize)]

@@ -154,13 +154,26 @@ pub fn bearer(req: &Request) -> Option<String> {
     Some(token.trim().to_string())
 }
 
+thread_local! {
+    /// Secrets and vars read in this isolate: they change only with a new deployment (a new
+    /// isolate), and reading one from the environment crosses into JavaScript each time.
+    static SECRETS: std::cell::RefCell<std::collections::HashMap<String, Option<String>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// A secret (or, locally, a plain var) by name; empty counts as unset.
 pub fn secret(env: &Env, name: &str) -> Option<String> {
-    env.secret(name)
+    if let Some(known) = SECRETS.with(|m| m.borrow().get(name).cloned()) {
+        return known;
+    }
+    let value = env
+        .secret(name)
         .map(|s| s.to_string())
         .or_else(|_| env.var(name).map(|v| v.to_string()))
         .ok()
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty());
+    SECRETS.with(|m| m.borrow_mut().insert(name.to_string(), value.clone()));
+    value
 }
 
 /// The keys that open provider keys: ENCRYPTION_KEY and, after a rotation, ENCRYPTION_KEY_PREVIOUS.

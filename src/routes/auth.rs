@@ -640,8 +640,14 @@ pub(super) async fn end_session(
     change_in_project(env, &project.id, consumer_id, change).await
 }
 
-/// The signed-in end user behind a managed-mode access token (`Authorization: Bearer`).
-async fn signed_in(req: &Request, env: &Env, project: &Project) -> Result<(String, String), Error> {
+/// The signed-in end user behind a first-party access token (`Authorization: Bearer`), and its
+/// session; an OAuth client's token is refused (it cannot use the user's own endpoints nor manage
+/// the user's grants).
+pub(super) async fn signed_in(
+    req: &Request,
+    env: &Env,
+    project: &Project,
+) -> Result<(String, String), Error> {
     let credential = crate::auth::extract_credential(header(req, "authorization").as_deref(), None)
         .map_err(Error::invalid_credential)?
         .ok_or_else(Error::missing_credential)?;
@@ -650,7 +656,7 @@ async fn signed_in(req: &Request, env: &Env, project: &Project) -> Result<(Strin
     if crate::auth::tokens::oauth_of(&claims).is_some() {
         return Err(Error::new(
             Problem::Forbidden,
-            "An OAuth client's token cannot use the user's own sign-in endpoints.",
+            "An OAuth client's token cannot use the user's own sign-in endpoints: sign in to the app itself.",
         ));
     }
     let Some(SluiceToken::Access {
@@ -725,6 +731,11 @@ fn oauth_error(status: u16, error: &'static str, description: &str) -> Error {
     }
 }
 
+/// The first value of field `name` in a decoded form.
+pub(super) fn form_field(form: &[(String, String)], name: &str) -> Option<String> {
+    form.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+}
+
 /// A token request's fields: form-encoded (RFC 6749), or a JSON object of strings.
 pub(super) async fn token_form(req: &mut Request) -> Result<Vec<(String, String)>, Error> {
     let body = read_body(req, AUTH_BODY_LIMIT).await?;
@@ -761,7 +772,7 @@ pub async fn token_exchange(
         .ok()
         .flatten();
     let form = token_form(&mut req).await?;
-    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let field = |k: &str| form_field(&form, k);
     if let Some(grant) = field("grant_type") {
         if grant != "client_credentials" {
             return Err(oauth_error(

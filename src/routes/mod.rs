@@ -115,22 +115,22 @@ async fn end_user(
         EndUser::Me => boxed(auth::me(req, env, project)).await,
         EndUser::TokenExchange => boxed(auth::token_exchange(req, env, ctx, project)).await,
         EndUser::Jwks => boxed(auth::jwks(env, project)).await,
-        EndUser::OAuth(route) => match route {
-            OAuthRoute::Authorize => boxed(oauth::authorize(req, env, ctx, project)).await,
-            OAuthRoute::Token => boxed(oauth::token(req, env, ctx, project))
-                .await
-                .map_err(oauth::in_oauth_shape),
-            OAuthRoute::Revoke => boxed(oauth::revoke(req, env, ctx, project))
-                .await
-                .map_err(oauth::in_oauth_shape),
-            OAuthRoute::Introspect => boxed(oauth::introspect(req, env, project))
-                .await
-                .map_err(oauth::in_oauth_shape),
-            OAuthRoute::Register => boxed(oauth::register(req, env, ctx, project))
-                .await
-                .map_err(oauth::in_oauth_shape),
-            OAuthRoute::Metadata => boxed(oauth::server_metadata(req, env, project)).await,
-        },
+        EndUser::OAuth(route) => {
+            let answer = match route {
+                OAuthRoute::Authorize => boxed(oauth::authorize(req, env, ctx, project)).await,
+                OAuthRoute::Token => boxed(oauth::token(req, env, ctx, project)).await,
+                OAuthRoute::Revoke => boxed(oauth::revoke(req, env, ctx, project)).await,
+                OAuthRoute::Introspect => boxed(oauth::introspect(req, env, project)).await,
+                OAuthRoute::Register => boxed(oauth::register(req, env, ctx, project)).await,
+                OAuthRoute::Metadata => boxed(oauth::server_metadata(req, env, project)).await,
+            };
+            // The OAuth endpoints answer every error in RFC 6749's shape; the page and the
+            // metadata keep theirs.
+            match route {
+                OAuthRoute::Authorize | OAuthRoute::Metadata => answer,
+                _ => answer.map_err(oauth::in_oauth_shape),
+            }
+        }
         EndUser::ListGrants => boxed(oauth::list_grants(req, env, project)).await,
         EndUser::RevokeGrant { grant } => {
             boxed(oauth::delete_grant(req, env, ctx, project, &grant)).await

@@ -8,7 +8,9 @@ use base64::Engine;
 use serde_json::{json, Value};
 use worker::{Context, D1Database, Env, Headers, Request, Response};
 
-use super::auth::{check_code, end_session, send_code, token_form, CodeAttempt};
+use super::auth::{
+    check_code, end_session, form_field, send_code, signed_in, token_form, CodeAttempt,
+};
 use crate::auth::guard::{GuardReply, GuardRequest, SCOPE_NOT_GRANTED};
 use crate::auth::oauth::{
     self, challenge_is_valid, client_secret_matches, grant_scopes, new_client_secret, new_code,
@@ -462,11 +464,7 @@ pub async fn authorize(
     let form: Vec<(String, String)> = form_urlencoded::parse(&body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let field = |k: &str| {
-        form.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.trim().to_string())
-    };
+    let field = |k: &str| form_field(&form, k).map(|v| v.trim().to_string());
     let ip = client_ip(&req);
     if let Some(answer) = field("consent") {
         let token = field("transaction").or_else(|| cookie_value(&req));
@@ -845,7 +843,7 @@ async fn client_of(
     db: &D1Database,
     project: &Project,
 ) -> Result<OAuthClient, Error> {
-    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let field = |k: &str| form_field(form, k);
     let basic = header(req, "authorization").and_then(|h| {
         let b64 = h
             .strip_prefix("Basic ")
@@ -907,7 +905,7 @@ pub async fn token(
     project: &str,
 ) -> Result<Response, Error> {
     let (db, project, form) = endpoint(&mut req, env, project).await?;
-    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let field = |k: &str| form_field(&form, k);
     let grant_type =
         field("grant_type").ok_or_else(|| invalid_request("`grant_type` is required."))?;
     let client = client_of(&req, &form, &db, &project).await?;
@@ -1262,11 +1260,8 @@ pub async fn revoke(
 ) -> Result<Response, Error> {
     let (db, project, form) = endpoint(&mut req, env, project).await?;
     let client = client_of(&req, &form, &db, &project).await?;
-    let token = form
-        .iter()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.clone())
-        .ok_or_else(|| invalid_request("`token` is required."))?;
+    let token =
+        form_field(&form, "token").ok_or_else(|| invalid_request("`token` is required."))?;
     let now = now_ms();
     if let Some((sid, secret, claims)) = grant_of_token(env, &project, &token, now) {
         // An access token names its client in its claims; a refresh token's grant is checked by its object.
@@ -1306,17 +1301,16 @@ pub async fn introspect(mut req: Request, env: &Env, project: &str) -> Result<Re
     if client.client_type != ClientType::Confidential {
         return Err(invalid_client("Introspection is for confidential clients."));
     }
-    let token = form
-        .iter()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.clone())
-        .ok_or_else(|| invalid_request("`token` is required."))?;
+    let token =
+        form_field(&form, "token").ok_or_else(|| invalid_request("`token` is required."))?;
     let now = now_ms();
     let inactive = json!({"active": false});
     let Some((sid, secret, claims)) = grant_of_token(env, &project, &token, now) else {
         return no_store(json(200, &inactive)?);
     };
     // A client learns about its own grants only, and only while their user may call.
+    // A refresh token comes with its secret; an access token with its claims.
+    let access_token = secret.is_none();
     let (grant, sub, exp, iat) = match secret {
         Some(secret) => match objects::call(
             env,
@@ -1363,18 +1357,13 @@ pub async fn introspect(mut req: Request, env: &Env, project: &str) -> Result<Re
     }
     let mut answer = json!({"active": true, "client_id": grant.client_id, "scope": grant.scope,
         "sub": sub, "exp": exp, "iat": iat, "iss": issuer(&req, &project.slug)});
-    if let (Some(obj), true) = (answer.as_object_mut(), from_access_token(&claims)) {
+    if let (Some(obj), true) = (answer.as_object_mut(), access_token) {
         obj.insert("token_type".into(), Value::from("Bearer"));
         if let Some(aud) = claims.get("aud") {
             obj.insert("aud".into(), aud.clone());
         }
     }
     no_store(json(200, &answer)?)
-}
-
-/// Whether introspected claims came from an access token (a refresh token has none).
-fn from_access_token(claims: &serde_json::Map<String, Value>) -> bool {
-    !claims.is_empty()
 }
 
 /// `POST /v1/{project}/oauth/register` (RFC 7591): public clients only, when the project allows it,
@@ -1547,38 +1536,11 @@ fn registered_client(meta: &Value, project: &Project, now: i64) -> Result<OAuthC
 // ---------------------------------------------------------------------------------------------
 // Grants.
 
-/// The end user behind a first-party access token (an OAuth client's token cannot manage grants).
-async fn first_party_user(req: &Request, env: &Env, project: &Project) -> Result<String, Error> {
-    let credential = crate::auth::extract_credential(header(req, "authorization").as_deref(), None)
-        .map_err(Error::invalid_credential)?
-        .ok_or_else(Error::missing_credential)?;
-    let claims = verify_sluice_token(env, project, &credential, now_ms())?;
-    if oauth_of(&claims).is_some() {
-        return Err(Error::new(
-            Problem::Forbidden,
-            "An OAuth client's token cannot manage the user's grants: sign in to the app itself.",
-        ));
-    }
-    let Some(SluiceToken::Access {
-        consumer_id,
-        session_id,
-        jkt,
-    }) = classify(&claims)
-    else {
-        return Err(Error::invalid_credential(
-            "This endpoint takes a signed-in user's access token.",
-        ));
-    };
-    identity::check_token_binding(req, &credential, jkt.as_deref())?;
-    identity::ensure_session_live(env, &session_id).await?;
-    Ok(consumer_id)
-}
-
 /// `GET /v1/{project}/auth/grants`: the signed-in user's live OAuth grants.
 pub async fn list_grants(req: Request, env: &Env, project: &str) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
-    let consumer = first_party_user(&req, env, &project).await?;
+    let (consumer, _) = signed_in(&req, env, &project).await?;
     let grants: Vec<Value> =
         d1::list_oauth_grants(&db, &project.id, Some(&consumer), None, now_ms())
             .await?
@@ -1598,7 +1560,7 @@ pub async fn delete_grant(
 ) -> Result<Response, Error> {
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
-    let consumer = first_party_user(&req, env, &project).await?;
+    let (consumer, _) = signed_in(&req, env, &project).await?;
     match d1::oauth_grant(&db, &project.id, grant).await? {
         Some(g) if g.consumer_id == consumer && g.revoked_at.is_none() => {
             revoke_grant(env, &db, &project, &g, now_ms()).await?;

@@ -211,6 +211,35 @@ async fn refresh_with(c: &Ctx, project: &str, refresh: &str, client_id: &str) ->
     token(c, project, &fields, None).await
 }
 
+/// The code a consent redirect carries.
+fn code_in(location: &str) -> Result<String> {
+    query_of(location)
+        .get("code")
+        .cloned()
+        .ok_or_else(|| format!("no code in {location}").into())
+}
+
+/// The authorization-code exchange of a public client; `redirect_uri` only when given.
+async fn exchange(
+    c: &Ctx,
+    project: &str,
+    client_id: &str,
+    code: &str,
+    verifier: &str,
+    redirect_uri: Option<&str>,
+) -> Result<Reply> {
+    let mut fields = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("code_verifier", verifier),
+        ("client_id", client_id),
+    ];
+    if let Some(uri) = redirect_uri {
+        fields.push(("redirect_uri", uri));
+    }
+    token(c, project, &fields, None).await
+}
+
 async fn oauth_post(
     c: &Ctx,
     project: &str,
@@ -279,23 +308,8 @@ async fn code_and_tokens(
         resource,
     };
     let location = authorize(c, &ask.url(&c.base), email, ip, "allow").await?;
-    let code = query_of(&location)
-        .get("code")
-        .cloned()
-        .ok_or_else(|| format!("no code in {location}"))?;
-    let r = token(
-        c,
-        project,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", &p.verifier),
-            ("client_id", client_id),
-        ],
-        None,
-    )
-    .await?;
+    let code = code_in(&location)?;
+    let r = exchange(c, project, client_id, &code, &p.verifier, Some(REDIRECT)).await?;
     expect_status(&r, 200, "code exchange")?;
     Ok(r.json())
 }
@@ -498,34 +512,11 @@ pub async fn oauth_authorization_code_flow_with_pkce(c: Arc<Ctx>) -> CaseResult 
         Some(issuer.as_str()),
         "RFC 9207"
     );
-    let code = q.get("code").cloned().ok_or("no code")?;
-    let wrong = token(
-        &c,
-        slug,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", &pkce("other").verifier),
-            ("client_id", &client_id),
-        ],
-        None,
-    )
-    .await?;
+    let code = code_in(&location)?;
+    let other = pkce("other");
+    let wrong = exchange(&c, slug, &client_id, &code, &other.verifier, Some(REDIRECT)).await?;
     assert_oauth_error(&wrong, 400, "invalid_grant");
-    let after = token(
-        &c,
-        slug,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", &p1.verifier),
-            ("client_id", &client_id),
-        ],
-        None,
-    )
-    .await?;
+    let after = exchange(&c, slug, &client_id, &code, &p1.verifier, Some(REDIRECT)).await?;
     assert_oauth_error(&after, 400, "invalid_grant");
 
     // The right verifier: tokens, metered to the user; then a second use of the code revokes them.
@@ -537,15 +528,8 @@ pub async fn oauth_authorization_code_flow_with_pkce(c: Arc<Ctx>) -> CaseResult 
         ..ask
     };
     let location = authorize(&c, &ask.url(&c.base), email, "203.0.113.12", "allow").await?;
-    let code = query_of(&location).get("code").cloned().ok_or("no code")?;
-    let exchange = [
-        ("grant_type", "authorization_code"),
-        ("code", code.as_str()),
-        ("redirect_uri", REDIRECT),
-        ("code_verifier", p2.verifier.as_str()),
-        ("client_id", client_id.as_str()),
-    ];
-    let ok = token(&c, slug, &exchange, None).await?;
+    let code = code_in(&location)?;
+    let ok = exchange(&c, slug, &client_id, &code, &p2.verifier, Some(REDIRECT)).await?;
     expect_status(&ok, 200, "code exchange")?;
     assert_eq!(ok.header("cache-control"), Some("no-store"));
     let tokens = ok.json();
@@ -566,7 +550,7 @@ pub async fn oauth_authorization_code_flow_with_pkce(c: Arc<Ctx>) -> CaseResult 
         })
         .await?;
     assert!(usage["records"].as_array().is_some_and(|r| !r.is_empty()));
-    let again = token(&c, slug, &exchange, None).await?;
+    let again = exchange(&c, slug, &client_id, &code, &p2.verifier, Some(REDIRECT)).await?;
     assert_oauth_error(&again, 400, "invalid_grant");
     let revoked = chat_with(&c, slug, "chat", &access).await?;
     assert_eq!(
@@ -634,19 +618,8 @@ pub async fn oauth_authorization_code_flow_with_pkce(c: Arc<Ctx>) -> CaseResult 
         "allow",
     )
     .await?;
-    let code = query_of(&location).get("code").cloned().ok_or("no code")?;
-    let r = token(
-        &c,
-        slug,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", &p5.verifier),
-            ("client_id", &client_id),
-        ],
-        None,
-    )
-    .await?;
+    let code = code_in(&location)?;
+    let r = exchange(&c, slug, &client_id, &code, &p5.verifier, None).await?;
     assert_oauth_error(&r, 400, "invalid_grant");
 
     // A script that keeps cookies may send `consent` alone.
@@ -848,19 +821,8 @@ pub async fn oauth_scopes_resources_and_grants(c: Arc<Ctx>) -> CaseResult {
         "allow",
     )
     .await?;
-    let code = query_of(&location).get("code").cloned().ok_or("no code")?;
-    let r = token(
-        &c,
-        slug,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", &p0.verifier),
-            ("client_id", &client_id),
-        ],
-        None,
-    )
-    .await?;
+    let code = code_in(&location)?;
+    let r = exchange(&c, slug, &client_id, &code, &p0.verifier, None).await?;
     expect_status(&r, 200, "a code exchange without redirect_uri, as asked")?;
 
     // A token for one resource (RFC 8707) is refused at another API.

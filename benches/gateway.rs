@@ -21,6 +21,12 @@
 //!
 //! `SLUICE_BENCH_ITERS` and `SLUICE_BENCH_STREAM_ITERS` override the iteration counts,
 //! `SLUICE_BENCH_GAP_MS` the idle gap between requests.
+//!
+//! Both workers are served by wrangler's dev server (the same Miniflare and workerd as `wrangler dev`)
+//! with the devtools inspector off (`scripts/serve.mjs`): under `wrangler dev` the inspector relays
+//! every subrequest's events and body to wrangler's node process, which writes them to its debug log,
+//! a cost per subrequest that deployed workers do not pay. `SLUICE_BENCH_DEVTOOLS=1` runs both under
+//! `wrangler dev` instead, for comparison.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -203,8 +209,9 @@ struct BareWorker {
 }
 
 impl BareWorker {
-    /// `wrangler dev --config benches/bare-worker/wrangler.toml` on free ports, forwarding to `upstream`.
-    async fn start(upstream: &str) -> Result<BareWorker> {
+    /// `benches/bare-worker` on free ports, forwarding to `upstream`: under `wrangler dev` when
+    /// `devtools`, else on wrangler's dev server with the inspector off (`scripts/serve.mjs`).
+    async fn start(upstream: &str, devtools: bool) -> Result<BareWorker> {
         let root = repo_root();
         let bin = root.join("node_modules/.bin/wrangler");
         let config = root.join("benches/bare-worker/wrangler.toml");
@@ -228,7 +235,6 @@ impl BareWorker {
             persist_dir,
             child: None,
         };
-        let mut cmd = Command::new(bin);
         // wrangler writes its bundle under `<config dir>/.wrangler/tmp`; run it from a scratch copy of
         // the two files so nothing is left in the repository.
         let scratch = bare.persist_dir.join("worker");
@@ -239,19 +245,28 @@ impl BareWorker {
                 scratch.join(file),
             )?;
         }
+        let mut cmd = if devtools {
+            let mut cmd = Command::new(bin);
+            cmd.args(["dev", "--ip", "127.0.0.1"])
+                .args(["--inspector-port", &inspector_port.to_string()])
+                .arg("--show-interactive-dev-session=false");
+            cmd
+        } else {
+            let mut cmd = Command::new("node");
+            cmd.arg(root.join("scripts/serve.mjs"));
+            cmd
+        };
         cmd.current_dir(&scratch)
             .env("CI", "true")
             .env("WRANGLER_SEND_METRICS", "false")
             .env("NO_COLOR", "1")
-            .args(["dev", "--config", "wrangler.toml", "--ip", "127.0.0.1"])
+            .args(["--config", "wrangler.toml"])
             .args(["--port", &port.to_string()])
-            .args(["--inspector-port", &inspector_port.to_string()])
             .args([
                 "--persist-to",
                 &bare.persist_dir.join("state").to_string_lossy(),
             ])
             .args(["--var", &format!("UPSTREAM_URL:{upstream}")])
-            .arg("--show-interactive-dev-session=false")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -348,6 +363,11 @@ struct Load {
     /// CPU (user + system) of the serving workerd processes, and of wrangler's node process, in ms.
     workerd_cpu_ms: f64,
     node_cpu_ms: f64,
+}
+
+/// Whether both workers run under `wrangler dev` with its devtools inspector (`SLUICE_BENCH_DEVTOOLS=1`).
+fn with_devtools() -> bool {
+    std::env::var("SLUICE_BENCH_DEVTOOLS").is_ok_and(|v| v == "1")
 }
 
 /// Storage calls named in a `Server-Timing` value: `kv;dur=0.3;desc="1"` counts 1 KV call.
@@ -537,7 +557,14 @@ async fn run() -> ExitCode {
         mock.addr
     );
 
-    let (gateway, bare) = tokio::join!(Gateway::start(), BareWorker::start(&bare_upstream));
+    let devtools = with_devtools();
+    let gateway = async {
+        match devtools {
+            true => Gateway::start().await,
+            false => Gateway::start_without_devtools().await,
+        }
+    };
+    let (gateway, bare) = tokio::join!(gateway, BareWorker::start(&bare_upstream, devtools));
     // Whichever started is stopped by Drop when the other failed.
     let (gateway, bare) = match (gateway, bare) {
         (Ok(g), Ok(b)) => (g, b),
@@ -864,6 +891,13 @@ fn print_report(samples: &[Samples], run: &Run) {
     println!();
     println!(
         "Sluice gateway benchmark: one interleaved run, one mock upstream (scenario `{SCENARIO}`)"
+    );
+    println!(
+        "{}",
+        match with_devtools() {
+            true => "both workers under `wrangler dev`, devtools inspector on (SLUICE_BENCH_DEVTOOLS=1)",
+            false => "both workers on wrangler's dev server, devtools inspector off (scripts/serve.mjs; SLUICE_BENCH_DEVTOOLS=1 for `wrangler dev`)",
+        }
     );
     println!(
         "{iters} non-streamed + {stream_iters} streamed iterations after {WARMUP_ITERS} + {WARMUP_STREAM_ITERS} warm-up; \

@@ -32,6 +32,9 @@ pub struct Gateway {
     child: Option<Child>,
     /// Extra `--var NAME:VALUE` pairs (e.g. the mail provider's URL).
     vars: Vec<(String, String)>,
+    /// Served by `wrangler dev` (with its devtools inspector), or by `scripts/serve.mjs` (wrangler's
+    /// dev server with the inspector off, for the bench: see that script).
+    devtools: bool,
 }
 
 impl Gateway {
@@ -55,10 +58,24 @@ impl Gateway {
         Self::start_with_vars(timeout, Vec::new()).await
     }
 
+    /// Like `start`, on wrangler's dev server with the devtools inspector off (`scripts/serve.mjs`):
+    /// what `make bench` measures. No Cron Trigger route (`/__scheduled`), no rebuild on change.
+    pub async fn start_without_devtools() -> Result<Gateway> {
+        Self::launched(start_timeout(), Vec::new(), false).await
+    }
+
     /// Starts a gateway with extra `--var` settings.
     pub async fn start_with_vars(
         timeout: Duration,
         vars: Vec<(String, String)>,
+    ) -> Result<Gateway> {
+        Self::launched(timeout, vars, true).await
+    }
+
+    async fn launched(
+        timeout: Duration,
+        vars: Vec<(String, String)>,
+        devtools: bool,
     ) -> Result<Gateway> {
         let root = repo_root();
         let ports = free_ports(2)?;
@@ -79,6 +96,7 @@ impl Gateway {
             persist_dir,
             child: None,
             vars,
+            devtools,
         };
         let started = Instant::now();
         if let Err(e) = gw.launch(timeout).await {
@@ -95,14 +113,17 @@ impl Gateway {
     }
 
     fn wrangler(&self) -> Result<Command> {
-        let root = repo_root();
-        let bin = root.join("node_modules/.bin/wrangler");
+        let bin = repo_root().join("node_modules/.bin/wrangler");
         if !bin.exists() {
             return Err(format!("{} is missing; run `make setup`", bin.display()).into());
         }
+        self.command(Command::new(bin))
+    }
+
+    /// `cmd` run from the repository with wrangler's quiet settings, its output into the log.
+    fn command(&self, mut cmd: Command) -> Result<Command> {
         let log = OpenOptions::new().append(true).open(&self.log_path)?;
-        let mut cmd = Command::new(bin);
-        cmd.current_dir(&root)
+        cmd.current_dir(repo_root())
             .env("CI", "true")
             .env("WRANGLER_SEND_METRICS", "false")
             .env("NO_COLOR", "1")
@@ -132,16 +153,24 @@ impl Gateway {
             return Err(format!("`wrangler d1 migrations apply` failed: {status}").into());
         }
 
-        // 2. wrangler dev, in its own process group so stopping it takes workerd along.
-        let mut dev = self.wrangler()?;
-        dev.args(["dev", "--ip", "127.0.0.1"])
-            .args(["--port", &self.port.to_string()])
-            .args(["--inspector-port", &self.inspector_port.to_string()])
+        // 2. wrangler dev (or its dev server without devtools), in its own process group so stopping
+        // it takes workerd along.
+        let mut dev = if self.devtools {
+            let mut dev = self.wrangler()?;
+            dev.args(["dev", "--ip", "127.0.0.1"])
+                .args(["--inspector-port", &self.inspector_port.to_string()])
+                .arg("--show-interactive-dev-session=false")
+                // `GET /__scheduled` runs the Cron Trigger's handler (the housekeeping case).
+                .arg("--test-scheduled");
+            dev
+        } else {
+            let mut serve = Command::new("node");
+            serve.arg(repo_root().join("scripts/serve.mjs"));
+            self.command(serve)?
+        };
+        dev.args(["--port", &self.port.to_string()])
             .args(["--persist-to", &persist])
-            .args(["--var", &format!("ADMIN_TOKEN:{}", self.admin_token)])
-            .arg("--show-interactive-dev-session=false")
-            // `GET /__scheduled` runs the Cron Trigger's handler (the housekeeping case).
-            .arg("--test-scheduled");
+            .args(["--var", &format!("ADMIN_TOKEN:{}", self.admin_token)]);
         if !self.vars.iter().any(|(n, _)| n == "ENCRYPTION_KEY") {
             dev.args(["--var", &format!("ENCRYPTION_KEY:{TEST_ENCRYPTION_KEY}")]);
         }

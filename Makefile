@@ -87,8 +87,10 @@ test: setup lint build
 	@./scripts/setup-browser.sh
 	node tests/browser/run.mjs
 
+# The timings against a bare worker in one interleaved run, then what is large in the WASM (twiggy).
 bench: setup build
 	cargo bench --bench gateway
+	@./scripts/size.sh
 
 clean:
 	rm -rf build target/wasm32-unknown-unknown .wrangler

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Problem};
+use crate::limits::frozen::Frozen;
 use crate::limits::plan::Limits;
 use crate::limits::spend::{micro_to_usd, Price};
 use crate::limits::standing::Standing;
@@ -118,9 +119,10 @@ pub struct Lease {
     pub ttl_ms: i64,
     #[serde(default)]
     pub price: Option<Price>,
-    /// The usage record to file, completed at settlement (or as `abandoned` at expiry).
+    /// The usage record to file, completed at settlement (or as `abandoned` at expiry); its JSON is
+    /// made once, not on every write of the state.
     #[serde(default)]
-    pub record: Option<UsageRecord>,
+    pub record: Option<Frozen<UsageRecord>>,
 }
 
 /// What a request asks to be admitted with.
@@ -247,7 +249,8 @@ pub const MINUTE_LOG_UNLIMITED: u64 = 256;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterState {
     /// Admission times in the last minute: at most `requests_per_minute` of them (or
-    /// `MINUTE_LOG_UNLIMITED` on a plan without that limit), newest last.
+    /// `MINUTE_LOG_UNLIMITED` on a plan without that limit), newest last. Stored compactly.
+    #[serde(with = "crate::limits::minute_log")]
     pub minute: VecDeque<i64>,
     pub day_start: i64,
     pub day_requests: u64,
@@ -340,7 +343,7 @@ impl CounterState {
         self.leases = live;
         for l in expired {
             self.book(l.reserved, l.spend);
-            if let Some(mut record) = l.record {
+            if let Some(mut record) = l.record.map(Frozen::into_inner) {
                 let prompt = record.prompt_bound.min(l.reserved);
                 record.prompt_tokens = prompt;
                 record.completion_tokens = l.reserved - prompt;
@@ -545,7 +548,7 @@ impl CounterState {
         self.day_requests += 1;
         let record = record.map(|mut r| {
             r.max_tokens = cap;
-            r
+            Frozen::new(r)
         });
         self.leases.push(Lease {
             id: lease_id.to_string(),
@@ -623,7 +626,7 @@ impl CounterState {
             )
         });
         self.book(tokens, cost);
-        if let Some(mut record) = lease.record {
+        if let Some(mut record) = lease.record.map(Frozen::into_inner) {
             record.status = outcome.status;
             record.ended = outcome.ended;
             record.prompt_tokens = outcome.prompt_tokens;

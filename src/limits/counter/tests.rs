@@ -739,9 +739,18 @@ fn state_json_format_unchanged() {
         standing: Standing::default(),
         filed: vec![UsageRecord::default()],
     };
+    // The minute log is written compactly (src/limits/minute_log.rs); the rest is unchanged.
+    let stored = r#"{"minute":"Cg","day_start":1,"day_requests":2,"day_tokens":3,"month_start":4,"month_tokens":5,"day_spend":6,"month_spend":7,"leases":[{"id":"l","reserved":8,"spend":9,"stream":false,"expires_at":10,"ttl_ms":11,"price":{"input":1,"output":2,"cached_input":3},"record":null}],"standing":{"known":false,"disabled":false,"revoked_keys":[],"revoked_sessions":[],"plan_id":null}}"#;
+    assert_eq!(serde_json::to_string(&s).unwrap(), stored);
+    // State written before, with the log as an array of times, reads as the same state.
+    let written_before = stored.replace(r#""minute":"Cg""#, r#""minute":[5]"#);
+    let read = serde_json::from_str::<CounterState>(&written_before).unwrap();
     assert_eq!(
-        serde_json::to_string(&s).unwrap(),
-        r#"{"minute":[5],"day_start":1,"day_requests":2,"day_tokens":3,"month_start":4,"month_tokens":5,"day_spend":6,"month_spend":7,"leases":[{"id":"l","reserved":8,"spend":9,"stream":false,"expires_at":10,"ttl_ms":11,"price":{"input":1,"output":2,"cached_input":3},"record":null}],"standing":{"known":false,"disabled":false,"revoked_keys":[],"revoked_sessions":[],"plan_id":null}}"#
+        read,
+        CounterState {
+            filed: Vec::new(),
+            ..s.clone()
+        }
     );
 }
 
@@ -752,6 +761,7 @@ fn undecodable_state_is_an_error_not_a_reset() {
         "{}",
         r#"{"minute":"x"}"#,
         r#"{"minute":[],"day_start":0}"#,
+        r#"{"minute":"%%","day_start":1,"day_requests":2,"day_tokens":3,"month_start":4,"month_tokens":5,"leases":[]}"#,
     ] {
         assert!(serde_json::from_str::<CounterState>(bad).is_err(), "{bad}");
     }

@@ -12,8 +12,10 @@
 //! first content SSE event. Then throughput: `LOAD_REQUESTS` non-streamed requests per target from
 //! `LOAD_CLIENTS` concurrent keep-alive clients, in rounds that rotate the targets, with the CPU the
 //! serving workerd processes spent per request (from /proc) and every 5xx counted. The storage
-//! calls per request come from Sluice's `Server-Timing` header (the bench APIs turn it on). Also
-//! prints the built WASM size (raw and gzip) and the targets against the bare worker.
+//! calls per request come from Sluice's `Server-Timing` header (the bench APIs turn it on). Under the
+//! same load, once a round, (e) the bare worker plus the two counter calls every metered request makes
+//! (benches/counter-floor, no WASM): the floor of the design on this runtime. Also prints the built
+//! WASM size (raw and gzip) and the targets against the bare worker.
 //!
 //! It prints figures and asserts no timings. Exit code: 0 when it ran; 1 when setup failed (no
 //! build, a server did not start, a target answered wrongly before measuring) or when more than
@@ -97,6 +99,8 @@ struct Endpoints {
     http: reqwest::Client,
     direct_url: String,
     bare_url: String,
+    /// The bare worker plus the two counter calls (benches/counter-floor).
+    floor_url: String,
     gateway_url: String,
     unlimited: Tenant,
     limited: Tenant,
@@ -151,12 +155,34 @@ impl Endpoints {
     /// `n` non-streamed requests from `clients` concurrent clients: the seconds it took and each
     /// answer's status (`None`: no answer).
     async fn load(&self, target: Target, n: usize, clients: usize) -> (f64, Vec<Option<u16>>) {
+        self.load_with(|| self.request(target, false), n, clients)
+            .await
+    }
+
+    /// `load` against the counter-call floor (benches/counter-floor).
+    async fn load_floor(&self, n: usize, clients: usize) -> (f64, Vec<Option<u16>>) {
+        let body = chat_body(Some("mock-model"), "hello", false);
+        let request = || {
+            self.http
+                .post(&self.floor_url)
+                .json(&body)
+                .timeout(REQUEST_LIMIT)
+        };
+        self.load_with(request, n, clients).await
+    }
+
+    async fn load_with(
+        &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+        n: usize,
+        clients: usize,
+    ) -> (f64, Vec<Option<u16>>) {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let start = Instant::now();
         let workers = (0..clients).map(|_| async {
             let mut statuses = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                let status = match self.request(target, false).send().await {
+                let status = match request().send().await {
                     Ok(resp) => {
                         let status = resp.status().as_u16();
                         resp.bytes().await.ok().map(|_| status)
@@ -209,12 +235,13 @@ struct BareWorker {
 }
 
 impl BareWorker {
-    /// `benches/bare-worker` on free ports, forwarding to `upstream`: under `wrangler dev` when
-    /// `devtools`, else on wrangler's dev server with the inspector off (`scripts/serve.mjs`).
-    async fn start(upstream: &str, devtools: bool) -> Result<BareWorker> {
+    /// The JavaScript worker in `benches/<dir>` on free ports, forwarding to `upstream`: under
+    /// `wrangler dev` when `devtools`, else on wrangler's dev server with the inspector off
+    /// (`scripts/serve.mjs`).
+    async fn start(dir: &str, upstream: &str, devtools: bool) -> Result<BareWorker> {
         let root = repo_root();
         let bin = root.join("node_modules/.bin/wrangler");
-        let config = root.join("benches/bare-worker/wrangler.toml");
+        let config = root.join("benches").join(dir).join("wrangler.toml");
         for needed in [&bin, &config] {
             if !needed.exists() {
                 return Err(format!("{} is missing", needed.display()).into());
@@ -227,7 +254,7 @@ impl BareWorker {
         fs::create_dir_all(&persist_dir)?;
         let log_dir = root.join("target").join("bench-logs");
         fs::create_dir_all(&log_dir)?;
-        let log_path = log_dir.join(format!("bare-worker-{port}.log"));
+        let log_path = log_dir.join(format!("{dir}-{port}.log"));
         let log = File::create(&log_path)?;
         let mut bare = BareWorker {
             base_url: format!("http://127.0.0.1:{port}"),
@@ -241,7 +268,7 @@ impl BareWorker {
         fs::create_dir_all(&scratch)?;
         for file in ["wrangler.toml", "worker.js"] {
             fs::copy(
-                root.join("benches/bare-worker").join(file),
+                root.join("benches").join(dir).join(file),
                 scratch.join(file),
             )?;
         }
@@ -363,6 +390,24 @@ struct Load {
     /// CPU (user + system) of the serving workerd processes, and of wrangler's node process, in ms.
     workerd_cpu_ms: f64,
     node_cpu_ms: f64,
+}
+
+impl Load {
+    /// One load run: how long it took, each answer's status, and the CPU the target's processes spent.
+    fn add(&mut self, seconds: f64, statuses: &[Option<u16>], workerd_ms: f64, node_ms: f64) {
+        self.requests += statuses.len();
+        self.seconds += seconds;
+        for status in statuses {
+            match status {
+                Some(200) => {}
+                Some(c) if *c >= 500 => self.server_errors += 1,
+                Some(_) => self.refused += 1,
+                None => self.failures += 1,
+            }
+        }
+        self.workerd_cpu_ms += workerd_ms;
+        self.node_cpu_ms += node_ms;
+    }
 }
 
 /// Whether both workers run under `wrangler dev` with its devtools inspector (`SLUICE_BENCH_DEVTOOLS=1`).
@@ -564,16 +609,23 @@ async fn run() -> ExitCode {
             false => Gateway::start_without_devtools().await,
         }
     };
-    let (gateway, bare) = tokio::join!(gateway, BareWorker::start(&bare_upstream, devtools));
-    // Whichever started is stopped by Drop when the other failed.
-    let (gateway, bare) = match (gateway, bare) {
-        (Ok(g), Ok(b)) => (g, b),
-        (g, b) => {
+    let (gateway, bare, floor) = tokio::join!(
+        gateway,
+        BareWorker::start("bare-worker", &bare_upstream, devtools),
+        BareWorker::start("counter-floor", &bare_upstream, devtools)
+    );
+    // Whichever started is stopped by Drop when another failed.
+    let (gateway, bare, floor) = match (gateway, bare, floor) {
+        (Ok(g), Ok(b), Ok(f)) => (g, b, f),
+        (g, b, f) => {
             if let Err(e) = &g {
                 eprintln!("bench setup failed: gateway: {e}");
             }
             if let Err(e) = &b {
                 eprintln!("bench setup failed: bare worker: {e}");
+            }
+            if let Err(e) = &f {
+                eprintln!("bench setup failed: counter-call floor: {e}");
             }
             return ExitCode::FAILURE;
         }
@@ -595,7 +647,7 @@ async fn run() -> ExitCode {
         }
     };
 
-    let endpoints = match configure(&gateway, &mock, &direct_url, &bare).await {
+    let endpoints = match configure(&gateway, &mock, &direct_url, &bare, &floor).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!(
@@ -699,6 +751,7 @@ async fn run() -> ExitCode {
         Target::Sluice | Target::SluiceLimited => gateway.process_group(),
     };
     let rounds = env_count("SLUICE_BENCH_LOAD_ROUNDS", LOAD_ROUNDS);
+    let mut floor_load = Load::default();
     for round in 0..rounds {
         for &t in &orders[(round * 7) % orders.len()] {
             let n = LOAD_REQUESTS / LOAD_ROUNDS;
@@ -715,23 +768,25 @@ async fn run() -> ExitCode {
                 n as f64 / seconds,
                 (w1 - w0) / n as f64
             );
-            let load = &mut samples[t.index()].load;
-            load.requests += n;
-            load.seconds += seconds;
-            load.server_errors += statuses
-                .iter()
-                .filter(|s| matches!(s, Some(c) if *c >= 500))
-                .count();
-            load.failures += statuses.iter().filter(|s| s.is_none()).count();
-            load.workerd_cpu_ms += w1 - w0;
-            load.node_cpu_ms += n1 - n0;
+            samples[t.index()]
+                .load
+                .add(seconds, &statuses, w1 - w0, n1 - n0);
         }
+        // The counter-call floor, once a round after the four targets.
+        let n = LOAD_REQUESTS / LOAD_ROUNDS;
+        let cpu = |comm: &str| floor.process_group().map_or(0.0, |g| group_cpu_ms(g, comm));
+        let (w0, n0) = (cpu("workerd"), cpu("node"));
+        let (seconds, statuses) = endpoints.load_floor(n, LOAD_CLIENTS).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (w1, n1) = (cpu("workerd"), cpu("node"));
+        floor_load.add(seconds, &statuses, w1 - w0, n1 - n0);
     }
     let measured_for = measure_start.elapsed();
     let reloaded = gateway_reloaded(&gateway.log_path, log_mark);
 
     // The servers go before the table is printed; the figures are already taken.
     drop(bare);
+    drop(floor);
     drop(gateway);
     drop(mock);
 
@@ -746,6 +801,7 @@ async fn run() -> ExitCode {
             measured_for,
             total: started.elapsed(),
             load,
+            floor: floor_load,
         },
     );
     if reloaded {
@@ -784,6 +840,7 @@ async fn configure(
     mock: &MockUpstream,
     direct_url: &str,
     bare: &BareWorker,
+    floor: &BareWorker,
 ) -> Result<Endpoints> {
     let admin = gateway.admin();
     let upstream = |tag: &str| {
@@ -824,6 +881,7 @@ async fn configure(
         http: http_client(),
         direct_url: direct_url.to_string(),
         bare_url: format!("{}/v1/chat/completions", bare.base_url),
+        floor_url: format!("{}/v1/chat/completions", floor.base_url),
         gateway_url: gateway.base_url.clone(),
         unlimited,
         limited,
@@ -853,6 +911,8 @@ struct Run {
     measured_for: Duration,
     total: Duration,
     load: String,
+    /// The bare worker plus the two counter calls (benches/counter-floor), under the same load.
+    floor: Load,
 }
 
 fn print_report(samples: &[Samples], run: &Run) {
@@ -865,6 +925,7 @@ fn print_report(samples: &[Samples], run: &Run) {
         measured_for,
         total,
         ref load,
+        ref floor,
     } = *run;
     struct Row {
         p50: f64,
@@ -995,6 +1056,21 @@ fn print_report(samples: &[Samples], run: &Run) {
             cpu(l.node_cpu_ms)
         );
     }
+    let per_request = |ms: f64| format!("{:.2} ms", ms / floor.requests.max(1) as f64);
+    println!(
+        "{:<30} {:>10.1} {:>7.2}x {:>6} {:>6} {:>9} {:>13} {:>11}",
+        "(e) bare + 2 counter calls",
+        per_s(floor),
+        per_s(floor) / per_s(bare_load),
+        floor.server_errors,
+        floor.refused,
+        floor.failures,
+        per_request(floor.workerd_cpu_ms),
+        per_request(floor.node_cpu_ms)
+    );
+    println!(
+        "((e) is the floor of the design on this runtime: the bare worker plus one Durable Object call before the upstream and one after, no WASM; benches/counter-floor)"
+    );
     println!(
         "(req/s counts 200s only; CPU: user + system of the target's workerd processes, and of its wrangler node process, per request)"
     );
@@ -1019,7 +1095,7 @@ fn print_report(samples: &[Samples], run: &Run) {
         );
     }
     println!(
-        "(from Server-Timing, before the answer's headers; settling is one more counter call after the answer)"
+        "(from Server-Timing, before the answer's headers; settling is after the answer: carried by the consumer's next admission, or one call of its own 20 ms later)"
     );
 
     // The targets, relative to the bare worker in this run.
@@ -1045,7 +1121,11 @@ fn print_report(samples: &[Samples], run: &Run) {
         ),
         (
             "throughput >= 0.8x bare",
-            format!("{:.2}x", per_s(unlimited_load) / per_s(bare_load)),
+            format!(
+                "{:.2}x (e: {:.2}x)",
+                per_s(unlimited_load) / per_s(bare_load),
+                per_s(floor) / per_s(bare_load)
+            ),
             per_s(unlimited_load) / per_s(bare_load) >= 0.8,
         ),
         (
@@ -1081,13 +1161,13 @@ fn print_report(samples: &[Samples], run: &Run) {
     ];
     println!();
     println!(
-        "{:<46} {:>14} {:>6}",
+        "{:<46} {:>18} {:>6}",
         "target (Sluice, unlimited plan)", "this run", "met"
     );
-    println!("{}", "-".repeat(68));
+    println!("{}", "-".repeat(72));
     for (name, figure, met) in checks {
         println!(
-            "{name:<46} {figure:>14} {:>6}",
+            "{name:<46} {figure:>18} {:>6}",
             if met { "yes" } else { "NO" }
         );
     }

@@ -2,7 +2,9 @@
 //! while the request lives (so a long stream keeps its slot), and settled exactly once: by `settle`,
 //! or, if the request is dropped first (the client went away), by the fallback its `Drop` sends. The
 //! settle call itself runs in the runtime's `wait_until`, so it survives the client; `settle` waits
-//! for it, so an answer seen in full always has its usage stored.
+//! for it, so an answer seen in full always has its usage stored. A settlement made after its answer
+//! (`settle_later`) waits up to `SETTLE_WAIT_MS` in the isolate: the consumer's next admission carries
+//! it in the same counter call (settled first, so it frees what it held), or it goes on its own.
 //!
 //! `Watch` is how a waiting request notices its client: the incoming request's abort signal (the
 //! `enable_request_signal` compatibility flag) fires where the runtime detects a hang-up (the
@@ -10,6 +12,7 @@
 //! sends heartbeats), and its timers say when to renew the lease and when a stream has been idle.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -20,7 +23,7 @@ use futures_util::future::poll_fn;
 use futures_util::FutureExt;
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::JsCast;
-use worker::{Context, Env, Request};
+use worker::{Context, Delay, Env, Request};
 
 use crate::error::Error;
 use crate::http::now_ms;
@@ -34,6 +37,62 @@ use crate::timing::{Binding, Timing};
 use crate::usage::{Ended, UsageRecord};
 
 type SettleMsg = (Outcome, Option<oneshot::Sender<()>>);
+
+/// How long a settlement made after its answer waits for the consumer's next admission to carry it.
+/// The lease's reservation (the worst case) stays held meanwhile: a short delay, never an overrun.
+const SETTLE_WAIT_MS: u64 = 20;
+
+thread_local! {
+    /// Settlements waiting in this isolate, per counter (API id, consumer id), oldest first.
+    static WAITING: RefCell<HashMap<(String, String), Vec<CounterRequest>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Leaves `ops` (settlements) for the counter of (`api_id`, `consumer_id`) to send later.
+fn wait_to_send(api_id: &str, consumer_id: &str, ops: Vec<CounterRequest>) {
+    if ops.is_empty() {
+        return;
+    }
+    WAITING.with(|w| {
+        w.borrow_mut()
+            .entry((api_id.to_string(), consumer_id.to_string()))
+            .or_default()
+            .extend(ops)
+    });
+}
+
+/// The settlements waiting for the counter of (`api_id`, `consumer_id`), taken.
+fn take_waiting(api_id: &str, consumer_id: &str) -> Vec<CounterRequest> {
+    WAITING.with(|w| {
+        w.borrow_mut()
+            .remove(&(api_id.to_string(), consumer_id.to_string()))
+            .unwrap_or_default()
+    })
+}
+
+/// `op`, preceded by the waiting settlements `ahead` when there are any (one call, one turn).
+fn carrying(mut ahead: Vec<CounterRequest>, op: CounterRequest) -> CounterRequest {
+    if ahead.is_empty() {
+        return op;
+    }
+    ahead.push(op);
+    CounterRequest::Batch { ops: ahead }
+}
+
+/// Sends the settlements waiting for a counter, if an admission has not carried them yet. When the
+/// counter cannot be reached their leases expire and are booked at their reservations, with
+/// `abandoned` records.
+async fn send_waiting(env: &Env, api_id: &str, consumer_id: &str) {
+    let mut ops = take_waiting(api_id, consumer_id);
+    let op = match ops.len() {
+        0 => return,
+        1 => ops.remove(0),
+        _ => CounterRequest::Batch { ops },
+    };
+    if let Err(e) = counter::call(env, api_id, consumer_id, &op).await {
+        worker::console_error!("settlements not sent: {}", e.detail);
+    }
+}
 
 /// Where a request stands, for the outcome filed if it is dropped before it settles.
 #[derive(Debug, Clone, Copy, Default)]
@@ -86,6 +145,30 @@ pub struct Claim<'a> {
     pub record: UsageRecord,
 }
 
+/// One call to the counter of (`api_id`, `consumer_id`) with the settlements this isolate holds for
+/// it going first, so what it answers (an admission, a status) counts them.
+pub async fn call_carrying(
+    env: &Env,
+    ctx: &Context,
+    api_id: &str,
+    consumer_id: &str,
+    op: CounterRequest,
+) -> Result<CounterReply, Error> {
+    let op = carrying(take_waiting(api_id, consumer_id), op);
+    let reply = counter::call(env, api_id, consumer_id, &op).await;
+    if let (Err(_), CounterRequest::Batch { mut ops }) = (&reply, op) {
+        // Not known to have landed: they wait again (settling twice counts once).
+        ops.pop();
+        wait_to_send(api_id, consumer_id, ops);
+        let (env, api_id, consumer_id) = (env.clone(), api_id.to_string(), consumer_id.to_string());
+        ctx.wait_until(async move {
+            Delay::from(std::time::Duration::from_millis(SETTLE_WAIT_MS)).await;
+            send_waiting(&env, &api_id, &consumer_id).await;
+        });
+    }
+    reply
+}
+
 /// Phase 4's one counter call: the consumer's standing and plan are checked and the worst case is
 /// held, or the request is refused with the problem the counter names.
 pub async fn admit(
@@ -108,7 +191,7 @@ pub async fn admit(
         record: Box::new(claim.record),
     };
     let started = now_ms();
-    let reply = counter::call(env, claim.api_id, claim.consumer_id, &op).await;
+    let reply = call_carrying(env, ctx, claim.api_id, claim.consumer_id, op).await;
     timing.call(Binding::Do, (now_ms() - started) as f64);
     let (cap, plan, windows) = match reply? {
         CounterReply::Admitted { cap, plan, windows } => (cap, plan, windows),
@@ -140,13 +223,19 @@ pub async fn admit(
             lease_id: id.clone(),
             outcome,
         };
+        let Some(done) = done else {
+            // After the answer: the consumer's next admission may carry it.
+            wait_to_send(&api_id, &consumer_id, vec![op]);
+            Delay::from(std::time::Duration::from_millis(SETTLE_WAIT_MS)).await;
+            send_waiting(&task_env, &api_id, &consumer_id).await;
+            return;
+        };
+        let op = carrying(take_waiting(&api_id, &consumer_id), op);
         if let Err(e) = counter::call(&task_env, &api_id, &consumer_id, &op).await {
             // The lease then expires and is booked at its reservation, with an `abandoned` record.
             worker::console_error!("settle failed for {id}: {}", e.detail);
         }
-        if let Some(done) = done {
-            let _ = done.send(());
-        }
+        let _ = done.send(());
     });
     Ok(Lease {
         env: env.clone(),
@@ -175,8 +264,9 @@ impl Lease {
         counter::call(&self.env, &self.api_id, &self.consumer_id, &op).await
     }
 
-    /// Settles once without waiting: the counter books it after the answer is sent (the reservation
-    /// already covers the worst case, and an unsettled lease expires into an estimated record).
+    /// Settles once without waiting: the counter books it after the answer is sent, carried by the
+    /// consumer's next admission or on its own `SETTLE_WAIT_MS` later (the reservation already covers
+    /// the worst case, and an unsettled lease expires into an estimated record).
     pub fn settle_later(mut self, outcome: Outcome) {
         let outcome = self.with_answer(outcome);
         if let Some(tx) = self.settle.take() {

@@ -33,7 +33,6 @@ use crate::limits::standing::Presented;
 use crate::outbound::{self, within, Fetched};
 use crate::providers::{self, Provider, Wire};
 use crate::records::Api;
-use crate::store::counter_do as counter;
 use crate::store::kv::ApiEntry;
 use crate::stream::relay::{Next, Relay, Usage};
 use crate::timing::{Binding, Timing};
@@ -555,7 +554,8 @@ async fn usage_of(
         plans: entry.plans.clone(),
     };
     let started = now_ms();
-    let reply = counter::call(env, &entry.api.id, &caller.consumer_id, &op).await;
+    let reply =
+        crate::admission::call_carrying(env, ctx, &entry.api.id, &caller.consumer_id, op).await;
     timing.call(Binding::Do, (now_ms() - started) as f64);
     let (plan, windows) = match reply? {
         CounterReply::Status { plan, windows } => (plan, windows),

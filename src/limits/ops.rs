@@ -61,6 +61,10 @@ pub enum CounterRequest {
     },
     /// What D1 says about the consumer, loaded by the object itself the first time it is needed.
     Learn { facts: Facts },
+    /// Several operations in one call, applied in order in one turn; the answer is the last one's.
+    /// The gateway sends the settlements waiting in its isolate this way, ahead of the consumer's
+    /// next admission or on their own a moment after the answer.
+    Batch { ops: Vec<CounterRequest> },
 }
 
 impl CounterRequest {
@@ -79,7 +83,16 @@ impl CounterRequest {
                 consumer_id,
                 ..
             } => Some((api_id, consumer_id)),
+            CounterRequest::Batch { ops } => ops.iter().find_map(CounterRequest::needs_standing),
             _ => None,
+        }
+    }
+
+    /// The operation whose answer is the reply: the last of a batch, else this one.
+    pub fn answered(&self) -> &CounterRequest {
+        match self {
+            CounterRequest::Batch { ops } => ops.last().map_or(self, CounterRequest::answered),
+            _ => self,
         }
     }
 }
@@ -197,6 +210,9 @@ pub fn apply(state: &mut CounterState, request: &CounterRequest) -> CounterReply
             state.standing.learn(facts.clone());
             CounterReply::Changed
         }
+        CounterRequest::Batch { ops } => ops
+            .iter()
+            .fold(CounterReply::Changed, |_, op| apply(state, op)),
     }
 }
 
@@ -261,6 +277,77 @@ mod tests {
         let text = serde_json::to_string(&req).unwrap();
         assert!(text.starts_with("{\"admit\":{"), "{text}");
         assert_eq!(serde_json::from_str::<CounterRequest>(&text).unwrap(), req);
+    }
+
+    fn settle(lease: &str, now: i64, prompt: u64, completion: u64) -> CounterRequest {
+        CounterRequest::Settle {
+            now,
+            lease_id: lease.into(),
+            outcome: Outcome {
+                status: 200,
+                ended: Ended::Complete,
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                ..Outcome::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_settles_first_and_answers_for_its_admission() {
+        // 100 tokens a day; each request reserves its prompt bound (10) plus a cap of 80.
+        let limits = Limits {
+            tokens_per_day: Some(100),
+            ..Default::default()
+        };
+        let plans = vec![plan("default", true, limits)];
+        let mut s = CounterState::default();
+        assert!(matches!(
+            apply(
+                &mut s,
+                &admit("a", &plans, Presented::default(), ask(10, 80))
+            ),
+            CounterReply::Admitted { cap: Some(80), .. }
+        ));
+        // While `a` holds 90, a second request finds 10 left: less than its prompt bound plus one.
+        let second = admit("b", &plans, Presented::default(), ask(10, 80));
+        assert!(matches!(
+            apply(&mut s.clone(), &second),
+            CounterReply::Denied { .. }
+        ));
+        // Carried with `a`'s settlement (15 used), it is admitted with the 85 then left, less its bound.
+        let batch = CounterRequest::Batch {
+            ops: vec![settle("a", 1, 10, 5), second],
+        };
+        assert_eq!(
+            batch.needs_standing(),
+            Some(("", "")),
+            "the admission's consumer"
+        );
+        assert!(matches!(batch.answered(), CounterRequest::Admit { .. }));
+        assert!(matches!(
+            apply(&mut s, &batch),
+            CounterReply::Admitted { cap: Some(75), .. }
+        ));
+        assert_eq!(s.filed.len(), 1, "a's record is filed");
+        assert_eq!(s.filed[0].total_tokens, 15);
+        // A batch of settlements alone answers for the last; settling twice counts once.
+        let again = CounterRequest::Batch {
+            ops: vec![settle("a", 2, 10, 5), settle("b", 2, 10, 1)],
+        };
+        assert_eq!(again.needs_standing(), None);
+        assert_eq!(
+            apply(&mut s, &again),
+            CounterReply::Settled { counted: true }
+        );
+        assert_eq!(s.filed.len(), 2);
+        assert_eq!(s.day_tokens, 26);
+        let text = serde_json::to_string(&again).unwrap_or_default();
+        assert!(text.starts_with(r#"{"batch":{"ops":[{"settle":"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<CounterRequest>(&text).ok(),
+            Some(again)
+        );
     }
 
     #[test]

@@ -175,7 +175,7 @@ impl ConsumerCounter {
         self.ensure_outbox(&sql)?;
         self.counter.run(&sql, |state| {
             let reply = apply(state, request);
-            if file_records(&sql, state)? | note_refusal(&sql, request, &reply)? {
+            if file_records(&sql, state)? | note_refusal(&sql, request.answered(), &reply)? {
                 self.outbox_waiting.set(Some(true));
             }
             Ok((reply, self.wake_at(&sql, state)?))

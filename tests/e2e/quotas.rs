@@ -19,6 +19,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         plan_models_and_max_tokens_are_enforced,
         usage_reports_for_owner_and_consumer,
         restart_keeps_counters_and_unflushed_usage,
+        each_settlement_frees_its_reservation_before_the_next_request,
     ]
 }
 
@@ -639,5 +640,53 @@ pub async fn restart_keeps_counters_and_unflushed_usage(c: Arc<Ctx>) -> CaseResu
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     gw.stop();
+    Ok(())
+}
+
+/// Back-to-back requests: each answer's settlement reaches the counter before the consumer's next
+/// admission (carried by it, in the same call), so no request ever sees the one before still holding
+/// its worst case. The day's budget fits one reservation of the plan's cap, not two: a settlement
+/// left behind would shrink the next cap sent upstream. The consumer's usage right after the last
+/// answer is exactly what the records say, nothing still reserved.
+pub async fn each_settlement_frees_its_reservation_before_the_next_request(
+    c: Arc<Ctx>,
+) -> CaseResult {
+    let slug = "quota-settled";
+    let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
+    limit_default_plan(
+        &c,
+        &t,
+        json!({"tokens_per_day": 1500, "max_tokens_per_request": 1000}),
+    )
+    .await?;
+    const REQUESTS: usize = 12;
+    for i in 0..REQUESTS {
+        expect_status(&c.chat_ok(&t).await?, 200, &format!("chat {i}"))?;
+    }
+    let caps: Vec<Value> = c
+        .upstream_requests(slug)
+        .iter()
+        .map(|r| r.json()["max_tokens"].clone())
+        .collect();
+    assert_eq!(
+        caps,
+        vec![json!(1000); REQUESTS],
+        "every request was admitted with the whole cap"
+    );
+    let mine = c.consumer_usage(&t, Some(&t.secret)).await?;
+    expect_status(&mine, 200, "consumer usage")?;
+    let used = mine.json()["windows"]["tokens_per_day"]["used"].clone();
+    let usage = usage_until(&c, &t, "", |v| records(v).len() == REQUESTS).await?;
+    let booked: u64 = records(&usage)
+        .iter()
+        .filter_map(|r| r["total_tokens"].as_u64())
+        .sum();
+    assert!(booked > 0, "{usage}");
+    assert_eq!(
+        used,
+        json!(booked),
+        "used right after the last answer is what was booked, with nothing held"
+    );
+    eprintln!("    measured: {REQUESTS} back-to-back requests, each capped at 1000 of a 1500-token day; {booked} tokens booked");
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Sluice's latency benchmark: ONE interleaved run against ONE mock upstream, four targets:
 //!
 //!   (a) the mock upstream called directly;
-//!   (b) a bare JavaScript pass-through worker (benches/bare-worker/) on the same `wrangler dev`,
+//!   (b) a bare JavaScript pass-through worker (benches/bare-worker/) on the same wrangler,
 //!       the floor any Workers gateway pays;
 //!   (c) Sluice, consumer-key auth, default plan unlimited;
 //!   (d) Sluice, default plan with limits (requests_per_minute, tokens_per_day): the quota check.
@@ -13,8 +13,9 @@
 //! `LOAD_CLIENTS` concurrent keep-alive clients, in rounds that rotate the targets, with the CPU the
 //! serving workerd processes spent per request (from /proc) and every 5xx counted. The storage
 //! calls per request come from Sluice's `Server-Timing` header (the bench APIs turn it on). Under the
-//! same load, once a round, (e) the bare worker plus the two counter calls every metered request makes
-//! (benches/counter-floor, no WASM): the floor of the design on this runtime. Also prints the built
+//! same load, once a round, (e) the bare worker plus two counter calls (benches/counter-calls, no
+//! WASM): what one Durable Object call before the upstream and one after cost on this runtime, for
+//! reference (Sluice's settlement often rides on the next admission instead). Also prints the built
 //! WASM size (raw and gzip) and the targets against the bare worker.
 //!
 //! It prints figures and asserts no timings. Exit code: 0 when it ran; 1 when setup failed (no
@@ -99,7 +100,7 @@ struct Endpoints {
     http: reqwest::Client,
     direct_url: String,
     bare_url: String,
-    /// The bare worker plus the two counter calls (benches/counter-floor).
+    /// The bare worker plus two counter calls (benches/counter-calls).
     floor_url: String,
     gateway_url: String,
     unlimited: Tenant,
@@ -159,7 +160,7 @@ impl Endpoints {
             .await
     }
 
-    /// `load` against the counter-call floor (benches/counter-floor).
+    /// `load` against the two-call reference (benches/counter-calls).
     async fn load_floor(&self, n: usize, clients: usize) -> (f64, Vec<Option<u16>>) {
         let body = chat_body(Some("mock-model"), "hello", false);
         let request = || {
@@ -323,7 +324,7 @@ impl BareWorker {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
                     self.child = None;
-                    return Err(format!("wrangler dev exited early: {status}").into());
+                    return Err(format!("wrangler exited early: {status}").into());
                 }
             }
             let probe = http
@@ -612,7 +613,7 @@ async fn run() -> ExitCode {
     let (gateway, bare, floor) = tokio::join!(
         gateway,
         BareWorker::start("bare-worker", &bare_upstream, devtools),
-        BareWorker::start("counter-floor", &bare_upstream, devtools)
+        BareWorker::start("counter-calls", &bare_upstream, devtools)
     );
     // Whichever started is stopped by Drop when another failed.
     let (gateway, bare, floor) = match (gateway, bare, floor) {
@@ -625,7 +626,7 @@ async fn run() -> ExitCode {
                 eprintln!("bench setup failed: bare worker: {e}");
             }
             if let Err(e) = &f {
-                eprintln!("bench setup failed: counter-call floor: {e}");
+                eprintln!("bench setup failed: two-call reference: {e}");
             }
             return ExitCode::FAILURE;
         }
@@ -772,7 +773,7 @@ async fn run() -> ExitCode {
                 .load
                 .add(seconds, &statuses, w1 - w0, n1 - n0);
         }
-        // The counter-call floor, once a round after the four targets.
+        // The two-call reference, once a round after the four targets.
         let n = LOAD_REQUESTS / LOAD_ROUNDS;
         let cpu = |comm: &str| floor.process_group().map_or(0.0, |g| group_cpu_ms(g, comm));
         let (w0, n0) = (cpu("workerd"), cpu("node"));
@@ -911,7 +912,7 @@ struct Run {
     measured_for: Duration,
     total: Duration,
     load: String,
-    /// The bare worker plus the two counter calls (benches/counter-floor), under the same load.
+    /// The bare worker plus two counter calls (benches/counter-calls), under the same load.
     floor: Load,
 }
 
@@ -1069,7 +1070,7 @@ fn print_report(samples: &[Samples], run: &Run) {
         per_request(floor.node_cpu_ms)
     );
     println!(
-        "((e) is the floor of the design on this runtime: the bare worker plus one Durable Object call before the upstream and one after, no WASM; benches/counter-floor)"
+        "((e) is a reference: the bare worker plus one Durable Object call before the upstream and one after, no WASM; benches/counter-calls)"
     );
     println!(
         "(req/s counts 200s only; CPU: user + system of the target's workerd processes, and of its wrangler node process, per request)"

@@ -3,8 +3,9 @@
 //! or, if the request is dropped first (the client went away), by the fallback its `Drop` sends. The
 //! settle call itself runs in the runtime's `wait_until`, so it survives the client; `settle` waits
 //! for it, so an answer seen in full always has its usage stored. A settlement made after its answer
-//! (`settle_later`) waits up to `SETTLE_WAIT_MS` in the isolate: the consumer's next admission carries
-//! it in the same counter call (settled first, so it frees what it held), or it goes on its own.
+//! (`settle_later`) waits in the isolate (`limits::settling`): the consumer's next counter call
+//! carries it (settled first, so it frees what it held), and its own flush sends it `SETTLE_WAIT_MS`
+//! later if it is still unconfirmed.
 //!
 //! `Watch` is how a waiting request notices its client: the incoming request's abort signal (the
 //! `enable_request_signal` compatibility flag) fires where the runtime detects a hang-up (the
@@ -12,7 +13,6 @@
 //! sends heartbeats), and its timers say when to renew the lease and when a stream has been idle.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -31,6 +31,7 @@ use crate::limits::counter::{Ask, Outcome, Refusal, Window};
 use crate::limits::headers::rate_limit_headers;
 use crate::limits::ops::{CounterReply, CounterRequest};
 use crate::limits::plan::{Limits, Plan};
+use crate::limits::settling::Settling;
 use crate::limits::standing::Presented;
 use crate::store::counter_do as counter;
 use crate::timing::{Binding, Timing};
@@ -43,31 +44,12 @@ type SettleMsg = (Outcome, Option<oneshot::Sender<()>>);
 const SETTLE_WAIT_MS: u64 = 20;
 
 thread_local! {
-    /// Settlements waiting in this isolate, per counter (API id, consumer id), oldest first.
-    static WAITING: RefCell<HashMap<(String, String), Vec<CounterRequest>>> =
-        RefCell::new(HashMap::new());
+    /// Settlements waiting in this isolate for their counters.
+    static SETTLING: RefCell<Settling> = RefCell::new(Settling::default());
 }
 
-/// Leaves `ops` (settlements) for the counter of (`api_id`, `consumer_id`) to send later.
-fn wait_to_send(api_id: &str, consumer_id: &str, ops: Vec<CounterRequest>) {
-    if ops.is_empty() {
-        return;
-    }
-    WAITING.with(|w| {
-        w.borrow_mut()
-            .entry((api_id.to_string(), consumer_id.to_string()))
-            .or_default()
-            .extend(ops)
-    });
-}
-
-/// The settlements waiting for the counter of (`api_id`, `consumer_id`), taken.
-fn take_waiting(api_id: &str, consumer_id: &str) -> Vec<CounterRequest> {
-    WAITING.with(|w| {
-        w.borrow_mut()
-            .remove(&(api_id.to_string(), consumer_id.to_string()))
-            .unwrap_or_default()
-    })
+fn settling<R>(f: impl FnOnce(&mut Settling) -> R) -> R {
+    SETTLING.with(|s| f(&mut s.borrow_mut()))
 }
 
 /// `op`, preceded by the waiting settlements `ahead` when there are any (one call, one turn).
@@ -79,18 +61,46 @@ fn carrying(mut ahead: Vec<CounterRequest>, op: CounterRequest) -> CounterReques
     CounterRequest::Batch { ops: ahead }
 }
 
-/// Sends the settlements waiting for a counter, if an admission has not carried them yet. When the
-/// counter cannot be reached their leases expire and are booked at their reservations, with
-/// `abandoned` records.
-async fn send_waiting(env: &Env, api_id: &str, consumer_id: &str) {
-    let mut ops = take_waiting(api_id, consumer_id);
-    let op = match ops.len() {
+/// One call to the counter with the settlements waiting for it going first; whether a flush must
+/// follow (the call failed, and what it carried waits again).
+async fn send_carrying(
+    env: &Env,
+    api_id: &str,
+    consumer_id: &str,
+    op: CounterRequest,
+) -> (Result<CounterReply, Error>, bool) {
+    let counter = (api_id, consumer_id);
+    let carried = settling(|s| s.carry(counter));
+    let op = carrying(carried.ops, op);
+    let reply = counter::call(env, api_id, consumer_id, &op).await;
+    if reply.is_ok() {
+        settling(|s| s.landed(counter, &carried.leases));
+        return (reply, false);
+    }
+    settling(|s| s.carry_failed(counter, &carried.leases));
+    (reply, !carried.leases.is_empty())
+}
+
+/// Sends, `SETTLE_WAIT_MS` from now, the settlements still waiting for a counter (nothing when an
+/// admission carried them meanwhile). When the counter cannot be reached their leases expire and
+/// are booked at their reservations, with `abandoned` records.
+async fn flush_later(env: &Env, api_id: &str, consumer_id: &str) {
+    Delay::from(std::time::Duration::from_millis(SETTLE_WAIT_MS)).await;
+    let counter = (api_id, consumer_id);
+    let mut carried = settling(|s| s.flush(counter));
+    let op = match carried.ops.len() {
         0 => return,
-        1 => ops.remove(0),
-        _ => CounterRequest::Batch { ops },
+        1 => carried.ops.remove(0),
+        _ => CounterRequest::Batch {
+            ops: std::mem::take(&mut carried.ops),
+        },
     };
-    if let Err(e) = counter::call(env, api_id, consumer_id, &op).await {
-        worker::console_error!("settlements not sent: {}", e.detail);
+    match counter::call(env, api_id, consumer_id, &op).await {
+        Ok(_) => settling(|s| s.landed(counter, &carried.leases)),
+        Err(e) => {
+            worker::console_error!("settlements not sent: {}", e.detail);
+            settling(|s| s.flush_failed(counter, &carried.leases));
+        }
     }
 }
 
@@ -154,17 +164,10 @@ pub async fn call_carrying(
     consumer_id: &str,
     op: CounterRequest,
 ) -> Result<CounterReply, Error> {
-    let op = carrying(take_waiting(api_id, consumer_id), op);
-    let reply = counter::call(env, api_id, consumer_id, &op).await;
-    if let (Err(_), CounterRequest::Batch { mut ops }) = (&reply, op) {
-        // Not known to have landed: they wait again (settling twice counts once).
-        ops.pop();
-        wait_to_send(api_id, consumer_id, ops);
+    let (reply, flush) = send_carrying(env, api_id, consumer_id, op).await;
+    if flush {
         let (env, api_id, consumer_id) = (env.clone(), api_id.to_string(), consumer_id.to_string());
-        ctx.wait_until(async move {
-            Delay::from(std::time::Duration::from_millis(SETTLE_WAIT_MS)).await;
-            send_waiting(&env, &api_id, &consumer_id).await;
-        });
+        ctx.wait_until(async move { flush_later(&env, &api_id, &consumer_id).await });
     }
     reply
 }
@@ -218,24 +221,27 @@ pub async fn admit(
         let Ok((outcome, done)) = rx.await else {
             return;
         };
+        let Some(done) = done else {
+            // After the answer: the consumer's next admission may carry it.
+            let counter = (api_id.as_str(), consumer_id.as_str());
+            settling(|s| s.wait(counter, now_ms(), id, outcome));
+            flush_later(&task_env, &api_id, &consumer_id).await;
+            return;
+        };
         let op = CounterRequest::Settle {
             now: now_ms(),
             lease_id: id.clone(),
             outcome,
         };
-        let Some(done) = done else {
-            // After the answer: the consumer's next admission may carry it.
-            wait_to_send(&api_id, &consumer_id, vec![op]);
-            Delay::from(std::time::Duration::from_millis(SETTLE_WAIT_MS)).await;
-            send_waiting(&task_env, &api_id, &consumer_id).await;
-            return;
-        };
-        let op = carrying(take_waiting(&api_id, &consumer_id), op);
-        if let Err(e) = counter::call(&task_env, &api_id, &consumer_id, &op).await {
+        let (reply, flush) = send_carrying(&task_env, &api_id, &consumer_id, op).await;
+        if let Err(e) = reply {
             // The lease then expires and is booked at its reservation, with an `abandoned` record.
             worker::console_error!("settle failed for {id}: {}", e.detail);
         }
         let _ = done.send(());
+        if flush {
+            flush_later(&task_env, &api_id, &consumer_id).await;
+        }
     });
     Ok(Lease {
         env: env.clone(),

@@ -325,15 +325,17 @@ impl CounterState {
         while self.minute.front().is_some_and(|t| *t <= now - MINUTE_MS) {
             self.minute.pop_front();
         }
+        // Windows only move forward: an operation stamped earlier (a settlement sent a moment after
+        // it was made, another isolate's clock) never takes the day or month back and empties it.
         let day = day_start(now);
-        if day != self.day_start {
+        if day > self.day_start {
             self.day_start = day;
             self.day_requests = 0;
             self.day_tokens = 0;
             self.day_spend = 0;
         }
         let (month, _) = month_bounds(now);
-        if month != self.month_start {
+        if month > self.month_start {
             self.month_start = month;
             self.month_tokens = 0;
             self.month_spend = 0;

@@ -2,6 +2,8 @@
 //! every operation, and each live lease holds a usage record that is only read again when the lease
 //! ends, so the record's JSON is made once instead of on every write. It reads back by decoding that
 //! JSON into the type (a record that does not decode is an error, as for the rest of the state).
+//! It reads only from serde_json's own deserializer (`from_str`/`from_slice`), not through a buffered
+//! value (`#[serde(flatten)]`, untagged enums, `from_value`): keep it out of such types.
 
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use serde::{Deserialize, Serialize, Serializer};

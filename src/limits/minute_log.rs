@@ -2,7 +2,8 @@
 //! a JSON array of 13-digit numbers (the counter writes its whole state on every operation, and a
 //! plan with a per-minute limit keeps up to that many times). Each time is a zigzag varint of its
 //! difference from the one before (the first from zero), and the bytes are base64url without padding:
-//! about 1.4 characters a time instead of 14. The older form, an array of numbers, still reads.
+//! 1.4 characters a time for admissions under 64 ms apart, 2.7 up to 8 s apart, instead of 14. The
+//! older form, an array of numbers, still reads.
 
 use std::collections::VecDeque;
 
@@ -43,7 +44,8 @@ pub fn decode(text: &str) -> Result<VecDeque<i64>, String> {
     let mut v = 0u64;
     let mut shift = 0u32;
     for &byte in &bytes {
-        if shift > 63 {
+        // The tenth byte holds the 64th bit and nothing more.
+        if shift > 63 || (shift == 63 && byte & 0x7f > 1) {
             return Err("a minute log entry is longer than 64 bits".into());
         }
         v |= u64::from(byte & 0x7f) << shift;
@@ -134,8 +136,14 @@ mod tests {
         assert!(decode("not base64!").is_err());
         // 0x80 promises another byte that never comes.
         assert!(decode(&B64URL.encode([0x80])).is_err());
-        // Eleven continuation bytes run past 64 bits.
+        // Eleven continuation bytes run past 64 bits, and so does a tenth byte above 1.
         assert!(decode(&B64URL.encode([0xff; 11])).is_err());
+        let mut beyond = [0xff; 10];
+        beyond[9] = 0x02;
+        assert!(decode(&B64URL.encode(beyond)).is_err());
+        let mut widest = [0xff; 10];
+        widest[9] = 0x01;
+        assert_eq!(decode(&B64URL.encode(widest)), Ok(log(&[i64::MIN])));
     }
 
     #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]

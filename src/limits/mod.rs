@@ -7,5 +7,6 @@ pub mod meter;
 pub mod minute_log;
 pub mod ops;
 pub mod plan;
+pub mod settling;
 pub mod spend;
 pub mod standing;

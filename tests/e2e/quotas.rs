@@ -643,9 +643,9 @@ pub async fn restart_keeps_counters_and_unflushed_usage(c: Arc<Ctx>) -> CaseResu
     Ok(())
 }
 
-/// Back-to-back requests: each answer's settlement reaches the counter before the consumer's next
-/// admission (carried by it, in the same call), so no request ever sees the one before still holding
-/// its worst case. The day's budget fits one reservation of the plan's cap, not two: a settlement
+/// Back-to-back requests from one client: each answer's settlement goes with the consumer's next
+/// admission (settled first, in the same call; also when its own flush is already on the way), so no
+/// request sees the one before still holding its worst case. The day's budget fits one reservation of the plan's cap, not two: a settlement
 /// left behind would shrink the next cap sent upstream. The consumer's usage right after the last
 /// answer is exactly what the records say, nothing still reserved.
 pub async fn each_settlement_frees_its_reservation_before_the_next_request(

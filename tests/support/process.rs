@@ -193,7 +193,7 @@ impl Gateway {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
                     self.child = None;
-                    return Err(format!("wrangler dev exited early: {status}").into());
+                    return Err(format!("wrangler exited early: {status}").into());
                 }
             }
             if let Ok(resp) = http.get(&health).send().await {

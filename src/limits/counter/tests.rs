@@ -177,6 +177,30 @@ fn daily_requests_reset_at_utc_midnight() {
 }
 
 #[test]
+fn an_operation_stamped_before_midnight_does_not_take_the_new_day_back() {
+    let limits = Limits {
+        tokens_per_day: Some(100),
+        ..Default::default()
+    };
+    let mut s = CounterState::default();
+    assert!(s
+        .admit(t("2026-11-22T23:59:59Z"), &limits, "a", fixed(10, 10), None)
+        .is_ok());
+    assert!(s
+        .admit(t("2026-11-23T00:00:01Z"), &limits, "b", fixed(10, 80), None)
+        .is_ok());
+    // `a`'s settlement was made before midnight and arrives after `b` rolled the day over.
+    assert!(s.settle(t("2026-11-22T23:59:59.900Z"), "a", &done(10, 10)));
+    assert!(s.settle(t("2026-11-23T00:00:02Z"), "b", &done(10, 80)));
+    assert_eq!(s.day_start, t("2026-11-23T00:00:00Z"));
+    // The new day holds both: the late settlement lands in it rather than emptying it.
+    assert_eq!(s.day_tokens, 110);
+    assert!(s
+        .admit(t("2026-11-23T00:00:03Z"), &limits, "c", fixed(1, 1), None)
+        .is_err());
+}
+
+#[test]
 fn the_cap_is_what_the_window_has_left_after_the_prompt() {
     let limits = Limits {
         tokens_per_day: Some(10_000),

@@ -1,7 +1,7 @@
-// The floor of Sluice's design on this runtime, for `make bench`: the bare pass-through worker plus
-// the two counter calls every metered request makes (one to a SQLite-backed Durable Object before
-// the upstream, which writes its state, and one after the answer, in waitUntil). No auth, no
-// parsing, no WASM: what is left is what the runtime charges for the calls themselves.
+// A reference for `make bench`: the bare pass-through worker plus two counter calls (one to a
+// SQLite-backed Durable Object before the upstream, which writes its state, and one after the
+// answer, in waitUntil), as a metered request makes when its settlement goes on its own. No auth,
+// no parsing, no WASM: what is left is what the runtime charges for the calls themselves.
 import { DurableObject } from "cloudflare:workers";
 
 export class Counter extends DurableObject {

@@ -21,8 +21,14 @@ enum State {
     Flushing,
 }
 
+/// A settlement still here this long after it was made is dropped: its lease has long expired and
+/// been booked (a settlement of an unknown lease counts nothing), and only a carrying request that
+/// was cancelled after its own flush failed can leave one behind.
+const STALE_MS: i64 = 10 * 60_000;
+
 #[derive(Debug)]
 struct Entry {
+    made_at: i64,
     lease_id: String,
     op: CounterRequest,
     state: State,
@@ -44,12 +50,17 @@ pub struct Settling {
 impl Settling {
     /// Leaves the settlement of `lease_id` with `outcome` (made at `now`) to be sent.
     pub fn wait(&mut self, counter: (&str, &str), now: i64, lease_id: String, outcome: Outcome) {
+        self.by_counter.retain(|_, entries| {
+            entries.retain(|e| now - e.made_at < STALE_MS);
+            !entries.is_empty()
+        });
         let op = CounterRequest::Settle {
             now,
             lease_id: lease_id.clone(),
             outcome,
         };
         self.entries(counter).push(Entry {
+            made_at: now,
             lease_id,
             op,
             state: State::Waiting,
@@ -209,6 +220,24 @@ mod tests {
         assert_eq!(leases(&s.flush(A)), ["l2"]);
         s.landed(A, &first.leases);
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn what_nobody_can_send_any_more_does_not_stay() {
+        let mut s = Settling::default();
+        wait(&mut s, A, "l1");
+        let flushing = s.flush(A);
+        let carried = s.carry(A);
+        // The flush fails while an admission carries it, and that request is then cancelled.
+        s.flush_failed(A, &flushing.leases);
+        assert_eq!(leases(&carried), ["l1"]);
+        assert_eq!(s.len(), 1);
+        s.wait(B, STALE_MS, "l2".into(), Outcome::default());
+        assert_eq!(s.len(), 2, "not yet stale");
+        s.wait(B, 1 + STALE_MS, "l3".into(), Outcome::default());
+        assert_eq!(leases(&s.carry(B)), ["l2", "l3"]);
+        assert_eq!(s.carry(A), Carried::default());
+        assert_eq!(s.len(), 2, "l1 is gone");
     }
 
     #[test]

@@ -150,8 +150,40 @@ pub fn to_chat(body: Value) -> Result<Value, Error> {
     Ok(Value::Object(chat))
 }
 
+/// `system` and `tools` in the shapes Anthropic takes: every part of them is metered, so a shape
+/// the gateway would not read is refused rather than passed on uncounted.
+fn check_system_and_tools(body: &Map<String, Value>) -> Result<(), Error> {
+    let text_block = |b: &Value| {
+        b.get("type").and_then(Value::as_str) == Some("text")
+            && b.get("text").is_some_and(Value::is_string)
+    };
+    match body.get("system") {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(Value::Array(blocks)) if blocks.iter().all(text_block) => {}
+        Some(_) => {
+            return Err(invalid(
+                "system",
+                "`system` must be a string or an array of text blocks ({\"type\": \"text\", \"text\": ...}).",
+            ))
+        }
+    }
+    let tool = |t: &Value| {
+        t.get("name").is_some_and(Value::is_string)
+            && t.get("input_schema").is_none_or(Value::is_object)
+    };
+    match body.get("tools") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Array(tools)) if tools.iter().all(tool) => Ok(()),
+        Some(_) => Err(invalid(
+            "tools",
+            "`tools` must be an array of tools, each with a string `name` (and an object `input_schema`).",
+        )),
+    }
+}
+
 /// The translation without `max_tokens` (token counting needs none).
 fn chat_without_cap(body: &Map<String, Value>) -> Result<Map<String, Value>, Error> {
+    check_system_and_tools(body)?;
     let mut messages = Vec::new();
     if let Some(system) = body.get("system").filter(|s| !s.is_null()) {
         messages.push(json!({"role": "system", "content": text_of(system)}));
@@ -556,6 +588,55 @@ impl MessagesStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_and_tools_in_shapes_the_gateway_does_not_read_are_refused() {
+        let base = || json!({"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+        let huge = "A".repeat(1000);
+        for (field, value) in [
+            ("system", json!({"text": huge})),
+            ("system", json!(1)),
+            ("system", json!([{"type": "image", "source": {}}])),
+            ("system", json!([{"type": "text"}])),
+            ("tools", json!(huge)),
+            ("tools", json!({"a": huge})),
+            ("tools", json!([{"x": huge}])),
+            ("tools", json!([{"name": "t", "input_schema": "x"}])),
+        ] {
+            let mut body = base();
+            body[field] = value.clone();
+            let e = to_chat(body.clone()).err();
+            assert!(
+                e.as_ref()
+                    .is_some_and(|e| e.problem == crate::error::Problem::InvalidRequest),
+                "{field}: {value}"
+            );
+            assert!(
+                count_body(body).is_err(),
+                "count_tokens refuses it too: {value}"
+            );
+        }
+        for (field, value) in [
+            ("system", json!("be brief")),
+            (
+                "system",
+                json!([{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}]),
+            ),
+            ("system", Value::Null),
+            (
+                "tools",
+                json!([{"name": "get_weather", "input_schema": {"type": "object"}}]),
+            ),
+            (
+                "tools",
+                json!([{"type": "web_search_20250305", "name": "web_search"}]),
+            ),
+        ] {
+            let mut body = base();
+            body[field] = value.clone();
+            assert!(to_chat(body).is_ok(), "{field}: {value}");
+        }
+    }
     use crate::stream::sse::Event;
 
     fn events(bytes: &[u8]) -> Vec<Event> {

@@ -736,24 +736,72 @@ pub(super) fn form_field(form: &[(String, String)], name: &str) -> Option<String
     form.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
 }
 
-/// A token request's fields: form-encoded (RFC 6749), or a JSON object of strings.
+/// A token request's fields: form-encoded (RFC 6749), or a JSON object of strings. A parameter
+/// given twice is refused (RFC 6749 §3.1), rather than one of its values silently winning.
 pub(super) async fn token_form(req: &mut Request) -> Result<Vec<(String, String)>, Error> {
     let body = read_body(req, AUTH_BODY_LIMIT).await?;
-    if !header(req, "content-type").is_some_and(|c| c.contains("json")) {
-        return Ok(form_urlencoded::parse(&body)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect());
+    let fields: Vec<(String, String)> =
+        if !header(req, "content-type").is_some_and(|c| c.contains("json")) {
+            form_urlencoded::parse(&body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        } else {
+            match serde_json::from_slice::<Members>(&body) {
+                Ok(Members(m)) => m
+                    .into_iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
+                    .collect(),
+                Err(_) => {
+                    return Err(oauth_error(
+                        400,
+                        "invalid_request",
+                        "The body is not a valid JSON object.",
+                    ))
+                }
+            }
+        };
+    refuse_repeats(&fields)?;
+    Ok(fields)
+}
+
+/// The first parameter of `fields` that appears twice, as `invalid_request`.
+pub(super) fn refuse_repeats(fields: &[(String, String)]) -> Result<(), Error> {
+    for (i, (name, _)) in fields.iter().enumerate() {
+        if fields[..i].iter().any(|(n, _)| n == name) {
+            let shown: String = name.chars().take(40).collect();
+            return Err(oauth_error(
+                400,
+                "invalid_request",
+                &format!("The parameter `{shown}` appears more than once."),
+            ));
+        }
     }
-    match serde_json::from_slice::<serde_json::Map<String, Value>>(&body) {
-        Ok(m) => Ok(m
-            .into_iter()
-            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
-            .collect()),
-        Err(_) => Err(oauth_error(
-            400,
-            "invalid_request",
-            "The body is not valid JSON.",
-        )),
+    Ok(())
+}
+
+/// A JSON object's members in order, repeats kept (a map would keep only the last of them).
+struct Members(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Value>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
     }
 }
 

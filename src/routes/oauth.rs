@@ -844,20 +844,31 @@ async fn client_of(
     project: &Project,
 ) -> Result<OAuthClient, Error> {
     let field = |k: &str| form_field(form, k);
-    let basic = header(req, "authorization").and_then(|h| {
-        let b64 = h
-            .strip_prefix("Basic ")
-            .or_else(|| h.strip_prefix("basic "))?;
-        let raw = STANDARD.decode(b64.trim()).ok()?;
-        let text = String::from_utf8(raw).ok()?;
-        let (id, secret) = text.split_once(':')?;
-        let decode = |s: &str| {
-            form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
+    // HTTP Basic, when the request uses it, must decode; and it is the only method then (RFC 6749
+    // §2.3: one authentication method per request), though the form may repeat the same client_id.
+    let basic =
+        match header(req, "authorization").and_then(|h| {
+            h.strip_prefix("Basic ")
+                .or_else(|| h.strip_prefix("basic "))
+                .map(str::to_string)
+        }) {
+            None => None,
+            Some(b64) => Some(basic_credentials(&b64).ok_or_else(|| {
+                invalid_client("The HTTP Basic client credentials do not decode.")
+            })?),
         };
-        Some((decode(id)?, decode(secret)?))
-    });
+    if let Some((id, _)) = &basic {
+        if field("client_secret").is_some() {
+            return Err(invalid_request(
+                "Authenticate the client one way: HTTP Basic or `client_secret` in the form, not both.",
+            ));
+        }
+        if field("client_id").is_some_and(|c| &c != id) {
+            return Err(invalid_request(
+                "The form's `client_id` is not the client that HTTP Basic names.",
+            ));
+        }
+    }
     let (id, secret) = match basic {
         Some((id, secret)) => (id, Some(secret)),
         None => (
@@ -880,6 +891,19 @@ async fn client_of(
         }
     }
     Ok(client)
+}
+
+/// `client_id:client_secret` from an HTTP Basic credential, each form-urlencoded (RFC 6749 §2.3.1).
+fn basic_credentials(b64: &str) -> Option<(String, String)> {
+    let raw = STANDARD.decode(b64.trim()).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let decode = |s: &str| {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((decode(id)?, decode(secret)?))
 }
 
 /// How the token, revocation and introspection endpoints start: the project and the form.

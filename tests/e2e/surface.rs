@@ -347,6 +347,33 @@ async fn anthropic_messages_whole_streamed_and_in_its_error_shape(c: Arc<Ctx>) -
         "{}",
         counted.describe()
     );
+    // A `system` or `tools` in a shape the gateway would not meter is refused, counted or sent.
+    for (path, body) in [
+        (
+            "v1/messages/count_tokens",
+            json!({"model": "claude-mock", "messages": [{"role": "user", "content": "hi"}], "system": {"text": "A".repeat(5000)}}),
+        ),
+        (
+            "v1/messages",
+            json!({"model": "claude-mock", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "tools": "A".repeat(5000)}),
+        ),
+    ] {
+        let refused = Reply::read(
+            c.http
+                .post(format!("{}/v1/{}/{}/{path}", c.base, t.project, t.api))
+                .header("x-api-key", &t.secret)
+                .json(&body)
+                .send()
+                .await?,
+        )
+        .await?;
+        assert_eq!(
+            (refused.status, refused.json()["error"]["type"].clone()),
+            (400, json!("invalid_request_error")),
+            "{path}: {}",
+            refused.describe()
+        );
+    }
     // A wrong method on a Messages route is answered in Anthropic's shape too.
     let wrong = Reply::read(
         c.http

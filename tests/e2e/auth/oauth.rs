@@ -1010,6 +1010,71 @@ pub async fn oauth_confidential_clients_and_dynamic_registration(c: Arc<Ctx>) ->
     )
     .await?;
     assert_oauth_error(&wrong, 401, "invalid_client");
+    // One way to authenticate, each parameter once, and credentials that decode (RFC 6749 §2.3,
+    // §3.1): otherwise no token, whichever value would have won.
+    for (fields, basic, why) in [
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("client_secret", "ocs_wrong"),
+            ],
+            Some((id.as_str(), secret.as_str())),
+            "Basic and a form secret",
+        ),
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("client_id", id.as_str()),
+                ("client_id", "ocl_other"),
+                ("client_secret", secret.as_str()),
+            ],
+            None,
+            "client_id twice",
+        ),
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("grant_type", "authorization_code"),
+            ],
+            Some((id.as_str(), secret.as_str())),
+            "grant_type twice",
+        ),
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("client_id", "ocl_other"),
+            ],
+            Some((id.as_str(), secret.as_str())),
+            "a form client_id that is not Basic's",
+        ),
+    ] {
+        let r = token(&c, slug, &fields, basic).await?;
+        assert_eq!(r.status, 400, "{why}: {}", r.describe());
+        assert_oauth_error(&r, 400, "invalid_request");
+    }
+    let garbled = Reply::read(
+        c.http
+            .post(format!("{}/v1/{slug}/oauth/token", c.base))
+            .header("authorization", "Basic !!!")
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", id.as_str()),
+                ("client_secret", secret.as_str()),
+            ])
+            .timeout(STREAM_LIMIT)
+            .send()
+            .await?,
+    )
+    .await?;
+    assert_oauth_error(&garbled, 401, "invalid_client");
+    let same_id = token(
+        &c,
+        slug,
+        &[("grant_type", "client_credentials"), ("client_id", &id)],
+        Some((&id, &secret)),
+    )
+    .await?;
+    expect_status(&same_id, 200, "Basic with the same client_id in the form")?;
     let public = new_client(
         &c,
         slug,

@@ -469,14 +469,7 @@ async fn start_session(
     session.jkt = jkt;
     let access = sign_access(env, project, &session, now)?;
     let bound = session.jkt.is_some();
-    objects::call(
-        env,
-        &Guard::Session { id: &session_id },
-        &GuardRequest::CreateSession {
-            session: Box::new(session),
-        },
-    )
-    .await?;
+    objects::create_session(env, &session_id, session).await?;
     let store = kv::kv(env)?;
     kv::put::<SessionRecord>(
         &store,

@@ -604,14 +604,7 @@ async fn consent(
             used: false,
         }),
     });
-    objects::call(
-        env,
-        &Guard::Session { id: &session_id },
-        &GuardRequest::CreateSession {
-            session: Box::new(session),
-        },
-    )
-    .await?;
+    objects::create_session(env, &session_id, session).await?;
     record_event(ctx, env, draft("oauth_code_issued"));
     request.redirect_to(&[("code", &code)])
 }
@@ -1217,14 +1210,7 @@ async fn client_credentials(
         code: None,
     });
     let expires_at = session.expires_at;
-    objects::call(
-        i.env,
-        &Guard::Session { id: &session_id },
-        &GuardRequest::CreateSession {
-            session: Box::new(session),
-        },
-    )
-    .await?;
+    objects::create_session(i.env, &session_id, session).await?;
     d1::create_oauth_grant(
         i.db,
         &OAuthGrant {

@@ -301,14 +301,7 @@ async fn token_answer(
         hash,
         now,
     );
-    objects::call(
-        env,
-        &Guard::Session { id: &session_id },
-        &GuardRequest::CreateSession {
-            session: Box::new(session),
-        },
-    )
-    .await?;
+    objects::create_session(env, &session_id, session).await?;
     tokens(env, owner, &session_id, refresh_token, org_slug, now)
 }
 

@@ -10,6 +10,7 @@ use wasm_bindgen::JsValue;
 use worker::{Env, Method, Request, RequestInit, SqlStorage, SqlStorageValue};
 
 use crate::auth::guard::{GuardReply, GuardRequest};
+use crate::auth::session::Session;
 use crate::error::{Error, Problem};
 use crate::limits::ops::{CounterReply, CounterRequest};
 
@@ -110,6 +111,19 @@ pub async fn call<O: Object>(env: &Env, object: &O, op: &O::Request) -> Result<O
         .await
         .map_err(|e| fail(&e))?;
     serde_json::from_slice::<O::Reply>(&bytes).map_err(|e| fail(&e))
+}
+
+/// Starts session `id` in its own sign-in object (a managed, owner or OAuth session alike).
+pub async fn create_session(env: &Env, id: &str, session: Session) -> Result<(), Error> {
+    call(
+        env,
+        &Guard::Session { id },
+        &GuardRequest::CreateSession {
+            session: Box::new(session),
+        },
+    )
+    .await
+    .map(drop)
 }
 
 /// An object's incoming operation, from its JSON text (one `text()` call, then serde_json).

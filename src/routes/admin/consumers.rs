@@ -162,14 +162,27 @@ pub async fn revoke_key(c: &mut Call<'_>, project: &str, id: &str) -> Result<Rep
             project.slug
         )));
     };
+    cache::forget_key(c.env, &revoked.key_hash).await?;
+    revoked_everywhere(c, &project.id, &revoked.consumer_id, id, "key_revoked").await
+}
+
+/// The end of revoking a consumer's key or credential `id`, once D1 says so and the gateway's cache
+/// no longer holds it (that goes first: were the counters unreachable, it is still refused): the
+/// consumer's counters refuse it from the very next request, and the event is recorded.
+async fn revoked_everywhere(
+    c: &mut Call<'_>,
+    project_id: &str,
+    consumer_id: &str,
+    id: &str,
+    kind: &'static str,
+) -> Result<Reply, Error> {
     let change = Change::RevokeKey {
         key_id: id.to_string(),
     };
-    change_in_project(c.env, &project.id, &revoked.consumer_id, change).await?;
-    cache::forget_key(c.env, &revoked.key_hash).await?;
+    change_in_project(c.env, project_id, consumer_id, change).await?;
     c.event(EventDraft {
         detail: Some(id.to_string()),
-        ..event(&project.id, "key_revoked")
+        ..event(project_id, kind)
     });
     Ok(Reply::NoContent)
 }
@@ -250,16 +263,8 @@ pub async fn revoke_jwt_credential(
             project.slug
         )));
     };
-    let change = Change::RevokeKey {
-        key_id: id.to_string(),
-    };
-    change_in_project(c.env, &project.id, &consumer_id, change).await?;
     cache::store_jwt_credentials(c.env, &c.db, &project.id).await?;
-    c.event(EventDraft {
-        detail: Some(id.to_string()),
-        ..event(&project.id, "jwt_credential_revoked")
-    });
-    Ok(Reply::NoContent)
+    revoked_everywhere(c, &project.id, &consumer_id, id, "jwt_credential_revoked").await
 }
 
 /// A consumer's client certificate (mTLS): by SHA-256 fingerprint, or by issuer and subject DN.
@@ -322,15 +327,6 @@ pub async fn revoke_mtls_credential(
             project.slug
         )));
     };
-    let change = Change::RevokeKey {
-        key_id: id.to_string(),
-    };
-    // The cached list first: were the counter unreachable, the certificate is still refused.
     cache::store_mtls_credentials(c.env, &c.db, &project.id).await?;
-    change_in_project(c.env, &project.id, &consumer_id, change).await?;
-    c.event(EventDraft {
-        detail: Some(id.to_string()),
-        ..event(&project.id, "mtls_credential_revoked")
-    });
-    Ok(Reply::NoContent)
+    revoked_everywhere(c, &project.id, &consumer_id, id, "mtls_credential_revoked").await
 }

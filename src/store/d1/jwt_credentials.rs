@@ -77,14 +77,7 @@ pub async fn revoke_jwt_credential(
     id: &str,
     now: i64,
 ) -> Result<Option<String>, Error> {
-    #[derive(Deserialize)]
-    struct Row {
-        consumer_id: String,
-    }
-    let row = stmt(db, "UPDATE consumer_jwt_credentials SET revoked_at = ?3 WHERE project_id = ?1 AND id = ?2 AND revoked_at IS NULL \
-                        RETURNING consumer_id",
-        &[text(project_id), text(id), int(now)])?.row::<Row>().await?;
-    Ok(row.map(|r| r.consumer_id))
+    super::revoke_credential(db, "consumer_jwt_credentials", project_id, id, now).await
 }
 
 /// Every live credential of the project: what the hot-path cache holds, so a token's claim finds

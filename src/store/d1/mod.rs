@@ -80,6 +80,29 @@ fn stmt(db: &D1Database, sql: &str, args: &[JsValue]) -> Result<D1PreparedStatem
     Ok(db.prepare(sql).bind(args)?)
 }
 
+/// Revokes the live credential `id` in `table` (`consumer_jwt_credentials` or
+/// `consumer_mtls_credentials`); its consumer, or `None` if there is no such live credential.
+async fn revoke_credential(
+    db: &D1Database,
+    table: &'static str,
+    project_id: &str,
+    id: &str,
+    now: i64,
+) -> Result<Option<String>, Error> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        consumer_id: String,
+    }
+    let sql = format!(
+        "UPDATE {table} SET revoked_at = ?3 WHERE project_id = ?1 AND id = ?2 AND revoked_at IS NULL \
+         RETURNING consumer_id"
+    );
+    let row = stmt(db, &sql, &[text(project_id), text(id), int(now)])?
+        .row::<Row>()
+        .await?;
+    Ok(row.map(|r| r.consumer_id))
+}
+
 // Rows decode through their JSON text (one `JSON.stringify`, then serde_json): the decoder the KV
 // records and the Durable Object replies already use, rather than a second one per row type.
 // A row that does not decode is an error, never a default.

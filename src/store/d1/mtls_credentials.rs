@@ -1,6 +1,5 @@
 //! Consumers' client certificates (mTLS credentials) in D1: a fingerprint, or an issuer and subject DN.
 
-use serde::Deserialize;
 use worker::D1Database;
 
 use super::{insert_stmt, int, opt_text, stmt, text, write, Columns, Rows};
@@ -60,14 +59,7 @@ pub async fn revoke_mtls_credential(
     id: &str,
     now: i64,
 ) -> Result<Option<String>, Error> {
-    #[derive(Deserialize)]
-    struct Row {
-        consumer_id: String,
-    }
-    let row = stmt(db, "UPDATE consumer_mtls_credentials SET revoked_at = ?3 WHERE project_id = ?1 AND id = ?2 AND revoked_at IS NULL \
-                        RETURNING consumer_id",
-        &[text(project_id), text(id), int(now)])?.row::<Row>().await?;
-    Ok(row.map(|r| r.consumer_id))
+    super::revoke_credential(db, "consumer_mtls_credentials", project_id, id, now).await
 }
 
 /// Every live credential of the project: what the hot-path cache holds, so a certificate finds its

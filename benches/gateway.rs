@@ -241,12 +241,9 @@ impl BareWorker {
     /// (`scripts/serve.mjs`).
     async fn start(dir: &str, upstream: &str, devtools: bool) -> Result<BareWorker> {
         let root = repo_root();
-        let bin = root.join("node_modules/.bin/wrangler");
         let config = root.join("benches").join(dir).join("wrangler.toml");
-        for needed in [&bin, &config] {
-            if !needed.exists() {
-                return Err(format!("{} is missing", needed.display()).into());
-            }
+        if !config.exists() {
+            return Err(format!("{} is missing", config.display()).into());
         }
         let ports = free_ports(2)?;
         let (port, inspector_port) = (ports[0], ports[1]);
@@ -256,7 +253,7 @@ impl BareWorker {
         let log_dir = root.join("target").join("bench-logs");
         fs::create_dir_all(&log_dir)?;
         let log_path = log_dir.join(format!("{dir}-{port}.log"));
-        let log = File::create(&log_path)?;
+        File::create(&log_path)?;
         let mut bare = BareWorker {
             base_url: format!("http://127.0.0.1:{port}"),
             log_path,
@@ -273,35 +270,12 @@ impl BareWorker {
                 scratch.join(file),
             )?;
         }
-        let mut cmd = if devtools {
-            let mut cmd = Command::new(bin);
-            cmd.args(["dev", "--ip", "127.0.0.1"])
-                .args(["--inspector-port", &inspector_port.to_string()])
-                .arg("--show-interactive-dev-session=false");
-            cmd
-        } else {
-            let mut cmd = Command::new("node");
-            cmd.arg(root.join("scripts/serve.mjs"));
-            cmd
-        };
-        cmd.current_dir(&scratch)
-            .env("CI", "true")
-            .env("WRANGLER_SEND_METRICS", "false")
-            .env("NO_COLOR", "1")
-            .args(["--config", "wrangler.toml"])
-            .args(["--port", &port.to_string()])
-            .args([
-                "--persist-to",
-                &bare.persist_dir.join("state").to_string_lossy(),
-            ])
-            .args(["--var", &format!("UPSTREAM_URL:{upstream}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
+        let mut cmd = dev_server(devtools, port, inspector_port, &scratch, &bare.log_path)?;
+        cmd.args([
+            "--persist-to",
+            &bare.persist_dir.join("state").to_string_lossy(),
+        ])
+        .args(["--var", &format!("UPSTREAM_URL:{upstream}")]);
         bare.child = Some(cmd.spawn()?);
         if let Err(e) = bare.wait_ready().await {
             let tail = fs::read_to_string(&bare.log_path).unwrap_or_default();

@@ -113,24 +113,7 @@ impl Gateway {
     }
 
     fn wrangler(&self) -> Result<Command> {
-        let bin = repo_root().join("node_modules/.bin/wrangler");
-        if !bin.exists() {
-            return Err(format!("{} is missing; run `make setup`", bin.display()).into());
-        }
-        self.command(Command::new(bin))
-    }
-
-    /// `cmd` run from the repository with wrangler's quiet settings, its output into the log.
-    fn command(&self, mut cmd: Command) -> Result<Command> {
-        let log = OpenOptions::new().append(true).open(&self.log_path)?;
-        cmd.current_dir(repo_root())
-            .env("CI", "true")
-            .env("WRANGLER_SEND_METRICS", "false")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        Ok(cmd)
+        quiet(Command::new(wrangler_bin()?), &repo_root(), &self.log_path)
     }
 
     async fn launch(&mut self, timeout: Duration) -> Result<()> {
@@ -155,31 +138,24 @@ impl Gateway {
 
         // 2. wrangler dev (or its dev server without devtools), in its own process group so stopping
         // it takes workerd along.
-        let mut dev = if self.devtools {
-            let mut dev = self.wrangler()?;
-            dev.args(["dev", "--ip", "127.0.0.1"])
-                .args(["--inspector-port", &self.inspector_port.to_string()])
-                .arg("--show-interactive-dev-session=false")
-                // `GET /__scheduled` runs the Cron Trigger's handler (the housekeeping case).
-                .arg("--test-scheduled");
-            dev
-        } else {
-            let mut serve = Command::new("node");
-            serve.arg(repo_root().join("scripts/serve.mjs"));
-            self.command(serve)?
-        };
-        dev.args(["--port", &self.port.to_string()])
-            .args(["--persist-to", &persist])
+        let mut dev = dev_server(
+            self.devtools,
+            self.port,
+            self.inspector_port,
+            &repo_root(),
+            &self.log_path,
+        )?;
+        if self.devtools {
+            // `GET /__scheduled` runs the Cron Trigger's handler (the housekeeping case).
+            dev.arg("--test-scheduled");
+        }
+        dev.args(["--persist-to", &persist])
             .args(["--var", &format!("ADMIN_TOKEN:{}", self.admin_token)]);
         if !self.vars.iter().any(|(n, _)| n == "ENCRYPTION_KEY") {
             dev.args(["--var", &format!("ENCRYPTION_KEY:{TEST_ENCRYPTION_KEY}")]);
         }
         for (name, value) in &self.vars {
             dev.args(["--var", &format!("{name}:{value}")]);
-        }
-        {
-            use std::os::unix::process::CommandExt;
-            dev.process_group(0);
         }
         self.child = Some(dev.spawn()?);
 
@@ -256,6 +232,58 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn wrangler_bin() -> Result<PathBuf> {
+    let bin = repo_root().join("node_modules/.bin/wrangler");
+    if !bin.exists() {
+        return Err(format!("{} is missing; run `make setup`", bin.display()).into());
+    }
+    Ok(bin)
+}
+
+/// `cmd` run from `cwd` with wrangler's quiet settings, its output appended to `log`.
+fn quiet(mut cmd: Command, cwd: &Path, log: &Path) -> Result<Command> {
+    let log = OpenOptions::new().create(true).append(true).open(log)?;
+    cmd.current_dir(cwd)
+        .env("CI", "true")
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Ok(cmd)
+}
+
+/// A worker's dev server on `port`, run from `cwd` (the config is its `wrangler.toml`) in its own
+/// process group, so stopping it takes workerd along: `wrangler dev` with its devtools inspector on
+/// `inspector_port` when `devtools`, else wrangler's dev server with the inspector off
+/// (`scripts/serve.mjs`, what `make bench` measures). Callers add `--persist-to` and `--var`s.
+pub fn dev_server(
+    devtools: bool,
+    port: u16,
+    inspector_port: u16,
+    cwd: &Path,
+    log: &Path,
+) -> Result<Command> {
+    let mut cmd = if devtools {
+        let mut cmd = Command::new(wrangler_bin()?);
+        cmd.args(["dev", "--ip", "127.0.0.1"])
+            .args(["--inspector-port", &inspector_port.to_string()])
+            .arg("--show-interactive-dev-session=false");
+        cmd
+    } else {
+        let mut cmd = Command::new("node");
+        cmd.arg(repo_root().join("scripts/serve.mjs"));
+        cmd
+    };
+    cmd.args(["--config", "wrangler.toml"])
+        .args(["--port", &port.to_string()]);
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    quiet(cmd, cwd, log)
 }
 
 /// Ends a child started in its own process group: SIGTERM to the group, SIGKILL to whatever is left

@@ -1322,16 +1322,7 @@ pub async fn oauth_library_runs_the_flow_against_the_metadata(c: Arc<Ctx>) -> Ca
         .spawn()?;
     let mut stdin = child.stdin.take().ok_or("no stdin")?;
     let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-    let url = tokio::time::timeout(STREAM_LIMIT, async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(url) = line.strip_prefix("AUTHORIZE ") {
-                return Ok::<_, std::io::Error>(Some(url.to_string()));
-            }
-        }
-        Ok(None)
-    })
-    .await??;
-    let Some(url) = url else {
+    let Some(url) = line_after(&mut lines, "AUTHORIZE ").await? else {
         let out = child.wait_with_output().await?;
         return Err(format!(
             "the library printed no URL: {}",
@@ -1349,16 +1340,7 @@ pub async fn oauth_library_runs_the_flow_against_the_metadata(c: Arc<Ctx>) -> Ca
     .await?;
     stdin.write_all(format!("{location}\n").as_bytes()).await?;
     drop(stdin);
-    let result = tokio::time::timeout(STREAM_LIMIT, async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(json) = line.strip_prefix("RESULT ") {
-                return Ok::<_, std::io::Error>(Some(json.to_string()));
-            }
-        }
-        Ok(None)
-    })
-    .await??;
-    let Some(result) = result else {
+    let Some(result) = line_after(&mut lines, "RESULT ").await? else {
         let out = child.wait_with_output().await?;
         return Err(format!(
             "the library failed: {}",
@@ -1386,4 +1368,22 @@ pub async fn oauth_library_runs_the_flow_against_the_metadata(c: Arc<Ctx>) -> Ca
         "measured: oauth4webapi ran discovery, PKCE, the code exchange, a refresh and revocation"
     );
     Ok(())
+}
+
+/// What follows `prefix` on the first line of the script's output that starts with it (`None` when
+/// the output ends first), within `STREAM_LIMIT`.
+async fn line_after(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    prefix: &str,
+) -> Result<Option<String>> {
+    let found = tokio::time::timeout(STREAM_LIMIT, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok::<_, std::io::Error>(Some(rest.to_string()));
+            }
+        }
+        Ok(None)
+    })
+    .await??;
+    Ok(found)
 }

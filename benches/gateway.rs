@@ -14,8 +14,9 @@
 //! serving workerd processes spent per request (from /proc) and every 5xx counted. The storage
 //! calls per request come from Sluice's `Server-Timing` header (the bench APIs turn it on). Under the
 //! same load, once a round, (e) the bare worker plus two counter calls (benches/counter-calls, no
-//! WASM): what one Durable Object call before the upstream and one after cost on this runtime, for
-//! reference (Sluice's settlement often rides on the next admission instead). Also prints the built
+//! WASM): what one Durable Object call before the upstream and one after cost on this runtime, and
+//! (f) the same with only the call before, for reference (Sluice's settlement often rides on the
+//! next admission instead). Also prints the built
 //! WASM size (raw and gzip) and the targets against the bare worker.
 //!
 //! It prints figures and asserts no timings. Exit code: 0 when it ran; 1 when setup failed (no
@@ -160,15 +161,15 @@ impl Endpoints {
             .await
     }
 
-    /// `load` against the two-call reference (benches/counter-calls).
-    async fn load_floor(&self, n: usize, clients: usize) -> (f64, Vec<Option<u16>>) {
+    /// `load` against the counter-call reference (benches/counter-calls): two calls a request, or
+    /// only the admission with `calls = 1`.
+    async fn load_floor(&self, calls: u8, n: usize, clients: usize) -> (f64, Vec<Option<u16>>) {
         let body = chat_body(Some("mock-model"), "hello", false);
-        let request = || {
-            self.http
-                .post(&self.floor_url)
-                .json(&body)
-                .timeout(REQUEST_LIMIT)
+        let url = match calls {
+            1 => format!("{}?calls=1", self.floor_url),
+            _ => self.floor_url.clone(),
         };
+        let request = || self.http.post(&url).json(&body).timeout(REQUEST_LIMIT);
         self.load_with(request, n, clients).await
     }
 
@@ -726,7 +727,7 @@ async fn run() -> ExitCode {
         Target::Sluice | Target::SluiceLimited => gateway.process_group(),
     };
     let rounds = env_count("SLUICE_BENCH_LOAD_ROUNDS", LOAD_ROUNDS);
-    let mut floor_load = Load::default();
+    let (mut floor_load, mut floor1_load) = (Load::default(), Load::default());
     for round in 0..rounds {
         for &t in &orders[(round * 7) % orders.len()] {
             let n = LOAD_REQUESTS / LOAD_ROUNDS;
@@ -747,14 +748,16 @@ async fn run() -> ExitCode {
                 .load
                 .add(seconds, &statuses, w1 - w0, n1 - n0);
         }
-        // The two-call reference, once a round after the four targets.
-        let n = LOAD_REQUESTS / LOAD_ROUNDS;
-        let cpu = |comm: &str| floor.process_group().map_or(0.0, |g| group_cpu_ms(g, comm));
-        let (w0, n0) = (cpu("workerd"), cpu("node"));
-        let (seconds, statuses) = endpoints.load_floor(n, LOAD_CLIENTS).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (w1, n1) = (cpu("workerd"), cpu("node"));
-        floor_load.add(seconds, &statuses, w1 - w0, n1 - n0);
+        // The counter-call references, once a round after the four targets: two calls, then one.
+        for (calls, load) in [(2, &mut floor_load), (1, &mut floor1_load)] {
+            let n = LOAD_REQUESTS / LOAD_ROUNDS;
+            let cpu = |comm: &str| floor.process_group().map_or(0.0, |g| group_cpu_ms(g, comm));
+            let (w0, n0) = (cpu("workerd"), cpu("node"));
+            let (seconds, statuses) = endpoints.load_floor(calls, n, LOAD_CLIENTS).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (w1, n1) = (cpu("workerd"), cpu("node"));
+            load.add(seconds, &statuses, w1 - w0, n1 - n0);
+        }
     }
     let measured_for = measure_start.elapsed();
     let reloaded = gateway_reloaded(&gateway.log_path, log_mark);
@@ -777,6 +780,7 @@ async fn run() -> ExitCode {
             total: started.elapsed(),
             load,
             floor: floor_load,
+            floor1: floor1_load,
         },
     );
     if reloaded {
@@ -888,6 +892,8 @@ struct Run {
     load: String,
     /// The bare worker plus two counter calls (benches/counter-calls), under the same load.
     floor: Load,
+    /// The same with only the admission call.
+    floor1: Load,
 }
 
 fn print_report(samples: &[Samples], run: &Run) {
@@ -901,6 +907,7 @@ fn print_report(samples: &[Samples], run: &Run) {
         total,
         ref load,
         ref floor,
+        ref floor1,
     } = *run;
     struct Row {
         p50: f64,
@@ -1031,20 +1038,25 @@ fn print_report(samples: &[Samples], run: &Run) {
             cpu(l.node_cpu_ms)
         );
     }
-    let per_request = |ms: f64| format!("{:.2} ms", ms / floor.requests.max(1) as f64);
+    for (label, l) in [
+        ("(e) bare + 2 counter calls", floor),
+        ("(f) bare + 1 counter call", floor1),
+    ] {
+        let per_request = |ms: f64| format!("{:.2} ms", ms / l.requests.max(1) as f64);
+        println!(
+            "{:<30} {:>10.1} {:>7.2}x {:>6} {:>6} {:>9} {:>13} {:>11}",
+            label,
+            per_s(l),
+            per_s(l) / per_s(bare_load),
+            l.server_errors,
+            l.refused,
+            l.failures,
+            per_request(l.workerd_cpu_ms),
+            per_request(l.node_cpu_ms)
+        );
+    }
     println!(
-        "{:<30} {:>10.1} {:>7.2}x {:>6} {:>6} {:>9} {:>13} {:>11}",
-        "(e) bare + 2 counter calls",
-        per_s(floor),
-        per_s(floor) / per_s(bare_load),
-        floor.server_errors,
-        floor.refused,
-        floor.failures,
-        per_request(floor.workerd_cpu_ms),
-        per_request(floor.node_cpu_ms)
-    );
-    println!(
-        "((e) is a reference: the bare worker plus one Durable Object call before the upstream and one after, no WASM; benches/counter-calls)"
+        "((e) and (f) are references, no WASM, benches/counter-calls: the bare worker plus one Durable Object call before the upstream and one after (e), or only the one before (f))"
     );
     println!(
         "(req/s counts 200s only; CPU: user + system of the target's workerd processes, and of its wrangler node process, per request)"
@@ -1097,9 +1109,10 @@ fn print_report(samples: &[Samples], run: &Run) {
         (
             "throughput >= 0.8x bare",
             format!(
-                "{:.2}x (e: {:.2}x)",
+                "{:.2}x (e: {:.2}x, f: {:.2}x)",
                 per_s(unlimited_load) / per_s(bare_load),
-                per_s(floor) / per_s(bare_load)
+                per_s(floor) / per_s(bare_load),
+                per_s(floor1) / per_s(bare_load)
             ),
             per_s(unlimited_load) / per_s(bare_load) >= 0.8,
         ),

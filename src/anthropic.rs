@@ -346,7 +346,7 @@ pub fn from_completion(v: &Value, model: &str) -> Value {
             "type": "tool_use",
             "id": call.get("id").cloned().unwrap_or(Value::Null),
             "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
-            "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({})),
+            "input": crate::encoding::from_json::<Value>(args).unwrap_or_else(|_| json!({})),
         }));
     }
     let mut reason = stop_reason(
@@ -577,7 +577,7 @@ impl MessagesStream {
                 self.finish(&mut out);
                 continue;
             }
-            if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
+            if let Ok(v) = crate::encoding::from_json::<Value>(&event.data) {
                 self.on_chunk_json(&mut out, &v);
             }
         }
@@ -781,7 +781,7 @@ mod tests {
                 "split {split}"
             );
             let all = events(&out);
-            let data = |i: usize| serde_json::from_str::<Value>(&all[i].data).unwrap();
+            let data = |i: usize| crate::encoding::from_json::<Value>(&all[i].data).unwrap();
             assert_eq!(
                 data(2)["delta"],
                 json!({"type": "text_delta", "text": "Hel"})
@@ -804,7 +804,7 @@ mod tests {
         let all = events(&out);
         let last = all.last().unwrap();
         assert_eq!(last.event.as_deref(), Some("error"));
-        let v: Value = serde_json::from_str(&last.data).unwrap();
+        let v: Value = crate::encoding::from_json(&last.data).unwrap();
         assert_eq!(
             v,
             json!({"type": "error", "error": {"type": "rate_limit_error", "message": "spent"}})
@@ -838,7 +838,7 @@ mod tests {
         let blocks: Vec<Value> = evs
             .iter()
             .filter(|e| e.event.as_deref() == Some("content_block_start"))
-            .map(|e| serde_json::from_str::<Value>(&e.data).unwrap()["content_block"].clone())
+            .map(|e| crate::encoding::from_json::<Value>(&e.data).unwrap()["content_block"].clone())
             .collect();
         assert_eq!(blocks.len(), 2, "two calls, two blocks: {blocks:?}");
         assert_eq!(
@@ -849,7 +849,7 @@ mod tests {
             .iter()
             .find(|e| e.event.as_deref() == Some("message_delta"))
             .unwrap();
-        let d: Value = serde_json::from_str(&delta.data).unwrap();
+        let d: Value = crate::encoding::from_json(&delta.data).unwrap();
         assert_eq!(
             d["delta"]["stop_reason"], "tool_use",
             "an `error: null` chunk is no error"

@@ -1,4 +1,12 @@
-//! Byte encodings shared across the gateway (hashes and fingerprints as lowercase hex).
+//! Byte encodings shared across the gateway: hashes and fingerprints as lowercase hex, and JSON text
+//! read through one serde_json reader.
+
+/// JSON text into `T`, through serde_json's byte reader: every type is then decoded by one
+/// deserializer in the WASM, not one per reader (`from_str` and `from_slice` each instantiate
+/// every type they read).
+pub fn from_json<'a, T: serde::Deserialize<'a>>(text: &'a str) -> serde_json::Result<T> {
+    serde_json::from_slice(text.as_bytes())
+}
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {

@@ -1,7 +1,8 @@
 // A reference for `make bench`: the bare pass-through worker plus two counter calls (one to a
 // SQLite-backed Durable Object before the upstream, which writes its state, and one after the
-// answer, in waitUntil), as a metered request makes when its settlement goes on its own. No auth,
-// no parsing, no WASM: what is left is what the runtime charges for the calls themselves.
+// answer, in waitUntil), as a metered request makes when its settlement goes on its own. With
+// `?calls=1` only the first: a request whose settlement rides on the next admission. No auth, no
+// parsing, no WASM: what is left is what the runtime charges for the calls themselves.
 import { DurableObject } from "cloudflare:workers";
 
 export class Counter extends DurableObject {
@@ -37,6 +38,9 @@ export default {
       body,
     });
     const answer = await upstream.arrayBuffer();
+    if (new URL(request.url).searchParams.get("calls") === "1") {
+      return new Response(answer, { status: upstream.status, headers: upstream.headers });
+    }
     ctx.waitUntil(
       counter
         .fetch("https://counter/op", { method: "POST", body: JSON.stringify({ settle: { tokens: 8 } }) })

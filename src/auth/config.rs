@@ -285,7 +285,7 @@ mod tests {
             assert!(c.validate(false).is_ok());
         }
         let stored = r#"{"jwks_url":"https://a/b","user_id_claim":"sub","issuer":null,"audience":null,"algorithms":null}"#;
-        let old: ByoJwtConfig = serde_json::from_str(stored).unwrap();
+        let old: ByoJwtConfig = crate::encoding::from_json(stored).unwrap();
         assert!(
             !old.is_scoped(),
             "a config stored before the rule still decodes, and is flagged"
@@ -319,11 +319,13 @@ mod tests {
 
     #[test]
     fn mode_change_needs_config_for_byo_jwt() {
-        let change: AuthModeChange = serde_json::from_str(r#"{"auth_mode":"byo-jwt"}"#).unwrap();
+        let change: AuthModeChange =
+            crate::encoding::from_json(r#"{"auth_mode":"byo-jwt"}"#).unwrap();
         assert_eq!(change.validate(true).unwrap_err().status, 400);
-        let change: AuthModeChange = serde_json::from_str(r#"{"auth_mode":"aerostack"}"#).unwrap();
+        let change: AuthModeChange =
+            crate::encoding::from_json(r#"{"auth_mode":"aerostack"}"#).unwrap();
         assert_eq!(change.validate(false).unwrap().0, AuthMode::Managed);
-        let change: AuthModeChange = serde_json::from_str(r#"{"auth_mode":"byo-jwt","byo_jwt_config":{"jwks_url":"https://a/b","user_id_claim":"uid","issuer":"https://a/","audience":"x"}}"#).unwrap();
+        let change: AuthModeChange = crate::encoding::from_json(r#"{"auth_mode":"byo-jwt","byo_jwt_config":{"jwks_url":"https://a/b","user_id_claim":"uid","issuer":"https://a/","audience":"x"}}"#).unwrap();
         assert_eq!(
             change.validate(false).unwrap().1.unwrap().user_id_claim,
             "uid"

@@ -508,9 +508,9 @@ mod tests {
     #[test]
     fn older_stored_states_decode() {
         let old = r#"{"throttle":{"sent":[1,2]},"challenge":{"code_hash":"h","expires_at":5,"attempts_left":5},"session":null}"#;
-        let s: GuardState = serde_json::from_str(old).unwrap();
+        let s: GuardState = crate::encoding::from_json(old).unwrap();
         assert!(s.is_empty());
-        assert!(serde_json::from_str::<GuardState>(r#"{"email":{"challenges":7}}"#).is_err());
+        assert!(crate::encoding::from_json::<GuardState>(r#"{"email":{"challenges":7}}"#).is_err());
     }
 
     #[test]

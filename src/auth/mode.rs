@@ -55,13 +55,13 @@ mod tests {
             "\"consumer-key-only\""
         );
         assert_eq!(
-            serde_json::from_str::<AuthMode>("\"managed\"").unwrap(),
+            crate::encoding::from_json::<AuthMode>("\"managed\"").unwrap(),
             AuthMode::Managed
         );
         assert!(
-            serde_json::from_str::<AuthMode>("\"aerostack\"").is_err(),
+            crate::encoding::from_json::<AuthMode>("\"aerostack\"").is_err(),
             "stored data is canonical"
         );
-        assert!(serde_json::from_str::<AuthMode>("\"password\"").is_err());
+        assert!(crate::encoding::from_json::<AuthMode>("\"password\"").is_err());
     }
 }

@@ -332,7 +332,7 @@ mod tests {
         assert_eq!(c.attempts_left, 0);
         // It survives storage round trips locked.
         let stored = serde_json::to_string(&c).unwrap();
-        let mut back: Challenge = serde_json::from_str(&stored).unwrap();
+        let mut back: Challenge = crate::encoding::from_json(&stored).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.check(T0 + 4, &right), Verdict::Locked);
     }

@@ -383,7 +383,7 @@ mod tests {
         let (mut s, t0) = start(&mut rng);
         s.revoke();
         let stored = serde_json::to_string(&s).unwrap();
-        let mut back: Session = serde_json::from_str(&stored).unwrap();
+        let mut back: Session = crate::encoding::from_json(&stored).unwrap();
         assert_eq!(back, s);
         assert_eq!(
             back.rotate(T0 + 1, &secret_of(&t0), String::new()),

@@ -97,7 +97,7 @@ mod tests {
     use super::*;
 
     fn new(json: &str) -> Result<ClientType, Error> {
-        serde_json::from_str::<NewClient>(json)
+        crate::encoding::from_json::<NewClient>(json)
             .map_err(|e| Error::invalid_request(e.to_string()))?
             .validate()
     }

@@ -144,7 +144,7 @@ mod tests {
             models: None,
             is_default: true,
         };
-        let input: PlanInput = serde_json::from_str(
+        let input: PlanInput = crate::encoding::from_json(
             r#"{"requests_per_minute": null, "requests_per_day": 100, "models": ["a"]}"#,
         )
         .unwrap();
@@ -160,11 +160,11 @@ mod tests {
 
     #[test]
     fn rejects_zero_and_empty_models() {
-        let zero: PlanInput = serde_json::from_str(r#"{"tokens_per_day": 0}"#).unwrap();
+        let zero: PlanInput = crate::encoding::from_json(r#"{"tokens_per_day": 0}"#).unwrap();
         assert!(zero.validate().is_err());
-        let empty: PlanInput = serde_json::from_str(r#"{"models": []}"#).unwrap();
+        let empty: PlanInput = crate::encoding::from_json(r#"{"models": []}"#).unwrap();
         assert!(empty.validate().is_err());
-        assert!(serde_json::from_str::<PlanInput>(r#"{"tokens_per_day": -1}"#).is_err());
-        assert!(serde_json::from_str::<PlanInput>(r#"{"bogus": 1}"#).is_err());
+        assert!(crate::encoding::from_json::<PlanInput>(r#"{"tokens_per_day": -1}"#).is_err());
+        assert!(crate::encoding::from_json::<PlanInput>(r#"{"bogus": 1}"#).is_err());
     }
 }

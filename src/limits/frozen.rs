@@ -2,8 +2,9 @@
 //! every operation, and each live lease holds a usage record that is only read again when the lease
 //! ends, so the record's JSON is made once instead of on every write. It reads back by decoding that
 //! JSON into the type (a record that does not decode is an error, as for the rest of the state).
-//! It reads only from serde_json's own deserializer (`from_str`/`from_slice`), not through a buffered
-//! value (`#[serde(flatten)]`, untagged enums, `from_value`): keep it out of such types.
+//! It reads only from serde_json's own deserializer (`encoding::from_json`, `from_slice`), not
+//! through a buffered value (`#[serde(flatten)]`, untagged enums, `from_value`): keep it out of
+//! such types.
 
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use serde::{Deserialize, Serialize, Serializer};
@@ -53,7 +54,7 @@ impl<T: Serialize> Serialize for Frozen<T> {
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Frozen<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let json = Box::<RawValue>::deserialize(deserializer)?;
-        let value = serde_json::from_str(json.get()).map_err(D::Error::custom)?;
+        let value = crate::encoding::from_json(json.get()).map_err(D::Error::custom)?;
         Ok(Frozen {
             value,
             json: Some(json),
@@ -91,7 +92,7 @@ mod tests {
         let plain = serde_json::to_string(&serde_json::json!({ "record": record() }))?;
         let json = serde_json::to_string(&held)?;
         assert_eq!(json, plain);
-        let read: Holder = serde_json::from_str(&json)?;
+        let read: Holder = crate::encoding::from_json(&json)?;
         assert_eq!(read, held);
         assert_eq!(read.record.map(Frozen::into_inner), Some(record()));
         Ok(())
@@ -99,9 +100,9 @@ mod tests {
 
     #[test]
     fn a_value_that_does_not_decode_is_an_error() {
-        let read = serde_json::from_str::<Holder>(r#"{"record":{"id":"usg_1"}}"#);
+        let read = crate::encoding::from_json::<Holder>(r#"{"record":{"id":"usg_1"}}"#);
         assert!(read.is_err());
-        let read = serde_json::from_str::<Holder>(r#"{"record":null}"#);
+        let read = crate::encoding::from_json::<Holder>(r#"{"record":null}"#);
         assert!(matches!(read, Ok(Holder { record: None })));
     }
 }

@@ -159,11 +159,11 @@ mod tests {
         };
         let json = serde_json::to_string(&held).map_err(|e| e.to_string());
         assert_eq!(json, Ok(r#"{"minute":"FBQU"}"#.to_string()));
-        let old: Result<Holder, _> = serde_json::from_str(r#"{"minute":[10,20,30]}"#);
+        let old: Result<Holder, _> = crate::encoding::from_json(r#"{"minute":[10,20,30]}"#);
         assert_eq!(old.ok(), Some(held));
-        let broken: Result<Holder, _> = serde_json::from_str(r#"{"minute":"%%"}"#);
+        let broken: Result<Holder, _> = crate::encoding::from_json(r#"{"minute":"%%"}"#);
         assert!(broken.is_err());
-        let wrong: Result<Holder, _> = serde_json::from_str(r#"{"minute":{"a":1}}"#);
+        let wrong: Result<Holder, _> = crate::encoding::from_json(r#"{"minute":{"a":1}}"#);
         assert!(wrong.is_err());
     }
 }

@@ -276,7 +276,10 @@ mod tests {
         );
         let text = serde_json::to_string(&req).unwrap();
         assert!(text.starts_with("{\"admit\":{"), "{text}");
-        assert_eq!(serde_json::from_str::<CounterRequest>(&text).unwrap(), req);
+        assert_eq!(
+            crate::encoding::from_json::<CounterRequest>(&text).unwrap(),
+            req
+        );
     }
 
     fn settle(lease: &str, now: i64, prompt: u64, completion: u64) -> CounterRequest {
@@ -345,7 +348,7 @@ mod tests {
         let text = serde_json::to_string(&again).unwrap_or_default();
         assert!(text.starts_with(r#"{"batch":{"ops":[{"settle":"#), "{text}");
         assert_eq!(
-            serde_json::from_str::<CounterRequest>(&text).ok(),
+            crate::encoding::from_json::<CounterRequest>(&text).ok(),
             Some(again)
         );
     }

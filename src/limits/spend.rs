@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn tables_validate_and_render_back() {
-        let input: BTreeMap<String, PriceInput> = serde_json::from_str(
+        let input: BTreeMap<String, PriceInput> = crate::encoding::from_json(
             r#"{"gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": 0.075}}"#,
         )
         .unwrap();
@@ -264,9 +264,10 @@ mod tests {
         assert_eq!(t.get("gpt-4o-mini").map(|p| p.cached_input), Some(75_000));
         assert_eq!(t.to_json()["gpt-4o-mini"]["output_per_mtok"], 0.6);
         let bad: BTreeMap<String, PriceInput> =
-            serde_json::from_str(r#"{"m": {"input_per_mtok": -1, "output_per_mtok": 1}}"#).unwrap();
+            crate::encoding::from_json(r#"{"m": {"input_per_mtok": -1, "output_per_mtok": 1}}"#)
+                .unwrap();
         assert_eq!(PriceTable::from_input(&bad).unwrap_err().status, 400);
-        assert!(serde_json::from_str::<BTreeMap<String, PriceInput>>(
+        assert!(crate::encoding::from_json::<BTreeMap<String, PriceInput>>(
             r#"{"m": {"input_per_mtok": 1}}"#
         )
         .is_err());

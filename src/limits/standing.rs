@@ -366,7 +366,7 @@ mod tests {
             r#"{"known":true,"disabled":false,"revoked_keys":["k"],"revoked_sessions":[["s",5]],"plan_id":"p"}"#
         );
         assert_eq!(
-            serde_json::from_str::<Standing>("{}").unwrap(),
+            crate::encoding::from_json::<Standing>("{}").unwrap(),
             Standing::default()
         );
     }

@@ -45,6 +45,6 @@ mod tests {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
         assert_eq!(Role::parse("Owner"), None);
-        assert!(serde_json::from_str::<Role>("\"root\"").is_err());
+        assert!(crate::encoding::from_json::<Role>("\"root\"").is_err());
     }
 }

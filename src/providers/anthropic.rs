@@ -78,7 +78,7 @@ fn assistant_blocks(message: &Value) -> Vec<Value> {
             .pointer("/function/arguments")
             .and_then(Value::as_str)
             .unwrap_or("{}");
-        let input: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
+        let input: Value = crate::encoding::from_json(arguments).unwrap_or_else(|_| json!({}));
         blocks.push(
             json!({"type": "tool_use", "id": call.get("id").cloned().unwrap_or_default(),
             "name": call.pointer("/function/name").cloned().unwrap_or_default(), "input": input}),
@@ -397,7 +397,7 @@ impl ChunkStream {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = String::new();
         for event in self.parser.push(bytes) {
-            let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+            let Ok(data) = crate::encoding::from_json::<Value>(&event.data) else {
                 continue;
             };
             let kind = event
@@ -670,7 +670,7 @@ mod tests {
                 if d == "[DONE]" {
                     json!("[DONE]")
                 } else {
-                    serde_json::from_str(d).unwrap()
+                    crate::encoding::from_json(d).unwrap()
                 }
             })
             .collect()

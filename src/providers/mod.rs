@@ -165,13 +165,16 @@ mod tests {
         assert_eq!(Provider::Mistral.auth_header("k").1, "Bearer k");
         assert!(!Provider::Ollama.needs_key());
         assert!(!Provider::Cohere.takes_stream_options());
-        let r: Route = serde_json::from_str(r#"{"kind":"provider","provider":"groq"}"#).unwrap();
+        let r: Route =
+            crate::encoding::from_json(r#"{"kind":"provider","provider":"groq"}"#).unwrap();
         assert_eq!(
             r,
             Route::Provider {
                 provider: Provider::Groq
             }
         );
-        assert!(serde_json::from_str::<Route>(r#"{"kind":"provider","provider":"x"}"#).is_err());
+        assert!(
+            crate::encoding::from_json::<Route>(r#"{"kind":"provider","provider":"x"}"#).is_err()
+        );
     }
 }

@@ -21,7 +21,7 @@ pub(crate) mod json_text {
 
     pub fn required<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<T, D::Error> {
         let text = String::deserialize(d)?;
-        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+        crate::encoding::from_json(&text).map_err(serde::de::Error::custom)
     }
 
     /// Writes the value back as JSON text (the record's stored shape, also what KV holds).
@@ -45,7 +45,7 @@ pub(crate) mod json_text {
     ) -> Result<Option<T>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(text) => serde_json::from_str(&text)
+            Some(text) => crate::encoding::from_json(&text)
                 .map(Some)
                 .map_err(serde::de::Error::custom),
         }

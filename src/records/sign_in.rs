@@ -168,10 +168,10 @@ mod tests {
 
     #[test]
     fn defaults_changes_and_bounds() {
-        let stored: SignInPolicy = serde_json::from_str("{}").unwrap();
+        let stored: SignInPolicy = crate::encoding::from_json("{}").unwrap();
         assert_eq!(stored, SignInPolicy::default());
-        assert!(serde_json::from_str::<SignInPolicy>(r#"{"signup":"maybe"}"#).is_err());
-        assert!(serde_json::from_str::<SignInPolicy>(r#"{"nope":1}"#).is_err());
+        assert!(crate::encoding::from_json::<SignInPolicy>(r#"{"signup":"maybe"}"#).is_err());
+        assert!(crate::encoding::from_json::<SignInPolicy>(r#"{"nope":1}"#).is_err());
         let changes = |v: Value| v.as_object().cloned().unwrap();
         let p = stored
             .with_changes(&changes(json!({"otp_wrong_codes_per_email_per_day": 12})))

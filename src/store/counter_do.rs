@@ -311,7 +311,7 @@ impl DurableObject for ConsumerCounter {
             .to_array()?;
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
-            match serde_json::from_str::<UsageRecord>(&row.record) {
+            match crate::encoding::from_json::<UsageRecord>(&row.record) {
                 Ok(r) => records.push(r),
                 Err(e) => {
                     worker::console_error!("a usage record in the outbox does not decode: {e}");

@@ -156,7 +156,7 @@ pub async fn get<R: KvRecord>(kv: &KvStore, key: &str) -> Result<Option<R::Value
         .text()
         .await
         .map_err(kv_error)?;
-    text.map(|t| serde_json::from_str(&t).map_err(kv_error))
+    text.map(|t| crate::encoding::from_json(&t).map_err(kv_error))
         .transpose()
 }
 

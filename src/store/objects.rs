@@ -129,7 +129,7 @@ pub async fn create_session(env: &Env, id: &str, session: Session) -> Result<(),
 /// An object's incoming operation, from its JSON text (one `text()` call, then serde_json).
 pub async fn read_op<T: DeserializeOwned>(req: &mut Request) -> Option<T> {
     let text = req.text().await.ok()?;
-    serde_json::from_str(&text).ok()
+    crate::encoding::from_json(&text).ok()
 }
 
 #[derive(serde::Deserialize)]
@@ -166,7 +166,7 @@ impl<S: Serialize + DeserializeOwned + Default> Stored<S> {
             .to_array()?;
         match rows.first() {
             None => Ok(S::default()),
-            Some(row) => serde_json::from_str(&row.state).map_err(|e| {
+            Some(row) => crate::encoding::from_json(&row.state).map_err(|e| {
                 worker::Error::RustError(format!("{table} state does not decode: {e}"))
             }),
         }

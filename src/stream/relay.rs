@@ -190,7 +190,7 @@ impl Relay {
         let next = self
             .pending
             .front()
-            .and_then(|e| serde_json::from_str::<Value>(&e.data).ok())
+            .and_then(|e| crate::encoding::from_json::<Value>(&e.data).ok())
             .map_or(0, |v| self.wire.output_bytes(&v));
         self.delivered.saturating_add(next).saturating_sub(budget)
     }
@@ -238,7 +238,7 @@ impl Relay {
                 self.pending.pop_front();
                 continue;
             }
-            let parsed: Option<Value> = serde_json::from_str(&event.data).ok();
+            let parsed: Option<Value> = crate::encoding::from_json(&event.data).ok();
             // A named `error` event counts whatever its data (plain text too).
             let fallback;
             let v = match parsed.as_ref() {
@@ -361,7 +361,7 @@ mod tests {
             tail[0].event, None,
             "unnamed, as OpenAI streams send errors"
         );
-        let problem: Value = serde_json::from_str(&tail[0].data).unwrap();
+        let problem: Value = crate::encoding::from_json(&tail[0].data).unwrap();
         assert_eq!(problem["type"], "upstream-stream-interrupted");
         assert!(
             problem["error"]["message"].is_string(),
@@ -477,7 +477,7 @@ mod tests {
 
     #[test]
     fn usage_details_are_read() {
-        let v: Value = serde_json::from_str(r#"{"usage":{"prompt_tokens":10,"completion_tokens":5,
+        let v: Value = crate::encoding::from_json(r#"{"usage":{"prompt_tokens":10,"completion_tokens":5,
             "prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":3}}}"#).unwrap();
         let u = Usage::from_json(&v).unwrap();
         assert_eq!(
@@ -521,7 +521,7 @@ mod tests {
         let tail = events(&r.on_end());
         assert_eq!(tail.len(), 1, "no [DONE] in a Responses stream");
         assert_eq!(tail[0].event.as_deref(), Some("error"));
-        let v: Value = serde_json::from_str(&tail[0].data).unwrap();
+        let v: Value = crate::encoding::from_json(&tail[0].data).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["problem_type"], "upstream-stream-interrupted");
         assert!(v["message"].is_string() && v["error"]["message"] == v["message"]);

@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn bodies_keep_their_key_order_and_number_spelling() {
         let text = r#"{"model":"m1","messages":[{"role":"user","content":"hi"}],"temperature":0.70,"top_p":1.50,"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{"type":"object","properties":{"reasoning":{"type":"string"},"answer":{"type":"string"}},"required":["reasoning","answer"]}}}}"#;
-        let body: Value = serde_json::from_str(text).unwrap();
+        let body: Value = crate::encoding::from_json(text).unwrap();
         let mut r = prep(body).unwrap();
         r.set_cap(Some(50), crate::upstream::policy::CapField::Auto);
         let sent = serde_json::to_string(&r.body).unwrap();

@@ -184,7 +184,7 @@ mod tests {
         let mut text = String::new();
         let mut usage = None;
         for e in &events[..events.len() - 1] {
-            let v: Value = serde_json::from_str(&e.data).unwrap();
+            let v: Value = crate::encoding::from_json(&e.data).unwrap();
             if let Some(c) = v
                 .pointer("/choices/0/delta/content")
                 .and_then(Value::as_str)

@@ -224,21 +224,22 @@ mod tests {
             serde_json::to_string(&UpstreamPolicy::default()).unwrap(),
             r#"{"allow_any_model":false,"max_n":4,"allowed_params":[],"image_tokens":1000,"max_tokens_field":"auto","retries":1}"#
         );
-        let old: UpstreamPolicy = serde_json::from_str("{}").unwrap();
+        let old: UpstreamPolicy = crate::encoding::from_json("{}").unwrap();
         assert_eq!(old, UpstreamPolicy::default());
         assert!(
-            serde_json::from_str::<UpstreamPolicy>(r#"{"max_tokens_field":"max_toks"}"#).is_err()
+            crate::encoding::from_json::<UpstreamPolicy>(r#"{"max_tokens_field":"max_toks"}"#)
+                .is_err()
         );
     }
 
     #[test]
     fn input_is_checked_and_applied() {
         let bad: PolicyInput =
-            serde_json::from_str(r#"{"allowed_params":["temperature"]}"#).unwrap();
+            crate::encoding::from_json(r#"{"allowed_params":["temperature"]}"#).unwrap();
         assert_eq!(bad.validate().unwrap_err().status, 400);
-        let zero: PolicyInput = serde_json::from_str(r#"{"max_n":0}"#).unwrap();
+        let zero: PolicyInput = crate::encoding::from_json(r#"{"max_n":0}"#).unwrap();
         assert!(zero.validate().is_err());
-        let ok: PolicyInput = serde_json::from_str(
+        let ok: PolicyInput = crate::encoding::from_json(
             r#"{"allowed_params":["store"],"max_n":8,"max_tokens_field":"max_completion_tokens"}"#,
         )
         .unwrap();
@@ -274,7 +275,8 @@ mod tests {
                 "{bad}"
             );
         }
-        let set: PolicyInput = serde_json::from_str(r#"{"mtls_binding":"PROVIDER_CERT"}"#).unwrap();
+        let set: PolicyInput =
+            crate::encoding::from_json(r#"{"mtls_binding":"PROVIDER_CERT"}"#).unwrap();
         set.validate().unwrap();
         let p = set.apply(&UpstreamPolicy::default());
         assert_eq!(p.mtls_binding.as_deref(), Some("PROVIDER_CERT"));
@@ -289,7 +291,7 @@ mod tests {
             Some("PROVIDER_CERT"),
             "absent keeps it"
         );
-        let cleared: PolicyInput = serde_json::from_str(r#"{"mtls_binding":null}"#).unwrap();
+        let cleared: PolicyInput = crate::encoding::from_json(r#"{"mtls_binding":null}"#).unwrap();
         assert_eq!(cleared.apply(&p).mtls_binding, None);
     }
 

@@ -175,7 +175,7 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyingKey, String> {
 /// Parses a JWKS document (`{"keys":[...]}`), keeping the usable signing keys (at most
 /// [`MAX_JWKS_KEYS`]) and skipping the rest. Fails only if the document is not a JWKS at all.
 pub fn parse_jwks(json: &str) -> Result<Vec<VerifyingKey>, TokenError> {
-    let doc: Value = serde_json::from_str(json)
+    let doc: Value = crate::encoding::from_json(json)
         .map_err(|_| TokenError::InvalidKey("the JWKS document is not JSON".into()))?;
     let entries = doc
         .get("keys")

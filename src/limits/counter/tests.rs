@@ -722,7 +722,7 @@ fn windows_list_spend_in_micro_dollars() {
 fn state_stored_by_the_previous_release_is_read_unchanged() {
     let old = r#"{"minute":[1],"day_start":0,"day_requests":2,"day_tokens":30,"month_start":0,"month_tokens":40,
         "leases":[{"id":"l1","reserved":7,"stream":true,"expires_at":99}]}"#;
-    let s: CounterState = serde_json::from_str(old).unwrap();
+    let s: CounterState = crate::encoding::from_json(old).unwrap();
     assert_eq!(
         (
             s.day_tokens,
@@ -768,7 +768,7 @@ fn state_json_format_unchanged() {
     assert_eq!(serde_json::to_string(&s).unwrap(), stored);
     // State written before, with the log as an array of times, reads as the same state.
     let written_before = stored.replace(r#""minute":"Cg""#, r#""minute":[5]"#);
-    let read = serde_json::from_str::<CounterState>(&written_before).unwrap();
+    let read = crate::encoding::from_json::<CounterState>(&written_before).unwrap();
     assert_eq!(
         read,
         CounterState {
@@ -787,6 +787,9 @@ fn undecodable_state_is_an_error_not_a_reset() {
         r#"{"minute":[],"day_start":0}"#,
         r#"{"minute":"%%","day_start":1,"day_requests":2,"day_tokens":3,"month_start":4,"month_tokens":5,"leases":[]}"#,
     ] {
-        assert!(serde_json::from_str::<CounterState>(bad).is_err(), "{bad}");
+        assert!(
+            crate::encoding::from_json::<CounterState>(bad).is_err(),
+            "{bad}"
+        );
     }
 }

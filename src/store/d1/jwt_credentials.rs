@@ -25,7 +25,7 @@ impl JwtCredentialRow {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "id": self.id, "consumer_id": self.consumer_id, "kind": self.kind.as_str(), "claim": self.claim_name, "value": self.claim_value,
-            "secret_prefix": self.secret_prefix, "jwks": self.jwks_json.as_deref().and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok()),
+            "secret_prefix": self.secret_prefix, "jwks": self.jwks_json.as_deref().and_then(|j| crate::encoding::from_json::<serde_json::Value>(j).ok()),
             "created_at": crate::time::rfc3339(self.created_at),
         })
     }

@@ -112,7 +112,7 @@ fn decode<T: DeserializeOwned>(value: &JsValue) -> Result<T, Error> {
         .map_err(worker::Error::from)?
         .as_string()
         .unwrap_or_default();
-    serde_json::from_str(&text).map_err(|e| {
+    crate::encoding::from_json(&text).map_err(|e| {
         worker::console_error!("d1: a stored row does not decode: {e}");
         Error::internal("Stored data could not be read; it was logged.")
     })

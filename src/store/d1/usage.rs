@@ -84,7 +84,7 @@ impl UsageRow {
             worker::console_error!("usage record {} has an unknown `endpoint`", self.id);
             Error::internal("A stored usage record could not be read; it was logged.")
         })?;
-        let attempts = serde_json::from_str(&self.attempts_json).map_err(|e| {
+        let attempts = crate::encoding::from_json(&self.attempts_json).map_err(|e| {
             worker::console_error!("usage record {} has unreadable attempts: {e}", self.id);
             Error::internal("A stored usage record could not be read; it was logged.")
         })?;

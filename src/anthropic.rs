@@ -585,6 +585,84 @@ impl MessagesStream {
     }
 }
 
+/// A model in Anthropic's shape (`GET …/v1/models/{id}`, and the items of the list).
+pub fn model_object(id: &str, created_at: &str) -> Value {
+    json!({"type": "model", "id": id, "display_name": id, "created_at": created_at})
+}
+
+/// Most models on one page of `GET …/v1/models` (Anthropic's own bound; 20 when `limit` is absent).
+const MODEL_PAGE_MAX: usize = 1000;
+
+/// One page of `GET …/v1/models` in Anthropic's shape, from the API's models in their order, paged
+/// as Anthropic pages: `limit` (1 to 1000, default 20), and at most one of `after_id` (the models
+/// after that one) or `before_id` (the `limit` models just before it).
+pub fn model_page(
+    models: &[String],
+    query: &[(String, String)],
+    created_at: &str,
+) -> Result<Value, Error> {
+    let mut limit = 20;
+    let (mut after, mut before) = (None, None);
+    let mut seen: Vec<&str> = Vec::new();
+    for (name, value) in query {
+        if seen.contains(&name.as_str()) {
+            return Err(invalid(name, format!("`{name}` is given twice.")));
+        }
+        seen.push(name);
+        match name.as_str() {
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MODEL_PAGE_MAX).contains(n))
+                    .ok_or_else(|| {
+                        invalid("limit", "`limit` must be a whole number from 1 to 1000.")
+                    })?;
+            }
+            "after_id" => after = Some(value.as_str()),
+            "before_id" => before = Some(value.as_str()),
+            _ => {}
+        }
+    }
+    let position = |param: &str, id: &str| {
+        models.iter().position(|m| m == id).ok_or_else(|| {
+            invalid(
+                param,
+                format!("`{param}` names no model of this API: `{id}`."),
+            )
+        })
+    };
+    let (start, end) = match (after, before) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "before_id",
+                "Send `after_id` or `before_id`, not both.",
+            ))
+        }
+        (Some(id), None) => {
+            let from = position("after_id", id)? + 1;
+            (from, (from + limit).min(models.len()))
+        }
+        (None, Some(id)) => {
+            let to = position("before_id", id)?;
+            (to.saturating_sub(limit), to)
+        }
+        (None, None) => (0, limit.min(models.len())),
+    };
+    let page = &models[start..end];
+    // More lies in the direction of travel: past the end going forward, before the start going back.
+    let has_more = match before {
+        Some(_) => start > 0,
+        None => end < models.len(),
+    };
+    Ok(json!({
+        "data": page.iter().map(|m| model_object(m, created_at)).collect::<Vec<_>>(),
+        "has_more": has_more,
+        "first_id": page.first(),
+        "last_id": page.last(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -866,5 +944,73 @@ mod tests {
             "m",
         );
         assert_eq!(whole["stop_reason"], "tool_use");
+    }
+
+    #[test]
+    fn model_pages_follow_anthropics_cursors() {
+        let models: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        let q = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ids = |v: &Value| -> Vec<String> {
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let all = model_page(&models, &[], "2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(ids(&all), ["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            (
+                all["has_more"].clone(),
+                all["first_id"].clone(),
+                all["last_id"].clone()
+            ),
+            (json!(false), json!("a"), json!("e"))
+        );
+        assert_eq!(
+            all["data"][0],
+            json!({"type": "model", "id": "a", "display_name": "a", "created_at": "2026-01-01T00:00:00Z"})
+        );
+        let first = model_page(&models, &q(&[("limit", "2")]), "t").unwrap();
+        assert_eq!(
+            (ids(&first), first["has_more"].clone()),
+            (vec!["a".to_string(), "b".into()], json!(true))
+        );
+        let next = model_page(&models, &q(&[("limit", "2"), ("after_id", "d")]), "t").unwrap();
+        assert_eq!(
+            (ids(&next), next["has_more"].clone()),
+            (vec!["e".to_string()], json!(false))
+        );
+        let back = model_page(&models, &q(&[("limit", "2"), ("before_id", "d")]), "t").unwrap();
+        assert_eq!(
+            (ids(&back), back["has_more"].clone()),
+            (vec!["b".to_string(), "c".into()], json!(true))
+        );
+        let start = model_page(&models, &q(&[("before_id", "a")]), "t").unwrap();
+        assert_eq!(
+            (
+                ids(&start).len(),
+                start["has_more"].clone(),
+                start["first_id"].clone()
+            ),
+            (0, json!(false), Value::Null)
+        );
+        for bad in [
+            q(&[("limit", "0")]),
+            q(&[("limit", "1001")]),
+            q(&[("limit", "x")]),
+            q(&[("after_id", "zz")]),
+            q(&[("after_id", "a"), ("before_id", "c")]),
+            q(&[("limit", "1"), ("limit", "2")]),
+        ] {
+            let e = model_page(&models, &bad, "t").unwrap_err();
+            assert_eq!(e.status, 400, "{bad:?}");
+        }
     }
 }

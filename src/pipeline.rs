@@ -441,26 +441,31 @@ fn reported(lease: &Lease, status: u16, ended: Ended, usage: Usage) -> Outcome {
     }
 }
 
-/// `GET /v1/{project}/{api}/models`: the models the API allows, in OpenAI's list shape.
+/// `GET /v1/{project}/{api}/models`: the models the API allows, in OpenAI's list shape; at
+/// `…/v1/models`, in Anthropic's, paged as Anthropic pages.
 pub async fn list_models(
     req: Request,
     env: &Env,
     ctx: &Context,
     project: &str,
     api: &str,
+    anthropic: bool,
 ) -> Result<Response, Error> {
-    answer_for_caller(&req, env, ctx, project, api, |api| {
-        let data: Vec<Value> = api
-            .allowed_models()
-            .iter()
-            .map(|m| model_object(api, m))
-            .collect();
+    let query: Vec<(String, String)> = crate::http::Target::of(&req).query_pairs().collect();
+    answer_for_caller(&req, env, ctx, project, api, anthropic, |api| {
+        let models = api.allowed_models();
+        if anthropic {
+            let created = crate::time::rfc3339(api.created_at);
+            return json(200, &anthropic::model_page(&models, &query, &created)?);
+        }
+        let data: Vec<Value> = models.iter().map(|m| model_object(api, m)).collect();
         json(200, &json!({"object": "list", "data": data}))
     })
     .await
 }
 
-/// `GET /v1/{project}/{api}/models/{model}`: one model the API allows (404 for any other).
+/// `GET /v1/{project}/{api}/models/{model}`: one model the API allows (404 for any other), in
+/// OpenAI's shape or, at `…/v1/models/{model}`, Anthropic's.
 pub async fn get_model(
     req: Request,
     env: &Env,
@@ -468,14 +473,19 @@ pub async fn get_model(
     project: &str,
     api: &str,
     model: &str,
+    anthropic: bool,
 ) -> Result<Response, Error> {
-    answer_for_caller(&req, env, ctx, project, api, |api| {
+    answer_for_caller(&req, env, ctx, project, api, anthropic, |api| {
         let any = api.models.is_empty() && api.policy.allow_any_model;
         if !any && !api.allowed_models().iter().any(|m| m == model) {
             return Err(Error::not_found(format!(
                 "This API has no model `{model}`; GET …/models lists those it has."
             ))
             .with_field("param", "model"));
+        }
+        if anthropic {
+            let created = crate::time::rfc3339(api.created_at);
+            return json(200, &anthropic::model_object(model, &created));
         }
         json(200, &model_object(api, model))
     })
@@ -489,6 +499,7 @@ async fn answer_for_caller(
     ctx: &Context,
     project: &str,
     api: &str,
+    anthropic: bool,
     answer: impl FnOnce(&Api) -> Result<Response, Error>,
 ) -> Result<Response, Error> {
     let timing = Timing::default();
@@ -496,6 +507,10 @@ async fn answer_for_caller(
     let answered = match resolve(req, env, ctx, &timing, project, api).await {
         Ok((entry, _)) => answer(&entry.api),
         Err(e) => Err(e),
+    };
+    let answered = match anthropic {
+        true => answered.map_err(Error::in_anthropic_shape),
+        false => answered,
     };
     finish(&timing, &request_id, answered)
 }
@@ -514,10 +529,14 @@ fn window_json(w: &Window) -> Value {
             n.into()
         }
     };
-    json!({
+    let mut window = json!({
         "limit": amount(w.limit), "used": amount(w.used), "remaining": amount(w.remaining),
         "reset": crate::time::rfc3339(w.reset_at),
-    })
+    });
+    if w.scope.is_tokens() || w.scope.is_spend() {
+        window["held"] = amount(w.held);
+    }
+    window
 }
 
 /// `GET /v1/{project}/{api}/usage`: the caller's plan, limits, and what is used and left in each

@@ -15,10 +15,26 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         ));
     }
     // Syntax first, so any malformed document is `invalid-json` whatever its shape.
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::invalid_json(format!("The body is not valid JSON: {e}.")))?;
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::invalid_json(syntax(&e)))?;
     serde_json::from_value(value)
         .map_err(|e| Error::invalid_request(format!("The JSON body does not fit: {e}.")))
+}
+
+/// What is wrong with a body that is not JSON. serde_json says a lone UTF-16 surrogate (`\ud800`
+/// without its pair, which `JSON.stringify` writes for a broken string) is a bad hex escape; the
+/// detail names it plainly.
+fn syntax(e: &serde_json::Error) -> String {
+    let said = e.to_string();
+    if said.contains("hex escape") || said.contains("surrogate") {
+        return format!(
+            "The body is not valid JSON: a string holds a lone UTF-16 surrogate (an escape from \\ud800 \
+             to \\udfff without its pair), at line {} column {}. Send well-formed Unicode text.",
+            e.line(),
+            e.column()
+        );
+    }
+    format!("The body is not valid JSON: {said}.")
 }
 
 /// `Some(None)` for an explicit `null`, `None` for an absent field (with `#[serde(default)]`).
@@ -138,6 +154,25 @@ mod tests {
             "invalid-request"
         );
         assert!(parse_body::<NewProject>(br#"{"slug":"a","name":"b"}"#).is_ok());
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_named_as_such() {
+        for body in [
+            br#"{"m":"bad \ud800"}"#.as_slice(),
+            br#"{"m":"\udc00 x"}"#,
+            br#"{"m":"\ud800\u0041"}"#,
+        ] {
+            let e = parse_body::<Value>(body).unwrap_err();
+            assert_eq!(e.kind(), "invalid-json");
+            assert!(e.detail.contains("lone UTF-16 surrogate"), "{}", e.detail);
+            assert!(e.detail.contains("line 1 column"), "{}", e.detail);
+        }
+        // A pair is one character, and other syntax errors keep serde_json's words.
+        let v: Value = parse_body(br#"{"m":"\ud83d\ude00"}"#).unwrap();
+        assert_eq!(v["m"], "\u{1F600}");
+        let e = parse_body::<Value>(br#"{"m":"\x"}"#).unwrap_err();
+        assert!(e.detail.contains("invalid escape"), "{}", e.detail);
     }
 
     #[test]

@@ -146,7 +146,15 @@ pub struct Ask {
 pub struct Refusal {
     pub scope: Scope,
     pub limit: u64,
+    /// What is booked in the window.
     pub used: u64,
+    /// What requests still in flight hold in the window (token and spend windows).
+    #[serde(default)]
+    pub held: u64,
+    /// The request would fit once the requests in flight settle: worth retrying in a moment, not
+    /// only when the window resets.
+    #[serde(default)]
+    pub in_flight: bool,
     /// What this request needed at least (0 for request counts and streams).
     #[serde(default)]
     pub needed: u64,
@@ -163,10 +171,13 @@ impl Refusal {
             .filter(|w| w.scope.is_tokens() || w.scope.is_spend())
             .min_by_key(|w| (w.remaining, w.reset_at));
         match w {
+            // What this very stream holds is spent as far as it is concerned: counted as used.
             Some(w) => Refusal {
                 scope: w.scope,
                 limit: w.limit,
-                used: w.used,
+                used: w.used.saturating_add(w.held),
+                held: 0,
+                in_flight: false,
                 needed: 1,
                 reset_at: w.reset_at,
                 retry_after_s: retry_secs(now, w.reset_at),
@@ -175,6 +186,8 @@ impl Refusal {
                 scope: Scope::TokensPerDay,
                 limit: 0,
                 used: 0,
+                held: 0,
+                in_flight: false,
                 needed: 1,
                 reset_at: now,
                 retry_after_s: 1,
@@ -183,7 +196,9 @@ impl Refusal {
     }
 
     pub fn remaining(&self) -> u64 {
-        self.limit.saturating_sub(self.used)
+        self.limit
+            .saturating_sub(self.used)
+            .saturating_sub(self.held)
     }
 
     pub fn to_error(&self, plan: &str) -> Error {
@@ -197,14 +212,32 @@ impl Refusal {
         } else {
             String::new()
         };
+        let count = |n: u64| {
+            if s.is_spend() {
+                s.amount(n)
+            } else {
+                n.to_string()
+            }
+        };
+        let held = match self.held {
+            0 => String::new(),
+            n => format!(", {} held by requests in flight", count(n)),
+        };
+        let when = if self.in_flight {
+            format!("when they finish (in {} s)", self.retry_after_s)
+        } else {
+            format!(
+                "after {} (in {} s)",
+                rfc3339(self.reset_at),
+                self.retry_after_s
+            )
+        };
         let detail = format!(
-            "Your plan `{plan}` allows {}{}; {} used, {} remaining{why}. Try again after {} (in {} s).",
+            "Your plan `{plan}` allows {}{}; {} used{held}, {} remaining{why}. Try again {when}.",
             s.amount(self.limit),
             s.period(),
-            if s.is_spend() { s.amount(self.used) } else { self.used.to_string() },
-            if s.is_spend() { s.amount(left) } else { left.to_string() },
-            rfc3339(self.reset_at),
-            self.retry_after_s
+            count(self.used),
+            count(left),
         );
         let number = |n: u64| -> serde_json::Value {
             if s.is_spend() {
@@ -213,15 +246,19 @@ impl Refusal {
                 n.into()
             }
         };
-        let e = Error::new(s.problem(), detail)
+        let mut e = Error::new(s.problem(), detail)
             .with_field("scope", s.as_str())
             .with_field("limit", number(self.limit))
-            .with_field("used", number(self.used))
+            .with_field("used", number(self.used));
+        if s.is_tokens() || s.is_spend() {
+            e = e.with_field("held", number(self.held));
+        }
+        let e = e
             .with_field("remaining", number(left))
             .with_field("reset", rfc3339(self.reset_at))
             .with_field("plan", plan)
             .with_header("Retry-After", self.retry_after_s.to_string());
-        if s.is_calendar() {
+        if s.is_calendar() && !self.in_flight {
             // Hours away: clients that retry on 429 should give up, not sleep until then.
             e.with_header("x-should-retry", "false")
         } else {
@@ -235,7 +272,11 @@ impl Refusal {
 pub struct Window {
     pub scope: Scope,
     pub limit: u64,
+    /// What is booked in the window.
     pub used: u64,
+    /// What requests still in flight hold (token and spend windows): `remaining` leaves it out.
+    #[serde(default)]
+    pub held: u64,
     pub remaining: u64,
     pub reset_at: i64,
     pub window_s: u64,
@@ -269,6 +310,26 @@ pub struct CounterState {
     #[serde(skip)]
     pub filed: Vec<UsageRecord>,
 }
+
+/// A token or spend window with a limit: what is booked in it, and what leases hold.
+struct Budget {
+    scope: Scope,
+    limit: u64,
+    used: u64,
+    held: u64,
+    reset_at: i64,
+}
+
+impl Budget {
+    fn left(&self) -> u64 {
+        self.limit
+            .saturating_sub(self.used)
+            .saturating_sub(self.held)
+    }
+}
+
+/// When a budget is held by requests in flight: retry after this many seconds.
+const IN_FLIGHT_RETRY_S: u64 = 1;
 
 fn retry_secs(now: i64, at: i64) -> u64 {
     ((at - now).max(0) as u64).div_ceil(1000).max(1)
@@ -381,8 +442,8 @@ impl CounterState {
         self.leases.iter().filter(|l| l.stream).count() as u64
     }
 
-    /// Every limited token and spend window: (scope, limit, used including what leases hold, reset).
-    fn budgets(&self, now: i64, limits: &Limits) -> Vec<(Scope, u64, u64, i64)> {
+    /// Every limited token and spend window: what is booked in it and what leases hold.
+    fn budgets(&self, now: i64, limits: &Limits) -> Vec<Budget> {
         let (tokens, spend) = self.held();
         let (_, month_end) = month_bounds(now);
         let next_day = self.day_start + DAY_MS;
@@ -390,39 +451,51 @@ impl CounterState {
             (
                 Scope::TokensPerDay,
                 limits.tokens_per_day,
-                self.day_tokens.saturating_add(tokens),
+                self.day_tokens,
+                tokens,
                 next_day,
             ),
             (
                 Scope::TokensPerMonth,
                 limits.tokens_per_month,
-                self.month_tokens.saturating_add(tokens),
+                self.month_tokens,
+                tokens,
                 month_end,
             ),
             (
                 Scope::SpendPerDayUsd,
                 limits.spend_per_day_micro,
-                self.day_spend.saturating_add(spend),
+                self.day_spend,
+                spend,
                 next_day,
             ),
             (
                 Scope::SpendPerMonthUsd,
                 limits.spend_per_month_micro,
-                self.month_spend.saturating_add(spend),
+                self.month_spend,
+                spend,
                 month_end,
             ),
         ]
         .into_iter()
-        .filter_map(|(scope, limit, used, reset)| limit.map(|l| (scope, l, used, reset)))
+        .filter_map(|(scope, limit, used, held, reset_at)| {
+            limit.map(|limit| Budget {
+                scope,
+                limit,
+                used,
+                held,
+                reset_at,
+            })
+        })
         .collect()
     }
 
     /// Room left in the tightest window of each kind: (tokens, micro-dollars); `None` is unlimited.
     fn room(&self, now: i64, limits: &Limits) -> (Option<u64>, Option<u64>) {
         let mut room = (None::<u64>, None::<u64>);
-        for (scope, limit, used, _) in self.budgets(now, limits) {
-            let left = limit.saturating_sub(used);
-            let slot = if scope.is_spend() {
+        for b in self.budgets(now, limits) {
+            let left = b.left();
+            let slot = if b.scope.is_spend() {
                 &mut room.1
             } else {
                 &mut room.0
@@ -433,20 +506,34 @@ impl CounterState {
     }
 
     /// The refusal naming the tightest window of the given kind.
+    /// A request that would fit once the requests in flight settle (they may use less than they
+    /// hold) is told to retry in a moment; otherwise when the window resets.
     fn budget_refusal(&self, now: i64, limits: &Limits, spend: bool, needed: u64) -> Refusal {
         let tightest = self
             .budgets(now, limits)
             .into_iter()
-            .filter(|(s, ..)| s.is_spend() == spend)
-            .min_by_key(|(_, l, u, r)| (l.saturating_sub(*u), *r));
-        let (scope, limit, used, reset_at) = tightest.unwrap_or((Scope::TokensPerDay, 0, 0, now));
+            .filter(|b| b.scope.is_spend() == spend)
+            .min_by_key(|b| (b.left(), b.reset_at));
+        let b = tightest.unwrap_or(Budget {
+            scope: Scope::TokensPerDay,
+            limit: 0,
+            used: 0,
+            held: 0,
+            reset_at: now,
+        });
+        let in_flight = b.held > 0 && b.used.saturating_add(needed) <= b.limit;
         Refusal {
-            scope,
-            limit,
-            used,
+            scope: b.scope,
+            limit: b.limit,
+            used: b.used,
+            held: b.held,
+            in_flight,
             needed,
-            reset_at,
-            retry_after_s: retry_secs(now, reset_at),
+            reset_at: b.reset_at,
+            retry_after_s: match in_flight {
+                true => IN_FLIGHT_RETRY_S,
+                false => retry_secs(now, b.reset_at),
+            },
         }
     }
 
@@ -455,6 +542,8 @@ impl CounterState {
             scope,
             limit,
             used,
+            held: 0,
+            in_flight: false,
             needed: 0,
             reset_at,
             retry_after_s: retry_secs(now, reset_at),
@@ -656,55 +745,60 @@ impl CounterState {
     /// Where each limited window stands (reservations count as used).
     pub fn windows(&mut self, now: i64, limits: &Limits) -> Vec<Window> {
         self.roll(now);
-        let mut out = Vec::new();
-        let mut push = |scope, limit: Option<u64>, used: u64, reset_at: i64, window_s| {
-            if let Some(limit) = limit {
-                out.push(Window {
-                    scope,
-                    limit,
-                    used,
-                    remaining: limit.saturating_sub(used),
-                    reset_at,
-                    window_s,
-                });
-            }
+        let counted = |scope, limit: Option<u64>, used: u64, reset_at: i64, window_s| {
+            limit.map(|limit| Window {
+                scope,
+                limit,
+                used,
+                held: 0,
+                remaining: limit.saturating_sub(used),
+                reset_at,
+                window_s,
+            })
         };
         let minute_reset = self.minute.back().map_or(now, |t| t + MINUTE_MS);
-        push(
-            Scope::RequestsPerMinute,
-            limits.requests_per_minute,
-            limits
-                .requests_per_minute
-                .map_or(self.minute.len() as u64, |l| self.minute_used(l)),
-            minute_reset,
-            60,
-        );
-        push(
-            Scope::RequestsPerDay,
-            limits.requests_per_day,
-            self.day_requests,
-            self.day_start + DAY_MS,
-            86_400,
-        );
+        let mut out: Vec<Window> = [
+            counted(
+                Scope::RequestsPerMinute,
+                limits.requests_per_minute,
+                limits
+                    .requests_per_minute
+                    .map_or(self.minute.len() as u64, |l| self.minute_used(l)),
+                minute_reset,
+                60,
+            ),
+            counted(
+                Scope::RequestsPerDay,
+                limits.requests_per_day,
+                self.day_requests,
+                self.day_start + DAY_MS,
+                86_400,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let (month_start, month_end) = month_bounds(now);
         let month_s = ((month_end - month_start) / 1000) as u64;
-        for (scope, limit, used, reset) in self.budgets(now, limits) {
-            let monthly = matches!(scope, Scope::TokensPerMonth | Scope::SpendPerMonthUsd);
-            push(
-                scope,
-                Some(limit),
-                used,
-                reset,
-                if monthly { month_s } else { 86_400 },
-            );
+        for b in self.budgets(now, limits) {
+            let monthly = matches!(b.scope, Scope::TokensPerMonth | Scope::SpendPerMonthUsd);
+            out.push(Window {
+                scope: b.scope,
+                limit: b.limit,
+                used: b.used,
+                held: b.held,
+                remaining: b.left(),
+                reset_at: b.reset_at,
+                window_s: if monthly { month_s } else { 86_400 },
+            });
         }
-        push(
+        out.extend(counted(
             Scope::MaxConcurrentStreams,
             limits.max_concurrent_streams,
             self.streams(),
             now,
             0,
-        );
+        ));
         out
     }
 }

@@ -76,6 +76,7 @@ mod tests {
             scope,
             limit,
             used,
+            held: 0,
             remaining: limit - used,
             reset_at,
             window_s,

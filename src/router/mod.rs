@@ -57,12 +57,16 @@ pub enum EndUser {
     CountTokens {
         api: String,
     },
+    /// The API's models, in OpenAI's list shape, or Anthropic's at `…/v1/models` (as Anthropic
+    /// SDKs append it).
     ListModels {
         api: String,
+        anthropic: bool,
     },
     GetModel {
         api: String,
         model: String,
+        anthropic: bool,
     },
     ConsumerUsage {
         api: String,
@@ -172,11 +176,24 @@ fn end_user_arm(method: &str, p: &str, rest: &[&str]) -> Option<Arm> {
         [a, "messages", "count_tokens"] | [a, "v1", "messages", "count_tokens"] => {
             post(EndUser::CountTokens { api: api(a) })
         }
-        [a, "models"] => get(EndUser::ListModels { api: api(a) }),
+        [a, "models"] => get(EndUser::ListModels {
+            api: api(a),
+            anthropic: false,
+        }),
+        [a, "v1", "models"] => get(EndUser::ListModels {
+            api: api(a),
+            anthropic: true,
+        }),
         // Model ids may hold slashes (`org/model`) and escapes.
         [a, "models", model @ ..] => get(EndUser::GetModel {
             api: api(a),
             model: percent_decode(&model.join("/")),
+            anthropic: false,
+        }),
+        [a, "v1", "models", model @ ..] => get(EndUser::GetModel {
+            api: api(a),
+            model: percent_decode(&model.join("/")),
+            anthropic: true,
         }),
         [a, "usage"] => get(EndUser::ConsumerUsage { api: api(a) }),
         _ => return None,
@@ -264,11 +281,15 @@ fn public_arm(method: &str, segs: &[&str]) -> Option<Arm> {
     })
 }
 
-/// Whether `path` is one of the Anthropic Messages routes (`…/messages`, `…/messages/count_tokens`),
-/// whose answers, errors included, are in Anthropic's shape.
-pub fn is_messages_path(path: &str) -> bool {
+/// Whether `path` is one of the routes Anthropic SDKs call (`…/messages`,
+/// `…/messages/count_tokens`, `…/v1/models[/{id}]`), whose answers, errors included, are in
+/// Anthropic's shape and carry its `request-id`.
+pub fn speaks_anthropic(path: &str) -> bool {
     let p = path.trim_end_matches('/');
-    p.starts_with("/v1/") && (p.ends_with("/messages") || p.ends_with("/messages/count_tokens"))
+    let segs: Vec<&str> = p.split('/').collect();
+    let models = matches!(segs.as_slice(), ["", "v1", _, _, "v1", "models", ..]);
+    p.starts_with("/v1/")
+        && (models || p.ends_with("/messages") || p.ends_with("/messages/count_tokens"))
 }
 
 fn owned(arm: Option<Arm>) -> Option<(String, Option<Route>)> {
@@ -390,7 +411,29 @@ mod tests {
                 "p",
                 EndUser::GetModel {
                     api: "a".into(),
-                    model: "org/model-x".into()
+                    model: "org/model-x".into(),
+                    anthropic: false
+                }
+            )
+        );
+        assert_eq!(
+            ok("GET", "/v1/p/a/v1/models"),
+            eu(
+                "p",
+                EndUser::ListModels {
+                    api: "a".into(),
+                    anthropic: true
+                }
+            )
+        );
+        assert_eq!(
+            ok("GET", "/v1/p/a/v1/models/claude-x"),
+            eu(
+                "p",
+                EndUser::GetModel {
+                    api: "a".into(),
+                    model: "claude-x".into(),
+                    anthropic: true
                 }
             )
         );
@@ -447,7 +490,13 @@ mod tests {
         );
         assert_eq!(
             route("GET", "/v1/demo/chat/models"),
-            Ok(eu("demo", EndUser::ListModels { api: "chat".into() }))
+            Ok(eu(
+                "demo",
+                EndUser::ListModels {
+                    api: "chat".into(),
+                    anthropic: false
+                }
+            ))
         );
         assert_eq!(
             route("GET", "/v1/demo/chat/chat/completions")
@@ -590,16 +639,20 @@ mod tests {
             "/v1/p/a/v1/messages/",
             "/v1/p/a/messages/count_tokens",
             "/v1/p/a/v1/messages/count_tokens",
+            "/v1/p/a/v1/models",
+            "/v1/p/a/v1/models/claude-x",
         ] {
-            assert!(is_messages_path(p), "{p}");
+            assert!(speaks_anthropic(p), "{p}");
         }
         for p in [
             "/v1/p/a/chat/completions",
             "/messages",
             "/v1/p/a/messages/x",
             "/api/v1/messages",
+            "/v1/p/a/models",
+            "/v1/p/a/models/v1/models",
         ] {
-            assert!(!is_messages_path(p), "{p}");
+            assert!(!speaks_anthropic(p), "{p}");
         }
     }
 }

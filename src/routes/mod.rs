@@ -17,7 +17,7 @@ use crate::pipeline;
 use crate::router::{route, EndUser, OAuthRoute, OwnerAuth, Public, Route};
 
 /// Headers a browser client may read from our responses (rate limits, retry hints).
-const EXPOSED: &str = "Retry-After, x-should-retry, x-request-id, openai-processing-ms, RateLimit, RateLimit-Policy, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, \
+const EXPOSED: &str = "Retry-After, x-should-retry, x-request-id, request-id, openai-processing-ms, RateLimit, RateLimit-Policy, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, \
     x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, WWW-Authenticate";
 
 pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Response> {
@@ -29,7 +29,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Re
     let result = match route(&method, &path) {
         Ok(route) => dispatch(route, req, env, ctx).await,
         // Anthropic clients read errors in Anthropic's shape, a wrong method or path too.
-        Err(e) if crate::router::is_messages_path(&path) => Err(e.in_anthropic_shape()),
+        Err(e) if crate::router::speaks_anthropic(&path) => Err(e.in_anthropic_shape()),
         Err(e) => Err(e),
     };
     let mut response = match result {
@@ -40,6 +40,12 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Re
     if !response.headers().has("x-request-id")? {
         if let Ok(id) = with_random(|r| new_id("req", r)) {
             response.headers_mut().set("x-request-id", &id)?;
+        }
+    }
+    // Anthropic SDKs read it as `request-id` (`_request_id`, `APIError.requestID`).
+    if crate::router::speaks_anthropic(&path) && !response.headers().has("request-id")? {
+        if let Some(id) = response.headers().get("x-request-id")? {
+            response.headers_mut().set("request-id", &id)?;
         }
     }
     if let (Some(project), Some(origin)) = (cors_project, origin) {
@@ -99,11 +105,21 @@ async fn end_user(
         EndUser::CountTokens { api } => {
             boxed(pipeline::count_tokens(req, env, ctx, project, &api)).await
         }
-        EndUser::GetModel { api, model } => {
-            boxed(pipeline::get_model(req, env, ctx, project, &api, &model)).await
+        EndUser::GetModel {
+            api,
+            model,
+            anthropic,
+        } => {
+            boxed(pipeline::get_model(
+                req, env, ctx, project, &api, &model, anthropic,
+            ))
+            .await
         }
-        EndUser::ListModels { api } => {
-            boxed(pipeline::list_models(req, env, ctx, project, &api)).await
+        EndUser::ListModels { api, anthropic } => {
+            boxed(pipeline::list_models(
+                req, env, ctx, project, &api, anthropic,
+            ))
+            .await
         }
         EndUser::ConsumerUsage { api } => {
             boxed(pipeline::consumer_usage(req, env, ctx, project, &api)).await

@@ -205,6 +205,9 @@ async fn answers_match_the_openapi_document(c: Arc<Ctx>) -> CaseResult {
     call!(Method::GET, p("/models"), None, key);
     call!(Method::GET, p("/models/mock-1"), None, key);
     call!(Method::GET, p("/models/none"), None, key);
+    call!(Method::GET, p("/v1/models?limit=1"), None, key);
+    call!(Method::GET, p("/v1/models/mock-1"), None, key);
+    call!(Method::GET, p("/v1/models/none"), None, key);
     call!(Method::GET, p("/usage"), None, key);
     call!(
         Method::POST,

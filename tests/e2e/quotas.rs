@@ -20,6 +20,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         usage_reports_for_owner_and_consumer,
         restart_keeps_counters_and_unflushed_usage,
         each_settlement_frees_its_reservation_before_the_next_request,
+        a_budget_held_by_a_request_in_flight_is_worth_retrying,
     ]
 }
 
@@ -675,7 +676,9 @@ pub async fn each_settlement_frees_its_reservation_before_the_next_request(
     );
     let mine = c.consumer_usage(&t, Some(&t.secret)).await?;
     expect_status(&mine, 200, "consumer usage")?;
-    let used = mine.json()["windows"]["tokens_per_day"]["used"].clone();
+    let day = mine.json()["windows"]["tokens_per_day"].clone();
+    let used = day["used"].clone();
+    assert_eq!(day["held"], 0, "nothing still held: {day}");
     let usage = usage_until(&c, &t, "", |v| records(v).len() == REQUESTS).await?;
     let booked: u64 = records(&usage)
         .iter()
@@ -688,5 +691,97 @@ pub async fn each_settlement_frees_its_reservation_before_the_next_request(
         "used right after the last answer is what was booked, with nothing held"
     );
     eprintln!("    measured: {REQUESTS} back-to-back requests, each capped at 1000 of a 1500-token day; {booked} tokens booked");
+    Ok(())
+}
+
+/// A request that does not fit only because another request in flight holds the day's budget is
+/// told to retry in a second (the SDKs do), and the windows say what is booked and what is held;
+/// once the first settles, the retry is admitted.
+pub async fn a_budget_held_by_a_request_in_flight_is_worth_retrying(c: Arc<Ctx>) -> CaseResult {
+    let slug = "quota-held";
+    let t = c
+        .tenant_on_mock(slug, "ok/chunks/20/delay/100", json!({}))
+        .await?;
+    limit_default_plan(&c, &t, json!({"tokens_per_day": 5000})).await?;
+    // No cap of its own: the stream holds all the day has left while it runs.
+    let mut first = c
+        .chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+        .json(&chat_body(None, "hi", true))
+        .send()
+        .await?;
+    assert_eq!(first.status(), 200);
+    tokio::time::timeout(Duration::from_secs(5), first.chunk())
+        .await??
+        .ok_or("the first stream ended at once")?;
+
+    let second = c
+        .send_chat(
+            &t,
+            Some((&t.secret, KeyHeader::Bearer)),
+            &chat_body(None, "hi", false),
+        )
+        .await?;
+    assert_problem(&second, 429, "quota-exceeded");
+    let p = second.json();
+    assert_eq!(
+        (p["scope"].clone(), p["used"].clone()),
+        (json!("tokens_per_day"), json!(0)),
+        "{p}"
+    );
+    assert_eq!(p["held"], 5000, "{p}");
+    assert_eq!(p["remaining"], 0, "{p}");
+    assert!(
+        p["detail"].as_str().is_some_and(
+            |d| d.contains("held by requests in flight") && d.contains("when they finish")
+        ),
+        "{p}"
+    );
+    assert_eq!(
+        second.header("retry-after"),
+        Some("1"),
+        "{}",
+        second.describe()
+    );
+    assert_eq!(
+        second.header("x-should-retry"),
+        None,
+        "{}",
+        second.describe()
+    );
+
+    let usage = c.consumer_usage(&t, Some(&t.secret)).await?;
+    expect_status(&usage, 200, "usage while the stream runs")?;
+    let day = &usage.json()["windows"]["tokens_per_day"];
+    assert_eq!(
+        (
+            day["used"].clone(),
+            day["held"].clone(),
+            day["remaining"].clone()
+        ),
+        (json!(0), json!(5000), json!(0)),
+        "{day}"
+    );
+
+    // The stream ends and settles; the retry fits.
+    while tokio::time::timeout(Duration::from_secs(10), first.chunk())
+        .await??
+        .is_some()
+    {}
+    let retried = c
+        .send_chat(
+            &t,
+            Some((&t.secret, KeyHeader::Bearer)),
+            &chat_body(None, "hi", false),
+        )
+        .await?;
+    expect_status(&retried, 200, "the retry once the first settled")?;
+    let usage = c.consumer_usage(&t, Some(&t.secret)).await?;
+    let day = &usage.json()["windows"]["tokens_per_day"];
+    let (used, held) = (
+        day["used"].as_u64().ok_or("used")?,
+        day["held"].as_u64().ok_or("held")?,
+    );
+    assert!(used > 0 && held == 0, "both booked, nothing held: {day}");
+    assert_eq!(day["remaining"], 5000 - used, "{day}");
     Ok(())
 }

@@ -41,7 +41,7 @@ fn situations() -> Vec<(&'static str, &'static str, Value, Value)> {
         (
             "claude",
             "ok/chunks/1/kind/tools",
-            json!({"models": ["claude-mock"]}),
+            json!({"models": ["claude-mock", "claude-other"]}),
             json!({}),
         ),
     ]

@@ -15,7 +15,9 @@ const whole = await client.messages.create({ model: "claude-mock", max_tokens: 6
 assert.equal(whole.type, "message");
 assert.equal(whole.content[0].type, "tool_use");
 assert.deepEqual(whole.content[0].input, { k0: 1 });
-say(`messages whole: ${whole.content.map((b) => b.type).join(", ")}, stop ${whole.stop_reason}, usage ${JSON.stringify(whole.usage)}`);
+// The SDK reads the request id from `request-id`.
+assert.ok(whole._request_id, "the SDK found the request id");
+say(`messages whole: ${whole.content.map((b) => b.type).join(", ")}, stop ${whole.stop_reason}, usage ${JSON.stringify(whole.usage)}, request id ${whole._request_id}`);
 
 const stream = client.messages.stream({ model: "claude-mock", max_tokens: 64, messages, tools, system: "be brief" });
 const kinds = [];
@@ -32,6 +34,25 @@ const counted = await client.messages.countTokens({ model: "claude-mock", messag
 assert.ok(counted.input_tokens >= 7, JSON.stringify(counted));
 say(`count_tokens: ${counted.input_tokens}`);
 
+// The models the API allows, in Anthropic's shape and pages (one a page: the SDK follows `last_id`).
+const listed = [];
+for await (const m of client.models.list({ limit: 1 })) listed.push(m);
+const ids = listed.map((m) => m.id);
+assert.ok(listed.every((m) => m.type === "model"), JSON.stringify(listed));
+assert.ok(ids.includes("claude-mock") && ids.includes("claude-other"), ids.join());
+assert.equal(new Set(ids).size, ids.length, `each model once: ${ids.join()}`);
+assert.ok(!Number.isNaN(Date.parse(listed[0].created_at)), listed[0].created_at);
+const one = await client.models.retrieve("claude-other");
+assert.equal(one.id, "claude-other");
+const missing = await client.models.retrieve("gpt-nope").then(
+  () => assert.fail("should raise"),
+  (err) => err,
+);
+assert.ok(missing instanceof Anthropic.NotFoundError, missing && missing.constructor.name);
+assert.equal(missing.error?.error?.type, "not_found_error", JSON.stringify(missing.error));
+assert.ok(missing.requestID, "errors carry the request id");
+say(`models: ${ids.join(", ")}, one a page; unknown model ${missing.status} ${missing.error.error.type}`);
+
 const bad = new Anthropic({ baseURL: t.base, apiKey: "ask_live_nope", maxRetries: 0 });
 const e = await bad.messages.create({ model: "claude-mock", max_tokens: 8, messages }).then(
   () => assert.fail("should raise"),
@@ -39,5 +60,6 @@ const e = await bad.messages.create({ model: "claude-mock", max_tokens: 8, messa
 );
 assert.ok(e instanceof Anthropic.AuthenticationError, e && e.constructor.name);
 assert.ok(e.message.includes("authentication_error"), e.message);
+assert.ok(e.requestID, "errors carry the request id");
 say(`401 ${e.constructor.name}: ${JSON.stringify(e.message)}`);
 console.log("anthropic-ts: all checks passed");

@@ -218,14 +218,65 @@ fn the_cap_is_what_the_window_has_left_after_the_prompt() {
         .admit(now, &limits, "b", ask(100, None, 1), None)
         .unwrap_err();
     assert_eq!(
-        (r.scope, r.used, r.needed),
-        (Scope::TokensPerDay, 10_000, 101)
+        (r.scope, r.used, r.held, r.needed),
+        (Scope::TokensPerDay, 0, 10_000, 101)
     );
+    // It would fit once the first settles: a retry in a moment, not at midnight.
+    assert!(r.in_flight);
+    assert_eq!(r.retry_after_s, 1);
+    let e = r.to_error("p");
+    assert!(
+        e.detail.contains(
+            "allows 10000 tokens per day; 0 used, 10000 held by requests in flight, 0 remaining, \
+             and this request needs at least 101 tokens. Try again when they finish (in 1 s)."
+        ),
+        "{}",
+        e.detail
+    );
+    assert_eq!(e.to_problem()["held"], 10_000);
+    assert!(e.headers.contains(&("Retry-After".into(), "1".into())));
+    assert!(!e.headers.iter().any(|(k, _)| k == "x-should-retry"));
     assert!(s.settle(now, "a", &done(40, 60)));
     assert_eq!(
         s.admit(now, &limits, "b", ask(100, None, 1), None),
         Ok(Some(9_800))
     );
+}
+
+#[test]
+fn a_request_that_cannot_fit_even_after_the_holds_waits_for_the_window() {
+    let limits = Limits {
+        tokens_per_day: Some(1_000),
+        ..Default::default()
+    };
+    let mut s = CounterState::default();
+    let now = t(NOW);
+    s.admit(now, &limits, "a", ask(100, Some(100), 1), None)
+        .unwrap();
+    assert!(s.settle(now, "a", &done(100, 100)));
+    s.admit(now, &limits, "b", ask(100, Some(100), 1), None)
+        .unwrap();
+    // 200 booked and 200 held: a 900-token prompt would not fit even if `b` used nothing.
+    let r = s
+        .admit(now, &limits, "c", ask(900, None, 1), None)
+        .unwrap_err();
+    assert_eq!((r.used, r.held, r.in_flight), (200, 200, false));
+    assert_eq!(r.retry_after_s, retry_secs(now, t("2026-11-23T00:00:00Z")));
+    let e = r.to_error("p");
+    assert!(e
+        .detail
+        .contains("200 used, 200 held by requests in flight, 600 remaining"));
+    assert!(e
+        .headers
+        .contains(&("x-should-retry".into(), "false".into())));
+    // A 700-token prompt would fit once `b` settles: retry in a moment.
+    let r = s
+        .admit(now, &limits, "d", ask(700, None, 1), None)
+        .unwrap_err();
+    assert!(r.in_flight, "{r:?}");
+    // The usage windows say the same: booked, held, and what is left besides both.
+    let w = s.windows(now, &limits);
+    assert_eq!((w[0].used, w[0].held, w[0].remaining), (200, 200, 600));
 }
 
 #[test]
@@ -638,7 +689,10 @@ fn exhausted_names_the_spent_window() {
     s.admit(now, &limits, "a", streamed(fixed(0, 10)), None)
         .unwrap();
     let r = Refusal::exhausted(&s.windows(now, &limits), now);
-    assert_eq!((r.scope, r.limit, r.used), (Scope::TokensPerDay, 10, 10));
+    assert_eq!(
+        (r.scope, r.limit, r.used, r.held),
+        (Scope::TokensPerDay, 10, 10, 0)
+    );
     assert_eq!(rfc3339(r.reset_at), "2026-11-23T00:00:00.000Z");
 }
 
@@ -648,6 +702,8 @@ fn refusals_say_what_is_left_in_the_right_number() {
         scope: Scope::TokensPerDay,
         limit: 20,
         used: 19,
+        held: 0,
+        in_flight: false,
         needed: 25,
         reset_at: t("2026-11-23T00:00:00Z"),
         retry_after_s: 7,
@@ -671,6 +727,8 @@ fn refusals_say_what_is_left_in_the_right_number() {
         scope: Scope::RequestsPerMinute,
         limit: 1,
         used: 1,
+        held: 0,
+        in_flight: false,
         needed: 0,
         reset_at: 0,
         retry_after_s: 1,
@@ -691,6 +749,8 @@ fn refusals_say_what_is_left_in_the_right_number() {
         scope: Scope::SpendPerDayUsd,
         limit: 10_000,
         used: 9_990,
+        held: 0,
+        in_flight: false,
         needed: 12,
         reset_at: 0,
         retry_after_s: 5,

@@ -16,7 +16,12 @@ pub struct DemoReply {
     pub prompt_tokens: u64,
     /// `length` when the cap cut the reply short, else `stop`.
     pub finish_reason: &'static str,
+    /// Choices asked for (`n`): each is the same reply.
+    pub n: usize,
 }
+
+/// Most choices the demo answers with (the gateway bounds `n` by the API's `max_n` first).
+const MAX_CHOICES: u64 = 128;
 
 /// Rough token count of the demo model: about four characters a token.
 fn estimate_tokens(text: &str) -> u64 {
@@ -94,6 +99,11 @@ impl DemoReply {
         if tokens.is_empty() {
             tokens.push(String::new());
         }
+        let n = body
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .clamp(1, MAX_CHOICES) as usize;
         DemoReply {
             id: format!("chatcmpl-demo{created}"),
             model: model.to_string(),
@@ -101,6 +111,7 @@ impl DemoReply {
             tokens,
             prompt_tokens: estimate_tokens(&prompt_text(body)).max(1),
             finish_reason,
+            n,
         }
     }
 
@@ -109,32 +120,37 @@ impl DemoReply {
     }
 
     pub fn usage(&self) -> Value {
-        let completion = self.tokens.len() as u64;
+        let completion = (self.tokens.len() * self.n) as u64;
         json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": completion, "total_tokens": self.prompt_tokens + completion})
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> String {
+    fn chunk(&self, index: usize, delta: Value, finish: Option<&str>) -> String {
         json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
         }).to_string()
     }
 
-    /// Every SSE frame of the streamed answer, in order: one per token, the finish chunk, usage, `[DONE]`.
+    /// Every SSE frame of the streamed answer, in order: one per token and choice (the choices
+    /// interleaved, as OpenAI streams them), each choice's finish chunk, usage, `[DONE]`.
     pub fn sse_frames(&self) -> Vec<String> {
-        let mut frames = Vec::with_capacity(self.tokens.len() + 3);
+        let mut frames = Vec::with_capacity((self.tokens.len() + 1) * self.n + 2);
         for (i, t) in self.tokens.iter().enumerate() {
-            let delta = if i == 0 {
-                json!({"role": "assistant", "content": t})
-            } else {
-                json!({"content": t})
-            };
-            frames.push(format_event(None, &self.chunk(delta, None)));
+            for index in 0..self.n {
+                let delta = if i == 0 {
+                    json!({"role": "assistant", "content": t})
+                } else {
+                    json!({"content": t})
+                };
+                frames.push(format_event(None, &self.chunk(index, delta, None)));
+            }
         }
-        frames.push(format_event(
-            None,
-            &self.chunk(json!({}), Some(self.finish_reason)),
-        ));
+        for index in 0..self.n {
+            frames.push(format_event(
+                None,
+                &self.chunk(index, json!({}), Some(self.finish_reason)),
+            ));
+        }
         let usage = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [], "usage": self.usage(),
@@ -146,9 +162,12 @@ impl DemoReply {
 
     /// The non-streamed answer.
     pub fn completion(&self) -> Value {
+        let choices: Vec<Value> = (0..self.n)
+            .map(|index| json!({"index": index, "message": {"role": "assistant", "content": self.text()}, "finish_reason": self.finish_reason}))
+            .collect();
         json!({
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text()}, "finish_reason": self.finish_reason}],
+            "choices": choices,
             "usage": self.usage(),
         })
     }
@@ -218,6 +237,34 @@ mod tests {
         assert!(r.text().contains("\"\""));
         assert_eq!(estimate_tokens(""), 0);
         assert_eq!(estimate_tokens("abcde"), 2);
+    }
+
+    #[test]
+    fn the_demo_model_answers_n_choices() {
+        let mut b = body("hi");
+        b["n"] = json!(3);
+        b["max_tokens"] = json!(4);
+        let r = DemoReply::new(&b, "m", 0);
+        let whole = r.completion();
+        let choices = whole["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 3);
+        assert_eq!(choices[2]["index"], 2);
+        assert_eq!(whole["usage"]["completion_tokens"], 12);
+        let mut p = Parser::new();
+        let mut texts = vec![String::new(); 3];
+        for e in r.sse_frames().iter().flat_map(|f| p.push(f.as_bytes())) {
+            let Ok(v) = crate::encoding::from_json::<Value>(&e.data) else {
+                continue;
+            };
+            if let (Some(i), Some(c)) = (
+                v.pointer("/choices/0/index").and_then(Value::as_u64),
+                v.pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str),
+            ) {
+                texts[i as usize].push_str(c);
+            }
+        }
+        assert!(texts.iter().all(|t| *t == r.text()), "{texts:?}");
     }
 
     #[test]

@@ -358,7 +358,14 @@ impl Exchange {
     /// A whole answer, returned as sent; settled (its reported usage, else the bounds) after it.
     fn json(mut self, bytes: Vec<u8>) -> Result<Response, Error> {
         let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
-        self.lease.progress.delivered = answer.as_ref().map_or(0, |a| self.asked.output_bytes(a));
+        let output = answer.as_ref().map_or(0, |a| self.asked.output_bytes(a));
+        // A whole answer cannot be cut on the way: the upstream was sent the cap, and one that
+        // reports no usage is booked as having honoured it (its output bytes, at most the cap for
+        // each choice), so the window books at most its limit.
+        self.lease.progress.delivered = match self.lease.cap {
+            Some(cap) => output.min(cap.saturating_mul(self.lease.n.max(1))),
+            None => output,
+        };
         let outcome = match answer.as_ref().and_then(|a| self.asked.usage(a)) {
             Some(usage) => reported(&self.lease, 200, Ended::Complete, usage),
             None => self.lease.estimated(200, Ended::Complete),

@@ -93,7 +93,8 @@ pub struct UsageRecord {
     /// What it cost, in micro-dollars (0 without a price).
     #[serde(default)]
     pub cost_micro: u64,
-    /// The upstream used more than was reserved (it ignored the cap): booked all the same.
+    /// The upstream reported more completion tokens than the cap it was sent (it ignored the cap):
+    /// booked all the same.
     #[serde(default)]
     pub overrun: bool,
     /// Which endpoint was called.

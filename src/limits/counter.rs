@@ -727,7 +727,12 @@ impl CounterState {
             record.reasoning_tokens = outcome.reasoning_tokens;
             record.estimated = outcome.estimated;
             record.cost_micro = cost;
-            record.overrun = tokens > lease.reserved || cost > lease.spend;
+            // The upstream's own report says it generated past the cap it was sent. An estimate
+            // cannot say so: output bytes over-count tokens, and a stream past its cap in bytes was
+            // extended, not overrun.
+            let cap = record.max_tokens.map(|c| c.saturating_mul(record.n.max(1)));
+            record.overrun =
+                !outcome.estimated && cap.is_some_and(|c| outcome.completion_tokens > c);
             record.latency_ms = outcome.latency_ms;
             record.ttft_ms = outcome.ttft_ms;
             record.upstream_request_id = outcome.upstream_request_id.clone();

@@ -16,6 +16,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
     cases![
         sixty_uncapped_requests_book_at_most_the_daily_tokens,
         an_upstream_that_ignores_the_cap_is_booked_as_an_overrun,
+        a_whole_answer_without_usage_is_booked_within_its_cap,
         n_choices_reserve_n_caps,
         a_model_outside_the_list_never_reaches_the_upstream,
         hostile_bodies_are_refused_and_caps_sent_under_one_name,
@@ -147,6 +148,41 @@ pub async fn an_upstream_that_ignores_the_cap_is_booked_as_an_overrun(c: Arc<Ctx
         c.upstream_requests(slug).len(),
         1,
         "refused until the window has room again"
+    );
+    Ok(())
+}
+
+/// An upstream that honours the cap but reports no usage: its whole answer's bytes over-count its
+/// tokens (`tok12 ` is one token of 6 bytes), so the booking stops at the cap it was sent, and the
+/// day stays within its limit, with no overrun claimed.
+pub async fn a_whole_answer_without_usage_is_booked_within_its_cap(c: Arc<Ctx>) -> CaseResult {
+    let slug = "spend-nousage";
+    let t = c
+        .tenant_on_mock(slug, "ok/honour/1/chunks/1000/nousage/1", json!({}))
+        .await?;
+    limit_default_plan(&c, &t, json!({"tokens_per_day": 300})).await?;
+    let r = c.chat_ok(&t).await?;
+    expect_status(&r, 200, "the answer")?;
+    let cap = cap_sent(&c.upstream_requests(slug)[0].json()).ok_or("no cap sent")?;
+    let text = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .ok_or("no content")?
+        .to_string();
+    assert!(
+        text.len() as u64 > cap,
+        "the honest answer's {} bytes are more than its {cap} tokens",
+        text.len()
+    );
+    let recs = n_records(&c, &t, 1).await?;
+    let rec = &recs[0];
+    assert_eq!(rec["estimated"], true, "{rec}");
+    assert_eq!(rec["completion_tokens"], cap, "booked at the cap: {rec}");
+    assert_eq!(rec["overrun"], false, "{rec}");
+    let total = rec["total_tokens"].as_u64().ok_or("total_tokens")?;
+    assert!(total <= 300, "booked {total} on a 300-token day: {rec}");
+    println!(
+        "    measured: {} bytes in {cap} tokens, booked {total} of 300",
+        text.len()
     );
     Ok(())
 }

@@ -484,6 +484,42 @@ fn twenty_parallel_requests_on_a_cent_book_at_most_a_cent() {
 }
 
 #[test]
+fn overrun_is_what_the_upstream_reports_past_its_cap() {
+    let limits = Limits {
+        tokens_per_day: Some(100_000),
+        ..Default::default()
+    };
+    let mut s = CounterState::default();
+    let now = t(NOW);
+    let mut settle = |id: &str, cap, n, outcome: Outcome| {
+        let rec = record(id).map(|r| UsageRecord { n, ..r });
+        s.admit(now, &limits, id, ask(30, cap, n), rec).unwrap();
+        // A stream counted past its cap in bytes was extended: the lease grew, the cap did not.
+        s.extend(now, &limits, id, 500);
+        assert!(s.settle(now, id, &outcome));
+        s.filed.pop().unwrap().overrun
+    };
+    assert!(
+        settle("a", Some(10), 1, done(10, 100)),
+        "reported past the cap"
+    );
+    assert!(!settle("b", Some(10), 1, done(10, 10)), "at the cap");
+    assert!(
+        !settle("c", Some(10), 3, done(10, 30)),
+        "n choices of the cap each"
+    );
+    assert!(settle("d", Some(10), 3, done(10, 31)));
+    let estimate = Outcome {
+        estimated: true,
+        ..done(30, 400)
+    };
+    assert!(
+        !settle("e", Some(10), 1, estimate),
+        "bytes over-count tokens: no proof"
+    );
+}
+
+#[test]
 fn an_upstream_that_ignores_the_cap_is_booked_and_flagged() {
     let limits = Limits {
         tokens_per_day: Some(300),
@@ -497,6 +533,7 @@ fn an_upstream_that_ignores_the_cap_is_booked_and_flagged() {
     assert_eq!(cap, Some(280));
     assert!(s.settle(now, "a", &done(20, 2_000)));
     assert!(s.filed[0].overrun);
+    assert_eq!(s.filed[0].max_tokens, Some(280));
     assert_eq!(
         s.day_tokens, 2_020,
         "what it really used is booked, never hidden"

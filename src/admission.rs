@@ -122,6 +122,11 @@ pub struct Lease {
     pub id: String,
     pub limits: Limits,
     pub plan: String,
+    /// The key, credential and session the request came with: a renewal or an extension is refused
+    /// once any of them (or the consumer) may no longer call.
+    who: Presented,
+    /// The model asked for (a refusal names it).
+    model: String,
     /// The completion cap per choice the counter granted (`None`: nothing limits it).
     pub cap: Option<u64>,
     pub windows: Vec<Window>,
@@ -183,6 +188,11 @@ pub async fn admit(
     let now = claim.record.created_at;
     let lease_id = claim.record.id.clone();
     let (prompt_bound, n, ttl) = (claim.ask.prompt, claim.ask.n, claim.ask.lease_ttl_ms);
+    // A proof is used once, at admission; later checks need only who it is.
+    let who = Presented {
+        dpop_jti: None,
+        ..claim.who.clone()
+    };
     let op = CounterRequest::Admit {
         now,
         lease_id: lease_id.clone(),
@@ -250,6 +260,8 @@ pub async fn admit(
         id: lease_id,
         limits: plan.limits,
         plan: plan.name,
+        who,
+        model: claim.model.to_string(),
         cap,
         windows,
         started: now,
@@ -323,14 +335,22 @@ impl Lease {
         (now_ms() - self.started).max(0) as u64
     }
 
-    /// Keeps the lease from expiring under a long request.
-    pub async fn renew(&self) {
+    /// Keeps the lease from expiring under a long request: `Err` with the refusal when the consumer
+    /// was disabled, or its key or session revoked, since it was admitted (the request ends). A
+    /// counter that cannot be reached is logged; the lease then expires on its own.
+    pub async fn renew(&self) -> Result<(), Error> {
         let op = CounterRequest::Renew {
             now: now_ms(),
             lease_id: self.id.clone(),
+            who: self.who.clone(),
         };
-        if let Err(e) = self.op(op).await {
-            worker::console_error!("lease {} not renewed: {}", self.id, e.detail);
+        match self.op(op).await {
+            Ok(CounterReply::Denied { denial, .. }) => Err(denial.to_error(&self.model)),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                worker::console_error!("lease {} not renewed: {}", self.id, e.detail);
+                Ok(())
+            }
         }
     }
 
@@ -342,8 +362,10 @@ impl Lease {
             limits: self.limits.clone(),
             lease_id: self.id.clone(),
             want,
+            who: self.who.clone(),
         };
         match self.op(op).await? {
+            CounterReply::Denied { denial, .. } => Err(denial.to_error(&self.model)),
             CounterReply::Extended { granted, .. } if granted > 0 => Ok(granted),
             CounterReply::Extended { windows, .. } => {
                 Err(Refusal::exhausted(&windows, now).to_error(&self.plan))
@@ -354,18 +376,15 @@ impl Lease {
         }
     }
 
-    /// Awaits `fut` while the client is there, renewing the lease on schedule; `None` when the
-    /// client went away first.
+    /// Awaits `fut` while the client is there, renewing the lease on schedule: `Gone` when the
+    /// client went away first, `Denied` when a renewal found the request may no longer run.
     pub async fn while_client_waits<F: Future>(
         &self,
         watch: &mut Watch,
         fut: F,
-    ) -> Option<F::Output> {
+    ) -> Woke<F::Output> {
         let fut = std::pin::pin!(fut);
-        match self.wait(watch, fut, None).await {
-            Woke::Done(v) => Some(v),
-            _ => None,
-        }
+        self.wait(watch, fut, None).await
     }
 
     /// Like `while_client_waits`, and also wakes with `Woke::Idle` when `idle_ms` pass first (the
@@ -378,7 +397,11 @@ impl Lease {
     ) -> Woke<F::Output> {
         loop {
             match watch.race(fut.as_mut(), self.renew_every_ms, idle_ms).await {
-                Woke::Renew => self.renew().await,
+                Woke::Renew => {
+                    if let Err(e) = self.renew().await {
+                        return Woke::Denied(e);
+                    }
+                }
                 other => return other,
             }
         }
@@ -402,6 +425,21 @@ pub enum Woke<T> {
     Renew,
     /// The idle time passed with nothing done.
     Idle,
+    /// A renewal found that the consumer was disabled, or its key or session revoked.
+    Denied(Error),
+}
+
+impl<T> Woke<T> {
+    /// The same wake, with what was done mapped by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Woke<U> {
+        match self {
+            Woke::Done(v) => Woke::Done(f(v)),
+            Woke::Gone => Woke::Gone,
+            Woke::Renew => Woke::Renew,
+            Woke::Idle => Woke::Idle,
+            Woke::Denied(e) => Woke::Denied(e),
+        }
+    }
 }
 
 /// The client's presence and the lease's renewal schedule, for one request.

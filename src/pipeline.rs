@@ -302,21 +302,28 @@ impl Exchange {
         };
         timing.phase("upstream", (now_ms() - asked) as f64);
         match first {
-            None => {
+            Woke::Done(None) => self.stream(Source::Waiting(upstream)),
+            Woke::Done(Some(Err(failure))) => self.failed(failure),
+            Woke::Done(Some(Ok(Answer::Json(bytes, head)))) => {
+                self.heard(&head);
+                self.json(bytes)
+            }
+            Woke::Done(Some(Ok(Answer::Stream(body, head)))) => {
+                self.heard(&head);
+                self.stream(Source::Body(body))
+            }
+            // Disabled, or its key or session revoked, while it waited: it ends here.
+            Woke::Denied(e) => {
+                self.controller.abort();
+                let outcome = self.lease.estimated(e.status, Ended::Revoked);
+                self.lease.settle_later(outcome);
+                Err(e)
+            }
+            Woke::Gone | Woke::Renew | Woke::Idle => {
                 self.controller.abort();
                 let outcome = self.lease.estimated(499, Ended::ClientGone);
                 self.lease.settle_later(outcome);
                 Err(client_gone())
-            }
-            Some(None) => self.stream(Source::Waiting(upstream)),
-            Some(Some(Err(failure))) => self.failed(failure),
-            Some(Some(Ok(Answer::Json(bytes, head)))) => {
-                self.heard(&head);
-                self.json(bytes)
-            }
-            Some(Some(Ok(Answer::Stream(body, head)))) => {
-                self.heard(&head);
-                self.stream(Source::Body(body))
             }
         }
     }
@@ -1461,6 +1468,7 @@ impl MeteredStream {
                         continue;
                     }
                     Woke::Gone => Woke::Gone,
+                    Woke::Denied(e) => Woke::Denied(e),
                     _ => Woke::Idle,
                 },
             };
@@ -1469,6 +1477,16 @@ impl MeteredStream {
                 Woke::Gone => {
                     self.finish(499, Ended::ClientGone).await;
                     return None;
+                }
+                // Disabled, or its key or session revoked, since it began: the stream ends with
+                // that error event.
+                Woke::Denied(e) => {
+                    let bytes = self.relay.on_error(&e);
+                    self.finish(e.status, Ended::Revoked).await;
+                    if bytes.is_empty() {
+                        return None;
+                    }
+                    return self.sent(bytes);
                 }
                 _ => {
                     if now_ms() - self.last_sent >= HEARTBEAT_MS {
@@ -1578,10 +1596,11 @@ impl MeteredStream {
         match lease.extend(want).await {
             Ok(granted) => self.relay.grant(granted),
             Err(e) => {
-                self.end = Some(if e.problem == Problem::CounterUnavailable {
-                    (503, Ended::CounterUnavailable)
-                } else {
-                    (429, Ended::BudgetCut)
+                self.end = Some(match e.problem {
+                    Problem::CounterUnavailable => (503, Ended::CounterUnavailable),
+                    _ if e.status == 429 => (429, Ended::BudgetCut),
+                    // Disabled, or its key or session revoked, since it began.
+                    _ => (e.status, Ended::Revoked),
                 });
                 (self.relay.on_error(&e), Next::Read)
             }

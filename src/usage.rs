@@ -29,6 +29,8 @@ pub enum Ended {
     CounterUnavailable,
     /// Nobody settled the request (the gateway was stopped): booked at its reservation.
     Abandoned,
+    /// The consumer was disabled, or its key or session revoked, while the request ran.
+    Revoked,
 }
 
 impl Ended {
@@ -43,6 +45,7 @@ impl Ended {
             Ended::ClientGone => "client_gone",
             Ended::CounterUnavailable => "counter_unavailable",
             Ended::Abandoned => "abandoned",
+            Ended::Revoked => "revoked",
         }
     }
 

@@ -26,15 +26,24 @@ pub enum CounterRequest {
         ask: Ask,
         record: Box<UsageRecord>,
     },
-    /// More completion tokens for a stream that used up its grant (within its plan's `limits`).
+    /// More completion tokens for a stream that used up its grant (within its plan's `limits`);
+    /// refused (`Denied`) once the consumer, or the key or session `who` it came with, may no
+    /// longer call.
     Extend {
         now: i64,
         limits: Limits,
         lease_id: String,
         want: u64,
+        #[serde(default)]
+        who: Presented,
     },
-    /// Keeps a long request's lease alive.
-    Renew { now: i64, lease_id: String },
+    /// Keeps a long request's lease alive; refused (`Denied`) as `Extend` is.
+    Renew {
+        now: i64,
+        lease_id: String,
+        #[serde(default)]
+        who: Presented,
+    },
     /// Ends the lease with what the request really used and files its usage record.
     Settle {
         now: i64,
@@ -175,15 +184,28 @@ pub fn apply(state: &mut CounterState, request: &CounterRequest) -> CounterReply
             limits,
             lease_id,
             want,
-        } => {
-            let granted = state.extend(*now, limits, lease_id, *want);
-            CounterReply::Extended {
-                granted,
+            who,
+        } => match state.standing.check(who) {
+            Err(denial) => CounterReply::Denied {
+                denial,
                 windows: state.windows(*now, limits),
+            },
+            Ok(()) => {
+                let granted = state.extend(*now, limits, lease_id, *want);
+                CounterReply::Extended {
+                    granted,
+                    windows: state.windows(*now, limits),
+                }
             }
-        }
-        CounterRequest::Renew { now, lease_id } => CounterReply::Renewed {
-            live: state.renew(*now, lease_id),
+        },
+        CounterRequest::Renew { now, lease_id, who } => match state.standing.check(who) {
+            Err(denial) => CounterReply::Denied {
+                denial,
+                windows: Vec::new(),
+            },
+            Ok(()) => CounterReply::Renewed {
+                live: state.renew(*now, lease_id),
+            },
         },
         CounterRequest::Settle {
             now,
@@ -490,5 +512,82 @@ mod tests {
             }
         ));
         assert_eq!(s.leases.len(), 1, "denied requests hold nothing");
+    }
+
+    #[test]
+    fn a_request_in_flight_is_refused_its_renewal_and_extension_once_revoked() {
+        let plans = vec![plan("free", true, Limits::default())];
+        let key = |k: &str| Presented {
+            key_id: Some(k.into()),
+            ..Presented::default()
+        };
+        let mut s = CounterState::default();
+        let renew = |who: Presented| CounterRequest::Renew {
+            now: 1,
+            lease_id: "a".into(),
+            who,
+        };
+        let extend = |who: Presented| CounterRequest::Extend {
+            now: 1,
+            limits: Limits::default(),
+            lease_id: "a".into(),
+            want: 10,
+            who,
+        };
+        assert!(matches!(
+            apply(&mut s, &admit("a", &plans, key("key_1"), ask(1, 50))),
+            CounterReply::Admitted { .. }
+        ));
+        assert_eq!(
+            apply(&mut s, &renew(key("key_1"))),
+            CounterReply::Renewed { live: true }
+        );
+        let change = |change| CounterRequest::Change {
+            now: 1,
+            api_id: "api_1".into(),
+            consumer_id: "con_1".into(),
+            change,
+        };
+        apply(
+            &mut s,
+            &change(Change::RevokeKey {
+                key_id: "key_1".into(),
+            }),
+        );
+        for op in [renew(key("key_1")), extend(key("key_1"))] {
+            assert!(
+                matches!(
+                    apply(&mut s, &op),
+                    CounterReply::Denied {
+                        denial: Denial::KeyRevoked,
+                        ..
+                    }
+                ),
+                "{op:?}"
+            );
+        }
+        // Another key of the consumer is untouched; disabling the consumer stops it too.
+        assert!(matches!(
+            apply(&mut s, &extend(key("key_2"))),
+            CounterReply::Extended { .. }
+        ));
+        apply(&mut s, &change(Change::Disabled { disabled: true }));
+        assert!(matches!(
+            apply(&mut s, &renew(key("key_2"))),
+            CounterReply::Denied {
+                denial: Denial::Disabled,
+                ..
+            }
+        ));
+        // An operation from before this field existed carries no one: checked as the consumer.
+        let old: CounterRequest =
+            crate::encoding::from_json(r#"{"renew":{"now":1,"lease_id":"a"}}"#).unwrap();
+        assert!(matches!(
+            apply(&mut s, &old),
+            CounterReply::Denied {
+                denial: Denial::Disabled,
+                ..
+            }
+        ));
     }
 }

@@ -18,6 +18,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         bad_or_missing_credentials_are_401,
         revoked_key_fails_on_the_next_request,
         disabled_consumer_is_403_until_enabled,
+        requests_in_flight_end_when_their_consumer_is_disabled_or_key_revoked,
         unknown_project_and_api_are_404,
         malformed_and_oversized_bodies_are_rejected,
         upstream_500_becomes_502,
@@ -312,6 +313,80 @@ async fn revoked_key_fails_on_the_next_request(c: Arc<Ctx>) -> CaseResult {
         1,
         "only the first call went upstream"
     );
+    Ok(())
+}
+
+/// A stream (6 s long) and a request waiting on a slow upstream end at their next lease renewal
+/// (every second under the e2e gateway's 3 s leases) once the consumer is disabled or the key
+/// revoked, with that refusal; their records say `revoked`.
+async fn requests_in_flight_end_when_their_consumer_is_disabled_or_key_revoked(
+    c: Arc<Ctx>,
+) -> CaseResult {
+    let streamed = c
+        .tenant_on_mock("inflight-disable", "ok/chunks/60/delay/100", json!({}))
+        .await?;
+    let req = c
+        .chat(&streamed, Some((&streamed.secret, KeyHeader::Bearer)))
+        .json(&chat_body(None, "hi", true));
+    let stream = tokio::spawn(send_and_stream(req, STREAM_LIMIT));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let disabled_at = Instant::now();
+    c.admin
+        .set_consumer_status("inflight-disable", &streamed.consumer_id, "disabled")
+        .await?;
+    let s = stream.await??;
+    let summary = stream_summary(&s);
+    assert_eq!(s.status, 200, "{summary}");
+    assert!(
+        disabled_at.elapsed() < Duration::from_millis(3500),
+        "the stream ended {:?} after the disable: {summary}",
+        disabled_at.elapsed()
+    );
+    assert!(
+        !s.text().is_empty(),
+        "what came before was delivered: {summary}"
+    );
+    let n = s.events.len();
+    assert!(n >= 2 && s.events[n - 2].is_error(), "{summary}");
+    let problem = s.events[n - 2]
+        .json()
+        .ok_or("the error event is not JSON")?;
+    assert_eq!(problem["type"], "consumer-disabled", "{summary}");
+    assert!(s.events[n - 1].is_done(), "{summary}");
+
+    let waiting = c
+        .tenant_on_mock("inflight-revoke", "hang/5000", json!({}))
+        .await?;
+    let req = c
+        .chat(&waiting, Some((&waiting.secret, KeyHeader::Bearer)))
+        .json(&chat_body(None, "hi", false));
+    let answer = tokio::spawn(async move { Reply::read(req.send().await?).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let revoked_at = Instant::now();
+    c.admin
+        .revoke_key(&waiting.project, &waiting.key_id)
+        .await?;
+    let r = answer.await??;
+    assert_problem(&r, 401, "invalid-credential");
+    assert!(
+        revoked_at.elapsed() < Duration::from_millis(3500),
+        "answered {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+
+    for (t, status) in [(&streamed, 403), (&waiting, 401)] {
+        let usage = c
+            .admin_get_until(&format!("/api/v1/gateway/apis/{}/usage", t.api_id), |v| {
+                v["records"].as_array().is_some_and(|r| !r.is_empty())
+            })
+            .await?;
+        let rec = &usage["records"][0];
+        assert_eq!(
+            (rec["ended"].clone(), rec["status"].clone()),
+            (json!("revoked"), json!(status)),
+            "{rec}"
+        );
+    }
     Ok(())
 }
 

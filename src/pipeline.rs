@@ -1259,7 +1259,7 @@ async fn attempts(
     }
     let mut failure = last.unwrap_or_else(|| {
         Failure::new(
-            Error::upstream("The upstream model API could not be reached."),
+            Error::upstream("The upstream model API could not be reached, or closed the connection before answering."),
             Ended::UpstreamUnreachable,
         )
     });
@@ -1306,7 +1306,7 @@ async fn send(
         Fetched::Answered(resp) => resp,
         Fetched::Failed(e) => {
             return Err(Failure::new(
-                Error::upstream("The upstream model API could not be reached."),
+                Error::upstream("The upstream model API could not be reached, or closed the connection before answering."),
                 Ended::UpstreamUnreachable,
             )
             .saying(e))

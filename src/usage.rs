@@ -19,7 +19,8 @@ pub enum Ended {
     UpstreamCut,
     /// The upstream sent no answer in time.
     UpstreamTimeout,
-    /// The upstream could not be reached (the prompt may have been sent).
+    /// The upstream could not be reached, or closed the connection before answering (the prompt
+    /// may have been sent).
     UpstreamUnreachable,
     /// The upstream answered with an error status (nothing was generated).
     UpstreamError,

@@ -25,7 +25,7 @@ use crate::authenticate::{passthrough_credential, resolve_and_authenticate};
 use crate::error::{Error, Problem};
 use crate::http::{json, now_ms, read_body, with_random};
 use crate::ids::new_id;
-use crate::limits::counter::{Answered, Ask, Outcome, Window};
+use crate::limits::counter::{after_settling, Answered, Ask, Outcome, Window};
 use crate::limits::headers::rate_limit_headers;
 use crate::limits::ops::{CounterReply, CounterRequest};
 use crate::limits::spend::micro_to_usd;
@@ -377,6 +377,22 @@ impl Exchange {
             Some(usage) => reported(&self.lease, 200, Ended::Complete, usage),
             None => self.lease.estimated(200, Ended::Complete),
         };
+        // The rate-limit headers say what is left once this answer is booked, not while it held
+        // its worst case.
+        let held = (self.lease.prompt_bound).saturating_add(
+            self.lease
+                .cap
+                .unwrap_or(0)
+                .saturating_mul(self.lease.n.max(1)),
+        );
+        let booked = outcome
+            .prompt_tokens
+            .saturating_add(outcome.completion_tokens);
+        let windows = after_settling(&self.lease.windows, held, booked);
+        let fresh = rate_limit_headers(&windows, now_ms());
+        self.rate_headers
+            .retain(|(k, _)| !fresh.iter().any(|(f, _)| f.eq_ignore_ascii_case(k)));
+        self.rate_headers.extend(fresh);
         self.lease.settle_later(outcome);
         let headers = response_headers("application/json", &self.rate_headers)?;
         // Forwarded as the upstream wrote it, unless the client speaks Anthropic's Messages API.

@@ -311,6 +311,27 @@ pub struct CounterState {
     pub filed: Vec<UsageRecord>,
 }
 
+/// The token windows as they will stand once a request that holds `held` tokens books `booked`
+/// instead (its answer's headers then say what is really left); other windows as they are.
+pub fn after_settling(windows: &[Window], held: u64, booked: u64) -> Vec<Window> {
+    windows
+        .iter()
+        .map(|w| {
+            if !w.scope.is_tokens() {
+                return w.clone();
+            }
+            let used = w.used.saturating_add(booked);
+            let held = w.held.saturating_sub(held);
+            Window {
+                used,
+                held,
+                remaining: w.limit.saturating_sub(used).saturating_sub(held),
+                ..w.clone()
+            }
+        })
+        .collect()
+}
+
 /// A token or spend window with a limit: what is booked in it, and what leases hold.
 struct Budget {
     scope: Scope,

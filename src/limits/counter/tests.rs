@@ -890,3 +890,31 @@ fn undecodable_state_is_an_error_not_a_reset() {
         );
     }
 }
+
+#[test]
+fn an_answer_says_what_is_left_once_it_is_booked() {
+    let limits = Limits {
+        tokens_per_day: Some(1_000),
+        requests_per_day: Some(10),
+        ..Default::default()
+    };
+    let mut s = CounterState::default();
+    let now = t(NOW);
+    // Uncapped: it holds the whole day (30 + 970) while it runs.
+    s.admit(now, &limits, "a", ask(30, None, 1), None).unwrap();
+    let held = s.windows(now, &limits);
+    let day = held
+        .iter()
+        .find(|w| w.scope == Scope::TokensPerDay)
+        .unwrap();
+    assert_eq!((day.used, day.held, day.remaining), (0, 1_000, 0));
+    // It used 15: the answer's headers say 985 are left, as the counter will once it settles.
+    let after = after_settling(&held, 1_000, 15);
+    let day = after
+        .iter()
+        .find(|w| w.scope == Scope::TokensPerDay)
+        .unwrap();
+    assert_eq!((day.used, day.held, day.remaining), (15, 0, 985));
+    assert!(s.settle(now, "a", &done(5, 10)));
+    assert_eq!(&s.windows(now, &limits), &after);
+}

@@ -136,12 +136,10 @@ pub(super) async fn send_code(
     }
     let pepper = encryption_secret(env)?;
     let challenge_id = with_random(|r| new_challenge_id(pepper.as_bytes(), &project.id, email, r))?;
-    if !policy.lets_sign_up(email) && d1::user_by_email(db, &project.id, email).await?.is_none() {
-        if policy.signup == Signup::Domains {
-            return Err(signup_not_allowed(project));
-        }
-        // Invite only: answered as if sent, so nobody learns which addresses were invited.
-        return Ok(challenge_id);
+    let invited =
+        policy.lets_sign_up(email) || d1::user_by_email(db, &project.id, email).await?.is_some();
+    if !invited && policy.signup == Signup::Domains {
+        return Err(signup_not_allowed(project));
     }
     let code = with_random(generate_code)?;
     let challenge = Challenge::new(
@@ -161,6 +159,12 @@ pub(super) async fn send_code(
     .await?
     {
         return Err(throttled(retry_after_s));
+    }
+    if !invited {
+        // Invite only: the challenge is stored and throttled as any other and its code mailed to
+        // nobody, so neither the answers to `otp/start` nor those to `otp/verify` say which
+        // addresses were invited.
+        return Ok(challenge_id);
     }
     let mail = email::sign_in_mail(project, email, &code);
     match email::send(env, project.email_from.as_deref(), &project.slug, mail, now).await {

@@ -105,10 +105,7 @@ pub async fn otp_start(mut req: Request, env: &Env) -> Result<Response, Error> {
     let pepper = encryption_secret(env)?;
     let challenge_id =
         with_random(|r| new_challenge_id(pepper.as_bytes(), OWNER_REALM, &email, r))?;
-    if !may_sign_in(env, &db, &email).await? {
-        // Answered as if sent, so nobody learns which addresses were invited.
-        return started(challenge_id);
-    }
+    let invited = may_sign_in(env, &db, &email).await?;
     let code = with_random(generate_code)?;
     let challenge = Challenge::new(
         challenge_id.clone(),
@@ -124,6 +121,11 @@ pub async fn otp_start(mut req: Request, env: &Env) -> Result<Response, Error> {
         objects::call(env, &guard, &GuardRequest::Send { now, challenge }).await?
     {
         return Err(throttled(retry_after_s));
+    }
+    if !invited {
+        // The challenge is stored and throttled as any other and its code mailed to nobody, so
+        // neither the answers to `otp/start` nor those to `otp/verify` say who was invited.
+        return started(challenge_id);
     }
     match email::send(
         env,

@@ -288,6 +288,27 @@ async fn sign_up_policy_and_new_accounts_per_network(c: Arc<Ctx>) -> CaseResult 
         c.mail.mails_to(stranger).is_empty(),
         "no mail to an uninvited address"
     );
+    // Neither the throttles nor a wrong code tell a stranger from a user.
+    let user_start = otp_start_from(&c, slug, inside, Some("198.18.0.2")).await?;
+    expect_status(&user_start, 202, "the user's start")?;
+    let mut seen = Vec::new();
+    for (who, first) in [(stranger, &started), (inside, &user_start)] {
+        let again = otp_start_from(&c, slug, who, Some("198.18.0.2")).await?;
+        assert_problem(&again, 429, "rate-limited");
+        let challenge = first.json()["challenge_id"]
+            .as_str()
+            .ok_or("no challenge_id")?
+            .to_string();
+        let wrong =
+            otp_verify_with(&c, slug, who, "000000", &challenge, Some("198.18.0.2")).await?;
+        assert_problem(&wrong, 401, "invalid-code");
+        seen.push((
+            again.header("retry-after").is_some(),
+            wrong.json()["detail"].clone(),
+            wrong.json()["attempts_left"].clone(),
+        ));
+    }
+    assert_eq!(seen[0], seen[1], "a stranger and a user are answered alike");
     Tokens::from_reply(
         &sign_in_from(&c, slug, inside, "198.18.0.3").await?,
         "an existing user under invite only",

@@ -340,6 +340,14 @@ pub fn check_token_binding(
     let Some(bound) = jkt else {
         return Ok(None);
     };
+    // RFC 9449 §7.2: a bound token presented as a bearer token is refused, proof or not.
+    let scheme = crate::http::header(req, "authorization")
+        .and_then(|v| v.split_whitespace().next().map(str::to_ascii_lowercase));
+    if scheme.as_deref() != Some("dpop") {
+        return Err(Error::invalid_dpop(
+            "This access token is bound to a DPoP key: send it as `Authorization: DPoP <token>`, not as a bearer token.",
+        ));
+    }
     match dpop_proof(req, Some(token))? {
         Some(p) if crate::auth::constant_time_eq(p.jkt.as_bytes(), bound.as_bytes()) => {
             Ok(Some(p.jti))

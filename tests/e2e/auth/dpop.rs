@@ -117,6 +117,13 @@ async fn dpop_binds_the_session_to_the_clients_key(c: Arc<Ctx>) -> CaseResult {
         async move { Reply::read(req.send().await?).await }
     };
     assert_problem(&call("Bearer", None).await?, 401, "invalid-dpop-proof");
+    // A good proof does not make a bound token a bearer token (RFC 9449 §7.2).
+    let as_bearer = call(
+        "Bearer",
+        Some(proof(&mine, "POST", &chat_url, Some(&tokens.access))),
+    )
+    .await?;
+    assert_problem(&as_bearer, 401, "invalid-dpop-proof");
     let by_other = call(
         "DPoP",
         Some(proof(&other, "POST", &chat_url, Some(&tokens.access))),

@@ -575,6 +575,9 @@ pub async fn refresh(
                     )
                 })?;
             if !consumer.is_enabled() {
+                // The token is already rotated and the client will never see the new one: rather
+                // than let its next refresh look like a stolen token's reuse, the session ends.
+                sign_out(env, &project, &consumer.id, &session_id).await?;
                 return Err(Error::consumer_disabled());
             }
             let access = sign_access(env, &project, &session, now)?;
@@ -613,6 +616,22 @@ pub async fn refresh(
             "The refresh token does not belong to this project.",
         )),
     }
+}
+
+/// Signs a session out: its own object refuses its refresh token from now on, and `end_session`.
+async fn sign_out(
+    env: &Env,
+    project: &Project,
+    consumer_id: &str,
+    session_id: &str,
+) -> Result<(), Error> {
+    objects::call(
+        env,
+        &Guard::Session { id: session_id },
+        &GuardRequest::Revoke,
+    )
+    .await?;
+    end_session(env, project, consumer_id, session_id).await
 }
 
 /// A session signed out or revoked: marked in KV (for the sign-in endpoints) and in the user's
@@ -681,13 +700,7 @@ pub async fn logout(
     let db = d1::db(env)?;
     let project = d1::project_by_slug(&db, project).await?;
     let (consumer_id, session_id) = signed_in(&req, env, &project).await?;
-    objects::call(
-        env,
-        &Guard::Session { id: &session_id },
-        &GuardRequest::Revoke,
-    )
-    .await?;
-    end_session(env, &project, &consumer_id, &session_id).await?;
+    sign_out(env, &project, &consumer_id, &session_id).await?;
     record_event(
         ctx,
         env,

@@ -1019,6 +1019,19 @@ impl Issue<'_> {
         }
     }
 
+    /// A grant whose refresh token was rotated for a user who may no longer have tokens (disabled,
+    /// or gone): it ends, so the token the client never received cannot later look like a replay.
+    async fn end_grant(&self, session: &Session) -> Result<(), Error> {
+        objects::call(
+            self.env,
+            &Guard::Session { id: &session.id },
+            &GuardRequest::Revoke,
+        )
+        .await?;
+        end_session(self.env, self.project, &session.consumer_id, &session.id).await?;
+        d1::record_revoked_grant(self.db, &grant_row(self, session, Some(self.now))).await
+    }
+
     /// A grant revoked for a replayed code or refresh token: its tokens fail on the next request.
     /// Its row is written revoked even if the redemption that made it has not written it yet.
     async fn revoke_replayed(&self, session: &Session, kind: &'static str) -> Result<(), Error> {
@@ -1135,7 +1148,15 @@ async fn refresh(i: &Issue<'_>, token: &str, scope: Option<String>) -> Result<Va
                 .oauth
                 .clone()
                 .ok_or_else(|| invalid_grant("Unknown refresh token."))?;
-            let user = i.user(&session.consumer_id).await?;
+            let user = match i.user(&session.consumer_id).await {
+                Ok(user) => user,
+                // Disabled or gone (a storage failure leaves the grant alone).
+                Err(e) if e.problem == Problem::InvalidGrant => {
+                    i.end_grant(&session).await?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             let mut scopes = asked.unwrap_or_else(|| parse_scope(&grant.scope).unwrap_or_default());
             // An owner who narrowed the client's scopes since narrows its new tokens too.
             if let Some(allowed) = &i.client.scopes {

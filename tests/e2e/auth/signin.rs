@@ -277,6 +277,19 @@ pub async fn refresh_rotates_and_reuse_revokes_the_session(c: Arc<Ctx>) -> CaseR
     let anonymous_logout =
         post_json(&c, &format!("/v1/{slug}/auth/logout"), json!({}), None).await?;
     assert_problem(&anonymous_logout, 401, "missing-credential");
+    // A refresh while the user is disabled is refused and signs the session out; once enabled
+    // again, that refresh token is refused as signed out, never taken for a stolen token's reuse.
+    let paused = sign_in(&c, slug, "paused@e2e.example").await?;
+    let user = jwt_parts(&paused.access)?.1["sub"]
+        .as_str()
+        .ok_or("no sub")?
+        .to_string();
+    c.admin.set_consumer_status(slug, &user, "disabled").await?;
+    let refused = refresh(&c, slug, &paused.refresh).await?;
+    assert_problem(&refused, 403, "consumer-disabled");
+    c.admin.set_consumer_status(slug, &user, "enabled").await?;
+    let later = refresh(&c, slug, &paused.refresh).await?;
+    assert_problem(&later, 401, "invalid-refresh-token");
     // Only the calls made with a live session reached the upstream.
     assert_eq!(c.upstream_requests(slug).len(), 3);
     Ok(())

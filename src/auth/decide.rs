@@ -6,7 +6,7 @@
 use crate::auth::jwks_cache::{looks_like_jwt, peek_kid};
 use crate::auth::key::{self, ConsumerKey};
 use crate::auth::mode::AuthMode;
-use crate::auth::tokens::kid_prefix;
+use crate::auth::tokens::is_project_kid;
 use crate::error::{Error, Problem};
 use crate::records::KeyHolder;
 
@@ -54,7 +54,7 @@ pub fn presented(credential: &str, project_slug: &str, mode: AuthMode) -> Result
             _ => "Send a consumer key (ask_live_...) or a JWT.",
         }));
     }
-    let ours = peek_kid(credential).is_some_and(|kid| kid.starts_with(&kid_prefix(project_slug)));
+    let ours = peek_kid(credential).is_some_and(|kid| is_project_kid(&kid, project_slug));
     Ok(if ours {
         Presented::SluiceToken
     } else {
@@ -263,22 +263,25 @@ mod tests {
             "{}",
             e.detail
         );
-        // header {"alg":"EdDSA","kid":"<prefix>1"} · {} · sig
+        // header {"alg":"EdDSA","kid":"p-1-0123abcd"} · {} · sig
         let header = |kid: &str| {
             use base64::Engine;
             base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .encode(format!("{{\"alg\":\"EdDSA\",\"kid\":\"{kid}\"}}"))
         };
-        let ours = format!("{}.e30.c2ln", header(&format!("{}1", kid_prefix("p"))));
+        let ours = format!("{}.e30.c2ln", header("p-1-0123abcd"));
         assert_eq!(
             presented(&ours, "p", AuthMode::Managed),
             Ok(Presented::SluiceToken)
         );
-        let theirs = format!("{}.e30.c2ln", header("idp-key-1"));
-        assert_eq!(
-            presented(&theirs, "p", AuthMode::ByoJwt),
-            Ok(Presented::OtherJwt)
-        );
+        for kid in ["idp-key-1", "p-idp"] {
+            let theirs = format!("{}.e30.c2ln", header(kid));
+            assert_eq!(
+                presented(&theirs, "p", AuthMode::ByoJwt),
+                Ok(Presented::OtherJwt),
+                "an IdP's key `{kid}`"
+            );
+        }
         assert_eq!(
             presented(&ours, "other", AuthMode::Managed),
             Ok(Presented::OtherJwt),

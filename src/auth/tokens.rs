@@ -211,9 +211,25 @@ pub fn classify(claims: &Map<String, Value>) -> Option<SluiceToken> {
     }
 }
 
-/// The `kid` prefix of a project's keys, to tell Sluice tokens from an owner's own JWTs.
-pub fn kid_prefix(project_slug: &str) -> String {
-    format!("{project_slug}-")
+/// Whether `kid` names one of the project's signing keys (`{slug}-{generation}-{8 hex digits}`, as
+/// `signing_key` makes them), to tell Sluice tokens from an owner's or an IdP's own JWTs: an IdP
+/// key whose id merely starts with the project's slug is not taken for ours.
+pub fn is_project_kid(kid: &str, project_slug: &str) -> bool {
+    let Some(rest) = kid
+        .strip_prefix(project_slug)
+        .and_then(|r| r.strip_prefix('-'))
+    else {
+        return false;
+    };
+    let Some((generation, fingerprint)) = rest.split_once('-') else {
+        return false;
+    };
+    !generation.is_empty()
+        && generation.bytes().all(|b| b.is_ascii_digit())
+        && fingerprint.len() == 8
+        && fingerprint
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -240,7 +256,25 @@ mod tests {
             a1.public_jwk()["x"],
             signing_key("other-secret-456", "prj_1", "demo", 1).public_jwk()["x"]
         );
-        assert!(a1.kid().starts_with(&kid_prefix("demo")));
+        assert!(is_project_kid(a1.kid(), "demo"), "{}", a1.kid());
+        assert!(is_project_kid(
+            signing_key("secret-secret-123", "prj_1", "demo", 12).kid(),
+            "demo"
+        ));
+        for other in [
+            "demo-idp",
+            "demo-1",
+            "demo-1-0123abc",
+            "demo-1-0123ABCD",
+            "demo-x-0123abcd",
+            "demo--0123abcd",
+            "demo-a-1-0123abcd",
+            "demox-1-0123abcd",
+        ] {
+            assert!(!is_project_kid(other, "demo"), "{other}");
+        }
+        // A project whose slug starts with another's: each knows only its own keys.
+        assert!(!is_project_kid(a1.kid(), "dem"));
     }
 
     #[test]

@@ -14,7 +14,10 @@ pub async fn byo_jwt_accepts_rs256_es256_eddsa_and_refuses_bad_tokens(c: Arc<Ctx
     let rsa = rsa_key_ready().await?;
     let (ec, ec_jwk) = es256_key("ec-1");
     let ed = ed_key(11, "ed-1");
-    let idp = JwksServer::start(vec![rsa.jwk.clone(), ec_jwk, ed.public_jwk()]).await?;
+    // An IdP key whose id happens to start with the project's slug is still the IdP's.
+    let prefixed = format!("{slug}-idp");
+    let (ec2, ec2_jwk) = es256_key(&prefixed);
+    let idp = JwksServer::start(vec![rsa.jwk.clone(), ec_jwk, ed.public_jwk(), ec2_jwk]).await?;
     let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
 
     // Configurations the gateway refuses, leaving the API as it was.
@@ -99,6 +102,13 @@ pub async fn byo_jwt_accepts_rs256_es256_eddsa_and_refuses_bad_tokens(c: Arc<Ctx
     let rs_token = rs256("rsa-1", &byo_claims("byo-rs"));
     chat_200(&c, &t, &rs_token, "RS256").await?;
     chat_200(&c, &t, &es256(&ec, "ec-1", &byo_claims("byo-es")), "ES256").await?;
+    chat_200(
+        &c,
+        &t,
+        &es256(&ec2, &prefixed, &byo_claims("byo-es")),
+        "an IdP key named like the project's",
+    )
+    .await?;
     chat_200(&c, &t, &ed.sign(&obj(byo_claims("byo-ed"))), "EdDSA").await?;
     let numeric =
         json!({"iss": BYO_ISSUER, "aud": BYO_AUDIENCE, "user": {"id": 4711}, "exp": now_s() + 600});
@@ -291,7 +301,7 @@ pub async fn byo_jwt_accepts_rs256_es256_eddsa_and_refuses_bad_tokens(c: Arc<Ctx
     .await?;
 
     // Only the accepted tokens reached the upstream, none of them carried there; one JWKS fetch.
-    assert_eq!(c.upstream_requests(slug).len(), 5);
+    assert_eq!(c.upstream_requests(slug).len(), 6);
     assert_never_upstream(&c, slug, &rs_token, "the BYO token");
     assert_eq!(idp.hits(), 1, "the JWKS was fetched once and then cached");
     Ok(())

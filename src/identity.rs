@@ -289,15 +289,28 @@ pub fn event(project_id: &str, kind: &'static str) -> EventDraft {
 
 /// A managed-mode session must still stand: asked of its Durable Object, so a sign-out or a reuse
 /// revocation holds on the very next request everywhere (KV only mirrors it).
-pub async fn ensure_session_live(env: &Env, session_id: &str) -> Result<(), Error> {
+pub async fn ensure_session_live(
+    env: &Env,
+    session_id: &str,
+    proof_jti: Option<String>,
+) -> Result<(), Error> {
     use crate::auth::guard::{GuardReply, GuardRequest};
     use crate::store::objects::{self, Guard};
-    // Asked of the session's own object, where sign-out and reuse revocation are exact.
-    let op = GuardRequest::SessionLive { now: now_ms() };
-    let live = matches!(
-        objects::call(env, &Guard::Session { id: session_id }, &op).await?,
-        GuardReply::Live { live: true }
-    );
+    // Asked of the session's own object, where sign-out and reuse revocation are exact (and a
+    // DPoP proof is used once).
+    let op = GuardRequest::SessionLive {
+        now: now_ms(),
+        proof_jti,
+    };
+    let live = match objects::call(env, &Guard::Session { id: session_id }, &op).await? {
+        GuardReply::Live { live } => live,
+        GuardReply::Refused { reason } => {
+            return Err(Error::invalid_dpop(format!(
+                "The DPoP proof was refused: {reason}."
+            )))
+        }
+        _ => false,
+    };
     if !live {
         return Err(Error::new(
             Problem::SessionRevoked,

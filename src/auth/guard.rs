@@ -117,6 +117,9 @@ pub enum GuardRequest {
         /// rotating, unless the grant holds every scope of it.
         #[serde(default)]
         scope: Option<Vec<String>>,
+        /// The request's DPoP proof (its `jti`): each proof is used once with this session.
+        #[serde(default)]
+        proof_jti: Option<String>,
     },
     /// Redeems the OAuth grant's authorization code (single use; a second use revokes the grant)
     /// and starts its refresh chain with `new_hash`.
@@ -146,6 +149,10 @@ pub enum GuardRequest {
     /// Whether the session is live (exists, not revoked, not expired): read where it is exact.
     SessionLive {
         now: i64,
+        /// The DPoP proof that came with the session's access token: a proof used before with this
+        /// session is refused.
+        #[serde(default)]
+        proof_jti: Option<String>,
     },
 }
 
@@ -239,12 +246,20 @@ pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
             jkt,
             client_id,
             scope,
+            proof_jti,
         } => match oauth_client_mismatch(state, client_id.as_deref())
             .map(str::to_string)
             .or_else(|| scope_not_granted(state, scope.as_deref()))
         {
             Some(reason) => GuardReply::Refused { reason },
-            None => rotate(state, *now, project, secret, new_hash, jkt.as_deref()),
+            None => rotate(
+                state,
+                *now,
+                project,
+                secret,
+                new_hash,
+                (jkt.as_deref(), proof_jti.as_deref()),
+            ),
         },
         GuardRequest::RedeemCode {
             now,
@@ -278,11 +293,14 @@ pub fn apply(state: &mut GuardState, request: &GuardRequest) -> GuardReply {
                 .filter(|s| s.is_active(*now) && s.knows_current(secret))
                 .cloned(),
         },
-        GuardRequest::SessionLive { now } => GuardReply::Live {
-            live: state
-                .session
-                .as_ref()
-                .is_some_and(|s| !s.revoked && *now < s.expires_at),
+        GuardRequest::SessionLive { now, proof_jti } => match state.session.as_mut() {
+            Some(s) if !s.revoked && *now < s.expires_at => match proof_jti {
+                Some(jti) if !s.use_proof(*now, jti) => GuardReply::Refused {
+                    reason: PROOF_REPLAYED.into(),
+                },
+                _ => GuardReply::Live { live: true },
+            },
+            _ => GuardReply::Live { live: false },
         },
         GuardRequest::Revoke => {
             if let Some(s) = state.session.as_mut() {
@@ -393,13 +411,18 @@ fn revoke_grant(
     }
 }
 
+/// Why a DPoP proof was refused by the session it came with.
+pub const PROOF_REPLAYED: &str =
+    "this DPoP proof was already used: make a new proof for each request";
+
+/// `proof`: the DPoP key (thumbprint) and the proof's `jti` the request came with.
 fn rotate(
     state: &mut GuardState,
     now: i64,
     project: &str,
     secret: &str,
     new_hash: &str,
-    jkt: Option<&str>,
+    (jkt, proof_jti): (Option<&str>, Option<&str>),
 ) -> GuardReply {
     let Some(session) = state.session.as_mut() else {
         return GuardReply::Refused {
@@ -423,6 +446,11 @@ fn rotate(
                         .into(),
             };
         }
+    }
+    if proof_jti.is_some_and(|jti| !session.use_proof(now, jti)) {
+        return GuardReply::Refused {
+            reason: PROOF_REPLAYED.into(),
+        };
     }
     match session.rotate(now, secret, new_hash.to_string()) {
         Rotation::Rotated => GuardReply::Rotated {
@@ -538,6 +566,7 @@ mod tests {
             revoked: false,
             jkt: None,
             oauth: None,
+            proofs: Vec::new(),
         };
         let mut s = GuardState::default();
         apply(
@@ -555,6 +584,7 @@ mod tests {
             jkt: None,
             client_id: None,
             scope: None,
+            proof_jti: None,
         };
         assert!(matches!(
             apply(&mut s, &elsewhere),
@@ -576,6 +606,7 @@ mod tests {
                     jkt: None,
                     client_id: None,
                     scope: None,
+                    proof_jti: None,
                 }
             ),
             GuardReply::Rotated { .. }
@@ -591,6 +622,7 @@ mod tests {
                     jkt: None,
                     client_id: None,
                     scope: None,
+                    proof_jti: None,
                 }
             ),
             GuardReply::Reused { .. }
@@ -601,13 +633,22 @@ mod tests {
             GuardReply::Revoked { session: Some(_) }
         ));
         assert_eq!(
-            apply(&mut s, &GuardRequest::SessionLive { now: 3 }),
+            apply(
+                &mut s,
+                &GuardRequest::SessionLive {
+                    now: 3,
+                    proof_jti: None
+                }
+            ),
             GuardReply::Live { live: false }
         );
         assert_eq!(
             apply(
                 &mut GuardState::default(),
-                &GuardRequest::SessionLive { now: 3 }
+                &GuardRequest::SessionLive {
+                    now: 3,
+                    proof_jti: None
+                }
             ),
             GuardReply::Live { live: false },
             "an unknown session is not live"
@@ -624,18 +665,18 @@ mod tests {
                     jkt: None,
                     client_id: None,
                     scope: None,
+                    proof_jti: None,
                 }
             ),
             GuardReply::Refused { .. }
         ));
     }
 
-    #[test]
-    fn a_bound_session_rotates_only_with_its_key() {
-        let mut rng = crate::ids::test_rng(4);
-        let sid = crate::auth::session::new_session_id(b"pepper", &mut rng);
-        let (t1, h1) = new_refresh(&sid, &mut rng);
-        let mut session = Session::new(sid, "p".into(), "c".into(), None, h1, 0);
+    /// A guard holding a session bound to DPoP key `key-a`: (state, session id, refresh token).
+    fn bound_session(rng: &mut impl FnMut(&mut [u8])) -> (GuardState, String, String) {
+        let sid = crate::auth::session::new_session_id(b"pepper", rng);
+        let (t1, h1) = new_refresh(&sid, rng);
+        let mut session = Session::new(sid.clone(), "p".into(), "c".into(), None, h1, 0);
         session.jkt = Some("key-a".into());
         let mut s = GuardState::default();
         apply(
@@ -644,6 +685,73 @@ mod tests {
                 session: Box::new(session),
             },
         );
+        (s, sid, t1)
+    }
+
+    #[test]
+    fn a_dpop_proof_is_used_once_with_its_session() {
+        let mut rng = crate::ids::test_rng(5);
+        let (mut s, sid, t1) = bound_session(&mut rng);
+        let rotate = |token: &str, hash: &str, jti: &str| GuardRequest::Rotate {
+            now: 1,
+            project: "p".into(),
+            secret: crate::auth::session::parse_refresh(token).unwrap().1,
+            new_hash: hash.into(),
+            jkt: Some("key-a".into()),
+            client_id: None,
+            scope: None,
+            proof_jti: Some(jti.into()),
+        };
+        assert!(matches!(
+            apply(&mut s, &rotate(&t1, "h2", "jti-1")),
+            GuardReply::Rotated { .. }
+        ));
+        // The next refresh token with the same proof (a captured request, replayed): refused,
+        // and nothing rotates or is revoked.
+        let (t2, h2) = new_refresh(&sid, &mut rng);
+        s.session.as_mut().unwrap().current_hash = h2;
+        let generation = s.session.as_ref().unwrap().generation;
+        assert_eq!(
+            apply(&mut s, &rotate(&t2, "h3", "jti-1")),
+            GuardReply::Refused {
+                reason: PROOF_REPLAYED.into()
+            }
+        );
+        let after = s.session.as_ref().unwrap();
+        assert_eq!((after.generation, after.revoked), (generation, false));
+        assert!(matches!(
+            apply(&mut s, &rotate(&t2, "h3", "jti-2")),
+            GuardReply::Rotated { .. }
+        ));
+        // `/me` and logout: the same, through the liveness check.
+        let live = |jti: &str| GuardRequest::SessionLive {
+            now: 2,
+            proof_jti: Some(jti.into()),
+        };
+        assert_eq!(
+            apply(&mut s, &live("jti-3")),
+            GuardReply::Live { live: true }
+        );
+        assert!(matches!(
+            apply(&mut s, &live("jti-3")),
+            GuardReply::Refused { .. }
+        ));
+        assert!(matches!(
+            apply(&mut s, &live("jti-1")),
+            GuardReply::Refused { .. }
+        ));
+        // Forgotten once no `iat` window could still accept it.
+        let later = GuardRequest::SessionLive {
+            now: 2 + crate::limits::standing::PROOF_MEMORY_MS,
+            proof_jti: Some("jti-3".into()),
+        };
+        assert_eq!(apply(&mut s, &later), GuardReply::Live { live: true });
+    }
+
+    #[test]
+    fn a_bound_session_rotates_only_with_its_key() {
+        let mut rng = crate::ids::test_rng(4);
+        let (mut s, _, t1) = bound_session(&mut rng);
         let secret = crate::auth::session::parse_refresh(&t1).unwrap().1;
         let rotate = |jkt: Option<&str>| GuardRequest::Rotate {
             now: 1,
@@ -653,6 +761,7 @@ mod tests {
             jkt: jkt.map(str::to_string),
             client_id: None,
             scope: None,
+            proof_jti: None,
         };
         for wrong in [None, Some("key-b")] {
             assert!(matches!(
@@ -741,6 +850,7 @@ mod tests {
             jkt: None,
             client_id: client.map(str::to_string),
             scope: None,
+            proof_jti: None,
         };
         for other in [Some("cli_2"), None] {
             assert!(
@@ -759,7 +869,13 @@ mod tests {
         ));
         assert!(s.session.as_ref().unwrap().revoked);
         assert_eq!(
-            apply(&mut s, &GuardRequest::SessionLive { now: 3_000 }),
+            apply(
+                &mut s,
+                &GuardRequest::SessionLive {
+                    now: 3_000,
+                    proof_jti: None
+                }
+            ),
             GuardReply::Live { live: false }
         );
     }

@@ -129,7 +129,14 @@ pub struct Session {
     /// sign-in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth: Option<crate::auth::oauth::GrantInfo>,
+    /// DPoP proofs (their `jti`) used with this session outside the data plane (refresh, `/me`,
+    /// logout), with when they may be forgotten.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proofs: Vec<(String, i64)>,
 }
+
+/// Proofs a session remembers at most (the oldest is forgotten first).
+const MAX_SESSION_PROOFS: usize = 64;
 
 impl Session {
     /// A session created at `now_ms` whose first refresh secret hashes to `current_hash`.
@@ -154,7 +161,22 @@ impl Session {
             revoked: false,
             jkt: None,
             oauth: None,
+            proofs: Vec::new(),
         }
+    }
+
+    /// Remembers a DPoP proof used with this session; false for one seen before (a replay).
+    pub fn use_proof(&mut self, now: i64, jti: &str) -> bool {
+        self.proofs.retain(|(_, until)| *until > now);
+        if self.proofs.iter().any(|(seen, _)| seen == jti) {
+            return false;
+        }
+        if self.proofs.len() >= MAX_SESSION_PROOFS {
+            self.proofs.remove(0);
+        }
+        let until = now.saturating_add(crate::limits::standing::PROOF_MEMORY_MS);
+        self.proofs.push((jti.to_string(), until));
+        true
     }
 
     /// Whether `secret` is the current refresh secret (constant time).

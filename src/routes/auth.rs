@@ -554,15 +554,16 @@ pub async fn refresh(
     let now = now_ms();
     let ip = client_ip(&req);
     let (new_token, new_hash) = with_random(|r| new_refresh(&session_id, r))?;
-    let jkt = crate::identity::dpop_proof(&req, None)?.map(|p| p.jkt);
+    let proof = crate::identity::dpop_proof(&req, None)?;
     let op = GuardRequest::Rotate {
         now,
         project: project.id.clone(),
         secret,
         new_hash,
-        jkt,
+        jkt: proof.as_ref().map(|p| p.jkt.clone()),
         client_id: None,
         scope: None,
+        proof_jti: proof.map(|p| p.jti),
     };
     match objects::call(env, &Guard::Session { id: &session_id }, &op).await? {
         GuardReply::Rotated { session } if session.project == project.id => {
@@ -685,8 +686,8 @@ pub(super) async fn signed_in(
             "This endpoint takes a signed-in user's access token.",
         ));
     };
-    crate::identity::check_token_binding(req, &credential, jkt.as_deref())?;
-    crate::identity::ensure_session_live(env, &session_id).await?;
+    let proof_jti = crate::identity::check_token_binding(req, &credential, jkt.as_deref())?;
+    crate::identity::ensure_session_live(env, &session_id, proof_jti).await?;
     Ok((consumer_id, session_id))
 }
 

@@ -1141,6 +1141,7 @@ async fn refresh(i: &Issue<'_>, token: &str, scope: Option<String>) -> Result<Va
         jkt: None,
         client_id: Some(i.client.id.clone()),
         scope: asked.clone(),
+        proof_jti: None,
     };
     match objects::call(i.env, &Guard::Session { id: &session_id }, &op).await? {
         GuardReply::Rotated { session } => {
@@ -1362,7 +1363,10 @@ pub async fn introspect(mut req: Request, env: &Env, project: &str) -> Result<Re
             let Some(oauth) = oauth_of(&claims) else {
                 return no_store(json(200, &inactive)?);
             };
-            if identity::ensure_session_live(env, &sid).await.is_err() {
+            if identity::ensure_session_live(env, &sid, None)
+                .await
+                .is_err()
+            {
                 return no_store(json(200, &inactive)?);
             }
             let num = |k: &str| claims.get(k).and_then(Value::as_i64).unwrap_or_default();

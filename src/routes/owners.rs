@@ -357,6 +357,7 @@ pub async fn refresh(mut req: Request, env: &Env) -> Result<Response, Error> {
         jkt: None,
         client_id: None,
         scope: None,
+        proof_jti: None,
     };
     match objects::call(env, &Guard::Session { id: &session_id }, &op).await? {
         GuardReply::Rotated { session } if session.project == OWNER_REALM => {

@@ -86,7 +86,7 @@ pub async fn caller(req: &Request, env: &Env, db: &D1Database, now: i64) -> Resu
     }
     if token.split('.').count() == 3 {
         let (owner_id, session_id) = crate::identity::verify_owner_token(env, token, now)?;
-        crate::identity::ensure_session_live(env, &session_id).await?;
+        crate::identity::ensure_session_live(env, &session_id, None).await?;
         let owner = d1::owner_by_id(db, &owner_id)
             .await?
             .ok_or_else(|| unauthorized("The token's owner account no longer exists."))?;

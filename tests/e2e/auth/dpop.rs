@@ -92,6 +92,15 @@ async fn dpop_binds_the_session_to_the_clients_key(c: Arc<Ctx>) -> CaseResult {
         let r = post_with_proof(&c, &refresh_path, rt.clone(), dpop).await?;
         assert_problem(&r, 401, "invalid-refresh-token");
     }
+    let used = proof(&mine, "POST", &refresh_url, None);
+    let refreshed = post_with_proof(&c, &refresh_path, rt, Some(used.clone())).await?;
+    let tokens = Tokens::from_reply(&refreshed, "refresh with the session's key")?;
+    assert_eq!(refreshed.json()["token_type"], "DPoP");
+    // A proof is used once at the refresh route too: the new refresh token with the proof already
+    // used (a captured request, replayed) is refused and moves nothing; a fresh proof then works.
+    let rt = json!({"refresh_token": tokens.refresh});
+    let replayed = post_with_proof(&c, &refresh_path, rt.clone(), Some(used)).await?;
+    assert_problem(&replayed, 401, "invalid-refresh-token");
     let refreshed = post_with_proof(
         &c,
         &refresh_path,
@@ -99,8 +108,7 @@ async fn dpop_binds_the_session_to_the_clients_key(c: Arc<Ctx>) -> CaseResult {
         Some(proof(&mine, "POST", &refresh_url, None)),
     )
     .await?;
-    let tokens = Tokens::from_reply(&refreshed, "refresh with the session's key")?;
-    assert_eq!(refreshed.json()["token_type"], "DPoP");
+    let tokens = Tokens::from_reply(&refreshed, "a fresh proof after the replay")?;
 
     // The access token calls the API only with a proof by the key, for this request.
     let chat_url = format!("{}/v1/{slug}/{}/chat/completions", c.base, t.api);
@@ -144,6 +152,20 @@ async fn dpop_binds_the_session_to_the_clients_key(c: Arc<Ctx>) -> CaseResult {
     expect_status(&ok, 200, "a DPoP-bound access token with its proof")?;
     // A proof is used once: the same proof again (a captured request, replayed) is refused.
     assert_problem(&call("DPoP", Some(good)).await?, 401, "invalid-dpop-proof");
+    // And at the session's own routes (`/me` here).
+    let me_url = format!("{}/v1/{slug}/auth/me", c.base);
+    let me_proof = proof(&mine, "GET", &me_url, Some(&tokens.access));
+    let me = |p: String| {
+        let req = c
+            .http
+            .get(&me_url)
+            .header("authorization", format!("DPoP {}", tokens.access))
+            .header("dpop", p)
+            .timeout(STREAM_LIMIT);
+        async move { Reply::read(req.send().await?).await }
+    };
+    expect_status(&me(me_proof.clone()).await?, 200, "/me with its proof")?;
+    assert_problem(&me(me_proof).await?, 401, "invalid-dpop-proof");
 
     // A client without DPoP still signs in with bearer tokens, unless the project requires DPoP.
     let plain = "plain@e2e.example";

@@ -11,6 +11,31 @@ use crate::auth::jwt::{parse_jwk, Alg};
 
 /// How far a proof's `iat` may be from the gateway's clock, in seconds.
 pub const IAT_WINDOW_S: i64 = 120;
+/// How long a proof's `jti` is remembered: longer than any `iat` the proof check accepts.
+pub const PROOF_MEMORY_MS: i64 = (2 * IAT_WINDOW_S + 10) * 1000;
+
+/// The proofs a holder has seen (`seen`: each `jti` with when it may be forgotten), for proofs
+/// used once: forgets the expired ones, then remembers `jti` (at most `max`, the oldest forgotten
+/// first). False for a proof seen before (a replay); true without a proof.
+pub fn remember_proof(
+    seen: &mut Vec<(String, i64)>,
+    now: i64,
+    jti: Option<&str>,
+    max: usize,
+) -> bool {
+    seen.retain(|(_, until)| *until > now);
+    let Some(jti) = jti else {
+        return true;
+    };
+    if seen.iter().any(|(s, _)| s == jti) {
+        return false;
+    }
+    if seen.len() >= max {
+        seen.remove(0);
+    }
+    seen.push((jti.to_string(), now.saturating_add(PROOF_MEMORY_MS)));
+    true
+}
 const MAX_PROOF_LEN: usize = 4096;
 
 /// A checked proof: the key's thumbprint and the proof's id.

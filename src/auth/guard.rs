@@ -742,7 +742,7 @@ mod tests {
         ));
         // Forgotten once no `iat` window could still accept it.
         let later = GuardRequest::SessionLive {
-            now: 2 + crate::limits::standing::PROOF_MEMORY_MS,
+            now: 2 + crate::auth::dpop::PROOF_MEMORY_MS,
             proof_jti: Some("jti-3".into()),
         };
         assert_eq!(apply(&mut s, &later), GuardReply::Live { live: true });

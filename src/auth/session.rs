@@ -167,16 +167,7 @@ impl Session {
 
     /// Remembers a DPoP proof used with this session; false for one seen before (a replay).
     pub fn use_proof(&mut self, now: i64, jti: &str) -> bool {
-        self.proofs.retain(|(_, until)| *until > now);
-        if self.proofs.iter().any(|(seen, _)| seen == jti) {
-            return false;
-        }
-        if self.proofs.len() >= MAX_SESSION_PROOFS {
-            self.proofs.remove(0);
-        }
-        let until = now.saturating_add(crate::limits::standing::PROOF_MEMORY_MS);
-        self.proofs.push((jti.to_string(), until));
-        true
+        crate::auth::dpop::remember_proof(&mut self.proofs, now, Some(jti), MAX_SESSION_PROOFS)
     }
 
     /// Whether `secret` is the current refresh secret (constant time).

@@ -33,8 +33,6 @@ pub struct Standing {
     pub proofs: Vec<(String, i64)>,
 }
 
-/// How long a proof's `jti` is remembered: longer than any `iat` the proof check accepts.
-pub const PROOF_MEMORY_MS: i64 = (2 * crate::auth::dpop::IAT_WINDOW_S + 10) * 1000;
 /// Proofs remembered at most (the oldest is forgotten first).
 const MAX_PROOFS: usize = 1024;
 
@@ -191,18 +189,11 @@ impl Standing {
 
     /// Remembers the request's DPoP proof; one seen before (a replay) is refused.
     pub fn use_proof(&mut self, now: i64, who: &Presented) -> Result<(), Denial> {
-        self.proofs.retain(|(_, until)| *until > now);
-        let Some(jti) = &who.dpop_jti else {
-            return Ok(());
-        };
-        if self.proofs.iter().any(|(seen, _)| seen == jti) {
-            return Err(Denial::ProofReplayed);
+        let jti = who.dpop_jti.as_deref();
+        match crate::auth::dpop::remember_proof(&mut self.proofs, now, jti, MAX_PROOFS) {
+            true => Ok(()),
+            false => Err(Denial::ProofReplayed),
         }
-        if self.proofs.len() >= MAX_PROOFS {
-            self.proofs.remove(0);
-        }
-        self.proofs.push((jti.clone(), now + PROOF_MEMORY_MS));
-        Ok(())
     }
 
     /// The plan that applies: the subscribed one if the API still has it, else the API's default.
@@ -240,6 +231,7 @@ pub fn check_model(plan: &Plan, model: &str, priced: bool) -> Result<(), Denial>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::dpop::PROOF_MEMORY_MS;
     use crate::limits::plan::Limits;
 
     fn plan(id: &str, default: bool) -> Plan {

@@ -620,7 +620,7 @@ pub async fn refresh(
 }
 
 /// Signs a session out: its own object refuses its refresh token from now on, and `end_session`.
-async fn sign_out(
+pub(super) async fn sign_out(
     env: &Env,
     project: &Project,
     consumer_id: &str,

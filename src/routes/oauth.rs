@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use worker::{Context, D1Database, Env, Headers, Request, Response};
 
 use super::auth::{
-    check_code, end_session, form_field, send_code, signed_in, token_form, CodeAttempt,
+    check_code, end_session, form_field, send_code, sign_out, signed_in, token_form, CodeAttempt,
 };
 use crate::auth::guard::{GuardReply, GuardRequest, SCOPE_NOT_GRANTED};
 use crate::auth::oauth::{
@@ -1022,13 +1022,7 @@ impl Issue<'_> {
     /// A grant whose refresh token was rotated for a user who may no longer have tokens (disabled,
     /// or gone): it ends, so the token the client never received cannot later look like a replay.
     async fn end_grant(&self, session: &Session) -> Result<(), Error> {
-        objects::call(
-            self.env,
-            &Guard::Session { id: &session.id },
-            &GuardRequest::Revoke,
-        )
-        .await?;
-        end_session(self.env, self.project, &session.consumer_id, &session.id).await?;
+        sign_out(self.env, self.project, &session.consumer_id, &session.id).await?;
         d1::record_revoked_grant(self.db, &grant_row(self, session, Some(self.now))).await
     }
 
@@ -1626,8 +1620,7 @@ pub async fn revoke_grant(
     g: &OAuthGrant,
     now: i64,
 ) -> Result<(), Error> {
-    objects::call(env, &Guard::Session { id: &g.id }, &GuardRequest::Revoke).await?;
-    end_session(env, project, &g.consumer_id, &g.id).await?;
+    sign_out(env, project, &g.consumer_id, &g.id).await?;
     d1::revoke_oauth_grant(db, &g.id, now).await
 }
 

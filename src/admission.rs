@@ -331,6 +331,12 @@ impl Lease {
         }
     }
 
+    /// The completion tokens the counter holds for this request: the cap for each of its choices
+    /// (`None`: nothing limits it).
+    pub fn completion_cap(&self) -> Option<u64> {
+        self.cap.map(|cap| cap.saturating_mul(self.n.max(1)))
+    }
+
     pub fn elapsed(&self) -> u64 {
         (now_ms() - self.started).max(0) as u64
     }

@@ -312,18 +312,16 @@ impl Exchange {
                 self.heard(&head);
                 self.stream(Source::Body(body))
             }
-            // Disabled, or its key or session revoked, while it waited: it ends here.
-            Woke::Denied(e) => {
+            // The client went away, or (disabled, its key or session revoked) may no longer wait.
+            stopped => {
+                let (status, ended, error) = match stopped {
+                    Woke::Denied(e) => (e.status, Ended::Revoked, e),
+                    _ => (499, Ended::ClientGone, client_gone()),
+                };
                 self.controller.abort();
-                let outcome = self.lease.estimated(e.status, Ended::Revoked);
+                let outcome = self.lease.estimated(status, ended);
                 self.lease.settle_later(outcome);
-                Err(e)
-            }
-            Woke::Gone | Woke::Renew | Woke::Idle => {
-                self.controller.abort();
-                let outcome = self.lease.estimated(499, Ended::ClientGone);
-                self.lease.settle_later(outcome);
-                Err(client_gone())
+                Err(error)
             }
         }
     }
@@ -369,22 +367,18 @@ impl Exchange {
         // A whole answer cannot be cut on the way: the upstream was sent the cap, and one that
         // reports no usage is booked as having honoured it (its output bytes, at most the cap for
         // each choice), so the window books at most its limit.
-        self.lease.progress.delivered = match self.lease.cap {
-            Some(cap) => output.min(cap.saturating_mul(self.lease.n.max(1))),
-            None => output,
-        };
+        self.lease.progress.delivered = self
+            .lease
+            .completion_cap()
+            .map_or(output, |c| output.min(c));
         let outcome = match answer.as_ref().and_then(|a| self.asked.usage(a)) {
             Some(usage) => reported(&self.lease, 200, Ended::Complete, usage),
             None => self.lease.estimated(200, Ended::Complete),
         };
         // The rate-limit headers say what is left once this answer is booked, not while it held
         // its worst case.
-        let held = (self.lease.prompt_bound).saturating_add(
-            self.lease
-                .cap
-                .unwrap_or(0)
-                .saturating_mul(self.lease.n.max(1)),
-        );
+        let held =
+            (self.lease.prompt_bound).saturating_add(self.lease.completion_cap().unwrap_or(0));
         let booked = outcome
             .prompt_tokens
             .saturating_add(outcome.completion_tokens);
@@ -443,6 +437,13 @@ fn stream_response(
     headers.set("cache-control", "no-cache")?;
     headers.set("x-accel-buffering", "no")?;
     Ok(Response::from_stream(out)?.with_headers(headers))
+}
+
+/// No answer came from the upstream: it could not be reached, or it closed the connection first.
+fn unreachable() -> Error {
+    Error::upstream(
+        "The upstream model API could not be reached, or closed the connection before answering.",
+    )
 }
 
 /// The client hung up; nobody reads this answer, but the usage record says 499.
@@ -1273,12 +1274,8 @@ async fn attempts(
             }
         }
     }
-    let mut failure = last.unwrap_or_else(|| {
-        Failure::new(
-            Error::upstream("The upstream model API could not be reached, or closed the connection before answering."),
-            Ended::UpstreamUnreachable,
-        )
-    });
+    let mut failure =
+        last.unwrap_or_else(|| Failure::new(unreachable(), Ended::UpstreamUnreachable));
     failure.attempts = log;
     failure.tried = tried;
     Err(failure)
@@ -1321,11 +1318,7 @@ async fn send(
     let mut response = match outbound::fetch_via(via, request, timeout, Some(signal)).await {
         Fetched::Answered(resp) => resp,
         Fetched::Failed(e) => {
-            return Err(Failure::new(
-                Error::upstream("The upstream model API could not be reached, or closed the connection before answering."),
-                Ended::UpstreamUnreachable,
-            )
-            .saying(e))
+            return Err(Failure::new(unreachable(), Ended::UpstreamUnreachable).saying(e))
         }
         Fetched::TimedOut => {
             return Err(Failure::new(
@@ -1431,7 +1424,7 @@ fn relay(
     let budget = lease
         .limits
         .meters_budget()
-        .then(|| lease.cap.unwrap_or(0).saturating_mul(lease.n.max(1)));
+        .then(|| lease.completion_cap().unwrap_or(0));
     let state = MeteredStream {
         source,
         relay: relay.with_budget(budget),

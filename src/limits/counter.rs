@@ -151,10 +151,6 @@ pub struct Refusal {
     /// What requests still in flight hold in the window (token and spend windows).
     #[serde(default)]
     pub held: u64,
-    /// The request would fit once the requests in flight settle: worth retrying in a moment, not
-    /// only when the window resets.
-    #[serde(default)]
-    pub in_flight: bool,
     /// What this request needed at least (0 for request counts and streams).
     #[serde(default)]
     pub needed: u64,
@@ -177,7 +173,6 @@ impl Refusal {
                 limit: w.limit,
                 used: w.used.saturating_add(w.held),
                 held: 0,
-                in_flight: false,
                 needed: 1,
                 reset_at: w.reset_at,
                 retry_after_s: retry_secs(now, w.reset_at),
@@ -187,12 +182,17 @@ impl Refusal {
                 limit: 0,
                 used: 0,
                 held: 0,
-                in_flight: false,
                 needed: 1,
                 reset_at: now,
                 retry_after_s: 1,
             },
         }
+    }
+
+    /// The request would fit once the requests in flight settle (they may use less than they
+    /// hold): worth retrying in a moment, not only when the window resets.
+    pub fn in_flight(&self) -> bool {
+        self.held > 0 && self.used.saturating_add(self.needed) <= self.limit
     }
 
     pub fn remaining(&self) -> u64 {
@@ -223,7 +223,7 @@ impl Refusal {
             0 => String::new(),
             n => format!(", {} held by requests in flight", count(n)),
         };
-        let when = if self.in_flight {
+        let when = if self.in_flight() {
             format!("when they finish (in {} s)", self.retry_after_s)
         } else {
             format!(
@@ -258,7 +258,7 @@ impl Refusal {
             .with_field("reset", rfc3339(self.reset_at))
             .with_field("plan", plan)
             .with_header("Retry-After", self.retry_after_s.to_string());
-        if s.is_calendar() && !self.in_flight {
+        if s.is_calendar() && !self.in_flight() {
             // Hours away: clients that retry on 429 should give up, not sleep until then.
             e.with_header("x-should-retry", "false")
         } else {
@@ -542,20 +542,19 @@ impl CounterState {
             held: 0,
             reset_at: now,
         });
-        let in_flight = b.held > 0 && b.used.saturating_add(needed) <= b.limit;
-        Refusal {
+        let mut refusal = Refusal {
             scope: b.scope,
             limit: b.limit,
             used: b.used,
             held: b.held,
-            in_flight,
             needed,
             reset_at: b.reset_at,
-            retry_after_s: match in_flight {
-                true => IN_FLIGHT_RETRY_S,
-                false => retry_secs(now, b.reset_at),
-            },
+            retry_after_s: retry_secs(now, b.reset_at),
+        };
+        if refusal.in_flight() {
+            refusal.retry_after_s = IN_FLIGHT_RETRY_S;
         }
+        refusal
     }
 
     fn request_refusal(&self, now: i64, limits: &Limits, stream: bool) -> Option<Refusal> {
@@ -564,7 +563,6 @@ impl CounterState {
             limit,
             used,
             held: 0,
-            in_flight: false,
             needed: 0,
             reset_at,
             retry_after_s: retry_secs(now, reset_at),

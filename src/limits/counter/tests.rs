@@ -222,7 +222,7 @@ fn the_cap_is_what_the_window_has_left_after_the_prompt() {
         (Scope::TokensPerDay, 0, 10_000, 101)
     );
     // It would fit once the first settles: a retry in a moment, not at midnight.
-    assert!(r.in_flight);
+    assert!(r.in_flight());
     assert_eq!(r.retry_after_s, 1);
     let e = r.to_error("p");
     assert!(
@@ -260,7 +260,7 @@ fn a_request_that_cannot_fit_even_after_the_holds_waits_for_the_window() {
     let r = s
         .admit(now, &limits, "c", ask(900, None, 1), None)
         .unwrap_err();
-    assert_eq!((r.used, r.held, r.in_flight), (200, 200, false));
+    assert_eq!((r.used, r.held, r.in_flight()), (200, 200, false));
     assert_eq!(r.retry_after_s, retry_secs(now, t("2026-11-23T00:00:00Z")));
     let e = r.to_error("p");
     assert!(e
@@ -273,7 +273,7 @@ fn a_request_that_cannot_fit_even_after_the_holds_waits_for_the_window() {
     let r = s
         .admit(now, &limits, "d", ask(700, None, 1), None)
         .unwrap_err();
-    assert!(r.in_flight, "{r:?}");
+    assert!(r.in_flight(), "{r:?}");
     // The usage windows say the same: booked, held, and what is left besides both.
     let w = s.windows(now, &limits);
     assert_eq!((w[0].used, w[0].held, w[0].remaining), (200, 200, 600));
@@ -740,7 +740,6 @@ fn refusals_say_what_is_left_in_the_right_number() {
         limit: 20,
         used: 19,
         held: 0,
-        in_flight: false,
         needed: 25,
         reset_at: t("2026-11-23T00:00:00Z"),
         retry_after_s: 7,
@@ -765,7 +764,6 @@ fn refusals_say_what_is_left_in_the_right_number() {
         limit: 1,
         used: 1,
         held: 0,
-        in_flight: false,
         needed: 0,
         reset_at: 0,
         retry_after_s: 1,
@@ -787,7 +785,6 @@ fn refusals_say_what_is_left_in_the_right_number() {
         limit: 10_000,
         used: 9_990,
         held: 0,
-        in_flight: false,
         needed: 12,
         reset_at: 0,
         retry_after_s: 5,

@@ -151,7 +151,8 @@ pub async fn byo_jwt_accepts_rs256_es256_eddsa_and_refuses_bad_tokens(c: Arc<Ctx
         Some("byo-rs"),
         "{jwt_users:?}"
     );
-    let records = usage_records_until(&c, &t, |r| r.len() >= 4).await?;
+    // Five answers: RS256, two ES256, EdDSA and the integer id; each is flushed after its response.
+    let records = usage_records_until(&c, &t, |r| r.len() >= 5).await?;
     let users: BTreeSet<String> = records
         .iter()
         .filter_map(|r| r["consumer_id"].as_str())

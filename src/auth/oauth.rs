@@ -81,7 +81,9 @@ fn split_uri(uri: &str) -> Option<UriParts<'_>> {
         }
     };
     if let Some(p) = port {
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        // A TCP port: digits naming 1 to 65535 (`:0` or `:99999` names no port a client listens on).
+        let digits = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits || !p.parse::<u16>().is_ok_and(|n| n > 0) {
             return None;
         }
     }
@@ -488,6 +490,7 @@ mod tests {
             "http://localhost/cb",
             "http://127.0.0.1:5173/callback",
             "http://[::1]:8080/cb",
+            "http://127.0.0.1:65535/cb",
         ] {
             assert!(validate_redirect_uri(ok).is_ok(), "{ok}");
         }
@@ -503,6 +506,10 @@ mod tests {
             "https://a.example\\@b.example/",
             "http://localhost.evil.example/cb",
             "https://example.com:99999999/",
+            "http://127.0.0.1:0/cb",
+            "http://localhost:99999/cb",
+            "http://[::1]:65536/cb",
+            "https://app.example.com:+443/cb",
         ] {
             assert!(validate_redirect_uri(bad).is_err(), "{bad}");
         }
@@ -526,6 +533,8 @@ mod tests {
             "http://app.example.com/cb",
             "http://127.0.0.1:5/native/x",
             "http://localhost:5/native",
+            "http://127.0.0.1:0/native",
+            "http://127.0.0.1:70000/native",
             "https://evil.example/cb",
         ] {
             assert!(!redirect_matches(&reg, bad), "{bad}");

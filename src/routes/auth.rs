@@ -722,6 +722,10 @@ pub async fn me(req: Request, env: &Env, project: &str) -> Result<Response, Erro
     let consumer = d1::find_consumer(&db, &project.id, &consumer_id)
         .await?
         .ok_or_else(|| Error::invalid_credential("The signed-in user no longer exists."))?;
+    // A disabled user's token is refused here as on the data plane and at refresh.
+    if !consumer.is_enabled() {
+        return Err(Error::consumer_disabled());
+    }
     json(200, &consumer.to_self_json(&project.slug))
 }
 

@@ -684,7 +684,8 @@ h1{font-size:1.3rem}label{display:block;margin:.8rem 0 .3rem}input{font:inherit;
 button{font:inherit;padding:.5rem 1rem;margin:.8rem .5rem 0 0;border-radius:4px;border:1px solid #333;background:#1a1a1a;color:#fff;cursor:pointer}\
 button.secondary{background:#fff;color:#1a1a1a}button:focus,input:focus{outline:3px solid #2563eb;outline-offset:2px}\
 .error{color:#b00020}.muted{color:#555;font-size:.9rem}ul{padding-left:1.2rem}\
-@media (prefers-color-scheme:dark){body{background:#111;color:#eee}input{background:#222;color:#eee}button{background:#eee;color:#111}button.secondary{background:#111;color:#eee;border-color:#eee}.muted{color:#aaa}.error{color:#ff6b81}}";
+.notice{border-left:4px solid #b45309;padding:.3rem .7rem;background:#fff7ed}\
+@media (prefers-color-scheme:dark){body{background:#111;color:#eee}input{background:#222;color:#eee}button{background:#eee;color:#111}button.secondary{background:#111;color:#eee;border-color:#eee}.muted{color:#aaa}.error{color:#ff6b81}.notice{background:#2a1a05}}";
 
 /// An HTML page that cannot be framed and loads nothing from anywhere; `form_to` is an extra origin
 /// forms may lead to (the client's, which the consent form redirects to).
@@ -733,11 +734,23 @@ fn notice(message: Option<&str>) -> String {
     })
 }
 
+/// Who asks. A client that registered itself (RFC 7591) chose its own name, which may copy a
+/// trusted app's: the page says so and names the host the answer goes to.
 fn client_line(request: &AuthorizeRequest, project: &Project) -> String {
-    format!(
+    let asks = format!(
         "<p><strong>{}</strong> asks to use <strong>{}</strong> on your behalf.</p>",
         esc(&request.client.name),
         esc(&project.name)
+    );
+    if !request.client.dynamic {
+        return asks;
+    }
+    let to = oauth::origin_of(&request.redirect_uri).unwrap_or_default();
+    format!(
+        "{asks}<p class=\"notice\">Unverified app: it registered itself, and {} has not checked \
+that it is who its name says. Continue only if you trust <strong>{}</strong>.</p>",
+        esc(&project.name),
+        esc(&to)
     )
 }
 

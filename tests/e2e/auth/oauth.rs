@@ -465,6 +465,11 @@ pub async fn oauth_authorization_code_flow_with_pkce(c: Arc<Ctx>) -> CaseResult 
     };
     let r = Reply::read(no_redirects().get(other_port.url(&c.base)).send().await?).await?;
     expect_status(&r, 200, "a loopback redirect on another port")?;
+    assert!(
+        !r.text.contains("Unverified app"),
+        "an owner-registered client is not marked: {}",
+        r.text
+    );
     // Once the client and redirect URI are trusted, errors go back to the client.
     let bad_type = Ask { ..base_ask }
         .url(&c.base)
@@ -1264,6 +1269,16 @@ pub async fn oauth_confidential_clients_and_dynamic_registration(c: Arc<Ctx>) ->
         method: "S256",
         resource: None,
     };
+    // It chose its own name, so its page says it is unverified and where the answer goes.
+    let r = Reply::read(no_redirects().get(ask.url(&c.base)).send().await?).await?;
+    expect_status(&r, 200, "the self-registered client's sign-in page")?;
+    assert!(
+        r.text.contains("MCP Client")
+            && r.text.contains("Unverified app")
+            && r.text.contains("http://127.0.0.1:9"),
+        "{}",
+        r.text
+    );
     let bad = ask
         .url(&c.base)
         .replace("response_type=code", "response_type=token");

@@ -285,6 +285,11 @@ pub async fn refresh_rotates_and_reuse_revokes_the_session(c: Arc<Ctx>) -> CaseR
         .ok_or("no sub")?
         .to_string();
     c.admin.set_consumer_status(slug, &user, "disabled").await?;
+    assert_problem(
+        &me(&c, slug, &paused.access).await?,
+        403,
+        "consumer-disabled",
+    );
     let refused = refresh(&c, slug, &paused.refresh).await?;
     assert_problem(&refused, 403, "consumer-disabled");
     c.admin.set_consumer_status(slug, &user, "enabled").await?;

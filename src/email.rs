@@ -2,7 +2,7 @@
 //! without one, the dev mailbox served at `/dev/mailbox`.
 
 use wasm_bindgen::JsValue;
-use worker::{Env, Headers, Method, Request, RequestInit};
+use worker::{Env, Headers, Method, Request, RequestInit, RequestRedirect};
 
 use crate::error::{Error, Problem};
 use crate::http::secret;
@@ -103,7 +103,9 @@ pub async fn send(
             let mut init = RequestInit::new();
             init.with_method(Method::Post)
                 .with_headers(headers)
-                .with_body(Some(JsValue::from_str(&body.to_string())));
+                .with_body(Some(JsValue::from_str(&body.to_string())))
+                // The provider's key goes to its URL only: a redirect is a failed send.
+                .with_redirect(RequestRedirect::Manual);
             let request = Request::new_with_init(&url, &init)?;
             let response = match outbound::fetch(request, EMAIL_TIMEOUT_MS, None).await {
                 Fetched::Answered(r) => r,

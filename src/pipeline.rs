@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use wasm_bindgen::JsValue;
 use worker::{
     AbortController, AbortSignal, Context, Delay, Env, Fetcher, Headers, Method, Request,
-    RequestInit, Response,
+    RequestInit, RequestRedirect, Response,
 };
 
 use crate::admission::{self, Claim, Lease, Watch, Woke};
@@ -260,6 +260,7 @@ async fn serve(
         rate_headers,
         asked,
         anthropic: place.endpoint == Endpoint::Messages,
+        silence_ms: i64::from(api.timeout_ms),
     };
     exchange.answer(upstream, stream, timing).await
 }
@@ -273,6 +274,8 @@ struct Exchange {
     rate_headers: Vec<(String, String)>,
     /// What was asked (how its answer's output and usage are read, how its stream is relayed).
     asked: Asked,
+    /// The longest a streaming upstream may stay silent (the API's `timeout_ms`).
+    silence_ms: i64,
     /// The client called Anthropic's Messages API: the answer is translated back to it.
     anthropic: bool,
 }
@@ -304,9 +307,9 @@ impl Exchange {
         match first {
             Woke::Done(None) => self.stream(Source::Waiting(upstream)),
             Woke::Done(Some(Err(failure))) => self.failed(failure),
-            Woke::Done(Some(Ok(Answer::Json(bytes, head)))) => {
+            Woke::Done(Some(Ok(Answer::Json(whole, head)))) => {
                 self.heard(&head);
-                self.json(bytes)
+                self.json(whole)
             }
             Woke::Done(Some(Ok(Answer::Stream(body, head)))) => {
                 self.heard(&head);
@@ -361,9 +364,12 @@ impl Exchange {
     }
 
     /// A whole answer, returned as sent; settled (its reported usage, else the bounds) after it.
-    fn json(mut self, bytes: Vec<u8>) -> Result<Response, Error> {
-        let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
-        let output = answer.as_ref().map_or(0, |a| self.asked.output_bytes(a));
+    fn json(mut self, whole: Whole) -> Result<Response, Error> {
+        let Whole {
+            bytes,
+            value: answer,
+        } = whole;
+        let output = self.asked.output_bytes(&answer);
         // A whole answer cannot be cut on the way: the upstream was sent the cap, and one that
         // reports no usage is booked as having honoured it (its output bytes, at most the cap for
         // each choice), so the window books at most its limit.
@@ -371,7 +377,7 @@ impl Exchange {
             .lease
             .completion_cap()
             .map_or(output, |c| output.min(c));
-        let outcome = match answer.as_ref().and_then(|a| self.asked.usage(a)) {
+        let outcome = match self.asked.usage(&answer) {
             Some(usage) => reported(&self.lease, 200, Ended::Complete, usage),
             None => self.lease.estimated(200, Ended::Complete),
         };
@@ -390,17 +396,12 @@ impl Exchange {
         self.lease.settle_later(outcome);
         let headers = response_headers("application/json", &self.rate_headers)?;
         // Forwarded as the upstream wrote it, unless the client speaks Anthropic's Messages API.
-        let bytes = match (self.anthropic, &answer) {
-            (true, Some(v)) => anthropic::from_completion(v, self.asked.model())
+        let bytes = if self.anthropic {
+            anthropic::from_completion(&answer, self.asked.model())
                 .to_string()
-                .into_bytes(),
-            (true, None) => {
-                return Err(Error::upstream(
-                    "The upstream model API answered with a body that is not JSON.",
-                )
-                .in_anthropic_shape())
-            }
-            _ => bytes,
+                .into_bytes()
+        } else {
+            bytes
         };
         Ok(Response::from_bytes(bytes)?
             .with_status(200)
@@ -411,7 +412,14 @@ impl Exchange {
         // The usage chunk reaches Anthropic's translation (it becomes `message_delta.usage`).
         let strip_usage = self.asked.strip_usage() && !self.anthropic;
         let relay_of = Relay::of(self.asked.wire(), strip_usage, None);
-        let out = relay(self.lease, self.watch, relay_of, source, self.controller);
+        let out = relay(
+            self.lease,
+            self.watch,
+            relay_of,
+            source,
+            self.controller,
+            self.silence_ms,
+        );
         if !self.anthropic {
             return stream_response(out, &self.rate_headers);
         }
@@ -783,8 +791,23 @@ type Body = Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>>>>;
 type Upstream = Pin<Box<dyn std::future::Future<Output = Result<Answer, Failure>>>>;
 
 enum Answer {
-    Json(Vec<u8>, Head),
+    Json(Whole, Head),
     Stream(Body, Head),
+}
+
+/// A whole answer: its bytes as they go out, and what they say.
+struct Whole {
+    bytes: Vec<u8>,
+    value: Value,
+}
+
+impl Whole {
+    fn of(value: Value) -> Whole {
+        Whole {
+            bytes: value.to_string().into_bytes(),
+            value,
+        }
+    }
 }
 
 /// What the upstream's answer head says that the client sees too: its request id and processing
@@ -863,9 +886,12 @@ impl Candidate {
             headers.set(name, value)?;
         }
         let mut init = RequestInit::new();
+        // A redirect is the upstream's answer, never followed: the provider key and the prompt go
+        // to the host they were given for and to no other (a 3xx is a failed try, 502).
         init.with_method(Method::Post)
             .with_headers(headers)
-            .with_body(Some(JsValue::from_str(&self.body)));
+            .with_body(Some(JsValue::from_str(&self.body)))
+            .with_redirect(RequestRedirect::Manual);
         Ok(Request::new_with_init(&self.url, &init)?)
     }
 }
@@ -1352,28 +1378,37 @@ async fn send(
         }
         Ok(Answer::Stream(Box::pin(body), head))
     } else {
-        let bytes = crate::http::response_bytes(&response).await.map_err(|e| {
-            Failure::new(
-                Error::upstream("The upstream model API's answer broke off."),
-                Ended::UpstreamCut,
-            )
-            .saying(e.to_string())
-        })?;
-        if let Some(model) = anthropic_for {
-            let bytes = match serde_json::from_slice::<Value>(&bytes) {
-                Ok(message) => providers::anthropic::completion(&message, &model, now_ms() / 1000)
-                    .to_string()
-                    .into_bytes(),
-                Err(_) => {
-                    return Err(Failure::new(
-                        Error::upstream("The provider answered with a body that is not JSON."),
-                        Ended::UpstreamError,
-                    ))
-                }
-            };
-            return Ok(Answer::Json(bytes, head));
-        }
-        Ok(Answer::Json(bytes, head))
+        // The body gets the same time again as the head had: a body that stalls is a timeout.
+        let mut body = Box::pin(crate::http::response_bytes(&response));
+        let bytes = match outbound::within(&mut body, timeout).await {
+            Some(read) => read.map_err(|e| {
+                Failure::new(
+                    Error::upstream("The upstream model API's answer broke off."),
+                    Ended::UpstreamCut,
+                )
+                .saying(e.to_string())
+            })?,
+            None => {
+                return Err(Failure::new(
+                    Error::upstream_timeout(timeout_ms),
+                    Ended::UpstreamTimeout,
+                )
+                .saying("the answer's body did not arrive within the timeout after its head"))
+            }
+        };
+        // What it said instead of an answer stays with the owner (the usage record).
+        let refuse = |why: &str, bytes: &[u8]| {
+            Failure::new(Error::upstream(why), Ended::UpstreamError)
+                .saying(String::from_utf8_lossy(&bytes[..bytes.len().min(300)]))
+        };
+        let value = upstream::whole_answer(&bytes).map_err(|why| refuse(why, &bytes))?;
+        let whole = match &anthropic_for {
+            None => Whole { bytes, value },
+            Some(model) => providers::anthropic::completion(&value, model, now_ms() / 1000)
+                .map(Whole::of)
+                .map_err(|why| refuse(why, &bytes))?,
+        };
+        Ok(Answer::Json(whole, head))
     }
 }
 
@@ -1399,7 +1434,7 @@ fn demo_answer(chat: &ChatRequest) -> Answer {
         now_ms() / 1000,
     );
     if !chat.stream {
-        return Answer::Json(reply.completion().to_string().into_bytes(), Head::default());
+        return Answer::Json(Whole::of(reply.completion()), Head::default());
     }
     let frames = stream::iter(reply.sse_frames()).then(|frame| async move {
         Delay::from(Duration::from_millis(upstream::demo::TOKEN_DELAY_MS)).await;
@@ -1413,13 +1448,14 @@ fn demo_answer(chat: &ChatRequest) -> Answer {
 /// the counter is asked for more, and if none is left the stream ends cleanly with the budget's
 /// error event and `[DONE]`. However the stream ends (done, cut, budget, client gone, even while the
 /// upstream is silent), the upstream is cancelled if still running and the lease is settled once,
-/// before the final bytes.
+/// before the final bytes. An upstream silent for `silence_ms` once its stream began is given up.
 fn relay(
     lease: Lease,
     watch: Watch,
     relay: Relay,
     source: Source,
     abort: AbortController,
+    silence_ms: i64,
 ) -> impl Stream<Item = Result<Vec<u8>, worker::Error>> {
     let budget = lease
         .limits
@@ -1429,6 +1465,8 @@ fn relay(
         source,
         relay: relay.with_budget(budget),
         last_sent: now_ms(),
+        last_heard: now_ms(),
+        silence_ms,
         lease: Some(lease),
         watch,
         abort: Some(abort),
@@ -1444,6 +1482,9 @@ struct MeteredStream {
     relay: Relay,
     /// When bytes last went out (heartbeats fill silences).
     last_sent: i64,
+    /// When the upstream's stream last sent anything (or began), and how long it may stay silent.
+    last_heard: i64,
+    silence_ms: i64,
     /// Taken when settled.
     lease: Option<Lease>,
     watch: Watch,
@@ -1498,6 +1539,10 @@ impl MeteredStream {
                     return self.sent(bytes);
                 }
                 _ => {
+                    let streaming = matches!(self.source, Source::Body(_));
+                    if streaming && now_ms() - self.last_heard >= self.silence_ms {
+                        return self.silent().await;
+                    }
                     if now_ms() - self.last_sent >= HEARTBEAT_MS {
                         return self.sent(HEARTBEAT.to_vec());
                     }
@@ -1506,6 +1551,7 @@ impl MeteredStream {
             };
             let bytes = match next {
                 Some(Ok(chunk)) => {
+                    self.last_heard = now_ms();
                     let (mut bytes, mut next) = self.relay.on_chunk(&chunk);
                     while next == Next::NeedBudget && !self.relay.is_finished() {
                         let (more, after) = self.extend_budget().await;
@@ -1569,6 +1615,7 @@ impl MeteredStream {
                     lease.attempts = head.attempts;
                 }
                 self.source = Source::Body(body);
+                self.last_heard = now_ms();
                 return None;
             }
             Ok(Answer::Json(..)) => Failure::new(
@@ -1590,6 +1637,23 @@ impl MeteredStream {
         }
         self.finish(failure.error.status, failure.ended).await;
         Some(bytes)
+    }
+
+    /// The upstream's stream went silent for longer than the API's timeout: it is cancelled, and the
+    /// client gets the stream's error event (what was delivered is booked as estimated).
+    async fn silent(&mut self) -> Option<Vec<u8>> {
+        let secs = self.silence_ms / 1000;
+        if let Some(lease) = self.lease.as_mut() {
+            lease.upstream_error = Some(format!("the stream sent nothing for {secs} s"));
+        }
+        let bytes = self.relay.on_error(&Error::new(
+            Problem::UpstreamStreamInterrupted,
+            format!(
+                "The upstream model API sent nothing for {secs} s; the text so far was delivered."
+            ),
+        ));
+        self.finish(504, Ended::UpstreamTimeout).await;
+        self.sent(bytes)
     }
 
     /// Asks the counter for more; a spent budget (or an unreachable counter) ends the stream.

@@ -304,30 +304,78 @@ pub fn finish_reason(stop: &str) -> &'static str {
     }
 }
 
-/// Anthropic's usage as chat usage: cache reads and writes are prompt tokens too.
-fn usage(input: u64, cache_read: u64, cache_write: u64, output: u64) -> Value {
-    let prompt = input + cache_read + cache_write;
-    json!({"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output,
-        "prompt_tokens_details": {"cached_tokens": cache_read},
-        "cache_creation_input_tokens": cache_write})
+/// Anthropic's usage counts as they arrive: `message_start` gives them all, `message_delta` the
+/// cumulative ones it names (at least `output_tokens`). A count that is there but is not a whole
+/// number of tokens spoils the report for good.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    input: Option<u64>,
+    cache_read: u64,
+    cache_write: u64,
+    output: Option<u64>,
+    spoiled: bool,
 }
 
-fn usage_of(u: Option<&Value>) -> (u64, u64, u64, u64) {
-    let n = |k: &str| {
-        u.and_then(|u| u.get(k))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    (
-        n("input_tokens"),
-        n("cache_read_input_tokens"),
-        n("cache_creation_input_tokens"),
-        n("output_tokens"),
-    )
+impl Counts {
+    fn of(u: Option<&Value>) -> Counts {
+        let mut counts = Counts::default();
+        counts.update(u);
+        counts
+    }
+
+    /// Takes the counts `u` names (an absent `usage` names none).
+    fn update(&mut self, u: Option<&Value>) {
+        let Some(u) = u else { return };
+        let Some(u) = u.as_object() else {
+            self.spoiled = true;
+            return;
+        };
+        let mut take = |key: &str, into: &mut dyn FnMut(u64)| match u.get(key) {
+            None | Some(Value::Null) => {}
+            Some(n) => match n.as_u64() {
+                Some(n) => into(n),
+                None => self.spoiled = true,
+            },
+        };
+        let (mut input, mut read, mut write, mut output) = (None, None, None, None);
+        take("input_tokens", &mut |n| input = Some(n));
+        take("cache_read_input_tokens", &mut |n| read = Some(n));
+        take("cache_creation_input_tokens", &mut |n| write = Some(n));
+        take("output_tokens", &mut |n| output = Some(n));
+        self.input = input.or(self.input);
+        self.cache_read = read.unwrap_or(self.cache_read);
+        self.cache_write = write.unwrap_or(self.cache_write);
+        self.output = output.or(self.output);
+    }
+
+    /// As chat usage (cache reads and writes are prompt tokens too); `None` when the report is
+    /// incomplete, spoiled or past 2^64, so the request is booked by its estimate, never as 0.
+    fn chat(&self) -> Option<Value> {
+        if self.spoiled {
+            return None;
+        }
+        let prompt = self
+            .input?
+            .checked_add(self.cache_read)?
+            .checked_add(self.cache_write)?;
+        let output = self.output?;
+        let total = prompt.checked_add(output)?;
+        Some(
+            json!({"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": total,
+            "prompt_tokens_details": {"cached_tokens": self.cache_read},
+            "cache_creation_input_tokens": self.cache_write}),
+        )
+    }
 }
 
-/// A whole Messages answer as a chat completion for `model` (the name the client asked for).
-pub fn completion(message: &Value, model: &str, created: i64) -> Value {
+/// A whole Messages answer as a chat completion for `model` (the name the client asked for); an
+/// error when the body is not a Message. Without a usable usage report it carries none.
+pub fn completion(message: &Value, model: &str, created: i64) -> Result<Value, &'static str> {
+    if message.get("type").and_then(Value::as_str) != Some("message")
+        || !message.get("content").is_some_and(Value::is_array)
+    {
+        return Err("The provider answered 200 with something other than a message.");
+    }
     let mut text = String::new();
     let mut calls = Vec::new();
     for block in message
@@ -352,11 +400,13 @@ pub fn completion(message: &Value, model: &str, created: i64) -> Value {
         .get("stop_reason")
         .and_then(Value::as_str)
         .unwrap_or("end_turn");
-    let (i, r, w, o) = usage_of(message.get("usage"));
-    json!({"id": message.get("id").cloned().unwrap_or_else(|| json!("msg")), "object": "chat.completion",
+    let mut answer = json!({"id": message.get("id").cloned().unwrap_or_else(|| json!("msg")), "object": "chat.completion",
         "created": created, "model": model,
-        "choices": [{"index": 0, "message": msg, "finish_reason": finish_reason(stop), "logprobs": null}],
-        "usage": usage(i, r, w, o)})
+        "choices": [{"index": 0, "message": msg, "finish_reason": finish_reason(stop), "logprobs": null}]});
+    if let Some(usage) = Counts::of(message.get("usage")).chat() {
+        answer["usage"] = usage;
+    }
+    Ok(answer)
 }
 
 /// Anthropic's SSE translated into chat chunks as each event arrives: text deltas become content
@@ -370,7 +420,7 @@ pub struct ChunkStream {
     id: String,
     /// Content block index → the tool call's index among the answer's tool calls.
     tools: Vec<(u64, usize)>,
-    usage: (u64, u64, u64, u64),
+    usage: Counts,
     finished: bool,
 }
 
@@ -382,7 +432,7 @@ impl ChunkStream {
             created,
             id: "msg".into(),
             tools: Vec::new(),
-            usage: (0, 0, 0, 0),
+            usage: Counts::default(),
             finished: false,
         }
     }
@@ -393,12 +443,22 @@ impl ChunkStream {
         format_event(None, &data.to_string())
     }
 
-    /// The chat bytes for this piece of Anthropic's stream.
+    /// The chat bytes for this piece of Anthropic's stream. Nothing follows its end; an event that
+    /// is not JSON, or too large to hold, ends it with the chat stream's error event rather than
+    /// losing its text unseen.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = String::new();
-        for event in self.parser.push(bytes) {
+        if self.finished {
+            return Vec::new();
+        }
+        let events = self.parser.push(bytes);
+        for event in events {
+            if self.finished {
+                break;
+            }
             let Ok(data) = crate::encoding::from_json::<Value>(&event.data) else {
-                continue;
+                out.push_str(&self.broken("The provider sent an event that is not JSON."));
+                break;
             };
             let kind = event
                 .event
@@ -407,7 +467,19 @@ impl ChunkStream {
                 .unwrap_or_default();
             out.push_str(&self.on_event(&kind, &data));
         }
+        if self.parser.overflowed() && !self.finished {
+            out.push_str(
+                &self.broken("The provider sent an event larger than the gateway relays."),
+            );
+        }
         out.into_bytes()
+    }
+
+    /// The chat error event that ends a stream the provider broke.
+    fn broken(&mut self, message: &str) -> String {
+        self.finished = true;
+        let data = json!({"error": {"message": message, "type": "api_error"}});
+        format_event(None, &data.to_string())
     }
 
     fn on_event(&mut self, kind: &str, data: &Value) -> String {
@@ -417,8 +489,7 @@ impl ChunkStream {
                 if let Some(id) = message.and_then(|m| m.get("id")).and_then(Value::as_str) {
                     self.id = id.to_string();
                 }
-                let (i, r, w, o) = usage_of(message.and_then(|m| m.get("usage")));
-                self.usage = (i, r, w, o);
+                self.usage.update(message.and_then(|m| m.get("usage")));
                 self.chunk(json!({"role": "assistant", "content": ""}), None)
             }
             "content_block_start" => {
@@ -474,9 +545,7 @@ impl ChunkStream {
                 }
             }
             "message_delta" => {
-                if let Some(o) = data.pointer("/usage/output_tokens").and_then(Value::as_u64) {
-                    self.usage.3 = o;
-                }
+                self.usage.update(data.get("usage"));
                 match data.pointer("/delta/stop_reason").and_then(Value::as_str) {
                     Some(stop) => self.chunk(json!({}), Some(finish_reason(stop))),
                     None => String::new(),
@@ -484,14 +553,13 @@ impl ChunkStream {
             }
             "message_stop" => {
                 self.finished = true;
-                let (i, r, w, o) = self.usage;
-                let data = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                    "model": self.model, "choices": [], "usage": usage(i, r, w, o)});
-                format!(
-                    "{}{}",
-                    format_event(None, &data.to_string()),
-                    format_event(None, "[DONE]")
-                )
+                // Without a usable report there is no usage chunk: the relay books its estimate.
+                let usage = self.usage.chat().map_or(String::new(), |usage| {
+                    let data = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                        "model": self.model, "choices": [], "usage": usage});
+                    format_event(None, &data.to_string())
+                });
+                format!("{usage}{}", format_event(None, "[DONE]"))
             }
             "error" => {
                 self.finished = true;
@@ -636,11 +704,127 @@ mod tests {
     }
 
     #[test]
+    fn a_usage_report_that_is_not_whole_numbers_is_no_report() {
+        let message = |usage: Value| {
+            json!({"id": "msg_1", "type": "message", "content": [{"type": "text", "text": "hi"}],
+                "stop_reason": "end_turn", "usage": usage})
+        };
+        for usage in [
+            json!({"input_tokens": -3, "output_tokens": 5}),
+            json!({"input_tokens": 3, "output_tokens": "5"}),
+            json!({"input_tokens": 3, "output_tokens": 1.5}),
+            json!({"input_tokens": 3}),
+            json!({"output_tokens": 3}),
+            json!({"input_tokens": u64::MAX, "output_tokens": 1, "cache_read_input_tokens": 2}),
+            json!("lots"),
+        ] {
+            let c = completion(&message(usage.clone()), "m", 0).unwrap();
+            assert!(c.get("usage").is_none(), "{usage}: {c}");
+        }
+        let c = completion(
+            &message(
+                json!({"input_tokens": 3, "output_tokens": 5, "cache_read_input_tokens": null}),
+            ),
+            "m",
+            0,
+        )
+        .unwrap();
+        assert_eq!(c["usage"]["total_tokens"], 8);
+        for not_a_message in [
+            json!({"type": "error", "error": {"type": "api_error", "message": "x"}}),
+            json!({"stolen": true}),
+            json!([1, 2]),
+        ] {
+            assert!(
+                completion(&not_a_message, "m", 0).is_err(),
+                "{not_a_message}"
+            );
+        }
+    }
+
+    fn chat_events(out: &[u8]) -> Vec<Value> {
+        crate::stream::sse::Parser::new()
+            .push(out)
+            .into_iter()
+            .filter(|e| e.data != "[DONE]")
+            .map(|e| crate::encoding::from_json(&e.data).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_books_the_cumulative_usage_or_none() {
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n";
+        let text = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+        let stop = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let delta = |usage: &str| {
+            format!("event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{usage}}}\n\n")
+        };
+        let run = |usage: &str| {
+            let mut s = ChunkStream::new("m", 0);
+            let out = s.push(format!("{start}{text}{}{stop}", delta(usage)).as_bytes());
+            chat_events(&out)
+                .into_iter()
+                .find_map(|v| v.get("usage").cloned())
+        };
+        // Cumulative counts in message_delta replace message_start's.
+        let u =
+            run("{\"input_tokens\":12,\"cache_read_input_tokens\":4,\"output_tokens\":7}").unwrap();
+        assert_eq!(
+            (u["prompt_tokens"].clone(), u["completion_tokens"].clone()),
+            (json!(16), json!(7))
+        );
+        assert_eq!(run("{\"output_tokens\":7}").unwrap()["prompt_tokens"], 10);
+        for spoiled in [
+            "{\"output_tokens\":-7}",
+            "{\"output_tokens\":\"7\"}",
+            "{\"output_tokens\":7,\"input_tokens\":1e30}",
+            "7",
+        ] {
+            assert_eq!(run(spoiled), None, "{spoiled}");
+        }
+    }
+
+    #[test]
+    fn a_broken_or_oversized_event_ends_the_stream_with_an_error() {
+        let text = |t: &str| {
+            format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{t}\"}}}}\n\n")
+        };
+        let mut s = ChunkStream::new("m", 0);
+        let out = s.push(
+            format!(
+                "{}event: content_block_delta\ndata: {{not json\n\n{}",
+                text("one"),
+                text("LOST")
+            )
+            .as_bytes(),
+        );
+        let events = chat_events(&out);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[1]["error"]["type"], "api_error");
+        assert!(s.finished());
+        assert!(
+            s.push(text("late").as_bytes()).is_empty(),
+            "nothing after the end"
+        );
+
+        let mut s = ChunkStream::new("m", 0);
+        let huge = "x".repeat(crate::stream::sse::MAX_EVENT_BYTES + 10);
+        let out = s.push(format!("{}{}", text("start"), text(&huge)).as_bytes());
+        let events = chat_events(&out);
+        assert_eq!(
+            events.last().unwrap()["error"]["type"],
+            "api_error",
+            "{events:?}"
+        );
+        assert!(s.finished());
+    }
+
+    #[test]
     fn a_whole_answer_becomes_a_completion() {
         let message = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku",
             "content": [{"type": "text", "text": "Let me look."}, {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}}],
             "stop_reason": "tool_use", "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 2}});
-        let c = completion(&message, "anthropic/claude-3-5-haiku", 7);
+        let c = completion(&message, "anthropic/claude-3-5-haiku", 7).unwrap();
         assert_eq!(c["model"], "anthropic/claude-3-5-haiku");
         assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(c["choices"][0]["message"]["content"], "Let me look.");

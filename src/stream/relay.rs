@@ -28,25 +28,51 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Reads an OpenAI `usage` object; `None` when absent or not numeric.
+    /// Reads an OpenAI `usage` object; `None` when absent or unusable.
     pub fn from_json(v: &Value) -> Option<Usage> {
         let u = v.get("usage").filter(|u| u.is_object())?;
-        let prompt = u.get("prompt_tokens").and_then(Value::as_u64)?;
-        let completion = u
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        let total = u
-            .get("total_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(prompt.saturating_add(completion));
-        let detail = |path: &str| u.pointer(path).and_then(Value::as_u64).unwrap_or(0);
+        Usage::read(
+            u,
+            ["prompt_tokens", "completion_tokens"],
+            "/prompt_tokens_details/cached_tokens",
+            "/completion_tokens_details/reasoning_tokens",
+        )
+    }
+
+    /// A usage report's counts under the names its format gives them (`[prompt, completion]`, and
+    /// the paths of the cached and reasoning details). A count that is there but is not a whole
+    /// number of tokens (negative, fractional, a string, past 2^64) makes the whole report
+    /// unusable, so the request is booked by its estimate rather than as 0 tokens; so does a
+    /// total below its parts. An unusable detail counts 0 (the full price).
+    pub fn read(
+        u: &Value,
+        [prompt, completion]: [&str; 2],
+        cached: &str,
+        reasoning: &str,
+    ) -> Option<Usage> {
+        let count = |found: Option<&Value>| match found {
+            None | Some(Value::Null) => Some(None),
+            Some(n) => n.as_u64().map(Some),
+        };
+        let prompt_tokens = count(u.get(prompt))??;
+        let completion_tokens = count(u.get(completion))?.unwrap_or(0);
+        let sum = prompt_tokens.checked_add(completion_tokens)?;
+        let total_tokens = count(u.get("total_tokens"))?.unwrap_or(sum);
+        if total_tokens < sum {
+            return None;
+        }
+        let detail = |path: &str, most: u64| {
+            u.pointer(path)
+                .and_then(Value::as_u64)
+                .filter(|n| *n <= most)
+                .unwrap_or(0)
+        };
         Some(Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: total,
-            cached_tokens: detail("/prompt_tokens_details/cached_tokens"),
-            reasoning_tokens: detail("/completion_tokens_details/reasoning_tokens"),
+            prompt_tokens,
+            completion_tokens,
+            total_tokens,
+            cached_tokens: detail(cached, prompt_tokens),
+            reasoning_tokens: detail(reasoning, completion_tokens),
         })
     }
 }
@@ -257,7 +283,20 @@ impl Relay {
                 out.push_str(&String::from_utf8_lossy(&self.on_error(&error)));
                 return (out.into_bytes(), Next::Read);
             }
-            let added = parsed.as_ref().map_or(0, |v| self.wire.output_bytes(v));
+            let Some(parsed) = parsed else {
+                // Neither JSON nor `[DONE]`: no SDK can read it, and its text could not be
+                // metered. The stream ends with the gateway's error event; what it was goes to the
+                // usage record.
+                let said: String = event.data.chars().take(300).collect();
+                self.upstream_said = Some(format!("an event that is not JSON: {said}"));
+                let e = Error::new(
+                    Problem::UpstreamStreamInterrupted,
+                    "The upstream sent an event that is not JSON; the text so far was delivered.",
+                );
+                out.push_str(&String::from_utf8_lossy(&self.on_error(&e)));
+                return (out.into_bytes(), Next::Read);
+            };
+            let added = self.wire.output_bytes(&parsed);
             if let Some(budget) = self.budget {
                 if added > 0 && self.delivered.saturating_add(added) > budget {
                     return (out.into_bytes(), Next::NeedBudget);
@@ -268,26 +307,27 @@ impl Relay {
             };
             self.delivered = self.delivered.saturating_add(added);
             let mut data = event.data;
-            if let Some(mut v) = parsed {
-                if self.wire == Wire::Responses && crate::upstream::responses::is_final(&v) {
-                    self.saw_done = true;
+            let mut v = parsed;
+            if self.wire == Wire::Responses && crate::upstream::responses::is_final(&v) {
+                self.saw_done = true;
+            }
+            if let Some(u) = self.wire.usage(&v) {
+                self.usage = Some(u);
+            }
+            // The usage the gateway asked for itself goes no further, usable or not.
+            let reports = v.get("usage").is_some_and(|u| !u.is_null());
+            if self.strip_usage && self.wire == Wire::Chat && reports {
+                let no_choices = v
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .is_none_or(|c| c.is_empty());
+                if no_choices {
+                    continue; // the usage-only chunk
                 }
-                if let Some(u) = self.wire.usage(&v) {
-                    self.usage = Some(u);
-                    if self.strip_usage && self.wire == Wire::Chat {
-                        let no_choices = v
-                            .get("choices")
-                            .and_then(Value::as_array)
-                            .is_none_or(|c| c.is_empty());
-                        if no_choices {
-                            continue; // the usage-only chunk the gateway asked for itself
-                        }
-                        if let Value::Object(o) = &mut v {
-                            o.remove("usage");
-                        }
-                        data = v.to_string();
-                    }
+                if let Value::Object(o) = &mut v {
+                    o.remove("usage");
                 }
+                data = v.to_string();
             }
             out.push_str(&format_event(event.event.as_deref(), &data));
         }
@@ -408,6 +448,72 @@ mod tests {
         let (out, _) = shown.on_chunk(stream.as_bytes());
         assert_eq!(events(&out).len(), 3);
         assert_eq!(shown.usage().map(|u| u.total_tokens), Some(8));
+    }
+
+    #[test]
+    fn a_usage_report_with_counts_that_are_not_whole_numbers_is_no_report() {
+        let read = |u: Value| Usage::from_json(&serde_json::json!({ "usage": u }));
+        for bad in [
+            serde_json::json!({"prompt_tokens": 5, "completion_tokens": -5}),
+            serde_json::json!({"prompt_tokens": 5, "completion_tokens": "400"}),
+            serde_json::json!({"prompt_tokens": 5, "completion_tokens": 1e30}),
+            serde_json::json!({"prompt_tokens": 5.5, "completion_tokens": 1}),
+            serde_json::json!({"completion_tokens": 1}),
+            serde_json::json!({"prompt_tokens": u64::MAX, "completion_tokens": 1}),
+            serde_json::json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 2}),
+        ] {
+            assert_eq!(read(bad.clone()), None, "{bad}");
+        }
+        let u = read(
+            serde_json::json!({"prompt_tokens": 5, "completion_tokens": 3,
+            "prompt_tokens_details": {"cached_tokens": 9}, "completion_tokens_details": {"reasoning_tokens": 2}}),
+        );
+        assert_eq!(
+            u,
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 3,
+                total_tokens: 8,
+                cached_tokens: 0,
+                reasoning_tokens: 2
+            }),
+            "a cached count past the prompt is no discount"
+        );
+        // Embeddings report no completion.
+        assert_eq!(
+            read(serde_json::json!({"prompt_tokens": 4, "total_tokens": 4}))
+                .map(|u| u.total_tokens),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn an_event_that_is_not_json_ends_the_stream_unrelayed() {
+        let mut r = Relay::new(true, Some(100));
+        let (out, _) = r.on_chunk(
+            format!(
+                "{}data: <html>oops</html>\n\n{}",
+                content("ab"),
+                content("cd")
+            )
+            .as_bytes(),
+        );
+        let ev = events(&out);
+        assert_eq!(ev.len(), 3, "{ev:?}");
+        assert!(ev[0].data.contains("ab"));
+        assert!(
+            ev[1].data.contains("upstream-stream-interrupted"),
+            "{}",
+            ev[1].data
+        );
+        assert_eq!(ev[2].data, "[DONE]");
+        assert_eq!(r.completion_bound(), 2);
+        assert!(r.take_upstream_said().is_some_and(|s| s.contains("<html>")));
+        // A spoiled usage chunk the gateway asked for is not relayed either, and books nothing.
+        let mut r = Relay::new(true, None);
+        let (out, _) = r.on_chunk(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":-1}}\n\ndata: [DONE]\n\n");
+        assert_eq!(events(&out).len(), 1);
+        assert_eq!(r.usage(), None);
     }
 
     #[test]

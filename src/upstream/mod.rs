@@ -180,6 +180,12 @@ pub fn upstream_failure(status: u16, body: &[u8], retry_after: Option<String>) -
                 "The upstream model API is rate limiting the gateway (429{said}); try again later."
             ),
         ),
+        300..=399 => Error::upstream(format!(
+            "The upstream model API answered with a redirect ({status}). The gateway does not follow \
+             redirects, so the provider key and the prompt never leave the API's host; its owner \
+             should check the base URL."
+        ))
+        .with_field("upstream_status", status),
         // Anthropic's `overloaded_error`: the provider is there but busy, as 503 says.
         529 => Error::upstream(format!(
             "The upstream model API is overloaded (529{said}); try again later."
@@ -197,6 +203,18 @@ pub fn upstream_failure(status: u16, body: &[u8], retry_after: Option<String>) -
         _ => e,
     };
     (e, text)
+}
+
+/// A 2xx whole answer, read: a JSON object without an `error` (some OpenAI-compatible servers
+/// answer failures with 200). Otherwise what it is instead.
+pub fn whole_answer(body: &[u8]) -> Result<Value, &'static str> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) if o.get("error").is_none_or(Value::is_null) => Ok(Value::Object(o)),
+        Ok(Value::Object(_)) => {
+            Err("The upstream model API answered 200 with an error instead of an answer.")
+        }
+        _ => Err("The upstream model API answered 200 with a body that is not JSON."),
+    }
 }
 
 #[cfg(test)]
@@ -312,5 +330,27 @@ mod tests {
         assert!(text.contains("exceeded your current quota"));
         let (_, long) = upstream_failure(500, "x".repeat(5000).as_bytes(), None);
         assert_eq!(long.len(), UPSTREAM_TEXT_CHARS);
+    }
+
+    #[test]
+    fn a_2xx_body_that_is_not_an_answer_is_named() {
+        assert!(whole_answer(br#"{"id":"x","choices":[]}"#).is_ok());
+        assert!(
+            whole_answer(br#"{"id":"resp_1","error":null}"#).is_ok(),
+            "a Responses object"
+        );
+        for bad in [
+            &b"<html>502</html>"[..],
+            b"",
+            b"[1]",
+            b"\"x\"",
+            br#"{"error":{"message":"org-SECRET"}}"#,
+        ] {
+            assert!(
+                whole_answer(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

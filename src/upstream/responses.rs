@@ -188,19 +188,12 @@ pub fn usage(v: &Value) -> Option<Usage> {
         .get("usage")
         .or_else(|| v.pointer("/response/usage"))
         .filter(|u| u.is_object())?;
-    let input = u.get("input_tokens").and_then(Value::as_u64)?;
-    let output = u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0);
-    let detail = |path: &str| u.pointer(path).and_then(Value::as_u64).unwrap_or(0);
-    Some(Usage {
-        prompt_tokens: input,
-        completion_tokens: output,
-        total_tokens: u
-            .get("total_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(input.saturating_add(output)),
-        cached_tokens: detail("/input_tokens_details/cached_tokens"),
-        reasoning_tokens: detail("/output_tokens_details/reasoning_tokens"),
-    })
+    Usage::read(
+        u,
+        ["input_tokens", "output_tokens"],
+        "/input_tokens_details/cached_tokens",
+        "/output_tokens_details/reasoning_tokens",
+    )
 }
 
 /// The event that ends a Responses stream (there is no `[DONE]`).

@@ -25,6 +25,9 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         upstream_401_body_stays_with_the_owner,
         upstream_error_event_mid_stream_stays_with_the_owner,
         upstream_429_keeps_429_and_retry_after,
+        upstream_redirects_are_answers_not_followed,
+        upstream_answers_that_are_not_answers_end_cleanly,
+        upstream_silence_after_the_head_is_a_timeout,
         upstream_hang_becomes_504,
         upstream_cut_mid_stream_ends_with_error_event,
         models_are_listed_in_openai_shape,
@@ -758,6 +761,164 @@ async fn upstream_429_keeps_429_and_retry_after(c: Arc<Ctx>) -> CaseResult {
     let r = c.chat_ok(&t).await?;
     assert_problem(&r, 429, "upstream-rate-limited");
     assert_eq!(r.header("retry-after"), Some("7"), "{:?}", r.headers);
+    Ok(())
+}
+
+async fn upstream_redirects_are_answers_not_followed(c: Arc<Ctx>) -> CaseResult {
+    let slug = "upstream-redirect";
+    let t = c.tenant_on_mock(slug, "status/307", json!({})).await?;
+    for (code, sent) in [(307, 1), (301, 2), (308, 3)] {
+        if code != 307 {
+            let base = c.mock.base_url(&format!("status/{code}/tag/{slug}"));
+            c.admin
+                .patch_api(&t.api_id, json!({"upstream": {"base_url": base, "api_key": format!("sk-upstream-{slug}")}}))
+                .await?;
+        }
+        let r = c.chat_ok(&t).await?;
+        assert_problem(&r, 502, "upstream-error");
+        assert_eq!(r.json()["upstream_status"], code, "{}", r.describe());
+        // The redirect points back at the same path: following it would have asked again, with
+        // the provider key and the prompt.
+        assert_eq!(c.upstream_requests(slug).len(), sent, "{code} was followed");
+    }
+    Ok(())
+}
+
+/// The first usage record of `t`'s API, once flushed.
+async fn first_record(c: &Ctx, t: &Tenant) -> Result<Value> {
+    let usage =
+        crate::quotas::usage_until(c, t, "", |v| !crate::quotas::records(v).is_empty()).await?;
+    Ok(crate::quotas::records(&usage)[0].clone())
+}
+
+/// A 200 that is not an answer (HTML, an error body), an event that is not JSON, and usage that is
+/// not whole numbers: the client gets the gateway's error, the owner the upstream's words, and the
+/// request is booked by its estimate, never as 0 tokens.
+async fn upstream_answers_that_are_not_answers_end_cleanly(c: Arc<Ctx>) -> CaseResult {
+    for (n, (scenario, leak)) in [
+        ("ok/body/html", "Bad Gateway"),
+        ("ok/body/error", "org-4242"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let slug = format!("upstream-not-answer-{n}");
+        let t = c.tenant_on_mock(&slug, scenario, json!({})).await?;
+        let r = c.chat_ok(&t).await?;
+        assert_problem(&r, 502, "upstream-error");
+        assert!(!r.text.contains(leak), "{}", r.text);
+        assert_eq!(c.upstream_requests(&slug).len(), 1, "not tried again");
+        let record = first_record(&c, &t).await?;
+        assert!(
+            record["upstream_error"]
+                .as_str()
+                .unwrap_or("")
+                .contains(leak),
+            "{record}"
+        );
+    }
+
+    let t = c
+        .tenant_on_mock("upstream-junk-event", "ok/junk/1/chunks/3", json!({}))
+        .await?;
+    let s = send_and_stream(
+        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+            .json(&chat_body(None, "hi", true)),
+        STREAM_LIMIT,
+    )
+    .await?;
+    let summary = stream_summary(&s);
+    assert_eq!(s.text(), mock_chunk_text(0), "{summary}");
+    let data: Vec<&str> = s.events.iter().map(|e| e.data.as_str()).collect();
+    assert!(!data.iter().any(|d| d.contains("<html>")), "{summary}");
+    assert!(
+        data.iter()
+            .rev()
+            .nth(1)
+            .is_some_and(|d| d.contains("upstream-stream-interrupted")),
+        "{summary}"
+    );
+    assert!(s.events.last().is_some_and(SseEvent::is_done), "{summary}");
+    let record = first_record(&c, &t).await?;
+    assert_eq!(record["estimated"], true, "{record}");
+    assert!(
+        record["upstream_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("<html>"),
+        "{record}"
+    );
+
+    for (n, stream) in [false, true].into_iter().enumerate() {
+        let t = c
+            .tenant_on_mock(
+                &format!("upstream-bad-usage-{n}"),
+                "ok/badusage/1/chunks/3",
+                json!({}),
+            )
+            .await?;
+        let s = send_and_stream(
+            c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+                .json(&chat_body(None, "hi", stream)),
+            STREAM_LIMIT,
+        )
+        .await?;
+        assert_eq!(s.status, 200, "{}", stream_summary(&s));
+        let record = first_record(&c, &t).await?;
+        assert_eq!(record["estimated"], true, "stream {stream}: {record}");
+        assert!(
+            record["completion_tokens"].as_u64().is_some_and(|n| n > 0),
+            "stream {stream}: {record}"
+        );
+    }
+    Ok(())
+}
+
+/// An upstream that goes quiet after its head: a whole answer's body gets the API's timeout again
+/// (504), a stream's silence ends it with the error event after the same time.
+async fn upstream_silence_after_the_head_is_a_timeout(c: Arc<Ctx>) -> CaseResult {
+    let api = json!({"timeout_ms": 500, "retries": 0});
+    let t = c
+        .tenant_on_mock("upstream-mute-body", "ok/stall/4000", api.clone())
+        .await?;
+    let t0 = Instant::now();
+    let r = c.chat_ok(&t).await?;
+    assert_problem(&r, 504, "upstream-timeout");
+    assert!(
+        t0.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    let t = c
+        .tenant_on_mock("upstream-mute-stream", "ok/stall/6000/chunks/3", api)
+        .await?;
+    let t0 = Instant::now();
+    let s = send_and_stream(
+        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
+            .json(&chat_body(None, "hi", true)),
+        STREAM_LIMIT,
+    )
+    .await?;
+    let summary = stream_summary(&s);
+    assert!(
+        t0.elapsed() < Duration::from_millis(4000),
+        "{:?}: {summary}",
+        t0.elapsed()
+    );
+    assert_eq!(s.text(), mock_chunk_text(0), "{summary}");
+    assert!(
+        s.events
+            .iter()
+            .any(|e| e.data.contains("upstream-stream-interrupted")),
+        "{summary}"
+    );
+    let record = first_record(&c, &t).await?;
+    assert_eq!(
+        (record["status"].clone(), record["ended"].clone()),
+        (json!(504), json!("upstream_timeout")),
+        "{record}"
+    );
     Ok(())
 }
 

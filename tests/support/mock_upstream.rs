@@ -19,7 +19,11 @@ use super::*;
 /// - `kind/<k>` — what the chunks carry: `content` (default), `tools` (tool-call arguments),
 ///   `function` (a legacy function call), `refusal`, `audio` (a transcript) or `cjk` (CJK text).
 /// - `prompt/<n>` — the prompt tokens it reports (default 7); `nousage/1` — no usage at all.
-/// - `stall/<ms>` — a stream pauses that long after its first chunk.
+/// - `stall/<ms>` — a stream pauses that long after its first chunk; a whole answer after half
+///   its body.
+/// - `badusage/1` — the usage it reports says `"completion_tokens": -5`.
+/// - `body/html` or `body/error` — a whole answer is 200 with an HTML page, or 200 with an OpenAI
+///   error body; `junk/1` — a stream sends `data: <html>` after its first chunk.
 /// - `reqid/<id>` — every answer head carries `x-request-id: <id>` and `openai-processing-ms: 42`.
 ///
 /// Any other `key/value` pair (e.g. `tag/<name>`) is ignored, so a test can mark its requests.
@@ -460,16 +464,21 @@ async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
         kind: scenario.output().to_string(),
         prompt: scenario.number("prompt").unwrap_or(7),
         usage: !scenario.flag("nousage"),
+        bad_usage: scenario.flag("badusage"),
         stall: Duration::from_millis(scenario.number("stall").unwrap_or(0)),
         choices,
+        body: scenario.params.get("body").cloned(),
+        junk: scenario.flag("junk"),
     };
 
     match scenario.kind {
         ScenarioKind::Status(code) => {
-            let extra = if code == 429 {
-                "retry-after: 7\r\n"
-            } else {
-                ""
+            // A redirect points back at this very path: a gateway that followed it would be seen
+            // asking again.
+            let extra = match code {
+                429 => "retry-after: 7\r\n".to_string(),
+                300..=399 => format!("location: {}\r\n", req.path),
+                _ => String::new(),
             };
             // A 401 says what OpenAI says of a bad key: its tail, and where keys are managed.
             let body = if code == 401 {
@@ -477,7 +486,7 @@ async fn respond(out: &mut Responder<'_>, req: &Request) -> io::Result<bool> {
             } else {
                 openai_error(code, &format!("mock upstream failure {code}"))
             };
-            out.whole(code, "application/json", extra, &body).await?;
+            out.whole(code, "application/json", &extra, &body).await?;
             Ok(true)
         }
         ScenarioKind::Hang(ms) => {
@@ -618,8 +627,24 @@ struct Shape {
     kind: String,
     prompt: u64,
     usage: bool,
+    /// The usage reported is spoiled (a negative count).
+    bad_usage: bool,
     stall: Duration,
     choices: usize,
+    /// `html` or `error`: what a whole answer's 200 carries instead of a completion.
+    body: Option<String>,
+    /// A stream sends an event that is not JSON after its first chunk.
+    junk: bool,
+}
+
+impl Shape {
+    fn usage_of(&self, n: usize) -> Value {
+        let mut u = usage(self.prompt, n);
+        if self.bad_usage {
+            u["completion_tokens"] = json!(-5);
+        }
+        u
+    }
 }
 
 /// The whole message of a non-streamed answer of `n` chunks of `kind`.
@@ -649,7 +674,7 @@ fn completion(id: &str, model: &str, n: usize, shape: &Shape) -> Vec<u8> {
         "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model, "choices": choices,
     });
     if shape.usage {
-        v["usage"] = usage(shape.prompt, n * shape.choices);
+        v["usage"] = shape.usage_of(n * shape.choices);
     }
     v.to_string().into_bytes()
 }
@@ -664,13 +689,33 @@ async fn answer_ok(
     shape: &Shape,
 ) -> io::Result<bool> {
     if !stream {
-        out.whole(
-            200,
-            "application/json",
-            "",
-            &completion(id, model, n, shape),
-        )
-        .await?;
+        let (content_type, body) = match shape.body.as_deref() {
+            Some("html") => (
+                "text/html",
+                b"<html><body>502 Bad Gateway</body></html>".to_vec(),
+            ),
+            Some("error") => (
+                "application/json",
+                openai_error(500, "mock failure at org-4242"),
+            ),
+            _ => ("application/json", completion(id, model, n, shape)),
+        };
+        if shape.stall.is_zero() {
+            out.whole(200, content_type, "", &body).await?;
+            return Ok(true);
+        }
+        // The head and half the body, then a pause.
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let (first, rest) = body.split_at(body.len() / 2);
+        out.note(Some(200), &body);
+        out.sock
+            .write_all(&[head.as_bytes(), first].concat())
+            .await?;
+        tokio::time::sleep(shape.stall).await;
+        out.sock.write_all(rest).await?;
         return Ok(true);
     }
     let mut payloads: Vec<Vec<u8>> = (0..n)
@@ -680,11 +725,14 @@ async fn answer_ok(
     if shape.usage {
         payloads.push(sse(&json!({
             "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-            "choices": [], "usage": usage(shape.prompt, n),
+            "choices": [], "usage": shape.usage_of(n),
         })
         .to_string()));
     }
     payloads.push(sse("[DONE]"));
+    if shape.junk {
+        payloads.insert(1, b"data: <html>oops</html>\n\n".to_vec());
+    }
     out.chunked_head(200, "text/event-stream", &payloads[0])
         .await?;
     if !shape.stall.is_zero() {

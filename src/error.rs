@@ -76,6 +76,7 @@ catalogue! {
     ConsumerDisabled => "consumer-disabled", 403, "The consumer is disabled";
     Forbidden => "forbidden", 403, "The credential's role does not allow this";
     IpNotAllowed => "ip-not-allowed", 403, "Your IP address is not allowed";
+    OriginNotAllowed => "origin-not-allowed", 403, "Pages from this origin may not do this";
     AuthModeMismatch => "auth-mode-mismatch", 403, "This credential is not accepted in this API's auth mode";
     CertificateMismatch => "certificate-mismatch", 403, "The client certificate belongs to another consumer";
     ModelNotAllowed => "model-not-allowed", 403, "The model is not allowed";

@@ -27,6 +27,26 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     bool::from(ha.as_slice().ct_eq(hb.as_slice()))
 }
 
+/// Whether a page may take a sign-in step (ask for a code, try one). A request without `Origin` is
+/// no page's (a server, a CLI). A page's must come from the gateway's own origin (that of `url`) or
+/// one `allows` names: otherwise any site could make its visitors' browsers mail codes to an
+/// address, or spend its tries, without a preflight (a form-encoded POST needs none).
+pub fn page_may_sign_in(origin: Option<&str>, url: &str, allows: impl Fn(&str) -> bool) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let own = url.split_once("://").map(|(scheme, rest)| {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        (scheme, authority)
+    });
+    let same = own.is_some_and(|(scheme, authority)| {
+        origin.split_once("://").is_some_and(|(s, a)| {
+            s.eq_ignore_ascii_case(scheme) && a.eq_ignore_ascii_case(authority)
+        })
+    });
+    same || allows(origin)
+}
+
 /// The credential a client sent, from `Authorization: Bearer <c>` or `X-API-Key: <c>`.
 /// `Ok(None)` means no credential at all; `Err` means an Authorization header that is not Bearer.
 pub fn extract_credential(
@@ -54,6 +74,35 @@ pub fn extract_credential(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_allowed_pages_take_sign_in_steps() {
+        let url = "https://gw.example/v1/demo/auth/otp/start";
+        let allows = |o: &str| o == "https://app.example";
+        assert!(
+            page_may_sign_in(None, url, allows),
+            "no page: curl, a server"
+        );
+        assert!(
+            page_may_sign_in(Some("https://gw.example"), url, allows),
+            "the gateway's own page"
+        );
+        assert!(page_may_sign_in(Some("https://app.example"), url, allows));
+        for refused in [
+            "https://evil.example",
+            "null",
+            "http://gw.example",
+            "https://gw.example:8443",
+            "https://gw.example.evil",
+        ] {
+            assert!(!page_may_sign_in(Some(refused), url, allows), "{refused}");
+        }
+        assert!(page_may_sign_in(
+            Some("http://127.0.0.1:8787"),
+            "http://127.0.0.1:8787/api/v1/auth/otp/start",
+            |_| false
+        ));
+    }
 
     #[test]
     fn constant_time_eq_matches_plain_equality() {

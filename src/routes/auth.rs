@@ -78,6 +78,29 @@ async fn project_and_body<T: DeserializeOwned>(
     Ok((db, project, input))
 }
 
+/// A sign-in step from a page the project does not let call it (see `page_may_sign_in`).
+pub(super) fn check_page_origin(
+    req: &Request,
+    allows: impl Fn(&str) -> bool,
+    whose: &str,
+) -> Result<(), Error> {
+    let origin = header(req, "origin");
+    if crate::auth::page_may_sign_in(origin.as_deref(), &req.inner().url(), allows) {
+        return Ok(());
+    }
+    Err(Error::new(
+        Problem::OriginNotAllowed,
+        format!(
+            "Pages from `{}` may not sign in to {whose}.",
+            origin
+                .unwrap_or_default()
+                .chars()
+                .take(200)
+                .collect::<String>()
+        ),
+    ))
+}
+
 pub(super) fn bad_email() -> Error {
     Error::invalid_request("`email` must be an email address.")
 }
@@ -107,6 +130,8 @@ pub async fn otp_start(
 ) -> Result<Response, Error> {
     let (db, project, input): (_, _, OtpStart) = project_and_body(&mut req, env, project).await?;
     require_managed(&db, &project).await?;
+    let whose = format!("project `{}` (its `allowed_origins`)", project.slug);
+    check_page_origin(&req, |o| project.allows_origin(o), &whose)?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     let challenge_id = send_code(env, ctx, &db, &project, &email, client_ip(&req)).await?;
     started(challenge_id)
@@ -278,6 +303,8 @@ pub async fn otp_verify(
 ) -> Result<Response, Error> {
     let (db, project, input): (_, _, OtpVerify) = project_and_body(&mut req, env, project).await?;
     require_managed(&db, &project).await?;
+    let whose = format!("project `{}` (its `allowed_origins`)", project.slug);
+    check_page_origin(&req, |o| project.allows_origin(o), &whose)?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     // A client with a DPoP key binds the session to it; a project may require one.
     let jkt = crate::identity::dpop_proof(&req, None)?.map(|p| p.jkt);

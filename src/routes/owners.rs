@@ -7,7 +7,8 @@ use serde_json::json;
 use worker::{D1Database, Env, Request, Response};
 
 use super::auth::{
-    bad_email, no_challenge, throttled, too_many, verify_failure, OtpStart, OtpVerify, RefreshBody,
+    bad_email, check_page_origin, no_challenge, throttled, too_many, verify_failure, OtpStart,
+    OtpVerify, RefreshBody,
 };
 use crate::auth::cidr::client_network;
 use crate::auth::guard::{GuardReply, GuardRequest};
@@ -87,6 +88,7 @@ pub async fn dev_login(mut req: Request, env: &Env) -> Result<Response, Error> {
 /// `POST /api/v1/auth/otp/start`: 202 with a `challenge_id` whatever the address (nobody learns who
 /// has an account); limited per client network and per address as end users' sign-in is.
 pub async fn otp_start(mut req: Request, env: &Env) -> Result<Response, Error> {
+    check_page_origin(&req, |_| false, "the gateway's console")?;
     let input: OtpStart = body(&mut req).await?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     // Before anything depends on the address, so the answer says nothing about it.
@@ -162,6 +164,7 @@ async fn on_network(env: &Env, network: &str, op: &GuardRequest) -> Result<Guard
 /// `POST /api/v1/auth/otp/verify`: a right code for the challenge signs the owner in (the account
 /// and personal org are made on first sign-in; invitations to the address are accepted).
 pub async fn otp_verify(mut req: Request, env: &Env) -> Result<Response, Error> {
+    check_page_origin(&req, |_| false, "the gateway's console")?;
     let input: OtpVerify = body(&mut req).await?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     let code = normalize_code(&input.code)

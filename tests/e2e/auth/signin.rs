@@ -11,6 +11,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         auth_events_record_sign_ins_refreshes_keys_and_mode_switches,
         otp_exists_only_for_managed_apis,
         dev_mode_only_when_asked,
+        sign_in_steps_come_only_from_allowed_pages,
     ]
 }
 
@@ -639,5 +640,78 @@ async fn dev_mode_only_when_asked(c: Arc<Ctx>) -> CaseResult {
         .await?;
         assert_problem(&start, 503, "email-not-configured");
     }
+    Ok(())
+}
+
+/// A page on another site can POST to the sign-in routes without a preflight (form-encoded, or
+/// `no-cors`): those from origins the project does not allow are refused before any code is mailed
+/// or tried. The project's allowed origins and the gateway's own pages go on; so do callers with no
+/// `Origin` at all (servers, curl).
+pub async fn sign_in_steps_come_only_from_allowed_pages(c: Arc<Ctx>) -> CaseResult {
+    let slug = "auth-page-origin";
+    managed_tenant(&c, slug).await?;
+    let allowed = "http://app.allowed.example";
+    let patched = c
+        .admin
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/projects/{slug}"),
+            Some(json!({"allowed_origins": [allowed]})),
+        )
+        .await?;
+    expect_status(&patched, 200, "allow an origin")?;
+    let post = |path: String, origin: &'static str, form: &'static str| {
+        let req = c
+            .http
+            .post(format!("{}{path}", c.base))
+            .header("origin", origin)
+            .header("content-type", "text/plain")
+            .body(form);
+        async move { Reply::read(req.send().await?).await }
+    };
+    let email = "victim@page-origin.example";
+    let body = r#"{"email":"victim@page-origin.example"}"#;
+    for path in [
+        format!("/v1/{slug}/auth/otp/start"),
+        "/api/v1/auth/otp/start".to_string(),
+    ] {
+        let r = post(path.clone(), "http://evil.example", body).await?;
+        assert_problem(&r, 403, "origin-not-allowed");
+        assert!(
+            r.header("access-control-allow-origin").is_none(),
+            "{path}: {:?}",
+            r.headers
+        );
+    }
+    let verify = r#"{"email":"victim@page-origin.example","code":"000000","challenge_id":"chl_x"}"#;
+    for path in [
+        format!("/v1/{slug}/auth/otp/verify"),
+        "/api/v1/auth/otp/verify".to_string(),
+    ] {
+        assert_problem(
+            &post(path, "null", verify).await?,
+            403,
+            "origin-not-allowed",
+        );
+    }
+    assert!(c.mail.mails_to(email).is_empty(), "no code was mailed");
+    let ok = post(format!("/v1/{slug}/auth/otp/start"), allowed, body).await?;
+    expect_status(&ok, 202, "an allowed page")?;
+    let own = c.base.trim_end_matches('/').to_string();
+    let r = Reply::read(
+        c.http
+            .post(format!("{own}/v1/{slug}/auth/otp/start"))
+            .header("origin", own.as_str())
+            .json(&json!({"email": "own@page-origin.example"}))
+            .send()
+            .await?,
+    )
+    .await?;
+    expect_status(&r, 202, "the gateway's own page")?;
+    expect_status(
+        &otp_start(&c, slug, "server@page-origin.example").await?,
+        202,
+        "no Origin",
+    )?;
     Ok(())
 }

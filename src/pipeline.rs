@@ -167,10 +167,14 @@ async fn serve(
     let fallbacks = fallback_targets(env, timing, api, &asked, price.is_some()).await?;
     // A Messages body goes whole to an Anthropic upstream: what it carries beyond what was metered
     // is bounded into the prompt, or refused.
-    let to_anthropic = routed
-        .iter()
-        .chain(fallbacks.iter().filter_map(|(_, t)| t.as_ref()))
-        .any(|t| t.provider.wire() == Wire::Anthropic);
+    let speaks_anthropic: Vec<bool> = std::iter::once(routed.as_ref())
+        .chain(fallbacks.iter().map(|(_, t)| t.as_ref()))
+        .map(|t| t.is_some_and(|t| t.provider.wire() == Wire::Anthropic))
+        .collect();
+    let to_anthropic = speaks_anthropic.iter().any(|a| *a);
+    // A Messages client whose every candidate speaks Anthropic gets the provider's own answer
+    // (thinking, citations, stop sequences, cache counts as they are), metered as it passes.
+    let native = original.is_some() && speaks_anthropic.iter().all(|a| *a);
     if let (Some(messages), true) = (&original, to_anthropic) {
         let extra = providers::anthropic::passthrough_extra(messages, &api.policy.allowed_params)?;
         asked.raise_prompt_bound(extra);
@@ -231,6 +235,11 @@ async fn serve(
                 let c = candidate(env, api, &asked, place.request_id, to, model)?;
                 candidates.push(c.priced(api.prices.get(model)));
             }
+            if native {
+                for c in &mut candidates {
+                    c.reading = Reading::Messages;
+                }
+            }
             Ok(Outbound::Fetch(candidates))
         }
         demo => Ok(demo),
@@ -260,6 +269,7 @@ async fn serve(
         rate_headers,
         asked,
         anthropic: place.endpoint == Endpoint::Messages,
+        native,
         silence_ms: i64::from(api.timeout_ms),
     };
     exchange.answer(upstream, stream, timing).await
@@ -274,6 +284,8 @@ struct Exchange {
     rate_headers: Vec<(String, String)>,
     /// What was asked (how its answer's output and usage are read, how its stream is relayed).
     asked: Asked,
+    /// The answer is Anthropic's own, relayed as the provider sent it (see `Reading::Messages`).
+    native: bool,
     /// The longest a streaming upstream may stay silent (the API's `timeout_ms`).
     silence_ms: i64,
     /// The client called Anthropic's Messages API: the answer is translated back to it.
@@ -369,7 +381,12 @@ impl Exchange {
             bytes,
             value: answer,
         } = whole;
-        let output = self.asked.output_bytes(&answer);
+        let (output, usage) = if self.native {
+            let usage = providers::anthropic::Counts::of_message(&answer).usage();
+            (providers::anthropic::output_bytes(&answer), usage)
+        } else {
+            (self.asked.output_bytes(&answer), self.asked.usage(&answer))
+        };
         // A whole answer cannot be cut on the way: the upstream was sent the cap, and one that
         // reports no usage is booked as having honoured it (its output bytes, at most the cap for
         // each choice), so the window books at most its limit.
@@ -377,7 +394,7 @@ impl Exchange {
             .lease
             .completion_cap()
             .map_or(output, |c| output.min(c));
-        let outcome = match self.asked.usage(&answer) {
+        let outcome = match usage {
             Some(usage) => reported(&self.lease, 200, Ended::Complete, usage),
             None => self.lease.estimated(200, Ended::Complete),
         };
@@ -395,8 +412,9 @@ impl Exchange {
         self.rate_headers.extend(fresh);
         self.lease.settle_later(outcome);
         let headers = response_headers("application/json", &self.rate_headers)?;
-        // Forwarded as the upstream wrote it, unless the client speaks Anthropic's Messages API.
-        let bytes = if self.anthropic {
+        // Forwarded as the upstream wrote it, unless the client speaks Anthropic's Messages API
+        // and the upstream did not.
+        let bytes = if self.anthropic && !self.native {
             anthropic::from_completion(&answer, self.asked.model())
                 .to_string()
                 .into_bytes()
@@ -411,7 +429,12 @@ impl Exchange {
     fn stream(self, source: Source) -> Result<Response, Error> {
         // The usage chunk reaches Anthropic's translation (it becomes `message_delta.usage`).
         let strip_usage = self.asked.strip_usage() && !self.anthropic;
-        let relay_of = Relay::of(self.asked.wire(), strip_usage, None);
+        let wire = if self.native {
+            crate::stream::relay::Wire::Messages
+        } else {
+            self.asked.wire()
+        };
+        let relay_of = Relay::of(wire, strip_usage, None);
         let out = relay(
             self.lease,
             self.watch,
@@ -420,7 +443,7 @@ impl Exchange {
             self.controller,
             self.silence_ms,
         );
-        if !self.anthropic {
+        if !self.anthropic || self.native {
             return stream_response(out, &self.rate_headers);
         }
         // Translated event by event; heartbeats pass as they are (they notice a gone client).
@@ -865,12 +888,22 @@ enum Outbound {
 
 /// One way to reach a model: the request's parts (built again for each try), and who answers
 /// through it.
+/// How a candidate's answer is read: as it comes (OpenAI's formats; or Anthropic's, for a Messages
+/// client whose every candidate speaks it), or Anthropic's translated into chat chunks for the
+/// model the client asked for.
+#[derive(Debug, Clone, PartialEq)]
+enum Reading {
+    AsIs,
+    ToChat(String),
+    Messages,
+}
+
 struct Candidate {
     url: String,
     headers: Vec<(String, String)>,
     body: String,
-    /// Anthropic's answers are translated, for the model the client asked for.
-    translate: Option<String>,
+    /// How its answer is read.
+    reading: Reading,
     answered: Answered,
 }
 
@@ -1044,7 +1077,7 @@ fn candidate(
         url,
         headers,
         body,
-        translate: None,
+        reading: Reading::AsIs,
         answered: Answered {
             model: model.to_string(),
             provider: None,
@@ -1181,12 +1214,15 @@ fn to_provider(
             )
         }
     };
-    let translate = (target.provider.wire() == Wire::Anthropic).then(|| asked.model().to_string());
+    let reading = match target.provider.wire() {
+        Wire::Anthropic => Reading::ToChat(asked.model().to_string()),
+        Wire::OpenAi => Reading::AsIs,
+    };
     Ok(Candidate {
         url,
         headers,
         body: body.to_string(),
-        translate,
+        reading,
         answered: Answered {
             model: model.to_string(),
             provider: Some(target.provider.as_str().to_string()),
@@ -1258,7 +1294,7 @@ async fn attempts(
                 timeout_ms,
                 stream,
                 signal.clone(),
-                c.translate.clone(),
+                &c.reading,
                 via.as_ref(),
             )
             .await
@@ -1337,7 +1373,7 @@ async fn send(
     timeout_ms: u32,
     stream: bool,
     signal: AbortSignal,
-    anthropic_for: Option<String>,
+    reading: &Reading,
     via: Option<&Fetcher>,
 ) -> Result<Answer, Failure> {
     let timeout = u64::from(timeout_ms);
@@ -1370,9 +1406,9 @@ async fn send(
             .stream()
             .map_err(|e| Failure::new(e.into(), Ended::UpstreamCut))?
             .map(|chunk| chunk.map_err(|e| e.to_string()));
-        if let Some(model) = anthropic_for {
+        if let Reading::ToChat(model) = reading {
             // Anthropic's events become chat chunks as each arrives.
-            let mut chunks = providers::anthropic::ChunkStream::new(&model, now_ms() / 1000);
+            let mut chunks = providers::anthropic::ChunkStream::new(model, now_ms() / 1000);
             let body = body.map(move |chunk| chunk.map(|bytes| chunks.push(&bytes)));
             return Ok(Answer::Stream(Box::pin(body), head));
         }
@@ -1402,11 +1438,17 @@ async fn send(
                 .saying(String::from_utf8_lossy(&bytes[..bytes.len().min(300)]))
         };
         let value = upstream::whole_answer(&bytes).map_err(|why| refuse(why, &bytes))?;
-        let whole = match &anthropic_for {
-            None => Whole { bytes, value },
-            Some(model) => providers::anthropic::completion(&value, model, now_ms() / 1000)
-                .map(Whole::of)
-                .map_err(|why| refuse(why, &bytes))?,
+        let whole = match reading {
+            Reading::AsIs => Whole { bytes, value },
+            Reading::Messages => {
+                providers::anthropic::check_message(&value).map_err(|why| refuse(why, &bytes))?;
+                Whole { bytes, value }
+            }
+            Reading::ToChat(model) => {
+                providers::anthropic::completion(&value, model, now_ms() / 1000)
+                    .map(Whole::of)
+                    .map_err(|why| refuse(why, &bytes))?
+            }
         };
         Ok(Answer::Json(whole, head))
     }

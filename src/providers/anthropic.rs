@@ -4,6 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Problem};
+use crate::stream::relay::Usage;
 use crate::stream::sse::{format_event, Parser};
 
 /// The API version Sluice speaks (`anthropic-version`).
@@ -308,7 +309,7 @@ pub fn finish_reason(stop: &str) -> &'static str {
 /// cumulative ones it names (at least `output_tokens`). A count that is there but is not a whole
 /// number of tokens spoils the report for good.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Counts {
+pub struct Counts {
     input: Option<u64>,
     cache_read: u64,
     cache_write: u64,
@@ -348,9 +349,18 @@ impl Counts {
         self.output = output.or(self.output);
     }
 
-    /// As chat usage (cache reads and writes are prompt tokens too); `None` when the report is
+    /// Takes the counts an event of the stream carries (`message_start`, `message_delta`).
+    pub fn take_event(&mut self, v: &Value) {
+        match v.get("type").and_then(Value::as_str) {
+            Some("message_start") => self.update(v.pointer("/message/usage")),
+            Some("message_delta") => self.update(v.get("usage")),
+            _ => {}
+        }
+    }
+
+    /// What is booked (cache reads and writes are prompt tokens too); `None` when the report is
     /// incomplete, spoiled or past 2^64, so the request is booked by its estimate, never as 0.
-    fn chat(&self) -> Option<Value> {
+    pub fn usage(&self) -> Option<Usage> {
         if self.spoiled {
             return None;
         }
@@ -359,23 +369,76 @@ impl Counts {
             .checked_add(self.cache_read)?
             .checked_add(self.cache_write)?;
         let output = self.output?;
-        let total = prompt.checked_add(output)?;
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: output,
+            total_tokens: prompt.checked_add(output)?,
+            cached_tokens: self.cache_read,
+            reasoning_tokens: 0,
+        })
+    }
+
+    /// As chat usage (cache writes named as Anthropic names them).
+    fn chat(&self) -> Option<Value> {
+        let u = self.usage()?;
         Some(
-            json!({"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": total,
-            "prompt_tokens_details": {"cached_tokens": self.cache_read},
+            json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": self.cache_read},
             "cache_creation_input_tokens": self.cache_write}),
         )
+    }
+
+    /// A whole message's counts.
+    pub fn of_message(message: &Value) -> Counts {
+        Counts::of(message.get("usage"))
+    }
+}
+
+/// The output a Messages event or whole message carries, in bytes (text, tool input, thinking):
+/// what the live budget counts.
+pub fn output_bytes(v: &Value) -> u64 {
+    const KEYS: [&str; 4] = ["text", "partial_json", "thinking", "input"];
+    let of = |block: Option<&Value>| -> u64 {
+        block.map_or(0, |b| {
+            KEYS.iter()
+                .filter_map(|k| b.get(*k))
+                .map(|x| match x {
+                    Value::String(s) => s.len() as u64,
+                    Value::Null => 0,
+                    other => other.to_string().len() as u64,
+                })
+                .fold(0, u64::saturating_add)
+        })
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("content_block_delta") => of(v.get("delta")),
+        Some("content_block_start") => of(v.get("content_block")),
+        Some("message") => v
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|block| of(Some(block)))
+            .fold(0, u64::saturating_add),
+        _ => 0,
+    }
+}
+
+/// Whether a 2xx whole answer is a Message (its `type`, and a `content` list).
+pub fn check_message(answer: &Value) -> Result<(), &'static str> {
+    if answer.get("type").and_then(Value::as_str) == Some("message")
+        && answer.get("content").is_some_and(Value::is_array)
+    {
+        Ok(())
+    } else {
+        Err("The provider answered 200 with something other than a message.")
     }
 }
 
 /// A whole Messages answer as a chat completion for `model` (the name the client asked for); an
 /// error when the body is not a Message. Without a usable usage report it carries none.
 pub fn completion(message: &Value, model: &str, created: i64) -> Result<Value, &'static str> {
-    if message.get("type").and_then(Value::as_str) != Some("message")
-        || !message.get("content").is_some_and(Value::is_array)
-    {
-        return Err("The provider answered 200 with something other than a message.");
-    }
+    check_message(message)?;
     let mut text = String::new();
     let mut calls = Vec::new();
     for block in message

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Problem};
 use crate::limits::meter::output_bytes;
+use crate::providers::anthropic::Counts;
 use crate::stream::sse::{format_event, Event, Parser};
 
 /// Token counts as reported by the upstream.
@@ -86,12 +87,14 @@ pub enum Next {
     NeedBudget,
 }
 
-/// Which stream format is relayed: Chat Completions chunks ending in `[DONE]`, or Responses events
-/// ending in `response.completed` (or `.incomplete`, `.failed`).
+/// Which stream format is relayed: Chat Completions chunks ending in `[DONE]`, Responses events
+/// ending in `response.completed` (or `.incomplete`, `.failed`), or Anthropic's Messages events
+/// ending in `message_stop` (relayed as the provider sent them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
     Chat,
     Responses,
+    Messages,
 }
 
 impl Wire {
@@ -99,6 +102,7 @@ impl Wire {
         match self {
             Wire::Chat => output_bytes(v),
             Wire::Responses => crate::upstream::responses::output_bytes(v),
+            Wire::Messages => crate::providers::anthropic::output_bytes(v),
         }
     }
 
@@ -114,13 +118,16 @@ impl Wire {
                 v.get("type").and_then(Value::as_str),
                 Some("error" | "response.failed")
             ),
+            Wire::Messages => v.get("type").and_then(Value::as_str) == Some("error"),
         }
     }
 
-    fn usage(self, v: &Value) -> Option<Usage> {
+    /// Whether the event ends the answer (chat's `[DONE]` is not JSON and is seen apart).
+    fn is_final(self, v: &Value) -> bool {
         match self {
-            Wire::Chat => Usage::from_json(v),
-            Wire::Responses => crate::upstream::responses::usage(v),
+            Wire::Chat => false,
+            Wire::Responses => crate::upstream::responses::is_final(v),
+            Wire::Messages => v.get("type").and_then(Value::as_str) == Some("message_stop"),
         }
     }
 
@@ -145,6 +152,11 @@ impl Wire {
                 }
                 format_event(Some("error"), &problem.to_string())
             }
+            Wire::Messages => {
+                let event = serde_json::json!({"type": "error", "error": {
+                    "type": crate::error::anthropic_type(error.status), "message": error.detail}});
+                format_event(Some("error"), &event.to_string())
+            }
         }
     }
 }
@@ -163,6 +175,8 @@ pub struct Relay {
     /// Bytes of generated output delivered: an upper bound of its tokens.
     delivered: u64,
     usage: Option<Usage>,
+    /// Anthropic's usage counts so far (the Messages wire).
+    counts: Counts,
     /// What an upstream error event said (for the usage record), once one ended the stream.
     upstream_said: Option<String>,
 }
@@ -183,6 +197,7 @@ impl Relay {
             budget,
             delivered: 0,
             usage: None,
+            counts: Counts::default(),
             upstream_said: None,
         }
     }
@@ -308,10 +323,19 @@ impl Relay {
             self.delivered = self.delivered.saturating_add(added);
             let mut data = event.data;
             let mut v = parsed;
-            if self.wire == Wire::Responses && crate::upstream::responses::is_final(&v) {
+            if self.wire.is_final(&v) {
                 self.saw_done = true;
             }
-            if let Some(u) = self.wire.usage(&v) {
+            let usage = match self.wire {
+                Wire::Chat => Usage::from_json(&v),
+                Wire::Responses => crate::upstream::responses::usage(&v),
+                // Anthropic's counts come in pieces (`message_start`, `message_delta`).
+                Wire::Messages => {
+                    self.counts.take_event(&v);
+                    self.counts.usage()
+                }
+            };
+            if let Some(u) = usage {
                 self.usage = Some(u);
             }
             // The usage the gateway asked for itself goes no further, usable or not.
@@ -514,6 +538,63 @@ mod tests {
         let (out, _) = r.on_chunk(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":-1}}\n\ndata: [DONE]\n\n");
         assert_eq!(events(&out).len(), 1);
         assert_eq!(r.usage(), None);
+    }
+
+    #[test]
+    fn anthropic_events_are_relayed_as_sent_and_metered() {
+        let ev = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
+        let stream = [
+            ev("message_start", r#"{"type":"message_start","message":{"id":"msg_1","type":"message","usage":{"input_tokens":12,"cache_creation_input_tokens":3,"output_tokens":1}}}"#),
+            ev("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#),
+            ev("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#),
+            ev("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"c2ln"}}"#),
+            ev("content_block_start", r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#),
+            ev("content_block_delta", r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Hello"}}"#),
+            ev("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"stop_sequence","stop_sequence":"END"},"usage":{"output_tokens":9}}"#),
+            ev("message_stop", r#"{"type":"message_stop"}"#),
+        ]
+        .concat();
+        let mut r = Relay::of(Wire::Messages, false, Some(100));
+        let (out, next) = r.on_chunk(stream.as_bytes());
+        assert_eq!(next, Next::Read);
+        assert_eq!(String::from_utf8_lossy(&out), stream, "relayed as sent");
+        assert_eq!(r.completion_bound(), 8, "thinking and text bytes");
+        assert_eq!(
+            r.usage().map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((15, 9))
+        );
+        assert!(r.on_end().is_empty(), "message_stop ends it");
+
+        // Past its budget, the stream ends with Anthropic's error event; an upstream error event
+        // is the gateway's, in the same shape.
+        let mut r = Relay::of(Wire::Messages, false, Some(3));
+        let (out, next) = r.on_chunk(stream.as_bytes());
+        assert_eq!(next, Next::NeedBudget);
+        assert!(!String::from_utf8_lossy(&out).contains("Hello"));
+        let end = events(&r.on_error(&Error::new(Problem::QuotaExceeded, "spent")));
+        assert_eq!(end[0].event.as_deref(), Some("error"));
+        let error: Value = crate::encoding::from_json(&end[0].data).unwrap();
+        assert_eq!(error["error"]["type"], "rate_limit_error");
+        let mut r = Relay::of(Wire::Messages, false, None);
+        let (out, _) = r.on_chunk(
+            ev(
+                "error",
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"org-1 busy"}}"#,
+            )
+            .as_bytes(),
+        );
+        assert!(!String::from_utf8_lossy(&out).contains("org-1"));
+        assert!(r.is_finished());
+        // Cut before message_stop.
+        let mut r = Relay::of(Wire::Messages, false, None);
+        r.on_chunk(
+            stream
+                .split("event: message_stop")
+                .next()
+                .unwrap_or("")
+                .as_bytes(),
+        );
+        assert!(String::from_utf8_lossy(&r.on_end()).contains("event: error"));
     }
 
     #[test]

@@ -696,8 +696,21 @@ async fn messages_pass_through_to_anthropic(c: Arc<Ctx>) -> CaseResult {
     )
     .await?;
     expect_status(&r, 200, "Messages through to Anthropic")?;
-    assert_eq!(r.json()["type"], "message", "{}", r.text);
-    assert_eq!(r.json()["content"][0]["text"], "tok0 tok1 ", "{}", r.text);
+    // Anthropic's own answer, as it wrote it: the thinking block with its signature (which a
+    // client must send back with tool results), the id, the stop sequence and the cache counts.
+    let m = r.json();
+    assert_eq!(m["type"], "message", "{}", r.text);
+    assert_eq!(m["content"][0]["type"], "thinking", "{}", r.text);
+    assert_eq!(m["content"][0]["signature"], "c2lnbmF0dXJl", "{}", r.text);
+    assert_eq!(m["content"][1]["text"], "tok0 tok1 ", "{}", r.text);
+    assert!(
+        m["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("msg_mock")),
+        "{}",
+        r.text
+    );
+    assert_eq!(m["usage"]["cache_creation_input_tokens"], 1, "{}", r.text);
     let sent = c.upstream_requests(project);
     assert_eq!(sent.len(), 1);
     let upstream = sent[0].json();
@@ -707,6 +720,52 @@ async fn messages_pass_through_to_anthropic(c: Arc<Ctx>) -> CaseResult {
     assert_eq!(upstream["messages"], body["messages"]);
     assert_eq!(upstream["model"], "claude-3-5-haiku");
     assert_eq!(upstream["max_tokens"], 64);
+    // Streamed, the events are Anthropic's as sent; the usage booked is the one they report.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stop_sequences"] = json!(["END"]);
+    let s = send_and_stream(
+        c.http
+            .post(format!("{}/v1/{project}/chat/v1/messages", c.base))
+            .header("x-api-key", &t.secret)
+            .header("anthropic-version", "2023-06-01")
+            .json(&streamed),
+        crate::STREAM_LIMIT,
+    )
+    .await?;
+    let summary = crate::stream_summary(&s);
+    let names: Vec<&str> = s.events.iter().filter_map(|e| e.event.as_deref()).collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{summary}");
+    assert_eq!(names.last(), Some(&"message_stop"), "{summary}");
+    let data: Vec<Value> = s.events.iter().filter_map(SseEvent::json).collect();
+    assert!(
+        data.iter().any(|d| d["delta"]["type"] == "signature_delta"),
+        "{summary}"
+    );
+    assert!(
+        data.iter()
+            .any(|d| d["delta"]["stop_reason"] == "stop_sequence"
+                && d["delta"]["stop_sequence"] == "END"),
+        "{summary}"
+    );
+    assert_eq!(data[0]["message"]["usage"]["input_tokens"], 11, "{summary}");
+    let usage = c
+        .admin_get_until(&format!("/api/v1/gateway/apis/{}/usage", t.api_id), |v| {
+            v["records"].as_array().is_some_and(|r| r.len() == 2)
+        })
+        .await?;
+    for rec in usage["records"].as_array().into_iter().flatten() {
+        // 11 input + 2 cache reads + 1 cache write; 2 text pieces + 3 of thinking.
+        assert_eq!(
+            (
+                rec["prompt_tokens"].clone(),
+                rec["completion_tokens"].clone(),
+                rec["estimated"].clone()
+            ),
+            (json!(14), json!(5), json!(false)),
+            "{rec}"
+        );
+    }
     // What the gateway cannot meter is refused unless the API allows it; a base64 document passes,
     // its bytes counted into the prompt's bound.
     let send = |body: Value| {
@@ -734,9 +793,9 @@ async fn messages_pass_through_to_anthropic(c: Arc<Ctx>) -> CaseResult {
     let r = send(pdf).await?;
     expect_status(&r, 200, "a document passes")?;
     let sent = c.upstream_requests(project);
-    assert_eq!(sent.len(), 2, "the refused request never went upstream");
+    assert_eq!(sent.len(), 3, "the refused request never went upstream");
     assert_eq!(
-        sent[1].json()["messages"][0]["content"][0]["type"],
+        sent[2].json()["messages"][0]["content"][0]["type"],
         "document"
     );
     Ok(())

@@ -796,62 +796,83 @@ async fn answer_anthropic(
     let tools = scenario.output() == "tools";
     let id = format!("msg_mock{}", out.seq);
     let text: Vec<String> = (0..n).map(mock_chunk_text).collect();
-    let stop = if tools { "tool_use" } else { "end_turn" };
-    let output = n as u64 + u64::from(tools) * 4;
+    // Extended thinking asked for: a thinking block (with its signature) comes first. Stop
+    // sequences asked for: the answer stops at the first.
+    let thinking = body.pointer("/thinking/type").and_then(Value::as_str) == Some("enabled");
+    let stop_sequence = body
+        .pointer("/stop_sequences/0")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let stop = match (tools, stop_sequence.is_null()) {
+        (true, _) => "tool_use",
+        (false, false) => "stop_sequence",
+        (false, true) => "end_turn",
+    };
+    let output = n as u64 + u64::from(tools) * 4 + u64::from(thinking) * 3;
+    let k = u64::from(thinking);
     if !stream {
         let mut content = vec![json!({"type": "text", "text": text.concat()})];
+        if thinking {
+            content.insert(0, json!({"type": "thinking", "thinking": "Let me think.", "signature": "c2lnbmF0dXJl"}));
+        }
         if tools {
             content.push(json!({"type": "tool_use", "id": "toolu_mock1", "name": "lookup", "input": {"q": "cats"}}));
         }
         let answer = json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": stop, "stop_sequence": null,
+            "stop_reason": stop, "stop_sequence": stop_sequence,
             "usage": {"input_tokens": input, "output_tokens": output, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 1}});
         out.whole(200, "application/json", "", answer.to_string().as_bytes())
             .await?;
         return Ok(true);
     }
     let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n").into_bytes();
-    let mut events = vec![
-        event(
-            "message_start",
-            json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant",
+    let mut events = vec![event(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant",
             "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": input, "output_tokens": 1,
             "cache_read_input_tokens": 2, "cache_creation_input_tokens": 1}}}),
-        ),
-        event(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ),
-        event("ping", json!({"type": "ping"})),
-    ];
+    )];
+    if thinking {
+        events.extend([
+            event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}})),
+            event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Let me think."}})),
+            event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "c2lnbmF0dXJl"}})),
+            event("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+        ]);
+    }
+    events.push(event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": k, "content_block": {"type": "text", "text": ""}}),
+    ));
+    events.push(event("ping", json!({"type": "ping"})));
     for t in &text {
-        events.push(event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}})));
+        events.push(event("content_block_delta", json!({"type": "content_block_delta", "index": k, "delta": {"type": "text_delta", "text": t}})));
     }
     events.push(event(
         "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": k}),
     ));
     if scenario.kind == ScenarioKind::ErrorEvent {
         events.push(event("error", json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})));
     } else {
         if tools {
-            events.push(event("content_block_start", json!({"type": "content_block_start", "index": 1,
+            events.push(event("content_block_start", json!({"type": "content_block_start", "index": k + 1,
                 "content_block": {"type": "tool_use", "id": "toolu_mock1", "name": "lookup", "input": {}}})));
             for part in ["{\"q\": ", "\"cats\"}"] {
                 events.push(event(
                     "content_block_delta",
-                    json!({"type": "content_block_delta", "index": 1,
+                    json!({"type": "content_block_delta", "index": k + 1,
                     "delta": {"type": "input_json_delta", "partial_json": part}}),
                 ));
             }
             events.push(event(
                 "content_block_stop",
-                json!({"type": "content_block_stop", "index": 1}),
+                json!({"type": "content_block_stop", "index": k + 1}),
             ));
         }
         events.push(event(
             "message_delta",
-            json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+            json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": stop_sequence},
             "usage": {"output_tokens": output}}),
         ));
         events.push(event("message_stop", json!({"type": "message_stop"})));

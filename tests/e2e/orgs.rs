@@ -18,6 +18,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         owner_signs_in_with_an_email_code,
         org_keys_carry_a_role_and_die_on_revocation,
         members_roles_and_the_last_owner,
+        a_removed_members_keys_stay_revoked_when_they_rejoin,
         cross_org_matrix_is_404_for_every_admin_route,
         tokens_stay_on_their_side,
         audit_log_lists_the_writes,
@@ -578,6 +579,74 @@ async fn org_keys_carry_a_role_and_die_on_revocation(c: Arc<Ctx>) -> CaseResult 
     ] {
         let r = with_key(&c, junk, Method::GET, "/api/v1/projects", None).await?;
         assert_problem(&r, 401, "admin-unauthorized");
+    }
+    Ok(())
+}
+
+/// The ids of the org's keys its listing shows (live keys only).
+async fn listed_keys(admin: &Admin, org: &str) -> Result<Vec<String>> {
+    let r = admin
+        .call(Method::GET, &format!("/api/v1/orgs/{org}/keys"), None)
+        .await?;
+    expect_status(&r, 200, "list org keys")?;
+    Ok(r.json()["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["id"].as_str().map(str::to_string))
+        .collect())
+}
+
+async fn a_removed_members_keys_stay_revoked_when_they_rejoin(c: Arc<Ctx>) -> CaseResult {
+    let owner = dev_login(&c, "rejoin.owner@example.com").await?;
+    let org = owner.org.clone();
+    let members_path = format!("/api/v1/orgs/{org}/members");
+    let invite = || {
+        owner.admin.call(
+            Method::POST,
+            &members_path,
+            Some(json!({"email": "rejoin.admin@example.com", "role": "admin"})),
+        )
+    };
+    let inv = invite().await?;
+    expect_status(&inv, 201, "invite an admin")?;
+    let member_id = str_field(&inv.json(), "id")?;
+    let member = dev_login(&c, "rejoin.admin@example.com").await?;
+    // A key the member made, and a key made with that key.
+    let (made_id, made) = new_org_key(&member.admin, &org, "admin").await?;
+    let child = with_key(
+        &c,
+        &made,
+        Method::POST,
+        &format!("/api/v1/orgs/{org}/keys"),
+        Some(json!({"name": "made with a key", "role": "admin"})),
+    )
+    .await?;
+    expect_status(&child, 201, "a key makes a key")?;
+    let (child_id, child) = (
+        str_field(&child.json(), "id")?,
+        str_field(&child.json(), "secret")?,
+    );
+    let gone = owner
+        .admin
+        .call(Method::DELETE, &format!("{members_path}/{member_id}"), None)
+        .await?;
+    expect_status(&gone, 204, "remove the member")?;
+    // Removed, then invited again and signed in again: the old keys stay refused and unlisted.
+    for round in ["after removal", "after rejoining"] {
+        if round == "after rejoining" {
+            expect_status(&invite().await?, 201, "invite again")?;
+            dev_login(&c, "rejoin.admin@example.com").await?;
+        }
+        for secret in [&made, &child] {
+            let r = with_key(&c, secret, Method::GET, &members_path, None).await?;
+            assert_problem(&r, 401, "admin-unauthorized");
+        }
+        let live = listed_keys(&owner.admin, &org).await?;
+        assert!(
+            !live.contains(&made_id) && !live.contains(&child_id),
+            "{round}: a revoked key is listed as live: {live:?}"
+        );
     }
     Ok(())
 }

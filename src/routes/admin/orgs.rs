@@ -302,7 +302,8 @@ pub async fn patch_member(c: &mut Call<'_>, org: &str, id: &str) -> Result<Reply
 }
 
 /// `DELETE /api/v1/orgs/{org}/members/{id}`: a member leaves (or an invitation is withdrawn); their
-/// tokens lose the org on the very next request.
+/// tokens lose the org on the very next request, and the keys they made (and the keys made with
+/// those) are revoked with the membership, so a later invitation does not bring them back.
 pub async fn remove_member(c: &mut Call<'_>, org: &str, id: &str) -> Result<Reply, Error> {
     let org = d1::org_by_slug(&c.db, org).await?;
     let member = find_member(c, &org, id).await?;
@@ -315,7 +316,7 @@ pub async fn remove_member(c: &mut Call<'_>, org: &str, id: &str) -> Result<Repl
         owners,
     )
     .map_err(|e| refused(e, c.role))?;
-    if !d1::remove_member(&c.db, &org.id, id, member.role).await? {
+    if !d1::remove_member(&c.db, &org.id, &member, c.now).await? {
         return Err(refused(Refused::LastOwner, c.role));
     }
     Ok(Reply::NoContent)
@@ -374,7 +375,8 @@ pub async fn create_key(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
     Reply::created(view)
 }
 
-/// `DELETE /api/v1/orgs/{org}/keys/{id}`: refused from the very next request on.
+/// `DELETE /api/v1/orgs/{org}/keys/{id}`: refused from the very next request on, with the keys made
+/// with it.
 pub async fn revoke_key(c: &mut Call<'_>, org: &str, id: &str) -> Result<Reply, Error> {
     let org = d1::org_by_slug(&c.db, org).await?;
     if !d1::revoke_org_key(&c.db, &org.id, id, c.now).await? {

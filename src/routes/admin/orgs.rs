@@ -10,6 +10,7 @@ use crate::error::{Error, Problem};
 use crate::http::with_random;
 use crate::ids::new_id;
 use crate::input::validate::{validate_slug, validate_text};
+use crate::org::audit::AuditCursor;
 use crate::org::key::Environment;
 use crate::org::members::{check_change, Refused};
 use crate::org::{slug_is_reserved, OrgKey, Role, DEFAULT_ORG_ID};
@@ -388,11 +389,15 @@ pub async fn revoke_key(c: &mut Call<'_>, org: &str, id: &str) -> Result<Reply, 
     Ok(Reply::NoContent)
 }
 
-/// `GET /api/v1/orgs/{org}/audit?limit=&before=`: admin writes, newest first (`before` is the
-/// `created_at` of the last event of the previous page, RFC 3339 or epoch ms).
+/// `GET /api/v1/orgs/{org}/audit?limit=&before=`: admin writes, newest first. `before` is the
+/// previous page's `next_before` (a cursor: the time and id of its last event), or a plain time
+/// (RFC 3339 or epoch ms) for the events before it.
 pub async fn audit(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
     let mut limit = 100u64;
-    let mut before = i64::MAX;
+    let mut before = AuditCursor {
+        created_at: i64::MAX,
+        id: String::new(),
+    };
     for (k, v) in c.query()? {
         match k.as_str() {
             "limit" => {
@@ -405,23 +410,28 @@ pub async fn audit(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
                     })?
             }
             "before" => {
-                before = v
-                    .parse()
-                    .ok()
-                    .or_else(|| crate::time::parse_rfc3339(&v))
-                    .ok_or_else(|| {
-                        Error::invalid_request("`before` is an RFC 3339 time or epoch milliseconds")
-                            .with_field("param", "before")
-                    })?
+                before = AuditCursor::parse(&v).ok_or_else(|| {
+                    Error::invalid_request(
+                    "`before` is a page's `next_before`, an RFC 3339 time or epoch milliseconds",
+                )
+                .with_field("param", "before")
+                })?
             }
             _ => {}
         }
     }
     let org = d1::org_by_slug(&c.db, org).await?;
-    let events = d1::list_audit_events(&c.db, &org.id, before, limit).await?;
+    let events = d1::list_audit_events(&c.db, &org.id, &before, limit).await?;
     let next = (events.len() as u64 == limit)
-        .then(|| events.last().map(|e| e.created_at))
-        .flatten();
+        .then(|| events.last())
+        .flatten()
+        .map(|e| {
+            AuditCursor {
+                created_at: e.created_at,
+                id: e.id.clone(),
+            }
+            .encode()
+        });
     let events: Vec<Value> = events.iter().map(|e| e.to_json()).collect();
     Reply::ok(json!({ "events": events, "next_before": next }))
 }

@@ -7,6 +7,7 @@ use super::{
     batch_changes, changes, insert_stmt, int, opt_int, opt_text, stmt, text, write, Columns, Rows,
 };
 use crate::error::Error;
+use crate::org::audit::AuditCursor;
 use crate::org::Role;
 use crate::providers::Provider;
 use crate::records::org::{AuditEvent, Member, Membership, Org, OrgKeyRecord, Owner};
@@ -477,17 +478,18 @@ pub async fn insert_audit_event(db: &D1Database, e: &AuditEvent) -> Result<(), E
     write(db, vec![insert], || "That audit event id is taken.".into()).await
 }
 
-/// The org's audit events before `before` (epoch ms), newest first, at most `limit`.
+/// The org's audit events before the cursor, newest first (ties on the millisecond by id,
+/// descending), at most `limit`.
 pub async fn list_audit_events(
     db: &D1Database,
     org_id: &str,
-    before: i64,
+    before: &AuditCursor,
     limit: u64,
 ) -> Result<Vec<AuditEvent>, Error> {
     stmt(
         db,
-        &format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE org_id = ?1 AND created_at < ?2 ORDER BY created_at DESC, id DESC LIMIT ?3"),
-        &[text(org_id), int(before), super::count(limit)],
+        &format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE org_id = ?1 AND (created_at, id) < (?2, ?3) ORDER BY created_at DESC, id DESC LIMIT ?4"),
+        &[text(org_id), int(before.created_at), text(&before.id), super::count(limit)],
     )?
     .rows()
     .await

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::http::with_random;
 use crate::ids::new_id;
 use crate::input::plan::PlanInput;
-use crate::limits::plan::{Limits, Plan, PlanRow};
+use crate::limits::plan::{Limits, Plan, PlanRow, PLAN_ID_KIND};
 use crate::limits::standing::Change;
 use crate::store::counter_do::change_everywhere;
 use crate::store::d1;
@@ -38,7 +38,7 @@ pub async fn create(c: &mut Call<'_>, api: &str) -> Result<Reply, Error> {
         .ok_or_else(|| Error::invalid_request("A plan needs a `name`"))?;
     let api = d1::api_by_id(&c.db, api).await?;
     let blank = Plan {
-        id: with_random(|r| new_id("pln", r))?,
+        id: with_random(|r| new_id(PLAN_ID_KIND, r))?,
         name,
         limits: Limits::default(),
         models: None,

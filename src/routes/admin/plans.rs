@@ -86,12 +86,11 @@ pub async fn subscribe(c: &mut Call<'_>, api: &str, consumer: &str) -> Result<Re
     let input: SetPlan = c.body().await?;
     let api = d1::api_by_id(&c.db, api).await?;
     // A consumer of another project (another org's, perhaps) is not this API's to subscribe. A
-    // BYO-JWT user's id is derived from this API's id and exists once it has called.
-    let byo_user = consumer.starts_with("jwu_");
-    if !byo_user
-        && d1::find_consumer(&c.db, &api.project_id, consumer)
-            .await?
-            .is_none()
+    // BYO-JWT user (`jwu_…`) is one of the project's consumers from its first call on, and until
+    // then does not exist here either (its id is not the owner's to make up).
+    if d1::find_consumer(&c.db, &api.project_id, consumer)
+        .await?
+        .is_none()
     {
         return Err(Error::not_found(format!(
             "There is no consumer `{consumer}` in project `{}`.",

@@ -19,6 +19,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         org_keys_carry_a_role_and_die_on_revocation,
         members_roles_and_the_last_owner,
         a_removed_members_keys_stay_revoked_when_they_rejoin,
+        a_key_chain_stops_where_its_keys_could_no_longer_act,
         cross_org_matrix_is_404_for_every_admin_route,
         tokens_stay_on_their_side,
         audit_log_lists_the_writes,
@@ -649,6 +650,46 @@ async fn a_removed_members_keys_stay_revoked_when_they_rejoin(c: Arc<Ctx>) -> Ca
             "{round}: a revoked key is listed as live: {live:?}"
         );
     }
+    Ok(())
+}
+
+/// Keys made with keys are followed up to 5 makers: the key that is the fifth link works, and a key
+/// made with it, which never could, is refused rather than made.
+async fn a_key_chain_stops_where_its_keys_could_no_longer_act(c: Arc<Ctx>) -> CaseResult {
+    let owner = dev_login(&c, "chain.owner@example.com").await?;
+    let org = owner.org.clone();
+    let keys_path = format!("/api/v1/orgs/{org}/keys");
+    let (_, mut last) = new_org_key(&owner.admin, &org, "admin").await?;
+    for link in 2..=5 {
+        let made = with_key(
+            &c,
+            &last,
+            Method::POST,
+            &keys_path,
+            Some(json!({"name": format!("link {link}"), "role": "admin"})),
+        )
+        .await?;
+        expect_status(&made, 201, &format!("link {link}"))?;
+        last = str_field(&made.json(), "secret")?;
+        expect_status(
+            &with_key(&c, &last, Method::GET, &keys_path, None).await?,
+            200,
+            &format!("link {link} acts"),
+        )?;
+    }
+    let too_far = with_key(
+        &c,
+        &last,
+        Method::POST,
+        &keys_path,
+        Some(json!({"name": "link 6", "role": "admin"})),
+    )
+    .await?;
+    assert_problem(&too_far, 403, "forbidden");
+    assert_eq!(too_far.json()["max_key_chain"], 5, "{}", too_far.text);
+    assert!(!too_far.text.contains("ask-"), "{}", too_far.text);
+    let listed = listed_keys(&owner.admin, &org).await?;
+    assert_eq!(listed.len(), 5, "no sixth key was made: {listed:?}");
     Ok(())
 }
 

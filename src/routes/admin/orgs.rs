@@ -10,6 +10,7 @@ use crate::error::{Error, Problem};
 use crate::http::with_random;
 use crate::ids::new_id;
 use crate::input::validate::{validate_slug, validate_text};
+use crate::org::access::{key_may_make_a_key, MAX_KEY_CHAIN};
 use crate::org::audit::AuditCursor;
 use crate::org::key::Environment;
 use crate::org::members::{check_change, Refused};
@@ -35,7 +36,7 @@ pub async fn me(c: &mut Call<'_>) -> Result<Reply, Error> {
     };
     let body = match &c.caller {
         Caller::Owner { owner, .. } => json!({"owner": owner.to_json(), "orgs": orgs}),
-        Caller::OrgKey(key) => json!({"owner": null, "key": key.to_json(), "orgs": orgs}),
+        Caller::OrgKey { key, .. } => json!({"owner": null, "key": key.to_json(), "orgs": orgs}),
         Caller::Operator => json!({"owner": null, "operator": true, "orgs": orgs}),
     };
     Reply::ok(body)
@@ -105,7 +106,7 @@ pub async fn create(c: &mut Call<'_>) -> Result<Reply, Error> {
         })
     };
     let first = match (&c.caller, input.owner_email) {
-        (Caller::OrgKey(_), _) => {
+        (Caller::OrgKey { .. }, _) => {
             return Err(Error::new(
                 Problem::Forbidden,
                 "An org key acts only in its own org: sign in as an owner to create an org.",
@@ -353,6 +354,17 @@ pub async fn create_key(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
             "A key's role is at most its creator's (`{}`).",
             c.role.as_str()
         )));
+    }
+    if let Caller::OrgKey { links, .. } = &c.caller {
+        if !key_may_make_a_key(*links) {
+            return Err(Error::new(
+                Problem::Forbidden,
+                format!(
+                    "A chain of keys made with keys is at most {MAX_KEY_CHAIN} links from the owner or operator who began it, and this key is its last link: a key made with it could never be used. Make the key with an owner's token or a key closer to the chain's start."
+                ),
+            )
+            .with_field("max_key_chain", MAX_KEY_CHAIN));
+        }
     }
     let environment = input.environment.unwrap_or(Environment::Prod);
     let org = d1::org_by_slug(&c.db, org).await?;

@@ -16,6 +16,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         custom_keys_are_hashed_masked_and_revocable,
         refusals_are_counted_per_day,
         plan_names_never_read_as_plan_ids,
+        names_show_something_and_descriptions_hold_no_control_characters,
     ]
 }
 
@@ -496,5 +497,42 @@ async fn plan_names_never_read_as_plan_ids(c: Arc<Ctx>) -> CaseResult {
         .await?;
     expect_status(&by_id, 200, "the default plan by id")?;
     assert_eq!(by_id.json()["name"], "default", "{}", by_id.text);
+    Ok(())
+}
+
+async fn names_show_something_and_descriptions_hold_no_control_characters(
+    c: Arc<Ctx>,
+) -> CaseResult {
+    let slug = "admin-text";
+    c.admin.create_project(slug).await?;
+    let consumers = format!("/api/v1/projects/{slug}/consumers");
+    for (body, param) in [
+        (json!({"name": "\u{200B}\u{FEFF}"}), "name"),
+        (json!({"name": "invoice\u{202E}fdp.exe"}), "name"),
+        (
+            json!({"name": "ok", "description": "a\u{0}b"}),
+            "description",
+        ),
+        (
+            json!({"name": "ok", "description": "\u{1b}[31mred"}),
+            "description",
+        ),
+    ] {
+        let r = c
+            .admin
+            .call(reqwest::Method::POST, &consumers, Some(body.clone()))
+            .await?;
+        assert_problem(&r, 400, "invalid-request");
+        assert_eq!(r.json()["param"], param, "{body}: {}", r.text);
+    }
+    let fine = c
+        .admin
+        .call(
+            reqwest::Method::POST,
+            &consumers,
+            Some(json!({"name": "שלום acme", "description": "two\nlines\tand a tab"})),
+        )
+        .await?;
+    expect_status(&fine, 201, "a name and a multi-line description")?;
     Ok(())
 }

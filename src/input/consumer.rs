@@ -13,13 +13,19 @@ pub struct NewConsumer {
     pub description: Option<String>,
 }
 
+/// A description may run over lines (`\n`, `\r\n`) and hold tabs, but no other control character.
 fn validate_description(d: &str) -> Result<(), Error> {
-    if d.chars().count() > 2000 {
-        return Err(Error::invalid_request(
-            "`description` may be at most 2000 characters",
-        ));
-    }
-    Ok(())
+    let why = if d.chars().count() > 2000 {
+        "`description` may be at most 2000 characters"
+    } else if d
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        "`description` may not hold control characters other than line breaks and tabs"
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid_request(why).with_field("param", "description"))
 }
 
 impl NewConsumer {
@@ -100,6 +106,23 @@ mod tests {
                 .status,
             400
         );
+        for bad in [
+            r#""a\u0000b""#,
+            r#""bell\u0007""#,
+            r#""del\u007f""#,
+            r#""esc\u001b[31m""#,
+        ] {
+            let p: ConsumerPatch =
+                parse_body(format!(r#"{{"description": {bad}}}"#).as_bytes()).unwrap();
+            assert_eq!(
+                p.validate().unwrap_err().extra["param"],
+                "description",
+                "{bad}"
+            );
+        }
+        let lines: ConsumerPatch =
+            parse_body(br#"{"description": "two\nlines\r\nand\ta tab"}"#).unwrap();
+        lines.validate().unwrap();
         let long = format!(r#"{{"description": "{}"}}"#, "d".repeat(2001));
         assert!(parse_body::<ConsumerPatch>(long.as_bytes())
             .unwrap()

@@ -66,7 +66,7 @@ fn validate_scopes(scopes: &[String]) -> Result<(), Error> {
 
 impl NewClient {
     pub fn validate(&self) -> Result<ClientType, Error> {
-        validate_text("name", &self.name, 200).map_err(|e| e.with_field("param", "name"))?;
+        validate_text("name", &self.name, 200)?;
         let client_type = ClientType::parse(&self.client_type)
             .ok_or_else(|| bad("type", "`type` is `public` or `confidential`."))?;
         validate_redirect_uris(&self.redirect_uris, client_type)?;
@@ -80,7 +80,7 @@ impl NewClient {
 impl ClientPatch {
     pub fn validate(&self, client_type: ClientType) -> Result<(), Error> {
         if let Some(n) = &self.name {
-            validate_text("name", n, 200).map_err(|e| e.with_field("param", "name"))?;
+            validate_text("name", n, 200)?;
         }
         if let Some(uris) = &self.redirect_uris {
             validate_redirect_uris(uris, client_type)?;

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use crate::error::Error;
 use crate::input::validate::{nullable, validate_text};
-use crate::limits::plan::{Limits, Plan};
+use crate::limits::plan::{looks_like_plan_id, Limits, Plan, PLAN_ID_KIND};
 use crate::limits::spend::usd_to_millionths;
 
 /// A limit in an admin body: a number, `null` (unlimited), or absent (unchanged / unlimited).
@@ -43,6 +43,13 @@ impl PlanInput {
     pub fn validate(&self) -> Result<(), Error> {
         if let Some(n) = &self.name {
             validate_text("name", n, 100)?;
+            // Plans are named by id or by name in paths and bodies: a name may not read as an id.
+            if looks_like_plan_id(n) {
+                return Err(Error::invalid_request(format!(
+                    "`name` may not start with `{PLAN_ID_KIND}_`: that is how plan ids start"
+                ))
+                .with_field("param", "name"));
+            }
         }
         for (field, v) in [
             ("requests_per_minute", self.requests_per_minute),
@@ -156,6 +163,22 @@ mod tests {
         assert_eq!(p.models, Some(vec!["a".to_string()]));
         assert_eq!(p.name, "free");
         assert!(p.is_default);
+    }
+
+    #[test]
+    fn a_name_may_not_read_as_a_plan_id() {
+        for name in ["pln_3kT9abcXYZ0123456789", "pln_x"] {
+            let input: PlanInput =
+                crate::encoding::from_json(&format!(r#"{{"name": "{name}"}}"#)).unwrap();
+            let e = input.validate().unwrap_err();
+            assert_eq!(e.problem.slug(), "invalid-request", "{name}");
+            assert_eq!(e.extra["param"], "name", "{name}");
+        }
+        for name in ["pln", "plnx", "PLN_1", "pro pln_1", "gold"] {
+            let input: PlanInput =
+                crate::encoding::from_json(&format!(r#"{{"name": "{name}"}}"#)).unwrap();
+            input.validate().unwrap();
+        }
     }
 
     #[test]

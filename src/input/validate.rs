@@ -59,13 +59,55 @@ pub fn validate_slug(field: &str, s: &str) -> Result<(), Error> {
     }
 }
 
+/// Bidirectional embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069): they reorder
+/// how the text around them is shown, so a name could read as another.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Whether a character shows nothing: whitespace, and the format characters and fillers that
+/// render as nothing (zero-width spaces and joiners, word joiners, the BOM, soft hyphens…).
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+        )
+}
+
+/// A name: 1 to `max` characters, at least one of them visible, no control characters and no
+/// bidirectional controls.
 pub fn validate_text(field: &str, s: &str, max: usize) -> Result<(), Error> {
-    if s.trim().is_empty() || s.chars().count() > max || s.chars().any(|c| c.is_control()) {
-        return Err(Error::invalid_request(format!(
-            "`{field}` must be 1-{max} printable characters"
-        )));
+    let why = if s.chars().count() > max || s.is_empty() {
+        Some(format!("`{field}` must be 1-{max} characters"))
+    } else if s.chars().any(char::is_control) {
+        Some(format!("`{field}` may not hold control characters"))
+    } else if s.chars().any(is_bidi_control) {
+        Some(format!(
+            "`{field}` may not hold bidirectional controls (U+202A to U+202E, U+2066 to U+2069)"
+        ))
+    } else if s.chars().all(is_invisible) {
+        Some(format!(
+            "`{field}` must have at least one visible character"
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::invalid_request(why).with_field("param", field)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Where a base URL sends requests: its scheme and authority, lower-cased (`demo` for the demo). A
@@ -130,6 +172,28 @@ pub fn validate_origin(o: &str) -> Result<(), Error> {
 mod tests {
     use super::*;
     use crate::input::project::NewProject;
+
+    #[test]
+    fn a_name_shows_something_and_cannot_be_reordered() {
+        for ok in ["acme", "Ünïcødé ✓", "a\u{200B}b", "שלום", "  x  "] {
+            validate_text("name", ok, 200).unwrap();
+        }
+        for bad in [
+            "",
+            "   ",
+            "\u{200B}",
+            "\u{FEFF}\u{200B}\u{2060}",
+            "\u{00AD}\u{3164}",
+            "safe\u{202E}txt.exe",
+            "a\u{2066}b\u{2069}",
+            "nul\u{0}",
+            "tab\tname",
+            "x".repeat(201).as_str(),
+        ] {
+            let e = validate_text("name", bad, 200).unwrap_err();
+            assert_eq!(e.extra["param"], "name", "{bad:?}");
+        }
+    }
 
     #[test]
     fn body_errors_are_classified() {

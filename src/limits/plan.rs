@@ -61,6 +61,15 @@ pub struct PlanRow {
     pub updated_at: i64,
 }
 
+/// Plan ids are `pln_` and random base62 (`ids::new_id` with this kind).
+pub const PLAN_ID_KIND: &str = "pln";
+
+/// Whether `name` reads as a plan id (`pln_…`): plans are named by id or by name, so no name may.
+pub fn looks_like_plan_id(name: &str) -> bool {
+    name.strip_prefix(PLAN_ID_KIND)
+        .is_some_and(|rest| rest.starts_with('_'))
+}
+
 /// The plan the gateway enforces for one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {

@@ -61,8 +61,15 @@ impl Maker {
     }
 }
 
-/// How many keys-made-by-keys are followed before a key is refused.
+/// How many makers are followed from a key to the owner or operator who began its chain before the
+/// key is refused: a key an owner made is 1 link from them, a key made with it 2, and so on.
 pub const MAX_KEY_CHAIN: usize = 5;
+
+/// Whether a key `links` makers from its chain's start may make a key (one link further): a key that
+/// could not be traced is never made.
+pub fn key_may_make_a_key(links: usize) -> bool {
+    links < MAX_KEY_CHAIN
+}
 
 #[cfg(test)]
 mod tests {
@@ -74,6 +81,13 @@ mod tests {
         assert_eq!(Maker::of("own_1"), Some(Maker::Owner("own_1".into())));
         assert_eq!(Maker::of("okey_2"), Some(Maker::Key("okey_2".into())));
         assert_eq!(Maker::of("someone"), None);
+    }
+
+    #[test]
+    fn a_key_makes_keys_only_while_the_chain_can_be_traced() {
+        assert!(key_may_make_a_key(1));
+        assert!(key_may_make_a_key(MAX_KEY_CHAIN - 1));
+        assert!(!key_may_make_a_key(MAX_KEY_CHAIN));
     }
 
     #[test]

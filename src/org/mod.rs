@@ -2,6 +2,7 @@
 //! slugs and the rules for changing an org's members.
 
 pub mod access;
+pub mod audit;
 pub mod key;
 pub mod members;
 pub mod role;

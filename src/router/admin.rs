@@ -236,16 +236,30 @@ fn scope(spec: &AdminRoute, params: &Params) -> Scope {
     }
 }
 
+/// How many of a pattern's segments are literal: a path matched by a more literal row (`orgs/me`)
+/// is not also matched by a row with a parameter there (`orgs/{org}`).
+fn literal_segments(pattern: &str) -> usize {
+    pattern.split('/').filter(|p| !p.starts_with('{')).count()
+}
+
 /// `(allowed methods, the call if the method is one of them)` for a path below `/api/v1/`, or `None`
-/// when no row has that path.
+/// when no row has that path. Only the most literal rows that match the path count, so `Allow`
+/// names no method that a wildcard row would then answer with 404.
 pub fn admin_match(method: &str, segs: &[&str]) -> Option<(String, Option<AdminCall>)> {
+    let matching: Vec<(&'static AdminRoute, Params)> = ADMIN_ROUTES
+        .iter()
+        .filter_map(|spec| bind(spec.path, segs).map(|params| (spec, params)))
+        .collect();
+    let most = matching
+        .iter()
+        .map(|(spec, _)| literal_segments(spec.path))
+        .max()?;
     let mut allowed: Vec<&'static str> = Vec::new();
     let mut found = None;
-    for spec in ADMIN_ROUTES {
-        let Some(params) = bind(spec.path, segs) else {
-            continue;
-        };
-        // `orgs/me` comes before `orgs/{org}`: the first row of a method wins.
+    for (spec, params) in matching
+        .into_iter()
+        .filter(|(spec, _)| literal_segments(spec.path) == most)
+    {
         if !allowed.contains(&spec.method) {
             allowed.push(spec.method);
         }
@@ -256,9 +270,6 @@ pub fn admin_match(method: &str, segs: &[&str]) -> Option<(String, Option<AdminC
                 scope: scope(spec, &params),
             });
         }
-    }
-    if allowed.is_empty() {
-        return None;
     }
     Some((allowed.join(", "), found))
 }
@@ -368,10 +379,10 @@ mod tests {
         assert_eq!(call("POST", "gateway/apis").scope, Scope::BodyProject);
         assert_eq!(call("GET", "orgs/me").route, Admin::OrgsMe);
         assert_eq!(call("GET", "orgs/me").scope, Scope::Caller);
-        assert_eq!(
-            call("DELETE", "orgs/me").route,
-            Admin::DeleteOrg { org: "me".into() }
-        );
+        // `orgs/me` is not an org (`me` is a reserved slug): `orgs/{org}`'s other methods are 405.
+        let (allowed, none) = admin_match("DELETE", &["orgs", "me"]).unwrap();
+        assert!(none.is_none());
+        assert_eq!(allowed, "GET");
         let (allowed, none) = admin_match("PUT", &["orgs", "acme"]).unwrap();
         assert!(none.is_none());
         assert_eq!(allowed, "GET, PATCH, DELETE");

@@ -296,8 +296,24 @@ fn owned(arm: Option<Arm>) -> Option<(String, Option<Route>)> {
     arm.map(|(allowed, route)| (allowed.to_string(), route))
 }
 
-/// Resolves a request line. `path` is the URL path without query.
+/// A route's `Allow`: every method of its rows, and HEAD wherever GET is (RFC 9110 §9.3.2).
+fn allow_header(allowed: &str) -> String {
+    let mut methods: Vec<&str> = allowed.split(", ").collect();
+    if methods.contains(&"GET") && !methods.contains(&"HEAD") {
+        let at = methods
+            .iter()
+            .position(|m| *m == "GET")
+            .map_or(0, |i| i + 1);
+        methods.insert(at, "HEAD");
+    }
+    methods.join(", ")
+}
+
+/// Resolves a request line. `method` is the request's own, as sent (an unknown one is 405, never
+/// read as GET); HEAD takes the GET route, and the runtime drops the answer's body. `path` is the URL
+/// path without query.
 pub fn route(method: &str, path: &str) -> Result<Route, Error> {
+    let method = if method == "HEAD" { "GET" } else { method };
     let segs: Vec<&str> = path
         .trim_matches('/')
         .split('/')
@@ -315,7 +331,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
     };
     match arm {
         Some((_, Some(route))) => Ok(route),
-        Some((allowed, None)) => Err(Error::method_not_allowed(&allowed)),
+        Some((allowed, None)) => Err(Error::method_not_allowed(&allow_header(&allowed))),
         None => Err(Error::not_found(format!("No route for {path}."))),
     }
 }
@@ -538,9 +554,64 @@ mod tests {
             .unwrap_err()
             .headers
             .iter()
-            .any(|(k, v)| k == "Allow" && v == "GET, POST"));
+            .any(|(k, v)| k == "Allow" && v == "GET, HEAD, POST"));
         assert!(route("POST", "/api/v1/projects").unwrap().is_admin());
         assert!(!Route::Public(Public::Health).is_admin());
+    }
+
+    fn allow_of(method: &str, path: &str) -> Option<String> {
+        let e = route(method, path).err()?;
+        e.headers
+            .iter()
+            .find(|(k, _)| k == "Allow")
+            .map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn an_unknown_method_is_405_and_head_takes_the_get_route() {
+        for method in ["PROPFIND", "PURGE", "LOCK", "get"] {
+            assert_eq!(
+                allow_of(method, "/api/v1/projects").as_deref(),
+                Some("GET, HEAD, POST"),
+                "{method}"
+            );
+            assert_eq!(
+                allow_of(method, "/v1/demo/chat/chat/completions").as_deref(),
+                Some("POST")
+            );
+        }
+        assert_eq!(
+            route("HEAD", "/api/v1/projects"),
+            route("GET", "/api/v1/projects")
+        );
+        assert_eq!(
+            route("HEAD", "/v1/demo/chat/models"),
+            route("GET", "/v1/demo/chat/models")
+        );
+        assert_eq!(
+            allow_of("HEAD", "/v1/demo/chat/chat/completions").as_deref(),
+            Some("POST")
+        );
+        assert_eq!(allow_of("PUT", "/health").as_deref(), Some("GET, HEAD"));
+        assert_eq!(allow_of("PUT", "/sdk.js").as_deref(), Some("GET, HEAD"));
+    }
+
+    #[test]
+    fn allow_names_only_methods_the_path_takes() {
+        // `orgs/me` is its own row: `orgs/{org}`'s PATCH and DELETE are not offered there.
+        assert_eq!(
+            allow_of("PATCH", "/api/v1/orgs/me").as_deref(),
+            Some("GET, HEAD")
+        );
+        assert_eq!(
+            allow_of("PUT", "/api/v1/orgs/acme/providers/reencrypt").as_deref(),
+            Some("POST")
+        );
+        assert_eq!(
+            allow_of("POST", "/api/v1/orgs/acme").as_deref(),
+            Some("GET, HEAD, PATCH, DELETE")
+        );
+        assert!(route("PATCH", "/api/v1/orgs/acme").is_ok());
     }
 
     #[test]

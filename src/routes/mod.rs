@@ -21,7 +21,8 @@ const EXPOSED: &str = "Retry-After, x-should-retry, x-request-id, request-id, op
     x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, WWW-Authenticate";
 
 pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Response> {
-    let method = req.method().to_string();
+    // The method as sent: `req.method()` reads any method it does not know (PROPFIND, PURGE…) as GET.
+    let method = req.inner().method();
     let path = crate::http::Target::of(&req).path;
     let origin = header(&req, "origin");
     let requested_headers = header(&req, "access-control-request-headers");

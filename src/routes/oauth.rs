@@ -445,7 +445,7 @@ pub async fn authorize(
     let key = encryption_secret(env)?;
     let digest = request.digest();
     let now = now_ms();
-    if req.method() == worker::Method::Get {
+    if matches!(req.method(), worker::Method::Get | worker::Method::Head) {
         // Signed in for this very request a moment ago (a reload): straight to consent.
         if let Some(t) = cookie_transaction(&req, key.as_bytes(), &digest, now) {
             return consent_page(&request, &t, key.as_bytes(), &project, 200, None);

@@ -15,6 +15,8 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         admin_conflicts_unknown_ids_and_hidden_provider_key,
         custom_keys_are_hashed_masked_and_revocable,
         refusals_are_counted_per_day,
+        plan_names_never_read_as_plan_ids,
+        names_show_something_and_descriptions_hold_no_control_characters,
     ]
 }
 
@@ -449,5 +451,88 @@ async fn refusals_are_counted_per_day(c: Arc<Ctx>) -> CaseResult {
         "{}",
         records.text
     );
+    Ok(())
+}
+
+/// Plans are named by id or by name: a name shaped like an id is refused, so the two never collide.
+async fn plan_names_never_read_as_plan_ids(c: Arc<Ctx>) -> CaseResult {
+    let t = c.tenant_on_mock("plan-names", "ok", json!({})).await?;
+    let plans = format!("/api/v1/gateway/apis/{}/plans", t.api_id);
+    let listed = c.admin.call(reqwest::Method::GET, &plans, None).await?;
+    expect_status(&listed, 200, "list plans")?;
+    let default_id = str_field(&listed.json()["plans"][0], "id")?;
+    assert!(default_id.starts_with("pln_"), "{}", listed.text);
+    let named_like_an_id = c
+        .admin
+        .call(
+            reqwest::Method::POST,
+            &plans,
+            Some(json!({"name": default_id, "requests_per_day": 1})),
+        )
+        .await?;
+    assert_problem(&named_like_an_id, 400, "invalid-request");
+    assert_eq!(
+        named_like_an_id.json()["param"],
+        "name",
+        "{}",
+        named_like_an_id.text
+    );
+    let renamed = c
+        .admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("{plans}/default"),
+            Some(json!({"name": "pln_other"})),
+        )
+        .await?;
+    assert_problem(&renamed, 400, "invalid-request");
+    // The default plan is still found by its id, and is still the default.
+    let by_id = c
+        .admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("{plans}/{default_id}"),
+            Some(json!({"requests_per_day": 1000})),
+        )
+        .await?;
+    expect_status(&by_id, 200, "the default plan by id")?;
+    assert_eq!(by_id.json()["name"], "default", "{}", by_id.text);
+    Ok(())
+}
+
+async fn names_show_something_and_descriptions_hold_no_control_characters(
+    c: Arc<Ctx>,
+) -> CaseResult {
+    let slug = "admin-text";
+    c.admin.create_project(slug).await?;
+    let consumers = format!("/api/v1/projects/{slug}/consumers");
+    for (body, param) in [
+        (json!({"name": "\u{200B}\u{FEFF}"}), "name"),
+        (json!({"name": "invoice\u{202E}fdp.exe"}), "name"),
+        (
+            json!({"name": "ok", "description": "a\u{0}b"}),
+            "description",
+        ),
+        (
+            json!({"name": "ok", "description": "\u{1b}[31mred"}),
+            "description",
+        ),
+    ] {
+        let r = c
+            .admin
+            .call(reqwest::Method::POST, &consumers, Some(body.clone()))
+            .await?;
+        assert_problem(&r, 400, "invalid-request");
+        assert_eq!(r.json()["param"], param, "{body}: {}", r.text);
+    }
+    let fine = c
+        .admin
+        .call(
+            reqwest::Method::POST,
+            &consumers,
+            Some(json!({"name": "שלום acme", "description": "two\nlines\tand a tab"})),
+        )
+        .await?;
+    expect_status(&fine, 201, "a name and a multi-line description")?;
     Ok(())
 }

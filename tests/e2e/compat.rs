@@ -16,6 +16,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         request_ids_go_upstream_and_come_back,
         bodies_reach_the_upstream_as_written,
         cors_headers_are_on_404_and_405_too,
+        unknown_methods_are_405_and_head_is_get_without_a_body,
     ]
 }
 
@@ -200,5 +201,47 @@ async fn cors_headers_are_on_404_and_405_too(c: Arc<Ctx>) -> CaseResult {
         .unwrap_or("")
         .to_ascii_lowercase();
     assert!(exposed.contains("x-request-id"), "{exposed}");
+    Ok(())
+}
+
+/// A method the gateway does not know is refused with what the path takes, never answered as GET;
+/// HEAD is GET without the body.
+async fn unknown_methods_are_405_and_head_is_get_without_a_body(c: Arc<Ctx>) -> CaseResult {
+    let slug = "compat-methods";
+    let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
+    let method = |m: &str| Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string());
+    let admin_path = format!("/api/v1/projects/{slug}");
+    for m in ["PROPFIND", "PURGE"] {
+        let admin = c.admin.call(method(m)?, &admin_path, None).await?;
+        assert_problem(&admin, 405, "method-not-allowed");
+        assert_eq!(admin.header("allow"), Some("GET, HEAD, PATCH"), "{m}");
+        let data = Reply::read(
+            c.http
+                .request(
+                    method(m)?,
+                    format!("{}/v1/{}/{}/chat/completions", c.base, t.project, t.api),
+                )
+                .bearer_auth(&t.secret)
+                .send()
+                .await?,
+        )
+        .await?;
+        assert_problem(&data, 405, "method-not-allowed");
+        assert_eq!(data.header("allow"), Some("POST"), "{m}");
+    }
+    let get = c.admin.call(Method::GET, &admin_path, None).await?;
+    expect_status(&get, 200, "GET the project")?;
+    let head = c.admin.call(Method::HEAD, &admin_path, None).await?;
+    expect_status(&head, 200, "HEAD the project")?;
+    assert_eq!(head.text, "", "HEAD has no body");
+    assert_eq!(
+        head.header("content-type"),
+        get.header("content-type"),
+        "HEAD's headers are GET's"
+    );
+    // `orgs/me` is not `orgs/{org}`: it takes GET only.
+    let me = c.admin.call(Method::PATCH, "/api/v1/orgs/me", None).await?;
+    assert_problem(&me, 405, "method-not-allowed");
+    assert_eq!(me.header("allow"), Some("GET, HEAD"));
     Ok(())
 }

@@ -18,9 +18,12 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         owner_signs_in_with_an_email_code,
         org_keys_carry_a_role_and_die_on_revocation,
         members_roles_and_the_last_owner,
+        a_removed_members_keys_stay_revoked_when_they_rejoin,
+        a_key_chain_stops_where_its_keys_could_no_longer_act,
         cross_org_matrix_is_404_for_every_admin_route,
         tokens_stay_on_their_side,
         audit_log_lists_the_writes,
+        audit_pages_show_every_event_once,
     ]
 }
 
@@ -579,6 +582,114 @@ async fn org_keys_carry_a_role_and_die_on_revocation(c: Arc<Ctx>) -> CaseResult 
         let r = with_key(&c, junk, Method::GET, "/api/v1/projects", None).await?;
         assert_problem(&r, 401, "admin-unauthorized");
     }
+    Ok(())
+}
+
+/// The ids of the org's keys its listing shows (live keys only).
+async fn listed_keys(admin: &Admin, org: &str) -> Result<Vec<String>> {
+    let r = admin
+        .call(Method::GET, &format!("/api/v1/orgs/{org}/keys"), None)
+        .await?;
+    expect_status(&r, 200, "list org keys")?;
+    Ok(r.json()["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["id"].as_str().map(str::to_string))
+        .collect())
+}
+
+async fn a_removed_members_keys_stay_revoked_when_they_rejoin(c: Arc<Ctx>) -> CaseResult {
+    let owner = dev_login(&c, "rejoin.owner@example.com").await?;
+    let org = owner.org.clone();
+    let members_path = format!("/api/v1/orgs/{org}/members");
+    let invite = || {
+        owner.admin.call(
+            Method::POST,
+            &members_path,
+            Some(json!({"email": "rejoin.admin@example.com", "role": "admin"})),
+        )
+    };
+    let inv = invite().await?;
+    expect_status(&inv, 201, "invite an admin")?;
+    let member_id = str_field(&inv.json(), "id")?;
+    let member = dev_login(&c, "rejoin.admin@example.com").await?;
+    // A key the member made, and a key made with that key.
+    let (made_id, made) = new_org_key(&member.admin, &org, "admin").await?;
+    let child = with_key(
+        &c,
+        &made,
+        Method::POST,
+        &format!("/api/v1/orgs/{org}/keys"),
+        Some(json!({"name": "made with a key", "role": "admin"})),
+    )
+    .await?;
+    expect_status(&child, 201, "a key makes a key")?;
+    let (child_id, child) = (
+        str_field(&child.json(), "id")?,
+        str_field(&child.json(), "secret")?,
+    );
+    let gone = owner
+        .admin
+        .call(Method::DELETE, &format!("{members_path}/{member_id}"), None)
+        .await?;
+    expect_status(&gone, 204, "remove the member")?;
+    // Removed, then invited again and signed in again: the old keys stay refused and unlisted.
+    for round in ["after removal", "after rejoining"] {
+        if round == "after rejoining" {
+            expect_status(&invite().await?, 201, "invite again")?;
+            dev_login(&c, "rejoin.admin@example.com").await?;
+        }
+        for secret in [&made, &child] {
+            let r = with_key(&c, secret, Method::GET, &members_path, None).await?;
+            assert_problem(&r, 401, "admin-unauthorized");
+        }
+        let live = listed_keys(&owner.admin, &org).await?;
+        assert!(
+            !live.contains(&made_id) && !live.contains(&child_id),
+            "{round}: a revoked key is listed as live: {live:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Keys made with keys are followed up to 5 makers: the key that is the fifth link works, and a key
+/// made with it, which never could, is refused rather than made.
+async fn a_key_chain_stops_where_its_keys_could_no_longer_act(c: Arc<Ctx>) -> CaseResult {
+    let owner = dev_login(&c, "chain.owner@example.com").await?;
+    let org = owner.org.clone();
+    let keys_path = format!("/api/v1/orgs/{org}/keys");
+    let (_, mut last) = new_org_key(&owner.admin, &org, "admin").await?;
+    for link in 2..=5 {
+        let made = with_key(
+            &c,
+            &last,
+            Method::POST,
+            &keys_path,
+            Some(json!({"name": format!("link {link}"), "role": "admin"})),
+        )
+        .await?;
+        expect_status(&made, 201, &format!("link {link}"))?;
+        last = str_field(&made.json(), "secret")?;
+        expect_status(
+            &with_key(&c, &last, Method::GET, &keys_path, None).await?,
+            200,
+            &format!("link {link} acts"),
+        )?;
+    }
+    let too_far = with_key(
+        &c,
+        &last,
+        Method::POST,
+        &keys_path,
+        Some(json!({"name": "link 6", "role": "admin"})),
+    )
+    .await?;
+    assert_problem(&too_far, 403, "forbidden");
+    assert_eq!(too_far.json()["max_key_chain"], 5, "{}", too_far.text);
+    assert!(!too_far.text.contains("ask-"), "{}", too_far.text);
+    let listed = listed_keys(&owner.admin, &org).await?;
+    assert_eq!(listed.len(), 5, "no sixth key was made: {listed:?}");
     Ok(())
 }
 
@@ -1180,7 +1291,7 @@ async fn audit_log_lists_the_writes(c: Arc<Ctx>) -> CaseResult {
         "{}",
         page.text
     );
-    let before = page.json()["next_before"].clone();
+    let before = str_field(&page.json(), "next_before")?;
     let rest = owner
         .admin
         .call(
@@ -1226,5 +1337,67 @@ async fn audit_log_lists_the_writes(c: Arc<Ctx>) -> CaseResult {
         "{}",
         default.text
     );
+    Ok(())
+}
+
+async fn audit_pages_show_every_event_once(c: Arc<Ctx>) -> CaseResult {
+    let owner = dev_login(&c, "audit.pages@example.com").await?;
+    let org = owner.org.clone();
+    // Writes sent together, so several share a millisecond (and a page boundary falls among them).
+    let org_path = format!("/api/v1/orgs/{org}");
+    let renames = (0..20).map(|i| {
+        owner.admin.call(
+            Method::PATCH,
+            &org_path,
+            Some(json!({"name": format!("Renamed {i}")})),
+        )
+    });
+    for r in futures_util::future::join_all(renames).await {
+        expect_status(&r?, 200, "a rename")?;
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut before: Option<String> = None;
+    for _ in 0..20 {
+        let query = before
+            .as_deref()
+            .map_or(String::new(), |b| format!("&before={b}"));
+        let page = owner
+            .admin
+            .call(
+                Method::GET,
+                &format!("/api/v1/orgs/{org}/audit?limit=3{query}"),
+                None,
+            )
+            .await?;
+        expect_status(&page, 200, "an audit page")?;
+        let v = page.json();
+        seen.extend(
+            v["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["id"].as_str().map(str::to_string)),
+        );
+        match v["next_before"].as_str() {
+            Some(next) => before = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "an event shown twice: {seen:?}");
+    assert_eq!(seen.len(), 20, "every rename once: {seen:?}");
+    // A plain time still pages: nothing is older than the org.
+    let old = owner
+        .admin
+        .call(
+            Method::GET,
+            &format!("/api/v1/orgs/{org}/audit?before=2000-01-01T00:00:00Z"),
+            None,
+        )
+        .await?;
+    expect_status(&old, 200, "a plain time")?;
+    assert_eq!(old.json()["events"], json!([]), "{}", old.text);
     Ok(())
 }

@@ -22,8 +22,9 @@ pub enum Caller {
         owner: Owner,
         memberships: Vec<Membership>,
     },
-    /// An org key: its org, with its role.
-    OrgKey(OrgKeyRecord),
+    /// An org key: its org, with its role, and how many makers lead from it to the owner or operator
+    /// who began its chain (1: made by one of them).
+    OrgKey { key: OrgKeyRecord, links: usize },
 }
 
 impl Caller {
@@ -35,7 +36,7 @@ impl Caller {
                 .iter()
                 .find(|m| m.org_id == org_id)
                 .map(|m| m.role),
-            Caller::OrgKey(key) => (key.org_id == org_id).then_some(key.role),
+            Caller::OrgKey { key, .. } => (key.org_id == org_id).then_some(key.role),
         }
     }
 
@@ -46,7 +47,7 @@ impl Caller {
             Caller::Owner { memberships, .. } => {
                 Some(memberships.iter().map(|m| m.org_id.clone()).collect())
             }
-            Caller::OrgKey(key) => Some(vec![key.org_id.clone()]),
+            Caller::OrgKey { key, .. } => Some(vec![key.org_id.clone()]),
         }
     }
 
@@ -59,7 +60,9 @@ impl Caller {
                 Some(owner.id.clone()),
                 owner.email.clone(),
             ),
-            Caller::OrgKey(key) => (ActorType::OrgKey, Some(key.id.clone()), key.name.clone()),
+            Caller::OrgKey { key, .. } => {
+                (ActorType::OrgKey, Some(key.id.clone()), key.name.clone())
+            }
         }
     }
 }
@@ -105,25 +108,27 @@ async fn org_key_caller(db: &D1Database, sent: &str) -> Result<Caller, Error> {
     let mut found = d1::org_key_by_hash(db, &key.hash())
         .await?
         .ok_or_else(|| unauthorized("This org key is unknown or has been revoked."))?;
-    found.role = acting_role(db, &found).await?;
-    Ok(Caller::OrgKey(found))
+    let (role, links) = acting_role(db, &found).await?;
+    found.role = role;
+    Ok(Caller::OrgKey { key: found, links })
 }
 
 /// A key acts with at most its maker's role now: an owner's current role in the org (a key of an
-/// owner who left is refused), or the role of the key that made it, and so on up the chain.
-async fn acting_role(db: &D1Database, key: &OrgKeyRecord) -> Result<Role, Error> {
+/// owner who left is refused), or the role of the key that made it, and so on up the chain. With
+/// the role, how many makers were followed.
+async fn acting_role(db: &D1Database, key: &OrgKeyRecord) -> Result<(Role, usize), Error> {
     let mut role = key.role;
     let mut maker = key.created_by.clone();
-    for _ in 0..MAX_KEY_CHAIN {
+    for links in 1..=MAX_KEY_CHAIN {
         match Maker::of(&maker) {
-            Some(Maker::Operator) => return Ok(role),
+            Some(Maker::Operator) => return Ok((role, links)),
             Some(Maker::Owner(owner)) => {
                 let theirs = d1::member_role(db, &key.org_id, &owner)
                     .await?
                     .ok_or_else(|| {
                         unauthorized("This org key's maker is no longer a member of its org.")
                     })?;
-                return Ok(role.min(theirs));
+                return Ok((role.min(theirs), links));
             }
             Some(Maker::Key(id)) => {
                 let parent = d1::org_key_by_id(db, &key.org_id, &id)
@@ -219,7 +224,7 @@ fn caller_role(caller: &Caller) -> Role {
     match caller {
         Caller::Operator => Role::Owner,
         Caller::Owner { .. } => Role::Viewer,
-        Caller::OrgKey(key) => key.role,
+        Caller::OrgKey { key, .. } => key.role,
     }
 }
 
@@ -228,7 +233,7 @@ fn caller_role(caller: &Caller) -> Role {
 fn default_org(caller: &Caller) -> Result<String, Error> {
     match caller {
         Caller::Operator => Ok(DEFAULT_ORG_ID.to_string()),
-        Caller::OrgKey(key) => Ok(key.org_id.clone()),
+        Caller::OrgKey { key, .. } => Ok(key.org_id.clone()),
         Caller::Owner { memberships, .. } => match memberships.as_slice() {
             [only] => Ok(only.org_id.clone()),
             _ => Err(Error::invalid_request(

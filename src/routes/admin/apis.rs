@@ -10,7 +10,7 @@ use crate::http::with_random;
 use crate::identity::EventDraft;
 use crate::ids::new_id;
 use crate::input::api::{ApiPatch, NewApi};
-use crate::limits::plan::{Limits, Plan};
+use crate::limits::plan::{Limits, Plan, PLAN_ID_KIND};
 use crate::records::Api;
 use crate::store::d1;
 
@@ -35,7 +35,7 @@ pub async fn create(c: &mut Call<'_>) -> Result<Reply, Error> {
     let id = with_random(|r| new_id("api", r))?;
     let api = input.into_api(id, &project, c.now, &|k| c.seal(k))?;
     let default_plan = Plan {
-        id: with_random(|r| new_id("pln", r))?,
+        id: with_random(|r| new_id(PLAN_ID_KIND, r))?,
         name: "default".into(),
         limits: Limits::default(),
         models: None,

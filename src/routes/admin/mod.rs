@@ -152,7 +152,7 @@ pub async fn handle(
     .await?;
     call.role = grant.role;
     call.audit_org = grant.org_id;
-    if let Caller::OrgKey(key) = &call.caller {
+    if let Caller::OrgKey { key, .. } = &call.caller {
         touch_org_key(ctx, env, &key.id, now);
     }
     let spec = admin.spec;

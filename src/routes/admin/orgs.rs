@@ -10,6 +10,8 @@ use crate::error::{Error, Problem};
 use crate::http::with_random;
 use crate::ids::new_id;
 use crate::input::validate::{validate_slug, validate_text};
+use crate::org::access::{key_may_make_a_key, MAX_KEY_CHAIN};
+use crate::org::audit::AuditCursor;
 use crate::org::key::Environment;
 use crate::org::members::{check_change, Refused};
 use crate::org::{slug_is_reserved, OrgKey, Role, DEFAULT_ORG_ID};
@@ -34,7 +36,7 @@ pub async fn me(c: &mut Call<'_>) -> Result<Reply, Error> {
     };
     let body = match &c.caller {
         Caller::Owner { owner, .. } => json!({"owner": owner.to_json(), "orgs": orgs}),
-        Caller::OrgKey(key) => json!({"owner": null, "key": key.to_json(), "orgs": orgs}),
+        Caller::OrgKey { key, .. } => json!({"owner": null, "key": key.to_json(), "orgs": orgs}),
         Caller::Operator => json!({"owner": null, "operator": true, "orgs": orgs}),
     };
     Reply::ok(body)
@@ -104,7 +106,7 @@ pub async fn create(c: &mut Call<'_>) -> Result<Reply, Error> {
         })
     };
     let first = match (&c.caller, input.owner_email) {
-        (Caller::OrgKey(_), _) => {
+        (Caller::OrgKey { .. }, _) => {
             return Err(Error::new(
                 Problem::Forbidden,
                 "An org key acts only in its own org: sign in as an owner to create an org.",
@@ -302,7 +304,8 @@ pub async fn patch_member(c: &mut Call<'_>, org: &str, id: &str) -> Result<Reply
 }
 
 /// `DELETE /api/v1/orgs/{org}/members/{id}`: a member leaves (or an invitation is withdrawn); their
-/// tokens lose the org on the very next request.
+/// tokens lose the org on the very next request, and the keys they made (and the keys made with
+/// those) are revoked with the membership, so a later invitation does not bring them back.
 pub async fn remove_member(c: &mut Call<'_>, org: &str, id: &str) -> Result<Reply, Error> {
     let org = d1::org_by_slug(&c.db, org).await?;
     let member = find_member(c, &org, id).await?;
@@ -315,7 +318,7 @@ pub async fn remove_member(c: &mut Call<'_>, org: &str, id: &str) -> Result<Repl
         owners,
     )
     .map_err(|e| refused(e, c.role))?;
-    if !d1::remove_member(&c.db, &org.id, id, member.role).await? {
+    if !d1::remove_member(&c.db, &org.id, &member, c.now).await? {
         return Err(refused(Refused::LastOwner, c.role));
     }
     Ok(Reply::NoContent)
@@ -352,6 +355,17 @@ pub async fn create_key(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
             c.role.as_str()
         )));
     }
+    if let Caller::OrgKey { links, .. } = &c.caller {
+        if !key_may_make_a_key(*links) {
+            return Err(Error::new(
+                Problem::Forbidden,
+                format!(
+                    "A chain of keys made with keys is at most {MAX_KEY_CHAIN} links from the owner or operator who began it, and this key is its last link: a key made with it could never be used. Make the key with an owner's token or a key closer to the chain's start."
+                ),
+            )
+            .with_field("max_key_chain", MAX_KEY_CHAIN));
+        }
+    }
     let environment = input.environment.unwrap_or(Environment::Prod);
     let org = d1::org_by_slug(&c.db, org).await?;
     let key = with_random(|r| OrgKey::generate(environment, r))?;
@@ -374,7 +388,8 @@ pub async fn create_key(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
     Reply::created(view)
 }
 
-/// `DELETE /api/v1/orgs/{org}/keys/{id}`: refused from the very next request on.
+/// `DELETE /api/v1/orgs/{org}/keys/{id}`: refused from the very next request on, with the keys made
+/// with it.
 pub async fn revoke_key(c: &mut Call<'_>, org: &str, id: &str) -> Result<Reply, Error> {
     let org = d1::org_by_slug(&c.db, org).await?;
     if !d1::revoke_org_key(&c.db, &org.id, id, c.now).await? {
@@ -386,11 +401,15 @@ pub async fn revoke_key(c: &mut Call<'_>, org: &str, id: &str) -> Result<Reply, 
     Ok(Reply::NoContent)
 }
 
-/// `GET /api/v1/orgs/{org}/audit?limit=&before=`: admin writes, newest first (`before` is the
-/// `created_at` of the last event of the previous page, RFC 3339 or epoch ms).
+/// `GET /api/v1/orgs/{org}/audit?limit=&before=`: admin writes, newest first. `before` is the
+/// previous page's `next_before` (a cursor: the time and id of its last event), or a plain time
+/// (RFC 3339 or epoch ms) for the events before it.
 pub async fn audit(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
     let mut limit = 100u64;
-    let mut before = i64::MAX;
+    let mut before = AuditCursor {
+        created_at: i64::MAX,
+        id: String::new(),
+    };
     for (k, v) in c.query()? {
         match k.as_str() {
             "limit" => {
@@ -403,23 +422,28 @@ pub async fn audit(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
                     })?
             }
             "before" => {
-                before = v
-                    .parse()
-                    .ok()
-                    .or_else(|| crate::time::parse_rfc3339(&v))
-                    .ok_or_else(|| {
-                        Error::invalid_request("`before` is an RFC 3339 time or epoch milliseconds")
-                            .with_field("param", "before")
-                    })?
+                before = AuditCursor::parse(&v).ok_or_else(|| {
+                    Error::invalid_request(
+                    "`before` is a page's `next_before`, an RFC 3339 time or epoch milliseconds",
+                )
+                .with_field("param", "before")
+                })?
             }
             _ => {}
         }
     }
     let org = d1::org_by_slug(&c.db, org).await?;
-    let events = d1::list_audit_events(&c.db, &org.id, before, limit).await?;
+    let events = d1::list_audit_events(&c.db, &org.id, &before, limit).await?;
     let next = (events.len() as u64 == limit)
-        .then(|| events.last().map(|e| e.created_at))
-        .flatten();
+        .then(|| events.last())
+        .flatten()
+        .map(|e| {
+            AuditCursor {
+                created_at: e.created_at,
+                id: e.id.clone(),
+            }
+            .encode()
+        });
     let events: Vec<Value> = events.iter().map(|e| e.to_json()).collect();
     Reply::ok(json!({ "events": events, "next_before": next }))
 }

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::http::with_random;
 use crate::ids::new_id;
 use crate::input::plan::PlanInput;
-use crate::limits::plan::{Limits, Plan, PlanRow};
+use crate::limits::plan::{Limits, Plan, PlanRow, PLAN_ID_KIND};
 use crate::limits::standing::Change;
 use crate::store::counter_do::change_everywhere;
 use crate::store::d1;
@@ -38,7 +38,7 @@ pub async fn create(c: &mut Call<'_>, api: &str) -> Result<Reply, Error> {
         .ok_or_else(|| Error::invalid_request("A plan needs a `name`"))?;
     let api = d1::api_by_id(&c.db, api).await?;
     let blank = Plan {
-        id: with_random(|r| new_id("pln", r))?,
+        id: with_random(|r| new_id(PLAN_ID_KIND, r))?,
         name,
         limits: Limits::default(),
         models: None,
@@ -86,12 +86,11 @@ pub async fn subscribe(c: &mut Call<'_>, api: &str, consumer: &str) -> Result<Re
     let input: SetPlan = c.body().await?;
     let api = d1::api_by_id(&c.db, api).await?;
     // A consumer of another project (another org's, perhaps) is not this API's to subscribe. A
-    // BYO-JWT user's id is derived from this API's id and exists once it has called.
-    let byo_user = consumer.starts_with("jwu_");
-    if !byo_user
-        && d1::find_consumer(&c.db, &api.project_id, consumer)
-            .await?
-            .is_none()
+    // BYO-JWT user (`jwu_…`) is one of the project's consumers from its first call on, and until
+    // then does not exist here either (its id is not the owner's to make up).
+    if d1::find_consumer(&c.db, &api.project_id, consumer)
+        .await?
+        .is_none()
     {
         return Err(Error::not_found(format!(
             "There is no consumer `{consumer}` in project `{}`.",

@@ -269,6 +269,19 @@ async fn write(
     }
 }
 
+/// Runs `statements` as one batch (one transaction); how many rows the first one changed.
+async fn batch_changes(
+    db: &D1Database,
+    statements: Vec<D1PreparedStatement>,
+) -> Result<u64, Error> {
+    let results = db.batch(statements).await?;
+    let first = match results.first() {
+        Some(r) => r.meta()?.and_then(|m| m.changes),
+        None => None,
+    };
+    Ok(first.unwrap_or(0) as u64)
+}
+
 async fn changes(db: &D1Database, sql: &str, args: &[JsValue]) -> Result<u64, Error> {
     let result = stmt(db, sql, args)?.run().await?;
     Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) as u64)

@@ -3,8 +3,11 @@
 use serde::Deserialize;
 use worker::D1Database;
 
-use super::{changes, insert_stmt, int, opt_int, opt_text, stmt, text, write, Columns, Rows};
+use super::{
+    batch_changes, changes, insert_stmt, int, opt_int, opt_text, stmt, text, write, Columns, Rows,
+};
 use crate::error::Error;
+use crate::org::audit::AuditCursor;
 use crate::org::Role;
 use crate::providers::Provider;
 use crate::records::org::{AuditEvent, Member, Membership, Org, OrgKeyRecord, Owner};
@@ -302,21 +305,44 @@ pub async fn set_member_role(
     Ok(n > 0)
 }
 
-/// Removes a member (still of the role checked) under the same last-owner guard; whether it went.
+/// The ids of the org's keys (`?1`) made by `?{n}` (an owner's or a key's id), and of the keys made
+/// by those, down the whole chain, revoked ones included (their children die with them).
+fn keys_made_by(n: usize) -> String {
+    format!(
+        "WITH RECURSIVE made(id) AS (SELECT id FROM org_keys WHERE org_id = ?1 AND created_by = ?{n} \
+         UNION SELECT k.id FROM org_keys k JOIN made ON k.created_by = made.id WHERE k.org_id = ?1) \
+         SELECT id FROM made"
+    )
+}
+
+/// Removes a member (still of the role checked) under the same last-owner guard, and in the same
+/// batch revokes the keys they made and the keys made by those (else a re-invited member's old keys
+/// would act again); whether the member went.
 pub async fn remove_member(
     db: &D1Database,
     org_id: &str,
-    id: &str,
-    role: Role,
+    member: &Member,
+    now: i64,
 ) -> Result<bool, Error> {
-    let n = changes(
+    let mut statements = vec![stmt(
         db,
         "DELETE FROM org_members WHERE org_id = ?1 AND id = ?2 AND role = ?3 AND (NOT (role = 'owner' AND status = 'active') \
          OR (SELECT COUNT(*) FROM org_members WHERE org_id = ?1 AND role = 'owner' AND status = 'active') > 1)",
-        &[text(org_id), text(id), text(role.as_str())],
-    )
-    .await?;
-    Ok(n > 0)
+        &[text(org_id), text(&member.id), text(member.role.as_str())],
+    )?];
+    if let Some(owner_id) = &member.owner_id {
+        // Only once the maker is no longer a member: a removal the guard refused revokes nothing.
+        statements.push(stmt(
+            db,
+            &format!(
+                "UPDATE org_keys SET revoked_at = ?3 WHERE org_id = ?1 AND revoked_at IS NULL AND id IN ({}) \
+                 AND NOT EXISTS (SELECT 1 FROM org_members WHERE org_id = ?1 AND owner_id = ?2)",
+                keys_made_by(2)
+            ),
+            &[text(org_id), text(owner_id), int(now)],
+        )?);
+    }
+    Ok(batch_changes(db, statements).await? > 0)
 }
 
 pub async fn create_org_key(
@@ -401,20 +427,31 @@ pub async fn org_key_by_hash(
     .await
 }
 
-/// Revokes a live key of the org; whether there was one.
+/// Revokes a live key of the org, and in the same batch the keys made with it (and with those), so
+/// they are no longer listed as live; whether there was such a key.
 pub async fn revoke_org_key(
     db: &D1Database,
     org_id: &str,
     id: &str,
     now: i64,
 ) -> Result<bool, Error> {
-    let n = changes(
-        db,
-        "UPDATE org_keys SET revoked_at = ?3 WHERE org_id = ?1 AND id = ?2 AND revoked_at IS NULL",
-        &[text(org_id), text(id), int(now)],
-    )
-    .await?;
-    Ok(n > 0)
+    let args = [text(org_id), text(id), int(now)];
+    let statements = vec![
+        stmt(
+            db,
+            "UPDATE org_keys SET revoked_at = ?3 WHERE org_id = ?1 AND id = ?2 AND revoked_at IS NULL",
+            &args,
+        )?,
+        stmt(
+            db,
+            &format!(
+                "UPDATE org_keys SET revoked_at = ?3 WHERE org_id = ?1 AND revoked_at IS NULL AND id IN ({})",
+                keys_made_by(2)
+            ),
+            &args,
+        )?,
+    ];
+    Ok(batch_changes(db, statements).await? > 0)
 }
 
 /// Records use of an org key at most once a minute.
@@ -441,17 +478,18 @@ pub async fn insert_audit_event(db: &D1Database, e: &AuditEvent) -> Result<(), E
     write(db, vec![insert], || "That audit event id is taken.".into()).await
 }
 
-/// The org's audit events before `before` (epoch ms), newest first, at most `limit`.
+/// The org's audit events before the cursor, newest first (ties on the millisecond by id,
+/// descending), at most `limit`.
 pub async fn list_audit_events(
     db: &D1Database,
     org_id: &str,
-    before: i64,
+    before: &AuditCursor,
     limit: u64,
 ) -> Result<Vec<AuditEvent>, Error> {
     stmt(
         db,
-        &format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE org_id = ?1 AND created_at < ?2 ORDER BY created_at DESC, id DESC LIMIT ?3"),
-        &[text(org_id), int(before), super::count(limit)],
+        &format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE org_id = ?1 AND (created_at, id) < (?2, ?3) ORDER BY created_at DESC, id DESC LIMIT ?4"),
+        &[text(org_id), int(before.created_at), text(&before.id), super::count(limit)],
     )?
     .rows()
     .await

@@ -107,11 +107,12 @@ pub async fn list_plans(db: &D1Database, api_id: &str) -> Result<Vec<PlanRow>, E
     .await
 }
 
-/// A plan of the API by id or by name.
+/// A plan of the API by id or by name; the id wins (a plan named like another's id predates the
+/// rule that refuses such names).
 pub async fn plan(db: &D1Database, api_id: &str, id_or_name: &str) -> Result<PlanRow, Error> {
     stmt(
         db,
-        &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 AND (id = ?2 OR name = ?2)"),
+        &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE api_id = ?1 AND (id = ?2 OR name = ?2) ORDER BY id = ?2 DESC LIMIT 1"),
         &[text(api_id), text(id_or_name)],
     )?
     .row::<PlanRow>()

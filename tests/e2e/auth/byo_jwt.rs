@@ -151,6 +151,31 @@ pub async fn byo_jwt_accepts_rs256_es256_eddsa_and_refuses_bad_tokens(c: Arc<Ctx
         Some("byo-rs"),
         "{jwt_users:?}"
     );
+    // A BYO user that has called is the project's consumer: it can be put on a plan; an id that
+    // has not called is no consumer (404, as for a `con_` id).
+    let plan_of = |user: &str| format!("/api/v1/gateway/apis/{}/consumers/{user}/plan", t.api_id);
+    let subscribed = c
+        .admin
+        .call(
+            Method::PUT,
+            &plan_of(&rs_user),
+            Some(json!({"plan": "default"})),
+        )
+        .await?;
+    expect_status(
+        &subscribed,
+        200,
+        "a BYO user that has called is put on a plan",
+    )?;
+    let unseen = c
+        .admin
+        .call(
+            Method::PUT,
+            &plan_of("jwu_doesnotexist"),
+            Some(json!({"plan": "default"})),
+        )
+        .await?;
+    assert_problem(&unseen, 404, "not-found");
     // Five answers: RS256, two ES256, EdDSA and the integer id; each is flushed after its response.
     let records = usage_records_until(&c, &t, |r| r.len() >= 5).await?;
     let users: BTreeSet<String> = records

@@ -51,7 +51,8 @@
   let ui = null; // the shadow DOM's elements, once built (the body may not exist yet)
   let pendingOpen = false; // open() called before the interface was built
   let providerWaiters = [];
-  const state = { view: "loading", open: false, streaming: null, pendingEmail: "", history: [], checkedSession: false, broken: false };
+  // `conversation` counts conversations: a reply that arrives after its conversation was dropped is not kept.
+  const state = { view: "loading", open: false, streaming: null, pendingEmail: "", history: [], conversation: 0, checkedSession: false, broken: false };
 
   const Sluice = {
     __widget: true,
@@ -138,12 +139,19 @@
     applyProvider();
     client.auth.onChange((event) => {
       if (providerMode()) return;
-      if (event === "expired") {
+      if (event === "expired") sessionEnded("Your session has ended. Please sign in again.");
+      else if (event === "signedout") sessionEnded();
+    });
+    // Another tab of this site signed out, or signed in as someone else: this tab's conversation
+    // belongs to a session that is no longer the stored one.
+    window.addEventListener("storage", (e) => {
+      if (providerMode() || e.key !== client.storageKey || e.oldValue === e.newValue) return;
+      if (!e.newValue) sessionEnded("You signed out in another tab.");
+      else if (sessionUser(e.oldValue) !== sessionUser(e.newValue)) {
+        dropConversation();
         state.checkedSession = false;
-        show("signin-email");
-        notify("Your session has ended. Please sign in again.", "info");
-      } else if (event === "signedout") {
-        show("signin-email");
+        show("loading");
+        if (ui && state.open) showCurrentView().catch((err) => console.error("[sluice]", err));
       }
     });
     if (ui && state.open) showCurrentView();
@@ -421,12 +429,7 @@ button { cursor: pointer; }
           }
         },
         (err) => {
-          if (err && err.status === 401) {
-            state.checkedSession = false;
-            show("signin-email");
-            focusView();
-            notify("Your session has ended. Please sign in again.", "info");
-          }
+          if (err && err.status === 401) sessionEnded("Your session has ended. Please sign in again.");
         },
       );
     }
@@ -533,15 +536,48 @@ button { cursor: pointer; }
 
   async function signOut() {
     const c = client || (await Sluice.ready);
-    if (state.streaming) state.streaming.abort();
+    dropConversation();
     await c.auth.signOut();
+    sessionEnded();
+  }
+
+  /**
+   * The session is over, however it ended (signed out here or in another tab, revoked, refused at
+   * refresh): the conversation goes with it, so whoever signs in next neither sees nor sends it.
+   */
+  function sessionEnded(message) {
+    dropConversation();
+    state.checkedSession = false;
+    if (message) notify(message, "info");
+    else clearNotice();
+    if (state.view !== "signin-email") {
+      show("signin-email");
+      focusView();
+    }
+  }
+
+  /** Forgets the conversation: its history, its bubbles, a reply still streaming. */
+  function dropConversation() {
+    state.conversation += 1;
     state.history = [];
+    if (state.streaming) state.streaming.abort();
+    if (!ui) return;
     for (const m of ui.messages.querySelectorAll(".msg")) m.remove();
     ui.empty.hidden = false;
     ui.user.textContent = "";
-    clearNotice();
-    show("signin-email");
-    focusView();
+    ui.email.value = ""; // nor whose address it was
+    ui.codeHint.textContent = "";
+  }
+
+  /** Who a stored session (its JSON) belongs to: the access token's subject, else its email. */
+  function sessionUser(raw) {
+    try {
+      const s = JSON.parse(raw);
+      const claims = JSON.parse(atob(String(s.access_token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+      return claims.sub || s.email || "";
+    } catch {
+      return "";
+    }
   }
 
   // ----------------------------------------------------------------------------------------------
@@ -580,6 +616,7 @@ button { cursor: pointer; }
     if (!text || state.streaming) return;
     ui.input.value = "";
     clearNotice();
+    const conversation = state.conversation;
     addMessage("user", text);
     state.history.push({ role: "user", content: text });
     const reply = addMessage("assistant", "");
@@ -609,8 +646,10 @@ button { cursor: pointer; }
       reply.textContent = answer || (calls.length ? `The assistant asked to use: ${calls.join(", ")}.` : "");
       if (!answer && calls.length) reply.dataset.toolCalls = calls.join(",");
       reply.dataset.state = "done";
-      state.history.push({ role: "assistant", content: answer });
+      if (conversation === state.conversation) state.history.push({ role: "assistant", content: answer });
     } catch (err) {
+      // The session ended while this reply was on its way: the conversation is gone, and so is the reply.
+      if (conversation !== state.conversation) return;
       partial = (err && typeof err.partialText === "string" && err.partialText) || partial;
       reply.textContent = partial;
       if (partial) state.history.push({ role: "assistant", content: partial });
@@ -632,10 +671,7 @@ button { cursor: pointer; }
   function handleChatError(err) {
     if (err && err.status === 401 && !providerMode()) {
       // The SDK already tried a refresh; the session is gone.
-      state.checkedSession = false;
-      show("signin-email");
-      focusView();
-      notify("Your session has ended. Please sign in again.", "info");
+      sessionEnded("Your session has ended. Please sign in again.");
       return;
     }
     notify(describeError(err), "error");

@@ -506,6 +506,41 @@ add("managed: a copied refresh token is useless without the page's DPoP key; a r
   assert.equal(await storedSession(page, slug), null);
 });
 
+add("managed: when a session ends elsewhere, its conversation goes with it (the next user neither sees nor sends it)", widget("managed-auth"), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { mode: "managed" });
+  const { page, context } = await newPage(ctx);
+  const bodies = [];
+  page.on("request", (r) => r.url().endsWith("/chat/completions") && bodies.push(JSON.parse(r.postData())));
+  const url = ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" } }));
+  await page.goto(url);
+  await signIn(ctx, page, `alice-${slug}@example.com`);
+  expectDemoReply(await send(page, "alice's private question"), "alice's private question");
+  // Her session is revoked elsewhere (not by this widget's Sign out): the next message finds it gone.
+  await page.evaluate(async (key) => {
+    const c = await window.Sluice.ready;
+    await c.auth._logout(JSON.parse(localStorage.getItem(key)));
+  }, `sluice:${slug}:session`);
+  const ended = await send(page, "alice again");
+  assert.equal(ended.view, "signin-email", `back to sign-in (notice: ${ended.notice})`);
+  const pageText = () => page.evaluate((rootJs) => document.body.innerText + eval(rootJs).textContent, ROOT_JS);
+  assert.ok(!(await pageText()).includes("alice"), "Alice's words (and address) are gone from the page");
+  assert.equal(await hook(page, "email").inputValue(), "", "the sign-in form does not offer her address");
+  // Bob signs in on the same widget: an empty conversation, and his first request carries only his words.
+  await signIn(ctx, page, `bob-${slug}@example.com`);
+  assert.ok(!(await pageText()).includes("alice"), "Bob does not see Alice's conversation");
+  expectDemoReply(await send(page, "bob's first message"), "bob's first message");
+  assert.deepEqual(bodies.at(-1).messages, [{ role: "user", content: "bob's first message" }], "Bob's request carries only his message");
+
+  // Signed out in another tab: this tab drops the conversation at once.
+  const other = await context.newPage();
+  await other.goto(url);
+  await openWidget(other);
+  await hook(other, "signout").click();
+  await hook(other, "email").waitFor({ state: "visible" });
+  await hook(page, "email").waitFor({ state: "visible" });
+  assert.ok(!(await pageText()).includes("bob's first"), "the other tab's sign-out took Bob's conversation away");
+});
+
 add("react demo (@sluice/react): sign in, a reply streams, Stop keeps it, a reload keeps the session", () => ["assets", "managed-auth", "demo-page"], async (ctx) => {
   const { slug } = await ctx.admin.project({ mode: "managed", origins: [ctx.gateway.base] });
   const { page } = await newPage(ctx);

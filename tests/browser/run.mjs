@@ -809,6 +809,33 @@ add("owner console: sign in, project and API, auth mode, a key shown once and re
   assert.deepEqual(dark.logs.filter((l) => l.startsWith("pageerror")), []);
 });
 
+add("owner console: a tab opened from another signs in on its own, so reloading either keeps both signed in", () => ["assets"], async (ctx) => {
+  const g = ctx.gateway.base;
+  const { page: a, context } = await newPage(ctx);
+  const title = (p) => p.evaluate(() => document.querySelector('[data-testid="title"]')?.textContent || "");
+  const refreshes = [];
+  context.on("response", (r) => r.url().endsWith("/api/v1/auth/refresh") && refreshes.push(r.status()));
+  const devLogin = async (p) => {
+    await p.locator('[data-testid="dev-email"]').fill("tabs.owner@example.com");
+    await p.locator('[data-testid="dev-login-submit"]').click();
+    await p.waitForFunction(() => document.querySelector('[data-testid="title"]')?.textContent === "Projects");
+  };
+  await a.goto(`${g}/console`);
+  await devLogin(a);
+  // A second tab opened from the first starts with a copy of its session storage (and refresh token).
+  const [b] = await Promise.all([context.waitForEvent("page"), a.evaluate(() => window.open(location.href, "_blank"))]);
+  await b.waitForLoadState();
+  await b.locator('[data-testid="copied-tab"]').waitFor();
+  assert.equal(await title(b), "Sign in", "the copied tab does not use the copied refresh token");
+  await devLogin(b);
+  for (const p of [a, b, a, b]) {
+    await p.reload();
+    await p.waitForFunction(() => ["Projects", "Sign in"].includes(document.querySelector('[data-testid="title"]')?.textContent));
+    assert.equal(await title(p), "Projects", `still signed in after a reload (refreshes: ${refreshes.join(" ")})`);
+  }
+  assert.deepEqual(refreshes, [200, 200, 200, 200], "every refresh was its own tab's token");
+});
+
 async function main() {
   const selected = cases.filter((c) => filters.length === 0 || filters.some((f) => c.name.toLowerCase().includes(f)));
   if (!fs.existsSync(CHROMIUM)) {

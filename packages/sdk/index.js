@@ -12,6 +12,8 @@
 const DRAIN_MS = 2000;
 /** Refresh a managed access token this many milliseconds before it expires. */
 const EXPIRY_SKEW_MS = 30_000;
+/** A refresh lock kept in storage (where there are no Web Locks) is taken over after this long. */
+const STORAGE_LOCK_MS = 15_000;
 /** Problem fields that are the error's own and must not be overwritten by extension members. */
 const RESERVED = new Set(["name", "message", "stack", "cause", "problem", "partialText", "retryAfter", "retryAt", "response"]);
 
@@ -758,6 +760,54 @@ function normalEmail(email) {
   return String(email).trim().toLowerCase();
 }
 
+/**
+ * Runs `fn` holding a lock kept in `storage` under `name`, for pages without Web Locks: a tab writes
+ * its claim, waits for another tab's write that raced it to land, and goes ahead only if its claim is
+ * the one stored. A claim left by a tab that closed mid-refresh expires after STORAGE_LOCK_MS.
+ */
+async function storageLock(storage, name, fn) {
+  const me = b64url(crypto.getRandomValues(new Uint8Array(9)));
+  const read = async () => {
+    try {
+      const v = JSON.parse(await storage.get(name));
+      return v && typeof v.owner === "string" && Number.isFinite(v.until) ? v : null;
+    } catch {
+      return null;
+    }
+  };
+  let held = false;
+  try {
+    for (let waited = 0; !held && waited < STORAGE_LOCK_MS * 2; ) {
+      const claim = await read();
+      if (!claim || claim.until <= Date.now()) {
+        await storage.set(name, JSON.stringify({ owner: me, until: Date.now() + STORAGE_LOCK_MS }));
+        await sleepMs(30);
+        waited += 30;
+        const now = await read();
+        held = Boolean(now && now.owner === me);
+      }
+      if (!held) {
+        const pause = 40 + Math.floor(Math.random() * 40);
+        await sleepMs(pause);
+        waited += pause;
+      }
+    }
+  } catch {
+    /* a storage that refuses writes cannot coordinate anything: go ahead */
+  }
+  try {
+    return await fn();
+  } finally {
+    try {
+      if (held && (await read())?.owner === me) await storage.remove(name);
+    } catch {
+      /* it expires */
+    }
+  }
+}
+
+const sleepMs = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 /** `client.auth`: the managed session (OTP sign-in, refresh with rotation, sign-out). */
 export class SluiceAuth {
   constructor(client) {
@@ -959,18 +1009,20 @@ export class SluiceAuth {
   }
 
   /**
-   * Refreshes the session whose access token was `stale`, once: concurrent callers (and, where the Web
-   * Locks API exists, other tabs) share one refresh, because the gateway rotates refresh tokens and
+   * Refreshes the session whose access token was `stale`, once: concurrent callers (and other tabs,
+   * through the Web Locks API or else a lock in the shared storage) share one refresh, because the gateway rotates refresh tokens and
    * treats a reused one as theft. If another caller already replaced `stale`, its session is returned.
    */
   _refreshAfter(stale, signal, force = false) {
     if (!this._refreshing) {
       const run = () => this._doRefresh(stale, force);
+      const inStorage = () => storageLock(this._client.storage, `${this._client.storageKey}:refresh-lock`, run);
       const locks = globalThis.navigator && globalThis.navigator.locks;
-      // Opaque origins (sandboxed iframes) refuse locks with a SecurityError: refresh without one there.
+      // No Web Locks (plain-HTTP pages are not secure contexts), or refused (opaque origins, such as
+      // sandboxed iframes, throw a SecurityError): a lock in the shared storage instead.
       const p = locks && typeof locks.request === "function"
-        ? locks.request(`sluice-refresh:${this._client.storageKey}`, run).catch((err) => (err && err.name === "SecurityError" ? run() : Promise.reject(err)))
-        : run();
+        ? locks.request(`sluice-refresh:${this._client.storageKey}`, run).catch((err) => (err && err.name === "SecurityError" ? inStorage() : Promise.reject(err)))
+        : inStorage();
       this._refreshing = p.finally(() => {
         this._refreshing = null;
       });

@@ -721,3 +721,33 @@ describe("DPoP across tabs", () => {
     assert.deepEqual(await b.auth.me(), { id: "con_1" });
   });
 });
+
+describe("refresh across tabs without Web Locks (plain-HTTP pages)", () => {
+  test("two tabs refreshing at once share one refresh instead of reusing the token (which would end the session)", async () => {
+    assert.equal(globalThis.navigator?.locks, undefined, "this test runs where there are no Web Locks");
+    reset();
+    let live = "ref_0";
+    let revoked = false;
+    let n = 0;
+    handlers["POST /v1/p/auth/refresh"] = async (req, res, rec) => {
+      await sleep(40); // both tabs' requests would be in flight together
+      if (revoked || rec.body.refresh_token !== live) {
+        revoked = true; // reuse: the gateway revokes the whole session
+        return problem(401, { type: "invalid-refresh-token", title: "Refresh token reused" })(req, res);
+      }
+      live = `ref_${++n}`;
+      json(200, { access_token: `acc_${n}`, refresh_token: live, token_type: "Bearer", expires_in: 900 })(req, res);
+    };
+    handlers["GET /v1/p/auth/me"] = (req, res, rec) => (!revoked && rec.headers.authorization === `Bearer acc_${n}` ? json(200, { id: "u" }) : problem(401, { type: "unauthorized" }))(req, res);
+    const storage = memoryStorage(); // one localStorage, two tabs
+    storage.set("sluice:p:session", JSON.stringify({ access_token: "acc_0", refresh_token: "ref_0", token_type: "Bearer", expires_at: Date.now() - 1000 }));
+    const tab = () => new SluiceClient({ baseUrl: base, project: "p", storage, dpop: false });
+    const [a, b] = [tab(), tab()];
+    const answers = await Promise.all([a.auth.me(), b.auth.me()]);
+    assert.deepEqual(answers, [{ id: "u" }, { id: "u" }]);
+    assert.equal(requests.filter((r) => r.path.endsWith("/auth/refresh")).length, 1, "one refresh for both tabs");
+    assert.equal(revoked, false);
+    assert.equal(JSON.parse(storage.get("sluice:p:session")).refresh_token, "ref_1");
+    assert.equal(storage.get("sluice:p:session:refresh-lock"), null, "the lock is released");
+  });
+});

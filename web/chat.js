@@ -680,17 +680,32 @@ button { cursor: pointer; }
   /** A sentence for the user: the problem's own detail, and for limits when to try again. */
   function describeError(err, fallback) {
     if (!err) return fallback || "Something went wrong.";
+    // A proxy's error page (HTML) in front of the gateway says nothing a reader can use.
+    if (isMarkup(err.detail) || isMarkup(err.title)) return "The chat service is having trouble right now. Please try again in a moment.";
     if (err.status === 429 || err.type === "quota-exceeded" || err.type === "rate-limited") {
       const head = err.title || (err.type === "quota-exceeded" ? "Quota exceeded" : "Rate limit reached");
       const when = retryText(err);
-      return `${head}. ${err.detail || "You have reached your plan's limit."}${when ? ` ${when}` : ""}`;
+      // The gateway's detail ends with its own "Try again after <time> (in N s)."; say it once, in the reader's clock.
+      const detail = when ? (err.detail || "").replace(/\s*Try again\b.*?\(in \d+ s\)\.?/i, "") : err.detail;
+      return `${head}. ${sentence(detail || "You have reached your plan's limit.")}${when ? ` ${when}` : ""}`;
     }
     if (err.type === "network-error") return "The chat service could not be reached. Check your connection and try again.";
     if (err.type === "no-credential") return err.message;
-    if (err.status === 401) return `Not authorized: ${err.detail || err.title || "the credential was refused"}.`;
-    if (fallback && err.status >= 400 && err.status < 500) return `${fallback}${err.detail ? ` (${err.detail})` : ""}`;
-    if (err.title || err.detail) return [err.title, err.detail].filter(Boolean).join(": ");
+    // The caller's own words for its step (a wrong code), with the gateway's detail after them.
+    if (fallback && err.status >= 400 && err.status < 500) return err.detail ? `${fallback} ${sentence(err.detail)}` : fallback;
+    if (err.status === 401) return `Not authorized: ${sentence(err.detail || err.title || "the credential was refused")}`;
+    if (err.title || err.detail) return sentence([err.title, err.detail].filter(Boolean).join(": "));
     return fallback || err.message || "Something went wrong.";
+  }
+
+  /** `text` ending with exactly one full stop (or its own ! or ?). */
+  function sentence(text) {
+    const t = String(text).trim();
+    return /[.!?]$/.test(t) ? t : `${t}.`;
+  }
+
+  function isMarkup(text) {
+    return typeof text === "string" && /<\s*(!doctype|html|head|body|h1|title|center|script)\b/i.test(text);
   }
 
   function retryText(err) {

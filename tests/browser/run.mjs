@@ -288,6 +288,40 @@ add("429 shows the problem's detail and when to retry", widget(), async (ctx) =>
   assert.match(refused.notice, /You can try again in \d+ seconds \(at /);
 });
 
+add("error notices read as sentences: a wrong code, a limit's time said once, a proxy's HTML page", widget(), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { mode: "managed" });
+  const cors = { "access-control-allow-origin": "*", "content-type": "application/problem+json" };
+  const { page } = await newPage(ctx);
+  await page.route("**/auth/otp/start", (r) => r.fulfill({ status: 202, headers: cors, body: JSON.stringify({ challenge_id: "chl_x", expires_in: 600 }) }));
+  await page.route("**/auth/otp/verify", (r) => r.fulfill({ status: 401, headers: cors, body: JSON.stringify({ type: "https://sluice.dev/problems/invalid-code", title: "Invalid code", status: 401, detail: "The code is wrong." }) }));
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" } })));
+  await openWidget(page);
+  await hook(page, "email").fill("words@example.com");
+  await hook(page, "send-code").click();
+  await hook(page, "code").fill("123456");
+  await hook(page, "verify").click();
+  await page.waitForFunction((rootJs) => !eval(rootJs).querySelector('[data-testid="notice"]').hidden, ROOT_JS);
+  const wrong = (await widgetState(page)).notice;
+  assert.equal(wrong, "That code did not work. Check it, or ask for a new one. The code is wrong.");
+
+  const keyed = await widgetProject(ctx, { consumer: true });
+  const { page: chat } = await newPage(ctx);
+  const answers = [
+    { status: 429, headers: { ...cors, "retry-after": "3600", "access-control-expose-headers": "Retry-After" }, body: JSON.stringify({ type: "https://sluice.dev/problems/quota-exceeded", title: "Quota exceeded", status: 429,
+      detail: "Your plan `free` allows 10 requests per day; 10 used, 0 remaining. Try again after 2030-01-01T00:00:00.000Z (in 3600 s)." }) },
+    { status: 502, headers: { "access-control-allow-origin": "*", "content-type": "text/html" }, body: "<html><body><h1>502 Bad Gateway</h1><hr><center>nginx</center></body></html>" },
+  ];
+  await chat.route("**/chat/completions", (r) => r.fulfill(answers.shift()));
+  await chat.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: keyed.slug, api: "chat" }, after: keyFromBackend(keyed.slug) })));
+  await openWidget(chat);
+  const quota = (await send(chat, "one")).notice;
+  assert.match(quota, /^Quota exceeded\. Your plan `free` allows 10 requests per day; 10 used, 0 remaining\. You can try again in 60 minutes \(at /);
+  assert.equal(quota.match(/try again/gi).length, 1, `the time is said once: ${quota}`);
+  const proxy = (await send(chat, "two")).notice;
+  assert.equal(proxy, "The chat service is having trouble right now. Please try again in a moment.");
+  for (const n of [wrong, quota, proxy]) assert.ok(!n.includes(".."), `no double full stop: ${n}`);
+});
+
 add("quota-exceeded mid-stream keeps the partial reply and says so", widget(), async (ctx) => {
   const { slug } = await widgetProject(ctx, { consumer: true, plan: { tokens_per_day: 100 } });
   const { page } = await newPage(ctx);

@@ -68,12 +68,15 @@ impl Loaded {
         format!("\"{}\"", self.version)
     }
 
-    /// `?v=<version>` of this exact content may be cached for a year; other URLs revalidate daily.
+    /// `?v=<version>` of this exact content may be cached for a year. Other URLs name whatever is
+    /// deployed now, so a fix reaches every page soon: the widget and SDK files within five minutes,
+    /// and the console's files (which must match the admin API they call) and the dev page revalidate
+    /// on every use (their ETag makes that a 304).
     pub fn cache_control(&self, requested_version: Option<&str>) -> &'static str {
         match requested_version {
             Some(v) if v == self.version => "public, max-age=31536000, immutable",
-            _ if self.asset.dev_only => "no-cache",
-            _ => "public, max-age=86400",
+            _ if self.asset.dev_only || self.asset.file.starts_with("console/") => "no-cache",
+            _ => "public, max-age=300",
         }
     }
 
@@ -125,8 +128,21 @@ mod tests {
             sdk.cache_control(Some(sdk.version())),
             "public, max-age=31536000, immutable"
         );
-        assert_eq!(sdk.cache_control(Some("old")), "public, max-age=86400");
+        assert_eq!(sdk.cache_control(Some("old")), "public, max-age=300");
+        assert_eq!(sdk.cache_control(None), "public, max-age=300");
+        assert_eq!(
+            loaded("/chat.js", "x").cache_control(None),
+            "public, max-age=300"
+        );
         assert_eq!(loaded("/", "<p>").cache_control(None), "no-cache");
+        for console in ["/console", "/console/console.js", "/console/console.css"] {
+            let c = loaded(console, "x");
+            assert_eq!(c.cache_control(None), "no-cache", "{console}");
+            assert_eq!(
+                c.cache_control(Some(c.version())),
+                "public, max-age=31536000, immutable"
+            );
+        }
         assert!(sdk.not_modified(Some(&sdk.etag())));
         assert!(sdk.not_modified(Some(&format!("W/{}, \"x\"", sdk.etag()))));
         assert!(!sdk.not_modified(Some("\"x\"")));

@@ -51,7 +51,8 @@
   let ui = null; // the shadow DOM's elements, once built (the body may not exist yet)
   let pendingOpen = false; // open() called before the interface was built
   let providerWaiters = [];
-  const state = { view: "loading", open: false, streaming: null, pendingEmail: "", history: [], checkedSession: false, broken: false };
+  // `conversation` counts conversations: a reply that arrives after its conversation was dropped is not kept.
+  const state = { view: "loading", open: false, streaming: null, pendingEmail: "", history: [], conversation: 0, checkedSession: false, broken: false };
 
   const Sluice = {
     __widget: true,
@@ -138,12 +139,19 @@
     applyProvider();
     client.auth.onChange((event) => {
       if (providerMode()) return;
-      if (event === "expired") {
+      if (event === "expired") sessionEnded("Your session has ended. Please sign in again.");
+      else if (event === "signedout") sessionEnded();
+    });
+    // Another tab of this site signed out, or signed in as someone else: this tab's conversation
+    // belongs to a session that is no longer the stored one.
+    window.addEventListener("storage", (e) => {
+      if (providerMode() || e.key !== client.storageKey || e.oldValue === e.newValue) return;
+      if (!e.newValue) sessionEnded("You signed out in another tab.");
+      else if (sessionUser(e.oldValue) !== sessionUser(e.newValue)) {
+        dropConversation();
         state.checkedSession = false;
-        show("signin-email");
-        notify("Your session has ended. Please sign in again.", "info");
-      } else if (event === "signedout") {
-        show("signin-email");
+        show("loading");
+        if (ui && state.open) showCurrentView().catch((err) => console.error("[sluice]", err));
       }
     });
     if (ui && state.open) showCurrentView();
@@ -421,12 +429,7 @@ button { cursor: pointer; }
           }
         },
         (err) => {
-          if (err && err.status === 401) {
-            state.checkedSession = false;
-            show("signin-email");
-            focusView();
-            notify("Your session has ended. Please sign in again.", "info");
-          }
+          if (err && err.status === 401) sessionEnded("Your session has ended. Please sign in again.");
         },
       );
     }
@@ -533,15 +536,48 @@ button { cursor: pointer; }
 
   async function signOut() {
     const c = client || (await Sluice.ready);
-    if (state.streaming) state.streaming.abort();
+    dropConversation();
     await c.auth.signOut();
+    sessionEnded();
+  }
+
+  /**
+   * The session is over, however it ended (signed out here or in another tab, revoked, refused at
+   * refresh): the conversation goes with it, so whoever signs in next neither sees nor sends it.
+   */
+  function sessionEnded(message) {
+    dropConversation();
+    state.checkedSession = false;
+    if (message) notify(message, "info");
+    else clearNotice();
+    if (state.view !== "signin-email") {
+      show("signin-email");
+      focusView();
+    }
+  }
+
+  /** Forgets the conversation: its history, its bubbles, a reply still streaming. */
+  function dropConversation() {
+    state.conversation += 1;
     state.history = [];
+    if (state.streaming) state.streaming.abort();
+    if (!ui) return;
     for (const m of ui.messages.querySelectorAll(".msg")) m.remove();
     ui.empty.hidden = false;
     ui.user.textContent = "";
-    clearNotice();
-    show("signin-email");
-    focusView();
+    ui.email.value = ""; // nor whose address it was
+    ui.codeHint.textContent = "";
+  }
+
+  /** Who a stored session (its JSON) belongs to: the access token's subject, else its email. */
+  function sessionUser(raw) {
+    try {
+      const s = JSON.parse(raw);
+      const claims = JSON.parse(atob(String(s.access_token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+      return claims.sub || s.email || "";
+    } catch {
+      return "";
+    }
   }
 
   // ----------------------------------------------------------------------------------------------
@@ -580,6 +616,7 @@ button { cursor: pointer; }
     if (!text || state.streaming) return;
     ui.input.value = "";
     clearNotice();
+    const conversation = state.conversation;
     addMessage("user", text);
     state.history.push({ role: "user", content: text });
     const reply = addMessage("assistant", "");
@@ -609,8 +646,10 @@ button { cursor: pointer; }
       reply.textContent = answer || (calls.length ? `The assistant asked to use: ${calls.join(", ")}.` : "");
       if (!answer && calls.length) reply.dataset.toolCalls = calls.join(",");
       reply.dataset.state = "done";
-      state.history.push({ role: "assistant", content: answer });
+      if (conversation === state.conversation) state.history.push({ role: "assistant", content: answer });
     } catch (err) {
+      // The session ended while this reply was on its way: the conversation is gone, and so is the reply.
+      if (conversation !== state.conversation) return;
       partial = (err && typeof err.partialText === "string" && err.partialText) || partial;
       reply.textContent = partial;
       if (partial) state.history.push({ role: "assistant", content: partial });
@@ -632,10 +671,7 @@ button { cursor: pointer; }
   function handleChatError(err) {
     if (err && err.status === 401 && !providerMode()) {
       // The SDK already tried a refresh; the session is gone.
-      state.checkedSession = false;
-      show("signin-email");
-      focusView();
-      notify("Your session has ended. Please sign in again.", "info");
+      sessionEnded("Your session has ended. Please sign in again.");
       return;
     }
     notify(describeError(err), "error");
@@ -644,17 +680,32 @@ button { cursor: pointer; }
   /** A sentence for the user: the problem's own detail, and for limits when to try again. */
   function describeError(err, fallback) {
     if (!err) return fallback || "Something went wrong.";
+    // A proxy's error page (HTML) in front of the gateway says nothing a reader can use.
+    if (isMarkup(err.detail) || isMarkup(err.title)) return "The chat service is having trouble right now. Please try again in a moment.";
     if (err.status === 429 || err.type === "quota-exceeded" || err.type === "rate-limited") {
       const head = err.title || (err.type === "quota-exceeded" ? "Quota exceeded" : "Rate limit reached");
       const when = retryText(err);
-      return `${head}. ${err.detail || "You have reached your plan's limit."}${when ? ` ${when}` : ""}`;
+      // The gateway's detail ends with its own "Try again after <time> (in N s)."; say it once, in the reader's clock.
+      const detail = when ? (err.detail || "").replace(/\s*Try again\b.*?\(in \d+ s\)\.?/i, "") : err.detail;
+      return `${head}. ${sentence(detail || "You have reached your plan's limit.")}${when ? ` ${when}` : ""}`;
     }
     if (err.type === "network-error") return "The chat service could not be reached. Check your connection and try again.";
     if (err.type === "no-credential") return err.message;
-    if (err.status === 401) return `Not authorized: ${err.detail || err.title || "the credential was refused"}.`;
-    if (fallback && err.status >= 400 && err.status < 500) return `${fallback}${err.detail ? ` (${err.detail})` : ""}`;
-    if (err.title || err.detail) return [err.title, err.detail].filter(Boolean).join(": ");
+    // The caller's own words for its step (a wrong code), with the gateway's detail after them.
+    if (fallback && err.status >= 400 && err.status < 500) return err.detail ? `${fallback} ${sentence(err.detail)}` : fallback;
+    if (err.status === 401) return `Not authorized: ${sentence(err.detail || err.title || "the credential was refused")}`;
+    if (err.title || err.detail) return sentence([err.title, err.detail].filter(Boolean).join(": "));
     return fallback || err.message || "Something went wrong.";
+  }
+
+  /** `text` ending with exactly one full stop (or its own ! or ?). */
+  function sentence(text) {
+    const t = String(text).trim();
+    return /[.!?]$/.test(t) ? t : `${t}.`;
+  }
+
+  function isMarkup(text) {
+    return typeof text === "string" && /<\s*(!doctype|html|head|body|h1|title|center|script)\b/i.test(text);
   }
 
   function retryText(err) {

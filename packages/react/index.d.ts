@@ -15,12 +15,20 @@ export interface SluiceProviderProps {
 export function SluiceProvider(props: SluiceProviderProps): ReactNode;
 export function useSluice(): SluiceClient;
 
+/** The session's fields as stored, and the same in camelCase. */
+export type Tokens = Session & {
+  accessToken: string;
+  refreshToken: string | null;
+  expiresAt: number | null;
+  tokenType: string;
+};
+
 export type AuthStatus = "loading" | "signed-out" | "code-sent" | "verifying" | "signed-in";
 export interface UseAuth {
   status: AuthStatus;
   user: { id: string | null; email: string | null } | null;
-  /** The stored session (access and refresh token; refreshed silently). */
-  tokens: Session | null;
+  /** The stored session (access and refresh token; refreshed silently), also in camelCase. */
+  tokens: Tokens | null;
   error: SluiceError | Error | null;
   startSignIn(email: string): Promise<void>;
   verify(code: string): Promise<Session>;
@@ -30,7 +38,10 @@ export function useAuth(): UseAuth;
 
 export interface UseGatewayChatOptions {
   apiSlug: string;
-  /** Your own JWT (byo-jwt) for these calls. */
+  /**
+   * Your own JWT (byo-jwt) for these calls; or `useAuth().tokens.accessToken`, which makes the calls
+   * as the managed session (DPoP proofs and silent refresh).
+   */
   token?: string;
   /** A consumer key for these calls. */
   consumerKey?: string;

@@ -11,22 +11,28 @@ import { SluiceClient } from "@sluice/sdk";
 
 const SluiceContext = createContext(null);
 
-/** Makes one client for its children (or shares the `client` given). */
+/** Makes one client for its children (or shares the `client` given), and holds their sign-in state. */
 export function SluiceProvider({ baseUrl, project, client, storage, fetch, dpop, children }) {
-  const value = useMemo(
+  const sdk = useMemo(
     () => client || new SluiceClient({ baseUrl, project, storage, fetch, dpop }),
     // A new client only when where it talks to changes.
     // eslint-disable-next-line react-hooks/exhaustive-deps
     [client, baseUrl, project],
   );
+  const auth = useSignInState(sdk);
+  const value = useMemo(() => ({ client: sdk, auth }), [sdk, auth]);
   return createElement(SluiceContext.Provider, { value }, children);
+}
+
+function useSluiceContext() {
+  const value = useContext(SluiceContext);
+  if (!value) throw new Error("useSluice, useAuth and useGatewayChat need a <SluiceProvider> above them");
+  return value;
 }
 
 /** The provider's client. */
 export function useSluice() {
-  const client = useContext(SluiceContext);
-  if (!client) throw new Error("useSluice, useAuth and useGatewayChat need a <SluiceProvider> above them");
-  return client;
+  return useSluiceContext().client;
 }
 
 /** The claims of a JWT, read without verifying (the gateway verifies; this only shows who). */
@@ -46,16 +52,32 @@ function userOf(session) {
   return { id: claims.sub || null, email: claims.email || session.email || null };
 }
 
+/** The stored session as `tokens`: its own snake_case fields, and the same in camelCase. */
+function tokensOf(session) {
+  if (!session) return null;
+  return {
+    ...session,
+    accessToken: session.access_token,
+    refreshToken: session.refresh_token,
+    expiresAt: session.expires_at,
+    tokenType: session.token_type,
+  };
+}
+
 /**
- * Managed sign-in. `status` is `loading`, `signed-out`, `code-sent`, `verifying` or `signed-in`;
- * `tokens` is the stored session (refreshed silently by the SDK); `error` the last failure.
+ * The sign-in state of one provider: every `useAuth()` below it shares it, so an email form and a
+ * code form in different components take part in one sign-in.
  */
-export function useAuth() {
-  const client = useSluice();
+function useSignInState(client) {
   const [state, setState] = useState({ status: "loading", session: null, error: null });
   const pending = useRef(null);
   const mounted = useRef(true);
+  // The access tokens the managed session has had: `useGatewayChat({ token })` given one of them
+  // uses the session itself (its DPoP proofs and refresh) rather than sending it as a Bearer token.
+  const managedTokens = useRef(new Set());
   const set = useCallback((next) => {
+    if (next.session) managedTokens.current.add(next.session.access_token);
+    else if (next.session === null) managedTokens.current.clear();
     if (mounted.current) setState((s) => ({ ...s, ...next }));
   }, []);
 
@@ -112,16 +134,22 @@ export function useAuth() {
     set({ session: null, status: "signed-out" });
   }, [client, set]);
 
-  const user = useMemo(() => userOf(state.session), [state.session]);
-  return {
-    status: state.status,
-    user,
-    tokens: state.session,
-    error: state.error,
-    startSignIn,
-    verify,
-    signOut,
-  };
+  const isManagedToken = useCallback((token) => typeof token === "string" && managedTokens.current.has(token), []);
+  return useMemo(
+    () => ({ ...state, user: userOf(state.session), tokens: tokensOf(state.session), startSignIn, verify, signOut, isManagedToken }),
+    [state, startSignIn, verify, signOut, isManagedToken],
+  );
+}
+
+/**
+ * Managed sign-in. `status` is `loading`, `signed-out`, `code-sent`, `verifying` or `signed-in`;
+ * `tokens` is the stored session (refreshed silently by the SDK), with `accessToken`, `refreshToken`,
+ * `expiresAt` besides its snake_case fields; `error` the last failure. Every `useAuth()` under one
+ * provider shares this state.
+ */
+export function useAuth() {
+  const { status, user, tokens, error, startSignIn, verify, signOut } = useSluiceContext().auth;
+  return { status, user, tokens, error, startSignIn, verify, signOut };
 }
 
 /**
@@ -129,7 +157,8 @@ export function useAuth() {
  * assistant message that grows token by token; `stop()` aborts (keeping what arrived); `error` is
  * the SluiceError of a failed reply (problem fields and `partialText`). With `token` or
  * `consumerKey` the calls use that credential; otherwise the provider's (managed session or
- * whatever was set on the client).
+ * whatever was set on the client). A `token` that is the managed session's own access token
+ * (`useAuth().tokens.accessToken`) means that session: its DPoP proofs and silent refresh.
  */
 /** A list without a trailing assistant message that has neither text nor tool calls. */
 function withoutEmptyReply(list) {
@@ -139,15 +168,23 @@ function withoutEmptyReply(list) {
 }
 
 export function useGatewayChat({ apiSlug, token, consumerKey, initialMessages = [], model } = {}) {
-  const base = useSluice();
+  const { client: base, auth } = useSluiceContext();
   // A credential given as a function is called through a ref, so an inline arrow does not make a
   // new client on every render.
   const credential = useRef(null);
   credential.current = consumerKey || token || null;
-  const kind = consumerKey ? "consumer-key" : token ? "token" : null;
-  const identity = typeof credential.current === "function" ? "function" : credential.current;
+  // The managed session's own access token (`useAuth().tokens.accessToken`): the calls go as that
+  // session, with its DPoP proofs and its refresh, not as a bare Bearer token.
+  const managed = !consumerKey && auth.isManagedToken(token);
+  const kind = consumerKey ? "consumer-key" : managed ? "managed" : token ? "token" : null;
+  const identity = kind === "managed" ? "managed" : typeof credential.current === "function" ? "function" : credential.current;
   const client = useMemo(() => {
     if (!kind) return base;
+    if (kind === "managed") {
+      if (!base.hasCredential()) return base;
+      // The provider's client sends a token or key of its own: a client on the same session instead.
+      return new SluiceClient({ baseUrl: base.baseUrl, project: base.project, storage: base.storage, storageKey: base.storageKey, fetch: base._fetch, dpop: base._dpop || false });
+    }
     const own = new SluiceClient({ baseUrl: base.baseUrl, project: base.project, storage: base.storage, fetch: base._fetch, dpop: false });
     const value = identity === "function" ? (ctx) => credential.current(ctx) : identity;
     if (kind === "consumer-key") own.gateway.setConsumerKey(value);

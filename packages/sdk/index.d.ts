@@ -125,10 +125,17 @@ export class DpopKey {
   });
   /** A key in this browser's IndexedDB under `name`, or null without IndexedDB or WebCrypto. */
   static forBrowser(name: string): DpopKey | null;
-  /** A proof (`DPoP` header) for `method` `url`, covering `accessToken` when given. */
-  proof(method: string, url: string, accessToken?: string): Promise<string | null>;
-  /** Drops the key; the next session gets a new one. */
-  forget(): Promise<void>;
+  /**
+   * A proof (`DPoP` header) for `method` `url`, covering `accessToken` when given; by the key with
+   * thumbprint `jkt` when given (the stored key is read again if the one in memory is another).
+   */
+  proof(method: string, url: string, accessToken?: string, options?: { jkt?: string }): Promise<string | null>;
+  /** The RFC 7638 thumbprint of the key in use, or null without one. */
+  thumbprint(): Promise<string | null>;
+  /** Drops the key held in memory: the next proof uses the stored key (or a new one). */
+  reload(): void;
+  /** Drops the key; the next session gets a new one. With `jkt`, only if the stored key is that one. */
+  forget(jkt?: string): Promise<void>;
 }
 
 export interface ChatOptions {
@@ -176,6 +183,8 @@ export interface Session {
   token_type: string;
   expires_at: number | null;
   email?: string;
+  /** The thumbprint of the DPoP key the session is bound to (`cnf.jkt`), for a DPoP session. */
+  jkt?: string;
 }
 
 export type AuthEvent = "signedin" | "refreshed" | "signedout" | "expired";

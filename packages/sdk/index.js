@@ -12,6 +12,8 @@
 const DRAIN_MS = 2000;
 /** Refresh a managed access token this many milliseconds before it expires. */
 const EXPIRY_SKEW_MS = 30_000;
+/** A refresh lock kept in storage (where there are no Web Locks) is taken over after this long. */
+const STORAGE_LOCK_MS = 15_000;
 /** Problem fields that are the error's own and must not be overwritten by extension members. */
 const RESERVED = new Set(["name", "message", "stack", "cause", "problem", "partialText", "retryAfter", "retryAt", "response"]);
 
@@ -283,6 +285,23 @@ function b64urlText(text) {
   return b64url(new TextEncoder().encode(text));
 }
 
+/** The RFC 7638 thumbprint of a P-256 public key: what an access token's `cnf.jkt` names. */
+async function jwkThumbprint(jwk) {
+  const canonical = JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y });
+  return b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(canonical)));
+}
+
+/** The claims of a JWT, read without verifying (only to learn what the gateway bound it to); {} if none. */
+function jwtClaims(token) {
+  try {
+    const part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(part), (c) => c.charCodeAt(0))));
+    return claims && typeof claims === "object" ? claims : {};
+  } catch {
+    return {};
+  }
+}
+
 function idbRequest(req) {
   return new Promise((resolve, reject) => {
     req.onsuccess = () => resolve(req.result);
@@ -302,6 +321,7 @@ export class DpopKey {
     this._save = save || (async () => {});
     this._remove = remove || (async () => {});
     this._pair = null;
+    this._thumbprints = new WeakMap();
   }
 
   /** A key kept in this browser's IndexedDB under `name`; null where there is no IndexedDB or WebCrypto. */
@@ -340,7 +360,6 @@ export class DpopKey {
   }
 
   async _loadOrGenerate() {
-    const usable = (p) => p && p.privateKey && p.publicKey && p.jwk && p.jwk.x && p.jwk.y;
     const stored = await this._load().catch(() => null);
     if (usable(stored)) return stored;
     const generated = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]);
@@ -352,11 +371,48 @@ export class DpopKey {
     return usable(now) ? now : pair;
   }
 
-  /** A proof for `method` `url` (query and fragment dropped), covering `accessToken` when given. */
-  async proof(method, url, accessToken) {
+  /** The thumbprint (`jkt`) of a key pair, computed once per pair. */
+  async _thumbprintOf(pair) {
+    if (!this._thumbprints.has(pair)) this._thumbprints.set(pair, await jwkThumbprint(pair.jwk));
+    return this._thumbprints.get(pair);
+  }
+
+  /** The thumbprint of the key this client signs with now, or null without a usable key. */
+  async thumbprint() {
+    try {
+      return await this._thumbprintOf(await this._keys());
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * The key whose thumbprint is `jkt`. The pair is kept in memory, but another tab may have signed
+   * out and in again meanwhile, replacing the stored key: a session bound to another key than the
+   * one in memory makes this tab read the stored one again.
+   */
+  async _keysFor(jkt) {
+    const keys = await this._keys();
+    if (!jkt || (await this._thumbprintOf(keys)) === jkt) return keys;
+    const stored = await this._load().catch(() => null);
+    if (!usable(stored)) return keys;
+    this._pair = Promise.resolve(stored);
+    return stored;
+  }
+
+  /** Drops the pair held in memory, so the next proof uses the stored key (or generates one). */
+  reload() {
+    this._pair = null;
+  }
+
+  /**
+   * A proof for `method` `url` (query and fragment dropped), covering `accessToken` when given; by
+   * the key with thumbprint `jkt` when given (the one the session is bound to).
+   */
+  async proof(method, url, accessToken, { jkt } = {}) {
     let keys;
     try {
-      keys = await this._keys();
+      keys = await this._keysFor(jkt);
     } catch {
       return null; // no usable WebCrypto here: the request goes without a proof
     }
@@ -373,11 +429,22 @@ export class DpopKey {
     return `${signingInput}.${b64url(signature)}`;
   }
 
-  /** Drops the key (after sign-out): the next session is bound to a new one. */
-  async forget() {
+  /**
+   * Drops the key (after sign-out): the next session is bound to a new one. With `jkt`, only if the
+   * stored key is that one: a key another tab stored for a newer session stays.
+   */
+  async forget(jkt) {
     this._pair = null;
+    if (jkt) {
+      const stored = await this._load().catch(() => null);
+      if (usable(stored) && (await this._thumbprintOf(stored)) !== jkt) return;
+    }
     await this._remove();
   }
+}
+
+function usable(pair) {
+  return Boolean(pair && pair.privateKey && pair.publicKey && pair.jwk && pair.jwk.x && pair.jwk.y);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -483,23 +550,24 @@ export class SluiceClient {
     }
     const first = await errorFromResponse(res);
     let next = null;
+    let refreshed = null;
     if (provider) {
       if (typeof provider.value === "function") {
         next = await this._bearer(provider, true);
         if (next === bearer) next = null;
       }
     } else if (bearer) {
-      const session = await this.auth._refreshAfter(bearer, signal).catch((err) => {
+      refreshed = await this.auth._refreshAfter(bearer, signal).catch((err) => {
         if (isAbort(err, signal)) throw err;
         return null;
       });
-      next = session ? session.access_token : null;
+      next = refreshed ? refreshed.access_token : null;
     }
     if (!next) throw first;
     const again = await this._send(url, await this._withCredential(makeInit(), next, url, provider), signal);
     if (again.ok) return again;
     const err = await errorFromResponse(again);
-    if (again.status === 401 && !provider) await this.auth._clear("expired");
+    if (again.status === 401 && !provider) await this.auth._clear("expired", refreshed);
     throw err;
   }
 
@@ -511,7 +579,7 @@ export class SluiceClient {
     if (!provider && token && this._dpop) {
       const session = await this.auth.getSession();
       if (session && session.token_type === "DPoP" && session.access_token === token) {
-        const proof = await this._dpop.proof(init.method || "GET", url, token);
+        const proof = await this._dpop.proof(init.method || "GET", url, token, { jkt: session.jkt });
         if (proof) {
           const headers = { ...(init.headers || {}), authorization: `DPoP ${token}`, dpop: proof };
           return { credentials: "omit", ...init, headers };
@@ -692,6 +760,54 @@ function normalEmail(email) {
   return String(email).trim().toLowerCase();
 }
 
+/**
+ * Runs `fn` holding a lock kept in `storage` under `name`, for pages without Web Locks: a tab writes
+ * its claim, waits for another tab's write that raced it to land, and goes ahead only if its claim is
+ * the one stored. A claim left by a tab that closed mid-refresh expires after STORAGE_LOCK_MS.
+ */
+async function storageLock(storage, name, fn) {
+  const me = b64url(crypto.getRandomValues(new Uint8Array(9)));
+  const read = async () => {
+    try {
+      const v = JSON.parse(await storage.get(name));
+      return v && typeof v.owner === "string" && Number.isFinite(v.until) ? v : null;
+    } catch {
+      return null;
+    }
+  };
+  let held = false;
+  try {
+    for (let waited = 0; !held && waited < STORAGE_LOCK_MS * 2; ) {
+      const claim = await read();
+      if (!claim || claim.until <= Date.now()) {
+        await storage.set(name, JSON.stringify({ owner: me, until: Date.now() + STORAGE_LOCK_MS }));
+        await sleepMs(30);
+        waited += 30;
+        const now = await read();
+        held = Boolean(now && now.owner === me);
+      }
+      if (!held) {
+        const pause = 40 + Math.floor(Math.random() * 40);
+        await sleepMs(pause);
+        waited += pause;
+      }
+    }
+  } catch {
+    /* a storage that refuses writes cannot coordinate anything: go ahead */
+  }
+  try {
+    return await fn();
+  } finally {
+    try {
+      if (held && (await read())?.owner === me) await storage.remove(name);
+    } catch {
+      /* it expires */
+    }
+  }
+}
+
+const sleepMs = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 /** `client.auth`: the managed session (OTP sign-in, refresh with rotation, sign-out). */
 export class SluiceAuth {
   constructor(client) {
@@ -723,6 +839,8 @@ export class SluiceAuth {
     if (!challenge_id) {
       throw new SluiceError({ type: "no-challenge", title: "No code was asked for", status: 0, detail: "Call startOtp for this address first." });
     }
+    // The key held in memory may be one another tab has since forgotten: sign in with the stored one.
+    if (this._client._dpop) this._client._dpop.reload();
     const res = await this._post("auth/otp/verify", { email, code: String(code).trim(), challenge_id }, signal, await this._proofFor("auth/otp/verify"));
     this._challenges.delete(normalEmail(email));
     const session = await this._save(await res.json(), { email });
@@ -816,10 +934,10 @@ export class SluiceAuth {
     }
   }
 
-  /** A `DPoP` header for a POST to `path` (none without a key). */
-  async _proofFor(path) {
+  /** A `DPoP` header for a POST to `path` (none without a key), by the key with thumbprint `jkt` if given. */
+  async _proofFor(path, jkt) {
     const c = this._client;
-    const proof = c._dpop ? await c._dpop.proof("POST", c._url(path)) : null;
+    const proof = c._dpop ? await c._dpop.proof("POST", c._url(path), undefined, { jkt }) : null;
     return proof ? { dpop: proof } : {};
   }
 
@@ -846,19 +964,33 @@ export class SluiceAuth {
       expires_at: Number.isFinite(tokens.expires_in) ? Date.now() + tokens.expires_in * 1000 : null,
       email: email || (previous && previous.email) || undefined,
     };
+    // The DPoP key the gateway bound the session to: a tab holding another key in memory rereads it.
+    const cnf = jwtClaims(tokens.access_token).cnf;
+    const jkt = (cnf && typeof cnf.jkt === "string" && cnf.jkt) || (previous && previous.jkt);
+    if (jkt) session.jkt = jkt;
     await this._client.storage.set(this._client.storageKey, JSON.stringify(session));
     return session;
   }
 
-  async _clear(event) {
+  /**
+   * Forgets the session and its key, and tells the listeners. With `ended`, the session the gateway
+   * refused: if the stored one is another by now (another tab signed in again or refreshed), that
+   * newer session and its key stay, and nothing is emitted; resolves with whether it cleared.
+   */
+  async _clear(event, ended) {
+    if (ended) {
+      const now = await this.getSession();
+      if (now && now.refresh_token !== ended.refresh_token) return false;
+    }
     try {
       await this._client.storage.remove(this._client.storageKey);
     } catch {
       /* nothing to remove */
     }
     // The next session gets a key of its own.
-    if (this._client._dpop) await this._client._dpop.forget().catch(() => {});
+    if (this._client._dpop) await this._client._dpop.forget(ended && ended.jkt).catch(() => {});
     this._emit(event);
+    return true;
   }
 
   /** The stored session, refreshed first when its access token is (nearly) expired. */
@@ -877,18 +1009,20 @@ export class SluiceAuth {
   }
 
   /**
-   * Refreshes the session whose access token was `stale`, once: concurrent callers (and, where the Web
-   * Locks API exists, other tabs) share one refresh, because the gateway rotates refresh tokens and
+   * Refreshes the session whose access token was `stale`, once: concurrent callers (and other tabs,
+   * through the Web Locks API or else a lock in the shared storage) share one refresh, because the gateway rotates refresh tokens and
    * treats a reused one as theft. If another caller already replaced `stale`, its session is returned.
    */
   _refreshAfter(stale, signal, force = false) {
     if (!this._refreshing) {
       const run = () => this._doRefresh(stale, force);
+      const inStorage = () => storageLock(this._client.storage, `${this._client.storageKey}:refresh-lock`, run);
       const locks = globalThis.navigator && globalThis.navigator.locks;
-      // Opaque origins (sandboxed iframes) refuse locks with a SecurityError: refresh without one there.
+      // No Web Locks (plain-HTTP pages are not secure contexts), or refused (opaque origins, such as
+      // sandboxed iframes, throw a SecurityError): a lock in the shared storage instead.
       const p = locks && typeof locks.request === "function"
-        ? locks.request(`sluice-refresh:${this._client.storageKey}`, run).catch((err) => (err && err.name === "SecurityError" ? run() : Promise.reject(err)))
-        : run();
+        ? locks.request(`sluice-refresh:${this._client.storageKey}`, run).catch((err) => (err && err.name === "SecurityError" ? inStorage() : Promise.reject(err)))
+        : inStorage();
       this._refreshing = p.finally(() => {
         this._refreshing = null;
       });
@@ -899,16 +1033,20 @@ export class SluiceAuth {
   async _doRefresh(stale, force) {
     const current = await this.getSession();
     if (!current || !current.refresh_token) {
-      if (current) await this._clear("expired");
+      if (current) await this._clear("expired", current);
       throw new SluiceError({ type: "not-signed-in", title: "Not signed in", status: 401, detail: "Sign in again." });
     }
     if (!force && current.access_token !== stale) return current; // refreshed elsewhere meanwhile
     let res;
     try {
-      res = await this._post("auth/refresh", { refresh_token: current.refresh_token }, undefined, await this._proofFor("auth/refresh"));
+      res = await this._post("auth/refresh", { refresh_token: current.refresh_token }, undefined, await this._proofFor("auth/refresh", current.jkt));
     } catch (err) {
-      // Refused (expired, revoked, reused): the session is over. A network failure keeps it for later.
-      if (err instanceof SluiceError && err.status >= 400 && err.status < 500) await this._clear("expired");
+      // Refused (expired, revoked, reused): the session is over, unless another tab stored a newer
+      // one meanwhile, which is then the one to use. A network failure keeps it for later.
+      if (err instanceof SluiceError && err.status >= 400 && err.status < 500 && !(await this._clear("expired", current))) {
+        const newer = await this.getSession();
+        if (newer) return newer;
+      }
       throw err;
     }
     const session = await this._save(await res.json(), { previous: current });

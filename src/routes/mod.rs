@@ -49,17 +49,38 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> worker::Result<Re
             response.headers_mut().set("request-id", &id)?;
         }
     }
-    if let (Some(project), Some(origin)) = (cors_project, origin) {
-        if let Ok(true) = origin_allowed(env, &project, &origin).await {
-            allow_origin(
-                response.headers_mut(),
-                &origin,
-                method == "OPTIONS",
-                requested_headers.as_deref(),
-            )?;
+    if let Some(project) = cors_project {
+        // Whether the answer carries CORS headers depends on the Origin: a shared cache must not
+        // hand one origin's answer to another.
+        vary_origin(response.headers_mut())?;
+        if let Some(origin) = origin {
+            if let Ok(true) = origin_allowed(env, &project, &origin).await {
+                allow_origin(
+                    response.headers_mut(),
+                    &origin,
+                    method == "OPTIONS",
+                    requested_headers.as_deref(),
+                )?;
+            }
         }
     }
     Ok(response)
+}
+
+/// Adds `Origin` to `Vary`, keeping what is there (an upstream's own) and never naming it twice.
+fn vary_origin(headers: &mut Headers) -> worker::Result<()> {
+    let current = headers.get("vary")?.unwrap_or_default();
+    let named = current
+        .split(',')
+        .any(|v| v.trim().eq_ignore_ascii_case("origin") || v.trim() == "*");
+    if named {
+        return Ok(());
+    }
+    if current.trim().is_empty() {
+        headers.set("vary", "Origin")
+    } else {
+        headers.set("vary", &format!("{current}, Origin"))
+    }
 }
 
 async fn dispatch(route: Route, req: Request, env: &Env, ctx: &Context) -> Result<Response, Error> {
@@ -271,7 +292,6 @@ fn allow_origin(
     requested: Option<&str>,
 ) -> worker::Result<()> {
     headers.set("access-control-allow-origin", origin)?;
-    headers.append("vary", "Origin")?;
     headers.set("access-control-expose-headers", EXPOSED)?;
     if preflight {
         headers.set("access-control-allow-methods", "GET, POST, DELETE, OPTIONS")?;

@@ -288,6 +288,40 @@ add("429 shows the problem's detail and when to retry", widget(), async (ctx) =>
   assert.match(refused.notice, /You can try again in \d+ seconds \(at /);
 });
 
+add("error notices read as sentences: a wrong code, a limit's time said once, a proxy's HTML page", widget(), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { mode: "managed" });
+  const cors = { "access-control-allow-origin": "*", "content-type": "application/problem+json" };
+  const { page } = await newPage(ctx);
+  await page.route("**/auth/otp/start", (r) => r.fulfill({ status: 202, headers: cors, body: JSON.stringify({ challenge_id: "chl_x", expires_in: 600 }) }));
+  await page.route("**/auth/otp/verify", (r) => r.fulfill({ status: 401, headers: cors, body: JSON.stringify({ type: "https://sluice.dev/problems/invalid-code", title: "Invalid code", status: 401, detail: "The code is wrong." }) }));
+  await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" } })));
+  await openWidget(page);
+  await hook(page, "email").fill("words@example.com");
+  await hook(page, "send-code").click();
+  await hook(page, "code").fill("123456");
+  await hook(page, "verify").click();
+  await page.waitForFunction((rootJs) => !eval(rootJs).querySelector('[data-testid="notice"]').hidden, ROOT_JS);
+  const wrong = (await widgetState(page)).notice;
+  assert.equal(wrong, "That code did not work. Check it, or ask for a new one. The code is wrong.");
+
+  const keyed = await widgetProject(ctx, { consumer: true });
+  const { page: chat } = await newPage(ctx);
+  const answers = [
+    { status: 429, headers: { ...cors, "retry-after": "3600", "access-control-expose-headers": "Retry-After" }, body: JSON.stringify({ type: "https://sluice.dev/problems/quota-exceeded", title: "Quota exceeded", status: 429,
+      detail: "Your plan `free` allows 10 requests per day; 10 used, 0 remaining. Try again after 2030-01-01T00:00:00.000Z (in 3600 s)." }) },
+    { status: 502, headers: { "access-control-allow-origin": "*", "content-type": "text/html" }, body: "<html><body><h1>502 Bad Gateway</h1><hr><center>nginx</center></body></html>" },
+  ];
+  await chat.route("**/chat/completions", (r) => r.fulfill(answers.shift()));
+  await chat.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: keyed.slug, api: "chat" }, after: keyFromBackend(keyed.slug) })));
+  await openWidget(chat);
+  const quota = (await send(chat, "one")).notice;
+  assert.match(quota, /^Quota exceeded\. Your plan `free` allows 10 requests per day; 10 used, 0 remaining\. You can try again in 60 minutes \(at /);
+  assert.equal(quota.match(/try again/gi).length, 1, `the time is said once: ${quota}`);
+  const proxy = (await send(chat, "two")).notice;
+  assert.equal(proxy, "The chat service is having trouble right now. Please try again in a moment.");
+  for (const n of [wrong, quota, proxy]) assert.ok(!n.includes(".."), `no double full stop: ${n}`);
+});
+
 add("quota-exceeded mid-stream keeps the partial reply and says so", widget(), async (ctx) => {
   const { slug } = await widgetProject(ctx, { consumer: true, plan: { tokens_per_day: 100 } });
   const { page } = await newPage(ctx);
@@ -504,6 +538,41 @@ add("managed: a copied refresh token is useless without the page's DPoP key; a r
   assert.equal(state.view, "signin-email", `back to sign-in (notice: ${state.notice})`);
   assert.match(state.notice || "", /session has ended/);
   assert.equal(await storedSession(page, slug), null);
+});
+
+add("managed: when a session ends elsewhere, its conversation goes with it (the next user neither sees nor sends it)", widget("managed-auth"), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { mode: "managed" });
+  const { page, context } = await newPage(ctx);
+  const bodies = [];
+  page.on("request", (r) => r.url().endsWith("/chat/completions") && bodies.push(JSON.parse(r.postData())));
+  const url = ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" } }));
+  await page.goto(url);
+  await signIn(ctx, page, `alice-${slug}@example.com`);
+  expectDemoReply(await send(page, "alice's private question"), "alice's private question");
+  // Her session is revoked elsewhere (not by this widget's Sign out): the next message finds it gone.
+  await page.evaluate(async (key) => {
+    const c = await window.Sluice.ready;
+    await c.auth._logout(JSON.parse(localStorage.getItem(key)));
+  }, `sluice:${slug}:session`);
+  const ended = await send(page, "alice again");
+  assert.equal(ended.view, "signin-email", `back to sign-in (notice: ${ended.notice})`);
+  const pageText = () => page.evaluate((rootJs) => document.body.innerText + eval(rootJs).textContent, ROOT_JS);
+  assert.ok(!(await pageText()).includes("alice"), "Alice's words (and address) are gone from the page");
+  assert.equal(await hook(page, "email").inputValue(), "", "the sign-in form does not offer her address");
+  // Bob signs in on the same widget: an empty conversation, and his first request carries only his words.
+  await signIn(ctx, page, `bob-${slug}@example.com`);
+  assert.ok(!(await pageText()).includes("alice"), "Bob does not see Alice's conversation");
+  expectDemoReply(await send(page, "bob's first message"), "bob's first message");
+  assert.deepEqual(bodies.at(-1).messages, [{ role: "user", content: "bob's first message" }], "Bob's request carries only his message");
+
+  // Signed out in another tab: this tab drops the conversation at once.
+  const other = await context.newPage();
+  await other.goto(url);
+  await openWidget(other);
+  await hook(other, "signout").click();
+  await hook(other, "email").waitFor({ state: "visible" });
+  await hook(page, "email").waitFor({ state: "visible" });
+  assert.ok(!(await pageText()).includes("bob's first"), "the other tab's sign-out took Bob's conversation away");
 });
 
 add("react demo (@sluice/react): sign in, a reply streams, Stop keeps it, a reload keeps the session", () => ["assets", "managed-auth", "demo-page"], async (ctx) => {
@@ -772,6 +841,33 @@ add("owner console: sign in, project and API, auth mode, a key shown once and re
   await dark.page.locator('[data-testid="members"]').waitFor();
   await dark.page.screenshot({ path: path.join(ARTIFACTS, "console-members-360-dark.png"), fullPage: true });
   assert.deepEqual(dark.logs.filter((l) => l.startsWith("pageerror")), []);
+});
+
+add("owner console: a tab opened from another signs in on its own, so reloading either keeps both signed in", () => ["assets"], async (ctx) => {
+  const g = ctx.gateway.base;
+  const { page: a, context } = await newPage(ctx);
+  const title = (p) => p.evaluate(() => document.querySelector('[data-testid="title"]')?.textContent || "");
+  const refreshes = [];
+  context.on("response", (r) => r.url().endsWith("/api/v1/auth/refresh") && refreshes.push(r.status()));
+  const devLogin = async (p) => {
+    await p.locator('[data-testid="dev-email"]').fill("tabs.owner@example.com");
+    await p.locator('[data-testid="dev-login-submit"]').click();
+    await p.waitForFunction(() => document.querySelector('[data-testid="title"]')?.textContent === "Projects");
+  };
+  await a.goto(`${g}/console`);
+  await devLogin(a);
+  // A second tab opened from the first starts with a copy of its session storage (and refresh token).
+  const [b] = await Promise.all([context.waitForEvent("page"), a.evaluate(() => window.open(location.href, "_blank"))]);
+  await b.waitForLoadState();
+  await b.locator('[data-testid="copied-tab"]').waitFor();
+  assert.equal(await title(b), "Sign in", "the copied tab does not use the copied refresh token");
+  await devLogin(b);
+  for (const p of [a, b, a, b]) {
+    await p.reload();
+    await p.waitForFunction(() => ["Projects", "Sign in"].includes(document.querySelector('[data-testid="title"]')?.textContent));
+    assert.equal(await title(p), "Projects", `still signed in after a reload (refreshes: ${refreshes.join(" ")})`);
+  }
+  assert.deepEqual(refreshes, [200, 200, 200, 200], "every refresh was its own tab's token");
 });
 
 async function main() {

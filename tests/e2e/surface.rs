@@ -16,6 +16,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         embeddings_are_metered_by_their_input,
         one_model_is_found_or_404,
         anthropic_messages_whole_streamed_and_in_its_error_shape,
+        browser_files_revalidate_soon_unless_versioned_and_cors_answers_vary_by_origin,
     ]
 }
 
@@ -396,5 +397,87 @@ async fn anthropic_messages_whole_streamed_and_in_its_error_shape(c: Arc<Ctx>) -
         "{records:?}"
     );
     let _: Value = whole.json();
+    Ok(())
+}
+
+/// The widget, SDK and console files: a `?v=` of the exact content is cached for a year, an
+/// unversioned URL for minutes at most (a fix reaches embedding pages soon); and an end-user answer
+/// whose CORS headers depend on the Origin says so in `Vary`, for allowed and refused origins alike.
+async fn browser_files_revalidate_soon_unless_versioned_and_cors_answers_vary_by_origin(
+    c: Arc<Ctx>,
+) -> CaseResult {
+    let max_age = |r: &Reply| -> Option<u64> {
+        let cc = r.header("cache-control")?;
+        if cc.contains("no-cache") {
+            return Some(0);
+        }
+        cc.split(',')
+            .find_map(|d| d.trim().strip_prefix("max-age=")?.parse().ok())
+    };
+    for path in ["/chat.js", "/sdk.js", "/console", "/console/console.js"] {
+        let plain = Reply::read(c.http.get(format!("{}{path}", c.base)).send().await?).await?;
+        assert_eq!(plain.status, 200, "{path}: {}", plain.describe());
+        let age = max_age(&plain);
+        assert!(
+            age.is_some_and(|a| a <= 300),
+            "{path} without ?v= is cached {:?}",
+            plain.header("cache-control")
+        );
+        assert!(plain.header("etag").is_some(), "{path} has an ETag");
+        let version = plain
+            .header("etag")
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string();
+        let pinned = Reply::read(
+            c.http
+                .get(format!("{}{path}?v={version}", c.base))
+                .send()
+                .await?,
+        )
+        .await?;
+        assert_eq!(
+            pinned.header("cache-control"),
+            Some("public, max-age=31536000, immutable"),
+            "{path}?v=<its version>"
+        );
+    }
+
+    let slug = "surface-vary";
+    c.tenant_on_mock(slug, "ok", json!({})).await?;
+    let allowed = "http://app.example";
+    let patched = c
+        .admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/projects/{slug}"),
+            Some(json!({"allowed_origins": [allowed]})),
+        )
+        .await?;
+    expect_status(&patched, 200, "allow an origin")?;
+    for origin in [Some(allowed), Some("http://elsewhere.example"), None] {
+        let mut req = c
+            .http
+            .get(format!("{}/v1/{slug}/chat/models", c.base))
+            .bearer_auth("ask_live_not_a_key");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let reply = Reply::read(req.send().await?).await?;
+        let vary = reply
+            .header("vary")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        assert_eq!(
+            vary.split(',').filter(|v| v.trim() == "origin").count(),
+            1,
+            "Vary names Origin once for origin {origin:?}: {vary:?}"
+        );
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            origin.filter(|o| *o == allowed),
+            "CORS only for the allowed origin"
+        );
+    }
     Ok(())
 }

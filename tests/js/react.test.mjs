@@ -14,7 +14,7 @@ const React = await import("react");
 const { act } = React;
 const { createRoot } = await import("react-dom/client");
 const { SluiceProvider, useAuth, useGatewayChat } = await import("@sluice/react");
-const { memoryStorage } = await import("@sluice/sdk");
+const { memoryStorage, DpopKey } = await import("@sluice/sdk");
 
 const BASE = "https://gw.example";
 const enc = new TextEncoder();
@@ -48,18 +48,24 @@ function problem(status, type, detail, extra = {}) {
 }
 
 /** Renders `useHook()` inside a provider; `result.current` is the latest return value. */
-async function renderHook(useHook, fetch) {
-  const result = { current: null, history: [] };
-  function Probe() {
-    result.current = useHook();
-    result.history.push(result.current);
+async function renderHook(useHook, fetch, providerProps = {}) {
+  const { results, unmount } = await renderHooks([useHook], fetch, providerProps);
+  return { result: results[0], unmount };
+}
+
+/** Renders each hook in its own component, side by side under one provider. */
+async function renderHooks(useHooks, fetch, providerProps = {}) {
+  const results = useHooks.map(() => ({ current: null, history: [] }));
+  const probes = useHooks.map((useHook, i) => function Probe() {
+    results[i].current = useHook();
+    results[i].history.push(results[i].current);
     return null;
-  }
+  });
   const root = createRoot(document.getElementById("root"));
   await act(async () => {
-    root.render(React.createElement(SluiceProvider, { baseUrl: BASE, project: "p", fetch, storage: memoryStorage(), dpop: false }, React.createElement(Probe)));
+    root.render(React.createElement(SluiceProvider, { baseUrl: BASE, project: "p", fetch, storage: memoryStorage(), dpop: false, ...providerProps }, ...probes.map((P, i) => React.createElement(P, { key: i }))));
   });
-  return { result, unmount: () => act(() => root.unmount()) };
+  return { results, unmount: () => act(() => root.unmount()) };
 }
 
 const settle = () => act(async () => {
@@ -207,6 +213,68 @@ describe("useAuth", () => {
     assert.equal(result.current.status, "code-sent");
     assert.equal(result.current.error.status, 401);
     assert.equal(result.current.error.problem.attempts_left, 4);
+    await unmount();
+  });
+
+  test("an email form and a code form, each with its own useAuth(), take part in one sign-in", async () => {
+    const fetch = async (url) => {
+      if (url.endsWith("/auth/otp/start")) return new Response(JSON.stringify({ challenge_id: "chl_z" }), { status: 202 });
+      if (url.endsWith("/auth/otp/verify")) return new Response(JSON.stringify({ access_token: token({ sub: "con_2" }), refresh_token: "srt_2", token_type: "Bearer", expires_in: 900 }), { status: 200 });
+      return problem(404, "not-found", "no");
+    };
+    const { results: [emailForm, codeForm], unmount } = await renderHooks([() => useAuth(), () => useAuth()], fetch);
+    await act(() => emailForm.current.startSignIn("c@example.com"));
+    assert.equal(codeForm.current.status, "code-sent", "the code form sees the code was sent");
+    await act(() => codeForm.current.verify("123456"));
+    assert.equal(emailForm.current.status, "signed-in");
+    assert.equal(codeForm.current.user.id, "con_2");
+    await unmount();
+  });
+
+  test("the seed's `token: tokens?.accessToken` calls as the managed session: DPoP proofs, and a refresh on 401", async () => {
+    const first = token({ sub: "con_3", n: 1 });
+    const second = token({ sub: "con_3", n: 2 });
+    const chats = [];
+    let refreshes = 0;
+    const fetch = async (url, init) => {
+      if (url.endsWith("/auth/otp/start")) return new Response(JSON.stringify({ challenge_id: "chl_d" }), { status: 202 });
+      if (url.endsWith("/auth/otp/verify")) return new Response(JSON.stringify({ access_token: first, refresh_token: "srt_a", token_type: "DPoP", expires_in: 900 }), { status: 200 });
+      if (url.endsWith("/auth/refresh")) {
+        refreshes += 1;
+        assert.ok(init.headers.dpop, "the refresh carries a proof");
+        return new Response(JSON.stringify({ access_token: second, refresh_token: "srt_b", token_type: "DPoP", expires_in: 900 }), { status: 200 });
+      }
+      chats.push(init.headers);
+      if (init.headers.authorization !== `DPoP ${second}` || !init.headers.dpop) return problem(401, "https://sluice.dev/problems/invalid-dpop-proof", "no");
+      const s = steppedStream([chunk("ok"), "[DONE]"]);
+      s.next();
+      s.next();
+      return s.response;
+    };
+    let saved = null;
+    const dpop = new DpopKey({ load: async () => saved, save: async (p) => (saved = p), remove: async () => (saved = null) });
+    const { result, unmount } = await renderHook(() => {
+      const auth = useAuth();
+      const chat = useGatewayChat({ apiSlug: "chat", token: auth.tokens?.accessToken });
+      return { auth, chat };
+    }, fetch, { dpop });
+    await act(() => result.current.auth.startSignIn("d@example.com"));
+    await act(() => result.current.auth.verify("123456"));
+    const t = result.current.auth.tokens;
+    assert.equal(t.accessToken, first, "tokens.accessToken, as the seed writes it");
+    assert.equal(t.refreshToken, "srt_a");
+    assert.ok(t.expiresAt > Date.now());
+    assert.equal(t.access_token, first, "the stored fields stay too");
+    await act(async () => {
+      await result.current.chat.sendMessage("hi");
+    });
+    assert.equal(chats[0].authorization, `DPoP ${first}`, "sent as the DPoP-bound session, not as Bearer");
+    assert.ok(chats[0].dpop, "with a proof");
+    assert.equal(refreshes, 1, "a 401 refreshes the session");
+    assert.equal(result.current.chat.error, null);
+    assert.equal(result.current.chat.messages.at(-1).content, "ok");
+    await settle();
+    assert.equal(result.current.auth.tokens.accessToken, second, "the refreshed token reaches the app");
     await unmount();
   });
 });

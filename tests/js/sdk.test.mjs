@@ -623,3 +623,131 @@ describe("DPoP", () => {
     assert.ok(JSON.parse(b64urlBytes(me.headers.dpop.split(".")[1])).ath, "a call's proof covers the token");
   });
 });
+
+// ------------------------------------------------------------------------------------------------
+// Two tabs of one browser: one localStorage and one IndexedDB, but each tab's SDK holds its own copy
+// of the DPoP key in memory.
+
+describe("DPoP across tabs", () => {
+  const enc = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const thumb = async (jwk) => Buffer.from(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y })))).toString("base64url");
+  const proofJkt = (proof) => thumb(JSON.parse(b64urlBytes(proof.split(".")[0])).jwk);
+  const claimsOf = (token) => JSON.parse(b64urlBytes(token.split(".")[1]));
+
+  /** A gateway stand-in that binds sessions to the proof's key and checks every proof against it. */
+  function bindingGateway() {
+    let n = 0;
+    const live = new Map(); // refresh token -> jkt
+    const token = (jkt) => `${enc({ alg: "ES256" })}.${enc({ sub: "con_1", cnf: { jkt }, n: ++n })}.sig`;
+    const pair = async (jkt) => {
+      const refresh = `ref_${++n}`;
+      live.set(refresh, jkt);
+      return { access_token: token(jkt), refresh_token: refresh, token_type: "DPoP", expires_in: 900 };
+    };
+    handlers["POST /v1/p/auth/otp/start"] = json(202, { challenge_id: "chl_1" });
+    handlers["POST /v1/p/auth/otp/verify"] = async (req, res, rec) => json(200, await pair(await proofJkt(rec.headers.dpop)))(req, res);
+    handlers["POST /v1/p/auth/logout"] = (req, res, rec) => {
+      live.delete(rec.body.refresh_token);
+      res.writeHead(204);
+      res.end();
+    };
+    handlers["GET /v1/p/auth/me"] = async (req, res, rec) => {
+      const t = (rec.headers.authorization || "").replace(/^DPoP /, "");
+      const ok = rec.headers.dpop && claimsOf(t).cnf.jkt === (await proofJkt(rec.headers.dpop));
+      (ok ? json(200, { id: "con_1" }) : problem(401, { type: "invalid-dpop-proof", title: "Invalid DPoP proof" }))(req, res);
+    };
+    handlers["POST /v1/p/auth/refresh"] = async (req, res, rec) => {
+      const jkt = live.get(rec.body.refresh_token);
+      // A proof by another key is refused and revokes nothing (as the gateway does).
+      if (!jkt || jkt !== (await proofJkt(rec.headers.dpop))) return problem(401, { type: "invalid-refresh-token", title: "Refused" })(req, res);
+      live.delete(rec.body.refresh_token);
+      json(200, await pair(jkt))(req, res);
+    };
+  }
+
+  function twoTabs() {
+    const storage = memoryStorage();
+    let idb = null; // the one IndexedDB record both tabs share
+    const tab = () => new SluiceClient({ baseUrl: base, project: "p", storage, dpop: new DpopKey({ load: async () => idb, save: async (p) => (idb = p), remove: async () => (idb = null) }) });
+    return { a: tab(), b: tab(), storage, stored: () => idb };
+  }
+
+  async function signIn(client) {
+    await client.auth.startOtp("a@example.com");
+    return client.auth.verifyOtp("a@example.com", "123456");
+  }
+
+  test("a tab still holding the old key notices the session another tab signed in again, and uses the stored key", async () => {
+    reset();
+    bindingGateway();
+    const { a, b, stored } = twoTabs();
+    const first = await signIn(a);
+    assert.deepEqual(await b.auth.me(), { id: "con_1" }, "tab B signs with the key it loaded");
+    await a.auth.signOut();
+    const second = await signIn(a);
+    assert.equal(second.jkt, await thumb(stored().jwk), "the session records the key it is bound to");
+    assert.notEqual(second.jkt, first.jkt, "signing in again made a new key");
+    requests.length = 0;
+    assert.deepEqual(await b.auth.me(), { id: "con_1" }, "tab B rereads the stored key instead of signing with the forgotten one");
+    assert.equal(requests.filter((r) => r.path.endsWith("/auth/refresh")).length, 0, "no refresh was needed");
+    assert.ok(await a.auth.getSession(), "both tabs stay signed in");
+    assert.deepEqual(await a.auth.me(), { id: "con_1" });
+  });
+
+  test("a refresh refused for a stale copy never clears the newer session or key another tab stored", async () => {
+    reset();
+    bindingGateway();
+    const { a, b, storage, stored } = twoTabs();
+    await signIn(a);
+    const old = await b.auth.getSession();
+    await b.auth.me(); // B now holds the first key in memory
+    // Tab A signs out and in again while B's refresh of the old session is on its way.
+    const refresh = handlers["POST /v1/p/auth/refresh"];
+    handlers["POST /v1/p/auth/refresh"] = async (req, res, rec) => {
+      handlers["POST /v1/p/auth/refresh"] = refresh;
+      await a.auth.signOut();
+      await signIn(a);
+      problem(401, { type: "invalid-refresh-token", title: "Refused" })(req, res);
+    };
+    const events = [];
+    b.auth.onChange((e) => events.push(e));
+    const adopted = await b.auth._refreshAfter(old.access_token, undefined, true);
+    const newer = await a.auth.getSession();
+    assert.ok(newer && newer.refresh_token !== old.refresh_token);
+    assert.equal(adopted.refresh_token, newer.refresh_token, "tab B adopts the newer session");
+    assert.equal(JSON.parse(storage.get("sluice:p:session")).refresh_token, newer.refresh_token, "the newer session stays stored");
+    assert.equal(await thumb(stored().jwk), newer.jkt, "the newer key stays stored");
+    assert.deepEqual(events, [], "tab B does not announce an expired session");
+    assert.deepEqual(await b.auth.me(), { id: "con_1" });
+  });
+});
+
+describe("refresh across tabs without Web Locks (plain-HTTP pages)", () => {
+  test("two tabs refreshing at once share one refresh instead of reusing the token (which would end the session)", async () => {
+    assert.equal(globalThis.navigator?.locks, undefined, "this test runs where there are no Web Locks");
+    reset();
+    let live = "ref_0";
+    let revoked = false;
+    let n = 0;
+    handlers["POST /v1/p/auth/refresh"] = async (req, res, rec) => {
+      await sleep(40); // both tabs' requests would be in flight together
+      if (revoked || rec.body.refresh_token !== live) {
+        revoked = true; // reuse: the gateway revokes the whole session
+        return problem(401, { type: "invalid-refresh-token", title: "Refresh token reused" })(req, res);
+      }
+      live = `ref_${++n}`;
+      json(200, { access_token: `acc_${n}`, refresh_token: live, token_type: "Bearer", expires_in: 900 })(req, res);
+    };
+    handlers["GET /v1/p/auth/me"] = (req, res, rec) => (!revoked && rec.headers.authorization === `Bearer acc_${n}` ? json(200, { id: "u" }) : problem(401, { type: "unauthorized" }))(req, res);
+    const storage = memoryStorage(); // one localStorage, two tabs
+    storage.set("sluice:p:session", JSON.stringify({ access_token: "acc_0", refresh_token: "ref_0", token_type: "Bearer", expires_at: Date.now() - 1000 }));
+    const tab = () => new SluiceClient({ baseUrl: base, project: "p", storage, dpop: false });
+    const [a, b] = [tab(), tab()];
+    const answers = await Promise.all([a.auth.me(), b.auth.me()]);
+    assert.deepEqual(answers, [{ id: "u" }, { id: "u" }]);
+    assert.equal(requests.filter((r) => r.path.endsWith("/auth/refresh")).length, 1, "one refresh for both tabs");
+    assert.equal(revoked, false);
+    assert.equal(JSON.parse(storage.get("sluice:p:session")).refresh_token, "ref_1");
+    assert.equal(storage.get("sluice:p:session:refresh-lock"), null, "the lock is released");
+  });
+});

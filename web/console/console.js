@@ -12,6 +12,47 @@ const toasts = document.getElementById("toasts");
 let access = null;
 const REFRESH = "sluice.console.refresh";
 
+// A tab opened from this one (window.open, open in a new tab, Duplicate) starts with a copy of its
+// session storage, refresh token included. Two tabs refreshing with one token is reuse, which revokes
+// the session in both; so each tab keeps an id both in its session storage and in window.name (which
+// a new tab does not inherit and a reload keeps), and a tab whose id is not its own, or is answered
+// to by another live tab, is a copy: it drops the copied token and signs in on its own.
+const TAB = "sluice.console.tab";
+const tabs = typeof BroadcastChannel === "function" ? new BroadcastChannel("sluice.console.tabs") : null;
+const tabName = (id) => `sluice-console:${id}`;
+if (tabs) tabs.onmessage = (e) => {
+  const id = sessionStorage.getItem(TAB);
+  if (id && e.data && e.data.ask === id && window.name === tabName(id)) tabs.postMessage({ mine: id });
+};
+let copiedFrom = false;
+const tabChecked = (async () => {
+  const id = sessionStorage.getItem(TAB);
+  if (!id) return;
+  let copied = window.name !== tabName(id);
+  if (!copied && tabs) {
+    copied = await new Promise((resolve) => {
+      const on = (e) => { if (e.data && e.data.mine === id) done(true); };
+      const done = (v) => { clearTimeout(timer); tabs.removeEventListener("message", on); resolve(v); };
+      const timer = setTimeout(() => done(false), 150);
+      tabs.addEventListener("message", on);
+      tabs.postMessage({ ask: id });
+    });
+  }
+  if (copied) {
+    copiedFrom = sessionStorage.getItem(REFRESH) !== null;
+    sessionStorage.removeItem(REFRESH);
+    sessionStorage.removeItem(TAB);
+  }
+})();
+
+/** This tab's own id, made at its first sign-in. */
+function ownTab() {
+  if (sessionStorage.getItem(TAB) && window.name === tabName(sessionStorage.getItem(TAB))) return;
+  const id = Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
+  sessionStorage.setItem(TAB, id);
+  window.name = tabName(id);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Small DOM helpers
 
@@ -124,6 +165,8 @@ const enc = encodeURIComponent;
 
 function signedIn(tokens) {
   access = tokens.access_token;
+  ownTab();
+  copiedFrom = false;
   sessionStorage.setItem(REFRESH, tokens.refresh_token);
 }
 
@@ -201,6 +244,7 @@ function signInScreen() {
     render();
   }, "Dev login");
   page("Sign in", [["Sign in"]],
+    ...(copiedFrom ? [h("p", { class: "muted", testid: "copied-tab" }, "This tab was opened from another console tab. Sign in here too: one session shared by two tabs would be ended in both at their next refresh.")] : []),
     h("div", { class: "grid" },
       card("With an email code", emailForm, codeForm),
       card("Dev mode", h("p", { class: "muted" }, "A dev gateway makes the account and its personal org on first use."), dev)));
@@ -626,6 +670,7 @@ async function orgAudit(org) {
 // Routing
 
 async function render() {
+  await tabChecked;
   if (!access && !(await refresh())) return signInScreen();
   try {
     me = await get("/api/v1/orgs/me");

@@ -392,7 +392,19 @@ pub struct MessagesStream {
     stop_reason: &'static str,
     /// A `tool_use` block was sent (the stop reason is then `tool_use`).
     tools_used: bool,
+    /// Tool calls whose pieces came while another call's block was open: Anthropic's blocks
+    /// cannot interleave, so each is sent whole once that block closes (at the end of the answer).
+    waiting: Vec<WaitingCall>,
     usage: Value,
+}
+
+/// A tool call held back until the open block closes: its chat index, id, name and arguments.
+#[derive(Debug, Default)]
+struct WaitingCall {
+    index: u64,
+    id: Option<String>,
+    name: String,
+    arguments: String,
 }
 
 impl MessagesStream {
@@ -406,6 +418,7 @@ impl MessagesStream {
             open: None,
             stop_reason: "end_turn",
             tools_used: false,
+            waiting: Vec::new(),
             usage: json!({"input_tokens": 0, "output_tokens": 0}),
         }
     }
@@ -470,7 +483,15 @@ impl MessagesStream {
         if v.get("usage").is_some_and(Value::is_object) {
             self.usage = usage_of(v);
         }
-        let Some(choice) = v.pointer("/choices/0") else {
+        // The first choice only (a Messages answer has one): an upstream that sends others, asked
+        // or not, does not mix them in.
+        let Some(choice) = v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+        else {
             return;
         };
         let delta = choice.get("delta").cloned().unwrap_or(Value::Null);
@@ -492,32 +513,7 @@ impl MessagesStream {
             .into_iter()
             .flatten()
         {
-            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let id = call.get("id").and_then(Value::as_str).map(str::to_string);
-            let same = match &self.open {
-                // A later piece of the open call: same index, and no id or the same id.
-                Some(Block::Tool(i, open_id)) => *i == index && (id.is_none() || id == *open_id),
-                _ => false,
-            };
-            if !same {
-                self.tools_used = true;
-                self.open_block(out, Block::Tool(index, id.clone()), json!({
-                    "type": "tool_use",
-                    "id": call.get("id").cloned().unwrap_or_else(|| Value::from(format!("toolu_{index}"))),
-                    "name": call.pointer("/function/name").cloned().unwrap_or(Value::from("")),
-                    "input": {},
-                }));
-            }
-            if let Some(args) = call
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .filter(|a| !a.is_empty())
-            {
-                self.delta(
-                    out,
-                    json!({"type": "input_json_delta", "partial_json": args}),
-                );
-            }
+            self.on_tool_piece(out, call);
         }
         if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
             self.stop_reason = stop_reason(Some(finish));
@@ -527,11 +523,88 @@ impl MessagesStream {
         }
     }
 
+    /// A piece of a tool call. The call whose block is open streams on; a call starting while no
+    /// other call's block is open opens one; a piece of any other call waits (see `waiting`).
+    fn on_tool_piece(&mut self, out: &mut String, call: &Value) {
+        let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let id = call.get("id").and_then(Value::as_str).map(str::to_string);
+        let name = call.pointer("/function/name").and_then(Value::as_str);
+        let args = call
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty());
+        // A later piece of a call: same index, and no id or the same id.
+        let same = |i: u64, known: &Option<String>| i == index && (id.is_none() || id == *known);
+        if let Some(Block::Tool(i, open_id)) = &self.open {
+            if same(*i, open_id) {
+                if let Some(args) = args {
+                    self.delta(
+                        out,
+                        json!({"type": "input_json_delta", "partial_json": args}),
+                    );
+                }
+                return;
+            }
+        }
+        let opened_before = matches!(self.open, Some(Block::Tool(..)));
+        if let Some(waiting) = self.waiting.iter_mut().find(|w| same(w.index, &w.id)) {
+            waiting.id = waiting.id.take().or(id);
+            waiting.name.push_str(name.unwrap_or(""));
+            waiting.arguments.push_str(args.unwrap_or(""));
+            return;
+        }
+        if opened_before {
+            self.waiting.push(WaitingCall {
+                index,
+                id,
+                name: name.unwrap_or("").to_string(),
+                arguments: args.unwrap_or("").to_string(),
+            });
+            return;
+        }
+        self.tools_used = true;
+        let block_id = id.clone().unwrap_or_else(|| format!("toolu_{index}"));
+        self.open_block(
+            out,
+            Block::Tool(index, id),
+            json!({"type": "tool_use", "id": block_id, "name": name.unwrap_or(""), "input": {}}),
+        );
+        if let Some(args) = args {
+            self.delta(
+                out,
+                json!({"type": "input_json_delta", "partial_json": args}),
+            );
+        }
+    }
+
+    /// The calls that waited, each as a whole block.
+    fn flush_waiting(&mut self, out: &mut String) {
+        for call in std::mem::take(&mut self.waiting) {
+            self.tools_used = true;
+            let block_id = call
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("toolu_{}", call.index));
+            self.open_block(
+                out,
+                Block::Tool(call.index, call.id),
+                json!({"type": "tool_use", "id": block_id, "name": call.name, "input": {}}),
+            );
+            if !call.arguments.is_empty() {
+                self.delta(
+                    out,
+                    json!({"type": "input_json_delta", "partial_json": call.arguments}),
+                );
+            }
+        }
+    }
+
     fn finish(&mut self, out: &mut String) {
         if self.ended {
             return;
         }
         self.start(out, &Value::Null);
+        self.flush_waiting(out);
         self.close(out);
         self.ended = true;
         Self::event(
@@ -944,6 +1017,71 @@ mod tests {
             "m",
         );
         assert_eq!(whole["stop_reason"], "tool_use");
+    }
+
+    #[test]
+    fn interleaved_tool_calls_become_whole_blocks_and_other_choices_stay_out() {
+        let chunk = |choices: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c", "model": "m", "choices": choices})
+            )
+        };
+        let piece = |i: u64, first: bool, args: &str| {
+            let mut call = json!({"index": i, "function": {"arguments": args}});
+            if first {
+                call["id"] = json!(format!("call_{i}"));
+                call["function"]["name"] = json!(format!("f{i}"));
+            }
+            call
+        };
+        let text = [
+            chunk(json!([{"index": 0, "delta": {"tool_calls": [piece(0, true, "{\"a\""), piece(1, true, "{\"b\"")]}}])),
+            chunk(json!([{"index": 1, "delta": {"content": "OTHER CHOICE"}}])),
+            chunk(json!([{"index": 0, "delta": {"tool_calls": [piece(1, false, ":2}")]}}])),
+            chunk(json!([{"index": 0, "delta": {"tool_calls": [piece(0, false, ":1}")]}}])),
+            chunk(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}, {"index": 1, "delta": {}, "finish_reason": "stop"}])),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        let mut s = MessagesStream::new("m");
+        let evs = events(&s.push(text.as_bytes()));
+        let data: Vec<Value> = evs
+            .iter()
+            .map(|e| crate::encoding::from_json(&e.data).unwrap())
+            .collect();
+        let blocks: Vec<&Value> = data
+            .iter()
+            .filter(|d| d["type"] == "content_block_start")
+            .collect();
+        assert_eq!(blocks.len(), 2, "{data:?}");
+        assert_eq!(
+            (
+                blocks[0]["content_block"]["name"].as_str(),
+                blocks[1]["content_block"]["name"].as_str()
+            ),
+            (Some("f0"), Some("f1"))
+        );
+        for (i, want) in [(0, "{\"a\":1}"), (1, "{\"b\":2}")] {
+            let args: String = data
+                .iter()
+                .filter(|d| d["type"] == "content_block_delta" && d["index"] == i)
+                .filter_map(|d| d["delta"]["partial_json"].as_str())
+                .collect();
+            assert_eq!(args, want, "block {i}");
+        }
+        // Blocks never interleave: each starts after the previous one stopped.
+        let order: Vec<(String, u64)> = data
+            .iter()
+            .filter_map(|d| Some((d["type"].as_str()?.to_string(), d["index"].as_u64()?)))
+            .collect();
+        let last_of_0 = order.iter().rposition(|(_, i)| *i == 0).unwrap();
+        let first_of_1 = order.iter().position(|(_, i)| *i == 1).unwrap();
+        assert!(last_of_0 < first_of_1, "{order:?}");
+        assert!(!String::from_utf8_lossy(&s.push(b"")).contains("OTHER"));
+        assert!(!data.iter().any(|d| d.to_string().contains("OTHER CHOICE")));
+        let stop = data.iter().find(|d| d["type"] == "message_delta").unwrap();
+        assert_eq!(stop["delta"]["stop_reason"], "tool_use");
     }
 
     #[test]

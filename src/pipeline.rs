@@ -232,8 +232,13 @@ async fn serve(
                     routed: target.as_ref(),
                     original: original.as_ref(),
                 };
-                let c = candidate(env, api, &asked, place.request_id, to, model)?;
-                candidates.push(c.priced(api.prices.get(model)));
+                // A fallback whose provider cannot take this request (`n`, JSON mode, logprobs
+                // on Anthropic) is left out; the model asked for answers it or refuses it.
+                match candidate(env, api, &asked, place.request_id, to, model) {
+                    Ok(c) => candidates.push(c.priced(api.prices.get(model))),
+                    Err(e) if e.problem == Problem::ParameterNotAllowed => {}
+                    Err(e) => return Err(e),
+                }
             }
             if native {
                 for c in &mut candidates {

@@ -144,6 +144,30 @@ pub fn request(chat: &Map<String, Value>, model: &str) -> Result<Value, Error> {
             "Anthropic answers one choice per request: `n` above 1 is not supported by this API's provider.",
         ));
     }
+    // What Anthropic's Messages API has no way to honour is refused, not dropped unseen (`seed`,
+    // a hint only, is dropped).
+    if chat
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "text")
+    {
+        return Err(unsupported(
+            "response_format",
+            "Anthropic has no JSON mode: `response_format` other than `text` is not supported by this API's provider; describe the JSON in the prompt or use a tool.",
+        ));
+    }
+    for param in ["logprobs", "top_logprobs", "logit_bias"] {
+        if chat
+            .get(param)
+            .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
+        {
+            return Err(unsupported(
+                param,
+                &format!("Anthropic does not return log probabilities or take logit biases: `{param}` is not supported by this API's provider."),
+            ));
+        }
+    }
     let list = chat
         .get("messages")
         .and_then(Value::as_array)
@@ -711,6 +735,41 @@ mod tests {
             request(&two, "m").unwrap_err().problem,
             Problem::ParameterNotAllowed
         );
+        for (extra, param) in [
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
+                "response_format",
+            ),
+            (json!({"logprobs": true}), "logprobs"),
+            (json!({"top_logprobs": 3}), "top_logprobs"),
+            (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
+        ] {
+            let mut b = json!({"model": "m", "messages": []});
+            b.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let e = request(&body(b), "m").unwrap_err();
+            assert_eq!(
+                (e.problem, e.extra.get("param").cloned()),
+                (Problem::ParameterNotAllowed, Some(json!(param))),
+                "{extra}"
+            );
+        }
+        for fine in [
+            json!({"response_format": {"type": "text"}}),
+            json!({"logprobs": false}),
+            json!({"seed": 7}),
+        ] {
+            let mut b = json!({"model": "m", "messages": []});
+            b.as_object_mut()
+                .unwrap()
+                .extend(fine.as_object().unwrap().clone());
+            assert!(request(&body(b), "m").is_ok(), "{fine}");
+        }
         let named = body(
             json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5,
             "tool_choice": {"type": "function", "function": {"name": "f"}}}),

@@ -93,10 +93,10 @@ pub async fn patch(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, E
     let project = d1::project_by_slug(&c.db, project).await?;
     let mut cl = client(c, &project, id).await?;
     input.validate(cl.client_type)?;
-    if let Some(n) = input.name {
+    if let Some(n) = input.name.flatten() {
         cl.name = n.trim().to_string();
     }
-    if let Some(uris) = input.redirect_uris {
+    if let Some(uris) = input.redirect_uris.flatten() {
         cl.redirect_uris = uris;
     }
     if let Some(s) = input.scopes {

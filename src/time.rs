@@ -41,13 +41,25 @@ pub fn rfc3339(ms: i64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
 }
 
-/// Parses the RFC 3339 forms clients send (`2026-11-22`, `2026-11-22T10:00:00Z`, with optional
-/// fraction and numeric offset) into epoch milliseconds.
 /// The UTC day of `ms` as `YYYY-MM-DD`.
 pub fn utc_day(ms: i64) -> String {
     rfc3339(ms).chars().take(10).collect()
 }
 
+/// Days in `month` (1..=12) of `year`, February 29 in Gregorian leap years.
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Parses the RFC 3339 forms clients send (`2026-11-22`, `2026-11-22T10:00:00Z`, with optional
+/// fraction and numeric offset) into epoch milliseconds. A date or time that is not on the calendar
+/// or clock (`2026-02-30`, `24:00:00`, an offset of `+25:00`) is `None`, never carried over into
+/// the next day or month.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
@@ -61,7 +73,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         return None;
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+    if !(1..=12).contains(&mo) || !(1..=days_in_month(y, mo)).contains(&d) {
         return None;
     }
     let day_ms = days_from_civil(y, mo as u32, d as u32) * DAY_MS;
@@ -76,7 +88,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         return None;
     }
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if h > 23 || mi > 59 || sec > 60 {
+    if h > 23 || mi > 59 || sec > 59 {
         return None;
     }
     let mut i = 19;
@@ -100,7 +112,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
             && tz.as_bytes()[3] == b':' =>
         {
             let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (num(i + 1..i + 3)? * 3_600_000 + num(i + 4..i + 6)? * 60_000)
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3_600_000 + om * 60_000)
         }
         _ => return None,
     };
@@ -156,6 +172,80 @@ mod tests {
             "2026-11-22T00:00:00+1",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn dates_and_times_off_the_calendar_are_refused() {
+        for bad in [
+            "2026-02-30",
+            "2026-02-29",
+            "2100-02-29",
+            "2026-04-31",
+            "2026-06-31",
+            "2026-09-31",
+            "2026-11-31",
+            "2026-00-10",
+            "2026-13-01",
+            "2026-01-00",
+            "2026-01-32",
+            "2026-02-30T00:00:00Z",
+            "2026-11-22T24:00:00Z",
+            "2026-11-22T23:60:00Z",
+            "2026-11-22T23:59:60Z",
+            "2026-11-22T23:59:99Z",
+            "2026-11-22T10:00:00+25:00",
+            "2026-11-22T10:00:00+24:00",
+            "2026-11-22T10:00:00-24:00",
+            "2026-11-22T10:00:00+23:60",
+            "2026-11-22T10:00:00-00:99",
+            "2026-11-22T10:00:00+1a:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        // The last day of every month, leap days of leap years, and the widest offsets still parse.
+        for (y, m, last) in [
+            (2026, 1, 31),
+            (2026, 2, 28),
+            (2024, 2, 29),
+            (2000, 2, 29),
+            (2026, 4, 30),
+            (2026, 6, 30),
+            (2026, 9, 30),
+            (2026, 11, 30),
+            (2026, 12, 31),
+        ] {
+            let day = format!("{y:04}-{m:02}-{last:02}");
+            let ms = parse_rfc3339(&day).unwrap_or_else(|| panic!("{day}"));
+            assert_eq!(utc_day(ms), day);
+            assert_eq!(
+                parse_rfc3339(&format!("{y:04}-{m:02}-{:02}", last + 1)),
+                None,
+                "{day} + 1"
+            );
+        }
+        let noon = parse_rfc3339("2026-11-22T12:00:00Z").unwrap();
+        assert_eq!(
+            parse_rfc3339("2026-11-22T12:00:00+23:59"),
+            Some(noon - (23 * 60 + 59) * 60_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-22T12:00:00-23:59"),
+            Some(noon + (23 * 60 + 59) * 60_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-22T23:59:59.999Z"),
+            Some(noon + 12 * 3_600_000 - 1)
+        );
+    }
+
+    #[test]
+    fn every_day_of_four_centuries_round_trips() {
+        let start = days_from_civil(1900, 1, 1);
+        let end = days_from_civil(2300, 1, 1);
+        for days in start..end {
+            let day = utc_day(days * DAY_MS);
+            assert_eq!(parse_rfc3339(&day), Some(days * DAY_MS), "{day}");
         }
     }
 

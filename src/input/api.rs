@@ -10,7 +10,7 @@ use crate::auth::mode::AuthMode;
 use crate::auth::mtls::MtlsMode;
 use crate::error::Error;
 use crate::input::validate::{
-    nullable, upstream_origin, validate_base_url, validate_slug, validate_text,
+    nullable, refuse_null, upstream_origin, validate_base_url, validate_slug, validate_text,
 };
 use crate::limits::spend::{PriceInput, PriceTable};
 use crate::providers::{Provider, Route};
@@ -94,7 +94,7 @@ impl NewApi {
     pub fn validate(&self) -> Result<AuthMode, Error> {
         validate_slug("slug", &self.slug)?;
         validate_text("name", &self.name, 200)?;
-        let by_model = self.upstream.models.as_ref().is_some_and(|m| !m.is_empty());
+        let by_model = matches!(&self.upstream.models, Some(Some(m)) if !m.is_empty());
         if self.upstream.base_url.is_none() && self.upstream.provider.is_none() && !by_model {
             return Err(Error::invalid_request(
                 "`upstream` needs a `base_url`, a `provider`, or `models` named `provider/model`",
@@ -143,35 +143,63 @@ impl NewApi {
     }
 }
 
+/// Every field is parsed with `nullable` so that an explicit `null` is seen: `api_key`,
+/// `default_model` and `mtls_binding` are cleared by it, every other field refuses it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamPatch {
-    pub base_url: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub base_url: Option<Option<String>>,
     /// One provider, with the org's key for it (instead of `base_url` and `api_key`).
-    pub provider: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub provider: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     pub api_key: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     pub default_model: Option<Option<String>>,
-    pub models: Option<Vec<String>>,
-    pub timeout_ms: Option<u32>,
-    pub allow_any_model: Option<bool>,
-    pub max_n: Option<u64>,
-    pub allowed_params: Option<Vec<String>>,
-    pub image_tokens: Option<u64>,
-    pub max_tokens_field: Option<CapField>,
-    pub retries: Option<u32>,
-    pub fallbacks: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub models: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub timeout_ms: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub allow_any_model: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub max_n: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub allowed_params: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub image_tokens: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub max_tokens_field: Option<Option<CapField>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub retries: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub fallbacks: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "nullable")]
     pub mtls_binding: Option<Option<String>>,
 }
 
 impl UpstreamPatch {
+    fn refuse_nulls(&self) -> Result<(), Error> {
+        refuse_null("upstream.base_url", &self.base_url)?;
+        refuse_null("upstream.provider", &self.provider)?;
+        refuse_null("upstream.models", &self.models)?;
+        refuse_null("upstream.timeout_ms", &self.timeout_ms)?;
+        refuse_null("upstream.allow_any_model", &self.allow_any_model)?;
+        refuse_null("upstream.max_n", &self.max_n)?;
+        refuse_null("upstream.allowed_params", &self.allowed_params)?;
+        refuse_null("upstream.image_tokens", &self.image_tokens)?;
+        refuse_null("upstream.max_tokens_field", &self.max_tokens_field)?;
+        refuse_null("upstream.retries", &self.retries)?;
+        refuse_null("upstream.fallbacks", &self.fallbacks)
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
-        if let Some(b) = &self.base_url {
+        self.refuse_nulls()?;
+        if let Some(Some(b)) = &self.base_url {
             validate_base_url(b)?;
         }
-        if let Some(p) = &self.provider {
+        if let Some(Some(p)) = &self.provider {
             if Provider::parse(p).is_none() {
                 let known: Vec<&str> = Provider::ALL.iter().map(|p| p.as_str()).collect();
                 return Err(Error::invalid_request(format!(
@@ -191,22 +219,22 @@ impl UpstreamPatch {
             validate_text("upstream.api_key", k, 4096)?;
         }
         validate_upstream_extras(
-            self.models.as_ref(),
-            self.default_model.as_ref().and_then(|m| m.as_ref()),
-            self.timeout_ms,
+            self.models.as_ref().and_then(Option::as_ref),
+            self.default_model.as_ref().and_then(Option::as_ref),
+            self.timeout_ms.flatten(),
         )?;
         self.policy().validate()
     }
 
     fn policy(&self) -> PolicyInput {
         PolicyInput {
-            allow_any_model: self.allow_any_model,
-            max_n: self.max_n,
-            allowed_params: self.allowed_params.clone(),
-            image_tokens: self.image_tokens,
-            max_tokens_field: self.max_tokens_field,
-            retries: self.retries,
-            fallbacks: self.fallbacks.clone(),
+            allow_any_model: self.allow_any_model.flatten(),
+            max_n: self.max_n.flatten(),
+            allowed_params: self.allowed_params.clone().flatten(),
+            image_tokens: self.image_tokens.flatten(),
+            max_tokens_field: self.max_tokens_field.flatten(),
+            retries: self.retries.flatten(),
+            fallbacks: self.fallbacks.clone().flatten(),
             mtls_binding: self.mtls_binding.clone(),
         }
     }
@@ -216,15 +244,13 @@ impl UpstreamPatch {
     fn apply(self, api: &mut Api, seal: Seal<'_>) -> Result<bool, Error> {
         api.policy = self.policy().apply(&api.policy);
         let mut key_dropped = false;
-        if let Some(provider) = self.provider.as_deref().and_then(Provider::parse) {
+        if let Some(provider) = self.provider.flatten().as_deref().and_then(Provider::parse) {
             api.route = Some(Route::Provider { provider });
             api.upstream_base_url = String::new();
             api.upstream_key_enc = None;
         }
-        if self.base_url.is_some() {
+        if let Some(base) = self.base_url.flatten() {
             api.route = None;
-        }
-        if let Some(base) = self.base_url {
             let moved = upstream_origin(&base) != upstream_origin(&api.upstream_base_url);
             if moved && self.api_key.is_none() && api.upstream_key_enc.is_some() {
                 api.upstream_key_enc = None;
@@ -240,7 +266,7 @@ impl UpstreamPatch {
         if let Some(m) = self.default_model {
             api.default_model = m;
         }
-        if let Some(models) = self.models {
+        if let Some(models) = self.models.flatten() {
             api.models = models;
         }
         if api.route == Some(Route::ByModel) {
@@ -257,57 +283,83 @@ impl UpstreamPatch {
                 .with_field("param", "upstream.models"));
             }
         }
-        if let Some(t) = self.timeout_ms {
+        if let Some(t) = self.timeout_ms.flatten() {
             api.timeout_ms = t;
         }
         Ok(key_dropped)
     }
 }
 
+/// No field of an API is cleared with `null` (`[]` and `{}` empty the lists and the price table):
+/// each is parsed with `nullable` so that a `null` is refused rather than taken for "unchanged".
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiPatch {
-    pub name: Option<String>,
-    pub auth_mode: Option<String>,
-    pub upstream: Option<UpstreamPatch>,
-    pub ip_allowlist: Option<Vec<String>>,
-    pub credential: Option<CredentialConfig>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub auth_mode: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub upstream: Option<Option<UpstreamPatch>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub ip_allowlist: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub credential: Option<Option<CredentialConfig>>,
     /// Replaces the whole price table (`{}` clears it).
-    pub prices: Option<BTreeMap<String, PriceInput>>,
-    pub server_timing: Option<bool>,
-    pub mtls: Option<String>,
-    pub oauth: Option<bool>,
-    pub required_scopes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub prices: Option<Option<BTreeMap<String, PriceInput>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub server_timing: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub mtls: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub oauth: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub required_scopes: Option<Option<Vec<String>>>,
 }
 
 impl ApiPatch {
+    fn refuse_nulls(&self) -> Result<(), Error> {
+        refuse_null("name", &self.name)?;
+        refuse_null("auth_mode", &self.auth_mode)?;
+        refuse_null("upstream", &self.upstream)?;
+        refuse_null("ip_allowlist", &self.ip_allowlist)?;
+        refuse_null("credential", &self.credential)?;
+        refuse_null("prices", &self.prices)?;
+        refuse_null("server_timing", &self.server_timing)?;
+        refuse_null("mtls", &self.mtls)?;
+        refuse_null("oauth", &self.oauth)?;
+        refuse_null("required_scopes", &self.required_scopes)
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
-        if let Some(n) = &self.name {
+        self.refuse_nulls()?;
+        if let Some(Some(n)) = &self.name {
             validate_text("name", n, 200)?;
         }
-        if let Some(m) = &self.auth_mode {
+        if let Some(Some(m)) = &self.auth_mode {
             if AuthMode::parse(m)? == AuthMode::ByoJwt {
                 return Err(Error::invalid_request(
                     "Switch to byo-jwt with PUT .../auth-mode, which takes its `byo_jwt_config`",
                 ));
             }
         }
-        if let Some(list) = &self.ip_allowlist {
+        if let Some(Some(list)) = &self.ip_allowlist {
             Allowlist::try_from(list.clone())?;
         }
-        if let Some(c) = &self.credential {
+        if let Some(Some(c)) = &self.credential {
             c.validate()?;
         }
-        if let Some(u) = &self.upstream {
+        if let Some(Some(u)) = &self.upstream {
             u.validate()?;
         }
-        if let Some(p) = &self.prices {
+        if let Some(Some(p)) = &self.prices {
             PriceTable::from_input(p)?;
         }
-        if let Some(m) = &self.mtls {
+        if let Some(Some(m)) = &self.mtls {
             MtlsMode::parse(m)?;
         }
-        if let Some(scopes) = &self.required_scopes {
+        if let Some(Some(scopes)) = &self.required_scopes {
             validate_required_scopes(scopes)?;
         }
         Ok(())
@@ -317,34 +369,34 @@ impl ApiPatch {
     /// key was dropped (the base URL moved to another host and no key came with it).
     pub fn apply(self, api: &mut Api, now: i64, seal: Seal<'_>) -> Result<bool, Error> {
         let mut key_dropped = false;
-        if let Some(name) = self.name {
+        if let Some(name) = self.name.flatten() {
             api.name = name;
         }
-        if let Some(mode) = self.auth_mode {
+        if let Some(mode) = self.auth_mode.flatten() {
             api.mode = AuthMode::parse(&mode)?;
         }
-        if let Some(u) = self.upstream {
+        if let Some(u) = self.upstream.flatten() {
             key_dropped = u.apply(api, seal)?;
         }
-        if let Some(list) = self.ip_allowlist {
+        if let Some(list) = self.ip_allowlist.flatten() {
             api.ip_allowlist = Allowlist::try_from(list)?;
         }
-        if let Some(c) = self.credential {
+        if let Some(c) = self.credential.flatten() {
             api.credential = Credential::try_from(c)?;
         }
-        if let Some(p) = &self.prices {
-            api.prices = PriceTable::from_input(p)?;
+        if let Some(p) = self.prices.flatten() {
+            api.prices = PriceTable::from_input(&p)?;
         }
-        if let Some(on) = self.server_timing {
+        if let Some(on) = self.server_timing.flatten() {
             api.policy.server_timing = on;
         }
-        if let Some(m) = &self.mtls {
-            api.mtls = MtlsMode::parse(m)?;
+        if let Some(m) = self.mtls.flatten() {
+            api.mtls = MtlsMode::parse(&m)?;
         }
-        if let Some(on) = self.oauth {
+        if let Some(on) = self.oauth.flatten() {
             api.oauth.oauth = on;
         }
-        if let Some(scopes) = self.required_scopes {
+        if let Some(scopes) = self.required_scopes.flatten() {
             api.oauth.required_scopes = scopes;
         }
         api.updated_at = now;
@@ -368,11 +420,84 @@ mod tests {
     #[test]
     fn patch_distinguishes_null_from_absent() {
         let p: ApiPatch = parse_body(br#"{"upstream":{"api_key":null}}"#).unwrap();
-        assert_eq!(p.upstream.as_ref().unwrap().api_key, Some(None));
+        assert_eq!(
+            p.upstream.as_ref().unwrap().as_ref().unwrap().api_key,
+            Some(None)
+        );
         let p: ApiPatch = parse_body(br#"{"upstream":{}}"#).unwrap();
-        assert_eq!(p.upstream.as_ref().unwrap().api_key, None);
+        assert_eq!(p.upstream.as_ref().unwrap().as_ref().unwrap().api_key, None);
         let p: ApiPatch = parse_body(br#"{"upstream":{"timeout_ms":5}}"#).unwrap();
         assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn null_clears_only_the_fields_that_can_be_empty() {
+        let refused = |body: String| {
+            let p: ApiPatch = parse_body(body.as_bytes()).unwrap();
+            let e = p.validate().unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            e.extra["param"].as_str().unwrap_or_default().to_string()
+        };
+        for field in [
+            "name",
+            "auth_mode",
+            "upstream",
+            "ip_allowlist",
+            "credential",
+            "prices",
+            "server_timing",
+            "mtls",
+            "oauth",
+            "required_scopes",
+        ] {
+            assert_eq!(refused(format!(r#"{{"{field}":null}}"#)), field);
+        }
+        for field in [
+            "base_url",
+            "provider",
+            "models",
+            "timeout_ms",
+            "allow_any_model",
+            "max_n",
+            "allowed_params",
+            "image_tokens",
+            "max_tokens_field",
+            "retries",
+            "fallbacks",
+        ] {
+            assert_eq!(
+                refused(format!(r#"{{"upstream":{{"{field}":null}}}}"#)),
+                format!("upstream.{field}")
+            );
+        }
+        // A null on creating an API is refused the same way.
+        let new: NewApi =
+            parse_body(br#"{"project":"demo","slug":"c","name":"C","upstream":{"base_url":null}}"#)
+                .unwrap();
+        assert_eq!(
+            new.validate().unwrap_err().extra["param"],
+            "upstream.base_url"
+        );
+
+        let mut api = Api::new("api_1".into(), &project(), "chat".into(), "Chat".into(), 0);
+        api.upstream_key_enc = Some("old".into());
+        api.default_model = Some("m".into());
+        api.policy.mtls_binding = Some("CERT".into());
+        let cleared: ApiPatch = parse_body(
+            br#"{"upstream":{"api_key":null,"default_model":null,"mtls_binding":null}}"#,
+        )
+        .unwrap();
+        cleared.validate().unwrap();
+        cleared.apply(&mut api, 1, &seal).unwrap();
+        assert_eq!(
+            (
+                api.upstream_key_enc,
+                api.default_model,
+                api.policy.mtls_binding
+            ),
+            (None, None, None)
+        );
+        assert_eq!(api.name, "Chat");
     }
 
     #[test]

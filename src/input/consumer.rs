@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::input::validate::{nullable, validate_text};
+use crate::input::validate::{nullable, refuse_null, validate_text};
 use crate::records::{Consumer, ConsumerStatus};
 
 #[derive(Debug, Deserialize)]
@@ -37,19 +37,23 @@ impl NewConsumer {
     }
 }
 
-/// `PATCH .../consumers/{id}`: `status` is `enabled` or `disabled`.
+/// `PATCH .../consumers/{id}`: `status` is `enabled` or `disabled`; only `description` may be `null`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerPatch {
-    pub status: Option<ConsumerStatus>,
-    pub name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub status: Option<Option<ConsumerStatus>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     pub description: Option<Option<String>>,
 }
 
 impl ConsumerPatch {
     pub fn validate(&self) -> Result<(), Error> {
-        if let Some(n) = &self.name {
+        refuse_null("status", &self.status)?;
+        refuse_null("name", &self.name)?;
+        if let Some(Some(n)) = &self.name {
             validate_text("name", n, 200)?;
         }
         if let Some(Some(d)) = &self.description {
@@ -59,10 +63,10 @@ impl ConsumerPatch {
     }
 
     pub fn apply(self, consumer: &mut Consumer) {
-        if let Some(s) = self.status {
+        if let Some(s) = self.status.flatten() {
             consumer.status = s;
         }
-        if let Some(n) = self.name {
+        if let Some(n) = self.name.flatten() {
             consumer.name = n;
         }
         if let Some(d) = self.description {
@@ -97,9 +101,40 @@ mod tests {
     use crate::input::parse_body;
 
     #[test]
+    fn only_the_description_may_be_null() {
+        for field in ["status", "name"] {
+            let p: ConsumerPatch =
+                parse_body(format!(r#"{{"{field}": null}}"#).as_bytes()).unwrap();
+            let e = p.validate().unwrap_err();
+            assert_eq!((e.status, e.extra["param"].as_str()), (400, Some(field)));
+        }
+        let cleared: ConsumerPatch = parse_body(br#"{"description": null}"#).unwrap();
+        cleared.validate().unwrap();
+        let mut consumer = Consumer {
+            id: "con_1".into(),
+            project_id: "prj_1".into(),
+            name: "Acme".into(),
+            description: Some("d".into()),
+            kind: crate::records::ConsumerKind::Key,
+            status: ConsumerStatus::Enabled,
+            created_at: 0,
+            email: None,
+        };
+        cleared.apply(&mut consumer);
+        assert_eq!(
+            (
+                consumer.name.as_str(),
+                consumer.description,
+                consumer.status
+            ),
+            ("Acme", None, ConsumerStatus::Enabled)
+        );
+    }
+
+    #[test]
     fn a_status_is_one_of_two() {
         let p: ConsumerPatch = parse_body(br#"{"status": "disabled"}"#).unwrap();
-        assert_eq!(p.status, Some(ConsumerStatus::Disabled));
+        assert_eq!(p.status, Some(Some(ConsumerStatus::Disabled)));
         assert_eq!(
             parse_body::<ConsumerPatch>(br#"{"status": "paused"}"#)
                 .unwrap_err()

@@ -6,7 +6,7 @@ use crate::auth::oauth::{
     validate_redirect_uri, validate_scope_token, ClientType, MAX_REDIRECT_URIS,
 };
 use crate::error::Error;
-use crate::input::validate::{nullable, validate_text};
+use crate::input::validate::{nullable, refuse_null, validate_text};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,8 +21,10 @@ pub struct NewClient {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientPatch {
-    pub name: Option<String>,
-    pub redirect_uris: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub redirect_uris: Option<Option<Vec<String>>>,
     /// `null` lets the client ask for any scope.
     #[serde(default, deserialize_with = "nullable")]
     pub scopes: Option<Option<Vec<String>>>,
@@ -79,10 +81,12 @@ impl NewClient {
 
 impl ClientPatch {
     pub fn validate(&self, client_type: ClientType) -> Result<(), Error> {
-        if let Some(n) = &self.name {
+        refuse_null("name", &self.name)?;
+        refuse_null("redirect_uris", &self.redirect_uris)?;
+        if let Some(Some(n)) = &self.name {
             validate_text("name", n, 200)?;
         }
-        if let Some(uris) = &self.redirect_uris {
+        if let Some(Some(uris)) = &self.redirect_uris {
             validate_redirect_uris(uris, client_type)?;
         }
         if let Some(Some(s)) = &self.scopes {
@@ -151,5 +155,25 @@ mod tests {
             r#"{"name":"App","redirect_uris":["https://a/cb"],"type":"public","extra":1}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_patch_may_clear_scopes_but_nothing_else() {
+        let patch = |json: &str| {
+            crate::encoding::from_json::<ClientPatch>(json)
+                .unwrap()
+                .validate(ClientType::Confidential)
+        };
+        for field in ["name", "redirect_uris"] {
+            let e = patch(&format!(r#"{{"{field}": null}}"#)).unwrap_err();
+            assert_eq!(
+                (e.status, e.extra["param"].as_str()),
+                (400, Some(field)),
+                "{field}"
+            );
+        }
+        patch(r#"{"scopes": null}"#).unwrap();
+        let cleared: ClientPatch = crate::encoding::from_json(r#"{"scopes": null}"#).unwrap();
+        assert_eq!(cleared.scopes, Some(None));
     }
 }

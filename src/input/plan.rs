@@ -4,15 +4,17 @@
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::input::validate::{nullable, validate_text};
+use crate::input::validate::{nullable, refuse_null, validate_text};
 use crate::limits::plan::{looks_like_plan_id, Limits, Plan, PLAN_ID_KIND};
 use crate::limits::spend::usd_to_millionths;
 
-/// A limit in an admin body: a number, `null` (unlimited), or absent (unchanged / unlimited).
+/// A limit in an admin body: a number, `null` (unlimited), or absent (unchanged / unlimited). `name`,
+/// `default` and `id` may be left out but are never `null`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanInput {
-    pub name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     pub requests_per_minute: Option<Option<u64>>,
     #[serde(default, deserialize_with = "nullable")]
@@ -31,17 +33,21 @@ pub struct PlanInput {
     pub spend_per_month_usd: Option<Option<f64>>,
     #[serde(default, deserialize_with = "nullable")]
     pub models: Option<Option<Vec<String>>>,
-    #[serde(default)]
-    pub default: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub default: Option<Option<bool>>,
     /// For `PATCH .../plans` (the collection): which plan to change, by id.
-    pub id: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub id: Option<Option<String>>,
 }
 
 const MAX_LIMIT: u64 = 1 << 50;
 
 impl PlanInput {
     pub fn validate(&self) -> Result<(), Error> {
-        if let Some(n) = &self.name {
+        refuse_null("name", &self.name)?;
+        refuse_null("default", &self.default)?;
+        refuse_null("id", &self.id)?;
+        if let Some(Some(n)) = &self.name {
             validate_text("name", n, 100)?;
             // Plans are named by id or by name in paths and bodies: a name may not read as an id.
             if looks_like_plan_id(n) {
@@ -105,7 +111,11 @@ impl PlanInput {
         };
         Plan {
             id: base.id.clone(),
-            name: self.name.clone().unwrap_or_else(|| base.name.clone()),
+            name: self
+                .name
+                .clone()
+                .flatten()
+                .unwrap_or_else(|| base.name.clone()),
             limits: Limits {
                 requests_per_minute: pick(
                     self.requests_per_minute,
@@ -129,7 +139,7 @@ impl PlanInput {
                 ),
             },
             models: self.models.clone().unwrap_or_else(|| base.models.clone()),
-            is_default: self.default.unwrap_or(base.is_default),
+            is_default: self.default.flatten().unwrap_or(base.is_default),
         }
     }
 }
@@ -179,6 +189,25 @@ mod tests {
                 crate::encoding::from_json(&format!(r#"{{"name": "{name}"}}"#)).unwrap();
             input.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn limits_and_models_clear_with_null_but_name_default_and_id_do_not() {
+        for field in ["name", "default", "id"] {
+            let input: PlanInput =
+                crate::encoding::from_json(&format!(r#"{{"{field}": null}}"#)).unwrap();
+            let e = input.validate().unwrap_err();
+            assert_eq!(
+                (e.status, e.extra["param"].as_str()),
+                (400, Some(field)),
+                "{field}"
+            );
+        }
+        let cleared: PlanInput = crate::encoding::from_json(
+            r#"{"tokens_per_day": null, "spend_per_day_usd": null, "models": null}"#,
+        )
+        .unwrap();
+        cleared.validate().unwrap();
     }
 
     #[test]

@@ -4,7 +4,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::Error;
-use crate::input::validate::{nullable, validate_origin, validate_slug, validate_text};
+use crate::input::validate::{
+    nullable, refuse_null, validate_origin, validate_slug, validate_text,
+};
 use crate::records::sign_in::FIELDS;
 use crate::records::Project;
 
@@ -25,37 +27,58 @@ impl NewProject {
     }
 }
 
-/// `PATCH /api/v1/projects/{project}`.
+/// `PATCH /api/v1/projects/{project}`: only `email_from` and `email_subject` may be `null` (back to
+/// the defaults); every other field is a value or left out.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectPatch {
-    pub name: Option<String>,
-    pub allowed_origins: Option<Vec<String>>,
-    pub access_token_ttl_s: Option<i64>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub allowed_origins: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub access_token_ttl_s: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
     pub email_from: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     pub email_subject: Option<Option<String>>,
     // The sign-in policy (`records::sign_in`), each checked when merged with the stored one.
-    pub otp_wrong_codes_per_network_per_hour: Option<Value>,
-    pub otp_wrong_codes_per_email_per_day: Option<Value>,
-    pub otp_failed_verifies_per_network_per_hour: Option<Value>,
-    pub otp_starts_per_network_per_hour: Option<Value>,
-    pub auth_event_retention_days: Option<Value>,
-    pub signup: Option<Value>,
-    pub signup_domains: Option<Value>,
-    pub signups_per_network_per_day: Option<Value>,
-    pub require_dpop: Option<Value>,
-    pub oauth_dynamic_registration: Option<Value>,
-    pub oauth_registrations_per_network_per_hour: Option<Value>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub otp_wrong_codes_per_network_per_hour: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub otp_wrong_codes_per_email_per_day: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub otp_failed_verifies_per_network_per_hour: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub otp_starts_per_network_per_hour: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub auth_event_retention_days: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub signup: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub signup_domains: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub signups_per_network_per_day: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub require_dpop: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub oauth_dynamic_registration: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub oauth_registrations_per_network_per_hour: Option<Option<Value>>,
 }
 
 impl ProjectPatch {
     pub fn validate(&self) -> Result<(), Error> {
-        if let Some(n) = &self.name {
+        refuse_null("name", &self.name)?;
+        refuse_null("allowed_origins", &self.allowed_origins)?;
+        refuse_null("access_token_ttl_s", &self.access_token_ttl_s)?;
+        for (name, value) in FIELDS.iter().zip(self.sign_in_fields()) {
+            refuse_null(name, value)?;
+        }
+        if let Some(Some(n)) = &self.name {
             validate_text("name", n, 200)?;
         }
-        if let Some(origins) = &self.allowed_origins {
+        if let Some(Some(origins)) = &self.allowed_origins {
             if origins.len() > 100 {
                 return Err(Error::invalid_request(
                     "`allowed_origins` may list at most 100 origins",
@@ -63,7 +86,7 @@ impl ProjectPatch {
             }
             origins.iter().try_for_each(|o| validate_origin(o))?;
         }
-        if let Some(ttl) = self.access_token_ttl_s {
+        if let Some(Some(ttl)) = self.access_token_ttl_s {
             if !(60..=86_400).contains(&ttl) {
                 return Err(Error::invalid_request(
                     "`access_token_ttl_s` must be between 60 and 86400 seconds",
@@ -79,9 +102,9 @@ impl ProjectPatch {
         Ok(())
     }
 
-    /// The sign-in settings the patch names, by their names.
-    fn sign_in_changes(&self) -> Map<String, Value> {
-        let fields = [
+    /// The sign-in settings, in the order of [`FIELDS`].
+    fn sign_in_fields(&self) -> [&Option<Option<Value>>; FIELDS.len()] {
+        [
             &self.otp_wrong_codes_per_network_per_hour,
             &self.otp_wrong_codes_per_email_per_day,
             &self.otp_failed_verifies_per_network_per_hour,
@@ -93,11 +116,15 @@ impl ProjectPatch {
             &self.require_dpop,
             &self.oauth_dynamic_registration,
             &self.oauth_registrations_per_network_per_hour,
-        ];
+        ]
+    }
+
+    /// The sign-in settings the patch names, by their names.
+    fn sign_in_changes(&self) -> Map<String, Value> {
         FIELDS
             .iter()
-            .zip(fields)
-            .filter_map(|(name, v)| v.clone().map(|v| (name.to_string(), v)))
+            .zip(self.sign_in_fields())
+            .filter_map(|(name, v)| v.clone().flatten().map(|v| (name.to_string(), v)))
             .collect()
     }
 
@@ -108,13 +135,13 @@ impl ProjectPatch {
         if !changes.is_empty() {
             project.sign_in = project.sign_in.with_changes(&changes)?;
         }
-        if let Some(n) = self.name {
+        if let Some(n) = self.name.flatten() {
             project.name = n;
         }
-        if let Some(origins) = self.allowed_origins {
+        if let Some(origins) = self.allowed_origins.flatten() {
             project.allowed_origins = origins;
         }
-        if let Some(ttl) = self.access_token_ttl_s {
+        if let Some(ttl) = self.access_token_ttl_s.flatten() {
             project.access_token_ttl_s = ttl;
         }
         if let Some(f) = self.email_from {
@@ -124,5 +151,38 @@ impl ProjectPatch {
             project.email_subject = s;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::parse_body;
+
+    #[test]
+    fn only_the_email_fields_may_be_null() {
+        let mut nullable_not = vec!["name", "allowed_origins", "access_token_ttl_s"];
+        nullable_not.extend(FIELDS);
+        for field in nullable_not {
+            let p: ProjectPatch = parse_body(format!(r#"{{"{field}": null}}"#).as_bytes()).unwrap();
+            let e = p.validate().unwrap_err();
+            assert_eq!(
+                (e.status, e.extra["param"].as_str()),
+                (400, Some(field)),
+                "{field}"
+            );
+        }
+        let mut project = Project::new("prj_1".into(), "demo".into(), "Demo".into(), 0);
+        project.email_from = Some("Acme <a@acme.example>".into());
+        let p: ProjectPatch =
+            parse_body(br#"{"email_from": null, "email_subject": null, "signup": "invite_only"}"#)
+                .unwrap();
+        p.validate().unwrap();
+        p.apply(&mut project).unwrap();
+        assert_eq!((project.email_from, project.name.as_str()), (None, "Demo"));
+        assert_eq!(
+            project.sign_in.signup,
+            crate::records::sign_in::Signup::InviteOnly
+        );
     }
 }

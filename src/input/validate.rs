@@ -44,6 +44,27 @@ pub fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Refuses an explicit `null` (`Some(None)`, parsed with [`nullable`]) for a field that may be left
+/// out but has no empty value: `null` would otherwise read as "unchanged" and the request succeed
+/// with nothing done.
+pub fn refuse_null<T>(param: &str, value: &Option<Option<T>>) -> Result<(), Error> {
+    match value {
+        Some(None) => Err(Error::invalid_request(format!(
+            "`{param}` cannot be null; leave it out to keep its value"
+        ))
+        .with_field("param", param)),
+        _ => Ok(()),
+    }
+}
+
+/// A field a body must carry, parsed with [`nullable`]: left out or `null`, it is a 400 naming it.
+pub fn required<T>(param: &str, value: Option<Option<T>>) -> Result<T, Error> {
+    refuse_null(param, &value)?;
+    value.flatten().ok_or_else(|| {
+        Error::invalid_request(format!("`{param}` is required")).with_field("param", param)
+    })
+}
+
 pub fn validate_slug(field: &str, s: &str) -> Result<(), Error> {
     let ok = (1..=63).contains(&s.len())
         && s.bytes()
@@ -193,6 +214,26 @@ mod tests {
             let e = validate_text("name", bad, 200).unwrap_err();
             assert_eq!(e.extra["param"], "name", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn null_is_refused_naming_the_field() {
+        #[derive(Deserialize)]
+        struct Body {
+            #[serde(default, deserialize_with = "nullable")]
+            name: Option<Option<String>>,
+        }
+        let parse = |json: &[u8]| parse_body::<Body>(json).unwrap().name;
+        let e = refuse_null("name", &parse(br#"{"name":null}"#)).unwrap_err();
+        assert_eq!((e.status, e.kind()), (400, "invalid-request"));
+        assert_eq!(e.extra["param"], "name");
+        refuse_null("name", &parse(b"{}")).unwrap();
+        refuse_null("name", &parse(br#"{"name":"x"}"#)).unwrap();
+        for body in [br#"{"name":null}"#.as_slice(), b"{}"] {
+            let e = required("name", parse(body)).unwrap_err();
+            assert_eq!((e.status, &e.extra["param"]), (400, &Value::from("name")));
+        }
+        assert_eq!(required("name", parse(br#"{"name":"x"}"#)).unwrap(), "x");
     }
 
     #[test]

@@ -14,14 +14,17 @@ const PICO_PER_MICRO: u128 = 1_000_000;
 /// The largest price or budget accepted (USD): far above any real one, far below overflow.
 const MAX_USD: f64 = 1e9;
 
-/// Converts a USD amount with at most six decimals to millionths (`0.15` → 150000), or says why not.
+/// Converts a USD amount with at most six decimals to millionths (`0.15` → 150000), or says why not:
+/// an amount with a seventh decimal (`1.0000005`, `1e-7`) is refused, never rounded.
 pub fn usd_to_millionths(field: &str, usd: f64) -> Result<u64, Error> {
     let scaled = usd * 1e6;
     let rounded = scaled.round();
-    if !usd.is_finite()
-        || !(0.0..=MAX_USD).contains(&usd)
-        || (scaled - rounded).abs() > 1e-6 * scaled.abs().max(1.0)
-    {
+    // The decimal the client wrote was rounded once to read it as an f64 and once more when scaled:
+    // a whole number of millionths lands within `scaled × 2⁻⁵²` of `rounded` (at most 0.23 at the
+    // largest amount), an amount off by half a millionth at least 0.27 away. Below 4,500 USD the
+    // floor of 10⁻⁶ millionths decides, so 0.1 millionth is refused there too.
+    let tolerance = (1.125 * f64::EPSILON * scaled.abs()).max(1e-6);
+    if !usd.is_finite() || !(0.0..=MAX_USD).contains(&usd) || (scaled - rounded).abs() > tolerance {
         return Err(Error::invalid_request(format!(
             "`{field}` must be a non-negative number of US dollars with at most 6 decimals"
         ))
@@ -207,6 +210,63 @@ mod tests {
         );
         for bad in [0.0000001, -1.0, f64::NAN, f64::INFINITY, 2e9] {
             assert!(usd_to_millionths("x", bad).is_err(), "{bad}");
+        }
+    }
+
+    /// `m` millionths written as a decimal, with `extra` appended after the sixth decimal.
+    fn decimal(m: u64, extra: &str) -> f64 {
+        format!("{}.{:06}{extra}", m / 1_000_000, m % 1_000_000)
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_seventh_decimal_is_refused_at_every_magnitude() {
+        for bad in [
+            1.0000005,
+            1e-7,
+            0.0000015,
+            1.00000001,
+            12345.6789015,
+            999.9999999,
+            1_000_000.0000005,
+        ] {
+            let e = usd_to_millionths("spend_per_day_usd", bad).unwrap_err();
+            assert_eq!(e.extra["param"], "spend_per_day_usd", "{bad}");
+        }
+        for (ok, m) in [
+            (1.000001, 1_000_001),
+            (0.000001, 1),
+            (12345.678901, 12_345_678_901),
+            (1.0, 1_000_000),
+            (0.0, 0),
+            (1e9, 1_000_000_000_000_000),
+            (999_999_999.999999, 999_999_999_999_999),
+        ] {
+            assert_eq!(usd_to_millionths("x", ok).unwrap(), m, "{ok}");
+        }
+        // Amounts from a millionth to a billion dollars, spread over every magnitude: the whole
+        // number of millionths is exact, half a millionth more is refused, and where an f64 still
+        // holds it (below ~10⁵ USD), a tenth of a millionth more is refused too.
+        let mut m: u64 = 1;
+        let mut step: u64 = 1;
+        while m <= 999_999_999_999_999 {
+            assert_eq!(usd_to_millionths("x", decimal(m, "")).unwrap(), m, "{m}");
+            assert!(usd_to_millionths("x", decimal(m, "5")).is_err(), "{m}.5");
+            if m < 100_000_000_000 {
+                assert!(usd_to_millionths("x", decimal(m, "1")).is_err(), "{m}.1");
+                assert!(usd_to_millionths("x", decimal(m, "9")).is_err(), "{m}.9");
+            }
+            m += step;
+            step = step * 3 / 2 + 7;
+        }
+        for m in (0..200_000).chain(1_000_000..1_200_000) {
+            assert_eq!(usd_to_millionths("x", decimal(m, "")).unwrap(), m, "{m}");
+            assert!(usd_to_millionths("x", decimal(m, "5")).is_err(), "{m}.5");
+        }
+        for m in (999_999_999_000_000..=999_999_999_999_999).step_by(7_919) {
+            assert_eq!(usd_to_millionths("x", decimal(m, "")).unwrap(), m, "{m}");
+            assert!(usd_to_millionths("x", decimal(m, "5")).is_err(), "{m}.5");
         }
     }
 

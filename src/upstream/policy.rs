@@ -135,6 +135,83 @@ pub fn binding_allowed(name: &str, listed: Option<&str>) -> bool {
     })
 }
 
+fn refused(param: &str, detail: String) -> Error {
+    Error::invalid_request(detail).with_field("param", param)
+}
+
+/// `upstream.fallbacks`: at most [`MAX_FALLBACKS`] model names, each named once, none blank.
+fn validate_fallbacks(models: &[String]) -> Result<(), Error> {
+    const PARAM: &str = "upstream.fallbacks";
+    let max_len = crate::limits::spend::MAX_MODEL_LEN;
+    if models.len() > MAX_FALLBACKS {
+        return Err(refused(
+            PARAM,
+            format!(
+                "`{PARAM}` lists at most {MAX_FALLBACKS} model names; {} were sent",
+                models.len()
+            ),
+        ));
+    }
+    for (i, m) in models.iter().enumerate() {
+        if m.trim().is_empty() {
+            return Err(refused(
+                PARAM,
+                format!("`{PARAM}[{i}]` is empty; name a model"),
+            ));
+        }
+        if m.chars().count() > max_len {
+            return Err(refused(
+                PARAM,
+                format!("`{PARAM}[{i}]` is longer than {max_len} characters"),
+            ));
+        }
+        if m.chars().any(char::is_control) {
+            return Err(refused(
+                PARAM,
+                format!("`{PARAM}[{i}]` holds a control character"),
+            ));
+        }
+        if models[..i].contains(m) {
+            return Err(refused(
+                PARAM,
+                format!("`{PARAM}` names `{m}` twice; each fallback is tried once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `upstream.allowed_params`: names of [`COST_PARAMS`], each at most once (so at most all of them).
+fn validate_allowed_params(params: &[String]) -> Result<(), Error> {
+    const PARAM: &str = "upstream.allowed_params";
+    if params.len() > COST_PARAMS.len() {
+        return Err(refused(
+            PARAM,
+            format!(
+                "`{PARAM}` lists at most {} names (each of {} once); {} were sent",
+                COST_PARAMS.len(),
+                COST_PARAMS.join(", "),
+                params.len()
+            ),
+        ));
+    }
+    for (i, p) in params.iter().enumerate() {
+        if !COST_PARAMS.contains(&p.as_str()) {
+            return Err(refused(
+                PARAM,
+                format!(
+                    "`{PARAM}` may list only {}; `{p}` is forwarded anyway",
+                    COST_PARAMS.join(", ")
+                ),
+            ));
+        }
+        if params[..i].contains(p) {
+            return Err(refused(PARAM, format!("`{PARAM}` names `{p}` twice")));
+        }
+    }
+    Ok(())
+}
+
 impl PolicyInput {
     pub fn validate(&self) -> Result<(), Error> {
         if let Some(n) = self.max_n {
@@ -160,15 +237,7 @@ impl PolicyInput {
             .with_field("param", "upstream.retries"));
         }
         if let Some(f) = &self.fallbacks {
-            let bad = f
-                .iter()
-                .any(|m| m.trim().is_empty() || m.len() > crate::limits::spend::MAX_MODEL_LEN);
-            if f.len() > MAX_FALLBACKS || bad {
-                return Err(Error::invalid_request(format!(
-                    "`upstream.fallbacks` lists at most {MAX_FALLBACKS} model names"
-                ))
-                .with_field("param", "upstream.fallbacks"));
-            }
+            validate_fallbacks(f)?;
         }
         if let Some(Some(name)) = &self.mtls_binding {
             if !is_binding_name(name) {
@@ -179,13 +248,7 @@ impl PolicyInput {
             }
         }
         if let Some(params) = &self.allowed_params {
-            if let Some(p) = params.iter().find(|p| !COST_PARAMS.contains(&p.as_str())) {
-                return Err(Error::invalid_request(format!(
-                    "`upstream.allowed_params` may list only {}; `{p}` is forwarded anyway",
-                    COST_PARAMS.join(", ")
-                ))
-                .with_field("param", "upstream.allowed_params"));
-            }
+            validate_allowed_params(params)?;
         }
         Ok(())
     }
@@ -250,6 +313,55 @@ mod tests {
             (8, 1, CapField::MaxCompletionTokens)
         );
         assert_eq!(p.image_tokens, 1000);
+    }
+
+    fn refusal(json: &str) -> (String, String) {
+        let input: PolicyInput = crate::encoding::from_json(json).unwrap();
+        let e = input.validate().unwrap_err();
+        let param = e.extra["param"].as_str().unwrap_or_default().to_string();
+        (param, e.detail)
+    }
+
+    #[test]
+    fn each_bad_fallback_list_says_what_is_wrong() {
+        for (json, says) in [
+            (r#"{"fallbacks":[""]}"#, "`upstream.fallbacks[0]` is empty"),
+            (
+                r#"{"fallbacks":["a","  "]}"#,
+                "`upstream.fallbacks[1]` is empty",
+            ),
+            (
+                r#"{"fallbacks":["a","b","c","d","e","f"]}"#,
+                "at most 5 model names; 6 were sent",
+            ),
+            (r#"{"fallbacks":["a","b","a"]}"#, "names `a` twice"),
+            (r#"{"fallbacks":["a\u0000"]}"#, "control character"),
+        ] {
+            let (param, detail) = refusal(json);
+            assert_eq!(param, "upstream.fallbacks", "{json}");
+            assert!(detail.contains(says), "{json}: {detail}");
+        }
+        let long = format!(r#"{{"fallbacks":["{}"]}}"#, "m".repeat(257));
+        assert!(refusal(&long).1.contains("longer than 256 characters"));
+        let ok: PolicyInput =
+            crate::encoding::from_json(r#"{"fallbacks":["a","openai/b","c","d","e"]}"#).unwrap();
+        ok.validate().unwrap();
+    }
+
+    #[test]
+    fn allowed_params_are_cost_params_each_named_once() {
+        let many = serde_json::json!({ "allowed_params": vec!["store"; 5000] }).to_string();
+        let (param, detail) = refusal(&many);
+        assert_eq!(param, "upstream.allowed_params");
+        assert!(detail.contains("at most 12 names"), "{detail}");
+        let (param, detail) = refusal(r#"{"allowed_params":["store","audio","store"]}"#);
+        assert_eq!(param, "upstream.allowed_params");
+        assert!(detail.contains("names `store` twice"), "{detail}");
+        let (param, _) = refusal(r#"{"allowed_params":["temperature"]}"#);
+        assert_eq!(param, "upstream.allowed_params");
+        let all = serde_json::json!({ "allowed_params": COST_PARAMS }).to_string();
+        let every: PolicyInput = crate::encoding::from_json(&all).unwrap();
+        every.validate().unwrap();
     }
 
     #[test]

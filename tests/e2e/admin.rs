@@ -17,6 +17,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         refusals_are_counted_per_day,
         plan_names_never_read_as_plan_ids,
         names_show_something_and_descriptions_hold_no_control_characters,
+        null_is_refused_where_a_field_cannot_be_empty,
     ]
 }
 
@@ -534,5 +535,79 @@ async fn names_show_something_and_descriptions_hold_no_control_characters(
         )
         .await?;
     expect_status(&fine, 201, "a name and a multi-line description")?;
+    Ok(())
+}
+
+/// A `null` for a field that has no empty value is 400 naming it, and changes nothing (it used to
+/// read as "left out" and answer 200); fields that `null` clears still clear.
+async fn null_is_refused_where_a_field_cannot_be_empty(c: Arc<Ctx>) -> CaseResult {
+    let slug = "admin-nulls";
+    let t = c.tenant_on_mock(slug, "ok", json!({})).await?;
+    let api = format!("/api/v1/gateway/apis/{}", t.api_id);
+    let consumer = format!("/api/v1/projects/{slug}/consumers/{}", t.consumer_id);
+    let project = format!("/api/v1/projects/{slug}");
+    let org = "/api/v1/orgs/default".to_string();
+    let read = |path: String| {
+        let c = c.clone();
+        async move {
+            let r = c.admin.call(reqwest::Method::GET, &path, None).await?;
+            expect_status(&r, 200, &path)?;
+            Ok::<Value, BoxError>(r.json())
+        }
+    };
+    let paths = [api.clone(), consumer.clone(), project.clone()];
+    let mut before = Vec::new();
+    for p in &paths {
+        before.push(read(p.clone()).await?);
+    }
+    for (path, body, param) in [
+        (&api, json!({"name": null}), "name"),
+        (&api, json!({"upstream": null}), "upstream"),
+        (&api, json!({"server_timing": null}), "server_timing"),
+        (
+            &api,
+            json!({"name": "Renamed", "upstream": {"timeout_ms": null}}),
+            "upstream.timeout_ms",
+        ),
+        (&consumer, json!({"status": null}), "status"),
+        (&consumer, json!({"name": null, "description": "d"}), "name"),
+        (&project, json!({"name": null}), "name"),
+        (&project, json!({"signup": null}), "signup"),
+        (&org, json!({"name": null}), "name"),
+    ] {
+        let r = c
+            .admin
+            .call(reqwest::Method::PATCH, path, Some(body.clone()))
+            .await?;
+        assert_problem(&r, 400, "invalid-request");
+        assert_eq!(r.json()["param"], param, "{path} {body}: {}", r.text);
+    }
+    for (p, was) in paths.iter().zip(&before) {
+        assert_eq!(&read(p.clone()).await?, was, "{p} changed");
+    }
+    let cleared = c
+        .admin
+        .call(
+            reqwest::Method::PATCH,
+            &api,
+            Some(json!({"upstream": {"default_model": null}})),
+        )
+        .await?;
+    expect_status(&cleared, 200, "null clears the default model")?;
+    assert_eq!(
+        cleared.json()["upstream"]["default_model"],
+        Value::Null,
+        "{}",
+        cleared.text
+    );
+    let cleared = c
+        .admin
+        .call(
+            reqwest::Method::PATCH,
+            &consumer,
+            Some(json!({"description": null})),
+        )
+        .await?;
+    expect_status(&cleared, 200, "null clears the description")?;
     Ok(())
 }

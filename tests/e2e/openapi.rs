@@ -7,7 +7,7 @@ use std::sync::Arc;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{CaseFn, CaseResult, Ctx};
+use super::{assert_problem, CaseFn, CaseResult, Ctx};
 use crate::support::*;
 
 pub fn cases() -> Vec<(&'static str, CaseFn)> {
@@ -95,6 +95,31 @@ fn check(doc: &Value, method: &str, path: &str, reply: &Reply) -> Result<String>
         .into());
     }
     Ok(format!("{method} {template} {} {media}", reply.status))
+}
+
+/// Every query parameter a call sends is one the document lists for its operation (on the path or
+/// on the operation), so a client reading the document finds it.
+fn check_query(doc: &Value, method: &str, path: &str, query: &str) -> Result<()> {
+    let Some((template, op)) = operation(doc, method, path) else {
+        return Ok(());
+    };
+    let item = &doc["paths"][template];
+    let listed: Vec<&str> = [&item["parameters"], &op["parameters"]]
+        .into_iter()
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter(|p| p["in"] == "query")
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split('=').next().unwrap_or(pair);
+        if !listed.contains(&name) {
+            return Err(
+                format!("{method} {template}: query parameter `{name}` is not documented").into(),
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn answers_match_the_openapi_document(c: Arc<Ctx>) -> CaseResult {
@@ -290,6 +315,19 @@ async fn answers_match_the_openapi_document(c: Arc<Ctx>) -> CaseResult {
         None,
         admin
     );
+    call!(
+        Method::GET,
+        format!("/api/v1/projects/{slug}/auth-events?since=2026-01-01T00:00:00Z&type=key_created"),
+        None,
+        admin
+    );
+    // A date that is not on the calendar is a 400, not the next month's first days.
+    call!(
+        Method::GET,
+        format!("/api/v1/projects/{slug}/auth-events?since=2026-02-30"),
+        None,
+        admin
+    );
     // OAuth: clients, grants, the metadata documents and an RFC 6749 error.
     let clients = format!("/api/v1/projects/{slug}/oauth/clients");
     call!(
@@ -446,8 +484,14 @@ async fn answers_match_the_openapi_document(c: Arc<Ctx>) -> CaseResult {
 
     let mut seen = Vec::new();
     for (method, path, reply) in &calls {
-        let path = path.split('?').next().unwrap_or(path);
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
         seen.push(check(&doc, method.as_str(), path, reply)?);
+        check_query(&doc, method.as_str(), path, query)?;
+    }
+    for (_, path, reply) in &calls {
+        if path.ends_with("auth-events?since=2026-02-30") {
+            assert_problem(reply, 400, "invalid-request");
+        }
     }
     println!(
         "    measured: {} answers validated against /openapi.json",

@@ -63,18 +63,37 @@ pub async fn patch(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, E
     let mut consumer = d1::consumer(&c.db, &project.id, id).await?;
     let was = consumer.status;
     patch.apply(&mut consumer);
-    d1::update_consumer(&c.db, &consumer).await?;
+    store(c, &consumer, was).await?;
+    Reply::ok(consumer.to_json(&project.slug))
+}
+
+/// Stores `consumer`; when its status moved from `was`, every API of its project learns it at once.
+async fn store(c: &Call<'_>, consumer: &Consumer, was: ConsumerStatus) -> Result<(), Error> {
+    d1::update_consumer(&c.db, consumer).await?;
     if consumer.status != was {
         let disabled = consumer.status == ConsumerStatus::Disabled;
         change_in_project(
             c.env,
-            &project.id,
+            &consumer.project_id,
             &consumer.id,
             Change::Disabled { disabled },
         )
         .await?;
     }
-    Reply::ok(consumer.to_json(&project.slug))
+    Ok(())
+}
+
+/// Disables consumer `id` of `project` (kept, so its usage history keeps its name); already
+/// disabled, or gone, it is left as it is.
+pub(super) async fn disable(c: &Call<'_>, project: &str, id: &str) -> Result<(), Error> {
+    match d1::find_consumer(&c.db, project, id).await? {
+        Some(mut consumer) if consumer.status != ConsumerStatus::Disabled => {
+            let was = consumer.status;
+            consumer.status = ConsumerStatus::Disabled;
+            store(c, &consumer, was).await
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A new consumer key: the only response that ever carries its secret.

@@ -93,10 +93,10 @@ pub async fn patch(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, E
     let project = d1::project_by_slug(&c.db, project).await?;
     let mut cl = client(c, &project, id).await?;
     input.validate(cl.client_type)?;
-    if let Some(n) = input.name {
+    if let Some(n) = input.name.flatten() {
         cl.name = n.trim().to_string();
     }
-    if let Some(uris) = input.redirect_uris {
+    if let Some(uris) = input.redirect_uris.flatten() {
         cl.redirect_uris = uris;
     }
     if let Some(s) = input.scopes {
@@ -107,7 +107,8 @@ pub async fn patch(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, E
     Reply::ok(cl.to_json(&project.slug))
 }
 
-/// Deletes a client after revoking every live grant it holds: its tokens fail on the next request.
+/// Deletes a client after revoking every live grant it holds: its tokens fail on the next request. A
+/// confidential client's own consumer is disabled, not deleted: its usage records keep naming it.
 pub async fn delete(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, Error> {
     let project = d1::project_by_slug(&c.db, project).await?;
     let cl = client(c, &project, id).await?;
@@ -120,6 +121,10 @@ pub async fn delete(c: &mut Call<'_>, project: &str, id: &str) -> Result<Reply, 
         for g in &live {
             crate::routes::oauth::revoke_grant(c.env, &c.db, &project, g, c.now).await?;
         }
+    }
+    // Before the client goes, so a failure here leaves it to be deleted again.
+    if let Some(consumer) = &cl.consumer_id {
+        super::consumers::disable(c, &project.id, consumer).await?;
     }
     d1::delete_oauth_client(&c.db, &project.id, &cl.id).await?;
     c.event(EventDraft {

@@ -9,7 +9,7 @@ use crate::auth::otp::normalize_email;
 use crate::error::{Error, Problem};
 use crate::http::with_random;
 use crate::ids::new_id;
-use crate::input::validate::{validate_slug, validate_text};
+use crate::input::validate::{nullable, required, validate_slug, validate_text};
 use crate::org::access::{key_may_make_a_key, MAX_KEY_CHAIN};
 use crate::org::audit::AuditCursor;
 use crate::org::key::Environment;
@@ -153,19 +153,22 @@ pub async fn get(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
     Reply::ok(view)
 }
 
+/// `name` is required and never `null` (both a 400 naming it).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrgPatch {
-    name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    name: Option<Option<String>>,
 }
 
 /// `PATCH /api/v1/orgs/{org}`: renames it (slugs are in paths and keys' listings, so they stay).
 pub async fn patch(c: &mut Call<'_>, org: &str) -> Result<Reply, Error> {
     let input: OrgPatch = c.body().await?;
-    validate_text("name", &input.name, 200)?;
+    let name = required("name", input.name)?;
+    validate_text("name", &name, 200)?;
     let mut org = d1::org_by_slug(&c.db, org).await?;
-    d1::rename_org(&c.db, &org.id, &input.name).await?;
-    org.name = input.name;
+    d1::rename_org(&c.db, &org.id, &name).await?;
+    org.name = name;
     Reply::ok(org_view(&org, Some(c.role)))
 }
 
@@ -278,13 +281,14 @@ async fn find_member(c: &Call<'_>, org: &Org, id: &str) -> Result<Member, Error>
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MemberPatch {
-    role: String,
+    #[serde(default, deserialize_with = "nullable")]
+    role: Option<Option<String>>,
 }
 
 /// `PATCH /api/v1/orgs/{org}/members/{id}` `{role}`.
 pub async fn patch_member(c: &mut Call<'_>, org: &str, id: &str) -> Result<Reply, Error> {
     let input: MemberPatch = c.body().await?;
-    let role = role_field(Some(&input.role), Role::Viewer)?;
+    let role = role_field(Some(&required("role", input.role)?), Role::Viewer)?;
     let org = d1::org_by_slug(&c.db, org).await?;
     let mut member = find_member(c, &org, id).await?;
     let owners = active_owners(c, &org.id).await?;

@@ -35,6 +35,7 @@ pub async fn create(c: &mut Call<'_>, api: &str) -> Result<Reply, Error> {
     let name = input
         .name
         .clone()
+        .flatten()
         .ok_or_else(|| Error::invalid_request("A plan needs a `name`"))?;
     let api = d1::api_by_id(&c.db, api).await?;
     let blank = Plan {
@@ -56,15 +57,15 @@ pub async fn patch(c: &mut Call<'_>, api: &str, plan: Option<String>) -> Result<
     input.validate()?;
     let api = d1::api_by_id(&c.db, api).await?;
     let target = plan
-        .or_else(|| input.id.clone())
-        .or_else(|| input.name.clone())
+        .or_else(|| input.id.clone().flatten())
+        .or_else(|| input.name.clone().flatten())
         .ok_or_else(|| {
             Error::invalid_request(
                 "Name the plan to change: PATCH .../plans/{plan}, or `id` in the body",
             )
         })?;
     let current = d1::plan(&c.db, &api.id, &target).await?.to_plan();
-    if input.default == Some(false) && current.is_default {
+    if input.default == Some(Some(false)) && current.is_default {
         return Err(Error::invalid_request(
             "Every API needs a default plan: make another plan the default instead",
         ));

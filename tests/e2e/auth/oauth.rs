@@ -1193,6 +1193,33 @@ pub async fn oauth_confidential_clients_and_dynamic_registration(c: Arc<Ctx>) ->
         401,
         "the deleted client's token"
     );
+    // Its own consumer stays (usage records name it) but is disabled, and the listing says so.
+    let client_consumer = str_field(&created, "consumer_id")?;
+    let listed = c
+        .admin
+        .call(
+            Method::GET,
+            &format!("/api/v1/projects/{slug}/consumers"),
+            None,
+        )
+        .await?;
+    let entry = listed.json()["consumers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["id"] == client_consumer.as_str())
+        .cloned()
+        .ok_or_else(|| format!("consumer {client_consumer} not listed: {}", listed.text))?;
+    assert_eq!(entry["status"], "disabled", "{entry}");
+    assert_eq!(entry["name"], "OAuth client Backend", "{entry}");
+    let again = token(
+        &c,
+        slug,
+        &[("grant_type", "client_credentials")],
+        Some((&id, &secret)),
+    )
+    .await?;
+    assert_oauth_error(&again, 401, "invalid_client");
 
     // Dynamic registration: off by default, then on, limited per network.
     let register = |body: Value, ip: &'static str| {

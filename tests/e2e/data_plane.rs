@@ -645,12 +645,7 @@ async fn upstream_500_becomes_502(c: Arc<Ctx>) -> CaseResult {
         r.describe()
     );
     // A streamed request fails the same way, before any event.
-    let s = send_and_stream(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(None, "hi", true)),
-        STREAM_LIMIT,
-    )
-    .await?;
+    let s = c.chat_hi(&t, true).await?;
     assert_eq!(s.status, 502, "{}", stream_summary(&s));
     // Each request was tried once more (`retries` defaults to 1) before the 502.
     assert_eq!(c.upstream_requests(slug).len(), 4);
@@ -664,12 +659,7 @@ async fn upstream_401_body_stays_with_the_owner(c: Arc<Ctx>) -> CaseResult {
     let t = c.tenant_on_mock(slug, "status/401", json!({})).await?;
     let r = c.chat_ok(&t).await?;
     assert_problem(&r, 502, "upstream-error");
-    let s = send_and_stream(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(None, "hi", true)),
-        STREAM_LIMIT,
-    )
-    .await?;
+    let s = c.chat_hi(&t, true).await?;
     assert_eq!(s.status, 502, "{}", stream_summary(&s));
     let streamed: String = s
         .chunks
@@ -713,12 +703,7 @@ async fn upstream_error_event_mid_stream_stays_with_the_owner(c: Arc<Ctx>) -> Ca
     let t = c
         .tenant_on_mock(slug, "errevent/chunks/3", json!({}))
         .await?;
-    let s = send_and_stream(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(None, "hi", true)),
-        STREAM_LIMIT,
-    )
-    .await?;
+    let s = c.chat_hi(&t, true).await?;
     assert_eq!(s.status, 200, "{}", stream_summary(&s));
     let streamed: String = s
         .chunks
@@ -821,12 +806,7 @@ async fn upstream_answers_that_are_not_answers_end_cleanly(c: Arc<Ctx>) -> CaseR
     let t = c
         .tenant_on_mock("upstream-junk-event", "ok/junk/1/chunks/3", json!({}))
         .await?;
-    let s = send_and_stream(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(None, "hi", true)),
-        STREAM_LIMIT,
-    )
-    .await?;
+    let s = c.chat_hi(&t, true).await?;
     let summary = stream_summary(&s);
     assert_eq!(s.text(), mock_chunk_text(0), "{summary}");
     let data: Vec<&str> = s.events.iter().map(|e| e.data.as_str()).collect();
@@ -857,12 +837,7 @@ async fn upstream_answers_that_are_not_answers_end_cleanly(c: Arc<Ctx>) -> CaseR
                 json!({}),
             )
             .await?;
-        let s = send_and_stream(
-            c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-                .json(&chat_body(None, "hi", stream)),
-            STREAM_LIMIT,
-        )
-        .await?;
+        let s = c.chat_hi(&t, stream).await?;
         assert_eq!(s.status, 200, "{}", stream_summary(&s));
         let record = first_record(&c, &t).await?;
         assert_eq!(record["estimated"], true, "stream {stream}: {record}");
@@ -894,12 +869,7 @@ async fn upstream_silence_after_the_head_is_a_timeout(c: Arc<Ctx>) -> CaseResult
         .tenant_on_mock("upstream-mute-stream", "ok/stall/6000/chunks/3", api)
         .await?;
     let t0 = Instant::now();
-    let s = send_and_stream(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(None, "hi", true)),
-        STREAM_LIMIT,
-    )
-    .await?;
+    let s = c.chat_hi(&t, true).await?;
     let summary = stream_summary(&s);
     assert!(
         t0.elapsed() < Duration::from_millis(4000),
@@ -960,12 +930,7 @@ async fn upstream_cut_mid_stream_ends_with_error_event(c: Arc<Ctx>) -> CaseResul
     let t = c
         .tenant_on_mock(slug, "cut/chunks/2/delay/100", json!({}))
         .await?;
-    let s = send_and_stream(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(None, "hi", true)),
-        STREAM_LIMIT,
-    )
-    .await?;
+    let s = c.chat_hi(&t, true).await?;
     let summary = stream_summary(&s);
     assert_eq!(s.status, 200, "{summary}");
     assert_eq!(

@@ -320,6 +320,16 @@ impl Ctx {
     }
 
     /// A non-streamed chat call with `t`'s key as Bearer.
+    /// `t`'s consumer says "hi" with its key, streamed or not; the answer as it arrived.
+    async fn chat_hi(&self, t: &Tenant, stream: bool) -> Result<StreamRecord> {
+        send_and_stream(
+            self.chat(t, Some((&t.secret, KeyHeader::Bearer)))
+                .json(&chat_body(None, "hi", stream)),
+            STREAM_LIMIT,
+        )
+        .await
+    }
+
     async fn chat_ok(&self, t: &Tenant) -> Result<Reply> {
         self.send_chat(
             t,

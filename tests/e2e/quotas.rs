@@ -149,12 +149,7 @@ pub async fn rate_limit_headers_on_streamed_and_plain_answers(c: Arc<Ctx>) -> Ca
         plain.header("ratelimit")
     );
 
-    let s = send_and_stream(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(None, "hi", true)),
-        STREAM_LIMIT,
-    )
-    .await?;
+    let s = c.chat_hi(&t, true).await?;
     assert_eq!(s.status, 200, "{}", stream_summary(&s));
     assert_eq!(s.header("x-ratelimit-limit-requests"), Some("100"));
     assert_eq!(s.header("x-ratelimit-remaining-requests"), Some("98"));
@@ -173,12 +168,7 @@ pub async fn stream_over_the_daily_token_quota_ends_cleanly(c: Arc<Ctx>) -> Case
         .tenant_on_mock(slug, "ok/chunks/40/delay/5", json!({}))
         .await?;
     limit_default_plan(&c, &t, json!({"tokens_per_day": 100})).await?;
-    let s = send_and_stream(
-        c.chat(&t, Some((&t.secret, KeyHeader::Bearer)))
-            .json(&chat_body(None, "hi", true)),
-        STREAM_LIMIT,
-    )
-    .await?;
+    let s = c.chat_hi(&t, true).await?;
     let summary = stream_summary(&s);
     assert_eq!(s.status, 200, "{summary}");
     assert_eq!(s.error, None, "the stream ends cleanly: {summary}");

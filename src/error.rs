@@ -134,6 +134,18 @@ pub enum Shape {
 }
 
 /// Anthropic's error type for a status.
+/// The error types Anthropic's API answers with.
+pub const ANTHROPIC_TYPES: &[&str] = &[
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "overloaded_error",
+];
+
 pub fn anthropic_type(status: u16) -> &'static str {
     match status {
         400 | 405 | 409 | 422 => "invalid_request_error",

@@ -17,6 +17,12 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     // Syntax first, so any malformed document is `invalid-json` whatever its shape.
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| Error::invalid_json(syntax(&e)))?;
+    // Every body is an object: serde would read an array's items as the fields in order.
+    if !value.is_object() {
+        return Err(Error::invalid_request(
+            "The request body must be a JSON object.",
+        ));
+    }
     serde_json::from_value(value)
         .map_err(|e| Error::invalid_request(format!("The JSON body does not fit: {e}.")))
 }
@@ -86,24 +92,40 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// Whether a character shows nothing: whitespace, and the format characters and fillers that
-/// render as nothing (zero-width spaces and joiners, word joiners, the BOM, soft hyphens…).
-fn is_invisible(c: char) -> bool {
+/// Whether a character shows nothing: whitespace, Unicode's format characters (category Cf:
+/// zero-width spaces and joiners, bidi marks, the BOM, soft hyphens, tags, interlinear annotation
+/// and musical or hieroglyph format controls), variation selectors, and the fillers and blanks
+/// that render as nothing.
+pub fn is_invisible(c: char) -> bool {
     c.is_whitespace()
         || matches!(
             c,
             '\u{00AD}'
                 | '\u{034F}'
-                | '\u{115F}'
-                | '\u{1160}'
-                | '\u{180E}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061C}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
                 | '\u{200B}'..='\u{200F}'
                 | '\u{202A}'..='\u{202E}'
                 | '\u{2060}'..='\u{206F}'
+                | '\u{2800}'
                 | '\u{3164}'
                 | '\u{FE00}'..='\u{FE0F}'
                 | '\u{FEFF}'
                 | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1345F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
         )
 }
 
@@ -205,6 +227,14 @@ mod tests {
             "\u{200B}",
             "\u{FEFF}\u{200B}\u{2060}",
             "\u{00AD}\u{3164}",
+            "\u{061C}",
+            "\u{E0041}\u{E0042}",
+            "\u{E0100}",
+            "\u{2800}",
+            "\u{17B4}",
+            "\u{1D173}",
+            "\u{FFF9}",
+            "\u{180B}",
             "safe\u{202E}txt.exe",
             "a\u{2066}b\u{2069}",
             "nul\u{0}",
@@ -259,6 +289,22 @@ mod tests {
             "invalid-request"
         );
         assert!(parse_body::<NewProject>(br#"{"slug":"a","name":"b"}"#).is_ok());
+        for not_an_object in [
+            &br#"["a","b"]"#[..],
+            b"[]",
+            b"[null]",
+            b"\"x\"",
+            b"7",
+            b"null",
+        ] {
+            let e = parse_body::<NewProject>(not_an_object).unwrap_err();
+            assert_eq!(
+                e.problem,
+                crate::error::Problem::InvalidRequest,
+                "{}",
+                String::from_utf8_lossy(not_an_object)
+            );
+        }
     }
 
     #[test]

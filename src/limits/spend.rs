@@ -24,11 +24,17 @@ pub fn usd_to_millionths(field: &str, usd: f64) -> Result<u64, Error> {
     // largest amount), an amount off by half a millionth at least 0.27 away. Below 4,500 USD the
     // floor of 10⁻⁶ millionths decides, so 0.1 millionth is refused there too.
     let tolerance = (1.125 * f64::EPSILON * scaled.abs()).max(1e-6);
-    if !usd.is_finite() || !(0.0..=MAX_USD).contains(&usd) || (scaled - rounded).abs() > tolerance {
-        return Err(Error::invalid_request(format!(
-            "`{field}` must be a non-negative number of US dollars with at most 6 decimals"
-        ))
-        .with_field("param", field));
+    let refuse = |why: String| Err(Error::invalid_request(why).with_field("param", field));
+    if !usd.is_finite() || !(0.0..=MAX_USD).contains(&usd) {
+        return refuse(format!(
+            "`{field}` must be a number of US dollars from 0 to {MAX_USD}"
+        ));
+    }
+    // A nonzero amount never reads as 0 (a price of 1e-12 would make the model free).
+    if (scaled - rounded).abs() > tolerance || (usd > 0.0 && rounded == 0.0) {
+        return refuse(format!(
+            "`{field}` must be a number of US dollars with at most 6 decimals"
+        ));
     }
     Ok(rounded as u64)
 }
@@ -225,6 +231,8 @@ mod tests {
         for bad in [
             1.0000005,
             1e-7,
+            1e-12,
+            5e-324,
             0.0000015,
             1.00000001,
             12345.6789015,

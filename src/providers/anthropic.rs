@@ -329,22 +329,26 @@ pub fn finish_reason(stop: &str) -> &'static str {
     }
 }
 
-/// Anthropic's usage counts as they arrive: `message_start` gives them all, `message_delta` the
-/// cumulative ones it names (at least `output_tokens`). A count that is there but is not a whole
-/// number of tokens spoils the report for good.
+/// Anthropic's usage counts as they arrive: `message_start` gives them all (its `output_tokens` a
+/// placeholder), `message_delta` the cumulative ones it names (at least `output_tokens`). Counts are
+/// a report only once settled (a whole message, or a stream's `message_delta`); a count that is
+/// there but is not a whole number of tokens spoils the report for good.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     input: Option<u64>,
     cache_read: u64,
     cache_write: u64,
     output: Option<u64>,
+    settled: bool,
     spoiled: bool,
 }
 
 impl Counts {
+    /// A whole message's counts: settled as they are.
     fn of(u: Option<&Value>) -> Counts {
         let mut counts = Counts::default();
         counts.update(u);
+        counts.settled = true;
         counts
     }
 
@@ -377,7 +381,10 @@ impl Counts {
     pub fn take_event(&mut self, v: &Value) {
         match v.get("type").and_then(Value::as_str) {
             Some("message_start") => self.update(v.pointer("/message/usage")),
-            Some("message_delta") => self.update(v.get("usage")),
+            Some("message_delta") => {
+                self.update(v.get("usage"));
+                self.settled = true;
+            }
             _ => {}
         }
     }
@@ -385,7 +392,7 @@ impl Counts {
     /// What is booked (cache reads and writes are prompt tokens too); `None` when the report is
     /// incomplete, spoiled or past 2^64, so the request is booked by its estimate, never as 0.
     pub fn usage(&self) -> Option<Usage> {
-        if self.spoiled {
+        if self.spoiled || !self.settled {
             return None;
         }
         let prompt = self
@@ -633,6 +640,7 @@ impl ChunkStream {
             }
             "message_delta" => {
                 self.usage.update(data.get("usage"));
+                self.usage.settled = true;
                 match data.pointer("/delta/stop_reason").and_then(Value::as_str) {
                     Some(stop) => self.chunk(json!({}), Some(finish_reason(stop))),
                     None => String::new(),

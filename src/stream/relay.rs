@@ -153,8 +153,16 @@ impl Wire {
                 format_event(Some("error"), &problem.to_string())
             }
             Wire::Messages => {
+                // The provider's own kind when it said a safe one (`overloaded_error`), else the
+                // kind Anthropic gives the status.
+                let kind = error
+                    .extra
+                    .get("upstream_type")
+                    .and_then(Value::as_str)
+                    .filter(|k| crate::error::ANTHROPIC_TYPES.contains(k))
+                    .unwrap_or(crate::error::anthropic_type(error.status));
                 let event = serde_json::json!({"type": "error", "error": {
-                    "type": crate::error::anthropic_type(error.status), "message": error.detail}});
+                    "type": kind, "message": error.detail}});
                 format_event(Some("error"), &event.to_string())
             }
         }
@@ -326,17 +334,17 @@ impl Relay {
             if self.wire.is_final(&v) {
                 self.saw_done = true;
             }
-            let usage = match self.wire {
-                Wire::Chat => Usage::from_json(&v),
-                Wire::Responses => crate::upstream::responses::usage(&v),
-                // Anthropic's counts come in pieces (`message_start`, `message_delta`).
+            match self.wire {
+                Wire::Chat => self.usage = Usage::from_json(&v).or(self.usage),
+                Wire::Responses => {
+                    self.usage = crate::upstream::responses::usage(&v).or(self.usage);
+                }
+                // Anthropic's counts come in pieces and are a report only once settled (and
+                // unspoiled); until then the request is booked by its estimate.
                 Wire::Messages => {
                     self.counts.take_event(&v);
-                    self.counts.usage()
+                    self.usage = self.counts.usage();
                 }
-            };
-            if let Some(u) = usage {
-                self.usage = Some(u);
             }
             // The usage the gateway asked for itself goes no further, usable or not.
             let reports = v.get("usage").is_some_and(|u| !u.is_null());
@@ -583,8 +591,25 @@ mod tests {
             )
             .as_bytes(),
         );
-        assert!(!String::from_utf8_lossy(&out).contains("org-1"));
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert!(!out.contains("org-1"), "{out}");
+        assert!(
+            out.contains("overloaded_error"),
+            "the provider's own safe kind: {out}"
+        );
         assert!(r.is_finished());
+        // Until message_delta settles them, message_start's counts (its output a placeholder)
+        // are no report: a stream ended before then is booked by its estimate.
+        let mut r = Relay::of(Wire::Messages, false, None);
+        r.on_chunk(
+            stream
+                .split("event: message_delta")
+                .next()
+                .unwrap_or("")
+                .as_bytes(),
+        );
+        assert_eq!(r.usage(), None);
+        assert!(r.completion_bound() > 0);
         // Cut before message_stop.
         let mut r = Relay::of(Wire::Messages, false, None);
         r.on_chunk(

@@ -153,7 +153,7 @@ fn validate_fallbacks(models: &[String]) -> Result<(), Error> {
         ));
     }
     for (i, m) in models.iter().enumerate() {
-        if m.trim().is_empty() {
+        if m.chars().all(crate::input::validate::is_invisible) {
             return Err(refused(
                 PARAM,
                 format!("`{PARAM}[{i}]` is empty; name a model"),

@@ -19,6 +19,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         models_route_to_their_provider_and_a_deleted_key_fails_at_once,
         a_failing_provider_is_retried_then_falls_back,
         messages_pass_through_to_anthropic,
+        a_native_messages_stream_cut_by_its_budget_books_its_estimate,
         provider_keys_survive_an_encryption_key_rotation,
     ]
 }
@@ -797,6 +798,46 @@ async fn messages_pass_through_to_anthropic(c: Arc<Ctx>) -> CaseResult {
     assert_eq!(
         sent[2].json()["messages"][0]["content"][0]["type"],
         "document"
+    );
+    Ok(())
+}
+
+/// Anthropic's answer relayed as sent is cut at the day's budget with Anthropic's error event, and
+/// what it delivered is booked as estimated: `message_start`'s placeholder count is no report.
+async fn a_native_messages_stream_cut_by_its_budget_books_its_estimate(c: Arc<Ctx>) -> CaseResult {
+    let project = "claude-native-budget";
+    let (_, _, t) = anthropic_api(&c, "claude.budget@example.com", project, "ok/chunks/60").await?;
+    crate::quotas::limit_default_plan(&c, &t, json!({"tokens_per_day": 120})).await?;
+    let body = json!({"model": "claude-3-5-haiku", "max_tokens": 1000, "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let s = send_and_stream(
+        c.http
+            .post(format!("{}/v1/{project}/chat/v1/messages", c.base))
+            .header("x-api-key", &t.secret)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body),
+        crate::STREAM_LIMIT,
+    )
+    .await?;
+    let summary = crate::stream_summary(&s);
+    let last = s.events.last().ok_or("no events")?;
+    assert_eq!(last.event.as_deref(), Some("error"), "{summary}");
+    assert_eq!(
+        last.json().map(|v| v["error"]["type"].clone()),
+        Some(json!("rate_limit_error")),
+        "{summary}"
+    );
+    let usage = c
+        .admin_get_until(&format!("/api/v1/gateway/apis/{}/usage", t.api_id), |v| {
+            v["records"].as_array().is_some_and(|r| !r.is_empty())
+        })
+        .await?;
+    let rec = &usage["records"][0];
+    assert_eq!(rec["estimated"], true, "{rec}");
+    let booked = rec["total_tokens"].as_u64().ok_or("total_tokens")?;
+    assert!(
+        booked > 1 && booked <= 120,
+        "booked {booked} on a 120-token day: {rec}"
     );
     Ok(())
 }

@@ -1407,6 +1407,25 @@ async fn send(
         return Err(failure);
     }
     if stream {
+        // A JSON or HTML body is no event stream (an error some servers answer with 200): it
+        // fails like any other answer that is not one, its words kept for the owner.
+        let kind = response
+            .headers()
+            .get("content-type")
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if kind.starts_with("application/json") || kind.starts_with("text/html") {
+            let body = read_limited(&mut response, ERROR_BODY_LIMIT).await;
+            return Err(Failure::new(
+                Error::upstream(
+                    "The upstream model API answered a streamed request with something other than an event stream.",
+                ),
+                Ended::UpstreamError,
+            )
+            .saying(String::from_utf8_lossy(&body)));
+        }
         let body = response
             .stream()
             .map_err(|e| Failure::new(e.into(), Ended::UpstreamCut))?

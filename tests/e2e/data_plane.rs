@@ -801,6 +801,10 @@ async fn upstream_answers_that_are_not_answers_end_cleanly(c: Arc<Ctx>) -> CaseR
                 .contains(leak),
             "{record}"
         );
+        // Asked to stream, the same body is no event stream: the same 502.
+        let s = c.chat_hi(&t, true).await?;
+        assert_eq!(s.status, 502, "{}", stream_summary(&s));
+        assert!(!String::from_utf8_lossy(&s.body()).contains(leak));
     }
 
     let t = c

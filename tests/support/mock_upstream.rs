@@ -688,7 +688,8 @@ async fn answer_ok(
     delay: Duration,
     shape: &Shape,
 ) -> io::Result<bool> {
-    if !stream {
+    // `body/…` answers that way whether or not a stream was asked for.
+    if !stream || shape.body.is_some() {
         let (content_type, body) = match shape.body.as_deref() {
             Some("html") => (
                 "text/html",

@@ -114,7 +114,29 @@ export interface SluiceClientOptions {
    * where the browser has one (elsewhere sessions are bearer); `false` turns it off.
    */
   dpop?: DpopKey | false;
+  /**
+   * A copy of the managed session that every tab sees as soon as it is written, which a tab taking
+   * the refresh lock reads (localStorage reaches other tabs late). Default: IndexedDB where the
+   * browser has it (`sessionJournal(storageKey)`); `false` turns it off.
+   */
+  journal?: SessionJournal | false;
 }
+
+/** The last stored session and the refresh tokens it replaced (newest first). */
+export interface SessionJournalRecord {
+  session: Session;
+  replaced: string[];
+}
+
+/** Where the session journal is kept; each method resolves once its write is visible to every tab. */
+export interface SessionJournal {
+  get(): Promise<SessionJournalRecord | null | undefined>;
+  put(record: SessionJournalRecord): Promise<unknown>;
+  remove(): Promise<unknown>;
+}
+
+/** The session journal of `name` in IndexedDB, or null without IndexedDB. */
+export function sessionJournal(name: string, idb?: IDBFactory): SessionJournal | null;
 
 /** A DPoP key: its private half never leaves WebCrypto. `load`/`save`/`remove` keep the key pair. */
 export class DpopKey {

@@ -448,6 +448,47 @@ function usable(pair) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// The session journal: what the last tab to store a session stored, as every tab sees it at once
+
+const SESSION_DB = "sluice-session";
+const SESSION_STORE = "sessions";
+/** How many refresh tokens a journal record remembers having replaced (to know its successors). */
+const JOURNAL_DEPTH = 8;
+
+/**
+ * A record of the managed session under `name` in IndexedDB, next to the one in `storage`; null where
+ * there is no IndexedDB. localStorage reaches other tabs late (Chromium hands a write to the other
+ * tabs' processes asynchronously), so a tab that takes the refresh lock just after another tab
+ * rotated the refresh token may still read the old one there; a committed IndexedDB transaction is
+ * seen by every tab. The record is `{ session, replaced }`: the session and the refresh tokens it
+ * replaced, newest first. `get`/`put`/`remove` resolve once the transaction has committed.
+ */
+export function sessionJournal(name, idb = globalThis.indexedDB) {
+  if (!idb || typeof idb.open !== "function") return null;
+  const run = async (mode, f) => {
+    const open = idb.open(SESSION_DB, 1);
+    open.onupgradeneeded = () => open.result.createObjectStore(SESSION_STORE);
+    const db = await idbRequest(open);
+    try {
+      const tx = db.transaction(SESSION_STORE, mode);
+      const committed = new Promise((resolve, reject) => {
+        tx.oncomplete = () => resolve();
+        tx.onerror = tx.onabort = () => reject(tx.error || new Error("IndexedDB transaction aborted"));
+      });
+      const [value] = await Promise.all([idbRequest(f(tx.objectStore(SESSION_STORE))), committed]);
+      return value;
+    } finally {
+      db.close();
+    }
+  };
+  return {
+    get: () => run("readonly", (s) => s.get(name)),
+    put: (record) => run("readwrite", (s) => s.put(record, name)),
+    remove: () => run("readwrite", (s) => s.delete(name)),
+  };
+}
+
+// ------------------------------------------------------------------------------------------------
 // The client
 
 /**
@@ -456,7 +497,7 @@ function usable(pair) {
  * session from `client.auth` (kept in `storage` under `sluice:<project>:session`).
  */
 export class SluiceClient {
-  constructor({ baseUrl, project, storage, fetch: fetchImpl, storageKey, dpop } = {}) {
+  constructor({ baseUrl, project, storage, fetch: fetchImpl, storageKey, dpop, journal } = {}) {
     if (!baseUrl) throw new TypeError("SluiceClient needs a baseUrl");
     if (!project) throw new TypeError("SluiceClient needs a project");
     this.baseUrl = String(baseUrl).replace(/\/+$/, "");
@@ -470,6 +511,8 @@ export class SluiceClient {
     this._credential = null; // { kind: "token" | "consumer-key", value: string | function }
     // Sender-constrained sessions (RFC 9449): a non-extractable key in IndexedDB, where there is one.
     this._dpop = dpop === false ? null : dpop || DpopKey.forBrowser(this.storageKey);
+    // The session as the tab that stored it last wrote it, seen by every tab at once (IndexedDB).
+    this._journal = journal === false ? null : journal || sessionJournal(this.storageKey);
     this.auth = new SluiceAuth(this);
     this.chat = {
       stream: (options) => this._stream(options),
@@ -577,8 +620,8 @@ export class SluiceClient {
    */
   async _withCredential(init, token, url, provider) {
     if (!provider && token && this._dpop) {
-      const session = await this.auth.getSession();
-      if (session && session.token_type === "DPoP" && session.access_token === token) {
+      const session = await this.auth._sessionOf(token);
+      if (session && session.token_type === "DPoP") {
         const proof = await this._dpop.proof(init.method || "GET", url, token, { jkt: session.jkt });
         if (proof) {
           const headers = { ...(init.headers || {}), authorization: `DPoP ${token}`, dpop: proof };
@@ -814,6 +857,9 @@ export class SluiceAuth {
     this._client = client;
     this._refreshing = null;
     this._listeners = new Set();
+    // The session this tab last stored or adopted: its access token is this tab's to send even while
+    // localStorage here still shows the one before it.
+    this._last = null;
     // The challenge id of the last code asked for, per email: verify sends it back.
     this._challenges = new Map();
   }
@@ -860,7 +906,7 @@ export class SluiceAuth {
    * token, so an expired one is refreshed first; otherwise the session would live on at the gateway.
    */
   async signOut({ signal } = {}) {
-    const session = await this.getSession();
+    const session = await this._latestSession();
     try {
       if (session) {
         const res = await this._logout(session, signal);
@@ -911,6 +957,56 @@ export class SluiceAuth {
     } catch {
       return null;
     }
+  }
+
+  /** The stored session, or the one another tab rotated it into when this tab's localStorage lags. */
+  async _latestSession() {
+    const stored = await this.getSession();
+    const successor = await this._successorOf(stored);
+    if (successor) this._last = successor;
+    return successor || stored;
+  }
+
+  /** The session whose access token is `token`: the stored one, or the one this tab last stored or adopted. */
+  async _sessionOf(token) {
+    const stored = await this.getSession();
+    if (stored && stored.access_token === token) return stored;
+    return this._last && this._last.access_token === token ? this._last : null;
+  }
+
+  /** The journal's record `{ session, replaced }`, or null (none, or no usable IndexedDB). */
+  async _journalRecord() {
+    const j = this._client._journal;
+    if (!j) return null;
+    try {
+      const r = await j.get();
+      if (!r || !r.session || typeof r.session.access_token !== "string") return null;
+      return { session: r.session, replaced: Array.isArray(r.replaced) ? r.replaced : [] };
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * The session another tab rotated `session` into (its refresh token is one the journal's session
+   * replaced), or null. Only a successor counts: a journal record of another chain (a sign-in since,
+   * or a client whose own storage is not shared) is never taken for this one.
+   */
+  async _successorOf(session, record) {
+    if (!session || !session.refresh_token) return null;
+    const r = record === undefined ? await this._journalRecord() : record;
+    return r && r.session.refresh_token !== session.refresh_token && r.replaced.includes(session.refresh_token) ? r.session : null;
+  }
+
+  /** A session stored since `than` by another tab (a rotation of it, or a sign-in again), or null. */
+  async _newerThan(than) {
+    const record = await this._journalRecord();
+    const successor = await this._successorOf(than, record);
+    if (successor) return successor;
+    const now = await this.getSession();
+    // Not one the journal knows was replaced: localStorage here may still show an older session.
+    if (now && now.refresh_token !== than.refresh_token && !(record && record.replaced.includes(now.refresh_token))) return now;
+    return null;
   }
 
   /** Whether a managed session is stored (it may still turn out to be revoked). */
@@ -968,6 +1064,21 @@ export class SluiceAuth {
     const cnf = jwtClaims(tokens.access_token).cnf;
     const jkt = (cnf && typeof cnf.jkt === "string" && cnf.jkt) || (previous && previous.jkt);
     if (jkt) session.jkt = jkt;
+    // The journal first: once the refresh lock is let go, the next tab to take it must find this
+    // session there, committed, whatever its localStorage shows by then.
+    const j = this._client._journal;
+    if (j) {
+      let replaced = [];
+      if (previous) {
+        const record = await this._journalRecord();
+        const chain = record && record.session.refresh_token === previous.refresh_token ? record.replaced : [];
+        replaced = [previous.refresh_token, ...chain].filter((t) => t && t !== session.refresh_token).slice(0, JOURNAL_DEPTH);
+      }
+      await Promise.resolve()
+        .then(() => j.put({ session, replaced }))
+        .catch(() => {});
+    }
+    this._last = session;
     await this._client.storage.set(this._client.storageKey, JSON.stringify(session));
     return session;
   }
@@ -978,14 +1089,20 @@ export class SluiceAuth {
    * newer session and its key stay, and nothing is emitted; resolves with whether it cleared.
    */
   async _clear(event, ended) {
-    if (ended) {
-      const now = await this.getSession();
-      if (now && now.refresh_token !== ended.refresh_token) return false;
-    }
+    if (ended && (await this._newerThan(ended))) return false;
+    const gone = ended || (await this.getSession());
     try {
       await this._client.storage.remove(this._client.storageKey);
     } catch {
       /* nothing to remove */
+    }
+    this._last = null;
+    // The journal's copy of this session (or of one it was rotated into) goes too.
+    const record = gone && (await this._journalRecord());
+    if (record && (record.session.refresh_token === gone.refresh_token || record.replaced.includes(gone.refresh_token))) {
+      await Promise.resolve()
+        .then(() => this._client._journal.remove())
+        .catch(() => {});
     }
     // The next session gets a key of its own.
     if (this._client._dpop) await this._client._dpop.forget(ended && ended.jkt).catch(() => {});
@@ -1031,12 +1148,20 @@ export class SluiceAuth {
   }
 
   async _doRefresh(stale, force) {
-    const current = await this.getSession();
+    const stored = await this.getSession();
+    // Another tab may have rotated the session just before it let go of the lock, and localStorage
+    // here may not show it yet: the journal does. That session is the one to use, not refreshed
+    // again (its refresh token's predecessor, sent again, would be reuse, and end the session).
+    const successor = await this._successorOf(stored);
+    const current = successor || stored;
     if (!current || !current.refresh_token) {
       if (current) await this._clear("expired", current);
       throw new SluiceError({ type: "not-signed-in", title: "Not signed in", status: 401, detail: "Sign in again." });
     }
-    if (!force && current.access_token !== stale) return current; // refreshed elsewhere meanwhile
+    if ((successor || !force) && current.access_token !== stale) {
+      this._last = current;
+      return current; // refreshed elsewhere meanwhile
+    }
     let res;
     try {
       res = await this._post("auth/refresh", { refresh_token: current.refresh_token }, undefined, await this._proofFor("auth/refresh", current.jkt));
@@ -1044,8 +1169,11 @@ export class SluiceAuth {
       // Refused (expired, revoked, reused): the session is over, unless another tab stored a newer
       // one meanwhile, which is then the one to use. A network failure keeps it for later.
       if (err instanceof SluiceError && err.status >= 400 && err.status < 500 && !(await this._clear("expired", current))) {
-        const newer = await this.getSession();
-        if (newer) return newer;
+        const newer = await this._newerThan(current);
+        if (newer) {
+          this._last = newer;
+          return newer;
+        }
       }
       throw err;
     }

@@ -575,6 +575,51 @@ add("managed: when a session ends elsewhere, its conversation goes with it (the 
   assert.ok(!(await pageText()).includes("bob's first"), "the other tab's sign-out took Bob's conversation away");
 });
 
+add("managed: two tabs sending at once after the access token is refused share one refresh, round after round (nobody signed out)", widget("managed-auth"), async (ctx) => {
+  const { slug } = await widgetProject(ctx, { mode: "managed" });
+  const { page: a, context } = await newPage(ctx);
+  const url = ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" } }));
+  const key = `sluice:${slug}:session`;
+  const refreshes = [];
+  context.on("response", (r) => r.url().endsWith("/auth/refresh") && refreshes.push(r.status()));
+  await a.goto(url);
+  await signIn(ctx, a, `tabs-${slug}@example.com`);
+  const b = await context.newPage();
+  b.setDefaultTimeout(15_000);
+  await b.goto(url);
+  await openWidget(b);
+  await hook(b, "input").waitFor({ state: "visible" });
+  assert.equal((await storedSession(a, slug)).token_type, "DPoP", "a secure page: Web Locks and DPoP");
+  const finished = (p) =>
+    p.waitForFunction((rootJs) => {
+      const r = eval(rootJs);
+      return (r.querySelector('[data-testid="stop"]').hidden && !r.querySelector('[data-state="streaming"]')) || r.querySelector('[data-testid="panel"]').dataset.view !== "chat";
+    }, ROOT_JS, { timeout: 30_000 });
+  for (let round = 1; round <= 5; round++) {
+    // The gateway refuses the access token both tabs hold (a bad signature), so each tab's request
+    // is a 401 and each tab asks for a refresh at the same moment.
+    const spoiled = await a.evaluate((k) => {
+      const s = JSON.parse(localStorage.getItem(k));
+      s.access_token = s.access_token.slice(0, -4) + (s.access_token.endsWith("AAAA") ? "BBBB" : "AAAA");
+      localStorage.setItem(k, JSON.stringify(s));
+      return s.access_token;
+    }, key);
+    await b.waitForFunction(([k, t]) => JSON.parse(localStorage.getItem(k)).access_token === t, [key, spoiled]);
+    await Promise.all([hook(a, "input").fill(`tab A, round ${round}`), hook(b, "input").fill(`tab B, round ${round}`)]);
+    const before = refreshes.length;
+    await Promise.all([hook(a, "send").click(), hook(b, "send").click()]);
+    await Promise.all([finished(a), finished(b)]);
+    const [sa, sb] = [await widgetState(a), await widgetState(b)];
+    const said = `round ${round}: refreshes ${refreshes.slice(before).join(",")}; A ${sa.view}/${sa.state} (${sa.notice}); B ${sb.view}/${sb.state} (${sb.notice})`;
+    assert.ok(sa.view === "chat" && sb.view === "chat", `both tabs still signed in: ${said}`);
+    expectDemoReply(sa, `tab A, round ${round}`);
+    expectDemoReply(sb, `tab B, round ${round}`);
+    assert.deepEqual(refreshes.slice(before), [200], `one refresh for both tabs, never a reused token: ${said}`);
+    await a.waitForFunction(([k, t]) => JSON.parse(localStorage.getItem(k) || "null")?.access_token !== t, [key, spoiled]);
+    await b.waitForFunction(([k, t]) => JSON.parse(localStorage.getItem(k) || "null")?.access_token !== t, [key, spoiled]);
+  }
+});
+
 add("react demo (@sluice/react): sign in, a reply streams, Stop keeps it, a reload keeps the session", () => ["assets", "managed-auth", "demo-page"], async (ctx) => {
   const { slug } = await ctx.admin.project({ mode: "managed", origins: [ctx.gateway.base] });
   const { page } = await newPage(ctx);

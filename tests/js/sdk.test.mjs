@@ -751,3 +751,152 @@ describe("refresh across tabs without Web Locks (plain-HTTP pages)", () => {
     assert.equal(storage.get("sluice:p:session:refresh-lock"), null, "the lock is released");
   });
 });
+
+// ------------------------------------------------------------------------------------------------
+// Two tabs with Web Locks (secure pages) whose localStorage reaches the other tab late, as Chromium's
+// does: a write shows in the other tab's renderer some milliseconds after it was made.
+
+describe("refresh across tabs with Web Locks, when localStorage reaches the other tab late", () => {
+  const LAG_MS = 120;
+
+  /** Two views of one localStorage: each tab sees its own writes at once, the other's after LAG_MS. */
+  function laggingStorages() {
+    const views = [new Map(), new Map()];
+    const view = (i) => ({
+      get: (k) => (views[i].has(k) ? views[i].get(k) : null),
+      set: (k, v) => {
+        views[i].set(k, v);
+        setTimeout(() => views[1 - i].set(k, v), LAG_MS);
+      },
+      remove: (k) => {
+        views[i].delete(k);
+        setTimeout(() => views[1 - i].delete(k), LAG_MS);
+      },
+    });
+    return { views, a: view(0), b: view(1) };
+  }
+
+  /** Web Locks for one origin: a lock's holders run one after another. */
+  function fakeLocks() {
+    const tails = new Map();
+    return {
+      request(name, fn) {
+        const run = (tails.get(name) || Promise.resolve()).then(() => fn({ name }));
+        tails.set(name, run.catch(() => {}));
+        return run;
+      },
+    };
+  }
+
+  /** The one IndexedDB record both tabs share: what a tab committed, the other reads at once. */
+  function sharedJournal() {
+    let record = null;
+    return {
+      journal: { get: async () => record && structuredClone(record), put: async (r) => void (record = structuredClone(r)), remove: async () => void (record = null) },
+      record: () => record,
+    };
+  }
+
+  async function withWebLocks(fn) {
+    const had = Object.getOwnPropertyDescriptor(globalThis, "navigator");
+    Object.defineProperty(globalThis, "navigator", { value: { locks: fakeLocks() }, configurable: true, writable: true });
+    try {
+      return await fn();
+    } finally {
+      if (had) Object.defineProperty(globalThis, "navigator", had);
+      else delete globalThis.navigator;
+    }
+  }
+
+  /** A gateway stand-in that rotates refresh tokens and revokes the session on reuse; `refuse()` makes it refuse the access token it issued last. */
+  function rotatingGateway() {
+    const g = { live: "ref_0", accepted: "acc_0", revoked: false, n: 0, refreshes: 0 };
+    handlers["POST /v1/p/auth/refresh"] = async (req, res, rec) => {
+      g.refreshes++;
+      await sleep(20);
+      if (g.revoked || rec.body.refresh_token !== g.live) {
+        g.revoked = true; // reuse: the gateway revokes the whole session
+        return problem(401, { type: "refresh-token-reused", title: "Refresh token reused" })(req, res);
+      }
+      g.n++;
+      g.live = `ref_${g.n}`;
+      g.accepted = `acc_${g.n}`;
+      json(200, { access_token: g.accepted, refresh_token: g.live, token_type: "DPoP", expires_in: 900 })(req, res);
+    };
+    handlers["GET /v1/p/auth/me"] = (req, res, rec) =>
+      (!g.revoked && rec.headers.authorization === `DPoP ${g.accepted}` && rec.headers.dpop ? json(200, { id: "u" }) : problem(401, { type: "invalid-credential", title: "Refused" }))(req, res);
+    g.refuse = () => (g.accepted = null);
+    return g;
+  }
+
+  function twoSecureTabs() {
+    const { views, a, b } = laggingStorages();
+    const first = JSON.stringify({ access_token: "acc_0", refresh_token: "ref_0", token_type: "DPoP", expires_at: Date.now() + 3600_000 });
+    for (const v of views) v.set("sluice:p:session", first);
+    const { journal, record } = sharedJournal();
+    let key = null; // the DPoP key both tabs share (one IndexedDB)
+    const dpop = () => new DpopKey({ load: async () => key, save: async (p) => (key = p), remove: async () => (key = null) });
+    const tab = (storage) => new SluiceClient({ baseUrl: base, project: "p", storage, dpop: dpop(), journal });
+    return { views, a: tab(a), b: tab(b), record };
+  }
+
+  test("a tab that takes the lock after another tab rotated the token uses that session, rather than reusing the old token (5 rounds)", async () => {
+    reset();
+    const g = rotatingGateway();
+    const { views, a, b, record } = twoSecureTabs();
+    const events = [];
+    a.auth.onChange((e) => events.push(`a:${e}`));
+    b.auth.onChange((e) => events.push(`b:${e}`));
+    await withWebLocks(async () => {
+      for (let round = 1; round <= 5; round++) {
+        g.refuse(); // the server refuses the access token both tabs hold
+        const before = g.refreshes;
+        const answers = await Promise.all([a.auth.me(), b.auth.me()]).catch((err) => assert.fail(`round ${round}: ${err.message} (refreshes sent: ${g.refreshes - before})`));
+        assert.deepEqual(answers, [{ id: "u" }, { id: "u" }], `round ${round}: both tabs answered`);
+        assert.equal(g.refreshes - before, 1, `round ${round}: one refresh for both tabs`);
+        assert.equal(g.revoked, false, `round ${round}: no refresh token was reused`);
+        await sleep(LAG_MS + 30); // both tabs' localStorage agree again
+      }
+    });
+    for (const v of views) assert.equal(JSON.parse(v.get("sluice:p:session")).refresh_token, g.live, "both tabs store the live session");
+    assert.equal(record().session.refresh_token, g.live, "the journal holds the live session");
+    assert.ok(!events.some((e) => e.endsWith("expired") || e.endsWith("signedout")), `nobody was signed out: ${events.join(" ")}`);
+  });
+
+  test("a journal record of another session (not a rotation of this tab's) is never adopted; sign-out removes this session's", async () => {
+    reset();
+    const chains = { ref_a: "a", ref_b: "b" };
+    let n = 0;
+    handlers["POST /v1/p/auth/refresh"] = (req, res, rec) => {
+      const who = chains[rec.body.refresh_token];
+      if (!who) return problem(401, { type: "refresh-token-reused", title: "Reused" })(req, res);
+      delete chains[rec.body.refresh_token];
+      const next = `ref_${who}${++n}`;
+      chains[next] = who;
+      json(200, { access_token: `acc_${who}${n}`, refresh_token: next, token_type: "Bearer", expires_in: 900 })(req, res);
+    };
+    handlers["POST /v1/p/auth/logout"] = (req, res) => {
+      res.writeHead(204);
+      res.end();
+    };
+    const { journal, record } = sharedJournal();
+    // Each client keeps its own session (storage not shared, e.g. sessionStorage); the journal is the origin's.
+    const own = (session) => {
+      const storage = memoryStorage();
+      storage.set("sluice:p:session", JSON.stringify({ ...session, token_type: "Bearer", expires_at: Date.now() + 3600_000 }));
+      return new SluiceClient({ baseUrl: base, project: "p", storage, dpop: false, journal });
+    };
+    const a = own({ access_token: "acc_a0", refresh_token: "ref_a" });
+    const b = own({ access_token: "acc_b0", refresh_token: "ref_b" });
+    await withWebLocks(async () => {
+      const ra = await a.auth.refresh();
+      assert.equal(record().session.refresh_token, ra.refresh_token);
+      const rb = await b.auth.refresh();
+      assert.match(ra.refresh_token, /^ref_a/);
+      assert.match(rb.refresh_token, /^ref_b/, "tab B refreshed its own session, not adopting A's");
+      await b.auth.signOut();
+      assert.equal(record(), null, "sign-out removed the journal's copy of the session");
+      await a.auth.signOut();
+    });
+  });
+});

@@ -685,8 +685,9 @@ button { cursor: pointer; }
     if (err.status === 429 || err.type === "quota-exceeded" || err.type === "rate-limited") {
       const head = err.title || (err.type === "quota-exceeded" ? "Quota exceeded" : "Rate limit reached");
       const when = retryText(err);
-      // The gateway's detail ends with its own "Try again after <time> (in N s)."; say it once, in the reader's clock.
-      const detail = when ? (err.detail || "").replace(/\s*Try again\b.*?\(in \d+ s\)\.?/i, "") : err.detail;
+      // The gateway's detail says when too ("Try again after <time> (in N s).", "...; try again in N s.",
+      // "Wait N s before asking for another code."): say it once, in the reader's clock.
+      const detail = when ? withoutTime(err.detail || "") : err.detail;
       return `${head}. ${sentence(detail || "You have reached your plan's limit.")}${when ? ` ${when}` : ""}`;
     }
     if (err.type === "network-error") return "The chat service could not be reached. Check your connection and try again.";
@@ -696,6 +697,15 @@ button { cursor: pointer; }
     if (err.status === 401) return `Not authorized: ${sentence(err.detail || err.title || "the credential was refused")}`;
     if (err.title || err.detail) return sentence([err.title, err.detail].filter(Boolean).join(": "));
     return fallback || err.message || "Something went wrong.";
+  }
+
+  /** A limit's detail without the time it names (the notice says it once, from `retryAfter`). */
+  function withoutTime(detail) {
+    return detail
+      .replace(/\s*Try again\b.*?\(in \d+ s\)\.?/i, "")
+      .replace(/\s*[;,]\s*try again in \d+ s\b\.?/i, ".")
+      .replace(/\bWait \d+ s before\b/i, "Please wait before")
+      .trim();
   }
 
   /** `text` ending with exactly one full stop (or its own ! or ?). */

@@ -292,11 +292,20 @@ add("error notices read as sentences: a wrong code, a limit's time said once, a 
   const { slug } = await widgetProject(ctx, { mode: "managed" });
   const cors = { "access-control-allow-origin": "*", "content-type": "application/problem+json" };
   const { page } = await newPage(ctx);
-  await page.route("**/auth/otp/start", (r) => r.fulfill({ status: 202, headers: cors, body: JSON.stringify({ challenge_id: "chl_x", expires_in: 600 }) }));
+  const starts = [
+    { status: 429, headers: { ...cors, "retry-after": "27", "access-control-expose-headers": "Retry-After" }, body: JSON.stringify({ type: "https://sluice.dev/problems/rate-limited", title: "Rate limit reached", status: 429, detail: "Wait 27 s before asking for another code.", retry_after: 27 }) },
+    { status: 202, headers: cors, body: JSON.stringify({ challenge_id: "chl_x", expires_in: 600 }) },
+  ];
+  await page.route("**/auth/otp/start", (r) => r.fulfill(starts.length > 1 ? starts.shift() : starts[0]));
   await page.route("**/auth/otp/verify", (r) => r.fulfill({ status: 401, headers: cors, body: JSON.stringify({ type: "https://sluice.dev/problems/invalid-code", title: "Invalid code", status: 401, detail: "The code is wrong." }) }));
   await page.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: slug, api: "chat" } })));
   await openWidget(page);
   await hook(page, "email").fill("words@example.com");
+  await hook(page, "send-code").click();
+  await page.waitForFunction((rootJs) => !eval(rootJs).querySelector('[data-testid="notice"]').hidden, ROOT_JS);
+  const throttled = (await widgetState(page)).notice;
+  assert.match(throttled, /^Rate limit reached\. Please wait before asking for another code\. You can try again in 27 seconds \(at /);
+  assert.equal(throttled.replace(/\(at [^)]*\)/, "").match(/\b27\b/g).length, 1, `the time is said once: ${throttled}`);
   await hook(page, "send-code").click();
   await hook(page, "code").fill("123456");
   await hook(page, "verify").click();
@@ -319,7 +328,7 @@ add("error notices read as sentences: a wrong code, a limit's time said once, a 
   assert.equal(quota.match(/try again/gi).length, 1, `the time is said once: ${quota}`);
   const proxy = (await send(chat, "two")).notice;
   assert.equal(proxy, "The chat service is having trouble right now. Please try again in a moment.");
-  for (const n of [wrong, quota, proxy]) assert.ok(!n.includes(".."), `no double full stop: ${n}`);
+  for (const n of [throttled, wrong, quota, proxy]) assert.ok(!n.includes(".."), `no double full stop: ${n}`);
 });
 
 add("quota-exceeded mid-stream keeps the partial reply and says so", widget(), async (ctx) => {

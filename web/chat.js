@@ -149,6 +149,9 @@
       if (!e.newValue) sessionEnded("You signed out in another tab.");
       else if (sessionUser(e.oldValue) !== sessionUser(e.newValue)) {
         dropConversation();
+        // A session appeared (signed in again in another tab): "You signed out in another tab." and
+        // the like are about a session that is over.
+        clearNotice();
         state.checkedSession = false;
         show("loading");
         if (ui && state.open) showCurrentView().catch((err) => console.error("[sluice]", err));

@@ -582,6 +582,11 @@ add("managed: when a session ends elsewhere, its conversation goes with it (the 
   await hook(other, "email").waitFor({ state: "visible" });
   await hook(page, "email").waitFor({ state: "visible" });
   assert.ok(!(await pageText()).includes("bob's first"), "the other tab's sign-out took Bob's conversation away");
+  assert.equal((await widgetState(page)).notice, "You signed out in another tab.");
+  // Signed in again in the other tab: this tab shows the chat, and no longer says it signed out.
+  await signIn(ctx, other, `carol-${slug}@example.com`);
+  await hook(page, "input").waitFor({ state: "visible" });
+  assert.equal((await widgetState(page)).notice, null, "the sign-out notice went when the session came back");
 });
 
 add("managed: two tabs sending at once after the access token is refused share one refresh, round after round (nobody signed out)", widget("managed-auth"), async (ctx) => {

@@ -683,8 +683,8 @@ button { cursor: pointer; }
   /** A sentence for the user: the problem's own detail, and for limits when to try again. */
   function describeError(err, fallback) {
     if (!err) return fallback || "Something went wrong.";
-    // A proxy's error page (HTML) in front of the gateway says nothing a reader can use.
-    if (isMarkup(err.detail) || isMarkup(err.title)) return "The chat service is having trouble right now. Please try again in a moment.";
+    // A proxy's error page (HTML, whole or a fragment) in front of the gateway says nothing a reader can use.
+    if (isMarkup(err.detail) || isMarkup(err.title) || isHtmlResponse(err)) return "The chat service is having trouble right now. Please try again in a moment.";
     if (err.status === 429 || err.type === "quota-exceeded" || err.type === "rate-limited") {
       const head = err.title || (err.type === "quota-exceeded" ? "Quota exceeded" : "Rate limit reached");
       const when = retryText(err);
@@ -717,8 +717,19 @@ button { cursor: pointer; }
     return /[.!?]$/.test(t) ? t : `${t}.`;
   }
 
+  /** Text that looks like markup: it starts with "<", or holds an HTML document's tags. */
   function isMarkup(text) {
-    return typeof text === "string" && /<\s*(!doctype|html|head|body|h1|title|center|script)\b/i.test(text);
+    if (typeof text !== "string") return false;
+    return text.trim().startsWith("<") || /<\s*(!doctype|html|head|body|h1|title|center|script)\b/i.test(text);
+  }
+
+  /** An error answered as an HTML page (`content-type: text/html`), whatever its text. */
+  function isHtmlResponse(err) {
+    try {
+      return /^\s*text\/html\b/i.test((err.response && err.response.headers.get("content-type")) || "");
+    } catch {
+      return false;
+    }
   }
 
   function retryText(err) {

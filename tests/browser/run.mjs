@@ -319,6 +319,8 @@ add("error notices read as sentences: a wrong code, a limit's time said once, a 
     { status: 429, headers: { ...cors, "retry-after": "3600", "access-control-expose-headers": "Retry-After" }, body: JSON.stringify({ type: "https://sluice.dev/problems/quota-exceeded", title: "Quota exceeded", status: 429,
       detail: "Your plan `free` allows 10 requests per day; 10 used, 0 remaining. Try again after 2030-01-01T00:00:00.000Z (in 3600 s)." }) },
     { status: 502, headers: { "access-control-allow-origin": "*", "content-type": "text/html" }, body: "<html><body><h1>502 Bad Gateway</h1><hr><center>nginx</center></body></html>" },
+    { status: 500, headers: { "access-control-allow-origin": "*", "content-type": "text/plain" }, body: "  <p>Internal <b>Server</b> Error</p>" },
+    { status: 503, headers: { "access-control-allow-origin": "*", "content-type": "text/html; charset=utf-8" }, body: "Service temporarily unavailable" },
   ];
   await chat.route("**/chat/completions", (r) => r.fulfill(answers.shift()));
   await chat.goto(ctx.pages.page(hostHtml(ctx, { attrs: { project: keyed.slug, api: "chat" }, after: keyFromBackend(keyed.slug) })));
@@ -328,6 +330,10 @@ add("error notices read as sentences: a wrong code, a limit's time said once, a 
   assert.equal(quota.match(/try again/gi).length, 1, `the time is said once: ${quota}`);
   const proxy = (await send(chat, "two")).notice;
   assert.equal(proxy, "The chat service is having trouble right now. Please try again in a moment.");
+  const fragment = (await send(chat, "three")).notice;
+  assert.equal(fragment, proxy, "a markup fragment without html or body tags is not shown as markup");
+  const htmlText = (await send(chat, "four")).notice;
+  assert.equal(htmlText, proxy, "an answer sent as text/html is a proxy's page");
   for (const n of [throttled, wrong, quota, proxy]) assert.ok(!n.includes(".."), `no double full stop: ${n}`);
 });
 

@@ -144,8 +144,10 @@ pub const ANTHROPIC_TYPES: &[&str] = &[
     "rate_limit_error",
     "api_error",
     "overloaded_error",
+    "timeout_error",
 ];
 
+/// The error type Anthropic answers `status` with.
 pub fn anthropic_type(status: u16) -> &'static str {
     match status {
         400 | 405 | 409 | 422 => "invalid_request_error",
@@ -155,6 +157,7 @@ pub fn anthropic_type(status: u16) -> &'static str {
         413 => "request_too_large",
         429 => "rate_limit_error",
         503 | 529 => "overloaded_error",
+        504 => "timeout_error",
         _ => "api_error",
     }
 }
@@ -373,6 +376,8 @@ mod tests {
             Some(Problem::RateLimited)
         );
         assert_eq!(anthropic_type(401), "authentication_error");
+        assert_eq!(anthropic_type(504), "timeout_error");
+        assert!(ANTHROPIC_TYPES.contains(&anthropic_type(504)));
     }
 
     #[test]

@@ -290,8 +290,10 @@ fn stop_reason(finish: Option<&str>) -> &'static str {
     }
 }
 
+/// A message id for a chat answer's id (`chatcmpl-x` → `msg_x`; one already `msg_…` is kept).
 fn message_id(chat_id: Option<&str>) -> String {
     match chat_id {
+        Some(id) if id.starts_with("msg_") => id.to_string(),
         Some(id) => format!("msg_{}", id.trim_start_matches("chatcmpl-")),
         None => "msg_sluice".to_string(),
     }
@@ -1082,6 +1084,13 @@ mod tests {
         assert!(!data.iter().any(|d| d.to_string().contains("OTHER CHOICE")));
         let stop = data.iter().find(|d| d["type"] == "message_delta").unwrap();
         assert_eq!(stop["delta"]["stop_reason"], "tool_use");
+    }
+
+    #[test]
+    fn message_ids_are_prefixed_once() {
+        assert_eq!(message_id(Some("chatcmpl-abc")), "msg_abc");
+        assert_eq!(message_id(Some("msg_01X")), "msg_01X");
+        assert_eq!(message_id(None), "msg_sluice");
     }
 
     #[test]

@@ -381,11 +381,20 @@ impl Counts {
     pub fn take_event(&mut self, v: &Value) {
         match v.get("type").and_then(Value::as_str) {
             Some("message_start") => self.update(v.pointer("/message/usage")),
-            Some("message_delta") => {
-                self.update(v.get("usage"));
-                self.settled = true;
-            }
+            Some("message_delta") => self.settle(v.get("usage")),
             _ => {}
+        }
+    }
+
+    /// `message_delta`'s counts. They settle the report only when they give the output: without
+    /// `output_tokens` there, the only output count is `message_start`'s placeholder.
+    fn settle(&mut self, u: Option<&Value>) {
+        self.update(u);
+        if u.and_then(|u| u.get("output_tokens"))
+            .and_then(Value::as_u64)
+            .is_some()
+        {
+            self.settled = true;
         }
     }
 
@@ -428,7 +437,8 @@ impl Counts {
 /// The output a Messages event or whole message carries, in bytes (text, tool input, thinking):
 /// what the live budget counts.
 pub fn output_bytes(v: &Value) -> u64 {
-    const KEYS: [&str; 4] = ["text", "partial_json", "thinking", "input"];
+    // `data`: a redacted thinking block's, billed as output like any thinking.
+    const KEYS: [&str; 5] = ["text", "partial_json", "thinking", "input", "data"];
     let of = |block: Option<&Value>| -> u64 {
         block.map_or(0, |b| {
             KEYS.iter()
@@ -639,8 +649,7 @@ impl ChunkStream {
                 }
             }
             "message_delta" => {
-                self.usage.update(data.get("usage"));
-                self.usage.settled = true;
+                self.usage.settle(data.get("usage"));
                 match data.pointer("/delta/stop_reason").and_then(Value::as_str) {
                     Some(stop) => self.chunk(json!({}), Some(finish_reason(stop))),
                     None => String::new(),

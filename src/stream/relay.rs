@@ -610,6 +610,20 @@ mod tests {
         );
         assert_eq!(r.usage(), None);
         assert!(r.completion_bound() > 0);
+        // Nor does a message_delta that gives no output count settle them.
+        let head = stream.split("event: message_delta").next().unwrap_or("");
+        for delta in [
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#,
+            r#"{"type":"message_delta","delta":{},"usage":{}}"#,
+        ] {
+            let mut r = Relay::of(Wire::Messages, false, None);
+            r.on_chunk(format!("{head}{}", ev("message_delta", delta)).as_bytes());
+            assert_eq!(r.usage(), None, "{delta}");
+        }
+        // Redacted thinking is output the live budget counts.
+        let mut r = Relay::of(Wire::Messages, false, Some(10));
+        let (_, next) = r.on_chunk(ev("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"redacted_thinking","data":"EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP"}}"#).as_bytes());
+        assert_eq!(next, Next::NeedBudget);
         // Cut before message_stop.
         let mut r = Relay::of(Wire::Messages, false, None);
         r.on_chunk(

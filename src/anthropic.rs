@@ -396,17 +396,35 @@ pub struct MessagesStream {
     tools_used: bool,
     /// Tool calls whose pieces came while another call's block was open: Anthropic's blocks
     /// cannot interleave, so each is sent whole once that block closes (at the end of the answer).
-    waiting: Vec<WaitingCall>,
+    waiting: Vec<ToolCall>,
     usage: Value,
 }
 
-/// A tool call held back until the open block closes: its chat index, id, name and arguments.
+/// A piece of a chat tool call (its index, and what the piece says of its id, name and arguments),
+/// or a call held back whole until the open block closes.
 #[derive(Debug, Default)]
-struct WaitingCall {
+struct ToolCall {
     index: u64,
     id: Option<String>,
     name: String,
     arguments: String,
+}
+
+impl ToolCall {
+    fn of(piece: &Value) -> ToolCall {
+        let text = |pointer: &str| piece.pointer(pointer).and_then(Value::as_str).unwrap_or("");
+        ToolCall {
+            index: piece.get("index").and_then(Value::as_u64).unwrap_or(0),
+            id: piece.get("id").and_then(Value::as_str).map(str::to_string),
+            name: text("/function/name").to_string(),
+            arguments: text("/function/arguments").to_string(),
+        }
+    }
+
+    /// Whether `piece` is a later piece of this call: same index, and no id or the same id.
+    fn continued_by(&self, piece: &ToolCall) -> bool {
+        piece.index == self.index && (piece.id.is_none() || piece.id == self.id)
+    }
 }
 
 impl MessagesStream {
@@ -528,53 +546,49 @@ impl MessagesStream {
     /// A piece of a tool call. The call whose block is open streams on; a call starting while no
     /// other call's block is open opens one; a piece of any other call waits (see `waiting`).
     fn on_tool_piece(&mut self, out: &mut String, call: &Value) {
-        let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-        let id = call.get("id").and_then(Value::as_str).map(str::to_string);
-        let name = call.pointer("/function/name").and_then(Value::as_str);
-        let args = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .filter(|a| !a.is_empty());
-        // A later piece of a call: same index, and no id or the same id.
-        let same = |i: u64, known: &Option<String>| i == index && (id.is_none() || id == *known);
-        if let Some(Block::Tool(i, open_id)) = &self.open {
-            if same(*i, open_id) {
-                if let Some(args) = args {
-                    self.delta(
-                        out,
-                        json!({"type": "input_json_delta", "partial_json": args}),
-                    );
-                }
-                return;
+        let piece = ToolCall::of(call);
+        if let Some(Block::Tool(index, id)) = &self.open {
+            let open = ToolCall {
+                index: *index,
+                id: id.clone(),
+                ..ToolCall::default()
+            };
+            if open.continued_by(&piece) {
+                return self.arguments(out, &piece.arguments);
             }
         }
-        let opened_before = matches!(self.open, Some(Block::Tool(..)));
-        if let Some(waiting) = self.waiting.iter_mut().find(|w| same(w.index, &w.id)) {
-            waiting.id = waiting.id.take().or(id);
-            waiting.name.push_str(name.unwrap_or(""));
-            waiting.arguments.push_str(args.unwrap_or(""));
-            return;
+        if let Some(waiting) = self.waiting.iter_mut().find(|w| w.continued_by(&piece)) {
+            waiting.id = waiting.id.take().or(piece.id);
+            waiting.name.push_str(&piece.name);
+            waiting.arguments.push_str(&piece.arguments);
+        } else if matches!(self.open, Some(Block::Tool(..))) {
+            self.waiting.push(piece);
+        } else {
+            self.open_tool(out, piece);
         }
-        if opened_before {
-            self.waiting.push(WaitingCall {
-                index,
-                id,
-                name: name.unwrap_or("").to_string(),
-                arguments: args.unwrap_or("").to_string(),
-            });
-            return;
-        }
+    }
+
+    /// A `tool_use` block for `call`, with what it has of its arguments.
+    fn open_tool(&mut self, out: &mut String, call: ToolCall) {
         self.tools_used = true;
-        let block_id = id.clone().unwrap_or_else(|| format!("toolu_{index}"));
+        let block_id = call
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("toolu_{}", call.index));
         self.open_block(
             out,
-            Block::Tool(index, id),
-            json!({"type": "tool_use", "id": block_id, "name": name.unwrap_or(""), "input": {}}),
+            Block::Tool(call.index, call.id),
+            json!({"type": "tool_use", "id": block_id, "name": call.name, "input": {}}),
         );
-        if let Some(args) = args {
+        self.arguments(out, &call.arguments);
+    }
+
+    /// A piece of the open tool call's arguments (none for an empty one).
+    fn arguments(&self, out: &mut String, arguments: &str) {
+        if !arguments.is_empty() {
             self.delta(
                 out,
-                json!({"type": "input_json_delta", "partial_json": args}),
+                json!({"type": "input_json_delta", "partial_json": arguments}),
             );
         }
     }
@@ -582,22 +596,7 @@ impl MessagesStream {
     /// The calls that waited, each as a whole block.
     fn flush_waiting(&mut self, out: &mut String) {
         for call in std::mem::take(&mut self.waiting) {
-            self.tools_used = true;
-            let block_id = call
-                .id
-                .clone()
-                .unwrap_or_else(|| format!("toolu_{}", call.index));
-            self.open_block(
-                out,
-                Block::Tool(call.index, call.id),
-                json!({"type": "tool_use", "id": block_id, "name": call.name, "input": {}}),
-            );
-            if !call.arguments.is_empty() {
-                self.delta(
-                    out,
-                    json!({"type": "input_json_delta", "partial_json": call.arguments}),
-                );
-            }
+            self.open_tool(out, call);
         }
     }
 

@@ -891,8 +891,6 @@ enum Outbound {
     Fetch(Vec<Candidate>),
 }
 
-/// One way to reach a model: the request's parts (built again for each try), and who answers
-/// through it.
 /// How a candidate's answer is read: as it comes (OpenAI's formats; or Anthropic's, for a Messages
 /// client whose every candidate speaks it), or Anthropic's translated into chat chunks for the
 /// model the client asked for.
@@ -903,6 +901,8 @@ enum Reading {
     Messages,
 }
 
+/// One way to reach a model: the request's parts (built again for each try), and who answers
+/// through it.
 struct Candidate {
     url: String,
     headers: Vec<(String, String)>,
@@ -1418,13 +1418,10 @@ async fn send(
             .to_ascii_lowercase();
         if kind.starts_with("application/json") || kind.starts_with("text/html") {
             let body = read_limited(&mut response, ERROR_BODY_LIMIT).await;
-            return Err(Failure::new(
-                Error::upstream(
-                    "The upstream model API answered a streamed request with something other than an event stream.",
-                ),
-                Ended::UpstreamError,
-            )
-            .saying(String::from_utf8_lossy(&body)));
+            return Err(not_an_answer(
+                "The upstream model API answered a streamed request with something other than an event stream.",
+                &body,
+            ));
         }
         let body = response
             .stream()
@@ -1456,11 +1453,7 @@ async fn send(
                 .saying("the answer's body did not arrive within the timeout after its head"))
             }
         };
-        // What it said instead of an answer stays with the owner (the usage record).
-        let refuse = |why: &str, bytes: &[u8]| {
-            Failure::new(Error::upstream(why), Ended::UpstreamError)
-                .saying(String::from_utf8_lossy(&bytes[..bytes.len().min(300)]))
-        };
+        let refuse = |why: &str, bytes: &[u8]| not_an_answer(why, &bytes[..bytes.len().min(300)]);
         let value = upstream::whole_answer(&bytes).map_err(|why| refuse(why, &bytes))?;
         let whole = match reading {
             Reading::AsIs => Whole { bytes, value },
@@ -1476,6 +1469,12 @@ async fn send(
         };
         Ok(Answer::Json(whole, head))
     }
+}
+
+/// A 2xx that is not an answer: a failed try (502); what it said instead stays with the owner (the
+/// usage record).
+fn not_an_answer(why: &str, said: &[u8]) -> Failure {
+    Failure::new(Error::upstream(why), Ended::UpstreamError).saying(String::from_utf8_lossy(said))
 }
 
 async fn read_limited(response: &mut Response, limit: usize) -> Vec<u8> {
@@ -1708,14 +1707,14 @@ impl MeteredStream {
     /// The upstream's stream went silent for longer than the API's timeout: it is cancelled, and the
     /// client gets the stream's error event (what was delivered is booked as estimated).
     async fn silent(&mut self) -> Option<Vec<u8>> {
-        let secs = self.silence_ms / 1000;
+        let ms = self.silence_ms;
         if let Some(lease) = self.lease.as_mut() {
-            lease.upstream_error = Some(format!("the stream sent nothing for {secs} s"));
+            lease.upstream_error = Some(format!("the stream sent nothing for {ms} ms"));
         }
         let bytes = self.relay.on_error(&Error::new(
             Problem::UpstreamStreamInterrupted,
             format!(
-                "The upstream model API sent nothing for {secs} s; the text so far was delivered."
+                "The upstream model API sent nothing for {ms} ms; the text so far was delivered."
             ),
         ));
         self.finish(504, Ended::UpstreamTimeout).await;

@@ -35,15 +35,9 @@ pub fn page_may_sign_in(origin: Option<&str>, url: &str, allows: impl Fn(&str) -
     let Some(origin) = origin else {
         return true;
     };
-    let own = url.split_once("://").map(|(scheme, rest)| {
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        (scheme, authority)
-    });
-    let same = own.is_some_and(|(scheme, authority)| {
-        origin.split_once("://").is_some_and(|(s, a)| {
-            s.eq_ignore_ascii_case(scheme) && a.eq_ignore_ascii_case(authority)
-        })
-    });
+    // The request URL's own origin, as `upstream_origin` reads any URL's (scheme and authority).
+    let same = url.contains("://")
+        && origin.eq_ignore_ascii_case(&crate::input::validate::upstream_origin(url));
     same || allows(origin)
 }
 

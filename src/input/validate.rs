@@ -153,8 +153,8 @@ pub fn validate_text(field: &str, s: &str, max: usize) -> Result<(), Error> {
     }
 }
 
-/// Where a base URL sends requests: its scheme and authority, lower-cased (`demo` for the demo). A
-/// provider key is bound to it: the key was given for that host and goes to no other.
+/// A URL's origin: its scheme and authority, lower-cased (`demo` for the demo upstream). A provider
+/// key is bound to its base URL's: the key was given for that host and goes to no other.
 pub fn upstream_origin(base_url: &str) -> String {
     let lower = base_url.to_ascii_lowercase();
     match lower.split_once("://") {

@@ -345,9 +345,9 @@ pub struct Counts {
 
 impl Counts {
     /// A whole message's counts: settled as they are.
-    fn of(u: Option<&Value>) -> Counts {
+    pub fn of_message(message: &Value) -> Counts {
         let mut counts = Counts::default();
-        counts.update(u);
+        counts.update(message.get("usage"));
         counts.settled = true;
         counts
     }
@@ -427,11 +427,6 @@ impl Counts {
             "cache_creation_input_tokens": self.cache_write}),
         )
     }
-
-    /// A whole message's counts.
-    pub fn of_message(message: &Value) -> Counts {
-        Counts::of(message.get("usage"))
-    }
 }
 
 /// The output a Messages event or whole message carries, in bytes (text, tool input, thinking):
@@ -507,7 +502,7 @@ pub fn completion(message: &Value, model: &str, created: i64) -> Result<Value, &
     let mut answer = json!({"id": message.get("id").cloned().unwrap_or_else(|| json!("msg")), "object": "chat.completion",
         "created": created, "model": model,
         "choices": [{"index": 0, "message": msg, "finish_reason": finish_reason(stop), "logprobs": null}]});
-    if let Some(usage) = Counts::of(message.get("usage")).chat() {
+    if let Some(usage) = Counts::of_message(message).chat() {
         answer["usage"] = usage;
     }
     Ok(answer)

@@ -101,6 +101,12 @@ pub(super) fn check_page_origin(
     ))
 }
 
+/// A sign-in step on a project: from its allowed origins' pages only.
+fn check_project_page(req: &Request, project: &Project) -> Result<(), Error> {
+    let whose = format!("project `{}` (its `allowed_origins`)", project.slug);
+    check_page_origin(req, |o| project.allows_origin(o), &whose)
+}
+
 pub(super) fn bad_email() -> Error {
     Error::invalid_request("`email` must be an email address.")
 }
@@ -130,8 +136,7 @@ pub async fn otp_start(
 ) -> Result<Response, Error> {
     let (db, project, input): (_, _, OtpStart) = project_and_body(&mut req, env, project).await?;
     require_managed(&db, &project).await?;
-    let whose = format!("project `{}` (its `allowed_origins`)", project.slug);
-    check_page_origin(&req, |o| project.allows_origin(o), &whose)?;
+    check_project_page(&req, &project)?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     let challenge_id = send_code(env, ctx, &db, &project, &email, client_ip(&req)).await?;
     started(challenge_id)
@@ -303,8 +308,7 @@ pub async fn otp_verify(
 ) -> Result<Response, Error> {
     let (db, project, input): (_, _, OtpVerify) = project_and_body(&mut req, env, project).await?;
     require_managed(&db, &project).await?;
-    let whose = format!("project `{}` (its `allowed_origins`)", project.slug);
-    check_page_origin(&req, |o| project.allows_origin(o), &whose)?;
+    check_project_page(&req, &project)?;
     let email = normalize_email(&input.email).map_err(|_| bad_email())?;
     // A client with a DPoP key binds the session to it; a project may require one.
     let jkt = crate::identity::dpop_proof(&req, None)?.map(|p| p.jkt);

@@ -166,11 +166,7 @@ async fn cors_headers_are_on_404_and_405_too(c: Arc<Ctx>) -> CaseResult {
     let origin = "http://app.example";
     let patched = c
         .admin
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/projects/{slug}"),
-            Some(json!({"allowed_origins": [origin]})),
-        )
+        .patch_project(slug, json!({"allowed_origins": [origin]}))
         .await?;
     expect_status(&patched, 200, "allow an origin")?;
     let missing = Reply::read(

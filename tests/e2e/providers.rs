@@ -679,6 +679,14 @@ async fn a_failing_provider_is_retried_then_falls_back(c: Arc<Ctx>) -> CaseResul
     Ok(())
 }
 
+/// A Messages API call to `project`'s `chat` API with `t`'s key, as the Anthropic SDK sends it.
+fn messages_call(c: &Ctx, project: &str, t: &Tenant) -> reqwest::RequestBuilder {
+    c.http
+        .post(format!("{}/v1/{project}/chat/v1/messages", c.base))
+        .header("x-api-key", &t.secret)
+        .header("anthropic-version", "2023-06-01")
+}
+
 async fn messages_pass_through_to_anthropic(c: Arc<Ctx>) -> CaseResult {
     let project = "claude-messages";
     let (_, _, t) =
@@ -686,16 +694,7 @@ async fn messages_pass_through_to_anthropic(c: Arc<Ctx>) -> CaseResult {
     let body = json!({"model": "claude-3-5-haiku", "max_tokens": 64, "thinking": {"type": "enabled", "budget_tokens": 1024},
         "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
-    let r = Reply::read(
-        c.http
-            .post(format!("{}/v1/{project}/chat/v1/messages", c.base))
-            .header("x-api-key", &t.secret)
-            .header("anthropic-version", "2023-06-01")
-            .json(&body)
-            .send()
-            .await?,
-    )
-    .await?;
+    let r = Reply::read(messages_call(&c, project, &t).json(&body).send().await?).await?;
     expect_status(&r, 200, "Messages through to Anthropic")?;
     // Anthropic's own answer, as it wrote it: the thinking block with its signature (which a
     // client must send back with tool results), the id, the stop sequence and the cache counts.
@@ -726,11 +725,7 @@ async fn messages_pass_through_to_anthropic(c: Arc<Ctx>) -> CaseResult {
     streamed["stream"] = json!(true);
     streamed["stop_sequences"] = json!(["END"]);
     let s = send_and_stream(
-        c.http
-            .post(format!("{}/v1/{project}/chat/v1/messages", c.base))
-            .header("x-api-key", &t.secret)
-            .header("anthropic-version", "2023-06-01")
-            .json(&streamed),
+        messages_call(&c, project, &t).json(&streamed),
         crate::STREAM_LIMIT,
     )
     .await?;
@@ -770,12 +765,7 @@ async fn messages_pass_through_to_anthropic(c: Arc<Ctx>) -> CaseResult {
     // What the gateway cannot meter is refused unless the API allows it; a base64 document passes,
     // its bytes counted into the prompt's bound.
     let send = |body: Value| {
-        let req = c
-            .http
-            .post(format!("{}/v1/{project}/chat/v1/messages", c.base))
-            .header("x-api-key", &t.secret)
-            .header("anthropic-version", "2023-06-01")
-            .json(&body);
+        let req = messages_call(&c, project, &t).json(&body);
         async move { Reply::read(req.send().await?).await }
     };
     let mut search = body.clone();
@@ -811,11 +801,7 @@ async fn a_native_messages_stream_cut_by_its_budget_books_its_estimate(c: Arc<Ct
     let body = json!({"model": "claude-3-5-haiku", "max_tokens": 1000, "stream": true,
         "messages": [{"role": "user", "content": "hi"}]});
     let s = send_and_stream(
-        c.http
-            .post(format!("{}/v1/{project}/chat/v1/messages", c.base))
-            .header("x-api-key", &t.secret)
-            .header("anthropic-version", "2023-06-01")
-            .json(&body),
+        messages_call(&c, project, &t).json(&body),
         crate::STREAM_LIMIT,
     )
     .await?;

@@ -152,12 +152,32 @@ impl Admin {
         .await
     }
 
+    /// `PATCH /api/v1/projects/{project}`, answered as it comes.
+    pub async fn patch_project(&self, project: &str, patch: Value) -> Result<Reply> {
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/projects/{project}"),
+            Some(patch),
+        )
+        .await
+    }
+
     pub async fn patch_api(&self, id: &str, patch: Value) -> Result<Value> {
         self.expect(
             reqwest::Method::PATCH,
             &format!("/api/v1/gateway/apis/{id}"),
             Some(patch),
             200,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/projects/{project}/consumers`, answered as it comes.
+    pub async fn list_consumers(&self, project: &str) -> Result<Reply> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/api/v1/projects/{project}/consumers"),
+            None,
         )
         .await
     }

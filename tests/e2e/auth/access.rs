@@ -552,20 +552,12 @@ pub async fn cors_follows_the_projects_allowed_origins(c: Arc<Ctx>) -> CaseResul
     );
     let bad = c
         .admin
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/projects/{slug}"),
-            Some(json!({"allowed_origins": ["allowed.example"]})),
-        )
+        .patch_project(slug, json!({"allowed_origins": ["allowed.example"]}))
         .await?;
     assert_problem(&bad, 400, "invalid-request");
     let patched = c
         .admin
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/projects/{slug}"),
-            Some(json!({"allowed_origins": [allowed]})),
-        )
+        .patch_project(slug, json!({"allowed_origins": [allowed]}))
         .await?;
     expect_status(&patched, 200, "allow an origin")?;
     assert_eq!(patched.json()["allowed_origins"], json!([allowed]));

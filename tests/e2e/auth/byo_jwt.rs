@@ -125,14 +125,7 @@ pub async fn byo_jwt_accepts_rs256_es256_eddsa_and_refuses_bad_tokens(c: Arc<Ctx
     // BYO users are consumers of kind `jwt-user` in a namespace of their own, named by the claim.
     let rs_user = str_field(&mine.json(), "consumer_id")?;
     assert!(rs_user.starts_with("jwu_"), "{}", mine.text);
-    let listed = c
-        .admin
-        .call(
-            Method::GET,
-            &format!("/api/v1/projects/{slug}/consumers"),
-            None,
-        )
-        .await?;
+    let listed = c.admin.list_consumers(slug).await?;
     let jwt_users: BTreeMap<String, String> = listed.json()["consumers"]
         .as_array()
         .cloned()

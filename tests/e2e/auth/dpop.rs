@@ -174,11 +174,7 @@ async fn dpop_binds_the_session_to_the_clients_key(c: Arc<Ctx>) -> CaseResult {
     assert!(jwt_parts(&bearer.access)?.1.get("cnf").is_none());
     let required = c
         .admin
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/projects/{slug}"),
-            Some(json!({"require_dpop": true})),
-        )
+        .patch_project(slug, json!({"require_dpop": true}))
         .await?;
     expect_status(&required, 200, "require DPoP")?;
     let strict = "strict@e2e.example";

@@ -358,11 +358,7 @@ async fn auth_events_past_retention_are_purged_by_the_cron(c: Arc<Ctx>) -> CaseR
     );
     let set = c
         .admin
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/projects/{slug}"),
-            Some(json!({"auth_event_retention_days": 7})),
-        )
+        .patch_project(slug, json!({"auth_event_retention_days": 7}))
         .await?;
     expect_status(&set, 200, "retention 7 days")?;
     let project_id = str_field(&set.json(), "id")?;
@@ -441,14 +437,7 @@ async fn sign_in_from(c: &Ctx, slug: &str, email: &str, net: &str) -> Result<Rep
 async fn the_guessing_limits_are_the_projects_settings(c: Arc<Ctx>) -> CaseResult {
     let slug = "otp-settings";
     managed_tenant(&c, slug).await?;
-    let set = c
-        .admin
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/projects/{slug}"),
-            Some(json!({"otp_wrong_codes_per_email_per_day": 7, "otp_wrong_codes_per_network_per_hour": 3})),
-        )
-        .await?;
+    let set = c.admin.patch_project(slug, json!({"otp_wrong_codes_per_email_per_day": 7, "otp_wrong_codes_per_network_per_hour": 3})).await?;
     expect_status(&set, 200, "the guessing limits")?;
     assert_eq!(
         set.json()["otp_wrong_codes_per_email_per_day"],

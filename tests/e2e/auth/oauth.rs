@@ -1195,14 +1195,7 @@ pub async fn oauth_confidential_clients_and_dynamic_registration(c: Arc<Ctx>) ->
     );
     // Its own consumer stays (usage records name it) but is disabled, and the listing says so.
     let client_consumer = str_field(&created, "consumer_id")?;
-    let listed = c
-        .admin
-        .call(
-            Method::GET,
-            &format!("/api/v1/projects/{slug}/consumers"),
-            None,
-        )
-        .await?;
+    let listed = c.admin.list_consumers(slug).await?;
     let entry = listed.json()["consumers"]
         .as_array()
         .into_iter()
@@ -1239,7 +1232,7 @@ pub async fn oauth_confidential_clients_and_dynamic_registration(c: Arc<Ctx>) ->
     let r = register(json!({"redirect_uris": [REDIRECT]}), "203.0.113.31").await?;
     assert_oauth_error(&r, 404, "invalid_request");
     assert_eq!(r.json()["type"], "not-found", "{}", r.describe());
-    let on = c.admin.call(Method::PATCH, &format!("/api/v1/projects/{slug}"), Some(json!({"oauth_dynamic_registration": true, "oauth_registrations_per_network_per_hour": 2}))).await?;
+    let on = c.admin.patch_project(slug, json!({"oauth_dynamic_registration": true, "oauth_registrations_per_network_per_hour": 2})).await?;
     expect_status(&on, 200, "turn DCR on")?;
     let meta = Reply::read(
         c.http

@@ -653,11 +653,7 @@ pub async fn sign_in_steps_come_only_from_allowed_pages(c: Arc<Ctx>) -> CaseResu
     let allowed = "http://app.allowed.example";
     let patched = c
         .admin
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/projects/{slug}"),
-            Some(json!({"allowed_origins": [allowed]})),
-        )
+        .patch_project(slug, json!({"allowed_origins": [allowed]}))
         .await?;
     expect_status(&patched, 200, "allow an origin")?;
     let post = |path: String, origin: &'static str, form: &'static str| {
